@@ -1,0 +1,1 @@
+SELECT DISTINCT category FROM strata_streams ORDER BY category

@@ -1,0 +1,1 @@
+SELECT position FROM strata_log_head WHERE id = 1

@@ -1,0 +1,127 @@
+//! The errors of the event store seam. No driver type appears here: backend
+//! causes are boxed behind [`BackendError`].
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use strata_schemas::{SchemaError, UpcastError};
+use uuid::Uuid;
+
+use crate::{ExpectedVersion, Position, StreamId};
+
+/// A failure of the storage backend (connection, IO, unexpected database
+/// error). The cause is kept for logs; it is never a domain answer.
+#[derive(Debug)]
+pub struct BackendError {
+    context: &'static str,
+    source: Box<dyn StdError + Send + Sync>,
+}
+
+impl BackendError {
+    /// Wraps a backend cause with what the store was doing.
+    pub fn new(context: &'static str, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "event store backend failed while {}: {}", self.context, self.source)
+    }
+}
+
+impl StdError for BackendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Why an append was refused. Whatever the variant, nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The stream's version did not match the expected version.
+    #[error("conflict on stream {stream_id}: expected {expected}, actual version {actual}")]
+    Conflict {
+        /// The stream whose check failed.
+        stream_id: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version (0 when it does not exist).
+        actual: u64,
+    },
+    /// An event id is already stored with other content (or in another stream,
+    /// or only some of the request's ids are stored).
+    #[error("event id {event_id} is already stored with other content")]
+    EventIdReused {
+        /// The reused id.
+        event_id: Uuid,
+        /// Where the stored event lives.
+        stored_stream_id: StreamId,
+        /// Its stored version.
+        stored_version: u64,
+    },
+    /// A payload does not match its schema, or its type or version is unknown.
+    #[error("event {event_id} for stream {stream_id} is invalid: {source}")]
+    InvalidEvent {
+        /// The target stream.
+        stream_id: StreamId,
+        /// The refused event.
+        event_id: Uuid,
+        /// What the schema registry said, naming the field.
+        #[source]
+        source: SchemaError,
+    },
+    /// The request itself is malformed (no streams, no events, a stream or an
+    /// event id twice, oversized payload, bad metadata).
+    #[error("invalid append request: {reason}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store is shutting down and no longer takes appends.
+    #[error("the event store is closed")]
+    Closed,
+    /// The backend failed; the append may or may not have been written.
+    /// Retrying with the same event ids is safe.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A stored event could not be brought to the latest schema version.
+    #[error("event at position {position} cannot be read as the latest version: {source}")]
+    Upcast {
+        /// Where the event is.
+        position: Position,
+        /// What the upcaster said.
+        #[source]
+        source: UpcastError,
+    },
+    /// A stored row does not decode (a corrupted or hand-edited row).
+    #[error("stored event at position {position} is unreadable: {reason}")]
+    Corrupt {
+        /// Where the row is.
+        position: Position,
+        /// What does not decode.
+        reason: String,
+    },
+    /// The read request is malformed.
+    #[error("invalid read request: {reason}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store was closed while a subscription was waiting.
+    #[error("the event store is closed")]
+    Closed,
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}

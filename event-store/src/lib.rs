@@ -1,0 +1,45 @@
+//! The event store of Strata: an append-only log of events grouped in streams,
+//! with a global order that readers can follow.
+//!
+//! The seam is two traits, [`EventReader`] (read, subscribe) and [`EventStore`]
+//! (append), held as `Arc<dyn …>`. Backends, picked by the composition root:
+//!
+//! - [`MemoryEventStore`]: in-process, for unit tests and the embedded demo;
+//! - `SqliteEventStore` (feature `sqlite`, default): the embedded default, one file;
+//! - `PostgresEventStore` (feature `postgres`): the production log, with group
+//!   commit and a gap-safe global order (see `postgres` module docs).
+//!
+//! Every backend passes the same conformance suite (`tests/it/conformance.rs`).
+//! The shared append logic (expected versions, idempotent ids, hash chain) lives
+//! in one backend-independent planner, so the backends differ only in IO.
+
+mod error;
+pub mod hash;
+mod memory;
+mod plan;
+mod store;
+mod subscription;
+mod types;
+pub mod verify;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod migrate;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use error::{AppendError, BackendError, ReadError};
+pub use memory::MemoryEventStore;
+pub use plan::{AppendLimits, MAX_EVENTS_PER_APPEND, MAX_PAYLOAD_BYTES};
+pub use store::{EventReader, EventStore, Subscribe};
+pub use types::{
+    validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form,
+    InvalidStreamId, NewEvent, Position, ReadAll, ReadStream, RecordedEvent, StreamAppend,
+    StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
+};
+
+#[cfg(feature = "postgres")]
+pub use postgres::{AppendHook, AppendPhase, PostgresConfig, PostgresEventStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteConfig, SqliteEventStore};

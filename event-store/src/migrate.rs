@@ -1,0 +1,53 @@
+//! Schema migrations for the SQL backends, embedded in the binary and applied
+//! with sqlx's migrator (which records them in `_sqlx_migrations` and refuses a
+//! database whose applied migrations were edited).
+
+use std::borrow::Cow;
+
+use futures_util::future::BoxFuture;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// `(version, description, SQL)` of one dialect.
+#[derive(Debug)]
+pub(crate) struct Embedded(pub(crate) &'static [(i64, &'static str, &'static str)]);
+
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES: Embedded = Embedded(&[(
+    1,
+    "event log",
+    include_str!("../migrations/postgres/0001_event_log.sql"),
+)]);
+
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE: Embedded = Embedded(&[(
+    1,
+    "event log",
+    include_str!("../migrations/sqlite/0001_event_log.sql"),
+)]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+pub(crate) async fn migrator(source: Embedded) -> Result<Migrator, crate::BackendError> {
+    Migrator::new(source)
+        .await
+        .map_err(|err| crate::BackendError::new("loading migrations", err))
+}

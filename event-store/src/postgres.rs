@@ -1,0 +1,634 @@
+//! [`PostgresEventStore`]: the production log on PostgreSQL, through sqlx.
+//!
+//! # Gap-safe global order
+//! A plain sequence does not give readers a safe order: a transaction that took
+//! position 4 can commit after one that took 5, and a reader that already
+//! delivered 5 would skip 4. Here positions come from the single row of
+//! `strata_log_head`, updated by the statement that inserts the events, which
+//! is the last one before COMMIT (`sql/postgres/insert_events.sql`). The row
+//! lock is held until the transaction ends, so positions are handed out in
+//! commit order (and a rolled-back transaction gives its positions back). A
+//! reader then needs nothing but `WHERE position > $after ORDER BY position`:
+//! if it sees P, everything below P has committed. Only event writers ever
+//! hold that lock, and only for one statement and the commit, so an idle or
+//! long transaction elsewhere in the database never stalls readers; writer
+//! connections also set `idle_in_transaction_session_timeout` so a writer that
+//! hangs between its statements cannot hold the log head for long.
+//!
+//! # Group commit
+//! That critical section serializes commits, so appends are batched: callers
+//! hand their (already validated) requests to a queue; a few committer tasks
+//! each take everything queued, decide every request in order against the
+//! locked stream heads (each keeps its own expected-version check and result,
+//! see `plan.rs`), and write the whole batch in one transaction of five
+//! statements. Committers overlap their pre-commit work with each other's
+//! commits. With `group_commit: false` every append runs its own transaction.
+//!
+//! # Failure modes
+//! A concurrent creator of the same stream (another process) makes a batch fail
+//! on a unique key; the batch is retried from scratch a bounded number of
+//! times. Any other database error fails every request of the batch with
+//! [`AppendError::Backend`]; the outcome is then unknown and a retry with the
+//! same event ids is safe.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::stream::BoxStream;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, Row};
+use strata_schemas::SchemaRegistry;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
+use crate::subscription::{follow, PageReader};
+use crate::{
+    AppendError, AppendOutcome, BackendError, ChainHash, Direction, EventReader, EventStore,
+    Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamAppend, StreamHead, StreamId,
+    Subscribe,
+};
+
+const NOTIFY_CHANNEL: &str = "strata_events";
+const MAX_BATCH_ATTEMPTS: usize = 5;
+
+mod sql {
+    pub(super) const LOCK_STREAMS: &str = include_str!("../sql/postgres/lock_streams.sql");
+    pub(super) const FIND_EVENTS: &str = include_str!("../sql/postgres/find_events.sql");
+    pub(super) const WRITE_STREAMS: &str = include_str!("../sql/postgres/write_streams.sql");
+    pub(super) const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
+    pub(super) const READ_STREAM_FORWARD: &str = include_str!("../sql/postgres/read_stream_forward.sql");
+    pub(super) const READ_STREAM_BACKWARD: &str = include_str!("../sql/postgres/read_stream_backward.sql");
+    pub(super) const READ_ALL: &str = include_str!("../sql/postgres/read_all.sql");
+    pub(super) const READ_CATEGORY: &str = include_str!("../sql/postgres/read_category.sql");
+    pub(super) const STREAM_HEAD: &str = include_str!("../sql/postgres/stream_head.sql");
+    pub(super) const STREAM_HEADS: &str = include_str!("../sql/postgres/stream_heads.sql");
+    pub(super) const HEAD_POSITION: &str = include_str!("../sql/postgres/head_position.sql");
+    pub(super) const CATEGORIES: &str = include_str!("../sql/postgres/categories.sql");
+}
+
+/// Where an append transaction is, for fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendPhase {
+    /// The stream heads of the batch are locked; nothing is written yet.
+    StreamsLocked,
+    /// Events and heads are written and positions taken; COMMIT is next.
+    BeforeCommit,
+}
+
+/// Fault injection: called at each [`AppendPhase`] inside the transaction. It
+/// may sleep (to widen races) or return `Err` to roll the transaction back.
+pub type AppendHook =
+    Arc<dyn Fn(AppendPhase) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// How to connect and how to batch.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `postgres://…` connection URL.
+    pub url: String,
+    /// Pool size (readers, committers and the listener share it).
+    pub max_connections: u32,
+    /// Batch concurrent appends into shared transactions.
+    pub group_commit: bool,
+    /// Committer tasks when `group_commit` is on.
+    pub committers: usize,
+    /// Most events one batch takes from the queue.
+    pub max_batch_events: usize,
+    /// Fault injection inside append transactions (tests only).
+    pub hook: Option<AppendHook>,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("max_connections", &self.max_connections)
+            .field("group_commit", &self.group_commit)
+            .field("committers", &self.committers)
+            .field("max_batch_events", &self.max_batch_events)
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresConfig {
+    /// Defaults for `url`: 16 connections, group commit with 2 committers.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            group_commit: true,
+            committers: 2,
+            max_batch_events: 2_000,
+            hook: None,
+        }
+    }
+}
+
+struct Shared {
+    pool: PgPool,
+    registry: Arc<SchemaRegistry>,
+    hook: Option<AppendHook>,
+    wake: watch::Sender<u64>,
+}
+
+struct Pending {
+    append: PreparedAppend,
+    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    limits: AppendLimits,
+    queue: Option<mpsc::Sender<Pending>>,
+    listener: Once,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|poison| poison.into_inner());
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The PostgreSQL backend. Cloning shares the pool and the committers.
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    inner: Arc<Inner>,
+}
+
+fn backend(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
+    move |err| BackendError::new(context, err)
+}
+
+impl PostgresEventStore {
+    /// Connects (lazily: the pool opens connections on demand) and starts the
+    /// committers. Does not migrate; call [`PostgresEventStore::migrate`].
+    pub async fn connect(config: PostgresConfig, registry: Arc<SchemaRegistry>) -> Result<Self, BackendError> {
+        let options: PgConnectOptions = config
+            .url
+            .parse()
+            .map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
+        let options = options.application_name("strata");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection
+                        .execute("SET idle_in_transaction_session_timeout = '10s'")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(backend("connecting to PostgreSQL"))?;
+        let shared = Arc::new(Shared {
+            pool,
+            registry,
+            hook: config.hook.clone(),
+            wake: watch::channel(0).0,
+        });
+        let mut tasks = Vec::new();
+        let queue = if config.group_commit {
+            let (sender, receiver) = mpsc::channel::<Pending>(8_192);
+            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+            for _ in 0..config.committers.max(1) {
+                tasks.push(tokio::spawn(run_committer(
+                    shared.clone(),
+                    receiver.clone(),
+                    config.max_batch_events.max(1),
+                )));
+            }
+            Some(sender)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                limits: AppendLimits::default(),
+                queue,
+                listener: Once::new(),
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Applies the embedded migrations (idempotent; concurrent callers are
+    /// serialized by sqlx's advisory lock).
+    pub async fn migrate(&self) -> Result<(), BackendError> {
+        crate::migrate::migrator(crate::migrate::POSTGRES)
+            .await?
+            .run(&self.inner.shared.pool)
+            .await
+            .map_err(|err| BackendError::new("migrating the PostgreSQL schema", err))
+    }
+
+    fn start_listener(&self) {
+        self.inner.listener.call_once(|| {
+            let shared = Arc::downgrade(&self.inner.shared);
+            let pool = self.inner.shared.pool.clone();
+            let task = tokio::spawn(listen(pool, shared));
+            self.inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .push(task);
+        });
+    }
+
+    async fn page(shared: &Shared, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+        let after = i64::try_from(request.after.0).unwrap_or(i64::MAX);
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let rows = match &request.category {
+            None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&shared.pool).await,
+            Some(category) => {
+                sqlx::query(sql::READ_CATEGORY)
+                    .bind(after)
+                    .bind(limit)
+                    .bind(category)
+                    .fetch_all(&shared.pool)
+                    .await
+            }
+        }
+        .map_err(backend("reading the global log"))?;
+        decode_rows(&rows, &shared.registry, request.form)
+    }
+}
+
+/// Keeps one LISTEN connection and bumps the wake-up channel on every NOTIFY
+/// and after every reconnect (notifications sent while disconnected are lost,
+/// so subscribers must re-read).
+async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match listener {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "event store listener cannot connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let Some(shared_now) = shared.upgrade() else { return };
+        shared_now.wake.send_modify(|n| *n += 1);
+        drop(shared_now);
+        loop {
+            let received = listener.try_recv().await;
+            let Some(shared) = shared.upgrade() else { return };
+            match received {
+                Ok(Some(notification)) => {
+                    let position = notification.payload().parse::<u64>().unwrap_or(0);
+                    shared.wake.send_modify(|n| *n = (*n).max(position).saturating_add(1));
+                }
+                // Connection lost; the next try_recv reconnects and listens again.
+                Ok(None) => shared.wake.send_modify(|n| *n += 1),
+                Err(err) => {
+                    tracing::warn!(error = %err, "event store listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn run_committer(
+    shared: Arc<Shared>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
+    max_batch_events: usize,
+) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else { return };
+            let mut n_events = first.append.n_events();
+            let mut batch = vec![first];
+            while n_events < max_batch_events {
+                match queue.try_recv() {
+                    Ok(next) => {
+                        n_events += next.append.n_events();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let appends: Vec<&PreparedAppend> = batch.iter().map(|pending| &pending.append).collect();
+        let results = commit_with_retries(&shared, &appends).await;
+        for (pending, result) in batch.into_iter().zip(results) {
+            // The caller may have gone away (timeout, cancellation); its
+            // append still committed, and a retry will be replayed.
+            let _ = pending.reply.send(result);
+        }
+    }
+}
+
+enum CommitError {
+    Sql(sqlx::Error),
+    Injected(String),
+}
+
+impl From<sqlx::Error> for CommitError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Sql(err)
+    }
+}
+
+fn is_retryable(err: &CommitError) -> bool {
+    let CommitError::Sql(err) = err else { return false };
+    err.as_database_error().is_some_and(|db| {
+        db.kind() == sqlx::error::ErrorKind::UniqueViolation
+            && matches!(
+                db.constraint(),
+                Some("strata_streams_pkey" | "strata_events_event_id" | "strata_events_stream_version")
+            )
+    })
+}
+
+async fn commit_with_retries(shared: &Shared, appends: &[&PreparedAppend]) -> Vec<Result<AppendOutcome, AppendError>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match commit_batch(shared, appends).await {
+            Ok((planned, first_position)) => {
+                if first_position.0 > 0 {
+                    shared.wake.send_modify(|n| *n += 1);
+                }
+                return planned
+                    .into_iter()
+                    .map(|planned| planned.resolve(first_position))
+                    .collect();
+            }
+            Err(err) if attempt < MAX_BATCH_ATTEMPTS && is_retryable(&err) => {
+                tracing::debug!(attempt, "append batch raced another writer; retrying");
+            }
+            Err(err) => {
+                let err: Arc<dyn std::error::Error + Send + Sync> = match err {
+                    CommitError::Sql(err) => Arc::new(err),
+                    CommitError::Injected(reason) => Arc::new(InjectedFailure(reason)),
+                };
+                return appends
+                    .iter()
+                    .map(|_| Err(AppendError::Backend(BackendError::new("committing an append", err.clone()))))
+                    .collect();
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected failure: {0}")]
+struct InjectedFailure(String);
+
+/// One transaction for the whole batch. Returns each request's decision and
+/// the position of the batch's first row (`0` when nothing was written).
+async fn commit_batch(shared: &Shared, appends: &[&PreparedAppend]) -> Result<(Vec<Planned>, Position), CommitError> {
+    let mut tx = shared.pool.begin().await?;
+    let stream_ids: Vec<String> = appends
+        .iter()
+        .flat_map(|append| append.stream_ids().map(|id| id.as_str().to_owned()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let heads = sqlx::query(sql::LOCK_STREAMS)
+        .bind(&stream_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(decode_head)
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    run_hook(shared, AppendPhase::StreamsLocked).await?;
+    let event_ids: Vec<Uuid> = appends.iter().flat_map(|append| append.event_ids()).collect();
+    let stored = sqlx::query(sql::FIND_EVENTS)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            decode_stored(row)
+                .and_then(|row| row.identity().map_err(|err| sqlx::Error::Decode(err.into())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut planner = BatchPlanner::new(heads, stored, Utc::now());
+    let planned: Vec<Planned> = appends.iter().map(|append| planner.plan(append)).collect();
+    let (rows, head_changes) = planner.finish();
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok((planned, Position(0)));
+    }
+    let (existing, created): (Vec<_>, Vec<_>) = head_changes.into_iter().partition(|change| !change.created);
+    sqlx::query(sql::WRITE_STREAMS)
+        .bind(existing.iter().map(|c| c.stream_id.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(existing.iter().map(|c| c.head.version as i64).collect::<Vec<_>>())
+        .bind(existing.iter().map(|c| c.head.hash.0.to_vec()).collect::<Vec<_>>())
+        .bind(created.iter().map(|c| c.stream_id.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(created.iter().map(|c| c.stream_id.category().to_owned()).collect::<Vec<_>>())
+        .bind(created.iter().map(|c| c.head.version as i64).collect::<Vec<_>>())
+        .bind(created.iter().map(|c| c.head.hash.0.to_vec()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    let n_rows = rows.len() as i64;
+    let base: i64 = sqlx::query(sql::INSERT_EVENTS)
+        .bind(n_rows)
+        .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.stream_id.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.stream_version as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.stream_id.category().to_owned()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.event_type.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.schema_version as i32).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload_json.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.metadata_json.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.hash.0.to_vec()).collect::<Vec<_>>())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("base")?;
+    run_hook(shared, AppendPhase::BeforeCommit).await?;
+    tx.commit().await?;
+    Ok((planned, Position(base as u64 + 1)))
+}
+
+async fn run_hook(shared: &Shared, phase: AppendPhase) -> Result<(), CommitError> {
+    match &shared.hook {
+        Some(hook) => hook(phase).await.map_err(CommitError::Injected),
+        None => Ok(()),
+    }
+}
+
+fn decode_head(row: &PgRow) -> Result<(StreamId, Head), sqlx::Error> {
+    let stream_id: String = row.try_get("stream_id")?;
+    let stream_id = StreamId::parse(&stream_id).map_err(|err| sqlx::Error::Decode(err.into()))?;
+    let version: i64 = row.try_get("version")?;
+    let hash: Vec<u8> = row.try_get("last_hash")?;
+    let hash = ChainHash::from_slice(&hash).ok_or_else(|| sqlx::Error::Decode("stream hash is not 32 bytes".into()))?;
+    Ok((
+        stream_id,
+        Head {
+            version: version as u64,
+            hash,
+        },
+    ))
+}
+
+fn decode_stored(row: &PgRow) -> Result<StoredRow, sqlx::Error> {
+    let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+    Ok(StoredRow {
+        position: row.try_get("position")?,
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: i64::from(row.try_get::<i32, _>("schema_version")?),
+        payload_json: row.try_get("payload")?,
+        metadata_json: row.try_get("metadata")?,
+        recorded_at_micros: recorded_at.timestamp_micros(),
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn decode_rows(rows: &[PgRow], registry: &SchemaRegistry, form: crate::Form) -> Result<Vec<RecordedEvent>, ReadError> {
+    rows.iter()
+        .map(|row| {
+            decode_stored(row)
+                .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
+                .decode(registry, form)
+        })
+        .collect()
+}
+
+fn decode_stream_head(row: &PgRow) -> Result<StreamHead, ReadError> {
+    let (stream_id, head) =
+        decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
+    Ok(StreamHead {
+        stream_id,
+        version: head.version,
+        last_hash: head.hash,
+    })
+}
+
+#[async_trait]
+impl EventReader for PostgresEventStore {
+    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
+        let from = i64::try_from(request.from_version).unwrap_or(i64::MAX);
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let query = match request.direction {
+            Direction::Forward => sql::READ_STREAM_FORWARD,
+            Direction::Backward => sql::READ_STREAM_BACKWARD,
+        };
+        let rows = sqlx::query(query)
+            .bind(stream_id.as_str())
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.inner.shared.pool)
+            .await
+            .map_err(backend("reading a stream"))?;
+        decode_rows(&rows, &self.inner.shared.registry, request.form)
+    }
+
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+        Self::page(&self.inner.shared, request).await
+    }
+
+    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
+        self.start_listener();
+        let shared = self.inner.shared.clone();
+        let wake = shared.wake.subscribe();
+        let read: PageReader = Arc::new(move |page| {
+            let shared = shared.clone();
+            Box::pin(async move { Self::page(&shared, page).await })
+        });
+        // Keep the store (committers, listener) alive as long as a subscriber reads.
+        let keep_alive = self.clone();
+        let stream = follow(read, wake, request);
+        Box::pin(futures_util::StreamExt::map(stream, move |item| {
+            let _ = &keep_alive;
+            item
+        }))
+    }
+
+    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
+        let row = sqlx::query(sql::STREAM_HEAD)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.inner.shared.pool)
+            .await
+            .map_err(backend("reading a stream head"))?;
+        row.as_ref().map(decode_stream_head).transpose()
+    }
+
+    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
+        let rows = sqlx::query(sql::STREAM_HEADS)
+            .bind(after.map_or("", StreamId::as_str))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.shared.pool)
+            .await
+            .map_err(backend("listing streams"))?;
+        rows.iter().map(decode_stream_head).collect()
+    }
+
+    async fn head_position(&self) -> Result<Position, ReadError> {
+        let position: i64 = sqlx::query_scalar(sql::HEAD_POSITION)
+            .fetch_one(&self.inner.shared.pool)
+            .await
+            .map_err(backend("reading the log head"))?;
+        Ok(Position(position as u64))
+    }
+
+    async fn categories(&self) -> Result<Vec<String>, ReadError> {
+        sqlx::query_scalar(sql::CATEGORIES)
+            .fetch_all(&self.inner.shared.pool)
+            .await
+            .map_err(|err| ReadError::Backend(BackendError::new("listing categories", err)))
+    }
+
+    async fn ping(&self) -> Result<(), ReadError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.shared.pool)
+            .await
+            .map_err(backend("pinging PostgreSQL"))?;
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
+        let append = prepare(&self.inner.shared.registry, self.inner.limits, request)?;
+        match &self.inner.queue {
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                queue
+                    .send(Pending { append, reply })
+                    .await
+                    .map_err(|_| AppendError::Closed)?;
+                answer.await.map_err(|_| AppendError::Closed)?
+            }
+            None => commit_with_retries(&self.inner.shared, &[&append])
+                .await
+                .pop()
+                .unwrap_or(Err(AppendError::Closed)),
+        }
+    }
+}

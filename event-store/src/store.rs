@@ -1,0 +1,102 @@
+//! The event store seam: [`EventReader`] and [`EventStore`].
+//!
+//! # Guarantees (every backend; checked by the conformance suite)
+//!
+//! - **Expected version.** An append names, per stream, what it expects (any,
+//!   no stream, stream exists, exact N). On a mismatch the whole call fails with
+//!   [`AppendError::Conflict`] carrying the actual version, and nothing is written.
+//! - **Atomicity.** One call may append to several streams; all of it is
+//!   written or none of it.
+//! - **Idempotent ids.** If every event id of a call is already stored with the
+//!   same content, the call succeeds with the original versions and positions
+//!   (`replayed = true`) and writes nothing; if any id is stored with other
+//!   content, or only some are, it fails with [`AppendError::EventIdReused`].
+//! - **Validation.** Every payload is checked against its JSON Schema before
+//!   anything is written; an unknown type or version or an invalid payload is
+//!   [`AppendError::InvalidEvent`] naming the field.
+//! - **Global order.** Positions grow in the order readers see events: a reader
+//!   that has seen position P never later sees a new event below P, and no
+//!   committed event is ever skipped. Positions may have gaps.
+//! - **Hash chain.** Each event stores a hash over its content and the previous
+//!   event of its stream ([`crate::hash`]); [`crate::verify`] walks it.
+//! - **Upcasting.** Reads return the latest version of each event type unless
+//!   [`crate::Form::AsStored`] is asked for.
+//!
+//! # Failure modes
+//!
+//! [`AppendError::Backend`] means the outcome is unknown (the commit may have
+//! happened): retrying with the same event ids is always safe. A subscription
+//! ends after its first error; resubscribe from the last position processed.
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use crate::{
+    AppendError, AppendOutcome, Position, ReadAll, ReadError, ReadStream, RecordedEvent,
+    StreamAppend, StreamHead, StreamId,
+};
+
+/// Where a subscription starts and what it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Deliver events strictly after this position.
+    pub after: Position,
+    /// Only streams of this category.
+    pub category: Option<String>,
+    /// Events fetched per read while catching up.
+    pub batch_size: usize,
+}
+
+impl Subscribe {
+    /// Every event after `after`, 500 per read.
+    pub fn after(after: Position) -> Self {
+        Self {
+            after,
+            category: None,
+            batch_size: 500,
+        }
+    }
+}
+
+/// Reading the log. Projections and auditors hold an `Arc<dyn EventReader>`, so
+/// appending is impossible for them by type.
+#[async_trait]
+pub trait EventReader: Send + Sync {
+    /// Reads a page of one stream. An absent stream reads as empty.
+    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// Reads a page of the global log in position order.
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// Follows the global log: catches up from `after`, then delivers new events
+    /// as they commit, woken by the backend's notification (PostgreSQL
+    /// LISTEN/NOTIFY, an in-process signal), never by a busy poll. Each event
+    /// is delivered once, in position order. The stream ends after an error.
+    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>>;
+
+    /// The head of one stream, `None` if it does not exist.
+    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError>;
+
+    /// Stream heads in stream-id order, after `after` (for audits).
+    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError>;
+
+    /// The highest position readers can see now.
+    async fn head_position(&self) -> Result<Position, ReadError>;
+
+    /// Every category that has at least one stream, sorted.
+    async fn categories(&self) -> Result<Vec<String>, ReadError>;
+
+    /// Checks that the backend answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), ReadError>;
+
+    /// `memory`, `sqlite` or `postgres`.
+    fn backend_name(&self) -> &'static str;
+}
+
+/// Appending to the log, on top of reading it.
+#[async_trait]
+pub trait EventStore: EventReader {
+    /// Appends events to one or more streams atomically, each stream guarded by
+    /// its expected version. See the module docs for every guarantee.
+    async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError>;
+}

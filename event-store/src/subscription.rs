@@ -1,0 +1,85 @@
+//! Catch-up-then-live subscriptions, shared by every backend.
+//!
+//! A subscription reads pages of the global log after its last position until
+//! a page comes back empty, then sleeps on a `watch` channel that the backend
+//! bumps whenever something may have committed (an in-process commit, a
+//! PostgreSQL NOTIFY, a reconnect of the listener). The channel is marked seen
+//! *before* each read, so a commit that lands during the read wakes the next
+//! wait: no lost wake-up, and no polling while idle.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use crate::{Form, Position, ReadAll, ReadError, RecordedEvent, Subscribe};
+
+pub(crate) type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<RecordedEvent>, ReadError>> + Send>>;
+
+/// Reads one page of the global log; the backend's `read_all`.
+pub(crate) type PageReader = Arc<dyn Fn(ReadAll) -> PageFuture + Send + Sync>;
+
+struct State {
+    read: PageReader,
+    wake: watch::Receiver<u64>,
+    after: Position,
+    category: Option<String>,
+    batch_size: usize,
+    buffer: VecDeque<RecordedEvent>,
+    done: bool,
+}
+
+/// Builds the subscription stream over a backend's page reader and wake-up channel.
+pub(crate) fn follow(
+    read: PageReader,
+    wake: watch::Receiver<u64>,
+    request: Subscribe,
+) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
+    let state = State {
+        read,
+        wake,
+        after: request.after,
+        category: request.category,
+        batch_size: request.batch_size.clamp(1, 10_000),
+        buffer: VecDeque::new(),
+        done: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.buffer.pop_front() {
+                return Some((Ok(event), state));
+            }
+            if state.done {
+                return None;
+            }
+            state.wake.borrow_and_update();
+            let page = (state.read)(ReadAll {
+                after: state.after,
+                limit: state.batch_size,
+                category: state.category.clone(),
+                form: Form::Latest,
+            })
+            .await;
+            match page {
+                Ok(page) if !page.is_empty() => {
+                    state.after = page.last().map_or(state.after, |event| event.position);
+                    state.buffer.extend(page);
+                }
+                Ok(_) => {
+                    if state.wake.changed().await.is_err() {
+                        state.done = true;
+                        return Some((Err(ReadError::Closed), state));
+                    }
+                }
+                Err(err) => {
+                    state.done = true;
+                    return Some((Err(err), state));
+                }
+            }
+        }
+    })
+    .boxed()
+}

@@ -1,0 +1,10 @@
+//! Integration tests of strata-store: one binary, a module per backend.
+#![allow(unreachable_pub, missing_docs)]
+
+mod conformance;
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod support;

@@ -1,0 +1,14 @@
+//! The conformance suite on the in-memory backend.
+
+use std::sync::Arc;
+
+use strata_store::{EventStore, MemoryEventStore};
+
+use crate::conformance::conformance_suite;
+use crate::support::{registry, Cleanup};
+
+async fn open() -> Option<(Arc<dyn EventStore>, Cleanup)> {
+    Some((Arc::new(MemoryEventStore::new(registry())), Cleanup::none()))
+}
+
+conformance_suite!(open);
