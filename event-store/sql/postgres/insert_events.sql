@@ -1,9 +1,25 @@
--- The critical section. Taking positions from the single strata_log_head row
--- locks it until this transaction ends, so positions are handed out in commit
--- order: a reader that sees position P also sees every committed position
--- below P. Keep this the last statement before COMMIT.
--- The NOTIFY is delivered at commit and wakes every subscriber.
-WITH head AS (
+-- The whole write of a batch, in one round trip, as the last statement
+-- before COMMIT.
+--
+-- `updated` moves the heads of existing streams (locked by lock_streams.sql);
+-- `created` inserts new ones: a concurrent creator of the same stream makes it
+-- fail on strata_streams_pkey, and the committer retries the batch.
+--
+-- `head` is the critical section: taking positions from the single
+-- strata_log_head row locks it until this transaction ends, so positions are
+-- handed out in commit order and a reader that sees position P also sees every
+-- committed position below P. The NOTIFY is delivered at commit.
+WITH updated AS (
+    UPDATE strata_streams AS s
+    SET version = u.version, last_hash = u.last_hash
+    FROM UNNEST($12::text[], $13::bigint[], $14::bytea[]) AS u(stream_id, version, last_hash)
+    WHERE s.stream_id = u.stream_id
+    RETURNING 1
+), created AS (
+    INSERT INTO strata_streams (stream_id, category, version, last_hash)
+    SELECT * FROM UNNEST($15::text[], $16::text[], $17::bigint[], $18::bytea[])
+    RETURNING 1
+), head AS (
     UPDATE strata_log_head SET position = position + $1 WHERE id
     RETURNING position - $1 AS base
 ), inserted AS (
@@ -17,4 +33,8 @@ WITH head AS (
          WITH ORDINALITY AS e(event_id, stream_id, stream_version, category, event_type,
                               schema_version, payload, metadata, recorded_at, hash, ord)
 )
-SELECT base, pg_notify('strata_events', (base + $1)::text)::text AS notified FROM head
+SELECT base,
+       (SELECT count(*) FROM updated) AS updated,
+       (SELECT count(*) FROM created) AS created,
+       pg_notify('strata_events', (base + $1)::text)::text AS notified
+FROM head

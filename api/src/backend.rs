@@ -1,0 +1,113 @@
+//! Picks the event store from its URL (DESIGN §3): `sqlite://PATH` (the
+//! embedded default), `postgres://…` / `postgresql://…` (feature `postgres`),
+//! or `memory://` (nothing kept; for demos and tests). Anything else is a
+//! clear error naming the variable and the accepted forms.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use strata_schemas::SchemaRegistry;
+use strata_store::{EventStore, MemoryEventStore, SqliteConfig, SqliteEventStore};
+
+/// An opened event store, by backend.
+#[derive(Clone)]
+pub enum EventStoreBackend {
+    /// In-process, forgets everything.
+    Memory(MemoryEventStore),
+    /// One SQLite file.
+    Sqlite(SqliteEventStore),
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(strata_store::PostgresEventStore),
+}
+
+/// The backend a URL names, before connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `memory://`
+    Memory,
+    /// `sqlite://…`
+    Sqlite,
+    /// `postgres://…`
+    Postgres,
+}
+
+/// Classifies an event store URL without connecting.
+pub fn scheme(url: &str) -> anyhow::Result<Scheme> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("STRATA_EVENT_STORE: {url:?} is not a URL; expected sqlite://PATH, postgres://USER@HOST/DB or memory://");
+    };
+    match scheme {
+        "memory" => Ok(Scheme::Memory),
+        "sqlite" if !rest.is_empty() => Ok(Scheme::Sqlite),
+        "sqlite" => bail!("STRATA_EVENT_STORE: {url:?} names no file; expected sqlite://PATH"),
+        "postgres" | "postgresql" => Ok(Scheme::Postgres),
+        other => bail!(
+            "STRATA_EVENT_STORE: unsupported scheme {other:?} in {url:?}; expected sqlite://PATH, postgres://USER@HOST/DB or memory://"
+        ),
+    }
+}
+
+impl EventStoreBackend {
+    /// Connects to the store the URL names (does not migrate).
+    pub async fn open(url: &str, registry: Arc<SchemaRegistry>) -> anyhow::Result<Self> {
+        match scheme(url)? {
+            Scheme::Memory => Ok(Self::Memory(MemoryEventStore::new(registry))),
+            Scheme::Sqlite => Ok(Self::Sqlite(
+                SqliteEventStore::connect(SqliteConfig::new(url), registry)
+                    .await
+                    .with_context(|| format!("opening the SQLite event store {url}"))?,
+            )),
+            #[cfg(feature = "postgres")]
+            Scheme::Postgres => Ok(Self::Postgres(
+                strata_store::PostgresEventStore::connect(strata_store::PostgresConfig::new(url), registry)
+                    .await
+                    .context("connecting to the PostgreSQL event store")?,
+            )),
+            #[cfg(not(feature = "postgres"))]
+            Scheme::Postgres => bail!("this strata binary was built without the `postgres` feature"),
+        }
+    }
+
+    /// Applies the schema migrations (nothing to do in memory).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Sqlite(store) => Ok(store.migrate().await?),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Ok(store.migrate().await?),
+        }
+    }
+
+    /// The store as the seam.
+    pub fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Self::Memory(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+}
+
+/// The reference domain's schema registry.
+pub fn registry() -> anyhow::Result<Arc<SchemaRegistry>> {
+    Ok(Arc::new(strata_schemas::catalog::registry().context("building the schema registry")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_their_backend_and_bad_ones_say_what_is_expected() {
+        assert_eq!(scheme("sqlite://strata.db").unwrap(), Scheme::Sqlite);
+        assert_eq!(scheme("postgres://u@h/db").unwrap(), Scheme::Postgres);
+        assert_eq!(scheme("postgresql://u@h/db").unwrap(), Scheme::Postgres);
+        assert_eq!(scheme("memory://").unwrap(), Scheme::Memory);
+        for bad in ["mysql://h/db", "strata.db", "sqlite://", ""] {
+            let err = scheme(bad).unwrap_err().to_string();
+            assert!(err.contains("STRATA_EVENT_STORE") && err.contains("expected"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! `strata bench append`: appends through Strata and, in the same process on
+//! the same database, the same rows by plain INSERTs (the baseline), and
+//! prints one JSON object with both and their ratio.
+//!
+//! The benchmark never writes into the configured log: on PostgreSQL it
+//! creates a scratch database on the same server (dropped afterwards), on
+//! SQLite a scratch file in a temporary directory. The baseline table has the
+//! same columns and indexes as `strata_events`; each baseline append is one
+//! autocommitted statement (PostgreSQL) or one transaction (SQLite) with
+//! `events_per_append` rows, durable like Strata's commits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use strata_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, StreamId};
+use uuid::Uuid;
+
+use crate::backend::{registry, scheme, Scheme};
+
+/// Parameters of `bench append`.
+#[derive(Debug, Clone)]
+pub struct AppendBench {
+    /// Where to run (only the server or directory is used; see module docs).
+    pub event_store_url: String,
+    /// Concurrent writers.
+    pub writers: usize,
+    /// Events per append call.
+    pub events_per_append: usize,
+    /// Measured time of each variant in each run.
+    pub duration: Duration,
+    /// Runs; Strata and the baseline alternate which goes first.
+    pub runs: usize,
+    /// PostgreSQL group commit on or off.
+    pub group_commit: bool,
+    /// PostgreSQL committer tasks (group commit).
+    pub committers: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    appends: u64,
+    events: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+}
+
+impl Figures {
+    fn from_latencies(mut latencies: Vec<Duration>, events_per_append: usize, seconds: f64) -> Self {
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            if latencies.is_empty() {
+                return 0.0;
+            }
+            let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[index].as_secs_f64() * 1e3
+        };
+        Self {
+            appends: latencies.len() as u64,
+            events: (latencies.len() * events_per_append) as u64,
+            seconds,
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+        }
+    }
+
+    fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "appends": self.appends,
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "appends_per_s": round(self.appends as f64 / self.seconds.max(1e-9), 0),
+            "events_per_s": round(self.events_per_s(), 0),
+            "p50_ms": round(self.p50_ms, 3),
+            "p95_ms": round(self.p95_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+        })
+    }
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let factor = 10f64.powi(decimals);
+    (value * factor).round() / factor
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+}
+
+/// The payload every benchmark event carries: a realistic `OrderPlaced` v2.
+pub fn order_placed_payload() -> Value {
+    json!({
+        "orderId": Uuid::new_v4().to_string(),
+        "customerId": "customer-42",
+        "lines": [
+            { "sku": "SKU-RED-1", "quantity": 2, "unitPriceCents": 1250 },
+            { "sku": "SKU-BLUE-7", "quantity": 1, "unitPriceCents": 4999 }
+        ],
+        "totalCents": 7499,
+        "paymentMethod": "card",
+        "shippingAddress": { "name": "Ada Lovelace", "street": "12 St James's Square", "city": "London", "postalCode": "SW1Y 4JH", "country": "GB" }
+    })
+}
+
+fn new_event(payload: &Value) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "OrderPlaced".into(),
+        schema_version: 2,
+        payload: payload.clone(),
+        metadata: EventMetadata {
+            correlation_id: Some(Uuid::new_v4()),
+            causation_id: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            actor: Some("bench".into()),
+            command_id: Some(Uuid::new_v4()),
+        },
+    }
+}
+
+/// The scratch place a run writes to, and how to remove it.
+enum Scratch {
+    #[cfg(feature = "postgres")]
+    Postgres { admin_url: String, name: String, url: String },
+    Sqlite { dir: tempfile::TempDir, url: String },
+}
+
+impl Scratch {
+    async fn create(url: &str) -> anyhow::Result<Self> {
+        match scheme(url)? {
+            #[cfg(feature = "postgres")]
+            Scheme::Postgres => {
+                use sqlx::{Connection, Executor};
+                let mut admin = sqlx::PgConnection::connect(url).await.context("connecting to PostgreSQL")?;
+                let name = format!("strata_bench_{}", Uuid::new_v4().simple());
+                admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+                let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+                let url = format!(
+                    "postgres://{}@{}:{}/{name}",
+                    options.get_username(),
+                    options.get_host(),
+                    options.get_port()
+                );
+                Ok(Self::Postgres { admin_url: url_with_db(&url, options.get_database().unwrap_or("postgres")), name, url })
+            }
+            Scheme::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                Ok(Self::Sqlite { dir, url })
+            }
+            _ => bail!("bench append needs STRATA_EVENT_STORE=sqlite://… or postgres://…"),
+        }
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres { admin_url, name, .. } => {
+                use sqlx::{Connection, Executor};
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await?;
+                Ok(())
+            }
+            Self::Sqlite { dir, .. } => Ok(dir.close()?),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn url_with_db(url: &str, database: &str) -> String {
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    format!("{base}/{database}")
+}
+
+/// Runs `bench append` and returns its JSON result.
+pub async fn append(bench: &AppendBench) -> anyhow::Result<Value> {
+    if bench.writers == 0 || bench.events_per_append == 0 || bench.runs == 0 {
+        bail!("--writers, --events-per-append and --runs must be at least 1");
+    }
+    let scratch = Scratch::create(&bench.event_store_url).await?;
+    let result = run_all(bench, &scratch).await;
+    scratch.remove().await?;
+    result
+}
+
+async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value> {
+    let registry = registry()?;
+    let (store, baseline, backend): (Arc<dyn EventStore>, Baseline, &str) = match scratch {
+        #[cfg(feature = "postgres")]
+        Scratch::Postgres { url, .. } => {
+            let mut config = strata_store::PostgresConfig::new(url.clone());
+            config.max_connections = bench.writers as u32 + 4;
+            config.group_commit = bench.group_commit;
+            config.committers = bench.committers;
+            let store = strata_store::PostgresEventStore::connect(config, registry).await?;
+            store.migrate().await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(bench.writers as u32)
+                .connect(url)
+                .await?;
+            sqlx::raw_sql(
+                "CREATE TABLE bench_baseline (LIKE strata_events INCLUDING ALL);
+                 CREATE SEQUENCE bench_baseline_position OWNED BY bench_baseline.position;
+                 ALTER TABLE bench_baseline ALTER COLUMN position SET DEFAULT nextval('bench_baseline_position');",
+            )
+            .execute(&pool)
+            .await?;
+            (Arc::new(store), Baseline::Postgres(pool), "postgres")
+        }
+        Scratch::Sqlite { url, .. } => {
+            let store = strata_store::SqliteEventStore::connect(strata_store::SqliteConfig::new(url.clone()), registry).await?;
+            store.migrate().await?;
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    options
+                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                        .busy_timeout(Duration::from_secs(10)),
+                )
+                .await?;
+            sqlx::raw_sql(
+                "CREATE TABLE bench_baseline (
+                    position INTEGER PRIMARY KEY, event_id BLOB NOT NULL UNIQUE, stream_id TEXT NOT NULL,
+                    stream_version INTEGER NOT NULL, category TEXT NOT NULL, event_type TEXT NOT NULL,
+                    schema_version INTEGER NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL,
+                    recorded_at INTEGER NOT NULL, hash BLOB NOT NULL, UNIQUE (stream_id, stream_version));
+                 CREATE INDEX bench_baseline_category_position ON bench_baseline (category, position);",
+            )
+            .execute(&pool)
+            .await?;
+            (Arc::new(store), Baseline::Sqlite(pool), "sqlite")
+        }
+    };
+    let baseline = Arc::new(baseline);
+    let mut runs = Vec::new();
+    for run in 0..bench.runs {
+        let (strata, plain) = if run % 2 == 0 {
+            let strata = measure_strata(bench, store.clone()).await?;
+            (strata, measure_baseline(bench, baseline.clone()).await?)
+        } else {
+            let plain = measure_baseline(bench, baseline.clone()).await?;
+            (measure_strata(bench, store.clone()).await?, plain)
+        };
+        eprintln!(
+            "run {}: strata {:.0} events/s (p99 {:.2} ms), baseline {:.0} events/s (p99 {:.2} ms)",
+            run + 1,
+            strata.events_per_s(),
+            strata.p99_ms,
+            plain.events_per_s(),
+            plain.p99_ms
+        );
+        runs.push((strata, plain));
+    }
+    let pick = |figures: &dyn Fn(&(Figures, Figures)) -> Figures| {
+        let all: Vec<Figures> = runs.iter().map(figures).collect();
+        json!({
+            "seconds": round(median(all.iter().map(|f| f.seconds).collect()), 3),
+            "appends_per_s": round(median(all.iter().map(|f| f.appends as f64 / f.seconds).collect()), 0),
+            "events_per_s": round(median(all.iter().map(Figures::events_per_s).collect()), 0),
+            "p50_ms": round(median(all.iter().map(|f| f.p50_ms).collect()), 3),
+            "p95_ms": round(median(all.iter().map(|f| f.p95_ms).collect()), 3),
+            "p99_ms": round(median(all.iter().map(|f| f.p99_ms).collect()), 3),
+        })
+    };
+    let ratio = median(runs.iter().map(|(s, b)| s.events_per_s() / b.events_per_s().max(1e-9)).collect());
+    let mut result = pick(&|run| run.0);
+    let fields = result.as_object_mut().context("object")?;
+    let mut object = serde_json::Map::new();
+    object.insert("bench".into(), json!("append"));
+    object.insert("backend".into(), json!(backend));
+    object.insert("writers".into(), json!(bench.writers));
+    object.insert("events_per_append".into(), json!(bench.events_per_append));
+    object.insert("duration_s".into(), json!(bench.duration.as_secs_f64()));
+    object.insert("runs".into(), json!(bench.runs));
+    object.insert("group_commit".into(), json!(backend == "postgres" && bench.group_commit));
+    if backend == "postgres" && bench.group_commit {
+        object.insert("committers".into(), json!(bench.committers));
+    }
+    object.append(fields);
+    object.insert("baseline".into(), pick(&|run| run.1));
+    object.insert("ratio".into(), json!(round(ratio, 3)));
+    object.insert(
+        "per_run".into(),
+        Value::Array(
+            runs.iter()
+                .map(|(s, b)| json!({ "strata": s.json(), "baseline": b.json(), "ratio": round(s.events_per_s() / b.events_per_s().max(1e-9), 3) }))
+                .collect(),
+        ),
+    );
+    object.insert(
+        "machine".into(),
+        json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS }),
+    );
+    Ok(Value::Object(object))
+}
+
+async fn measure_strata(bench: &AppendBench, store: Arc<dyn EventStore>) -> anyhow::Result<Figures> {
+    let payload = Arc::new(order_placed_payload());
+    let started = Instant::now();
+    let deadline = started + bench.duration;
+    let tasks: Vec<_> = (0..bench.writers)
+        .map(|_| {
+            let store = store.clone();
+            let payload = payload.clone();
+            let per_append = bench.events_per_append;
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut stream_id = StreamId::new("order", Uuid::new_v4().simple())?;
+                let mut version = 0u64;
+                while Instant::now() < deadline {
+                    let events = (0..per_append).map(|_| new_event(&payload)).collect();
+                    let request = vec![StreamAppend { stream_id: stream_id.clone(), expected: ExpectedVersion::Exact(version), events }];
+                    let start = Instant::now();
+                    store.append(request).await?;
+                    latencies.push(start.elapsed());
+                    version += per_append as u64;
+                    if version >= 100 {
+                        stream_id = StreamId::new("order", Uuid::new_v4().simple())?;
+                        version = 0;
+                    }
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(Figures::from_latencies(latencies, bench.events_per_append, started.elapsed().as_secs_f64()))
+}
+
+enum Baseline {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// One baseline row, shaped like a `strata_events` row.
+struct Row {
+    event_id: Uuid,
+    stream_id: String,
+    stream_version: i64,
+    payload: String,
+    metadata: String,
+    hash: Vec<u8>,
+}
+
+async fn measure_baseline(bench: &AppendBench, baseline: Arc<Baseline>) -> anyhow::Result<Figures> {
+    let payload = Arc::new(strata_store::hash::canonical_json(&order_placed_payload()));
+    let started = Instant::now();
+    let deadline = started + bench.duration;
+    let tasks: Vec<_> = (0..bench.writers)
+        .map(|_| {
+            let baseline = baseline.clone();
+            let payload = payload.clone();
+            let per_append = bench.events_per_append;
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut stream_id = format!("order-{}", Uuid::new_v4().simple());
+                let mut version = 0i64;
+                while Instant::now() < deadline {
+                    let rows: Vec<Row> = (0..per_append)
+                        .map(|i| {
+                            let event = new_event(&Value::Null);
+                            Row {
+                                event_id: event.event_id,
+                                stream_id: stream_id.clone(),
+                                stream_version: version + 1 + i as i64,
+                                payload: payload.to_string(),
+                                metadata: serde_json::to_string(&event.metadata).unwrap_or_default(),
+                                hash: Uuid::new_v4().as_bytes().repeat(2),
+                            }
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    insert_baseline(&baseline, rows).await?;
+                    latencies.push(start.elapsed());
+                    version += per_append as i64;
+                    if version >= 100 {
+                        stream_id = format!("order-{}", Uuid::new_v4().simple());
+                        version = 0;
+                    }
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(Figures::from_latencies(latencies, bench.events_per_append, started.elapsed().as_secs_f64()))
+}
+
+async fn insert_baseline(baseline: &Baseline, rows: Vec<Row>) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    match baseline {
+        #[cfg(feature = "postgres")]
+        Baseline::Postgres(pool) => {
+            sqlx::query(
+                "INSERT INTO bench_baseline (event_id, stream_id, stream_version, category, event_type, schema_version, payload, metadata, recorded_at, hash)
+                 SELECT e.event_id, e.stream_id, e.stream_version, 'order', 'OrderPlaced', 2, e.payload::jsonb, e.metadata::jsonb, $6, e.hash
+                 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $7::bytea[])
+                      AS e(event_id, stream_id, stream_version, payload, metadata, hash)",
+            )
+            .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.stream_id.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.stream_version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.metadata.clone()).collect::<Vec<_>>())
+            .bind(now)
+            .bind(rows.iter().map(|r| r.hash.clone()).collect::<Vec<_>>())
+            .execute(pool)
+            .await?;
+        }
+        Baseline::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            for row in &rows {
+                sqlx::query(
+                    "INSERT INTO bench_baseline (event_id, stream_id, stream_version, category, event_type, schema_version, payload, metadata, recorded_at, hash)
+                     VALUES ($1, $2, $3, 'order', 'OrderPlaced', 2, $4, $5, $6, $7)",
+                )
+                .bind(row.event_id)
+                .bind(&row.stream_id)
+                .bind(row.stream_version)
+                .bind(&row.payload)
+                .bind(&row.metadata)
+                .bind(now.timestamp_micros())
+                .bind(&row.hash)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Settings, declared once. Sources, strongest first: command-line flags,
+//! environment variables (`STRATA_*`), the `strata.toml` file, defaults
+//! (DESIGN §3). Flags and variables are resolved by clap; this module merges
+//! the file and the defaults underneath.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The default event store: a SQLite file in the working directory.
+pub const DEFAULT_EVENT_STORE: &str = "sqlite://strata.db";
+/// The default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// What the command line and the environment said (unset = `None`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Event store URL: sqlite://PATH or postgres://…
+    #[arg(long, env = "STRATA_EVENT_STORE", global = true)]
+    pub event_store: Option<String>,
+    /// HTTP listen address.
+    #[arg(long, env = "STRATA_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Settings file (read only if it exists; default ./strata.toml).
+    #[arg(long, env = "STRATA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// The `strata.toml` file: the same keys as the variables, without `STRATA_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    event_store: Option<String>,
+    listen: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Event store URL.
+    pub event_store: String,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+}
+
+impl Settings {
+    /// Merges flags/env over the file over the defaults, and validates.
+    pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
+        let (path, explicit) = match &overrides.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from("strata.toml"), false),
+        };
+        let file = read_file(&path, explicit)?;
+        let event_store = overrides
+            .event_store
+            .clone()
+            .or(file.event_store)
+            .unwrap_or_else(|| DEFAULT_EVENT_STORE.to_owned());
+        let listen = overrides
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
+        Ok(Self { event_store, listen })
+    }
+}
+
+fn read_file(path: &Path, explicit: bool) -> anyhow::Result<FileSettings> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("reading settings from {}", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileSettings::default()),
+        Err(err) => bail!("cannot read settings file {}: {err}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let empty = file("");
+        let settings = Settings::resolve(&Overrides { config: Some(empty.path().to_owned()), ..Overrides::default() }).unwrap();
+        assert_eq!(settings.event_store, DEFAULT_EVENT_STORE);
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn a_named_settings_file_that_is_missing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.toml");
+        let err = Settings::resolve(&Overrides { config: Some(missing), ..Overrides::default() }).unwrap_err();
+        assert!(err.to_string().contains("cannot read settings file"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let toml = file("event_store = \"postgres://db/strata\"\nlisten = \"127.0.0.1:9000\"\n");
+        let from_file = Settings::resolve(&Overrides {
+            config: Some(toml.path().to_owned()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.event_store, "postgres://db/strata");
+        assert_eq!(from_file.listen.port(), 9000);
+        let from_flag = Settings::resolve(&Overrides {
+            config: Some(toml.path().to_owned()),
+            event_store: Some("sqlite://other.db".into()),
+            listen: None,
+        })
+        .unwrap();
+        assert_eq!(from_flag.event_store, "sqlite://other.db");
+        assert_eq!(from_flag.listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_addresses_are_clear_errors() {
+        let toml = file("evnt_store = \"x\"\n");
+        let err = Settings::resolve(&Overrides { config: Some(toml.path().to_owned()), ..Overrides::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("evnt_store"), "{err:#}");
+        let toml = file("");
+        let err = Settings::resolve(&Overrides {
+            config: Some(toml.path().to_owned()),
+            listen: Some("localhost".into()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("STRATA_LISTEN"), "{err}");
+    }
+}

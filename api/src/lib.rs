@@ -1,0 +1,16 @@
+//! The composition root of Strata: the only crate that reads configuration,
+//! picks backends from URLs, binds sockets and talks to the terminal.
+//! Libraries below it take typed config and ready-made trait objects.
+//!
+//! - [`config`]: settings from flags, environment and `strata.toml` (flags win);
+//! - [`backend`]: the event store picked by the URL scheme;
+//! - [`http`]: the axum app (`router()`) and `run(listener, shutdown)`;
+//! - [`audit`], [`bench`]: the CLI commands that do real work;
+//! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+
+pub mod audit;
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod http;
+pub mod progress;

@@ -1,0 +1,131 @@
+//! The CLI as users run it: migrate, audit stream, audit verify (which must
+//! catch a payload edited with plain SQL), and clear errors for bad input.
+
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor};
+use strata_api::backend::{registry, EventStoreBackend};
+use strata_store::{EventMetadata, ExpectedVersion, NewEvent, StreamAppend, StreamId};
+use uuid::Uuid;
+
+use crate::support::{drop_postgres, fresh_postgres, run_ok, scratch_sqlite, strata};
+
+fn order_placed_v1(order_id: Uuid) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "OrderPlaced".into(),
+        schema_version: 1,
+        payload: json!({
+            "orderId": order_id.to_string(), "customerId": "c-7",
+            "lines": [{ "sku": "SKU-1", "quantity": 2, "unitPrice": "10.00" }],
+            "paymentMethod": "card",
+            "shippingAddress": { "name": "N", "street": "S", "city": "C", "postalCode": "P", "country": "DE" }
+        }),
+        metadata: EventMetadata { actor: Some("client:carol".into()), command_id: Some(Uuid::new_v4()), ..EventMetadata::default() },
+    }
+}
+
+/// Seeds two orders through the library, then audits them through the binary.
+async fn audit_round_trip(url: &str, tamper: &str) {
+    run_ok(strata().args(["migrate", "--event-store", url]));
+    let backend = EventStoreBackend::open(url, registry().unwrap()).await.unwrap();
+    let order_id = Uuid::new_v4();
+    let stream_id = StreamId::new("order", order_id).unwrap();
+    let other = StreamId::new("order", Uuid::new_v4()).unwrap();
+    let store = backend.store();
+    store
+        .append(vec![
+            StreamAppend { stream_id: stream_id.clone(), expected: ExpectedVersion::NoStream, events: vec![order_placed_v1(order_id)] },
+            StreamAppend { stream_id: other.clone(), expected: ExpectedVersion::NoStream, events: vec![order_placed_v1(Uuid::new_v4())] },
+        ])
+        .await
+        .unwrap();
+
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", url).args(["audit", "stream", stream_id.as_str(), "--json"]));
+    let audit: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let event = &audit["events"][0];
+    assert_eq!(event["schemaVersion"], 2, "audit shows the upcast event: {audit}");
+    assert_eq!(event["payload"]["totalCents"], 2000);
+    assert_eq!(event["metadata"]["actor"], "client:carol");
+    assert_eq!(event["streamVersion"], 1);
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", url).args(["audit", "stream", stream_id.as_str(), "--json", "--as-stored"]));
+    let stored: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stored["events"][0]["payload"]["lines"][0]["unitPrice"], "10.00");
+    let text = run_ok(strata().env("STRATA_EVENT_STORE", url).args(["audit", "stream", stream_id.as_str()]));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("OrderPlaced v2"));
+
+    let clean = run_ok(strata().env("STRATA_EVENT_STORE", url).args(["audit", "verify"]));
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("chain intact"), "{clean:?}");
+
+    let sql = tamper.replace("{stream}", stream_id.as_str());
+    if url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        connection.execute(sql.as_str()).await.unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        connection.execute(sql.as_str()).await.unwrap();
+    }
+    let broken = strata().env("STRATA_EVENT_STORE", url).args(["audit", "verify", "--json"]).output().unwrap();
+    assert_eq!(broken.status.code(), Some(1), "{broken:?}");
+    let report: Value = serde_json::from_slice(&broken.stdout).unwrap();
+    assert_eq!(report["broken"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["broken"][0]["stream_id"], stream_id.as_str());
+    assert_eq!(report["broken"][0]["problem"]["kind"], "hash_mismatch");
+    let other_only = strata().env("STRATA_EVENT_STORE", url).args(["audit", "verify", "--stream", other.as_str()]).output().unwrap();
+    assert!(other_only.status.success(), "{other_only:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_on_sqlite_shows_metadata_and_catches_an_edited_payload() {
+    let scratch = scratch_sqlite();
+    audit_round_trip(
+        &scratch.url,
+        "UPDATE strata_events SET payload = replace(payload, '\"quantity\":2', '\"quantity\":20') WHERE stream_id = '{stream}'",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_on_postgres_shows_metadata_and_catches_an_edited_payload() {
+    let Some((url, name)) = fresh_postgres().await else { return };
+    audit_round_trip(
+        &url,
+        "UPDATE strata_events SET payload = jsonb_set(payload, '{paymentMethod}', '\"stolen\"') WHERE stream_id = '{stream}'",
+    )
+    .await;
+    drop_postgres(&name).await;
+}
+
+#[test]
+fn a_bad_event_store_url_is_a_clear_error() {
+    let output = strata().args(["migrate", "--event-store", "mysql://localhost/db"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("STRATA_EVENT_STORE") && stderr.contains("mysql"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_stream_id_is_refused_before_touching_the_store() {
+    let scratch = scratch_sqlite();
+    let output = strata().env("STRATA_EVENT_STORE", &scratch.url).args(["audit", "stream", "no dash here"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid stream id"), "{output:?}");
+    assert!(!scratch.dir.path().join("strata.db").exists());
+}
+
+#[test]
+fn bench_append_prints_one_json_object_with_a_baseline_and_a_ratio() {
+    let scratch = scratch_sqlite();
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).args([
+        "bench", "append", "--writers", "2", "--events-per-append", "3", "--duration", "0.3", "--runs", "1",
+    ]));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["bench"], "append");
+    assert_eq!(result["backend"], "sqlite");
+    assert_eq!(result["writers"], 2);
+    assert!(result["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["baseline"]["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["ratio"].as_f64().unwrap() > 0.0, "{result}");
+    for key in ["p50_ms", "p95_ms", "p99_ms", "appends_per_s", "seconds"] {
+        assert!(result[key].is_number(), "{key} missing: {result}");
+    }
+}

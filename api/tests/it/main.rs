@@ -1,0 +1,8 @@
+//! Integration tests of the `strata` binary and its HTTP surface: the app
+//! served in-process on port 0, and the real binary driven like a user would.
+
+#![allow(missing_docs, unreachable_pub)]
+
+mod cli;
+mod http;
+mod support;
