@@ -17,6 +17,7 @@ mod error;
 pub mod hash;
 mod memory;
 mod plan;
+mod snapshot;
 mod store;
 mod subscription;
 mod types;
@@ -32,6 +33,7 @@ mod sqlite;
 pub use error::{AppendError, BackendError, ReadError};
 pub use memory::MemoryEventStore;
 pub use plan::{AppendLimits, MAX_EVENTS_PER_APPEND, MAX_PAYLOAD_BYTES};
+pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{EventReader, EventStore, Subscribe};
 pub use types::{
     validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form,

@@ -15,8 +15,9 @@ use uuid::Uuid;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, Direction, EventReader, EventStore, Position, ReadAll, ReadError,
-    ReadStream, RecordedEvent, StreamAppend, StreamHead, StreamId, Subscribe,
+    AppendError, AppendOutcome, BackendError, Direction, EventReader, EventStore, Form, Position,
+    ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead,
+    StreamId, Subscribe,
 };
 
 #[derive(Default)]
@@ -24,6 +25,7 @@ struct State {
     rows: Vec<StoredRow>,
     streams: BTreeMap<StreamId, (Head, Vec<usize>)>,
     ids: HashMap<Uuid, usize>,
+    snapshots: HashMap<StreamId, Snapshot>,
 }
 
 struct Inner {
@@ -118,6 +120,14 @@ impl EventReader for MemoryEventStore {
             Box::pin(async move { result })
         });
         follow(read, self.inner.wake.subscribe(), request)
+    }
+
+    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
+        let row = {
+            let state = self.state();
+            state.ids.get(&event_id).map(|&i| state.rows[i].clone())
+        };
+        row.map(|row| row.decode(&self.inner.registry, form)).transpose()
     }
 
     async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
@@ -219,6 +229,24 @@ impl EventStore for MemoryEventStore {
         drop(state);
         self.inner.wake.send_replace(head);
         planned.resolve(first_position)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemoryEventStore {
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, ReadError> {
+        Ok(self.state().snapshots.get(stream_id).cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {
+        let mut state = self.state();
+        let replace = state.snapshots.get(&snapshot.stream_id).is_none_or(|stored| {
+            stored.stream_version < snapshot.stream_version || stored.snapshot_version != snapshot.snapshot_version
+        });
+        if replace {
+            state.snapshots.insert(snapshot.stream_id.clone(), snapshot);
+        }
+        Ok(())
     }
 }
 

@@ -13,18 +13,16 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 pub(crate) struct Embedded(pub(crate) &'static [(i64, &'static str, &'static str)]);
 
 #[cfg(feature = "postgres")]
-pub(crate) const POSTGRES: Embedded = Embedded(&[(
-    1,
-    "event log",
-    include_str!("../migrations/postgres/0001_event_log.sql"),
-)]);
+pub(crate) const POSTGRES: Embedded = Embedded(&[
+    (1, "event log", include_str!("../migrations/postgres/0001_event_log.sql")),
+    (2, "snapshots", include_str!("../migrations/postgres/0002_snapshots.sql")),
+]);
 
 #[cfg(feature = "sqlite")]
-pub(crate) const SQLITE: Embedded = Embedded(&[(
-    1,
-    "event log",
-    include_str!("../migrations/sqlite/0001_event_log.sql"),
-)]);
+pub(crate) const SQLITE: Embedded = Embedded(&[
+    (1, "event log", include_str!("../migrations/sqlite/0001_event_log.sql")),
+    (2, "snapshots", include_str!("../migrations/sqlite/0002_snapshots.sql")),
+]);
 
 impl<'s> MigrationSource<'s> for Embedded {
     fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {

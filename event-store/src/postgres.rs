@@ -50,9 +50,9 @@ use uuid::Uuid;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, Direction, EventReader, EventStore,
-    Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamAppend, StreamHead, StreamId,
-    Subscribe,
+    AppendError, AppendOutcome, BackendError, ChainHash, Direction, EventReader, EventStore, Form,
+    Position, ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
+    StreamHead, StreamId, Subscribe,
 };
 
 const NOTIFY_CHANNEL: &str = "strata_events";
@@ -70,6 +70,9 @@ mod sql {
     pub(super) const STREAM_HEADS: &str = include_str!("../sql/postgres/stream_heads.sql");
     pub(super) const HEAD_POSITION: &str = include_str!("../sql/postgres/head_position.sql");
     pub(super) const CATEGORIES: &str = include_str!("../sql/postgres/categories.sql");
+    pub(super) const READ_EVENT: &str = include_str!("../sql/postgres/read_event.sql");
+    pub(super) const LOAD_SNAPSHOT: &str = include_str!("../sql/postgres/load_snapshot.sql");
+    pub(super) const SAVE_SNAPSHOT: &str = include_str!("../sql/postgres/save_snapshot.sql");
 }
 
 /// Where an append transaction is, for fault injection.
@@ -580,6 +583,15 @@ fn decode_stream_head(row: &PgRow) -> Result<StreamHead, ReadError> {
 
 #[async_trait]
 impl EventReader for PostgresEventStore {
+    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
+        let row = sqlx::query(sql::READ_EVENT)
+            .bind(event_id)
+            .fetch_optional(&self.inner.shared.pool)
+            .await
+            .map_err(backend("reading an event by id"))?;
+        Ok(decode_rows(row.as_slice(), &self.inner.shared.registry, form)?.pop())
+    }
+
     async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
         let from = i64::try_from(request.from_version).unwrap_or(i64::MAX);
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
@@ -683,5 +695,45 @@ impl EventStore for PostgresEventStore {
                 .pop()
                 .unwrap_or(Err(AppendError::Closed)),
         }
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PostgresEventStore {
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, ReadError> {
+        let Some(row) = sqlx::query(sql::LOAD_SNAPSHOT)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.inner.shared.pool)
+            .await
+            .map_err(backend("reading a snapshot"))?
+        else {
+            return Ok(None);
+        };
+        let decode = || -> Result<Snapshot, Box<dyn std::error::Error + Send + Sync>> {
+            let state: String = row.try_get("state")?;
+            Ok(Snapshot {
+                stream_id: stream_id.clone(),
+                snapshot_version: u32::try_from(row.try_get::<i32, _>("snapshot_version")?)?,
+                stream_version: u64::try_from(row.try_get::<i64, _>("stream_version")?)?,
+                state: serde_json::from_str(&state)?,
+                taken_at: row.try_get("taken_at")?,
+            })
+        };
+        decode()
+            .map(Some)
+            .map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {
+        sqlx::query(sql::SAVE_SNAPSHOT)
+            .bind(snapshot.stream_id.as_str())
+            .bind(i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX))
+            .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
+            .bind(snapshot.state.to_string())
+            .bind(snapshot.taken_at)
+            .execute(&self.inner.shared.pool)
+            .await
+            .map_err(backend("saving a snapshot"))?;
+        Ok(())
     }
 }

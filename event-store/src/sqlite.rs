@@ -27,8 +27,8 @@ use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
     AppendError, AppendOutcome, BackendError, ChainHash, Direction, EventReader, EventStore, Form,
-    Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamAppend, StreamHead, StreamId,
-    Subscribe,
+    Position, ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
+    StreamHead, StreamId, Subscribe,
 };
 
 mod sql {
@@ -45,6 +45,9 @@ mod sql {
     pub(super) const STREAM_HEADS: &str = include_str!("../sql/sqlite/stream_heads.sql");
     pub(super) const HEAD_POSITION: &str = include_str!("../sql/sqlite/head_position.sql");
     pub(super) const CATEGORIES: &str = include_str!("../sql/sqlite/categories.sql");
+    pub(super) const READ_EVENT: &str = include_str!("../sql/sqlite/read_event.sql");
+    pub(super) const LOAD_SNAPSHOT: &str = include_str!("../sql/sqlite/load_snapshot.sql");
+    pub(super) const SAVE_SNAPSHOT: &str = include_str!("../sql/sqlite/save_snapshot.sql");
 }
 
 /// Where the file is and how many reader connections to keep.
@@ -276,6 +279,15 @@ fn decode_stream_head(row: &SqliteRow) -> Result<StreamHead, ReadError> {
 
 #[async_trait]
 impl EventReader for SqliteEventStore {
+    async fn read_event(&self, event_id: uuid::Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
+        let row = sqlx::query(sql::READ_EVENT)
+            .bind(event_id)
+            .fetch_optional(&self.inner.readers)
+            .await
+            .map_err(backend("reading an event by id"))?;
+        Ok(decode_rows(row.as_slice(), &self.inner.registry, form)?.pop())
+    }
+
     async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
         let from = i64::try_from(request.from_version).unwrap_or(i64::MAX);
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
@@ -358,5 +370,46 @@ impl EventReader for SqliteEventStore {
 impl EventStore for SqliteEventStore {
     async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
         self.append_once(request).await
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteEventStore {
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, ReadError> {
+        let Some(row) = sqlx::query(sql::LOAD_SNAPSHOT)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.inner.readers)
+            .await
+            .map_err(backend("reading a snapshot"))?
+        else {
+            return Ok(None);
+        };
+        let decode = || -> Result<Snapshot, Box<dyn std::error::Error + Send + Sync>> {
+            let state: String = row.try_get("state")?;
+            let taken_at: i64 = row.try_get("taken_at")?;
+            Ok(Snapshot {
+                stream_id: stream_id.clone(),
+                snapshot_version: u32::try_from(row.try_get::<i64, _>("snapshot_version")?)?,
+                stream_version: u64::try_from(row.try_get::<i64, _>("stream_version")?)?,
+                state: serde_json::from_str(&state)?,
+                taken_at: chrono::DateTime::from_timestamp_micros(taken_at).ok_or("snapshot time out of range")?,
+            })
+        };
+        decode()
+            .map(Some)
+            .map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {
+        sqlx::query(sql::SAVE_SNAPSHOT)
+            .bind(snapshot.stream_id.as_str())
+            .bind(i64::from(snapshot.snapshot_version))
+            .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
+            .bind(snapshot.state.to_string())
+            .bind(snapshot.taken_at.timestamp_micros())
+            .execute(&self.inner.writer)
+            .await
+            .map_err(backend("saving a snapshot"))?;
+        Ok(())
     }
 }

@@ -30,9 +30,10 @@
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
+use uuid::Uuid;
 
 use crate::{
-    AppendError, AppendOutcome, Position, ReadAll, ReadError, ReadStream, RecordedEvent,
+    AppendError, AppendOutcome, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent,
     StreamAppend, StreamHead, StreamId,
 };
 
@@ -73,6 +74,10 @@ pub trait EventReader: Send + Sync {
     /// LISTEN/NOTIFY, an in-process signal), never by a busy poll. Each event
     /// is delivered once, in position order. The stream ends after an error.
     fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>>;
+
+    /// One event by id, `None` if no event has that id. The command handler
+    /// uses it to tell whether a command id was already applied.
+    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError>;
 
     /// The head of one stream, `None` if it does not exist.
     async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError>;

@@ -11,7 +11,7 @@ use serde_json::json;
 use strata_store::verify::verify_log;
 use strata_store::{
     AppendError, Direction, EventMetadata, EventStore, ExpectedVersion, Form, NewEvent, Position,
-    ReadAll, ReadStream, StreamAppend, Subscribe,
+    ReadAll, ReadStream, Snapshot, SnapshotStore, StreamAppend, Subscribe,
 };
 use uuid::Uuid;
 
@@ -39,6 +39,8 @@ macro_rules! conformance_suite {
             concurrent_appends_expecting_the_same_version_let_exactly_one_win,
             concurrent_retries_of_one_append_store_one_copy,
             a_clean_log_verifies_intact,
+            an_event_is_found_by_its_id,
+            the_newest_snapshot_is_kept_unless_its_format_changes,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {
@@ -54,7 +56,11 @@ macro_rules! conformance_suite {
 }
 pub(crate) use conformance_suite;
 
-type Store = Arc<dyn EventStore>;
+/// What every backend offers: the log and the snapshots beside it.
+pub trait Backend: EventStore + SnapshotStore {}
+impl<T: EventStore + SnapshotStore> Backend for T {}
+
+type Store = Arc<dyn Backend>;
 
 async fn count_all(store: &Store) -> usize {
     store.read_all(ReadAll::after(Position::START, 100_000)).await.unwrap().len()
@@ -483,4 +489,37 @@ pub async fn a_clean_log_verifies_intact(store: Store) {
     assert_eq!(report.events_checked, 24);
     assert_eq!(report.streams_checked, 3);
     assert!(calls >= 4, "progress was reported {calls} times");
+}
+
+pub async fn an_event_is_found_by_its_id(store: Store) {
+    let s = stream("order");
+    let events = vec![noted("a"), noted("b")];
+    let second_id = events[1].event_id;
+    let outcome = store.append(to(&s, ExpectedVersion::NoStream, events)).await.unwrap();
+    let found = store.read_event(second_id, Form::Latest).await.unwrap().expect("stored event");
+    assert_eq!(found.stream_id, s);
+    assert_eq!(found.stream_version, 2);
+    assert_eq!(found.position, outcome.streams[0].positions[1]);
+    assert_eq!(found.payload, json!({ "text": "b" }));
+    assert!(store.read_event(Uuid::new_v4(), Form::Latest).await.unwrap().is_none());
+}
+
+pub async fn the_newest_snapshot_is_kept_unless_its_format_changes(store: Store) {
+    let s = stream("order");
+    assert!(store.load_snapshot(&s).await.unwrap().is_none());
+    let snapshot = |format: u32, version: u64| Snapshot {
+        stream_id: s.clone(),
+        snapshot_version: format,
+        stream_version: version,
+        state: json!({ "format": format, "version": version }),
+        taken_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap(),
+    };
+    store.save_snapshot(snapshot(1, 200)).await.unwrap();
+    store.save_snapshot(snapshot(1, 100)).await.unwrap();
+    assert_eq!(store.load_snapshot(&s).await.unwrap(), Some(snapshot(1, 200)), "an older snapshot replaced a newer one");
+    store.save_snapshot(snapshot(2, 50)).await.unwrap();
+    assert_eq!(store.load_snapshot(&s).await.unwrap(), Some(snapshot(2, 50)), "a new format must replace the old one");
+    store.save_snapshot(snapshot(2, 300)).await.unwrap();
+    assert_eq!(store.load_snapshot(&s).await.unwrap(), Some(snapshot(2, 300)));
+    assert!(store.load_snapshot(&stream("order")).await.unwrap().is_none(), "snapshots are per stream");
 }

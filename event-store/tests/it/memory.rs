@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use strata_store::{EventStore, MemoryEventStore};
+use strata_store::MemoryEventStore;
 
-use crate::conformance::conformance_suite;
+use crate::conformance::{conformance_suite, Backend};
 use crate::support::{registry, Cleanup};
 
-async fn open() -> Option<(Arc<dyn EventStore>, Cleanup)> {
+async fn open() -> Option<(Arc<dyn Backend>, Cleanup)> {
     Some((Arc::new(MemoryEventStore::new(registry())), Cleanup::none()))
 }
 

@@ -16,7 +16,7 @@ use strata_store::{
 };
 use uuid::Uuid;
 
-use crate::conformance::conformance_suite;
+use crate::conformance::{conformance_suite, Backend};
 use crate::support::postgres::{fresh_database, TestDatabase};
 use crate::support::{noted, registry, stream, to, wait_until, Cleanup};
 
@@ -29,13 +29,13 @@ async fn store_on(database: &TestDatabase, config: impl FnOnce(&mut PostgresConf
     store
 }
 
-async fn open() -> Option<(Arc<dyn EventStore>, Cleanup)> {
+async fn open() -> Option<(Arc<dyn Backend>, Cleanup)> {
     let database = fresh_database().await?;
     let store = store_on(&database, |_| {}).await;
     Some((Arc::new(store), Cleanup::new(move || database.drop_database())))
 }
 
-async fn open_without_group_commit() -> Option<(Arc<dyn EventStore>, Cleanup)> {
+async fn open_without_group_commit() -> Option<(Arc<dyn Backend>, Cleanup)> {
     let database = fresh_database().await?;
     let store = store_on(&database, |config| config.group_commit = false).await;
     Some((Arc::new(store), Cleanup::new(move || database.drop_database())))

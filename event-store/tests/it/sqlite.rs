@@ -6,7 +6,7 @@ use sqlx::{Connection, Executor, SqliteConnection};
 use strata_store::verify::{verify_log, verify_stream, LinkProblem};
 use strata_store::{EventStore, ExpectedVersion, SqliteConfig, SqliteEventStore};
 
-use crate::conformance::conformance_suite;
+use crate::conformance::{conformance_suite, Backend};
 use crate::support::{noted, registry, stream, to, Cleanup};
 
 fn temp_url() -> (String, std::path::PathBuf) {
@@ -22,7 +22,7 @@ async fn open_store() -> (SqliteEventStore, String, std::path::PathBuf) {
     (store, url, dir)
 }
 
-async fn open() -> Option<(Arc<dyn EventStore>, Cleanup)> {
+async fn open() -> Option<(Arc<dyn Backend>, Cleanup)> {
     let (store, _, dir) = open_store().await;
     Some((
         Arc::new(store),

@@ -1,0 +1,5 @@
+-- One event by id (command idempotency: "was this command already applied?").
+SELECT position, event_id, stream_id, stream_version, event_type, schema_version,
+       payload::text AS payload, metadata::text AS metadata, recorded_at, hash
+FROM strata_events
+WHERE event_id = $1
