@@ -16,6 +16,19 @@ use crate::{SchemaError, SchemaRegistry};
 pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
     ("OrderPlaced", 1, include_str!("../events/OrderPlaced.v1.json")),
     ("OrderPlaced", 2, include_str!("../events/OrderPlaced.v2.json")),
+    ("OrderConfirmed", 1, include_str!("../events/OrderConfirmed.v1.json")),
+    ("OrderShipped", 1, include_str!("../events/OrderShipped.v1.json")),
+    ("OrderCancelled", 1, include_str!("../events/OrderCancelled.v1.json")),
+    ("StockRestocked", 1, include_str!("../events/StockRestocked.v1.json")),
+    ("StockReserved", 1, include_str!("../events/StockReserved.v1.json")),
+    ("ReservationReleased", 1, include_str!("../events/ReservationReleased.v1.json")),
+    ("ReservationCommitted", 1, include_str!("../events/ReservationCommitted.v1.json")),
+    ("PaymentAuthorized", 1, include_str!("../events/PaymentAuthorized.v1.json")),
+    ("PaymentCaptured", 1, include_str!("../events/PaymentCaptured.v1.json")),
+    ("PaymentVoided", 1, include_str!("../events/PaymentVoided.v1.json")),
+    ("PaymentRefunded", 1, include_str!("../events/PaymentRefunded.v1.json")),
+    ("ShipmentCreated", 1, include_str!("../events/ShipmentCreated.v1.json")),
+    ("ShipmentCancelled", 1, include_str!("../events/ShipmentCancelled.v1.json")),
 ];
 
 /// The registry of the reference domain: every schema in [`SCHEMA_FILES`] and
