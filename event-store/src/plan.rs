@@ -232,7 +232,9 @@ pub(crate) struct PlannedRow {
 pub(crate) struct HeadChange {
     pub(crate) stream_id: StreamId,
     pub(crate) head: Head,
-    /// The stream did not exist when the batch loaded its heads.
+    /// The stream did not exist when the batch loaded its heads (PostgreSQL
+    /// inserts those heads and updates the others).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) created: bool,
 }
 

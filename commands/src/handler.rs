@@ -1,0 +1,562 @@
+//! [`CommandHandler`]: load → decide → append, for any [`Aggregate`].
+//!
+//! # Guarantees
+//!
+//! - **Optimistic concurrency.** The append expects the version the state was
+//!   loaded at. On a conflict the handler reloads and decides again, at most
+//!   [`HandlerConfig::max_attempts`] times, then returns
+//!   [`CommandError::Conflict`]. A conflict means another command was appended
+//!   to the stream, so retries are bounded by the real contention.
+//! - **Idempotent command ids.** Event ids are UUIDv5 of the command id and the
+//!   event's index, so a command id maps to the same event ids forever. Handling
+//!   a command id that was already applied returns the first outcome with
+//!   `replayed = true` and writes nothing, whatever the state is now: after a
+//!   restart, when the first reply was lost, or when two copies race (the
+//!   store's idempotent append refuses a second copy of those ids). A command
+//!   that was refused wrote nothing, so sending it again decides it again.
+//! - **Metadata.** Every event carries the command id, the correlation id
+//!   (default: the command id), the causation id (default: the command id), the
+//!   actor and the W3C `traceparent` (from the command's context, else from
+//!   [`HandlerConfig::traceparent`]).
+//! - **Snapshots.** When a [`SnapshotStore`] is given, loading starts from the
+//!   stream's snapshot if its format is the aggregate's current
+//!   [`Aggregate::SNAPSHOT_VERSION`] (others are ignored), and a new snapshot is
+//!   saved once [`HandlerConfig::snapshot_every`] events have been appended
+//!   since the one loaded. Snapshots are a cache: failing to save one is logged
+//!   and the command still succeeds.
+//!
+//! # Failure modes
+//!
+//! [`CommandError::Append`] with a backend cause means the outcome is unknown;
+//! handling the same command again (same id) is always safe and tells.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use strata_schemas::{DecodeError, DomainEvent};
+use strata_store::{
+    AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Form, InvalidStreamId,
+    NewEvent, Position, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
+    StreamId, MAX_EVENTS_PER_APPEND,
+};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::Aggregate;
+
+/// Supplies the W3C `traceparent` of the current span, when there is one.
+/// The composition root installs one backed by its tracing setup; the handler
+/// has no tracing backend of its own.
+pub type TraceparentSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// How a handler behaves. `HandlerConfig::default()` suits most aggregates.
+#[derive(Clone)]
+pub struct HandlerConfig {
+    /// Decide/append attempts before a conflict is returned (at least 1).
+    pub max_attempts: u32,
+    /// Save a snapshot once this many events were appended since the loaded
+    /// one; `None` never snapshots.
+    pub snapshot_every: Option<u64>,
+    /// Events read per page while folding a stream.
+    pub page_size: usize,
+    /// Where `traceparent` comes from when the command's context has none.
+    pub traceparent: Option<TraceparentSource>,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 20,
+            snapshot_every: Some(100),
+            page_size: 1_000,
+            traceparent: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for HandlerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerConfig")
+            .field("max_attempts", &self.max_attempts)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("page_size", &self.page_size)
+            .field("traceparent", &self.traceparent.is_some())
+            .finish()
+    }
+}
+
+/// Who sent a command and which flow it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandContext {
+    /// The business flow (default: the command id).
+    pub correlation_id: Option<Uuid>,
+    /// The event or command that caused this command (default: the command id).
+    pub causation_id: Option<Uuid>,
+    /// The authenticated user or service.
+    pub actor: Option<String>,
+    /// W3C trace context; overrides [`HandlerConfig::traceparent`].
+    pub traceparent: Option<String>,
+}
+
+/// A command with its id and context.
+#[derive(Debug, Clone)]
+pub struct Envelope<C> {
+    /// Unique per intended effect: the same id means "the same command again".
+    pub command_id: Uuid,
+    /// What to do.
+    pub command: C,
+    /// Who and why.
+    pub context: CommandContext,
+}
+
+impl<C> Envelope<C> {
+    /// A command with an id and an empty context.
+    pub fn new(command_id: Uuid, command: C) -> Self {
+        Self {
+            command_id,
+            command,
+            context: CommandContext::default(),
+        }
+    }
+
+    /// Sets the actor.
+    pub fn by(mut self, actor: impl Into<String>) -> Self {
+        self.context.actor = Some(actor.into());
+        self
+    }
+}
+
+/// One event a command appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEvent {
+    /// Its id (derived from the command id).
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Its stream version.
+    pub version: u64,
+    /// Its global position.
+    pub position: Position,
+}
+
+/// What a handled command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The command.
+    pub command_id: Uuid,
+    /// The stream it targeted.
+    pub stream_id: StreamId,
+    /// The stream version after the command's events (the loaded version when
+    /// it decided no events).
+    pub version: u64,
+    /// The events it appended, in order (possibly none).
+    pub events: Vec<AppliedEvent>,
+    /// True when the command had already been applied: this is the first
+    /// outcome and nothing was written now.
+    pub replayed: bool,
+    /// How many times it was decided (1 + conflict retries).
+    pub attempts: u32,
+}
+
+/// Why a command was not applied. Whatever the variant (but see
+/// [`CommandError::Append`]), nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command (a domain answer).
+    #[error("command refused: {0}")]
+    Rejected(#[source] E),
+    /// Other writers kept changing the stream; every attempt conflicted.
+    #[error("stream {stream_id} kept changing: gave up after {attempts} attempts (last seen at version {actual})")]
+    Conflict {
+        /// The contended stream.
+        stream_id: StreamId,
+        /// Attempts made.
+        attempts: u32,
+        /// The version found by the last attempt.
+        actual: u64,
+    },
+    /// The command id was already used for a command on another stream.
+    #[error("command id {command_id} was already used on stream {stream_id}")]
+    CommandIdReused {
+        /// The reused id.
+        command_id: Uuid,
+        /// Where it was used.
+        stream_id: StreamId,
+    },
+    /// The command's aggregate id does not make a valid stream id.
+    #[error(transparent)]
+    InvalidTarget(#[from] InvalidStreamId),
+    /// A stored event of the stream does not decode into the aggregate's events.
+    #[error("stream {stream_id} holds an event this aggregate cannot read: {source}")]
+    Undecodable {
+        /// The stream.
+        stream_id: StreamId,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// Reading the stream failed.
+    #[error("reading the stream failed: {0}")]
+    Read(#[source] ReadError),
+    /// Appending failed; with a backend cause the outcome is unknown and the
+    /// same command id can be sent again safely.
+    #[error("appending failed: {0}")]
+    Append(#[source] AppendError),
+}
+
+/// A stream's state as loaded.
+#[derive(Debug, Clone)]
+pub struct Loaded<S> {
+    /// The folded state.
+    pub state: S,
+    /// The stream version the state includes (0: absent stream).
+    pub version: u64,
+    /// The version of the snapshot loading started from, if one was used.
+    pub snapshot_version: Option<u64>,
+    /// How many events were read and folded after the snapshot.
+    pub events_folded: u64,
+}
+
+/// Handles the commands of one aggregate type. Cheap to clone.
+pub struct CommandHandler<A: Aggregate> {
+    store: Arc<dyn EventStore>,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    config: HandlerConfig,
+    aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Clone for CommandHandler<A> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+            config: self.config.clone(),
+            aggregate: PhantomData,
+        }
+    }
+}
+
+type Result<T, A> = std::result::Result<T, CommandError<<A as Aggregate>::Error>>;
+
+/// The id of the `index`-th event of a command: UUIDv5 in the command id's namespace.
+pub fn event_id(command_id: Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(&command_id, format!("event-{index}").as_bytes())
+}
+
+impl<A: Aggregate> CommandHandler<A> {
+    /// A handler appending to `store`, snapshotting to `snapshots` if given.
+    pub fn new(store: Arc<dyn EventStore>, snapshots: Option<Arc<dyn SnapshotStore>>, config: HandlerConfig) -> Self {
+        Self {
+            store,
+            snapshots,
+            config,
+            aggregate: PhantomData,
+        }
+    }
+
+    /// The stream of an aggregate id.
+    pub fn stream_id(aggregate_id: &str) -> std::result::Result<StreamId, InvalidStreamId> {
+        StreamId::new(A::CATEGORY, aggregate_id)
+    }
+
+    /// Handles one command; see the module docs for every guarantee.
+    pub async fn handle(&self, envelope: Envelope<A::Command>) -> Result<CommandOutcome, A> {
+        let stream_id = Self::stream_id(&A::aggregate_id(&envelope.command))?;
+        let span = tracing::info_span!(
+            "command",
+            aggregate = A::CATEGORY,
+            stream_id = %stream_id,
+            command_id = %envelope.command_id,
+            attempts = tracing::field::Empty,
+        );
+        self.handle_on(stream_id, envelope).instrument(span).await
+    }
+
+    async fn handle_on(&self, stream_id: StreamId, envelope: Envelope<A::Command>) -> Result<CommandOutcome, A> {
+        let command_id = envelope.command_id;
+        let metadata = self.metadata(&envelope);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let loaded = self.load_stream(&stream_id).await?;
+            let events = match A::decide(&loaded.state, envelope.command.clone()) {
+                Ok(events) if !events.is_empty() => events,
+                decided => {
+                    // Nothing to write: either a refusal or a no-op. If this command
+                    // id was applied before, its first outcome is the answer.
+                    if let Some(first) = self.first_outcome(&stream_id, command_id, attempts).await? {
+                        return Ok(first);
+                    }
+                    return match decided {
+                        Err(refusal) => Err(CommandError::Rejected(refusal)),
+                        Ok(_) => Ok(CommandOutcome {
+                            command_id,
+                            stream_id,
+                            version: loaded.version,
+                            events: Vec::new(),
+                            replayed: false,
+                            attempts,
+                        }),
+                    };
+                }
+            };
+            let new_events: Vec<NewEvent> = events
+                .iter()
+                .enumerate()
+                .map(|(index, event)| NewEvent {
+                    event_id: event_id(command_id, index),
+                    event_type: event.event_type().to_owned(),
+                    schema_version: event.schema_version(),
+                    payload: event.to_payload(),
+                    metadata: metadata.clone(),
+                })
+                .collect();
+            let expected = match loaded.version {
+                0 => ExpectedVersion::NoStream,
+                version => ExpectedVersion::Exact(version),
+            };
+            let request = vec![StreamAppend {
+                stream_id: stream_id.clone(),
+                expected,
+                events: new_events.clone(),
+            }];
+            match self.store.append(request).await {
+                Ok(outcome) => {
+                    tracing::Span::current().record("attempts", attempts);
+                    if !outcome.replayed {
+                        self.maybe_snapshot(&stream_id, loaded, &events, &outcome).await;
+                    }
+                    return Ok(applied(command_id, stream_id, &new_events, &outcome, attempts));
+                }
+                Err(AppendError::Conflict { actual, .. }) => {
+                    if attempts >= self.config.max_attempts.max(1) {
+                        return Err(CommandError::Conflict {
+                            stream_id,
+                            attempts,
+                            actual,
+                        });
+                    }
+                    tracing::debug!(attempts, actual, "conflict; deciding again");
+                    backoff(attempts).await;
+                }
+                Err(AppendError::EventIdReused { stored_stream_id, .. }) => {
+                    return match self.first_outcome(&stream_id, command_id, attempts).await? {
+                        Some(first) => Ok(first),
+                        None => Err(CommandError::CommandIdReused {
+                            command_id,
+                            stream_id: stored_stream_id,
+                        }),
+                    };
+                }
+                Err(other) => return Err(CommandError::Append(other)),
+            }
+        }
+    }
+
+    /// Loads an aggregate's state (from its snapshot when usable).
+    pub async fn load(&self, aggregate_id: &str) -> Result<Loaded<A::State>, A> {
+        self.load_stream(&Self::stream_id(aggregate_id)?).await
+    }
+
+    async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A::State>, A> {
+        let (mut state, mut version, snapshot_version) = match self.usable_snapshot(stream_id).await? {
+            Some((state, version)) => (state, version, Some(version)),
+            None => (A::State::default(), 0, None),
+        };
+        let mut events_folded = 0;
+        let page_size = self.config.page_size.max(1);
+        loop {
+            let request = ReadStream {
+                from_version: version + 1,
+                ..ReadStream::forward(page_size)
+            };
+            let page = self
+                .store
+                .read_stream(stream_id, request)
+                .await
+                .map_err(CommandError::Read)?;
+            let full_page = page.len() == page_size;
+            for recorded in page {
+                let event = decode::<A>(stream_id, recorded.event_type, recorded.payload)?;
+                state = A::evolve(state, &event);
+                version = recorded.stream_version;
+                events_folded += 1;
+            }
+            if !full_page {
+                return Ok(Loaded {
+                    state,
+                    version,
+                    snapshot_version,
+                    events_folded,
+                });
+            }
+        }
+    }
+
+    async fn usable_snapshot(&self, stream_id: &StreamId) -> Result<Option<(A::State, u64)>, A> {
+        let Some(snapshots) = &self.snapshots else {
+            return Ok(None);
+        };
+        let Some(snapshot) = snapshots.load_snapshot(stream_id).await.map_err(CommandError::Read)? else {
+            return Ok(None);
+        };
+        if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
+            tracing::debug!(
+                stored = snapshot.snapshot_version,
+                current = A::SNAPSHOT_VERSION,
+                "ignoring a snapshot of another format"
+            );
+            return Ok(None);
+        }
+        match serde_json::from_value(snapshot.state) {
+            Ok(state) => Ok(Some((state, snapshot.stream_version))),
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a snapshot that does not decode; folding the whole stream");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn maybe_snapshot(
+        &self,
+        stream_id: &StreamId,
+        loaded: Loaded<A::State>,
+        events: &[A::Event],
+        outcome: &AppendOutcome,
+    ) {
+        let (Some(snapshots), Some(every)) = (&self.snapshots, self.config.snapshot_every) else {
+            return;
+        };
+        let version = outcome.streams[0].last_version();
+        if version - loaded.snapshot_version.unwrap_or(0) < every.max(1) {
+            return;
+        }
+        let state = A::fold(loaded.state, events);
+        let state = match serde_json::to_value(&state) {
+            Ok(state) => state,
+            Err(err) => {
+                tracing::warn!(error = %err, "aggregate state does not serialize; no snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_id: stream_id.clone(),
+            snapshot_version: A::SNAPSHOT_VERSION,
+            stream_version: version,
+            state,
+            taken_at: Utc::now(),
+        };
+        if let Err(err) = snapshots.save_snapshot(snapshot).await {
+            tracing::warn!(error = %err, "saving a snapshot failed; the next load folds more events");
+        }
+    }
+
+    /// The outcome of the first application of `command_id`, if it was applied.
+    async fn first_outcome(&self, stream_id: &StreamId, command_id: Uuid, attempts: u32) -> Result<Option<CommandOutcome>, A> {
+        let Some(first) = self
+            .store
+            .read_event(event_id(command_id, 0), Form::AsStored)
+            .await
+            .map_err(CommandError::Read)?
+        else {
+            return Ok(None);
+        };
+        if first.stream_id != *stream_id {
+            return Err(CommandError::CommandIdReused {
+                command_id,
+                stream_id: first.stream_id,
+            });
+        }
+        let request = ReadStream {
+            from_version: first.stream_version,
+            form: Form::AsStored,
+            ..ReadStream::forward(MAX_EVENTS_PER_APPEND)
+        };
+        let events: Vec<AppliedEvent> = self
+            .store
+            .read_stream(stream_id, request)
+            .await
+            .map_err(CommandError::Read)?
+            .into_iter()
+            .take_while(|event: &RecordedEvent| event.metadata.command_id == Some(command_id))
+            .map(|event| AppliedEvent {
+                event_id: event.event_id,
+                event_type: event.event_type,
+                version: event.stream_version,
+                position: event.position,
+            })
+            .collect();
+        Ok(Some(CommandOutcome {
+            command_id,
+            stream_id: stream_id.clone(),
+            version: events.last().map_or(first.stream_version, |event| event.version),
+            events,
+            replayed: true,
+            attempts,
+        }))
+    }
+
+    fn metadata(&self, envelope: &Envelope<A::Command>) -> EventMetadata {
+        let context = &envelope.context;
+        EventMetadata {
+            correlation_id: Some(context.correlation_id.unwrap_or(envelope.command_id)),
+            causation_id: Some(context.causation_id.unwrap_or(envelope.command_id)),
+            traceparent: context
+                .traceparent
+                .clone()
+                .or_else(|| self.config.traceparent.as_ref().and_then(|source| source())),
+            actor: context.actor.clone(),
+            command_id: Some(envelope.command_id),
+        }
+    }
+}
+
+fn decode<A: Aggregate>(stream_id: &StreamId, event_type: String, payload: serde_json::Value) -> Result<A::Event, A> {
+    A::Event::from_payload(&event_type, payload).map_err(|source| CommandError::Undecodable {
+        stream_id: stream_id.clone(),
+        source,
+    })
+}
+
+fn applied(
+    command_id: Uuid,
+    stream_id: StreamId,
+    new_events: &[NewEvent],
+    outcome: &AppendOutcome,
+    attempts: u32,
+) -> CommandOutcome {
+    let appended = &outcome.streams[0];
+    CommandOutcome {
+        command_id,
+        stream_id,
+        version: appended.last_version(),
+        events: new_events
+            .iter()
+            .zip(appended.versions.iter().zip(&appended.positions))
+            .map(|(event, (&version, &position))| AppliedEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                version,
+                position,
+            })
+            .collect(),
+        replayed: outcome.replayed,
+        attempts,
+    }
+}
+
+/// The first retry goes at once (the reload is already a round trip); later
+/// ones wait a random moment, growing with the attempt, so racing writers
+/// spread out instead of colliding again in lockstep.
+async fn backoff(attempt: u32) {
+    if attempt < 2 {
+        return;
+    }
+    let ceiling_micros = 500 * u64::from(attempt.min(10));
+    let wait = rand::rng().random_range(0..=ceiling_micros);
+    tokio::time::sleep(Duration::from_micros(wait)).await;
+}

@@ -1,0 +1,372 @@
+//! Inventory, one aggregate per SKU (stream `inventory-<SKU>`).
+//!
+//! # Rules
+//!
+//! - A SKU exists once it has been restocked; reserving, releasing or
+//!   committing an unknown SKU is [`InventoryError::UnknownSku`].
+//! - Quantities are 1 to 10,000 units per command; zero or negative is
+//!   [`InventoryError::InvalidQuantity`].
+//! - `available = on hand − reserved`. A reservation larger than what is
+//!   available is refused ([`InventoryError::OutOfStock`]) and nothing is
+//!   reserved: stock is never oversold, also under concurrency, because every
+//!   reservation is appended expecting the version its decision saw.
+//! - One reservation per order and SKU: reserving again for the same order is
+//!   [`InventoryError::AlreadyReserved`] (retries of the same command are
+//!   answered by the handler's command-id idempotency before this rule).
+//! - Releasing gives the whole reservation back to available stock; committing
+//!   (on shipment) removes the reserved units from on-hand stock. Both need a
+//!   reservation ([`InventoryError::NoReservation`]).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use strata_schemas::events::{
+    InventoryEvent, ReservationCommitted, ReservationReleased, StockReserved, StockRestocked,
+};
+use strata_schemas::values::{InvalidValue, Quantity, Sku};
+use uuid::Uuid;
+
+use crate::Aggregate;
+
+/// The inventory aggregate of one SKU.
+#[derive(Debug)]
+pub enum Inventory {}
+
+/// One SKU's stock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryState {
+    /// Restocked at least once.
+    pub known: bool,
+    /// Units physically in stock (reserved ones included).
+    pub on_hand: u64,
+    /// Units held per order.
+    pub reservations: BTreeMap<Uuid, u32>,
+}
+
+impl InventoryState {
+    /// Units held by reservations.
+    pub fn reserved(&self) -> u64 {
+        self.reservations.values().map(|&units| u64::from(units)).sum()
+    }
+
+    /// Units that can still be reserved.
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved())
+    }
+}
+
+/// What can be asked of a SKU's stock. Quantities arrive raw and are checked
+/// by `decide`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InventoryCommand {
+    /// Units arrived.
+    Restock {
+        /// The SKU.
+        sku: Sku,
+        /// How many (1 to 10,000).
+        quantity: i64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Hold units for an order.
+    Reserve {
+        /// The SKU.
+        sku: Sku,
+        /// For which order.
+        order_id: Uuid,
+        /// How many (1 to 10,000).
+        quantity: i64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Give an order's reservation back (compensation, cancellation).
+    Release {
+        /// The SKU.
+        sku: Sku,
+        /// Whose reservation.
+        order_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The order shipped: its reserved units leave the stock.
+    Commit {
+        /// The SKU.
+        sku: Sku,
+        /// Whose reservation.
+        order_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why the inventory refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InventoryError {
+    /// The quantity is zero, negative or over the limit.
+    #[error(transparent)]
+    InvalidQuantity(InvalidValue),
+    /// The SKU was never restocked.
+    #[error("unknown sku {sku}")]
+    UnknownSku {
+        /// The SKU.
+        sku: Sku,
+    },
+    /// Not enough units available.
+    #[error("out of stock: {requested} of {sku} requested, {available} available")]
+    OutOfStock {
+        /// The SKU.
+        sku: Sku,
+        /// Units asked for.
+        requested: u32,
+        /// Units available.
+        available: u64,
+    },
+    /// The order already holds a reservation of this SKU.
+    #[error("order {order_id} already holds a reservation")]
+    AlreadyReserved {
+        /// The order.
+        order_id: Uuid,
+    },
+    /// The order holds no reservation of this SKU.
+    #[error("order {order_id} holds no reservation")]
+    NoReservation {
+        /// The order.
+        order_id: Uuid,
+    },
+}
+
+impl Aggregate for Inventory {
+    const CATEGORY: &'static str = "inventory";
+    const SNAPSHOT_VERSION: u32 = 1;
+    type State = InventoryState;
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = InventoryError;
+
+    fn aggregate_id(command: &InventoryCommand) -> String {
+        match command {
+            InventoryCommand::Restock { sku, .. }
+            | InventoryCommand::Reserve { sku, .. }
+            | InventoryCommand::Release { sku, .. }
+            | InventoryCommand::Commit { sku, .. } => sku.to_string(),
+        }
+    }
+
+    fn decide(state: &InventoryState, command: InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
+        match command {
+            InventoryCommand::Restock { sku, quantity, at } => {
+                let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
+                Ok(vec![StockRestocked {
+                    sku,
+                    quantity,
+                    restocked_at: at,
+                }
+                .into()])
+            }
+            InventoryCommand::Reserve {
+                sku,
+                order_id,
+                quantity,
+                at,
+            } => {
+                let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
+                if !state.known {
+                    return Err(InventoryError::UnknownSku { sku });
+                }
+                if state.reservations.contains_key(&order_id) {
+                    return Err(InventoryError::AlreadyReserved { order_id });
+                }
+                let available = state.available();
+                if u64::from(quantity.get()) > available {
+                    return Err(InventoryError::OutOfStock {
+                        sku,
+                        requested: quantity.get(),
+                        available,
+                    });
+                }
+                Ok(vec![StockReserved {
+                    sku,
+                    order_id,
+                    quantity,
+                    reserved_at: at,
+                }
+                .into()])
+            }
+            InventoryCommand::Release { sku, order_id, at } => {
+                let quantity = reservation(state, &sku, order_id)?;
+                Ok(vec![ReservationReleased {
+                    sku,
+                    order_id,
+                    quantity,
+                    released_at: at,
+                }
+                .into()])
+            }
+            InventoryCommand::Commit { sku, order_id, at } => {
+                let quantity = reservation(state, &sku, order_id)?;
+                Ok(vec![ReservationCommitted {
+                    sku,
+                    order_id,
+                    quantity,
+                    committed_at: at,
+                }
+                .into()])
+            }
+        }
+    }
+
+    fn evolve(mut state: InventoryState, event: &InventoryEvent) -> InventoryState {
+        match event {
+            InventoryEvent::StockRestocked(event) => {
+                state.known = true;
+                state.on_hand += u64::from(event.quantity.get());
+            }
+            InventoryEvent::StockReserved(event) => {
+                state.reservations.insert(event.order_id, event.quantity.get());
+            }
+            InventoryEvent::ReservationReleased(event) => {
+                state.reservations.remove(&event.order_id);
+            }
+            InventoryEvent::ReservationCommitted(event) => {
+                state.reservations.remove(&event.order_id);
+                state.on_hand = state.on_hand.saturating_sub(u64::from(event.quantity.get()));
+            }
+        }
+        state
+    }
+}
+
+fn reservation(state: &InventoryState, sku: &Sku, order_id: Uuid) -> Result<Quantity, InventoryError> {
+    if !state.known {
+        return Err(InventoryError::UnknownSku { sku: sku.clone() });
+    }
+    state
+        .reservations
+        .get(&order_id)
+        .map(|&units| Quantity::new(i64::from(units)).expect("stored reservations are valid quantities"))
+        .ok_or(InventoryError::NoReservation { order_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::given;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+    fn sku() -> Sku {
+        Sku::parse("SKU-1").unwrap()
+    }
+    fn order(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+    fn units(n: i64) -> Quantity {
+        Quantity::new(n).unwrap()
+    }
+    fn restocked(n: i64) -> InventoryEvent {
+        StockRestocked { sku: sku(), quantity: units(n), restocked_at: at() }.into()
+    }
+    fn reserved(order_id: Uuid, n: i64) -> InventoryEvent {
+        StockReserved { sku: sku(), order_id, quantity: units(n), reserved_at: at() }.into()
+    }
+    fn reserve(order_id: Uuid, quantity: i64) -> InventoryCommand {
+        InventoryCommand::Reserve { sku: sku(), order_id, quantity, at: at() }
+    }
+
+    #[test]
+    fn restocking_adds_units_on_hand() {
+        let state = given::<Inventory>([restocked(3)])
+            .when(InventoryCommand::Restock { sku: sku(), quantity: 7, at: at() })
+            .then([restocked(7)]);
+        assert_eq!((state.on_hand, state.available()), (10, 10));
+    }
+
+    #[test]
+    fn restocking_zero_negative_or_too_many_units_is_refused() {
+        for quantity in [0, -4, 10_001] {
+            given::<Inventory>([])
+                .when(InventoryCommand::Restock { sku: sku(), quantity, at: at() })
+                .then_error_matches(|err| matches!(err, InventoryError::InvalidQuantity(v) if v.field == "quantity"));
+        }
+    }
+
+    #[test]
+    fn reserving_what_is_available_holds_it() {
+        let state = given::<Inventory>([restocked(5), reserved(order(1), 2)])
+            .when(reserve(order(2), 3))
+            .then([reserved(order(2), 3)]);
+        assert_eq!((state.on_hand, state.reserved(), state.available()), (5, 5, 0));
+    }
+
+    #[test]
+    fn reserving_more_than_available_is_refused() {
+        given::<Inventory>([restocked(5), reserved(order(1), 4)])
+            .when(reserve(order(2), 2))
+            .then_error(InventoryError::OutOfStock { sku: sku(), requested: 2, available: 1 });
+    }
+
+    #[test]
+    fn reserving_an_unknown_sku_is_refused() {
+        given::<Inventory>([]).when(reserve(order(1), 1)).then_error(InventoryError::UnknownSku { sku: sku() });
+    }
+
+    #[test]
+    fn reserving_zero_or_negative_units_is_refused() {
+        for quantity in [0, -1] {
+            given::<Inventory>([restocked(5)])
+                .when(reserve(order(1), quantity))
+                .then_error_matches(|err| matches!(err, InventoryError::InvalidQuantity(_)));
+        }
+    }
+
+    #[test]
+    fn reserving_twice_for_one_order_is_refused() {
+        given::<Inventory>([restocked(5), reserved(order(1), 1)])
+            .when(reserve(order(1), 1))
+            .then_error(InventoryError::AlreadyReserved { order_id: order(1) });
+    }
+
+    #[test]
+    fn releasing_gives_the_units_back() {
+        let state = given::<Inventory>([restocked(5), reserved(order(1), 4)])
+            .when(InventoryCommand::Release { sku: sku(), order_id: order(1), at: at() })
+            .then([ReservationReleased { sku: sku(), order_id: order(1), quantity: units(4), released_at: at() }.into()]);
+        assert_eq!((state.on_hand, state.available()), (5, 5));
+    }
+
+    #[test]
+    fn committing_removes_the_reserved_units_from_stock() {
+        let state = given::<Inventory>([restocked(5), reserved(order(1), 4)])
+            .when(InventoryCommand::Commit { sku: sku(), order_id: order(1), at: at() })
+            .then([ReservationCommitted { sku: sku(), order_id: order(1), quantity: units(4), committed_at: at() }.into()]);
+        assert_eq!((state.on_hand, state.reserved(), state.available()), (1, 0, 1));
+    }
+
+    #[test]
+    fn releasing_or_committing_without_a_reservation_is_refused() {
+        given::<Inventory>([restocked(5)])
+            .when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() })
+            .then_error(InventoryError::NoReservation { order_id: order(9) });
+        given::<Inventory>([restocked(5), reserved(order(9), 1)])
+            .when(InventoryCommand::Commit { sku: sku(), order_id: order(8), at: at() })
+            .then_error(InventoryError::NoReservation { order_id: order(8) });
+        given::<Inventory>([])
+            .when(InventoryCommand::Commit { sku: sku(), order_id: order(8), at: at() })
+            .then_error(InventoryError::UnknownSku { sku: sku() });
+    }
+
+    #[test]
+    fn a_released_reservation_can_be_reserved_again() {
+        given::<Inventory>([
+            restocked(1),
+            reserved(order(1), 1),
+            ReservationReleased { sku: sku(), order_id: order(1), quantity: units(1), released_at: at() }.into(),
+        ])
+        .when(reserve(order(2), 1))
+        .then([reserved(order(2), 1)]);
+    }
+}
