@@ -23,6 +23,9 @@ mod subscription;
 mod types;
 pub mod verify;
 
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod migrate;
 #[cfg(feature = "postgres")]

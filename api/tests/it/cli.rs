@@ -7,7 +7,7 @@ use strata_api::backend::{registry, EventStoreBackend};
 use strata_store::{EventMetadata, ExpectedVersion, NewEvent, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use crate::support::{drop_postgres, fresh_postgres, run_ok, scratch_sqlite, strata};
+use crate::support::{TestDatabase, run_ok, scratch_sqlite, strata};
 
 fn order_placed_v1(order_id: Uuid) -> NewEvent {
     NewEvent {
@@ -86,13 +86,14 @@ async fn audit_on_sqlite_shows_metadata_and_catches_an_edited_payload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_on_postgres_shows_metadata_and_catches_an_edited_payload() {
-    let Some((url, name)) = fresh_postgres().await else { return };
+    let Some(database) = TestDatabase::create().await else { return };
+    let url = database.url.clone();
     audit_round_trip(
         &url,
         "UPDATE strata_events SET payload = jsonb_set(payload, '{paymentMethod}', '\"stolen\"') WHERE stream_id = '{stream}'",
     )
     .await;
-    drop_postgres(&name).await;
+    database.drop_database().await;
 }
 
 #[test]

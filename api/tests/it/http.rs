@@ -12,7 +12,7 @@ use strata_store::MemoryEventStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::support::{drop_postgres, fresh_postgres, get, scratch_sqlite, strata};
+use crate::support::{TestDatabase, get, scratch_sqlite, strata};
 
 async fn serve(state: AppState) -> (std::net::SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -41,12 +41,13 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_unavailable_when_postgres_goes_away() {
-    let Some((url, name)) = fresh_postgres().await else { return };
+    let Some(database) = TestDatabase::create().await else { return };
+    let (url, name) = (database.url.clone(), database.name.clone());
     let backend = EventStoreBackend::open(&url, registry().unwrap()).await.unwrap();
     backend.migrate().await.unwrap();
     let (address, stop, server) = serve(AppState { event_store: backend.store() }).await;
     assert_eq!(get(address, "/readyz").await.0, 200);
-    drop_postgres(&name).await;
+    database.drop_database().await;
     let (status, body) = get(address, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"down\""), "{body}");

@@ -1,5 +1,5 @@
-//! Helpers: a raw HTTP GET, the binary, scratch SQLite files and PostgreSQL
-//! databases (loud in CI when PostgreSQL is down).
+//! Helpers: a raw HTTP GET, the binary, scratch SQLite files; PostgreSQL
+//! databases come from `strata_store::testkit`.
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -51,35 +51,4 @@ pub fn scratch_sqlite() -> ScratchSqlite {
     ScratchSqlite { dir, url }
 }
 
-pub const POSTGRES_HOW_TO_START: &str = "pg_ctlcluster --skip-systemctl-redirect 15 main start";
-
-pub fn postgres_admin_url() -> String {
-    std::env::var("STRATA_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh database; `None` (after a loud SKIPPED) when PostgreSQL is down
-/// outside CI; a panic in CI.
-pub async fn fresh_postgres() -> Option<(String, String)> {
-    use sqlx::{Connection, Executor};
-    let admin = postgres_admin_url();
-    let mut connection = match sqlx::PgConnection::connect(&admin).await {
-        Ok(connection) => connection,
-        Err(err) => {
-            if std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1") {
-                panic!("PostgreSQL at {admin} is unreachable in CI ({err}); start it with: {POSTGRES_HOW_TO_START}");
-            }
-            eprintln!("\n*** SKIPPED: PostgreSQL at {admin} is unreachable ({err}); start it with: {POSTGRES_HOW_TO_START} ***\n");
-            return None;
-        }
-    };
-    let name = format!("strata_test_{}", uuid::Uuid::new_v4().simple());
-    connection.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
-    Some((format!("{base}/{name}"), name))
-}
-
-pub async fn drop_postgres(name: &str) {
-    use sqlx::{Connection, Executor};
-    let mut connection = sqlx::PgConnection::connect(&postgres_admin_url()).await.unwrap();
-    connection.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
-}
+pub use strata_store::testkit::postgres::TestDatabase;

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strata_schemas::{catalog, SchemaRegistry};
@@ -69,91 +68,14 @@ pub fn to(stream_id: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>
     }]
 }
 
-/// A service URL from `var`, or `default`.
-pub fn service_url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Fails loudly in CI, skips loudly elsewhere, when a service is down.
-pub fn report_unreachable(service: &str, url: &str, how_to_start: &str, err: &dyn std::fmt::Display) {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1") {
-        panic!("{service} at {url} is unreachable in CI ({err}); start it with: {how_to_start}");
-    }
-    eprintln!("\n*** SKIPPED: {service} at {url} is unreachable ({err}); start it with: {how_to_start} ***\n");
-}
-
-/// Polls `condition` until it returns `Some` or the deadline passes; then
-/// panics with the last state it saw.
-pub async fn wait_until<T, S: std::fmt::Debug, F, Fut>(deadline: Duration, mut condition: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, S>>,
-{
-    let start = Instant::now();
-    loop {
-        match condition().await {
-            Ok(value) => return value,
-            Err(state) if start.elapsed() > deadline => {
-                panic!("condition not met within {deadline:?}; last state: {state:?}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
+pub use strata_store::testkit::wait_until;
 
 #[cfg(feature = "postgres")]
 pub mod postgres {
-    use sqlx::{Connection, Executor, PgConnection};
-
-    pub const HOW_TO_START: &str = "pg_ctlcluster --skip-systemctl-redirect 15 main start";
-
-    pub fn admin_url() -> String {
-        super::service_url("STRATA_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
-    }
-
-    /// A freshly created, empty database; dropped by [`TestDatabase::drop_database`].
-    pub struct TestDatabase {
-        pub url: String,
-        pub name: String,
-    }
-
-    fn with_database(url: &str, name: &str) -> String {
-        let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-        let base = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
-        match query {
-            Some(query) => format!("{base}/{name}?{query}"),
-            None => format!("{base}/{name}"),
-        }
-    }
+    pub use strata_store::testkit::postgres::TestDatabase;
 
     pub async fn fresh_database() -> Option<TestDatabase> {
-        let admin = admin_url();
-        let mut connection = match PgConnection::connect(&admin).await {
-            Ok(connection) => connection,
-            Err(err) => {
-                super::report_unreachable("PostgreSQL", &admin, HOW_TO_START, &err);
-                return None;
-            }
-        };
-        let name = format!("strata_test_{}", uuid::Uuid::new_v4().simple());
-        connection
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create test database");
-        Some(TestDatabase {
-            url: with_database(&admin, &name),
-            name,
-        })
-    }
-
-    impl TestDatabase {
-        pub async fn drop_database(self) {
-            let mut connection = PgConnection::connect(&admin_url()).await.expect("admin connection");
-            connection
-                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-                .await
-                .expect("drop test database");
-        }
+        TestDatabase::create().await
     }
 }
 

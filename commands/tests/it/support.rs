@@ -1,0 +1,165 @@
+//! Helpers: the backends as one trait object, handlers, event builders and
+//! store wrappers that inject faults at the store seam.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::stream::BoxStream;
+use strata_commands::inventory::{Inventory, InventoryCommand};
+use strata_commands::{Aggregate, CommandHandler, Envelope, HandlerConfig};
+use strata_schemas::values::Sku;
+use strata_schemas::{catalog, SchemaRegistry};
+use strata_store::{
+    AppendError, AppendOutcome, BackendError, EventReader, EventStore, ExpectedVersion, Form, Position,
+    ReadAll, ReadError, ReadStream, RecordedEvent, SnapshotStore, StreamAppend, StreamHead, StreamId,
+    Subscribe,
+};
+use uuid::Uuid;
+
+/// The log and the snapshots beside it, as every backend offers them.
+pub trait Backend: EventStore + SnapshotStore {}
+impl<T: EventStore + SnapshotStore> Backend for T {}
+
+pub type Store = Arc<dyn Backend>;
+
+pub fn registry() -> Arc<SchemaRegistry> {
+    Arc::new(catalog::registry().expect("catalog builds"))
+}
+
+pub fn handler<A: Aggregate>(store: &Store, config: HandlerConfig) -> CommandHandler<A> {
+    CommandHandler::new(store.clone(), Some(store.clone()), config)
+}
+
+pub fn at() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+/// A SKU no other test uses.
+pub fn fresh_sku() -> Sku {
+    Sku::parse(&format!("SKU-{}", Uuid::new_v4().simple()).to_uppercase()).unwrap()
+}
+
+pub fn restock(sku: &Sku, quantity: i64) -> Envelope<InventoryCommand> {
+    Envelope::new(Uuid::new_v4(), InventoryCommand::Restock { sku: sku.clone(), quantity, at: at() })
+}
+
+pub fn reserve(sku: &Sku, order_id: Uuid, quantity: i64) -> Envelope<InventoryCommand> {
+    Envelope::new(Uuid::new_v4(), InventoryCommand::Reserve { sku: sku.clone(), order_id, quantity, at: at() })
+}
+
+pub fn inventory_stream(sku: &Sku) -> StreamId {
+    StreamId::new("inventory", sku).unwrap()
+}
+
+pub async fn stream_len(store: &Store, stream_id: &StreamId) -> usize {
+    store.read_stream(stream_id, ReadStream::forward(100_000)).await.unwrap().len()
+}
+
+/// Runs after a test passed: drops what the test created.
+pub struct Cleanup(Option<Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>>);
+
+impl Cleanup {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn new<F, Fut>(cleanup: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self(Some(Box::new(move || Box::pin(cleanup()))))
+    }
+
+    pub async fn run(self) {
+        if let Some(cleanup) = self.0 {
+            cleanup().await;
+        }
+    }
+}
+
+/// What a [`Faulty`] store does around each append.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Appends, then reports a lost connection: the caller never hears back.
+    LoseReplyAfterAppend,
+    /// Another writer appends to the same stream just before every append.
+    RaceEveryAppend,
+}
+
+/// Wraps a store and injects a [`Fault`] at the append seam; reads pass through.
+pub struct Faulty {
+    pub inner: Store,
+    pub fault: Fault,
+}
+
+#[async_trait]
+impl EventReader for Faulty {
+    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.inner.read_stream(stream_id, request).await
+    }
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.inner.read_all(request).await
+    }
+    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
+        self.inner.subscribe(request)
+    }
+    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
+        self.inner.read_event(event_id, form).await
+    }
+    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
+        self.inner.stream_head(stream_id).await
+    }
+    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
+        self.inner.stream_heads(after, limit).await
+    }
+    async fn head_position(&self) -> Result<Position, ReadError> {
+        self.inner.head_position().await
+    }
+    async fn categories(&self) -> Result<Vec<String>, ReadError> {
+        self.inner.categories().await
+    }
+    async fn ping(&self) -> Result<(), ReadError> {
+        self.inner.ping().await
+    }
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+}
+
+#[async_trait]
+impl EventStore for Faulty {
+    async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
+        match self.fault {
+            Fault::LoseReplyAfterAppend => {
+                self.inner.append(request).await?;
+                Err(AppendError::Backend(BackendError::new("waiting for the commit reply", "connection reset by peer")))
+            }
+            Fault::RaceEveryAppend => {
+                let stream_id = &request[0].stream_id;
+                let sku = Sku::parse(stream_id.id()).unwrap();
+                let rival = restock(&sku, 1);
+                let InventoryCommand::Restock { .. } = &rival.command else { unreachable!() };
+                let events = Inventory::decide(&Default::default(), rival.command).unwrap();
+                let rival_append = vec![StreamAppend {
+                    stream_id: stream_id.clone(),
+                    expected: ExpectedVersion::Any,
+                    events: events
+                        .iter()
+                        .map(|event| strata_store::NewEvent {
+                            event_id: Uuid::new_v4(),
+                            event_type: strata_schemas::DomainEvent::event_type(event).into(),
+                            schema_version: 1,
+                            payload: strata_schemas::DomainEvent::to_payload(event),
+                            metadata: Default::default(),
+                        })
+                        .collect(),
+                }];
+                self.inner.append(rival_append).await?;
+                self.inner.append(request).await
+            }
+        }
+    }
+}

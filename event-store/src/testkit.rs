@@ -1,0 +1,109 @@
+//! Helpers for integration tests against real services (feature `testkit`,
+//! for dev-dependencies only): service URLs from `STRATA_TEST_*`, loud
+//! failure in CI when a service is down, fresh PostgreSQL databases, and
+//! [`wait_until`] instead of sleeps.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A service URL from `var`, or `default`.
+pub fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Is this a CI run (`CI=true` or `CI=1`)?
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1")
+}
+
+/// Fails loudly in CI, skips loudly elsewhere, when a service is down.
+pub fn report_unreachable(service: &str, url: &str, how_to_start: &str, err: &dyn std::fmt::Display) {
+    if in_ci() {
+        panic!("{service} at {url} is unreachable in CI ({err}); start it with: {how_to_start}");
+    }
+    eprintln!("\n*** SKIPPED: {service} at {url} is unreachable ({err}); start it with: {how_to_start} ***\n");
+}
+
+/// Polls `condition` until it returns `Ok` or the deadline passes; then
+/// panics with the last state it saw.
+pub async fn wait_until<T, S: std::fmt::Debug, F, Fut>(deadline: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, S>>,
+{
+    let start = Instant::now();
+    loop {
+        match condition().await {
+            Ok(value) => return value,
+            Err(state) if start.elapsed() > deadline => {
+                panic!("condition not met within {deadline:?}; last state: {state:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Fresh PostgreSQL databases, one per test.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    use sqlx::{Connection, Executor, PgConnection};
+
+    /// How to start the service when it is down.
+    pub const HOW_TO_START: &str = "pg_ctlcluster --skip-systemctl-redirect 15 main start";
+
+    /// `STRATA_TEST_POSTGRES`, defaulting to the loopback server.
+    pub fn admin_url() -> String {
+        super::service_url("STRATA_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
+    }
+
+    /// A freshly created, empty database.
+    #[derive(Debug)]
+    pub struct TestDatabase {
+        /// Its URL.
+        pub url: String,
+        /// Its name.
+        pub name: String,
+    }
+
+    fn with_database(url: &str, name: &str) -> String {
+        let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+        let base = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
+        match query {
+            Some(query) => format!("{base}/{name}?{query}"),
+            None => format!("{base}/{name}"),
+        }
+    }
+
+    impl TestDatabase {
+        /// Creates a database with a unique name; `None` (after a loud
+        /// SKIPPED) when PostgreSQL is down outside CI, a panic in CI.
+        pub async fn create() -> Option<Self> {
+            let admin = admin_url();
+            let mut connection = match PgConnection::connect(&admin).await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    super::report_unreachable("PostgreSQL", &admin, HOW_TO_START, &err);
+                    return None;
+                }
+            };
+            let name = format!("strata_test_{}", uuid::Uuid::new_v4().simple());
+            connection
+                .execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("create test database");
+            Some(Self {
+                url: with_database(&admin, &name),
+                name,
+            })
+        }
+
+        /// Drops the database (after the test passed).
+        pub async fn drop_database(self) {
+            let mut connection = PgConnection::connect(&admin_url()).await.expect("admin connection");
+            connection
+                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+                .await
+                .expect("drop test database");
+        }
+    }
+}
