@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use strata_api::audit::{self, StreamQuery};
 use strata_api::backend::{registry, EventStoreBackend};
-use strata_api::bench::{self, AppendBench};
+use strata_api::bench::{self, AppendBench, CommandsBench};
 use strata_api::config::{Overrides, Settings};
 use strata_api::http::{self, AppState};
 use strata_store::StreamId;
@@ -89,6 +89,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = strata_store::PostgresConfig::new("").committers)]
         committers: usize,
     },
+    /// The command path (load, decide, append) vs raw appends of the same events.
+    Commands {
+        /// Aggregates the commands spread over (1 = one hot aggregate).
+        #[arg(long, default_value_t = 10_000)]
+        aggregates: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Seconds per measured variant per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Runs (medians are reported; commands and appends alternate first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -163,6 +178,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runs,
                 group_commit: !no_group_commit,
                 committers,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Bench(BenchCommand::Commands { aggregates, writers, duration, runs }) => {
+            let result = bench::commands(&CommandsBench {
+                event_store_url: settings.event_store.clone(),
+                aggregates,
+                writers,
+                duration: Duration::from_secs_f64(duration),
+                runs,
             })
             .await?;
             println!("{}", serde_json::to_string(&result)?);

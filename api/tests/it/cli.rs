@@ -130,3 +130,21 @@ fn bench_append_prints_one_json_object_with_a_baseline_and_a_ratio() {
         assert!(result[key].is_number(), "{key} missing: {result}");
     }
 }
+
+#[test]
+fn bench_commands_on_one_hot_aggregate_reports_conflict_retries_next_to_raw_appends() {
+    let scratch = scratch_sqlite();
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).args([
+        "bench", "commands", "--aggregates", "1", "--writers", "4", "--duration", "0.3", "--runs", "1",
+    ]));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["bench"], "commands");
+    assert_eq!((result["aggregates"].as_u64(), result["writers"].as_u64()), (Some(1), Some(4)));
+    assert!(result["commands_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["baseline"]["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["ratio"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["conflict_retry_rate"].as_f64().unwrap() > 0.0, "four writers on one stream must conflict: {result}");
+    for key in ["p50_ms", "p95_ms", "p99_ms", "seconds"] {
+        assert!(result[key].is_number(), "{key} missing: {result}");
+    }
+}

@@ -1,6 +1,10 @@
-//! `strata bench append`: appends through Strata and, in the same process on
-//! the same database, the same rows by plain INSERTs (the baseline), and
-//! prints one JSON object with both and their ratio.
+//! `strata bench …`: each benchmark prints one JSON object with its figures,
+//! a baseline measured in the same process on the same service, and the ratio.
+//!
+//! - `bench append` (this module): appends through Strata vs the same rows by
+//!   plain INSERTs;
+//! - `bench commands` ([`commands`]): the command path (load, decide, append)
+//!   vs raw appends of the same events.
 //!
 //! The benchmark never writes into the configured log: on PostgreSQL it
 //! creates a scratch database on the same server (dropped afterwards), on
@@ -9,6 +13,7 @@
 //! autocommitted statement (PostgreSQL) or one transaction (SQLite) with
 //! `events_per_append` rows, durable like Strata's commits.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,9 @@ use strata_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamA
 use uuid::Uuid;
 
 use crate::backend::{registry, scheme, Scheme};
+
+mod commands;
+pub use commands::{commands, CommandsBench};
 
 /// Parameters of `bench append`.
 #[derive(Debug, Clone)]
@@ -39,7 +47,7 @@ pub struct AppendBench {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Figures {
+pub(crate) struct Figures {
     appends: u64,
     events: u64,
     seconds: f64,
@@ -49,7 +57,7 @@ struct Figures {
 }
 
 impl Figures {
-    fn from_latencies(mut latencies: Vec<Duration>, events_per_append: usize, seconds: f64) -> Self {
+    pub(crate) fn from_latencies(mut latencies: Vec<Duration>, events_per_append: usize, seconds: f64) -> Self {
         latencies.sort_unstable();
         let at = |q: f64| {
             if latencies.is_empty() {
@@ -68,7 +76,7 @@ impl Figures {
         }
     }
 
-    fn events_per_s(&self) -> f64 {
+    pub(crate) fn events_per_s(&self) -> f64 {
         self.events as f64 / self.seconds.max(1e-9)
     }
 
@@ -86,12 +94,17 @@ impl Figures {
     }
 }
 
-fn round(value: f64, decimals: i32) -> f64 {
+/// Where a benchmark ran.
+pub(crate) fn machine() -> Value {
+    json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS })
+}
+
+pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     let factor = 10f64.powi(decimals);
     (value * factor).round() / factor
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     if values.is_empty() {
         return 0.0;
@@ -132,14 +145,14 @@ fn new_event(payload: &Value) -> NewEvent {
 }
 
 /// The scratch place a run writes to, and how to remove it.
-enum Scratch {
+pub(crate) enum Scratch {
     #[cfg(feature = "postgres")]
     Postgres { admin_url: String, name: String, url: String },
     Sqlite { dir: tempfile::TempDir, url: String },
 }
 
 impl Scratch {
-    async fn create(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(url: &str) -> anyhow::Result<Self> {
         match scheme(url)? {
             #[cfg(feature = "postgres")]
             Scheme::Postgres => {
@@ -161,11 +174,11 @@ impl Scratch {
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
                 Ok(Self::Sqlite { dir, url })
             }
-            _ => bail!("bench append needs STRATA_EVENT_STORE=sqlite://… or postgres://…"),
+            _ => bail!("benchmarks need STRATA_EVENT_STORE=sqlite://… or postgres://…"),
         }
     }
 
-    async fn remove(self) -> anyhow::Result<()> {
+    pub(crate) async fn remove(self) -> anyhow::Result<()> {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres { admin_url, name, .. } => {
@@ -304,45 +317,85 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
     );
     object.insert(
         "machine".into(),
-        json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS }),
+        machine(),
     );
     Ok(Value::Object(object))
 }
 
-async fn measure_strata(bench: &AppendBench, store: Arc<dyn EventStore>) -> anyhow::Result<Figures> {
-    let payload = Arc::new(order_placed_payload());
+/// Runs `writers` tasks for `duration`. Each task starts from `init(i)` and
+/// calls `step(state)` until the time is up, threading its state through and
+/// timing every call; `step` also returns a count it wants summed (retries).
+pub(crate) async fn drive<S, F, Fut>(
+    writers: usize,
+    duration: Duration,
+    init: impl Fn(usize) -> S,
+    step: F,
+) -> anyhow::Result<(Vec<Duration>, u64, f64)>
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<(S, u64)>> + Send + 'static,
+{
     let started = Instant::now();
-    let deadline = started + bench.duration;
-    let tasks: Vec<_> = (0..bench.writers)
-        .map(|_| {
-            let store = store.clone();
-            let payload = payload.clone();
-            let per_append = bench.events_per_append;
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let mut state = init(writer);
+            let step = step.clone();
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut stream_id = StreamId::new("order", Uuid::new_v4().simple())?;
-                let mut version = 0u64;
+                let (mut latencies, mut counted) = (Vec::new(), 0);
                 while Instant::now() < deadline {
-                    let events = (0..per_append).map(|_| new_event(&payload)).collect();
-                    let request = vec![StreamAppend { stream_id: stream_id.clone(), expected: ExpectedVersion::Exact(version), events }];
                     let start = Instant::now();
-                    store.append(request).await?;
+                    let (next, count) = step(state).await?;
                     latencies.push(start.elapsed());
-                    version += per_append as u64;
-                    if version >= 100 {
-                        stream_id = StreamId::new("order", Uuid::new_v4().simple())?;
-                        version = 0;
-                    }
+                    state = next;
+                    counted += count;
                 }
-                anyhow::Ok(latencies)
+                anyhow::Ok((latencies, counted))
             })
         })
         .collect();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut counted) = (Vec::new(), 0);
     for task in tasks {
-        latencies.extend(task.await??);
+        let (task_latencies, task_counted) = task.await??;
+        latencies.extend(task_latencies);
+        counted += task_counted;
     }
-    Ok(Figures::from_latencies(latencies, bench.events_per_append, started.elapsed().as_secs_f64()))
+    Ok((latencies, counted, started.elapsed().as_secs_f64()))
+}
+
+/// A writer's stream and its version; a new stream every 100 events.
+struct WriterStream {
+    stream_id: StreamId,
+    version: u64,
+}
+
+impl WriterStream {
+    fn fresh() -> anyhow::Result<Self> {
+        Ok(Self { stream_id: StreamId::new("order", Uuid::new_v4().simple())?, version: 0 })
+    }
+
+    fn advance(mut self, events: usize) -> anyhow::Result<Self> {
+        self.version += events as u64;
+        if self.version >= 100 { Self::fresh() } else { Ok(self) }
+    }
+}
+
+async fn measure_strata(bench: &AppendBench, store: Arc<dyn EventStore>) -> anyhow::Result<Figures> {
+    let payload = Arc::new(order_placed_payload());
+    let per_append = bench.events_per_append;
+    let (latencies, _, seconds) = drive(bench.writers, bench.duration, |_| WriterStream::fresh(), move |stream| {
+        let (store, payload) = (store.clone(), payload.clone());
+        async move {
+            let stream = stream?;
+            let events = (0..per_append).map(|_| new_event(&payload)).collect();
+            let request = vec![StreamAppend { stream_id: stream.stream_id.clone(), expected: ExpectedVersion::Exact(stream.version), events }];
+            store.append(request).await?;
+            Ok((stream.advance(per_append), 0))
+        }
+    })
+    .await?;
+    Ok(Figures::from_latencies(latencies, per_append, seconds))
 }
 
 enum Baseline {
@@ -363,49 +416,30 @@ struct Row {
 
 async fn measure_baseline(bench: &AppendBench, baseline: Arc<Baseline>) -> anyhow::Result<Figures> {
     let payload = Arc::new(strata_store::hash::canonical_json(&order_placed_payload()));
-    let started = Instant::now();
-    let deadline = started + bench.duration;
-    let tasks: Vec<_> = (0..bench.writers)
-        .map(|_| {
-            let baseline = baseline.clone();
-            let payload = payload.clone();
-            let per_append = bench.events_per_append;
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut stream_id = format!("order-{}", Uuid::new_v4().simple());
-                let mut version = 0i64;
-                while Instant::now() < deadline {
-                    let rows: Vec<Row> = (0..per_append)
-                        .map(|i| {
-                            let event = new_event(&Value::Null);
-                            Row {
-                                event_id: event.event_id,
-                                stream_id: stream_id.clone(),
-                                stream_version: version + 1 + i as i64,
-                                payload: payload.to_string(),
-                                metadata: serde_json::to_string(&event.metadata).unwrap_or_default(),
-                                hash: Uuid::new_v4().as_bytes().repeat(2),
-                            }
-                        })
-                        .collect();
-                    let start = Instant::now();
-                    insert_baseline(&baseline, rows).await?;
-                    latencies.push(start.elapsed());
-                    version += per_append as i64;
-                    if version >= 100 {
-                        stream_id = format!("order-{}", Uuid::new_v4().simple());
-                        version = 0;
+    let per_append = bench.events_per_append;
+    let (latencies, _, seconds) = drive(bench.writers, bench.duration, |_| WriterStream::fresh(), move |stream| {
+        let (baseline, payload) = (baseline.clone(), payload.clone());
+        async move {
+            let stream = stream?;
+            let rows: Vec<Row> = (0..per_append)
+                .map(|i| {
+                    let event = new_event(&Value::Null);
+                    Row {
+                        event_id: event.event_id,
+                        stream_id: stream.stream_id.to_string(),
+                        stream_version: (stream.version + 1 + i as u64) as i64,
+                        payload: payload.to_string(),
+                        metadata: serde_json::to_string(&event.metadata).unwrap_or_default(),
+                        hash: Uuid::new_v4().as_bytes().repeat(2),
                     }
-                }
-                anyhow::Ok(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    Ok(Figures::from_latencies(latencies, bench.events_per_append, started.elapsed().as_secs_f64()))
+                })
+                .collect();
+            insert_baseline(&baseline, rows).await?;
+            Ok((stream.advance(per_append), 0))
+        }
+    })
+    .await?;
+    Ok(Figures::from_latencies(latencies, per_append, seconds))
 }
 
 async fn insert_baseline(baseline: &Baseline, rows: Vec<Row>) -> anyhow::Result<()> {
