@@ -18,6 +18,13 @@
 //!   (default: the command id), the causation id (default: the command id), the
 //!   actor and the W3C `traceparent` (from the command's context, else from
 //!   [`HandlerConfig::traceparent`]).
+//! - **State cache.** A handler remembers the state it last wrote for up to
+//!   [`HandlerConfig::cache_capacity`] streams and decides the next command on
+//!   that state without reading the log. This is safe because the append
+//!   still expects the cached version (a stream moved by anyone else is a
+//!   conflict, and the conflict reloads from the log), and because a refusal
+//!   or a no-op decided on cached state is decided again on freshly loaded
+//!   state before it is returned: nothing is refused on stale state.
 //! - **Snapshots.** When a [`SnapshotStore`] is given, loading starts from the
 //!   stream's snapshot if its format is the aggregate's current
 //!   [`Aggregate::SNAPSHOT_VERSION`] (others are ignored), and a new snapshot is
@@ -30,8 +37,9 @@
 //! [`CommandError::Append`] with a backend cause means the outcome is unknown;
 //! handling the same command again (same id) is always safe and tells.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -64,6 +72,8 @@ pub struct HandlerConfig {
     pub page_size: usize,
     /// Where `traceparent` comes from when the command's context has none.
     pub traceparent: Option<TraceparentSource>,
+    /// Streams whose last written state the handler keeps in memory (0: none).
+    pub cache_capacity: usize,
 }
 
 impl Default for HandlerConfig {
@@ -73,6 +83,7 @@ impl Default for HandlerConfig {
             snapshot_every: Some(100),
             page_size: 1_000,
             traceparent: None,
+            cache_capacity: 10_000,
         }
     }
 }
@@ -84,6 +95,7 @@ impl std::fmt::Debug for HandlerConfig {
             .field("snapshot_every", &self.snapshot_every)
             .field("page_size", &self.page_size)
             .field("traceparent", &self.traceparent.is_some())
+            .field("cache_capacity", &self.cache_capacity)
             .finish()
     }
 }
@@ -221,11 +233,13 @@ pub struct Loaded<S> {
     pub events_folded: u64,
 }
 
-/// Handles the commands of one aggregate type. Cheap to clone.
+/// Handles the commands of one aggregate type. Cheap to clone; clones share
+/// the state cache.
 pub struct CommandHandler<A: Aggregate> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
     config: HandlerConfig,
+    cache: Arc<Mutex<HashMap<StreamId, Loaded<A::State>>>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -235,6 +249,7 @@ impl<A: Aggregate> Clone for CommandHandler<A> {
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
             config: self.config.clone(),
+            cache: self.cache.clone(),
             aggregate: PhantomData,
         }
     }
@@ -254,6 +269,7 @@ impl<A: Aggregate> CommandHandler<A> {
             store,
             snapshots,
             config,
+            cache: Arc::default(),
             aggregate: PhantomData,
         }
     }
@@ -280,11 +296,22 @@ impl<A: Aggregate> CommandHandler<A> {
         let command_id = envelope.command_id;
         let metadata = self.metadata(&envelope);
         let mut attempts = 0;
+        let mut cached = self.cached(&stream_id);
         loop {
             attempts += 1;
-            let loaded = self.load_stream(&stream_id).await?;
+            let (loaded, from_cache) = match cached.take() {
+                Some(loaded) => (loaded, true),
+                None => (self.load_stream(&stream_id).await?, false),
+            };
             let events = match A::decide(&loaded.state, envelope.command.clone()) {
                 Ok(events) if !events.is_empty() => events,
+                _ if from_cache => {
+                    // Never refuse (or do nothing) on remembered state: decide
+                    // again on the log as it is now.
+                    self.forget(&stream_id);
+                    attempts -= 1;
+                    continue;
+                }
                 decided => {
                     // Nothing to write: either a refusal or a no-op. If this command
                     // id was applied before, its first outcome is the answer.
@@ -327,12 +354,15 @@ impl<A: Aggregate> CommandHandler<A> {
             match self.store.append(request).await {
                 Ok(outcome) => {
                     tracing::Span::current().record("attempts", attempts);
-                    if !outcome.replayed {
-                        self.maybe_snapshot(&stream_id, loaded, &events, &outcome).await;
+                    if outcome.replayed {
+                        self.forget(&stream_id);
+                    } else {
+                        self.after_append(&stream_id, loaded, &events, &outcome).await;
                     }
                     return Ok(applied(command_id, stream_id, &new_events, &outcome, attempts));
                 }
                 Err(AppendError::Conflict { actual, .. }) => {
+                    self.forget(&stream_id);
                     if attempts >= self.config.max_attempts.max(1) {
                         return Err(CommandError::Conflict {
                             stream_id,
@@ -344,6 +374,7 @@ impl<A: Aggregate> CommandHandler<A> {
                     backoff(attempts).await;
                 }
                 Err(AppendError::EventIdReused { stored_stream_id, .. }) => {
+                    self.forget(&stream_id);
                     return match self.first_outcome(&stream_id, command_id, attempts).await? {
                         Some(first) => Ok(first),
                         None => Err(CommandError::CommandIdReused {
@@ -352,7 +383,10 @@ impl<A: Aggregate> CommandHandler<A> {
                         }),
                     };
                 }
-                Err(other) => return Err(CommandError::Append(other)),
+                Err(other) => {
+                    self.forget(&stream_id);
+                    return Err(CommandError::Append(other));
+                }
             }
         }
     }
@@ -421,37 +455,80 @@ impl<A: Aggregate> CommandHandler<A> {
         }
     }
 
-    async fn maybe_snapshot(
+    /// Remembers the state after a successful append and, when
+    /// `snapshot_every` events have passed since the last snapshot, saves one.
+    async fn after_append(
         &self,
         stream_id: &StreamId,
         loaded: Loaded<A::State>,
         events: &[A::Event],
         outcome: &AppendOutcome,
     ) {
-        let (Some(snapshots), Some(every)) = (&self.snapshots, self.config.snapshot_every) else {
-            return;
-        };
         let version = outcome.streams[0].last_version();
-        if version - loaded.snapshot_version.unwrap_or(0) < every.max(1) {
+        let state = A::fold(loaded.state, events);
+        let mut snapshot_version = loaded.snapshot_version;
+        if let (Some(snapshots), Some(every)) = (&self.snapshots, self.config.snapshot_every) {
+            if version - loaded.snapshot_version.unwrap_or(0) >= every.max(1) {
+                match serde_json::to_value(&state) {
+                    Ok(serialized) => {
+                        let snapshot = Snapshot {
+                            stream_id: stream_id.clone(),
+                            snapshot_version: A::SNAPSHOT_VERSION,
+                            stream_version: version,
+                            state: serialized,
+                            taken_at: Utc::now(),
+                        };
+                        match snapshots.save_snapshot(snapshot).await {
+                            Ok(()) => snapshot_version = Some(version),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "saving a snapshot failed; the next load folds more events")
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "aggregate state does not serialize; no snapshot"),
+                }
+            }
+        }
+        self.remember(
+            stream_id,
+            Loaded {
+                state,
+                version,
+                snapshot_version,
+                events_folded: 0,
+            },
+        );
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<StreamId, Loaded<A::State>>> {
+        // The cache holds plain values; a panic elsewhere cannot corrupt it.
+        self.cache.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn cached(&self, stream_id: &StreamId) -> Option<Loaded<A::State>> {
+        if self.config.cache_capacity == 0 {
+            return None;
+        }
+        self.cache().get(stream_id).cloned()
+    }
+
+    fn remember(&self, stream_id: &StreamId, loaded: Loaded<A::State>) {
+        if self.config.cache_capacity == 0 {
             return;
         }
-        let state = A::fold(loaded.state, events);
-        let state = match serde_json::to_value(&state) {
-            Ok(state) => state,
-            Err(err) => {
-                tracing::warn!(error = %err, "aggregate state does not serialize; no snapshot");
-                return;
+        let mut cache = self.cache();
+        if cache.len() >= self.config.cache_capacity && !cache.contains_key(stream_id) {
+            // Evict an arbitrary entry: a miss only costs a load.
+            if let Some(evicted) = cache.keys().next().cloned() {
+                cache.remove(&evicted);
             }
-        };
-        let snapshot = Snapshot {
-            stream_id: stream_id.clone(),
-            snapshot_version: A::SNAPSHOT_VERSION,
-            stream_version: version,
-            state,
-            taken_at: Utc::now(),
-        };
-        if let Err(err) = snapshots.save_snapshot(snapshot).await {
-            tracing::warn!(error = %err, "saving a snapshot failed; the next load folds more events");
+        }
+        cache.insert(stream_id.clone(), loaded);
+    }
+
+    fn forget(&self, stream_id: &StreamId) {
+        if self.config.cache_capacity > 0 {
+            self.cache().remove(stream_id);
         }
     }
 

@@ -32,6 +32,8 @@ macro_rules! handler_suite {
             a_stream_of_ten_thousand_events_loads_from_a_snapshot,
             a_snapshot_of_another_format_is_ignored_and_replaced,
             order_placed_v1_events_stored_earlier_are_read_as_v2,
+            a_remembered_state_moved_by_another_writer_is_reloaded_on_conflict,
+            a_refusal_on_remembered_state_is_checked_against_the_log,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {
@@ -392,4 +394,36 @@ pub async fn order_placed_v1_events_stored_earlier_are_read_as_v2(store: Store) 
     assert_eq!(stored.schema_version, 1, "the log keeps what was written");
     let ids: HashSet<Uuid> = [v1_event_id].into();
     assert!(ids.contains(&stored.event_id));
+}
+
+pub async fn a_remembered_state_moved_by_another_writer_is_reloaded_on_conflict(store: Store) {
+    let here = handler::<Inventory>(&store, HandlerConfig::default());
+    let elsewhere = handler::<Inventory>(&store, HandlerConfig::default());
+    let sku = fresh_sku();
+    here.handle(restock(&sku, 2)).await.unwrap();
+    elsewhere.handle(reserve(&sku, Uuid::new_v4(), 2)).await.unwrap();
+    // `here` remembers 2 available at version 1; the log is at version 2 with 0.
+    let outcome = here.handle(restock(&sku, 1)).await.unwrap();
+    assert_eq!((outcome.attempts, outcome.version), (2, 3), "the stale state must conflict once, then reload");
+    let err = here.handle(reserve(&sku, Uuid::new_v4(), 2)).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(InventoryError::OutOfStock { requested: 2, available: 1, .. })),
+        "{err:?}"
+    );
+}
+
+pub async fn a_refusal_on_remembered_state_is_checked_against_the_log(store: Store) {
+    let here = handler::<Inventory>(&store, HandlerConfig::default());
+    let elsewhere = handler::<Inventory>(&store, HandlerConfig::default());
+    let sku = fresh_sku();
+    let order_id = Uuid::new_v4();
+    here.handle(restock(&sku, 1)).await.unwrap();
+    here.handle(reserve(&sku, order_id, 1)).await.unwrap();
+    // `here` remembers nothing available; another process releases the unit.
+    elsewhere
+        .handle(Envelope::new(Uuid::new_v4(), InventoryCommand::Release { sku: sku.clone(), order_id, at: at() }))
+        .await
+        .unwrap();
+    let outcome = here.handle(reserve(&sku, Uuid::new_v4(), 1)).await.expect("the unit is available in the log");
+    assert_eq!(outcome.version, 4);
 }
