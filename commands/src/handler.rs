@@ -397,36 +397,73 @@ impl<A: Aggregate> CommandHandler<A> {
     }
 
     async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A::State>, A> {
-        let (mut state, mut version, snapshot_version) = match self.usable_snapshot(stream_id).await? {
-            Some((state, version)) => (state, version, Some(version)),
-            None => (A::State::default(), 0, None),
-        };
-        let mut events_folded = 0;
         let page_size = self.config.page_size.max(1);
-        loop {
-            let request = ReadStream {
-                from_version: version + 1,
-                ..ReadStream::forward(page_size)
-            };
-            let page = self
-                .store
-                .read_stream(stream_id, request)
-                .await
-                .map_err(CommandError::Read)?;
-            let full_page = page.len() == page_size;
-            for recorded in page {
-                let event = decode::<A>(stream_id, recorded.event_type, recorded.payload)?;
-                state = A::evolve(state, &event);
-                version = recorded.stream_version;
-                events_folded += 1;
+        let mut loaded = Loaded {
+            state: A::State::default(),
+            version: 0,
+            snapshot_version: None,
+            events_folded: 0,
+        };
+        // Most streams are shorter than the snapshot interval and have no
+        // snapshot: read their head first, and look for a snapshot only when
+        // that first page is full (one round trip for a short stream, instead
+        // of a snapshot lookup and a read).
+        let probe = match (&self.snapshots, self.config.snapshot_every) {
+            (Some(_), Some(every)) => usize::try_from(every).unwrap_or(usize::MAX).clamp(1, page_size),
+            _ => page_size,
+        };
+        let first = self.read_page(stream_id, 1, probe).await?;
+        if first.len() < probe || self.snapshots.is_none() {
+            let more = first.len() == probe;
+            self.fold_page(stream_id, &mut loaded, first)?;
+            if more {
+                self.fold_rest(stream_id, &mut loaded, page_size).await?;
             }
+            return Ok(loaded);
+        }
+        match self.usable_snapshot(stream_id).await? {
+            Some((state, version)) if version >= first.len() as u64 => {
+                loaded.state = state;
+                loaded.version = version;
+                loaded.snapshot_version = Some(version);
+            }
+            _ => self.fold_page(stream_id, &mut loaded, first)?,
+        }
+        self.fold_rest(stream_id, &mut loaded, page_size).await?;
+        Ok(loaded)
+    }
+
+    async fn read_page(&self, stream_id: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, A> {
+        let request = ReadStream {
+            from_version,
+            ..ReadStream::forward(limit)
+        };
+        self.store
+            .read_stream(stream_id, request)
+            .await
+            .map_err(CommandError::Read)
+    }
+
+    fn fold_page(&self, stream_id: &StreamId, loaded: &mut Loaded<A::State>, page: Vec<RecordedEvent>) -> Result<(), A> {
+        let mut state = std::mem::take(&mut loaded.state);
+        for recorded in page {
+            let event = decode::<A>(stream_id, recorded.event_type, recorded.payload)?;
+            state = A::evolve(state, &event);
+            loaded.version = recorded.stream_version;
+            loaded.events_folded += 1;
+        }
+        loaded.state = state;
+        Ok(())
+    }
+
+    /// Folds every event after `loaded.version`, a page at a time.
+    async fn fold_rest(&self, stream_id: &StreamId, loaded: &mut Loaded<A::State>, page_size: usize) -> Result<(), A> {
+        loop {
+            let page = self.read_page(stream_id, loaded.version + 1, page_size).await?;
+            let full_page = page.len() == page_size;
+            self.fold_page(stream_id, loaded, page)?;
             if !full_page {
-                return Ok(Loaded {
-                    state,
-                    version,
-                    snapshot_version,
-                    events_folded,
-                });
+                return Ok(());
             }
         }
     }
