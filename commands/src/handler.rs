@@ -25,6 +25,10 @@
 //!   conflict, and the conflict reloads from the log), and because a refusal
 //!   or a no-op decided on cached state is decided again on freshly loaded
 //!   state before it is returned: nothing is refused on stale state.
+//! - **One command per stream at a time, per handler.** Commands on the same
+//!   stream queue (FIFO) inside a handler and its clones, so they do not race
+//!   each other into conflicts; each decides on the state the previous one
+//!   wrote. Other processes are still kept apart only by the expected version.
 //! - **Snapshots.** When a [`SnapshotStore`] is given, loading starts from the
 //!   stream's snapshot if its format is the aggregate's current
 //!   [`Aggregate::SNAPSHOT_VERSION`] (others are ignored), and a new snapshot is
@@ -240,6 +244,7 @@ pub struct CommandHandler<A: Aggregate> {
     snapshots: Option<Arc<dyn SnapshotStore>>,
     config: HandlerConfig,
     cache: Arc<Mutex<HashMap<StreamId, Loaded<A::State>>>>,
+    turns: Arc<Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -250,6 +255,7 @@ impl<A: Aggregate> Clone for CommandHandler<A> {
             snapshots: self.snapshots.clone(),
             config: self.config.clone(),
             cache: self.cache.clone(),
+            turns: self.turns.clone(),
             aggregate: PhantomData,
         }
     }
@@ -270,6 +276,7 @@ impl<A: Aggregate> CommandHandler<A> {
             snapshots,
             config,
             cache: Arc::default(),
+            turns: Arc::default(),
             aggregate: PhantomData,
         }
     }
@@ -289,7 +296,34 @@ impl<A: Aggregate> CommandHandler<A> {
             command_id = %envelope.command_id,
             attempts = tracing::field::Empty,
         );
-        self.handle_on(stream_id, envelope).instrument(span).await
+        async {
+            let turn = self.turn(&stream_id);
+            let outcome = {
+                let _held = turn.lock().await;
+                self.handle_on(stream_id.clone(), envelope).await
+            };
+            self.end_turn(&stream_id, turn);
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The queue of commands on one stream (shared by clones of the handler).
+    fn turn(&self, stream_id: &StreamId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|poison| poison.into_inner());
+        turns.entry(stream_id.clone()).or_default().clone()
+    }
+
+    /// Drops the stream's queue when nobody else waits on it. A command that
+    /// picks up the queue between this check and the removal only loses the
+    /// in-process ordering; the expected version still keeps it correct.
+    fn end_turn(&self, stream_id: &StreamId, turn: Arc<tokio::sync::Mutex<()>>) {
+        let mut turns = self.turns.lock().unwrap_or_else(|poison| poison.into_inner());
+        // Two references: the map's and ours.
+        if Arc::strong_count(&turn) <= 2 {
+            turns.remove(stream_id);
+        }
     }
 
     async fn handle_on(&self, stream_id: StreamId, envelope: Envelope<A::Command>) -> Result<CommandOutcome, A> {

@@ -28,6 +28,7 @@ macro_rules! handler_suite {
             a_reply_lost_after_the_append_is_answered_when_the_command_is_sent_again,
             a_command_id_used_on_another_stream_is_refused,
             fifty_concurrent_orders_for_ten_units_reserve_exactly_ten,
+            commands_on_one_stream_through_one_handler_queue_instead_of_conflicting,
             exhausted_retries_return_a_typed_conflict,
             a_stream_of_ten_thousand_events_loads_from_a_snapshot,
             a_snapshot_of_another_format_is_ignored_and_replaced,
@@ -204,9 +205,11 @@ pub async fn fifty_concurrent_orders_for_ten_units_reserve_exactly_ten(store: St
     let inventory = handler::<Inventory>(&store, HandlerConfig::default());
     let sku = fresh_sku();
     inventory.handle(restock(&sku, 10)).await.unwrap();
+    // One handler per order, as if each came from its own process: a shared
+    // handler would queue them per stream and never conflict.
     let orders: Vec<_> = (0..50)
         .map(|_| {
-            let inventory = inventory.clone();
+            let inventory = handler::<Inventory>(&store, HandlerConfig::default());
             let reservation = reserve(&sku, Uuid::new_v4(), 1);
             tokio::spawn(async move { inventory.handle(reservation).await })
         })
@@ -227,6 +230,23 @@ pub async fn fifty_concurrent_orders_for_ten_units_reserve_exactly_ten(store: St
     assert_eq!((loaded.state.on_hand, loaded.state.reserved(), loaded.state.available()), (10, 10, 0));
     assert_eq!(loaded.version, 11);
     eprintln!("{}: 10 reservations took {attempts} attempts", store.backend_name());
+}
+
+pub async fn commands_on_one_stream_through_one_handler_queue_instead_of_conflicting(store: Store) {
+    let inventory = handler::<Inventory>(&store, HandlerConfig::default());
+    let sku = fresh_sku();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let inventory = inventory.clone();
+            let command = restock(&sku, 1);
+            tokio::spawn(async move { inventory.handle(command).await })
+        })
+        .collect();
+    for task in tasks {
+        let outcome = task.await.unwrap().unwrap();
+        assert_eq!(outcome.attempts, 1, "a command conflicted with its own handler: {outcome:?}");
+    }
+    assert_eq!(inventory.load(sku.as_str()).await.unwrap().state.on_hand, 20);
 }
 
 pub async fn exhausted_retries_return_a_typed_conflict(store: Store) {
