@@ -43,6 +43,35 @@ where
     }
 }
 
+type CleanupFn = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// What to drop after a test passed (a database, a scratch directory). A
+/// failed test keeps its leftovers for inspection.
+pub struct Cleanup(Option<CleanupFn>);
+
+impl Cleanup {
+    /// Nothing to clean.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Runs `cleanup` when [`Cleanup::run`] is called.
+    pub fn new<F, Fut>(cleanup: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self(Some(Box::new(move || Box::pin(cleanup()))))
+    }
+
+    /// Cleans up.
+    pub async fn run(self) {
+        if let Some(cleanup) = self.0 {
+            cleanup().await;
+        }
+    }
+}
+
 /// Fresh PostgreSQL databases, one per test.
 #[cfg(feature = "postgres")]
 pub mod postgres {

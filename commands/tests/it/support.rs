@@ -1,7 +1,6 @@
 //! Helpers: the backends as one trait object, handlers, event builders and
 //! store wrappers that inject faults at the store seam.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -57,28 +56,7 @@ pub async fn stream_len(store: &Store, stream_id: &StreamId) -> usize {
     store.read_stream(stream_id, ReadStream::forward(100_000)).await.unwrap().len()
 }
 
-/// Runs after a test passed: drops what the test created.
-pub struct Cleanup(Option<Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>>);
-
-impl Cleanup {
-    pub fn none() -> Self {
-        Self(None)
-    }
-
-    pub fn new<F, Fut>(cleanup: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Self(Some(Box::new(move || Box::pin(cleanup()))))
-    }
-
-    pub async fn run(self) {
-        if let Some(cleanup) = self.0 {
-            cleanup().await;
-        }
-    }
-}
+pub use strata_store::testkit::Cleanup;
 
 /// What a [`Faulty`] store does around each append.
 #[derive(Clone, Copy, PartialEq, Eq)]

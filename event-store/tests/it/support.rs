@@ -2,7 +2,6 @@
 //! URLs with loud failure in CI, fresh PostgreSQL databases, and
 //! `wait_until`.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -79,25 +78,4 @@ pub mod postgres {
     }
 }
 
-/// Runs after a test passed: drops what the test created.
-pub struct Cleanup(Option<Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>>);
-
-impl Cleanup {
-    pub fn none() -> Self {
-        Self(None)
-    }
-
-    pub fn new<F, Fut>(cleanup: F) -> Self
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Self(Some(Box::new(move || Box::pin(cleanup()))))
-    }
-
-    pub async fn run(self) {
-        if let Some(cleanup) = self.0 {
-            cleanup().await;
-        }
-    }
-}
+pub use strata_store::testkit::Cleanup;
