@@ -13,6 +13,7 @@
 //! The shared append logic (expected versions, idempotent ids, hash chain) lives
 //! in one backend-independent planner, so the backends differ only in IO.
 
+pub mod bus;
 mod error;
 pub mod hash;
 mod memory;

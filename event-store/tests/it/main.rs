@@ -1,6 +1,7 @@
 //! Integration tests of strata-store: one binary, a module per backend.
 #![allow(unreachable_pub, missing_docs)]
 
+mod bus;
 mod conformance;
 mod memory;
 #[cfg(feature = "postgres")]

@@ -1,0 +1,300 @@
+//! The bus seam: [`Publisher`] and [`Subscriber`], the fan-out of the log to
+//! projection workers and sagas (DESIGN §1).
+//!
+//! # Guarantees (every backend; checked by the bus conformance suite)
+//!
+//! - **Durable publish.** `publish` returns only when the bus has stored every
+//!   event, in the order given; an error means some may not be stored, and
+//!   publishing the same events again is safe.
+//! - **Dedupe.** The event id is the message id: publishing an event the bus
+//!   already holds stores nothing and reports `duplicate` (JetStream: within
+//!   its duplicate window; in process: always).
+//! - **At least once, explicitly acked.** Every delivery carries an
+//!   [`Delivery::ack`]; a delivery not acked within the subscription's
+//!   `ack_wait` (or nacked) is delivered again, with a higher
+//!   `delivery_count`. Consumers must therefore tolerate redelivery
+//!   (projections do, by committing the position with the read model).
+//! - **Consumer groups.** Subscribers with the same group share the work:
+//!   each message goes to one member at a time. Each group gets every message.
+//!   The group remembers its progress across restarts (durable).
+//! - **Order.** A group receives messages in publish order; redeliveries can
+//!   come after later messages. Per-stream order under redelivery is the
+//!   consumer's concern (it knows each event's stream version).
+//!
+//! Subjects: `<prefix>.<category>.<stream id token>`, so a subscription can
+//! follow one category.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{ChainHash, EventMetadata, Position, RecordedEvent, StreamId};
+
+mod memory;
+#[cfg(feature = "nats")]
+mod nats;
+
+pub use memory::MemoryBus;
+#[cfg(feature = "nats")]
+pub use nats::{JetStreamBus, JetStreamConfig};
+
+/// A failure of the bus. Never a domain answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The bus could not be reached or refused the request.
+    #[error("bus backend failed while {context}: {source}")]
+    Backend {
+        /// What the bus was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A message on the bus is not a Strata event.
+    #[error("message {message} on the bus is not a strata event: {reason}")]
+    Malformed {
+        /// Which message (subject or sequence).
+        message: String,
+        /// Why.
+        reason: String,
+    },
+    /// The subscription request is malformed.
+    #[error("invalid subscription: {reason}")]
+    InvalidSubscription {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl BusError {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+/// What the bus said about one published event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The bus already held this event id; nothing was stored.
+    pub duplicate: bool,
+}
+
+/// Who subscribes, to what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The consumer group (durable name): letters, digits, `-`, `_`.
+    pub group: String,
+    /// Only this category.
+    pub category: Option<String>,
+    /// A delivery not acked within this time is delivered again.
+    pub ack_wait: Duration,
+}
+
+impl Subscription {
+    /// Every category, redelivery after 30 s.
+    pub fn group(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            category: None,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), BusError> {
+        let valid = !self.group.is_empty()
+            && self.group.len() <= 64
+            && self.group.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(BusError::InvalidSubscription {
+                reason: format!("group {:?} must be 1 to 64 letters, digits, '-' or '_'", self.group),
+            });
+        }
+        if let Some(category) = &self.category {
+            crate::validate_category(category).map_err(|reason| BusError::InvalidSubscription {
+                reason: format!("category {category:?}: {reason}"),
+            })?;
+        }
+        if self.ack_wait.is_zero() {
+            return Err(BusError::InvalidSubscription {
+                reason: "ack_wait must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Settles one delivery with the bus.
+pub(crate) type Settle = Box<dyn FnOnce(Settlement) -> BoxFuture<'static, Result<(), BusError>> + Send>;
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    Ack,
+    Nack,
+}
+
+/// One message handed to a subscriber.
+pub struct Delivery {
+    /// The event.
+    pub event: RecordedEvent,
+    /// 1 for the first delivery, more for redeliveries.
+    pub delivery_count: u64,
+    settle: Settle,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("event_id", &self.event.event_id)
+            .field("stream_id", &self.event.stream_id)
+            .field("position", &self.event.position)
+            .field("delivery_count", &self.delivery_count)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(event: RecordedEvent, delivery_count: u64, settle: Settle) -> Self {
+        Self {
+            event,
+            delivery_count,
+            settle,
+        }
+    }
+
+    /// The message is handled: the group will not see it again.
+    pub async fn ack(self) -> Result<(), BusError> {
+        (self.settle)(Settlement::Ack).await
+    }
+
+    /// The message was not handled: deliver it again now.
+    pub async fn nack(self) -> Result<(), BusError> {
+        (self.settle)(Settlement::Nack).await
+    }
+}
+
+/// Putting events on the bus (the relay holds one).
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes events in order, with many acknowledgements in flight; returns
+    /// once the bus stored (or deduplicated) every one.
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError>;
+}
+
+/// Taking events off the bus (projection workers and sagas hold one).
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    /// Joins a consumer group and streams its deliveries. The stream ends
+    /// after its first error; subscribe again to go on (the group remembers
+    /// what was acked).
+    async fn subscribe(&self, subscription: Subscription) -> Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>;
+}
+
+/// The subject of an event: `<prefix>.<category>.<token of the stream id>`.
+/// The id part is escaped so that `.`, `*`, `>` and other bytes a NATS token
+/// cannot hold never split or widen a subject.
+pub fn subject(prefix: &str, stream_id: &StreamId) -> String {
+    let mut token = String::with_capacity(stream_id.id().len());
+    for byte in stream_id.id().bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            token.push(byte as char);
+        } else {
+            token.push_str(&format!("_{byte:02X}"));
+        }
+    }
+    format!("{prefix}.{}.{token}", stream_id.category())
+}
+
+/// The wire form of an event on the bus (JSON), for the networked backends.
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WireEvent {
+    event_id: Uuid,
+    event_type: String,
+    schema_version: u32,
+    stream_id: StreamId,
+    stream_version: u64,
+    position: Position,
+    recorded_at: DateTime<Utc>,
+    payload: Value,
+    metadata: EventMetadata,
+    hash: String,
+}
+
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+impl WireEvent {
+    pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
+        let wire = WireEvent {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            position: event.position,
+            recorded_at: event.recorded_at,
+            payload: event.payload.clone(),
+            metadata: event.metadata.clone(),
+            hash: event.hash.to_string(),
+        };
+        serde_json::to_vec(&wire).expect("wire events serialize")
+    }
+
+    pub(crate) fn decode(message: &str, bytes: &[u8]) -> Result<RecordedEvent, BusError> {
+        let malformed = |reason: String| BusError::Malformed {
+            message: message.to_owned(),
+            reason,
+        };
+        let wire: WireEvent = serde_json::from_slice(bytes).map_err(|err| malformed(err.to_string()))?;
+        let hash = decode_hash(&wire.hash).ok_or_else(|| malformed("hash is not 64 hex digits".into()))?;
+        Ok(RecordedEvent {
+            event_id: wire.event_id,
+            event_type: wire.event_type,
+            schema_version: wire.schema_version,
+            stream_id: wire.stream_id,
+            stream_version: wire.stream_version,
+            position: wire.position,
+            recorded_at: wire.recorded_at,
+            payload: wire.payload,
+            metadata: wire.metadata,
+            hash,
+        })
+    }
+}
+
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+fn decode_hash(hex: &str) -> Option<ChainHash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ChainHash(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_escape_what_a_nats_token_cannot_hold() {
+        let stream_id = StreamId::parse("order-a.b*c>d_e").unwrap();
+        assert_eq!(subject("strata", &stream_id), "strata.order.a_2Eb_2Ac_3Ed_5Fe");
+        let plain = StreamId::parse("inventory-SKU-1").unwrap();
+        assert_eq!(subject("strata", &plain), "strata.inventory.SKU-1");
+    }
+}

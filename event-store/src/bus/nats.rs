@@ -1,0 +1,174 @@
+//! [`JetStreamBus`]: the bus on NATS JetStream (feature `nats`).
+//!
+//! One JetStream stream holds `<prefix>.>`; each event is published on its
+//! subject with `Nats-Msg-Id` = event id, so the server drops a duplicate
+//! within the stream's duplicate window. A consumer group is a durable pull
+//! consumer with explicit acks, `ack_wait` and an optional category filter
+//! (`<prefix>.<category>.>`, one filter subject: NATS 2.9).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+
+use super::{subject, BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription, WireEvent};
+use crate::RecordedEvent;
+
+/// Where the bus lives.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// `nats://host:4222`.
+    pub url: String,
+    /// The JetStream stream name (letters, digits, `-`, `_`).
+    pub stream_name: String,
+    /// The subject prefix (one token), e.g. `strata`.
+    pub subject_prefix: String,
+    /// How long the server remembers message ids for dedupe.
+    pub duplicate_window: Duration,
+}
+
+impl JetStreamConfig {
+    /// Stream `STRATA` on subjects `strata.>`, a two-minute duplicate window.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream_name: "STRATA".into(),
+            subject_prefix: "strata".into(),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The JetStream bus. Cloning shares the connection.
+#[derive(Clone)]
+pub struct JetStreamBus {
+    context: jetstream::Context,
+    stream: stream::Stream,
+    config: JetStreamConfig,
+}
+
+impl std::fmt::Debug for JetStreamBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamBus").field("config", &self.config).finish()
+    }
+}
+
+impl JetStreamBus {
+    /// Connects and creates the stream if it does not exist.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
+        let client = async_nats::connect(config.url.as_str())
+            .await
+            .map_err(|err| BusError::backend("connecting to NATS", err))?;
+        let context = jetstream::new(client);
+        let stream = context
+            .get_or_create_stream(stream::Config {
+                name: config.stream_name.clone(),
+                subjects: vec![format!("{}.>", config.subject_prefix)],
+                duplicate_window: config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| BusError::backend("creating the JetStream stream", err))?;
+        Ok(Self { context, stream, config })
+    }
+
+    /// Deletes the stream and everything in it (tests, teardown).
+    pub async fn delete(self) -> Result<(), BusError> {
+        self.context
+            .delete_stream(&self.config.stream_name)
+            .await
+            .map_err(|err| BusError::backend("deleting the JetStream stream", err))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Publisher for JetStreamBus {
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError> {
+        // Send every message first, then collect the acks: many in flight.
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(WireEvent::encode(event).into())
+                .message_id(event.event_id.to_string());
+            let ack = self
+                .context
+                .send_publish(subject(&self.config.subject_prefix, &event.stream_id), message)
+                .await
+                .map_err(|err| BusError::backend("publishing to JetStream", err))?;
+            pending.push(ack);
+        }
+        let mut published = Vec::with_capacity(pending.len());
+        for ack in pending {
+            let ack = ack.await.map_err(|err| BusError::backend("waiting for a JetStream ack", err))?;
+            published.push(Published { duplicate: ack.duplicate });
+        }
+        Ok(published)
+    }
+}
+
+#[async_trait]
+impl Subscriber for JetStreamBus {
+    async fn subscribe(&self, subscription: Subscription) -> Result<BoxStream<'static, Result<Delivery, BusError>>, BusError> {
+        subscription.check()?;
+        let filter_subject = match &subscription.category {
+            Some(category) => format!("{}.{category}.>", self.config.subject_prefix),
+            None => String::new(),
+        };
+        let consumer: consumer::PullConsumer = self
+            .stream
+            .get_or_create_consumer(
+                &subscription.group,
+                consumer::pull::Config {
+                    durable_name: Some(subscription.group.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: subscription.ack_wait,
+                    filter_subject,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| BusError::backend("creating the durable consumer", err))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|err| BusError::backend("pulling from the durable consumer", err))?;
+        let deliveries = messages.map(|message| {
+            let message = message.map_err(|err| BusError::backend("receiving from JetStream", err))?;
+            let delivery_count = message
+                .info()
+                .map(|info| info.delivered.max(1) as u64)
+                .map_err(|err| BusError::backend("reading message metadata", err))?;
+            let event = WireEvent::decode(message.subject.as_str(), &message.payload)?;
+            Ok(Delivery::new(
+                event,
+                delivery_count,
+                Box::new(move |settlement| {
+                    Box::pin(async move {
+                        let kind = match settlement {
+                            Settlement::Ack => AckKind::Ack,
+                            Settlement::Nack => AckKind::Nak(None),
+                        };
+                        // A double ack is enough to confirm the server recorded it.
+                        let result = match kind {
+                            AckKind::Ack => message.double_ack().await,
+                            other => message.ack_with(other).await,
+                        };
+                        result.map_err(|err| BusError::backend("acknowledging a message", err))
+                    })
+                }),
+            ))
+        });
+        // The stream ends after its first error (the contract).
+        let mut failed = false;
+        Ok(deliveries
+            .take_while(move |item| {
+                let go_on = !failed;
+                failed |= item.is_err();
+                std::future::ready(go_on)
+            })
+            .boxed())
+    }
+}
