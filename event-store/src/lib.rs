@@ -14,10 +14,12 @@
 //! in one backend-independent planner, so the backends differ only in IO.
 
 pub mod bus;
+mod checkpoint;
 mod error;
 pub mod hash;
 mod memory;
 mod plan;
+pub mod relay;
 mod snapshot;
 mod store;
 mod subscription;
@@ -37,6 +39,7 @@ mod sqlite;
 pub use error::{AppendError, BackendError, ReadError};
 pub use memory::MemoryEventStore;
 pub use plan::{AppendLimits, MAX_EVENTS_PER_APPEND, MAX_PAYLOAD_BYTES};
+pub use checkpoint::CheckpointStore;
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{EventReader, EventStore, Subscribe};
 pub use types::{

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, Direction, EventReader, EventStore, Form, Position,
+    AppendError, AppendOutcome, BackendError, CheckpointStore, Direction, EventReader, EventStore, Form, Position,
     ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead,
     StreamId, Subscribe,
 };
@@ -26,6 +26,7 @@ struct State {
     streams: BTreeMap<StreamId, (Head, Vec<usize>)>,
     ids: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, Snapshot>,
+    checkpoints: HashMap<String, Position>,
 }
 
 struct Inner {
@@ -246,6 +247,20 @@ impl SnapshotStore for MemoryEventStore {
         if replace {
             state.snapshots.insert(snapshot.stream_id.clone(), snapshot);
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryEventStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Position, ReadError> {
+        Ok(self.state().checkpoints.get(name).copied().unwrap_or(Position::START))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), BackendError> {
+        let mut state = self.state();
+        let stored = state.checkpoints.entry(name.to_owned()).or_insert(Position::START);
+        *stored = (*stored).max(position);
         Ok(())
     }
 }

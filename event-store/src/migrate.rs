@@ -16,12 +16,14 @@ pub(crate) struct Embedded(pub(crate) &'static [(i64, &'static str, &'static str
 pub(crate) const POSTGRES: Embedded = Embedded(&[
     (1, "event log", include_str!("../migrations/postgres/0001_event_log.sql")),
     (2, "snapshots", include_str!("../migrations/postgres/0002_snapshots.sql")),
+    (3, "checkpoints", include_str!("../migrations/postgres/0003_checkpoints.sql")),
 ]);
 
 #[cfg(feature = "sqlite")]
 pub(crate) const SQLITE: Embedded = Embedded(&[
     (1, "event log", include_str!("../migrations/sqlite/0001_event_log.sql")),
     (2, "snapshots", include_str!("../migrations/sqlite/0002_snapshots.sql")),
+    (3, "checkpoints", include_str!("../migrations/sqlite/0003_checkpoints.sql")),
 ]);
 
 impl<'s> MigrationSource<'s> for Embedded {

@@ -50,7 +50,7 @@ use uuid::Uuid;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, Direction, EventReader, EventStore, Form,
+    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form,
     Position, ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
     StreamHead, StreamId, Subscribe,
 };
@@ -73,6 +73,8 @@ mod sql {
     pub(super) const READ_EVENT: &str = include_str!("../sql/postgres/read_event.sql");
     pub(super) const LOAD_SNAPSHOT: &str = include_str!("../sql/postgres/load_snapshot.sql");
     pub(super) const SAVE_SNAPSHOT: &str = include_str!("../sql/postgres/save_snapshot.sql");
+    pub(super) const LOAD_CHECKPOINT: &str = include_str!("../sql/postgres/load_checkpoint.sql");
+    pub(super) const SAVE_CHECKPOINT: &str = include_str!("../sql/postgres/save_checkpoint.sql");
 }
 
 /// Where an append transaction is, for fault injection.
@@ -734,6 +736,29 @@ impl SnapshotStore for PostgresEventStore {
             .execute(&self.inner.shared.pool)
             .await
             .map_err(backend("saving a snapshot"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PostgresEventStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Position, ReadError> {
+        let position: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.inner.shared.pool)
+            .await
+            .map_err(backend("reading a checkpoint"))?;
+        Ok(Position(position.map_or(0, |position| position.max(0) as u64)))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), BackendError> {
+        sqlx::query(sql::SAVE_CHECKPOINT)
+            .bind(name)
+            .bind(i64::try_from(position.0).unwrap_or(i64::MAX))
+            .bind(chrono::Utc::now())
+            .execute(&self.inner.shared.pool)
+            .await
+            .map_err(backend("saving a checkpoint"))?;
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, Direction, EventReader, EventStore, Form,
+    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form,
     Position, ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
     StreamHead, StreamId, Subscribe,
 };
@@ -48,6 +48,8 @@ mod sql {
     pub(super) const READ_EVENT: &str = include_str!("../sql/sqlite/read_event.sql");
     pub(super) const LOAD_SNAPSHOT: &str = include_str!("../sql/sqlite/load_snapshot.sql");
     pub(super) const SAVE_SNAPSHOT: &str = include_str!("../sql/sqlite/save_snapshot.sql");
+    pub(super) const LOAD_CHECKPOINT: &str = include_str!("../sql/sqlite/load_checkpoint.sql");
+    pub(super) const SAVE_CHECKPOINT: &str = include_str!("../sql/sqlite/save_checkpoint.sql");
 }
 
 /// Where the file is and how many reader connections to keep.
@@ -410,6 +412,29 @@ impl SnapshotStore for SqliteEventStore {
             .execute(&self.inner.writer)
             .await
             .map_err(backend("saving a snapshot"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for SqliteEventStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Position, ReadError> {
+        let position: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.inner.readers)
+            .await
+            .map_err(backend("reading a checkpoint"))?;
+        Ok(Position(position.map_or(0, |position| position.max(0) as u64)))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), BackendError> {
+        sqlx::query(sql::SAVE_CHECKPOINT)
+            .bind(name)
+            .bind(i64::try_from(position.0).unwrap_or(i64::MAX))
+            .bind(chrono::Utc::now().timestamp_micros())
+            .execute(&self.inner.writer)
+            .await
+            .map_err(backend("saving a checkpoint"))?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use strata_store::verify::verify_log;
 use strata_store::{
     AppendError, Direction, EventMetadata, EventStore, ExpectedVersion, Form, NewEvent, Position,
-    ReadAll, ReadStream, Snapshot, SnapshotStore, StreamAppend, Subscribe,
+    CheckpointStore, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamAppend, Subscribe,
 };
 use uuid::Uuid;
 
@@ -41,6 +41,7 @@ macro_rules! conformance_suite {
             a_clean_log_verifies_intact,
             an_event_is_found_by_its_id,
             the_newest_snapshot_is_kept_unless_its_format_changes,
+            checkpoints_start_at_zero_and_only_move_forward,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {
@@ -57,8 +58,8 @@ macro_rules! conformance_suite {
 pub(crate) use conformance_suite;
 
 /// What every backend offers: the log and the snapshots beside it.
-pub trait Backend: EventStore + SnapshotStore {}
-impl<T: EventStore + SnapshotStore> Backend for T {}
+pub trait Backend: EventStore + SnapshotStore + CheckpointStore {}
+impl<T: EventStore + SnapshotStore + CheckpointStore> Backend for T {}
 
 type Store = Arc<dyn Backend>;
 
@@ -522,4 +523,14 @@ pub async fn the_newest_snapshot_is_kept_unless_its_format_changes(store: Store)
     store.save_snapshot(snapshot(2, 300)).await.unwrap();
     assert_eq!(store.load_snapshot(&s).await.unwrap(), Some(snapshot(2, 300)));
     assert!(store.load_snapshot(&stream("order")).await.unwrap().is_none(), "snapshots are per stream");
+}
+
+pub async fn checkpoints_start_at_zero_and_only_move_forward(store: Store) {
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), Position::START);
+    store.save_checkpoint("relay", Position(40)).await.unwrap();
+    store.save_checkpoint("relay", Position(12)).await.unwrap();
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), Position(40), "a checkpoint moved backwards");
+    store.save_checkpoint("relay", Position(41)).await.unwrap();
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), Position(41));
+    assert_eq!(store.load_checkpoint("other").await.unwrap(), Position::START, "checkpoints are per name");
 }

@@ -6,6 +6,7 @@ mod conformance;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod relay;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod support;

@@ -1,0 +1,1 @@
+SELECT position FROM strata_checkpoints WHERE name = $1

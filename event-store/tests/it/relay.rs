@@ -1,0 +1,200 @@
+//! The relay against real pairs: the in-process store and bus, and
+//! PostgreSQL with NATS JetStream. A relay killed at random moments (its task
+//! aborted mid-batch) and restarted puts every event of the log on the bus,
+//! each exactly once after dedupe.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::{Rng, SeedableRng};
+use strata_store::bus::{Publisher, Subscriber, Subscription};
+use strata_store::relay::{Relay, RelayConfig, Step};
+use strata_store::{ExpectedVersion, Position, ReadAll};
+use uuid::Uuid;
+
+use crate::bus::Bus;
+use crate::conformance::Backend;
+use crate::support::{noted, stream, to, Cleanup};
+
+fn relay(store: &Arc<dyn Backend>, bus: &Arc<dyn Bus>) -> Relay {
+    let publisher: Arc<dyn Publisher> = bus.clone();
+    Relay::new(
+        store.clone(),
+        store.clone(),
+        publisher,
+        RelayConfig {
+            batch_size: 100,
+            ..RelayConfig::default()
+        },
+    )
+}
+
+async fn append_many(store: &Arc<dyn Backend>, streams: usize, per_stream: usize) {
+    let writers: Vec<_> = (0..streams)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = stream("order");
+                for version in 0..per_stream {
+                    store
+                        .append(to(&s, ExpectedVersion::Exact(version as u64), vec![noted(&format!("{version}"))]))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+}
+
+/// Reads the group until it has every id of the log; fails on an id seen twice.
+async fn drain(bus: &Arc<dyn Bus>, expected: &HashSet<Uuid>) {
+    let subscriber: Arc<dyn Subscriber> = bus.clone();
+    let mut deliveries = subscriber.subscribe(Subscription::group("check")).await.unwrap();
+    let mut seen = HashSet::new();
+    while seen.len() < expected.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} events reached the bus", seen.len(), expected.len()))
+            .unwrap()
+            .unwrap();
+        assert!(expected.contains(&delivery.event.event_id), "an event not in the log: {delivery:?}");
+        assert!(seen.insert(delivery.event.event_id), "an event reached the bus twice: {delivery:?}");
+        delivery.ack().await.unwrap();
+    }
+}
+
+async fn log_ids(store: &Arc<dyn Backend>) -> HashSet<Uuid> {
+    store
+        .read_all(ReadAll::after(Position::START, 1_000_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.event_id)
+        .collect()
+}
+
+pub async fn the_relay_publishes_the_log_in_order_and_moves_its_checkpoint(store: Arc<dyn Backend>, bus: Arc<dyn Bus>) {
+    append_many(&store, 5, 50).await;
+    let relay = relay(&store, &bus);
+    let mut steps = 0;
+    while let Step::Processed(n) = relay.step().await.unwrap() {
+        assert!(n <= 100);
+        steps += 1;
+    }
+    assert_eq!(steps, 3, "250 events in batches of 100");
+    assert_eq!(store.load_checkpoint("relay").await.unwrap(), store.head_position().await.unwrap());
+    let log = store.read_all(ReadAll::after(Position::START, 1_000)).await.unwrap();
+    let subscriber: Arc<dyn Subscriber> = bus.clone();
+    let mut deliveries = subscriber.subscribe(Subscription::group("order-check")).await.unwrap();
+    for expected in &log {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), deliveries.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(delivery.event.event_id, expected.event_id, "out of log order");
+        delivery.ack().await.unwrap();
+    }
+}
+
+pub async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing(store: Arc<dyn Backend>, bus: Arc<dyn Bus>) {
+    let seed: u64 = rand::rng().random();
+    eprintln!("relay kill test seed: {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move { append_many(&store, 8, 250).await }
+    });
+    for _ in 0..6 {
+        let running = tokio::spawn({
+            let relay = relay(&store, &bus);
+            async move { relay.run(std::future::pending()).await }
+        });
+        // The kill schedule is the fault being injected, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..120))).await;
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled(), "the relay stopped on its own");
+    }
+    writing.await.unwrap();
+    let relay = relay(&store, &bus);
+    while relay.step().await.unwrap() != Step::Idle {}
+    let expected = log_ids(&store).await;
+    assert_eq!(expected.len(), 2_000);
+    drain(&bus, &expected).await;
+}
+
+mod memory {
+    use strata_store::bus::MemoryBus;
+    use strata_store::MemoryEventStore;
+
+    use super::*;
+    use crate::support::registry;
+
+    fn open() -> (Arc<dyn Backend>, Arc<dyn Bus>) {
+        (Arc::new(MemoryEventStore::new(registry())), Arc::new(MemoryBus::new()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_relay_publishes_the_log_in_order_and_moves_its_checkpoint() {
+        let (store, bus) = open();
+        super::the_relay_publishes_the_log_in_order_and_moves_its_checkpoint(store, bus).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing() {
+        let (store, bus) = open();
+        super::a_relay_killed_at_random_moments_loses_and_doubles_nothing(store, bus).await;
+    }
+}
+
+#[cfg(all(feature = "postgres", feature = "nats"))]
+mod postgres_jetstream {
+    use strata_store::bus::{JetStreamBus, JetStreamConfig};
+    use strata_store::testkit::postgres::TestDatabase;
+    use strata_store::testkit::{report_unreachable, service_url};
+    use strata_store::{PostgresConfig, PostgresEventStore};
+
+    use super::*;
+    use crate::support::registry;
+
+    async fn open() -> Option<(Arc<dyn Backend>, Arc<dyn Bus>, Cleanup)> {
+        let database = TestDatabase::create().await?;
+        let store = PostgresEventStore::connect(PostgresConfig::new(&database.url), registry()).await.unwrap();
+        store.migrate().await.unwrap();
+        let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+        let id = Uuid::new_v4().simple().to_string();
+        let config = JetStreamConfig {
+            stream_name: format!("TEST_{id}"),
+            subject_prefix: format!("test_{id}"),
+            ..JetStreamConfig::new(url.clone())
+        };
+        let bus = match JetStreamBus::connect(config).await {
+            Ok(bus) => bus,
+            Err(err) => {
+                report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js &", &err);
+                return None;
+            }
+        };
+        let teardown = bus.clone();
+        let cleanup = Cleanup::new(move || async move {
+            teardown.delete().await.expect("delete the test stream");
+            database.drop_database().await;
+        });
+        Some((Arc::new(store), Arc::new(bus), cleanup))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_relay_publishes_the_log_in_order_and_moves_its_checkpoint() {
+        let Some((store, bus, cleanup)) = open().await else { return };
+        super::the_relay_publishes_the_log_in_order_and_moves_its_checkpoint(store, bus).await;
+        cleanup.run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing() {
+        let Some((store, bus, cleanup)) = open().await else { return };
+        super::a_relay_killed_at_random_moments_loses_and_doubles_nothing(store, bus).await;
+        cleanup.run().await;
+    }
+}
