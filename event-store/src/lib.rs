@@ -17,6 +17,7 @@ pub mod bus;
 mod checkpoint;
 mod error;
 pub mod hash;
+pub mod lease;
 mod memory;
 mod plan;
 pub mod relay;

@@ -14,15 +14,17 @@
 //!   with the whole batch's acks in flight together.
 //! - Events go out as the latest schema version ([`crate::Form::Latest`]).
 //!
-//! Exactly one relay should be active per log; electing it (a lease) is the
-//! composition root's job. Two active relays would stay correct (dedupe, a
-//! forward-only checkpoint) but do the work twice.
+//! Exactly one relay is active per log: [`Relay::run_while_leader`] works only
+//! while it holds the lease named after its checkpoint, and stops when the
+//! lease is lost. Two active relays (a lease lost but not yet noticed) would
+//! stay correct (dedupe, a forward-only checkpoint), only doing work twice.
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 
 use crate::bus::{BusError, Publisher};
+use crate::lease::Lease;
 use crate::{BackendError, CheckpointStore, EventReader, ReadAll, ReadError, Subscribe};
 
 /// How a relay runs.
@@ -65,6 +67,9 @@ pub enum RelayError {
     /// Saving the checkpoint failed; the batch will be published again.
     #[error("relay: saving the checkpoint failed: {0}")]
     Checkpoint(#[from] BackendError),
+    /// Taking the relay lease failed.
+    #[error("relay: taking the lease failed: {0}")]
+    Lease(#[source] BackendError),
 }
 
 /// Log → bus.
@@ -104,6 +109,28 @@ impl Relay {
         self.publisher.publish(&events).await?;
         self.checkpoints.save_checkpoint(&self.config.name, last).await?;
         Ok(Step::Processed(events.len()))
+    }
+
+    /// Waits for the lease, relays while holding it, and waits again when it is
+    /// lost; returns when `shutdown` resolves or on an error.
+    pub async fn run_while_leader(
+        &self,
+        lease: &dyn Lease,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        tokio::pin!(shutdown);
+        loop {
+            let mut guard = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                guard = lease.acquire(&self.config.name) => guard.map_err(RelayError::Lease)?,
+            };
+            tracing::info!(relay = %self.config.name, "holding the relay lease");
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = guard.lost() => tracing::warn!(relay = %self.config.name, "relay lease lost; stopping"),
+                result = self.run(std::future::pending()) => return result,
+            }
+        }
     }
 
     /// Runs until `shutdown` resolves or an error: catches up from the

@@ -158,8 +158,10 @@ mod postgres_jetstream {
     use super::*;
     use crate::support::registry;
 
-    async fn open() -> Option<(Arc<dyn Backend>, Arc<dyn Bus>, Cleanup)> {
+    /// The store, the bus, their cleanup and the database URL.
+    pub(super) async fn open() -> Option<(Arc<dyn Backend>, Arc<dyn Bus>, Cleanup, String)> {
         let database = TestDatabase::create().await?;
+        let url_of_database = database.url.clone();
         let store = PostgresEventStore::connect(PostgresConfig::new(&database.url), registry()).await.unwrap();
         store.migrate().await.unwrap();
         let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
@@ -181,20 +183,82 @@ mod postgres_jetstream {
             teardown.delete().await.expect("delete the test stream");
             database.drop_database().await;
         });
-        Some((Arc::new(store), Arc::new(bus), cleanup))
+        Some((Arc::new(store), Arc::new(bus), cleanup, url_of_database))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_relay_publishes_the_log_in_order_and_moves_its_checkpoint() {
-        let Some((store, bus, cleanup)) = open().await else { return };
+        let Some((store, bus, cleanup, _)) = open().await else { return };
         super::the_relay_publishes_the_log_in_order_and_moves_its_checkpoint(store, bus).await;
         cleanup.run().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing() {
-        let Some((store, bus, cleanup)) = open().await else { return };
+        let Some((store, bus, cleanup, _)) = open().await else { return };
         super::a_relay_killed_at_random_moments_loses_and_doubles_nothing(store, bus).await;
         cleanup.run().await;
+    }
+}
+
+#[cfg(all(feature = "postgres", feature = "nats"))]
+mod lease {
+    use strata_store::lease::{Lease, PostgresLease};
+    use strata_store::testkit::postgres::TestDatabase;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_process_holds_a_lease_and_a_dead_holders_lease_passes_on() {
+        let Some(database) = TestDatabase::create().await else { return };
+        let first = PostgresLease::new(&database.url, Duration::from_millis(100)).unwrap();
+        let second = PostgresLease::new(&database.url, Duration::from_millis(100)).unwrap();
+        let held = first.acquire("relay").await.unwrap();
+        let mut waiting = tokio::spawn(async move { second.acquire("relay").await });
+        let other_name = first.acquire("other").await.unwrap();
+        // While the first holds it, the second must still be waiting.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut waiting).await.is_err(),
+            "two holders of one lease"
+        );
+        drop(held); // the holder dies: its connection closes
+        let taken = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the lease passed on within 10 s")
+            .unwrap()
+            .unwrap();
+        drop((taken, other_name));
+        database.drop_database().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
+        let Some((store, bus, cleanup, lease_url)) = super::postgres_jetstream::open().await else { return };
+        let start = |store: &Arc<dyn Backend>, bus: &Arc<dyn Bus>| {
+            let relay = relay(store, bus);
+            let lease = PostgresLease::new(&lease_url, Duration::from_millis(100)).unwrap();
+            tokio::spawn(async move { relay.run_while_leader(&lease, std::future::pending()).await })
+        };
+        append_many(&store, 4, 50).await;
+        let active = start(&store, &bus);
+        let before = log_ids(&store).await;
+        // Let the active relay publish everything so far, then kill it.
+        wait_for_checkpoint(&store, store.head_position().await.unwrap()).await;
+        let standby = start(&store, &bus);
+        active.abort();
+        append_many(&store, 4, 50).await;
+        let all = log_ids(&store).await;
+        assert_eq!((before.len(), all.len()), (200, 400));
+        drain(&bus, &all).await;
+        standby.abort();
+        cleanup.run().await;
+    }
+
+    async fn wait_for_checkpoint(store: &Arc<dyn Backend>, position: Position) {
+        strata_store::testkit::wait_until(Duration::from_secs(15), || async {
+            let now = store.load_checkpoint("relay").await.unwrap();
+            if now >= position { Ok(()) } else { Err(now) }
+        })
+        .await;
     }
 }

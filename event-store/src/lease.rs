@@ -1,0 +1,158 @@
+//! The lease seam: [`Lease`] elects one holder of a named role (the relay)
+//! among processes, so exactly one is active and another takes over within
+//! seconds when it dies.
+//!
+//! - [`MemoryLease`]: one process (the embedded default).
+//! - `PostgresLease` (feature `postgres`): a session advisory lock on a
+//!   connection of its own. The lock lives exactly as long as the connection:
+//!   a holder that dies (even `kill -9`) closes its socket and PostgreSQL
+//!   releases the lock at once; waiters retry every `retry` interval. The
+//!   holder checks its connection every second and reports [`LeaseGuard::lost`]
+//!   when it breaks, so it stops working before someone else starts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::BackendError;
+
+/// Held while the lease is ours; dropping it releases the lease.
+pub struct LeaseGuard {
+    lost: watch::Receiver<bool>,
+    _held: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseGuard").field("lost", &*self.lost.borrow()).finish()
+    }
+}
+
+impl LeaseGuard {
+    /// Resolves when the lease is lost (never, for a lease that cannot be lost).
+    pub async fn lost(&mut self) {
+        if self.lost.wait_for(|lost| *lost).await.is_err() {
+            // The keeper is gone without reporting: treat as lost.
+        }
+    }
+}
+
+/// Electing one holder of a named role.
+#[async_trait]
+pub trait Lease: Send + Sync {
+    /// Waits until this caller holds `name`.
+    async fn acquire(&self, name: &str) -> Result<LeaseGuard, BackendError>;
+}
+
+/// Leases within one process.
+#[derive(Clone, Default)]
+pub struct MemoryLease {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+#[async_trait]
+impl Lease for MemoryLease {
+    async fn acquire(&self, name: &str) -> Result<LeaseGuard, BackendError> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|poison| poison.into_inner());
+            locks.entry(name.to_owned()).or_default().clone()
+        };
+        let held = lock.lock_owned().await;
+        let (sender, lost) = watch::channel(false);
+        Ok(LeaseGuard {
+            lost,
+            _held: Box::new((held, sender)),
+        })
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresLease;
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use sqlx::postgres::PgConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    use tokio::sync::watch;
+
+    use super::{Lease, LeaseGuard};
+    use crate::BackendError;
+
+    /// `pg_try_advisory_lock(NAMESPACE, hashtext(name))`: the first key keeps
+    /// Strata's locks apart from anyone else's in the same database.
+    const TRY_LOCK: &str = include_str!("../sql/postgres/try_lease.sql");
+
+    /// Leases held as PostgreSQL advisory locks (see the module docs).
+    #[derive(Debug, Clone)]
+    pub struct PostgresLease {
+        options: PgConnectOptions,
+        retry: Duration,
+    }
+
+    impl PostgresLease {
+        /// Leases on the database at `url`; waiters retry every `retry`.
+        pub fn new(url: &str, retry: Duration) -> Result<Self, BackendError> {
+            let options: PgConnectOptions = url
+                .parse()
+                .map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
+            Ok(Self {
+                options: options.application_name("strata-lease"),
+                retry,
+            })
+        }
+    }
+
+    struct Keeper(tokio::task::JoinHandle<()>);
+
+    impl Drop for Keeper {
+        fn drop(&mut self) {
+            // Dropping the task drops its connection: the lock is released.
+            self.0.abort();
+        }
+    }
+
+    #[async_trait]
+    impl Lease for PostgresLease {
+        async fn acquire(&self, name: &str) -> Result<LeaseGuard, BackendError> {
+            loop {
+                let mut connection = self
+                    .options
+                    .connect()
+                    .await
+                    .map_err(|err| BackendError::new("connecting for a lease", err))?;
+                loop {
+                    let held: bool = sqlx::query_scalar(TRY_LOCK)
+                        .bind(name)
+                        .fetch_one(&mut connection)
+                        .await
+                        .map_err(|err| BackendError::new("trying a lease", err))?;
+                    if held {
+                        let (sender, lost) = watch::channel(false);
+                        let keeper = tokio::spawn(async move {
+                            loop {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                if connection.ping().await.is_err() {
+                                    sender.send_replace(true);
+                                    return;
+                                }
+                            }
+                        });
+                        return Ok(LeaseGuard {
+                            lost,
+                            _held: Box::new(Keeper(keeper)),
+                        });
+                    }
+                    tokio::time::sleep(self.retry).await;
+                    if connection.ping().await.is_err() {
+                        break; // reconnect
+                    }
+                }
+            }
+        }
+    }
+}
