@@ -13,6 +13,8 @@ use serde::Deserialize;
 pub const DEFAULT_EVENT_STORE: &str = "sqlite://strata.db";
 /// The default HTTP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `STRATA_BUS` when nothing is set: the in-process bus.
+pub const DEFAULT_BUS: &str = "memory";
 
 /// What the command line and the environment said (unset = `None`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -23,6 +25,9 @@ pub struct Overrides {
     /// HTTP listen address.
     #[arg(long, env = "STRATA_LISTEN", global = true)]
     pub listen: Option<String>,
+    /// The bus: `memory` or `nats://HOST:4222`.
+    #[arg(long, env = "STRATA_BUS", global = true)]
+    pub bus: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -34,6 +39,7 @@ pub struct Overrides {
 struct FileSettings {
     event_store: Option<String>,
     listen: Option<String>,
+    bus: Option<String>,
 }
 
 /// Resolved settings.
@@ -43,6 +49,8 @@ pub struct Settings {
     pub event_store: String,
     /// HTTP listen address.
     pub listen: SocketAddr,
+    /// The bus URL (`memory` or `nats://…`).
+    pub bus: String,
 }
 
 impl Settings {
@@ -66,7 +74,11 @@ impl Settings {
         let listen: SocketAddr = listen
             .parse()
             .with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
-        Ok(Self { event_store, listen })
+        let bus = overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned());
+        if bus != "memory" && !bus.starts_with("nats://") {
+            bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory or nats://HOST:4222");
+        }
+        Ok(Self { event_store, listen, bus })
     }
 }
 
@@ -94,6 +106,7 @@ mod tests {
         let settings = Settings::resolve(&Overrides { config: Some(empty.path().to_owned()), ..Overrides::default() }).unwrap();
         assert_eq!(settings.event_store, DEFAULT_EVENT_STORE);
         assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(settings.bus, DEFAULT_BUS);
     }
 
     #[test]
@@ -118,6 +131,7 @@ mod tests {
             config: Some(toml.path().to_owned()),
             event_store: Some("sqlite://other.db".into()),
             listen: None,
+            bus: None,
         })
         .unwrap();
         assert_eq!(from_flag.event_store, "sqlite://other.db");

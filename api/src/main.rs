@@ -89,6 +89,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = strata_store::PostgresConfig::new("").committers)]
         committers: usize,
     },
+    /// The relay (log → JetStream) vs raw pipelined JetStream publishing.
+    #[cfg(feature = "nats")]
+    Relay {
+        /// Events in the scratch log.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Events per publish batch.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Runs (medians are reported; relay and raw alternate first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The command path (load, decide, append) vs raw appends of the same events.
     Commands {
         /// Aggregates the commands spread over (1 = one hot aggregate).
@@ -178,6 +191,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runs,
                 group_commit: !no_group_commit,
                 committers,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        #[cfg(feature = "nats")]
+        Command::Bench(BenchCommand::Relay { events, batch_size, runs }) => {
+            let result = bench::relay(&bench::RelayBench {
+                event_store_url: settings.event_store.clone(),
+                bus_url: settings.bus.clone(),
+                events,
+                batch_size,
+                runs,
             })
             .await?;
             println!("{}", serde_json::to_string(&result)?);

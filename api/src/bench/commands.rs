@@ -22,11 +22,10 @@ use strata_commands::inventory::{Inventory, InventoryCommand};
 use strata_commands::{CommandHandler, Envelope, HandlerConfig};
 use strata_schemas::values::Sku;
 use strata_schemas::DomainEvent;
-use strata_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, SnapshotStore, StreamAppend, StreamId};
+use strata_store::{EventMetadata, ExpectedVersion, NewEvent, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use super::{drive, machine, median, round, Figures, Scratch};
-use crate::backend::registry;
+use super::{drive, machine, median, open_scratch, round, Figures, Scratch, ScratchStore};
 
 /// Parameters of `bench commands`.
 #[derive(Debug, Clone)]
@@ -42,9 +41,6 @@ pub struct CommandsBench {
     /// Runs; commands and appends alternate which goes first.
     pub runs: usize,
 }
-
-trait Backend: EventStore + SnapshotStore {}
-impl<T: EventStore + SnapshotStore> Backend for T {}
 
 /// Runs `bench commands` and returns its JSON result.
 pub async fn commands(bench: &CommandsBench) -> anyhow::Result<Value> {
@@ -63,22 +59,7 @@ struct CommandFigures {
 }
 
 async fn run_all(bench: &CommandsBench, scratch: &Scratch) -> anyhow::Result<Value> {
-    let registry = registry()?;
-    let (store, backend): (Arc<dyn Backend>, &str) = match scratch {
-        #[cfg(feature = "postgres")]
-        Scratch::Postgres { url, .. } => {
-            let mut config = strata_store::PostgresConfig::new(url.clone());
-            config.max_connections = bench.writers as u32 + 4;
-            let store = strata_store::PostgresEventStore::connect(config, registry).await?;
-            store.migrate().await?;
-            (Arc::new(store), "postgres")
-        }
-        Scratch::Sqlite { url, .. } => {
-            let store = strata_store::SqliteEventStore::connect(strata_store::SqliteConfig::new(url.clone()), registry).await?;
-            store.migrate().await?;
-            (Arc::new(store), "sqlite")
-        }
-    };
+    let (store, backend) = open_scratch(scratch, bench.writers as u32 + 4).await?;
     // Every run and variant gets its own aggregates, so the raw appends never
     // move a stream the handler remembers and each run starts as cold as the first.
     let skus = |prefix: String| -> anyhow::Result<Arc<Vec<Sku>>> {
@@ -187,7 +168,7 @@ async fn measure_commands(
     })
 }
 
-async fn measure_appends(bench: &CommandsBench, store: Arc<dyn Backend>, skus: &Arc<Vec<Sku>>) -> anyhow::Result<Figures> {
+async fn measure_appends(bench: &CommandsBench, store: Arc<dyn ScratchStore>, skus: &Arc<Vec<Sku>>) -> anyhow::Result<Figures> {
     let skus = skus.clone();
     let (latencies, _, seconds) = drive(bench.writers, bench.duration, |_| (), move |()| {
         let (store, skus) = (store.clone(), skus.clone());

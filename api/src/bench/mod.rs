@@ -25,7 +25,11 @@ use uuid::Uuid;
 use crate::backend::{registry, scheme, Scheme};
 
 mod commands;
+#[cfg(feature = "nats")]
+mod relay;
 pub use commands::{commands, CommandsBench};
+#[cfg(feature = "nats")]
+pub use relay::{relay, RelayBench};
 
 /// Parameters of `bench append`.
 #[derive(Debug, Clone)]
@@ -128,7 +132,7 @@ pub fn order_placed_payload() -> Value {
     })
 }
 
-fn new_event(payload: &Value) -> NewEvent {
+pub(crate) fn new_event(payload: &Value) -> NewEvent {
     NewEvent {
         event_id: Uuid::new_v4(),
         event_type: "OrderPlaced".into(),
@@ -190,6 +194,30 @@ impl Scratch {
             Self::Sqlite { dir, .. } => Ok(dir.close()?),
         }
     }
+}
+
+/// A scratch store with everything the benchmarks use.
+pub(crate) trait ScratchStore: EventStore + strata_store::SnapshotStore + strata_store::CheckpointStore {}
+impl<T: EventStore + strata_store::SnapshotStore + strata_store::CheckpointStore> ScratchStore for T {}
+
+/// Opens and migrates the store of a scratch place; returns it and its backend name.
+pub(crate) async fn open_scratch(scratch: &Scratch, max_connections: u32) -> anyhow::Result<(Arc<dyn ScratchStore>, &'static str)> {
+    let registry = registry()?;
+    Ok(match scratch {
+        #[cfg(feature = "postgres")]
+        Scratch::Postgres { url, .. } => {
+            let mut config = strata_store::PostgresConfig::new(url.clone());
+            config.max_connections = max_connections;
+            let store = strata_store::PostgresEventStore::connect(config, registry).await?;
+            store.migrate().await?;
+            (Arc::new(store), "postgres")
+        }
+        Scratch::Sqlite { url, .. } => {
+            let store = strata_store::SqliteEventStore::connect(strata_store::SqliteConfig::new(url.clone()), registry).await?;
+            store.migrate().await?;
+            (Arc::new(store), "sqlite")
+        }
+    })
 }
 
 #[cfg(feature = "postgres")]

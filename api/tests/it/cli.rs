@@ -149,3 +149,30 @@ fn bench_commands_on_one_hot_aggregate_queues_commands_instead_of_conflicting() 
         assert!(result[key].is_number(), "{key} missing: {result}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_relay_puts_a_scratch_log_on_jetstream_next_to_raw_publishing() {
+    let nats = strata_store::testkit::service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let address = nats.trim_start_matches("nats://").to_owned();
+    if let Err(err) = tokio::net::TcpStream::connect(&address).await {
+        strata_store::testkit::report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js &", &err);
+        return;
+    }
+    let scratch = scratch_sqlite();
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_BUS", &nats).args([
+        "bench", "relay", "--events", "450", "--batch-size", "100", "--runs", "2",
+    ]));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((result["bench"].as_str(), result["events"].as_u64()), (Some("relay"), Some(450)));
+    assert!(result["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["baseline"]["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["ratio"].as_f64().unwrap() > 0.0, "{result}");
+}
+
+#[test]
+fn an_unknown_bus_is_a_clear_error() {
+    let output = strata().args(["migrate", "--bus", "kafka-ish://x"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("STRATA_BUS") && stderr.contains("nats://"), "{stderr}");
+}

@@ -217,6 +217,12 @@ pub fn subject(prefix: &str, stream_id: &StreamId) -> String {
     format!("{prefix}.{}.{token}", stream_id.category())
 }
 
+/// The bytes an event travels as on a networked bus (JSON with every field
+/// of [`RecordedEvent`]; the hash as 64 hex digits).
+pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
+    WireEvent::encode(event)
+}
+
 /// The wire form of an event on the bus (JSON), for the networked backends.
 #[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(not(feature = "nats"), allow(dead_code))]
