@@ -111,6 +111,41 @@ impl Relay {
         Ok(Step::Processed(events.len()))
     }
 
+    /// Relays everything up to the log's current end, reading the next batch
+    /// while the current one is being published (two batches read ahead at
+    /// most). Returns how many events went out. The checkpoint still moves
+    /// only after each batch's acks.
+    pub async fn catch_up(&self) -> Result<usize, RelayError> {
+        let batch_size = self.config.batch_size.max(1);
+        let mut after = self.checkpoints.load_checkpoint(&self.config.name).await?;
+        let (batches, mut ready) = tokio::sync::mpsc::channel(2);
+        let reader = self.reader.clone();
+        let reading = tokio::spawn(async move {
+            loop {
+                let events = reader.read_all(ReadAll::after(after, batch_size)).await?;
+                let Some(last) = events.last().map(|event| event.position) else {
+                    return Ok::<(), ReadError>(());
+                };
+                after = last;
+                if batches.send(events).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let mut relayed = 0;
+        while let Some(events) = ready.recv().await {
+            let last = events.last().map(|event| event.position).unwrap_or_default();
+            self.publisher.publish(&events).await?;
+            self.checkpoints.save_checkpoint(&self.config.name, last).await?;
+            relayed += events.len();
+        }
+        match reading.await {
+            Ok(result) => result?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+        Ok(relayed)
+    }
+
     /// Waits for the lease, relays while holding it, and waits again when it is
     /// lost; returns when `shutdown` resolves or on an error.
     pub async fn run_while_leader(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use strata_store::bus::{encode_event, JetStreamBus, JetStreamConfig, Publisher};
-use strata_store::relay::{Relay, RelayConfig, Step};
+use strata_store::relay::{Relay, RelayConfig};
 use strata_store::{ExpectedVersion, Position, ReadAll, StreamAppend, StreamId};
 use uuid::Uuid;
 
@@ -142,10 +142,7 @@ async fn measure_relay(bench: &RelayBench, store: &Arc<dyn ScratchStore>, run: u
         },
     );
     let started = Instant::now();
-    let mut relayed = 0;
-    while let Step::Processed(n) = relay.step().await? {
-        relayed += n;
-    }
+    let relayed = relay.catch_up().await?;
     let seconds = started.elapsed().as_secs_f64();
     bus.delete().await?;
     if relayed != bench.events {
