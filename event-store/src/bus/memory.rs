@@ -154,7 +154,6 @@ impl Subscriber for MemoryBus {
                 notified.as_mut().enable();
                 match inner.next(&subscription.group, subscription.ack_wait) {
                     Ok((event, delivery_count, sequence)) => {
-                        drop(notified);
                         let settle_inner = inner.clone();
                         let group = subscription.group.clone();
                         let delivery = Delivery::new(

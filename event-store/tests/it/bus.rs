@@ -140,7 +140,7 @@ pub async fn groups_each_get_everything_and_members_share_their_groups_work(bus:
     let mut other_group = bus.subscribe(subscription("audit")).await.unwrap();
     assert_eq!(take_acked(&mut other_group, 30).await, e);
 
-    let mut members = vec![
+    let mut members = [
         bus.subscribe(subscription("workers")).await.unwrap(),
         bus.subscribe(subscription("workers")).await.unwrap(),
     ];
