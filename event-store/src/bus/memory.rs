@@ -68,9 +68,17 @@ impl Inner {
             .iter()
             .find(|(_, (_, deadline))| *deadline <= now)
             .map(|(&sequence, _)| sequence);
-        let redeliver = expired.or_else(|| group.nacked.pop_front());
+        // A nacked message acked since (through a later redelivery) is done.
+        let redeliver = expired.or_else(|| {
+            while let Some(sequence) = group.nacked.pop_front() {
+                if group.in_flight.contains_key(&sequence) {
+                    return Some(sequence);
+                }
+            }
+            None
+        });
         if let Some(sequence) = redeliver {
-            let entry = group.in_flight.entry(sequence).or_insert((0, now));
+            let entry = group.in_flight.get_mut(&sequence).expect("redeliveries are in flight");
             entry.0 += 1;
             entry.1 = now + ack_wait;
             return Ok((messages[sequence].clone(), entry.0, sequence));
