@@ -243,16 +243,31 @@ pub(crate) struct WireEvent {
 #[cfg_attr(not(feature = "nats"), allow(dead_code))]
 impl WireEvent {
     pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
-        let wire = WireEvent {
+        // Borrowed, so encoding copies nothing but the output bytes.
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct WireRef<'a> {
+            event_id: Uuid,
+            event_type: &'a str,
+            schema_version: u32,
+            stream_id: &'a str,
+            stream_version: u64,
+            position: Position,
+            recorded_at: DateTime<Utc>,
+            payload: &'a Value,
+            metadata: &'a EventMetadata,
+            hash: String,
+        }
+        let wire = WireRef {
             event_id: event.event_id,
-            event_type: event.event_type.clone(),
+            event_type: &event.event_type,
             schema_version: event.schema_version,
-            stream_id: event.stream_id.clone(),
+            stream_id: event.stream_id.as_str(),
             stream_version: event.stream_version,
             position: event.position,
             recorded_at: event.recorded_at,
-            payload: event.payload.clone(),
-            metadata: event.metadata.clone(),
+            payload: &event.payload,
+            metadata: &event.metadata,
             hash: event.hash.to_string(),
         };
         serde_json::to_vec(&wire).expect("wire events serialize")
