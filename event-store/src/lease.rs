@@ -119,18 +119,25 @@ mod postgres {
     #[async_trait]
     impl Lease for PostgresLease {
         async fn acquire(&self, name: &str) -> Result<LeaseGuard, BackendError> {
+            // Waiting survives PostgreSQL restarts: any failure reconnects
+            // after `retry`; only holding the lock ends the wait.
             loop {
-                let mut connection = self
-                    .options
-                    .connect()
-                    .await
-                    .map_err(|err| BackendError::new("connecting for a lease", err))?;
+                let mut connection = match self.options.connect().await {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        tracing::warn!(error = %err, lease = name, "cannot connect for a lease; retrying");
+                        tokio::time::sleep(self.retry).await;
+                        continue;
+                    }
+                };
                 loop {
-                    let held: bool = sqlx::query_scalar(TRY_LOCK)
-                        .bind(name)
-                        .fetch_one(&mut connection)
-                        .await
-                        .map_err(|err| BackendError::new("trying a lease", err))?;
+                    let held: bool = match sqlx::query_scalar(TRY_LOCK).bind(name).fetch_one(&mut connection).await {
+                        Ok(held) => held,
+                        Err(err) => {
+                            tracing::warn!(error = %err, lease = name, "trying a lease failed; reconnecting");
+                            break;
+                        }
+                    };
                     if held {
                         let (sender, lost) = watch::channel(false);
                         let keeper = tokio::spawn(async move {
@@ -148,10 +155,8 @@ mod postgres {
                         });
                     }
                     tokio::time::sleep(self.retry).await;
-                    if connection.ping().await.is_err() {
-                        break; // reconnect
-                    }
                 }
+                tokio::time::sleep(self.retry).await;
             }
         }
     }
