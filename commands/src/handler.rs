@@ -383,7 +383,7 @@ impl<A: Aggregate> CommandHandler<A> {
             let request = vec![StreamAppend {
                 stream_id: stream_id.clone(),
                 expected,
-                events: new_events.clone(),
+                events: new_events,
             }];
             match self.store.append(request).await {
                 Ok(outcome) => {
@@ -393,7 +393,8 @@ impl<A: Aggregate> CommandHandler<A> {
                     } else {
                         self.after_append(&stream_id, loaded, &events, &outcome).await;
                     }
-                    return Ok(applied(command_id, stream_id, &new_events, &outcome, attempts));
+                    let event_types = events.iter().map(DomainEvent::event_type);
+                    return Ok(applied(command_id, stream_id, event_types, &outcome, attempts));
                 }
                 Err(AppendError::Conflict { actual, .. }) => {
                     self.forget(&stream_id);
@@ -670,10 +671,12 @@ fn decode<A: Aggregate>(stream_id: &StreamId, event_type: String, payload: serde
     })
 }
 
-fn applied(
+/// The outcome of an append of a command's events (their ids are derived
+/// from the command id, so only their types need passing).
+fn applied<'a>(
     command_id: Uuid,
     stream_id: StreamId,
-    new_events: &[NewEvent],
+    event_types: impl Iterator<Item = &'a str>,
     outcome: &AppendOutcome,
     attempts: u32,
 ) -> CommandOutcome {
@@ -682,12 +685,12 @@ fn applied(
         command_id,
         stream_id,
         version: appended.last_version(),
-        events: new_events
-            .iter()
+        events: event_types
             .zip(appended.versions.iter().zip(&appended.positions))
-            .map(|(event, (&version, &position))| AppliedEvent {
-                event_id: event.event_id,
-                event_type: event.event_type.clone(),
+            .enumerate()
+            .map(|(index, (event_type, (&version, &position)))| AppliedEvent {
+                event_id: event_id(command_id, index),
+                event_type: event_type.to_owned(),
                 version,
                 position,
             })

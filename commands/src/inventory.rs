@@ -42,13 +42,13 @@ pub struct InventoryState {
     /// Units physically in stock (reserved ones included).
     pub on_hand: u64,
     /// Units held per order.
-    pub reservations: BTreeMap<Uuid, u32>,
+    pub reservations: BTreeMap<Uuid, Quantity>,
 }
 
 impl InventoryState {
     /// Units held by reservations.
     pub fn reserved(&self) -> u64 {
-        self.reservations.values().map(|&units| u64::from(units)).sum()
+        self.reservations.values().map(|units| u64::from(units.get())).sum()
     }
 
     /// Units that can still be reserved.
@@ -225,7 +225,7 @@ impl Aggregate for Inventory {
                 state.on_hand += u64::from(event.quantity.get());
             }
             InventoryEvent::StockReserved(event) => {
-                state.reservations.insert(event.order_id, event.quantity.get());
+                state.reservations.insert(event.order_id, event.quantity);
             }
             InventoryEvent::ReservationReleased(event) => {
                 state.reservations.remove(&event.order_id);
@@ -246,7 +246,7 @@ fn reservation(state: &InventoryState, sku: &Sku, order_id: Uuid) -> Result<Quan
     state
         .reservations
         .get(&order_id)
-        .map(|&units| Quantity::new(i64::from(units)).expect("stored reservations are valid quantities"))
+        .copied()
         .ok_or(InventoryError::NoReservation { order_id })
 }
 

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 
 use crate::bus::{BusError, Publisher};
 use crate::lease::Lease;
-use crate::{BackendError, CheckpointStore, EventReader, ReadAll, ReadError, Subscribe};
+use crate::{BackendError, CheckpointStore, EventReader, ReadAll, ReadError, RecordedEvent, Subscribe};
 
 /// How a relay runs.
 #[derive(Debug, Clone)]
@@ -103,11 +103,10 @@ impl Relay {
             .reader
             .read_all(ReadAll::after(after, self.config.batch_size.max(1)))
             .await?;
-        let Some(last) = events.last().map(|event| event.position) else {
+        if events.is_empty() {
             return Ok(Step::Idle);
-        };
-        self.publisher.publish(&events).await?;
-        self.checkpoints.save_checkpoint(&self.config.name, last).await?;
+        }
+        self.publish_batch(&events).await?;
         Ok(Step::Processed(events.len()))
     }
 
@@ -134,9 +133,7 @@ impl Relay {
         });
         let mut relayed = 0;
         while let Some(events) = ready.recv().await {
-            let last = events.last().map(|event| event.position).unwrap_or_default();
-            self.publisher.publish(&events).await?;
-            self.checkpoints.save_checkpoint(&self.config.name, last).await?;
+            self.publish_batch(&events).await?;
             relayed += events.len();
         }
         match reading.await {
@@ -190,10 +187,18 @@ impl Relay {
             };
             let Some(batch) = batch else { return Ok(()) };
             let events = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
-            let Some(last) = events.last().map(|event| event.position) else { continue };
-            self.publisher.publish(&events).await?;
-            self.checkpoints.save_checkpoint(&self.config.name, last).await?;
-            tracing::debug!(events = events.len(), position = %last, "relayed");
+            self.publish_batch(&events).await?;
         }
+    }
+
+    /// Publishes a batch and only then moves the checkpoint past it.
+    async fn publish_batch(&self, events: &[RecordedEvent]) -> Result<(), RelayError> {
+        let Some(last) = events.last().map(|event| event.position) else {
+            return Ok(());
+        };
+        self.publisher.publish(events).await?;
+        self.checkpoints.save_checkpoint(&self.config.name, last).await?;
+        tracing::debug!(events = events.len(), position = %last, "relayed");
+        Ok(())
     }
 }

@@ -205,33 +205,11 @@ mod memory {
 
 #[cfg(feature = "nats")]
 mod jetstream {
-    use strata_store::bus::{JetStreamBus, JetStreamConfig};
-    use strata_store::testkit::{report_unreachable, service_url};
-
     use super::*;
 
-    const HOW_TO_START: &str = "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &";
-
     async fn open() -> Option<(Shared, Cleanup)> {
-        let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-        let id = Uuid::new_v4().simple().to_string();
-        let config = JetStreamConfig {
-            stream_name: format!("TEST_{id}"),
-            subject_prefix: format!("test_{id}"),
-            ..JetStreamConfig::new(url.clone())
-        };
-        let bus = match JetStreamBus::connect(config).await {
-            Ok(bus) => bus,
-            Err(err) => {
-                report_unreachable("NATS JetStream", &url, HOW_TO_START, &err);
-                return None;
-            }
-        };
-        let teardown = bus.clone();
-        Some((
-            Arc::new(bus),
-            Cleanup::new(move || async move { teardown.delete().await.expect("delete the test stream") }),
-        ))
+        let (bus, cleanup) = crate::support::test_jetstream().await?;
+        Some((Arc::new(bus), cleanup))
     }
 
     bus_suite!(open);

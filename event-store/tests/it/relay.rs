@@ -151,9 +151,7 @@ mod memory {
 
 #[cfg(all(feature = "postgres", feature = "nats"))]
 mod postgres_jetstream {
-    use strata_store::bus::{JetStreamBus, JetStreamConfig};
     use strata_store::testkit::postgres::TestDatabase;
-    use strata_store::testkit::{report_unreachable, service_url};
     use strata_store::{PostgresConfig, PostgresEventStore};
 
     use super::*;
@@ -165,23 +163,12 @@ mod postgres_jetstream {
         let url_of_database = database.url.clone();
         let store = PostgresEventStore::connect(PostgresConfig::new(&database.url), registry()).await.unwrap();
         store.migrate().await.unwrap();
-        let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-        let id = Uuid::new_v4().simple().to_string();
-        let config = JetStreamConfig {
-            stream_name: format!("TEST_{id}"),
-            subject_prefix: format!("test_{id}"),
-            ..JetStreamConfig::new(url.clone())
+        let Some((bus, bus_cleanup)) = crate::support::test_jetstream().await else {
+            database.drop_database().await;
+            return None;
         };
-        let bus = match JetStreamBus::connect(config).await {
-            Ok(bus) => bus,
-            Err(err) => {
-                report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js &", &err);
-                return None;
-            }
-        };
-        let teardown = bus.clone();
         let cleanup = Cleanup::new(move || async move {
-            teardown.delete().await.expect("delete the test stream");
+            bus_cleanup.run().await;
             database.drop_database().await;
         });
         Some((Arc::new(store), Arc::new(bus), cleanup, url_of_database))
