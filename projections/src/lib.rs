@@ -1,5 +1,23 @@
-//! The read side of Strata: the projection runner, checkpoints stored with the
-//! read model, sinks (Redis, MongoDB, in-memory), rebuilds and dead letters.
+//! The read side of Strata: projections, the runner that feeds them from the
+//! bus, the sinks that hold read models (in-memory, Redis), rebuilds and dead
+//! letters; and, in [`orders`], the read models of the reference domain.
 //!
-//! Empty on purpose until issue 5 lands: this crate exists now so the
-//! workspace has its final shape. It exports nothing yet.
+//! The generic core ([`projection`], [`sink`], [`runner`], [`rebuild`]) knows
+//! nothing of the domain; [`orders`] uses only its public API. Projections
+//! read the log through `Arc<dyn EventReader>`: appending is impossible by
+//! type.
+
+mod apply;
+pub mod orders;
+pub mod projection;
+pub mod rebuild;
+pub mod runner;
+pub mod sink;
+
+pub use apply::{PlanError, RetryPolicy};
+pub use projection::{validate_name, ApplyError, Document, PoisonPolicy, Projection, Write};
+pub use rebuild::{rebuild, RebuildConfig, RebuildError, RebuildProgress, RebuildReport};
+pub use runner::{Handled, ProjectionRunner, RunnerConfig, RunnerError};
+pub use sink::{MemorySink, ReadModelSink, SinkError};
+#[cfg(feature = "redis")]
+pub use sink::{RedisSink, RedisSinkConfig};

@@ -1,0 +1,371 @@
+//! The planner shared by the live runner and rebuilds: turns a batch of
+//! events into one [`Batch`] for the sink.
+//!
+//! Per stream it keeps the applied version, so an event at or below it is a
+//! duplicate (skipped) and an event above the next one reveals a gap, which it
+//! fills from the log before going on: the bus only has to say *that*
+//! something happened, the log says exactly what. A stream whose event
+//! `apply` keeps refusing is parked from that event on (or the projection
+//! stops, per its policy).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use strata_store::{EventReader, Position, ReadError, ReadStream, RecordedEvent, StreamId};
+
+use crate::projection::{apply_to_document, ApplyError, Document, PoisonPolicy, Projection, Write};
+use crate::sink::{Batch, DeadLetter, ReadModelSink, SinkError, StreamGuard, Target};
+
+/// Why planning a batch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Reading the log (to fill a gap) failed.
+    #[error("reading the log to fill a gap failed: {0}")]
+    Log(#[from] ReadError),
+    /// An event kept failing and the projection's policy is to stop.
+    #[error("projection stopped at event {event_id} ({event_type}, stream {stream_id} version {stream_version}): {error}")]
+    Poison {
+        /// The event.
+        event_id: uuid::Uuid,
+        /// Its type.
+        event_type: String,
+        /// Its stream.
+        stream_id: String,
+        /// Its version.
+        stream_version: u64,
+        /// Why `apply` refused it.
+        error: ApplyError,
+    },
+}
+
+/// How hard to try an event before parking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts of `apply` per event.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles each time.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct StreamState {
+    expected: u64,
+    reached: u64,
+    parked_from: Option<u64>,
+}
+
+/// What planning returned.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) batch: Batch,
+    /// Events of the input (by index) the batch covers: all unless the
+    /// projection stopped on a poison event.
+    pub(crate) covered: usize,
+    /// The poison event the projection stopped at.
+    pub(crate) stopped: Option<PlanError>,
+    /// Stream states and documents after the batch, to plan the next batch of
+    /// a single writer before this one is committed (rebuilds).
+    pub(crate) carry: Carry,
+}
+
+/// State a single writer carries from one planned batch to the next.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Carry {
+    streams: HashMap<String, (u64, Option<u64>)>,
+    documents: HashMap<String, Option<Document>>,
+    /// Some writes went to documents the batch never loaded: the next batch
+    /// must read them from the sink, after this one is committed.
+    pub(crate) unsettled: bool,
+}
+
+pub(crate) struct Planner<'a> {
+    pub(crate) projection: &'a dyn Projection,
+    pub(crate) sink: &'a dyn ReadModelSink,
+    pub(crate) log: &'a dyn EventReader,
+    pub(crate) retry: RetryPolicy,
+}
+
+struct Work<'c> {
+    target: Target,
+    streams: HashMap<String, StreamState>,
+    documents: HashMap<String, Option<Document>>,
+    /// Writes to documents not loaded yet, applied when they are.
+    pending: HashMap<String, Vec<Write>>,
+    batch: Batch,
+    carry: Option<&'c Carry>,
+}
+
+impl Planner<'_> {
+    fn follows(&self, event: &RecordedEvent) -> bool {
+        self.projection.categories().contains(&event.stream_id.category())
+    }
+
+    fn handles(&self, event: &RecordedEvent) -> bool {
+        self.projection.event_types().contains(&event.event_type.as_str())
+    }
+
+    /// Plans `events` (in bus or log order) against `target`. With `carry`,
+    /// streams and documents it knows are taken from it instead of the sink.
+    pub(crate) async fn plan(&self, target: &Target, events: &[RecordedEvent], carry: Option<&Carry>) -> Result<Plan, PlanError> {
+        let mut work = Work {
+            target: target.clone(),
+            streams: HashMap::new(),
+            documents: HashMap::new(),
+            pending: HashMap::new(),
+            batch: Batch::default(),
+            carry,
+        };
+        let mut streams: Vec<String> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for event in events.iter().filter(|e| self.follows(e)) {
+            let stream = event.stream_id.as_str();
+            if !work.streams.contains_key(stream) {
+                match carry.and_then(|c| c.streams.get(stream)) {
+                    Some(&(reached, parked_from)) => {
+                        work.streams.insert(stream.to_owned(), StreamState { expected: reached, reached, parked_from });
+                    }
+                    None => {
+                        work.streams.insert(stream.to_owned(), StreamState { expected: 0, reached: 0, parked_from: None });
+                        streams.push(stream.to_owned());
+                    }
+                }
+            }
+            if self.handles(event) {
+                if let Some(key) = self.projection.document_key(event) {
+                    if !work.documents.contains_key(&key) {
+                        match carry.and_then(|c| c.documents.get(&key)) {
+                            Some(document) => {
+                                work.documents.insert(key, document.clone());
+                            }
+                            None => {
+                                work.documents.insert(key.clone(), None);
+                                keys.push(key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !streams.is_empty() || !keys.is_empty() {
+            let loaded = self.sink.load(target, &streams, &keys).await?;
+            for (i, stream) in streams.iter().enumerate() {
+                let version = loaded.stream_versions.get(i).copied().unwrap_or(0);
+                let parked_from = loaded.parked_from.get(i).copied().flatten();
+                work.streams.insert(stream.clone(), StreamState { expected: version, reached: version, parked_from });
+            }
+            for (key, document) in keys.into_iter().zip(loaded.documents) {
+                work.documents.insert(key, document);
+            }
+        }
+
+        let mut covered = 0;
+        let mut stopped = None;
+        for event in events {
+            if self.follows(event) {
+                if let Err(error) = self.event(&mut work, event).await {
+                    match error {
+                        PlanError::Poison { .. } => {
+                            stopped = Some(error);
+                            break;
+                        }
+                        other => return Err(other),
+                    }
+                }
+            }
+            covered += 1;
+        }
+
+        let mut carry = Carry::default();
+        for (stream, state) in &work.streams {
+            carry.streams.insert(stream.clone(), (state.reached, state.parked_from));
+            if state.reached != state.expected {
+                work.batch.guards.push(StreamGuard {
+                    stream_id: stream.clone(),
+                    expected: state.expected,
+                    reached: state.reached,
+                });
+            }
+        }
+        work.batch.guards.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        carry.documents = work.documents;
+        carry.unsettled = !work.pending.is_empty();
+        Ok(Plan {
+            batch: work.batch,
+            covered,
+            stopped,
+            carry,
+        })
+    }
+
+    async fn event(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<(), PlanError> {
+        let stream = event.stream_id.as_str();
+        let state = work.streams.get(stream).copied().unwrap_or(StreamState {
+            expected: 0,
+            reached: 0,
+            parked_from: None,
+        });
+        if state.parked_from.is_none() && event.stream_version <= state.reached {
+            return Ok(()); // a duplicate: already applied
+        }
+        if state.parked_from.is_none() && event.stream_version > state.reached + 1 {
+            let missing = self.fill_gap(&event.stream_id, state.reached, event.stream_version).await?;
+            for earlier in &missing {
+                Box::pin(self.one(work, earlier)).await?;
+            }
+        }
+        self.one(work, event).await
+    }
+
+    /// The events of `stream` after `reached` and before `version`.
+    async fn fill_gap(&self, stream: &StreamId, reached: u64, version: u64) -> Result<Vec<RecordedEvent>, PlanError> {
+        let wanted = (version - reached - 1) as usize;
+        let mut request = ReadStream::forward(wanted);
+        request.from_version = reached + 1;
+        let events = self.log.read_stream(stream, request).await?;
+        tracing::debug!(stream = %stream, from = reached + 1, to = version - 1, read = events.len(), "filled a gap from the log");
+        Ok(events.into_iter().filter(|e| e.stream_version < version).collect())
+    }
+
+    async fn one(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<(), PlanError> {
+        let stream = event.stream_id.as_str();
+        let mut state = work.streams.get(stream).copied().unwrap_or(StreamState {
+            expected: 0,
+            reached: 0,
+            parked_from: None,
+        });
+        if let Some(parked_from) = state.parked_from {
+            if event.stream_version >= parked_from {
+                count(work, event);
+                work.batch.dead_letters.push(dead_letter(
+                    event,
+                    format!("stream {stream} is parked since version {parked_from}"),
+                    0,
+                ));
+                return Ok(());
+            }
+        }
+        if event.stream_version <= state.reached {
+            return Ok(());
+        }
+        if self.handles(event) {
+            let key = self.projection.document_key(event);
+            if let Some(key) = &key {
+                self.ensure_loaded(work, key).await?;
+            }
+            let document = key.as_ref().and_then(|key| work.documents.get(key)).and_then(Option::as_ref);
+            match self.apply_with_retries(event, document).await {
+                Ok(writes) => self.record(work, writes).await?,
+                Err((error, attempts)) => match self.projection.poison_policy() {
+                    PoisonPolicy::Park => {
+                        tracing::warn!(projection = self.projection.name(), event_id = %event.event_id, stream = stream, %error, "parking a poison event and its stream");
+                        count(work, event);
+                        work.batch.dead_letters.push(dead_letter(event, error.reason.clone(), attempts));
+                        state.parked_from = Some(event.stream_version);
+                        work.streams.insert(stream.to_owned(), state);
+                        return Ok(());
+                    }
+                    PoisonPolicy::Stop => {
+                        return Err(PlanError::Poison {
+                            event_id: event.event_id,
+                            event_type: event.event_type.clone(),
+                            stream_id: stream.to_owned(),
+                            stream_version: event.stream_version,
+                            error,
+                        });
+                    }
+                },
+            }
+        }
+        count(work, event);
+        state.reached = event.stream_version;
+        work.streams.insert(stream.to_owned(), state);
+        Ok(())
+    }
+
+    async fn apply_with_retries(&self, event: &RecordedEvent, document: Option<&Document>) -> Result<Vec<Write>, (ApplyError, u32)> {
+        let mut backoff = self.retry.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.projection.apply(event, document) {
+                Ok(writes) => return Ok(writes),
+                Err(error) if attempt >= self.retry.attempts.max(1) => return Err((error, attempt)),
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn ensure_loaded(&self, work: &mut Work<'_>, key: &str) -> Result<(), PlanError> {
+        if work.documents.contains_key(key) {
+            return Ok(());
+        }
+        let mut document = match work.carry.and_then(|c| c.documents.get(key)) {
+            Some(document) => document.clone(),
+            None => self
+                .sink
+                .load(&work.target, &[], &[key.to_owned()])
+                .await?
+                .documents
+                .pop()
+                .flatten(),
+        };
+        for write in work.pending.remove(key).unwrap_or_default() {
+            apply_to_document(&mut document, key, &write);
+        }
+        work.documents.insert(key.to_owned(), document);
+        Ok(())
+    }
+
+    async fn record(&self, work: &mut Work<'_>, writes: Vec<Write>) -> Result<(), PlanError> {
+        for write in &writes {
+            let key = match write {
+                Write::SetField { key, .. } | Write::SetMax { key, .. } | Write::DeleteDocument { key } => key,
+                Write::IndexAdd { .. } | Write::IndexRemove { .. } => continue,
+            };
+            match work.documents.get_mut(key) {
+                Some(document) => apply_to_document(document, key, write),
+                None => work.pending.entry(key.clone()).or_default().push(write.clone()),
+            }
+        }
+        work.batch.writes.extend(writes);
+        Ok(())
+    }
+}
+
+fn count(work: &mut Work<'_>, event: &RecordedEvent) {
+    work.batch.events += 1;
+    work.batch.position = work.batch.position.max(event.position);
+}
+
+fn dead_letter(event: &RecordedEvent, reason: String, attempts: u32) -> DeadLetter {
+    DeadLetter {
+        event_id: event.event_id,
+        event_type: event.event_type.clone(),
+        stream_id: event.stream_id.as_str().to_owned(),
+        stream_version: event.stream_version,
+        position: event.position.0,
+        reason,
+        attempts,
+    }
+}
+
+/// `Position` of the last event of a slice, for progress.
+pub(crate) fn last_position(events: &[RecordedEvent]) -> Position {
+    events.iter().map(|e| e.position).max().unwrap_or(Position::START)
+}

@@ -1,0 +1,487 @@
+//! The read models of the reference domain, built only on the public core.
+//!
+//! - [`OrdersProjection`] (`orders`): one view per order (status, lines,
+//!   totals, the fulfilment steps seen so far, last update), fed by the order,
+//!   inventory, payment and shipment streams, each writing its own fields;
+//!   and indexes for `orders(customerId, status, first, after)`: `all`,
+//!   `customer:<id>`, `status:<STATUS>`, `customer:<id>:status:<STATUS>`,
+//!   scored by the position of the `OrderPlaced` event (so pages come in
+//!   placing order and a cursor is a position).
+//! - [`StockProjection`] (`stock`): units on hand, reserved and available per
+//!   SKU, from the inventory streams.
+//!
+//! Queries ([`order`], [`orders`], [`stock`]) read the live generation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use strata_schemas::events::{
+    OrderCancelled, OrderPlaced, PaymentAuthorized, PaymentCaptured, PaymentRefunded, PaymentVoided,
+    ReservationCommitted, ReservationReleased, ShipmentCancelled, ShipmentCreated, StockReserved, StockRestocked,
+};
+use strata_store::RecordedEvent;
+use uuid::Uuid;
+
+pub mod sample;
+
+use crate::projection::{ApplyError, Document, Projection, Write};
+use crate::sink::{ReadModelSink, SinkError};
+
+/// Every projection of the domain.
+pub fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(OrdersProjection), Arc::new(StockProjection)]
+}
+
+/// Order statuses (DESIGN §5).
+pub const STATUSES: [&str; 4] = ["PENDING", "CONFIRMED", "SHIPPED", "CANCELLED"];
+
+/// The order views and their indexes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrdersProjection;
+
+/// Stock per SKU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StockProjection;
+
+fn decode<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, ApplyError> {
+    T::deserialize(&event.payload).map_err(|e| ApplyError::new(format!("{} payload does not decode: {e}", event.event_type)))
+}
+
+fn order_key(order_id: Uuid) -> String {
+    format!("order:{order_id}")
+}
+
+fn set(key: &str, field: &str, value: Value) -> Write {
+    Write::SetField {
+        key: key.to_owned(),
+        field: field.to_owned(),
+        value,
+    }
+}
+
+fn index_writes(add: bool, customer: &str, status: &str, score: i64, key: &str) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for index in [format!("status:{status}"), format!("customer:{customer}:status:{status}")] {
+        writes.push(if add {
+            Write::IndexAdd {
+                index,
+                score,
+                member: key.to_owned(),
+            }
+        } else {
+            Write::IndexRemove {
+                index,
+                member: key.to_owned(),
+            }
+        });
+    }
+    writes
+}
+
+impl OrdersProjection {
+    /// Moves an order to `status`, keeping the status indexes in step.
+    fn transition(key: &str, document: Option<&Document>, event: &RecordedEvent, status: &str, extra: &[(&str, Value)]) -> Result<Vec<Write>, ApplyError> {
+        let Some(mut order) = document.and_then(|d| d.get("order")).cloned() else {
+            return Err(ApplyError::new(format!(
+                "{} at {} version {} for an order without OrderPlaced",
+                event.event_type, event.stream_id, event.stream_version
+            )));
+        };
+        let old = order["status"].as_str().unwrap_or_default().to_owned();
+        let customer = order["customerId"].as_str().unwrap_or_default().to_owned();
+        let score = order["placedPosition"].as_i64().unwrap_or_default();
+        order["status"] = Value::from(status);
+        for (field, value) in extra {
+            order[*field] = value.clone();
+        }
+        let mut writes = vec![set(key, "order", order)];
+        if old != status {
+            writes.extend(index_writes(false, &customer, &old, score, key));
+            writes.extend(index_writes(true, &customer, status, score, key));
+        }
+        Ok(writes)
+    }
+}
+
+impl Projection for OrdersProjection {
+    fn name(&self) -> &str {
+        "orders"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn categories(&self) -> &[&'static str] {
+        &["order", "inventory", "payment", "shipment"]
+    }
+
+    fn event_types(&self) -> &[&'static str] {
+        &[
+            "OrderPlaced",
+            "OrderConfirmed",
+            "OrderShipped",
+            "OrderCancelled",
+            "StockReserved",
+            "ReservationReleased",
+            "ReservationCommitted",
+            "PaymentAuthorized",
+            "PaymentCaptured",
+            "PaymentVoided",
+            "PaymentRefunded",
+            "ShipmentCreated",
+            "ShipmentCancelled",
+        ]
+    }
+
+    fn document_key(&self, event: &RecordedEvent) -> Option<String> {
+        match event.stream_id.category() {
+            "order" | "payment" | "shipment" => Some(format!("order:{}", event.stream_id.id())),
+            _ => event.payload.get("orderId").and_then(Value::as_str).map(|id| format!("order:{id}")),
+        }
+    }
+
+    fn apply(&self, event: &RecordedEvent, document: Option<&Document>) -> Result<Vec<Write>, ApplyError> {
+        let at = event.recorded_at.timestamp_micros();
+        let mut writes = match event.event_type.as_str() {
+            "OrderPlaced" => {
+                let placed: OrderPlaced = decode(event)?;
+                let key = order_key(placed.order_id);
+                let score = event.position.0 as i64;
+                let order = json!({
+                    "orderId": placed.order_id,
+                    "customerId": placed.customer_id,
+                    "status": "PENDING",
+                    "lines": placed.lines,
+                    "totalCents": placed.total_cents,
+                    "paymentMethod": placed.payment_method,
+                    "shippingAddress": placed.shipping_address,
+                    "placedAt": placed.placed_at.unwrap_or(event.recorded_at),
+                    "placedPosition": score,
+                });
+                let mut writes = vec![set(&key, "order", order)];
+                for index in ["all".to_owned(), format!("customer:{}", placed.customer_id)] {
+                    writes.push(Write::IndexAdd {
+                        index,
+                        score,
+                        member: key.clone(),
+                    });
+                }
+                writes.extend(index_writes(true, &placed.customer_id, "PENDING", score, &key));
+                writes
+            }
+            "OrderConfirmed" => {
+                let key = self.document_key(event).unwrap_or_default();
+                Self::transition(&key, document, event, "CONFIRMED", &[])?
+            }
+            "OrderShipped" => {
+                let key = self.document_key(event).unwrap_or_default();
+                Self::transition(&key, document, event, "SHIPPED", &[])?
+            }
+            "OrderCancelled" => {
+                let cancelled: OrderCancelled = decode(event)?;
+                let key = order_key(cancelled.order_id);
+                let extra = [
+                    ("cancelReason", Value::from(cancelled.reason)),
+                    ("failedStep", json!(cancelled.failed_step)),
+                ];
+                Self::transition(&key, document, event, "CANCELLED", &extra)?
+            }
+            "StockReserved" => {
+                let e: StockReserved = decode(event)?;
+                let value = json!({"status": "RESERVED", "quantity": e.quantity});
+                vec![set(&order_key(e.order_id), &format!("stock:{}", e.sku), value)]
+            }
+            "ReservationReleased" => {
+                let e: ReservationReleased = decode(event)?;
+                let value = json!({"status": "RELEASED", "quantity": e.quantity});
+                vec![set(&order_key(e.order_id), &format!("stock:{}", e.sku), value)]
+            }
+            "ReservationCommitted" => {
+                let e: ReservationCommitted = decode(event)?;
+                let value = json!({"status": "COMMITTED", "quantity": e.quantity});
+                vec![set(&order_key(e.order_id), &format!("stock:{}", e.sku), value)]
+            }
+            "PaymentAuthorized" => {
+                let e: PaymentAuthorized = decode(event)?;
+                vec![set(&order_key(e.order_id), "payment", json!({"status": "AUTHORIZED", "amountCents": e.amount_cents}))]
+            }
+            "PaymentCaptured" => {
+                let e: PaymentCaptured = decode(event)?;
+                vec![set(&order_key(e.order_id), "payment", json!({"status": "CAPTURED", "amountCents": e.amount_cents}))]
+            }
+            "PaymentVoided" => {
+                let e: PaymentVoided = decode(event)?;
+                vec![set(&order_key(e.order_id), "payment", json!({"status": "VOIDED", "amountCents": e.amount_cents}))]
+            }
+            "PaymentRefunded" => {
+                let e: PaymentRefunded = decode(event)?;
+                vec![set(&order_key(e.order_id), "payment", json!({"status": "REFUNDED", "amountCents": e.amount_cents}))]
+            }
+            "ShipmentCreated" => {
+                let e: ShipmentCreated = decode(event)?;
+                vec![set(&order_key(e.order_id), "shipment", json!({"status": "CREATED"}))]
+            }
+            "ShipmentCancelled" => {
+                let e: ShipmentCancelled = decode(event)?;
+                vec![set(&order_key(e.order_id), "shipment", json!({"status": "CANCELLED", "reason": e.reason}))]
+            }
+            other => return Err(ApplyError::new(format!("orders does not handle {other}"))),
+        };
+        if let Some(Write::SetField { key, .. }) = writes.first() {
+            let key = key.clone();
+            writes.push(Write::SetMax {
+                key,
+                field: "updatedAt".into(),
+                value: at,
+            });
+        }
+        Ok(writes)
+    }
+}
+
+impl Projection for StockProjection {
+    fn name(&self) -> &str {
+        "stock"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn categories(&self) -> &[&'static str] {
+        &["inventory"]
+    }
+
+    fn event_types(&self) -> &[&'static str] {
+        &["StockRestocked", "StockReserved", "ReservationReleased", "ReservationCommitted"]
+    }
+
+    fn document_key(&self, event: &RecordedEvent) -> Option<String> {
+        Some(format!("sku:{}", event.stream_id.id()))
+    }
+
+    fn apply(&self, event: &RecordedEvent, document: Option<&Document>) -> Result<Vec<Write>, ApplyError> {
+        let current = document.and_then(|d| d.get("stock"));
+        let field = |name: &str| current.and_then(|s| s.get(name)).and_then(Value::as_u64).unwrap_or(0);
+        let (mut on_hand, mut reserved) = (field("onHand"), field("reserved"));
+        let sku = match event.event_type.as_str() {
+            "StockRestocked" => {
+                let e: StockRestocked = decode(event)?;
+                on_hand += u64::from(e.quantity.get());
+                e.sku
+            }
+            "StockReserved" => {
+                let e: StockReserved = decode(event)?;
+                reserved += u64::from(e.quantity.get());
+                e.sku
+            }
+            "ReservationReleased" => {
+                let e: ReservationReleased = decode(event)?;
+                reserved = reserved.saturating_sub(u64::from(e.quantity.get()));
+                e.sku
+            }
+            "ReservationCommitted" => {
+                let e: ReservationCommitted = decode(event)?;
+                reserved = reserved.saturating_sub(u64::from(e.quantity.get()));
+                on_hand = on_hand.saturating_sub(u64::from(e.quantity.get()));
+                e.sku
+            }
+            other => return Err(ApplyError::new(format!("stock does not handle {other}"))),
+        };
+        let key = format!("sku:{}", event.stream_id.id());
+        let stock = json!({
+            "sku": sku,
+            "onHand": on_hand,
+            "reserved": reserved,
+            "available": on_hand.saturating_sub(reserved),
+        });
+        Ok(vec![
+            set(&key, "stock", stock),
+            Write::SetMax {
+                key,
+                field: "updatedAt".into(),
+                value: event.recorded_at.timestamp_micros(),
+            },
+        ])
+    }
+}
+
+/// One fulfilment step as the read model sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    /// `RESERVE_STOCK`, `AUTHORIZE_PAYMENT`, `CREATE_SHIPMENT`.
+    pub step: String,
+    /// `PENDING`, `DONE`, `FAILED` or `COMPENSATED`.
+    pub status: String,
+}
+
+/// An order as clients read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    /// The order.
+    pub order_id: Uuid,
+    /// Who placed it.
+    pub customer_id: String,
+    /// PENDING, CONFIRMED, SHIPPED or CANCELLED.
+    pub status: String,
+    /// The lines, as placed.
+    pub lines: Value,
+    /// Sum of the lines.
+    pub total_cents: i64,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+    /// The step whose failure cancelled it.
+    pub failed_step: Option<String>,
+    /// Fulfilment steps.
+    pub steps: Vec<StepView>,
+    /// Last change, in microseconds since the epoch.
+    pub updated_at_micros: i64,
+    /// The position of its `OrderPlaced` event (its cursor).
+    pub cursor: i64,
+}
+
+impl OrderView {
+    /// Reads a view from its document; `None` if the order was not placed.
+    pub fn from_document(document: &Document) -> Option<Self> {
+        let order = document.get("order")?;
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        let failed_step = order.get("failedStep").and_then(text);
+        let step_status = |step: &str, seen: Option<&str>| {
+            if failed_step.as_deref() == Some(step) {
+                return "FAILED".to_owned();
+            }
+            match seen {
+                Some("RESERVED" | "COMMITTED" | "AUTHORIZED" | "CAPTURED" | "CREATED") => "DONE",
+                Some("RELEASED" | "VOIDED" | "REFUNDED" | "CANCELLED") => "COMPENSATED",
+                _ => "PENDING",
+            }
+            .to_owned()
+        };
+        let stock: Vec<&str> = document
+            .iter()
+            .filter(|(field, _)| field.starts_with("stock:"))
+            .filter_map(|(_, v)| v.get("status").and_then(Value::as_str))
+            .collect();
+        let lines = order.get("lines").and_then(Value::as_array).map_or(0, Vec::len);
+        let stock_seen = if stock.contains(&"RELEASED") {
+            Some("RELEASED")
+        } else if !stock.is_empty() && stock.len() >= lines {
+            Some("RESERVED")
+        } else {
+            None
+        };
+        let status_of = |field: &str| document.get(field).and_then(|v| v.get("status")).and_then(Value::as_str);
+        Some(Self {
+            order_id: order.get("orderId").and_then(Value::as_str)?.parse().ok()?,
+            customer_id: order.get("customerId").and_then(text)?,
+            status: order.get("status").and_then(text)?,
+            lines: order.get("lines").cloned().unwrap_or(Value::Null),
+            total_cents: order.get("totalCents").and_then(Value::as_i64).unwrap_or(0),
+            cancel_reason: order.get("cancelReason").and_then(text),
+            steps: vec![
+                StepView {
+                    step: "RESERVE_STOCK".into(),
+                    status: step_status("RESERVE_STOCK", stock_seen),
+                },
+                StepView {
+                    step: "AUTHORIZE_PAYMENT".into(),
+                    status: step_status("AUTHORIZE_PAYMENT", status_of("payment")),
+                },
+                StepView {
+                    step: "CREATE_SHIPMENT".into(),
+                    status: step_status("CREATE_SHIPMENT", status_of("shipment")),
+                },
+            ],
+            failed_step,
+            updated_at_micros: document.get("updatedAt").and_then(Value::as_i64).unwrap_or(0),
+            cursor: order.get("placedPosition").and_then(Value::as_i64).unwrap_or(0),
+        })
+    }
+}
+
+/// Stock of one SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockView {
+    /// Units in the warehouse (reserved included).
+    pub on_hand: u64,
+    /// Units held for orders.
+    pub reserved: u64,
+    /// Units that can be reserved.
+    pub available: u64,
+}
+
+/// Filter and page of [`orders`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrdersQuery {
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only orders in this status.
+    pub status: Option<String>,
+    /// Page size (1 to 100).
+    pub first: usize,
+    /// The cursor of the last order of the previous page.
+    pub after: Option<i64>,
+}
+
+/// One page of orders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrdersPage {
+    /// The orders, in placing order.
+    pub orders: Vec<OrderView>,
+    /// The cursor for the next page, if there may be one.
+    pub next: Option<i64>,
+}
+
+/// The largest page.
+pub const MAX_PAGE: usize = 100;
+
+/// An order's view, if it was placed.
+pub async fn order(sink: &dyn ReadModelSink, order_id: Uuid) -> Result<Option<OrderView>, SinkError> {
+    let document = sink.document("orders", &order_key(order_id)).await?;
+    Ok(document.as_ref().and_then(OrderView::from_document))
+}
+
+/// A page of orders by customer and status (both optional).
+pub async fn orders(sink: &dyn ReadModelSink, query: &OrdersQuery) -> Result<OrdersPage, SinkError> {
+    let index = match (&query.customer_id, &query.status) {
+        (Some(customer), Some(status)) => format!("customer:{customer}:status:{status}"),
+        (Some(customer), None) => format!("customer:{customer}"),
+        (None, Some(status)) => format!("status:{status}"),
+        (None, None) => "all".to_owned(),
+    };
+    let first = query.first.clamp(1, MAX_PAGE);
+    let entries = sink.page("orders", &index, query.after, first + 1).await?;
+    let more = entries.len() > first;
+    let orders: Vec<OrderView> = entries
+        .iter()
+        .take(first)
+        .filter_map(|entry| entry.document.as_ref().and_then(OrderView::from_document))
+        .collect();
+    let next = if more { entries.get(first - 1).map(|e| e.score) } else { None };
+    Ok(OrdersPage { orders, next })
+}
+
+/// A SKU's stock, if it was ever restocked or reserved.
+pub async fn stock(sink: &dyn ReadModelSink, sku: &str) -> Result<Option<StockView>, SinkError> {
+    let Some(document) = sink.document("stock", &format!("sku:{sku}")).await? else {
+        return Ok(None);
+    };
+    let Some(stock) = document.get("stock") else { return Ok(None) };
+    let field = |name: &str| stock.get(name).and_then(Value::as_u64).unwrap_or(0);
+    Ok(Some(StockView {
+        on_hand: field("onHand"),
+        reserved: field("reserved"),
+        available: field("available"),
+    }))
+}
+
+/// The fields of a document, for debugging output.
+pub fn fields(document: &Document) -> BTreeMap<&str, &Value> {
+    document.iter().map(|(k, v)| (k.as_str(), v)).collect()
+}

@@ -1,0 +1,326 @@
+//! [`ProjectionRunner`]: the live worker of one projection, fed by the bus.
+//!
+//! Each chunk of deliveries is planned against the live generation, committed
+//! in one sink call (writes, stream versions, dead letters, position), and
+//! only then acked. Killed at any instant, the worker loses nothing (unacked
+//! deliveries come back) and doubles nothing (the stream guards make a
+//! redelivered event a no-op). Replicas share the consumer group; per-stream
+//! order holds because each commit is guarded by the stream versions it was
+//! planned from, and a replica that sees a later event first fills the gap
+//! from the log.
+//!
+//! Workers are `loop { step }`: [`ProjectionRunner::handle`] takes one chunk,
+//! so tests drive it without a bus.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use strata_store::bus::{Delivery, Subscriber, Subscription};
+use strata_store::{EventReader, RecordedEvent};
+use tokio::sync::watch;
+
+use crate::apply::{PlanError, Planner, RetryPolicy};
+use crate::projection::Projection;
+use crate::sink::{Committed, MetaField, ReadModelSink, SinkError, Target};
+
+/// How a runner works.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Deliveries planned and committed together.
+    pub batch_size: usize,
+    /// Redelivery timeout of the subscription.
+    pub ack_wait: Duration,
+    /// Attempts before an event is parked (or the projection stops).
+    pub retry: RetryPolicy,
+    /// Commit attempts when guards conflict (replicas racing on a stream).
+    pub max_conflicts: u32,
+    /// Longest wait between attempts after a backend failure.
+    pub max_backoff: Duration,
+    /// How often the rate and state are reported to the sink.
+    pub report_every: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            ack_wait: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            max_conflicts: 20,
+            max_backoff: Duration::from_secs(5),
+            report_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a runner stopped, or a chunk failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Planning failed (log read, or a poison event under the stop policy).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] strata_store::bus::BusError),
+    /// Replicas kept racing on the same streams.
+    #[error("gave up after {attempts} conflicting commits (last on stream {stream_id})")]
+    Conflicts {
+        /// Attempts made.
+        attempts: u32,
+        /// The stream of the last conflict.
+        stream_id: String,
+    },
+}
+
+/// What one chunk did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// Events the commit covered (applied, skipped by type, or parked).
+    pub events: u64,
+    /// Commit attempts (1 unless replicas raced).
+    pub attempts: u32,
+}
+
+/// The live worker of one projection.
+pub struct ProjectionRunner {
+    projection: Arc<dyn Projection>,
+    sink: Arc<dyn ReadModelSink>,
+    log: Arc<dyn EventReader>,
+    config: RunnerConfig,
+}
+
+impl ProjectionRunner {
+    /// A runner; nothing happens until [`run`](Self::run) or
+    /// [`handle`](Self::handle).
+    pub fn new(projection: Arc<dyn Projection>, sink: Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>, config: RunnerConfig) -> Self {
+        Self {
+            projection,
+            sink,
+            log,
+            config,
+        }
+    }
+
+    /// The consumer group of a projection.
+    pub fn group(projection: &str) -> String {
+        format!("projection-{projection}")
+    }
+
+    fn planner(&self) -> Planner<'_> {
+        Planner {
+            projection: self.projection.as_ref(),
+            sink: self.sink.as_ref(),
+            log: self.log.as_ref(),
+            retry: self.config.retry,
+        }
+    }
+
+    /// The live generation, created (as generation 1) on first use.
+    pub async fn target(&self) -> Result<Target, SinkError> {
+        let name = self.projection.name();
+        let generation = match self.sink.live_generation(name).await? {
+            Some(generation) => generation,
+            None => self.sink.init_live(name, 1).await?,
+        };
+        Ok(Target {
+            projection: name.to_owned(),
+            generation,
+        })
+    }
+
+    /// Plans and commits `events`; returns how many of them (a prefix) are
+    /// done and may be acked, and the poison error if the projection must stop.
+    pub async fn handle(&self, events: &[RecordedEvent]) -> Result<(usize, Handled, Option<PlanError>), RunnerError> {
+        let planner = self.planner();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let target = self.target().await?;
+            let plan = planner.plan(&target, events, None).await?;
+            match self.sink.commit(&target, &plan.batch).await? {
+                Committed::Done => {
+                    let handled = Handled {
+                        events: plan.batch.events,
+                        attempts,
+                    };
+                    return Ok((plan.covered, handled, plan.stopped));
+                }
+                Committed::Retired => continue,
+                Committed::Conflict { stream_id, actual } => {
+                    tracing::debug!(projection = self.projection.name(), stream = %stream_id, actual, "commit conflict; planning again");
+                    if attempts >= self.config.max_conflicts {
+                        return Err(RunnerError::Conflicts { attempts, stream_id });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows the bus until `shutdown` turns true or the projection stops on
+    /// a poison event. Backend failures are retried with backoff (deliveries
+    /// stay unacked and come back).
+    pub async fn run(&self, subscriber: Arc<dyn Subscriber>, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+        let name = self.projection.name().to_owned();
+        let mut backoff = Duration::from_millis(50);
+        let mut report = Report::new(self.config.report_every);
+        self.report_state(&name, "running").await;
+        'subscribe: loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let subscription = Subscription {
+                ack_wait: self.config.ack_wait,
+                ..Subscription::group(Self::group(&name))
+            };
+            let stream = match subscriber.subscribe(subscription).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    self.report_error(&name, &error.to_string()).await;
+                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    continue;
+                }
+            };
+            let mut chunks = stream.ready_chunks(self.config.batch_size);
+            loop {
+                let chunk = tokio::select! {
+                    chunk = chunks.next() => chunk,
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                let Some(chunk) = chunk else { continue 'subscribe };
+                let mut deliveries = Vec::with_capacity(chunk.len());
+                let mut failed = None;
+                for delivery in chunk {
+                    match delivery {
+                        Ok(delivery) => deliveries.push(delivery),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                if self.wait_while_paused(&name, &mut shutdown).await {
+                    return Ok(());
+                }
+                match self.settle(deliveries).await {
+                    Ok((handled, stopped)) => {
+                        backoff = Duration::from_millis(50);
+                        if let Some(rate) = report.count(handled.events) {
+                            let _ = self.sink.set_meta(&name, MetaField::Rate, Some(rate.to_string())).await;
+                        }
+                        if let Some(stopped) = stopped {
+                            let message = stopped.to_string();
+                            self.report_error(&name, &message).await;
+                            self.report_state(&name, "stopped").await;
+                            return Err(stopped.into());
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(projection = %name, %error, "projection chunk failed; deliveries will come back");
+                        self.report_error(&name, &error.to_string()).await;
+                        if sleep_or_shutdown(backoff, &mut shutdown).await {
+                            return Ok(());
+                        }
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                        continue 'subscribe;
+                    }
+                }
+                if let Some(error) = failed {
+                    tracing::warn!(projection = %name, %error, "subscription failed; subscribing again");
+                    continue 'subscribe;
+                }
+            }
+        }
+    }
+
+    /// Handles a chunk of deliveries and acks what was committed.
+    async fn settle(&self, deliveries: Vec<Delivery>) -> Result<(Handled, Option<PlanError>), RunnerError> {
+        let events: Vec<RecordedEvent> = deliveries.iter().map(|d| d.event.clone()).collect();
+        let (covered, handled, stopped) = self.handle(&events).await?;
+        let acks = deliveries.into_iter().take(covered).map(Delivery::ack);
+        for result in futures_util::future::join_all(acks).await {
+            // A lost ack means a redelivery, which the guards make harmless.
+            if let Err(error) = result {
+                tracing::debug!(%error, "ack failed; the event will be redelivered and skipped");
+            }
+        }
+        Ok((handled, stopped))
+    }
+
+    /// Holds the worker while the projection is paused; true on shutdown.
+    async fn wait_while_paused(&self, name: &str, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut announced = false;
+        loop {
+            match self.sink.meta(name).await {
+                Ok(meta) if !meta.paused => {
+                    if announced {
+                        self.report_state(name, "running").await;
+                    }
+                    return false;
+                }
+                Ok(_) if !announced => {
+                    announced = true;
+                    self.report_state(name, "paused").await;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(projection = name, %error, "reading the pause flag failed"),
+            }
+            if sleep_or_shutdown(Duration::from_millis(200), shutdown).await {
+                return true;
+            }
+        }
+    }
+
+    async fn report_state(&self, name: &str, state: &str) {
+        if let Err(error) = self.sink.set_meta(name, MetaField::State, Some(state.to_owned())).await {
+            tracing::warn!(projection = name, %error, "reporting the projection state failed");
+        }
+    }
+
+    async fn report_error(&self, name: &str, error: &str) {
+        if let Err(e) = self.sink.set_meta(name, MetaField::LastError, Some(error.to_owned())).await {
+            tracing::warn!(projection = name, error = %e, "reporting the last error failed");
+        }
+    }
+}
+
+/// Sleeps; true if shutdown was asked meanwhile.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Counts events and says the rate once per interval.
+struct Report {
+    every: Duration,
+    since: Instant,
+    events: u64,
+}
+
+impl Report {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            since: Instant::now(),
+            events: 0,
+        }
+    }
+
+    fn count(&mut self, events: u64) -> Option<u64> {
+        self.events += events;
+        let elapsed = self.since.elapsed();
+        if elapsed < self.every {
+            return None;
+        }
+        let rate = (self.events as f64 / elapsed.as_secs_f64()).round() as u64;
+        self.since = Instant::now();
+        self.events = 0;
+        Some(rate)
+    }
+}

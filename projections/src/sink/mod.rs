@@ -1,0 +1,312 @@
+//! The [`ReadModelSink`] seam: where read models live, with their
+//! checkpoints, generations and dead letters.
+//!
+//! # Guarantees (every backend; checked by the sink conformance suite)
+//!
+//! - **Writes and checkpoint together.** [`ReadModelSink::commit`] applies a
+//!   batch's writes, its per-stream versions, its dead letters and its
+//!   position atomically, or nothing of it.
+//! - **Per-stream guards.** Each batch carries, per stream, the version the
+//!   runner planned from and the version it reached. If any stored version
+//!   differs from the planned one (another replica, or a redelivery, got there
+//!   first) nothing is written and [`Committed::Conflict`] names the stream.
+//!   This is what makes a redelivered event have no effect.
+//! - **Only current generations take writes.** A commit to a generation
+//!   that is neither live nor being rebuilt is refused
+//!   ([`Committed::Retired`]), so a worker that planned against the old
+//!   generation during a switch cannot write into it after it was dropped.
+//! - **Generations.** A projection's read model lives in numbered
+//!   generations; readers follow the one the `live` pointer names, and
+//!   [`ReadModelSink::switch_live`] moves the pointer in one step. Every query
+//!   resolves the pointer and reads in one atomic operation, so a reader sees
+//!   one whole generation, never half of two.
+//! - **Operator state** (paused, last error, rate) is shared by every process
+//!   using the sink, so `strata projections pause` in one process pauses the
+//!   workers of all.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use strata_store::Position;
+use uuid::Uuid;
+
+use crate::projection::{Document, Write};
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use memory::MemorySink;
+#[cfg(feature = "redis")]
+pub use redis::{RedisSink, RedisSinkConfig};
+
+/// A failure of the read-model backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The backend could not be reached or refused the request.
+    #[error("read-model backend failed while {context}: {source}")]
+    Backend {
+        /// What the sink was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Stored data is not what Strata wrote.
+    #[error("read model holds malformed data at {key}: {reason}")]
+    Malformed {
+        /// Where.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SinkError {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+/// One generation of one projection: where the runner writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Projection name.
+    pub projection: String,
+    /// Generation number (1, 2, …).
+    pub generation: u64,
+}
+
+/// The runner's guard for one stream in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamGuard {
+    /// The stream.
+    pub stream_id: String,
+    /// The version the batch was planned from (0: none applied).
+    pub expected: u64,
+    /// The version the batch reaches.
+    pub reached: u64,
+}
+
+/// An event a projection could not apply, parked with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The event.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its global position.
+    pub position: u64,
+    /// Why it was parked (for a later event of a parked stream: which event
+    /// parked the stream).
+    pub reason: String,
+    /// How many times `apply` was tried (0: parked behind an earlier event).
+    pub attempts: u32,
+}
+
+/// One atomic unit of work for [`ReadModelSink::commit`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// Per-stream version guards.
+    pub guards: Vec<StreamGuard>,
+    /// The read-model writes, in order.
+    pub writes: Vec<Write>,
+    /// Events parked by this batch; their streams become parked from the
+    /// first one's version.
+    pub dead_letters: Vec<DeadLetter>,
+    /// The highest global position the batch covers (the generation's
+    /// position moves forward to it, never back).
+    pub position: Position,
+    /// How many events the batch covers (applied, skipped by type, or parked).
+    pub events: u64,
+}
+
+/// The result of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Everything was written.
+    Done,
+    /// The generation is neither live nor being rebuilt (a rebuild replaced
+    /// it): nothing was written; plan again against the live one.
+    Retired,
+    /// A guard did not hold: nothing was written.
+    Conflict {
+        /// The stream whose stored version differed.
+        stream_id: String,
+        /// Its stored version.
+        actual: u64,
+    },
+}
+
+/// What the runner needs before planning a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    /// Applied version per requested stream (0: none).
+    pub stream_versions: Vec<u64>,
+    /// For each requested stream, the version from which it is parked.
+    pub parked_from: Vec<Option<u64>>,
+    /// Each requested document.
+    pub documents: Vec<Option<Document>>,
+}
+
+/// One entry of an index page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    /// The score (the next page's cursor).
+    pub score: i64,
+    /// The document key.
+    pub key: String,
+    /// The document, if it exists.
+    pub document: Option<Document>,
+}
+
+/// Shared operator state of a projection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    /// Workers hold their deliveries while paused.
+    pub paused: bool,
+    /// What the last worker to report was doing (`running`, `stopped`, …).
+    pub state: Option<String>,
+    /// The last error a worker reported.
+    pub last_error: Option<String>,
+    /// Events per second over the last report interval.
+    pub rate: Option<u64>,
+    /// Generation being rebuilt, if any.
+    pub rebuilding: Option<u64>,
+}
+
+/// One field of [`Meta`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaField {
+    /// `1` when paused.
+    Paused,
+    /// What the worker is doing.
+    State,
+    /// The last error.
+    LastError,
+    /// Events per second.
+    Rate,
+    /// Generation being rebuilt.
+    Rebuilding,
+}
+
+impl MetaField {
+    /// The stored field name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaField::Paused => "paused",
+            MetaField::State => "state",
+            MetaField::LastError => "lastError",
+            MetaField::Rate => "rate",
+            MetaField::Rebuilding => "rebuilding",
+        }
+    }
+}
+
+impl Meta {
+    /// Reads the state from stored fields.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut meta = Meta::default();
+        for (field, value) in fields {
+            match field {
+                "paused" => meta.paused = value == "1",
+                "state" => meta.state = Some(value.to_owned()),
+                "lastError" => meta.last_error = Some(value.to_owned()),
+                "rate" => meta.rate = value.parse().ok(),
+                "rebuilding" => meta.rebuilding = value.parse().ok(),
+                _ => {}
+            }
+        }
+        meta
+    }
+}
+
+/// Progress of one generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Highest global position committed.
+    pub position: Position,
+    /// Events committed (applied, skipped by type, or parked).
+    pub events: u64,
+    /// Events parked.
+    pub dead_letters: u64,
+}
+
+/// Everything in one generation, for comparisons (tests, `rebuild --verify`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dump {
+    /// Every document.
+    pub documents: BTreeMap<String, Document>,
+    /// Every index, by score then key.
+    pub indexes: BTreeMap<String, Vec<(i64, String)>>,
+    /// Applied version per stream.
+    pub stream_versions: BTreeMap<String, u64>,
+}
+
+/// A read-model backend (held as `Arc<dyn ReadModelSink>`).
+#[async_trait]
+pub trait ReadModelSink: Send + Sync {
+    /// `memory`, `redis`, …
+    fn backend_name(&self) -> &'static str;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), SinkError>;
+
+    /// The generation readers follow, if any.
+    async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError>;
+
+    /// Reserves a new generation number (greater than any before).
+    async fn new_generation(&self, projection: &str) -> Result<u64, SinkError>;
+
+    /// Makes readers follow `generation`, in one step.
+    async fn switch_live(&self, projection: &str, generation: u64) -> Result<(), SinkError>;
+
+    /// Sets the live pointer to `generation` only if there is none yet;
+    /// returns the live generation afterwards.
+    async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError>;
+
+    /// Deletes everything of a generation that is not live.
+    async fn drop_generation(&self, target: &Target) -> Result<(), SinkError>;
+
+    /// Stream versions, parked markers and documents, in request order.
+    async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError>;
+
+    /// Commits a batch atomically (see the module guarantees).
+    async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError>;
+
+    /// A document of the live generation.
+    async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError>;
+
+    /// Up to `limit` entries of a live index with scores above `after`, in
+    /// score order, each with its document.
+    async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError>;
+
+    /// Progress of a generation.
+    async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError>;
+
+    /// Up to `limit` dead letters of a generation, by position.
+    async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError>;
+
+    /// Shared operator state.
+    async fn meta(&self, projection: &str) -> Result<Meta, SinkError>;
+
+    /// Sets (or, with `None`, clears) one field of the shared operator state;
+    /// fields are set one at a time so that workers, rebuilds and operators
+    /// never overwrite each other's fields.
+    async fn set_meta(&self, projection: &str, field: MetaField, value: Option<String>) -> Result<(), SinkError>;
+
+    /// Everything in a generation.
+    async fn dump(&self, target: &Target) -> Result<Dump, SinkError>;
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the read side: the sink conformance suite (memory and
+//! Redis), the runner fed by a bus, poison events, pause, replicas, and
+//! rebuilds under load.
+#![allow(unreachable_pub, missing_docs)]
+
+mod rebuild;
+mod runner;
+mod sink;
+mod support;

@@ -1,0 +1,252 @@
+//! The sink conformance suite: every case runs on the memory sink and on
+//! Redis, and Redis models are compared with memory ones.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use strata_projections::orders::{self, OrdersProjection, OrdersQuery, StockProjection};
+use strata_projections::sink::{Batch, Committed, MetaField, StreamGuard, Target};
+use strata_projections::{Projection, Write};
+use strata_store::Position;
+
+use crate::support::{feed, fresh_sink, live_dump, log_with_orders, runner, Backend};
+
+macro_rules! on_every_sink {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(crate::support::Backend::Memory).await;
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(crate::support::Backend::Redis).await;
+            })*
+        }
+    };
+}
+
+on_every_sink!(
+    replaying_any_prefix_twice_gives_the_same_model_as_once,
+    any_delivery_order_with_duplicates_gives_the_model_of_the_log_in_order,
+    a_commit_whose_guard_does_not_hold_writes_nothing,
+    queries_follow_the_live_pointer_and_retired_generations_refuse_commits,
+    pages_walk_an_index_in_placing_order_with_cursors,
+    meta_fields_are_set_one_at_a_time,
+);
+
+fn projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(OrdersProjection), Arc::new(StockProjection)]
+}
+
+async fn replaying_any_prefix_twice_gives_the_same_model_as_once(backend: Backend) {
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (log, events) = log_with_orders(seed, 40).await;
+    for projection in projections() {
+        // The reference: every event once, in log order, in memory.
+        let (reference_sink, _) = fresh_sink(Backend::Memory).await.unwrap();
+        feed(&runner(projection.clone(), &reference_sink, log.clone()), &events, 50).await;
+        let reference = live_dump(&*reference_sink, projection.name()).await;
+        assert!(!reference.documents.is_empty(), "{} built nothing", projection.name());
+
+        let mut prefixes = vec![0, events.len()];
+        prefixes.extend((0..4).map(|_| rng.random_range(1..events.len())));
+        for prefix in prefixes {
+            let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+            let runner = runner(projection.clone(), &sink, log.clone());
+            let chunk = rng.random_range(1..80);
+            feed(&runner, &events[..prefix], chunk).await;
+            feed(&runner, &events[..prefix], chunk + 3).await;
+            feed(&runner, &events[prefix..], chunk).await;
+            let model = live_dump(&*sink, projection.name()).await;
+            assert_eq!(model, reference, "{}: prefix {prefix} replayed twice differs (seed {seed})", projection.name());
+            cleanup.run().await;
+        }
+    }
+}
+
+async fn any_delivery_order_with_duplicates_gives_the_model_of_the_log_in_order(backend: Backend) {
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (log, events) = log_with_orders(seed, 30).await;
+    for projection in projections() {
+        let (reference_sink, _) = fresh_sink(Backend::Memory).await.unwrap();
+        feed(&runner(projection.clone(), &reference_sink, log.clone()), &events, 64).await;
+        let reference = live_dump(&*reference_sink, projection.name()).await;
+
+        let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+        let mut deliveries = events.clone();
+        // A third again, as redeliveries, then any order at all.
+        for _ in 0..events.len() / 3 {
+            deliveries.push(events[rng.random_range(0..events.len())].clone());
+        }
+        deliveries.shuffle(&mut rng);
+        feed(&runner(projection.clone(), &sink, log.clone()), &deliveries, rng.random_range(1..40)).await;
+        let model = live_dump(&*sink, projection.name()).await;
+        assert_eq!(model, reference, "{}: shuffled deliveries differ (seed {seed})", projection.name());
+        cleanup.run().await;
+    }
+}
+
+fn target(generation: u64) -> Target {
+    Target {
+        projection: "conformance".into(),
+        generation,
+    }
+}
+
+fn set(key: &str, value: i64) -> Write {
+    Write::SetField {
+        key: key.into(),
+        field: "n".into(),
+        value: json!(value),
+    }
+}
+
+fn guarded(stream: &str, expected: u64, reached: u64, writes: Vec<Write>) -> Batch {
+    Batch {
+        guards: vec![StreamGuard {
+            stream_id: stream.into(),
+            expected,
+            reached,
+        }],
+        writes,
+        dead_letters: vec![],
+        position: Position(reached),
+        events: reached - expected,
+    }
+}
+
+async fn a_commit_whose_guard_does_not_hold_writes_nothing(backend: Backend) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    assert_eq!(sink.init_live("conformance", 1).await.unwrap(), 1);
+    let first = guarded("thing-1", 0, 2, vec![set("a", 1)]);
+    assert_eq!(sink.commit(&target(1), &first).await.unwrap(), Committed::Done);
+    let before = sink.dump(&target(1)).await.unwrap();
+
+    // The same batch again (a redelivery) and a batch planned from a stale
+    // version: neither writes anything, and the conflict names the stream.
+    for stale in [first.clone(), guarded("thing-1", 1, 3, vec![set("a", 99), set("b", 7)])] {
+        let outcome = sink.commit(&target(1), &stale).await.unwrap();
+        assert_eq!(
+            outcome,
+            Committed::Conflict {
+                stream_id: "thing-1".into(),
+                actual: 2
+            }
+        );
+    }
+    assert_eq!(sink.dump(&target(1)).await.unwrap(), before);
+    assert_eq!(sink.stats(&target(1)).await.unwrap().events, 2);
+    assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["n"], json!(1));
+
+    // SetMax never goes back.
+    let max = |v| Write::SetMax {
+        key: "a".into(),
+        field: "at".into(),
+        value: v,
+    };
+    sink.commit(&target(1), &guarded("thing-2", 0, 1, vec![max(10)])).await.unwrap();
+    sink.commit(&target(1), &guarded("thing-2", 1, 2, vec![max(5)])).await.unwrap();
+    assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["at"], json!(10));
+    cleanup.run().await;
+}
+
+async fn queries_follow_the_live_pointer_and_retired_generations_refuse_commits(backend: Backend) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    assert_eq!(sink.document("conformance", "a").await.unwrap(), None, "no generation yet");
+    assert_eq!(sink.init_live("conformance", 1).await.unwrap(), 1);
+    assert_eq!(sink.init_live("conformance", 7).await.unwrap(), 1, "init_live keeps an existing pointer");
+    sink.commit(&target(1), &guarded("s-1", 0, 1, vec![set("a", 1)])).await.unwrap();
+
+    let next = sink.new_generation("conformance").await.unwrap();
+    assert!(next > 1);
+    // Not live, not rebuilding: refused.
+    assert_eq!(sink.commit(&target(next), &guarded("s-1", 0, 1, vec![set("a", 2)])).await.unwrap(), Committed::Retired);
+    sink.set_meta("conformance", MetaField::Rebuilding, Some(next.to_string())).await.unwrap();
+    assert_eq!(sink.commit(&target(next), &guarded("s-1", 0, 1, vec![set("a", 2)])).await.unwrap(), Committed::Done);
+    assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["n"], json!(1), "readers stay on the live one");
+
+    sink.switch_live("conformance", next).await.unwrap();
+    sink.set_meta("conformance", MetaField::Rebuilding, None).await.unwrap();
+    assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["n"], json!(2));
+    assert_eq!(sink.commit(&target(1), &guarded("s-1", 1, 2, vec![set("a", 3)])).await.unwrap(), Committed::Retired);
+
+    sink.drop_generation(&target(1)).await.unwrap();
+    assert_eq!(sink.dump(&target(1)).await.unwrap(), Default::default());
+    sink.drop_generation(&target(next)).await.unwrap();
+    assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["n"], json!(2), "the live one is never dropped");
+    assert!(sink.new_generation("conformance").await.unwrap() > next);
+    cleanup.run().await;
+}
+
+async fn pages_walk_an_index_in_placing_order_with_cursors(backend: Backend) {
+    let (log, events) = log_with_orders(3, 60).await;
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    feed(&runner(Arc::new(OrdersProjection), &sink, log.clone()), &events, 100).await;
+
+    let placed: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.event_type == "OrderPlaced")
+        .map(|e| (e.stream_id.id().to_owned(), e.payload["customerId"].as_str().unwrap().to_owned()))
+        .collect();
+    for (customer, status) in [(None, None), (Some("customer-3".to_owned()), None), (None, Some("SHIPPED".to_owned()))] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let query = OrdersQuery {
+                customer_id: customer.clone(),
+                status: status.clone(),
+                first: 7,
+                after,
+            };
+            let page = orders::orders(&*sink, &query).await.unwrap();
+            assert!(page.orders.len() <= 7);
+            for order in &page.orders {
+                if let Some(status) = &status {
+                    assert_eq!(&order.status, status);
+                }
+                seen.push(order.order_id.to_string());
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = placed
+            .iter()
+            .filter(|(_, c)| customer.as_ref().is_none_or(|customer| c == customer))
+            .map(|(id, _)| id.clone())
+            .filter(|id| {
+                status.is_none() || events.iter().any(|e| e.event_type == "OrderShipped" && e.stream_id.id() == id)
+            })
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(seen, expected, "customer {customer:?} status {status:?}");
+    }
+    cleanup.run().await;
+}
+
+async fn meta_fields_are_set_one_at_a_time(backend: Backend) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    sink.set_meta("conformance", MetaField::Paused, Some("1".into())).await.unwrap();
+    sink.set_meta("conformance", MetaField::State, Some("running".into())).await.unwrap();
+    sink.set_meta("conformance", MetaField::Rate, Some("42".into())).await.unwrap();
+    let meta = sink.meta("conformance").await.unwrap();
+    assert!(meta.paused);
+    assert_eq!(meta.state.as_deref(), Some("running"));
+    assert_eq!(meta.rate, Some(42));
+    sink.set_meta("conformance", MetaField::Paused, None).await.unwrap();
+    let meta = sink.meta("conformance").await.unwrap();
+    assert!(!meta.paused);
+    assert_eq!(meta.state.as_deref(), Some("running"), "other fields untouched");
+    cleanup.run().await;
+}

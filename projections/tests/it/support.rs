@@ -1,0 +1,151 @@
+//! Helpers: a log filled with sample traffic, sinks of every backend (Redis
+//! with a key prefix per test), and runners.
+
+use std::sync::Arc;
+
+use strata_projections::orders::sample::{sample, SampleConfig};
+use strata_projections::sink::{Dump, Target};
+use strata_projections::{MemorySink, Projection, ProjectionRunner, ReadModelSink, RedisSink, RedisSinkConfig, RunnerConfig};
+use strata_schemas::catalog;
+use strata_store::testkit::{report_unreachable, service_url};
+use strata_store::{EventReader, EventStore, MemoryEventStore, ReadAll, RecordedEvent, StreamAppend};
+use uuid::Uuid;
+
+pub use strata_store::testkit::{wait_until, Cleanup};
+
+pub fn memory_store() -> Arc<MemoryEventStore> {
+    Arc::new(MemoryEventStore::new(Arc::new(catalog::registry().expect("catalog builds"))))
+}
+
+/// A memory log holding `orders` sample orders; returns it and its events.
+pub async fn log_with_orders(seed: u64, orders: usize) -> (Arc<MemoryEventStore>, Vec<RecordedEvent>) {
+    let store = memory_store();
+    append_all(&*store, sample(SampleConfig { seed, orders, ..SampleConfig::default() })).await;
+    let events = read_log(&*store).await;
+    (store, events)
+}
+
+pub async fn append_all(store: &dyn EventStore, appends: Vec<StreamAppend>) {
+    for request in strata_projections::orders::sample::requests(appends, 64) {
+        store.append(request).await.expect("sample traffic appends");
+    }
+}
+
+pub async fn read_log(store: &dyn EventReader) -> Vec<RecordedEvent> {
+    store.read_all(ReadAll::after(strata_store::Position::START, 1_000_000)).await.expect("read the log")
+}
+
+/// Which sink backends to run a case on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+/// A fresh, empty sink of `backend` (Redis: its own key prefix, deleted by
+/// the cleanup); `None` (loudly) when Redis is down outside CI.
+pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cleanup)> {
+    match backend {
+        Backend::Memory => Some((Arc::new(MemorySink::new()), Cleanup::none())),
+        Backend::Redis => {
+            let url = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+            let prefix = format!("test_{}", Uuid::new_v4().simple());
+            let config = RedisSinkConfig {
+                key_prefix: prefix.clone(),
+                ..RedisSinkConfig::new(url.clone())
+            };
+            match RedisSink::connect(config).await {
+                Ok(sink) => {
+                    let cleanup = Cleanup::new(move || async move { delete_prefix(&url, &prefix).await });
+                    Some((Arc::new(sink), cleanup))
+                }
+                Err(err) => {
+                    report_unreachable("Redis", &url, "redis-server --daemonize yes --bind 127.0.0.1 --save ''", &err);
+                    None
+                }
+            }
+        }
+    }
+}
+
+async fn delete_prefix(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .expect("scan test keys");
+        if !keys.is_empty() {
+            redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.expect("delete test keys");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+pub fn runner(projection: Arc<dyn Projection>, sink: &Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>) -> ProjectionRunner {
+    ProjectionRunner::new(projection, sink.clone(), log, RunnerConfig::default())
+}
+
+/// The live generation's contents.
+pub async fn live_dump(sink: &dyn ReadModelSink, projection: &str) -> Dump {
+    let generation = sink.live_generation(projection).await.unwrap().expect("a live generation");
+    sink.dump(&Target {
+        projection: projection.to_owned(),
+        generation,
+    })
+    .await
+    .unwrap()
+}
+
+/// Feeds `events` to a runner in chunks of `chunk` (a bus without a bus).
+pub async fn feed(runner: &ProjectionRunner, events: &[RecordedEvent], chunk: usize) {
+    for part in events.chunks(chunk.max(1)) {
+        let (covered, _, stopped) = runner.handle(part).await.expect("handle a chunk");
+        assert!(stopped.is_none(), "unexpected stop: {stopped:?}");
+        assert_eq!(covered, part.len());
+    }
+}
+
+/// What a fresh rebuild from `log` gives: the model every live run must equal.
+pub async fn rebuilt(projection: Arc<dyn Projection>, log: Arc<dyn EventReader>) -> Dump {
+    let sink: Arc<dyn ReadModelSink> = Arc::new(MemorySink::new());
+    let name = projection.name().to_owned();
+    strata_projections::rebuild(projection, sink.clone(), log, Default::default(), &mut |_| {})
+        .await
+        .expect("rebuild into memory");
+    live_dump(&*sink, &name).await
+}
+
+/// A JetStream bus of its own (stream and subject prefix per test).
+pub async fn test_jetstream() -> Option<(strata_store::bus::JetStreamBus, Cleanup)> {
+    use strata_store::bus::{JetStreamBus, JetStreamConfig};
+
+    let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let id = Uuid::new_v4().simple().to_string();
+    let config = JetStreamConfig {
+        stream_name: format!("TEST_{id}"),
+        subject_prefix: format!("test_{id}"),
+        ..JetStreamConfig::new(url.clone())
+    };
+    match JetStreamBus::connect(config).await {
+        Ok(bus) => {
+            let teardown = bus.clone();
+            let cleanup = Cleanup::new(move || async move { teardown.delete().await.expect("delete the test stream") });
+            Some((bus, cleanup))
+        }
+        Err(err) => {
+            report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            None
+        }
+    }
+}
