@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use strata_schemas::SchemaRegistry;
-use strata_store::{EventStore, MemoryEventStore, SqliteConfig, SqliteEventStore};
+use strata_store::lease::{Lease, MemoryLease};
+use strata_store::{CheckpointStore, EventReader, EventStore, MemoryEventStore, SqliteConfig, SqliteEventStore};
 
 /// An opened event store, by backend.
 #[derive(Clone)]
@@ -86,6 +87,44 @@ impl EventStoreBackend {
             Self::Sqlite(store) => Arc::new(store.clone()),
             #[cfg(feature = "postgres")]
             Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+}
+
+impl EventStoreBackend {
+    /// The store as a reader only (projections, auditors).
+    pub fn reader(&self) -> Arc<dyn EventReader> {
+        match self {
+            Self::Memory(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The checkpoints kept beside the log (the relay's).
+    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+        match self {
+            Self::Memory(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The lease that elects one relay: an advisory lock on PostgreSQL (across
+    /// processes), in-process otherwise (one process owns an SQLite file).
+    pub fn lease(&self, url: &str) -> anyhow::Result<Arc<dyn Lease>> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => Ok(Arc::new(strata_store::lease::PostgresLease::new(
+                url,
+                std::time::Duration::from_millis(500),
+            )?)),
+            _ => {
+                let _ = url;
+                Ok(Arc::new(MemoryLease::default()))
+            }
         }
     }
 }

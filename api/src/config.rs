@@ -15,6 +15,10 @@ pub const DEFAULT_EVENT_STORE: &str = "sqlite://strata.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `STRATA_BUS` when nothing is set: the in-process bus.
 pub const DEFAULT_BUS: &str = "memory";
+/// `STRATA_READ_MODEL` when nothing is set: in-memory read models.
+pub const DEFAULT_READ_MODEL: &str = "memory";
+/// `STRATA_ROLES` when nothing is set: everything in one process.
+pub const DEFAULT_ROLES: &str = "all";
 
 /// What the command line and the environment said (unset = `None`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -28,6 +32,12 @@ pub struct Overrides {
     /// The bus: `memory` or `nats://HOST:4222`.
     #[arg(long, env = "STRATA_BUS", global = true)]
     pub bus: Option<String>,
+    /// Read models: `memory` or `redis://HOST:6379`.
+    #[arg(long, env = "STRATA_READ_MODEL", global = true)]
+    pub read_model: Option<String>,
+    /// Roles of this process: `all`, or a comma list of api,relay,projector,saga,services.
+    #[arg(long, env = "STRATA_ROLES", global = true)]
+    pub roles: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -40,6 +50,59 @@ struct FileSettings {
     event_store: Option<String>,
     listen: Option<String>,
     bus: Option<String>,
+    read_model: Option<String>,
+    roles: Option<String>,
+}
+
+/// What a process does (DESIGN §3, §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Serves HTTP (GraphQL, health, metrics).
+    pub api: bool,
+    /// Tails the log onto the bus (one active at a time, by lease).
+    pub relay: bool,
+    /// Runs the projection workers.
+    pub projector: bool,
+    /// Runs the saga orchestrators (not built yet: accepted, does nothing).
+    pub saga: bool,
+    /// Runs the simulated services (not built yet: accepted, does nothing).
+    pub services: bool,
+}
+
+impl Roles {
+    /// Every role.
+    pub const ALL: Roles = Roles {
+        api: true,
+        relay: true,
+        projector: true,
+        saga: true,
+        services: true,
+    };
+
+    /// Parses `all` or a comma list.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if text.trim() == "all" {
+            return Ok(Self::ALL);
+        }
+        let mut roles = Roles {
+            api: false,
+            relay: false,
+            projector: false,
+            saga: false,
+            services: false,
+        };
+        for role in text.split(',').map(str::trim) {
+            match role {
+                "api" => roles.api = true,
+                "relay" => roles.relay = true,
+                "projector" => roles.projector = true,
+                "saga" => roles.saga = true,
+                "services" => roles.services = true,
+                other => bail!("STRATA_ROLES: unknown role {other:?}; expected all or a comma list of api,relay,projector,saga,services"),
+            }
+        }
+        Ok(roles)
+    }
 }
 
 /// Resolved settings.
@@ -51,6 +114,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The bus URL (`memory` or `nats://…`).
     pub bus: String,
+    /// The read-model URL (`memory` or `redis://…`).
+    pub read_model: String,
+    /// What this process does.
+    pub roles: Roles,
 }
 
 impl Settings {
@@ -78,7 +145,29 @@ impl Settings {
         if bus != "memory" && !bus.starts_with("nats://") {
             bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory or nats://HOST:4222");
         }
-        Ok(Self { event_store, listen, bus })
+        let read_model = overrides
+            .read_model
+            .clone()
+            .or(file.read_model)
+            .unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned());
+        if read_model != "memory" && !read_model.starts_with("redis://") {
+            bail!("STRATA_READ_MODEL: unsupported read model {read_model:?}; expected memory or redis://HOST:6379");
+        }
+        let roles = overrides.roles.clone().or(file.roles).unwrap_or_else(|| DEFAULT_ROLES.to_owned());
+        let roles = Roles::parse(&roles)?;
+        if bus == "memory" && roles.relay != roles.projector {
+            bail!("STRATA_ROLES: with STRATA_BUS=memory the relay and the projector must run in the same process (the bus is in-process); use nats://… to split them");
+        }
+        if read_model == "memory" && roles.api != roles.projector {
+            bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… to split them");
+        }
+        Ok(Self {
+            event_store,
+            listen,
+            bus,
+            read_model,
+            roles,
+        })
     }
 }
 
@@ -107,6 +196,35 @@ mod tests {
         assert_eq!(settings.event_store, DEFAULT_EVENT_STORE);
         assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(settings.bus, DEFAULT_BUS);
+        assert_eq!(settings.read_model, DEFAULT_READ_MODEL);
+        assert_eq!(settings.roles, Roles::ALL);
+    }
+
+    #[test]
+    fn roles_and_read_models_are_checked_and_splits_need_shared_backends() {
+        let empty = file("");
+        let with = |roles: &str, bus: &str, read_model: &str| {
+            Settings::resolve(&Overrides {
+                config: Some(empty.path().to_owned()),
+                roles: Some(roles.into()),
+                bus: Some(bus.into()),
+                read_model: Some(read_model.into()),
+                ..Overrides::default()
+            })
+        };
+        let split = with("relay", "nats://127.0.0.1:4222", "redis://127.0.0.1:6379").unwrap();
+        assert!(split.roles.relay && !split.roles.projector && !split.roles.api);
+        let both = with("api, projector", "nats://127.0.0.1:4222", "memory").unwrap();
+        assert!(both.roles.api && both.roles.projector && !both.roles.relay);
+        for (roles, bus, read_model, says) in [
+            ("relay,cook", "memory", "memory", "unknown role \"cook\""),
+            ("relay", "memory", "memory", "STRATA_BUS=memory"),
+            ("api,relay,projector", "nats://h:4222", "mongodb://h/db", "STRATA_READ_MODEL"),
+            ("api", "nats://h:4222", "memory", "STRATA_READ_MODEL=memory"),
+        ] {
+            let err = with(roles, bus, read_model).unwrap_err().to_string();
+            assert!(err.contains(says), "{roles} {bus} {read_model}: {err}");
+        }
     }
 
     #[test]
@@ -130,8 +248,7 @@ mod tests {
         let from_flag = Settings::resolve(&Overrides {
             config: Some(toml.path().to_owned()),
             event_store: Some("sqlite://other.db".into()),
-            listen: None,
-            bus: None,
+            ..Overrides::default()
         })
         .unwrap();
         assert_eq!(from_flag.event_store, "sqlite://other.db");

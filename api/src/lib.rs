@@ -6,7 +6,9 @@
 //! - [`backend`]: the event store picked by the URL scheme;
 //! - [`http`]: the axum app (`router()`) and `run(listener, shutdown)`;
 //! - [`audit`], [`bench`]: the CLI commands that do real work;
-//! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+//! - [`progress`]: progress bars on a terminal, plain lines otherwise;
+//! - [`workers`]: the relay and projector roles and their backends;
+//! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume).
 
 pub mod audit;
 pub mod backend;
@@ -14,3 +16,5 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod progress;
+pub mod projections;
+pub mod workers;

@@ -11,6 +11,8 @@ use strata_api::backend::{registry, EventStoreBackend};
 use strata_api::bench::{self, AppendBench, CommandsBench};
 use strata_api::config::{Overrides, Settings};
 use strata_api::http::{self, AppState};
+use strata_api::projections;
+use strata_api::workers::{open_bus, open_read_model, Workers};
 use strata_store::StreamId;
 
 #[derive(Debug, Parser)]
@@ -31,6 +33,9 @@ enum Command {
     /// Read and check the log as an auditor.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Operate the read models: list, status, rebuild, pause, resume.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
     /// Measure throughput and latency; prints one JSON object per result.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -63,6 +68,43 @@ enum AuditCommand {
         /// JSON report.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// One line per projection: version, state, position, lag, dead letters.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// State, position, lag, rate, last error and parked events.
+    Status {
+        /// Projection name.
+        name: String,
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the next generation from the log beside the live one, then
+    /// switch readers to it and drop the old one.
+    Rebuild {
+        /// Projection name.
+        name: String,
+        /// Events read from the log per batch.
+        #[arg(long, default_value_t = 2000)]
+        batch_size: usize,
+    },
+    /// Hold the projection's workers (they keep their deliveries).
+    Pause {
+        /// Projection name.
+        name: String,
+    },
+    /// Let the projection's workers go on.
+    Resume {
+        /// Projection name.
+        name: String,
     },
 }
 
@@ -100,6 +142,35 @@ enum BenchCommand {
         batch_size: usize,
         /// Runs (medians are reported; relay and raw alternate first).
         #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The orders projection into Redis vs raw pipelined Redis writes of the same keys.
+    #[cfg(feature = "redis")]
+    Project {
+        /// Sample events projected per run.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Events per commit.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Workers, each owning a share of the streams.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Runs (medians are reported; projection and raw alternate first).
+        #[arg(long, default_value_t = 4)]
+        runs: usize,
+    },
+    /// Rebuild of the orders projection from a scratch log into Redis.
+    #[cfg(feature = "redis")]
+    Rebuild {
+        /// Sample events in the scratch log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Events read from the log per batch.
+        #[arg(long, default_value_t = 5000)]
+        batch_size: usize,
+        /// Runs (medians are reported).
+        #[arg(long, default_value_t = 1)]
         runs: usize,
     },
     /// The command path (load, decide, append) vs raw appends of the same events.
@@ -151,19 +222,7 @@ async fn open(settings: &Settings) -> anyhow::Result<EventStoreBackend> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli.overrides)?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let backend = open(&settings).await?;
-            backend.migrate().await.context("migrating the event store")?;
-            let listener = tokio::net::TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("binding {}", settings.listen))?;
-            let address = listener.local_addr()?;
-            let store = backend.store();
-            println!("strata listening on http://{address} (event store: {})", store.backend_name());
-            tracing::info!(%address, backend = store.backend_name(), "serving");
-            http::run(listener, AppState { event_store: store }, shutdown_signal()).await?;
-            tracing::info!("stopped");
-        }
+        Command::Serve => serve(&settings).await?,
         Command::Migrate => {
             let backend = open(&settings).await?;
             backend.migrate().await.context("migrating the event store")?;
@@ -181,6 +240,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), json).await? {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Projections(command) => {
+            let backend = open(&settings).await?;
+            let sink = open_read_model(&settings.read_model).await?;
+            if sink.backend_name() == "memory" {
+                eprintln!("note: STRATA_READ_MODEL=memory: this process sees its own empty read models; point it at redis://… to operate a running server's");
+            }
+            let log = backend.reader();
+            match command {
+                ProjectionsCommand::List { json } => projections::list(&*sink, &*log, json).await?,
+                ProjectionsCommand::Status { name, json } => projections::print_status(&*sink, &*log, &name, json).await?,
+                ProjectionsCommand::Rebuild { name, batch_size } => {
+                    let report = projections::rebuild_one(sink, log, &name, batch_size).await?;
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                ProjectionsCommand::Pause { name } => {
+                    projections::set_paused(&*sink, &name, true).await?;
+                    println!("projection {name} paused");
+                }
+                ProjectionsCommand::Resume { name } => {
+                    projections::set_paused(&*sink, &name, false).await?;
+                    println!("projection {name} resumed");
+                }
+            }
+        }
+        #[cfg(feature = "redis")]
+        Command::Bench(BenchCommand::Project { events, batch_size, workers, runs }) => {
+            let result = bench::project(&bench::ProjectBench {
+                read_model_url: settings.read_model.clone(),
+                events,
+                batch_size,
+                workers,
+                runs,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        #[cfg(feature = "redis")]
+        Command::Bench(BenchCommand::Rebuild { events, batch_size, runs }) => {
+            let result = bench::rebuild(&bench::RebuildBench {
+                event_store_url: settings.event_store.clone(),
+                read_model_url: settings.read_model.clone(),
+                events,
+                batch_size,
+                runs,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
         }
         Command::Bench(BenchCommand::Append { writers, events_per_append, duration, runs, no_group_commit, committers }) => {
             let result = bench::append(&AppendBench {
@@ -220,6 +327,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `strata serve`: migrates, starts the roles of this process, serves HTTP
+/// when it has the api role, and stops everything on Ctrl-C or SIGTERM.
+async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let backend = open(settings).await?;
+    backend.migrate().await.context("migrating the event store")?;
+    let roles = settings.roles;
+    let bus = if roles.relay || roles.projector { Some(open_bus(&settings.bus).await?) } else { None };
+    let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
+    let mut workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone()).await?;
+    let store = backend.store();
+    let serving = async {
+        if roles.api {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?;
+            let address = listener.local_addr()?;
+            println!("strata listening on http://{address} (event store: {})", store.backend_name());
+            tracing::info!(%address, backend = store.backend_name(), "serving");
+            http::run(listener, AppState { event_store: store.clone() }, shutdown_signal()).await?;
+        } else {
+            println!("strata running {:?} (event store: {})", roles, store.backend_name());
+            shutdown_signal().await;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            result = &mut serving => {
+                result?;
+                break;
+            }
+            (worker, result) = workers.first_exit() => match result {
+                Ok(()) => tracing::info!(%worker, "worker finished"),
+                Err(error) => tracing::error!(%worker, "worker stopped: {error:#}"),
+            },
+        }
+    }
+    workers.stop().await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

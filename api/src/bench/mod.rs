@@ -25,9 +25,17 @@ use uuid::Uuid;
 use crate::backend::{registry, scheme, Scheme};
 
 mod commands;
+#[cfg(feature = "redis")]
+mod project;
+#[cfg(feature = "redis")]
+mod rebuild;
 #[cfg(feature = "nats")]
 mod relay;
 pub use commands::{commands, CommandsBench};
+#[cfg(feature = "redis")]
+pub use project::{project, ProjectBench};
+#[cfg(feature = "redis")]
+pub use rebuild::{rebuild, RebuildBench};
 #[cfg(feature = "nats")]
 pub use relay::{relay, RelayBench};
 

@@ -108,38 +108,64 @@ fn stream(category: &str, id: impl std::fmt::Display) -> StreamId {
 /// Sample traffic: one append per event, in log order. Every SKU is restocked
 /// first; then the orders' events interleave.
 pub fn sample(config: SampleConfig) -> Vec<StreamAppend> {
-    let mut generator = Generator {
-        rng: SplitMix(config.seed),
-        ids: SplitMix(config.seed ^ 0x5EED_5EED),
-        config,
-    };
-    let mut out = Vec::new();
-    for n in 0..config.skus.max(1) {
-        let event = InventoryEvent::from(StockRestocked {
-            sku: sku(n),
-            quantity: units(10_000),
-            restocked_at: at(0),
-        });
-        let id = generator.id();
-        out.push(append(stream("inventory", sku(n)), event, id));
+    Sample::new(config).collect()
+}
+
+/// [`sample`] as an iterator: generates as it goes, so a million events need
+/// no more memory than the orders in flight.
+pub struct Sample {
+    generator: Generator,
+    restocked: usize,
+    placed: usize,
+    flows: Vec<std::collections::VecDeque<StreamAppend>>,
+}
+
+impl Sample {
+    /// The traffic of `config`.
+    pub fn new(config: SampleConfig) -> Self {
+        Self {
+            generator: Generator {
+                rng: SplitMix(config.seed),
+                ids: SplitMix(config.seed ^ 0x5EED_5EED),
+                config,
+            },
+            restocked: 0,
+            placed: 0,
+            flows: Vec::new(),
+        }
     }
-    let mut flows: Vec<std::collections::VecDeque<StreamAppend>> = Vec::new();
-    let mut placed = 0;
-    loop {
-        while flows.len() < config.concurrency.max(1) && placed < config.orders {
-            placed += 1;
-            flows.push(generator.order_flow(placed as u64).into());
+}
+
+impl Iterator for Sample {
+    type Item = StreamAppend;
+
+    fn next(&mut self) -> Option<StreamAppend> {
+        let config = self.generator.config;
+        if self.restocked < config.skus.max(1) {
+            let n = self.restocked;
+            self.restocked += 1;
+            let event = InventoryEvent::from(StockRestocked {
+                sku: sku(n),
+                quantity: units(10_000),
+                restocked_at: at(0),
+            });
+            let id = self.generator.id();
+            return Some(append(stream("inventory", sku(n)), event, id));
         }
-        if flows.is_empty() {
-            return out;
+        while self.flows.len() < config.concurrency.max(1) && self.placed < config.orders {
+            self.placed += 1;
+            let flow = self.generator.order_flow(self.placed as u64);
+            self.flows.push(flow.into());
         }
-        let pick = generator.rng.below(flows.len());
-        if let Some(next) = flows[pick].pop_front() {
-            out.push(next);
+        if self.flows.is_empty() {
+            return None;
         }
-        if flows[pick].is_empty() {
-            flows.swap_remove(pick);
+        let pick = self.generator.rng.below(self.flows.len());
+        let next = self.flows[pick].pop_front();
+        if self.flows[pick].is_empty() {
+            self.flows.swap_remove(pick);
         }
+        next
     }
 }
 

@@ -1,0 +1,249 @@
+//! `strata bench project`: the `orders` projection committing sample traffic
+//! into Redis (plan, one guarded script per batch with its checkpoint), next
+//! to raw pipelined Redis writes of the same keys (the same field, index and
+//! stream-version writes as plain HSET/ZADD/ZREM, no guards, no reads), in
+//! the same process; runs alternate which goes first. Both split the events
+//! over `workers` by stream, as replicas of a worker would.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use strata_projections::orders::sample::{requests, Sample, SampleConfig};
+use strata_projections::orders::OrdersProjection;
+use strata_projections::sink::Target;
+use strata_projections::{Document, Projection, ProjectionRunner, ReadModelSink, RedisSink, RedisSinkConfig, RunnerConfig, Write};
+use strata_store::{EventReader, EventStore, MemoryEventStore, Position, ReadAll, RecordedEvent};
+use uuid::Uuid;
+
+use super::{machine, median, round};
+use crate::backend::registry;
+
+/// Parameters of `bench project`.
+#[derive(Debug, Clone)]
+pub struct ProjectBench {
+    /// `redis://…`
+    pub read_model_url: String,
+    /// Sample events projected per run.
+    pub events: usize,
+    /// Events per commit.
+    pub batch_size: usize,
+    /// Workers, each owning a share of the streams.
+    pub workers: usize,
+    /// Runs.
+    pub runs: usize,
+}
+
+/// Runs `bench project` and returns its JSON result.
+pub async fn project(bench: &ProjectBench) -> anyhow::Result<Value> {
+    if !bench.read_model_url.starts_with("redis://") {
+        bail!("bench project needs STRATA_READ_MODEL=redis://HOST:6379");
+    }
+    if bench.events == 0 || bench.batch_size == 0 || bench.workers == 0 || bench.runs == 0 {
+        bail!("--events, --batch-size, --workers and --runs must be at least 1");
+    }
+    let store = Arc::new(MemoryEventStore::new(registry()?));
+    let traffic: Vec<_> = Sample::new(sample_config(bench.events)).take(bench.events).collect();
+    for request in requests(traffic, 500) {
+        store.append(request).await?;
+    }
+    let events = store.read_all(ReadAll::after(Position::START, bench.events)).await?;
+    let writes = planned_writes(&events)?;
+    let shares = split(&events, &writes, bench.workers);
+
+    let mut runs = Vec::new();
+    for run in 0..bench.runs {
+        let (strata, raw) = if run % 2 == 0 {
+            let strata = measure_strata(bench, &store, &shares).await?;
+            (strata, measure_raw(bench, &shares).await?)
+        } else {
+            let raw = measure_raw(bench, &shares).await?;
+            (measure_strata(bench, &store, &shares).await?, raw)
+        };
+        let rate = |seconds: f64| events.len() as f64 / seconds.max(1e-9);
+        eprintln!("run {}: projection {:.0} events/s, raw redis {:.0} events/s", run + 1, rate(strata), rate(raw));
+        runs.push((rate(strata), rate(raw)));
+    }
+    let strata = median(runs.iter().map(|r| r.0).collect());
+    let raw = median(runs.iter().map(|r| r.1).collect());
+    let ratio = median(runs.iter().map(|r| r.0 / r.1).collect());
+    Ok(json!({
+        "bench": "project",
+        "backend": "redis",
+        "projection": "orders",
+        "events": events.len(),
+        "batch_size": bench.batch_size,
+        "workers": bench.workers,
+        "runs": bench.runs,
+        "events_per_s": round(strata, 0),
+        "baseline": { "bench": "raw_redis_pipeline", "events_per_s": round(raw, 0) },
+        "ratio": round(ratio, 3),
+        "machine": machine(),
+    }))
+}
+
+pub(crate) fn sample_config(events: usize) -> SampleConfig {
+    SampleConfig {
+        seed: 42,
+        orders: events / 8 + 1,
+        skus: 1000,
+        customers: 1000,
+        concurrency: 64,
+    }
+}
+
+/// What the projection writes per event, folded in log order in memory.
+fn planned_writes(events: &[RecordedEvent]) -> anyhow::Result<Vec<Vec<Write>>> {
+    let projection = OrdersProjection;
+    let mut documents: HashMap<String, Document> = HashMap::new();
+    let mut all = Vec::with_capacity(events.len());
+    for event in events {
+        if !projection.event_types().contains(&event.event_type.as_str()) {
+            all.push(Vec::new());
+            continue;
+        }
+        let key = projection.document_key(event);
+        let writes = projection.apply(event, key.as_ref().and_then(|k| documents.get(k)))?;
+        for write in &writes {
+            if let Write::SetField { key, field, value } = write {
+                documents.entry(key.clone()).or_default().insert(field.clone(), value.clone());
+            }
+        }
+        all.push(writes);
+    }
+    Ok(all)
+}
+
+type Share = Vec<(RecordedEvent, Vec<Write>)>;
+
+/// Splits the events over workers by stream, keeping each stream's order.
+fn split(events: &[RecordedEvent], writes: &[Vec<Write>], workers: usize) -> Arc<Vec<Share>> {
+    let mut shares: Vec<Share> = vec![Vec::new(); workers];
+    for (event, writes) in events.iter().zip(writes) {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        event.stream_id.as_str().hash(&mut hasher);
+        shares[(hasher.finish() % workers as u64) as usize].push((event.clone(), writes.clone()));
+    }
+    Arc::new(shares)
+}
+
+async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, shares: &Arc<Vec<Share>>) -> anyhow::Result<f64> {
+    let prefix = format!("bench_{}", Uuid::new_v4().simple());
+    let config = RedisSinkConfig {
+        key_prefix: prefix.clone(),
+        ..RedisSinkConfig::new(bench.read_model_url.clone())
+    };
+    let sink: Arc<dyn ReadModelSink> = Arc::new(RedisSink::connect(config).await?);
+    let log: Arc<dyn EventReader> = store.clone();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..shares.len() {
+        let runner = ProjectionRunner::new(Arc::new(OrdersProjection), sink.clone(), log.clone(), RunnerConfig::default());
+        let (shares, batch_size) = (shares.clone(), bench.batch_size);
+        tasks.push(tokio::spawn(async move {
+            let events: Vec<RecordedEvent> = shares[worker].iter().map(|(e, _)| e.clone()).collect();
+            for chunk in events.chunks(batch_size) {
+                let (covered, _, stopped) = runner.handle(chunk).await?;
+                if covered != chunk.len() || stopped.is_some() {
+                    bail!("the projection stopped: {stopped:?}");
+                }
+            }
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let generation = sink.live_generation("orders").await?.context("no live generation")?;
+    let stats = sink
+        .stats(&Target {
+            projection: "orders".into(),
+            generation,
+        })
+        .await?;
+    let expected: usize = shares.iter().map(Vec::len).sum();
+    if stats.events != expected as u64 {
+        bail!("the projection committed {} of {expected} events", stats.events);
+    }
+    delete_prefix(&bench.read_model_url, &prefix).await?;
+    Ok(seconds)
+}
+
+async fn measure_raw(bench: &ProjectBench, shares: &Arc<Vec<Share>>) -> anyhow::Result<f64> {
+    let prefix = format!("bench_{}", Uuid::new_v4().simple());
+    let client = redis::Client::open(bench.read_model_url.as_str())?;
+    let connection = client.get_multiplexed_async_connection().await?;
+    let base = format!("{{{prefix}:orders}}:g1:");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..shares.len() {
+        let (shares, batch_size, base, mut connection) = (shares.clone(), bench.batch_size, base.clone(), connection.clone());
+        tasks.push(tokio::spawn(async move {
+            for chunk in shares[worker].chunks(batch_size) {
+                let mut pipe = redis::pipe();
+                for (event, writes) in chunk {
+                    for write in writes {
+                        match write {
+                            Write::SetField { key, field, value } => {
+                                pipe.cmd("HSET").arg(format!("{base}d:{key}")).arg(field).arg(value.to_string()).ignore();
+                            }
+                            Write::SetMax { key, field, value } => {
+                                pipe.cmd("HSET").arg(format!("{base}d:{key}")).arg(field).arg(*value).ignore();
+                            }
+                            Write::DeleteDocument { key } => {
+                                pipe.cmd("DEL").arg(format!("{base}d:{key}")).ignore();
+                            }
+                            Write::IndexAdd { index, score, member } => {
+                                pipe.cmd("ZADD").arg(format!("{base}i:{index}")).arg(*score).arg(member).ignore();
+                            }
+                            Write::IndexRemove { index, member } => {
+                                pipe.cmd("ZREM").arg(format!("{base}i:{index}")).arg(member).ignore();
+                            }
+                        }
+                    }
+                    pipe.cmd("HSET")
+                        .arg(format!("{base}streams"))
+                        .arg(event.stream_id.as_str())
+                        .arg(event.stream_version)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut connection).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    delete_prefix(&bench.read_model_url, &prefix).await?;
+    Ok(seconds)
+}
+
+/// Deletes every key of a bench prefix.
+pub(crate) async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}

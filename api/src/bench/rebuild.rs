@@ -1,0 +1,143 @@
+//! `strata bench rebuild`: the `orders` projection rebuilt from a scratch log
+//! of `events` sample events (PostgreSQL or SQLite) into a fresh Redis key
+//! prefix: seconds, events/s, and the process's resident memory before and at
+//! its peak during the rebuild (sampled every 50 ms), to show it is streamed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{json, Value};
+use strata_projections::orders::sample::Sample;
+use strata_projections::orders::OrdersProjection;
+use strata_projections::{rebuild as rebuild_projection, ReadModelSink, RebuildConfig, RedisSink, RedisSinkConfig};
+use strata_store::{EventReader, StreamAppend};
+use uuid::Uuid;
+
+use super::project::{delete_prefix, sample_config};
+use super::{machine, median, open_scratch, round, Scratch};
+use crate::progress::Progress;
+
+/// Parameters of `bench rebuild`.
+#[derive(Debug, Clone)]
+pub struct RebuildBench {
+    /// Where the scratch log is created (`postgres://…` or `sqlite://…`).
+    pub event_store_url: String,
+    /// `redis://…`
+    pub read_model_url: String,
+    /// Sample events in the scratch log.
+    pub events: usize,
+    /// Events read per batch.
+    pub batch_size: usize,
+    /// Runs.
+    pub runs: usize,
+}
+
+/// Runs `bench rebuild` and returns its JSON result.
+pub async fn rebuild(bench: &RebuildBench) -> anyhow::Result<Value> {
+    if !bench.read_model_url.starts_with("redis://") {
+        bail!("bench rebuild needs STRATA_READ_MODEL=redis://HOST:6379");
+    }
+    if bench.events == 0 || bench.batch_size == 0 || bench.runs == 0 {
+        bail!("--events, --batch-size and --runs must be at least 1");
+    }
+    let scratch = Scratch::create(&bench.event_store_url).await?;
+    let result = run_all(bench, &scratch).await;
+    scratch.remove().await?;
+    result
+}
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Value> {
+    let (store, backend) = open_scratch(scratch, 8).await?;
+    // Fill in log order, one request at a time (per-stream order must hold).
+    let mut progress = Progress::new("filling the log", "events", bench.events as u64);
+    let mut request: Vec<StreamAppend> = Vec::new();
+    let mut streams = std::collections::HashSet::new();
+    let mut written = 0u64;
+    for append in Sample::new(sample_config(bench.events)).take(bench.events) {
+        if request.len() >= 1000 || streams.contains(&append.stream_id) {
+            written += request.len() as u64;
+            store.append(std::mem::take(&mut request)).await?;
+            streams.clear();
+            progress.set(written, bench.events as u64);
+        }
+        streams.insert(append.stream_id.clone());
+        request.push(append);
+    }
+    if !request.is_empty() {
+        store.append(request).await?;
+    }
+    progress.finish();
+    let reader: Arc<dyn EventReader> = store.clone();
+
+    let mut seconds = Vec::new();
+    let mut peaks = Vec::new();
+    let mut before = Vec::new();
+    for run in 0..bench.runs {
+        let prefix = format!("bench_{}", Uuid::new_v4().simple());
+        let config = RedisSinkConfig {
+            key_prefix: prefix.clone(),
+            ..RedisSinkConfig::new(bench.read_model_url.clone())
+        };
+        let sink: Arc<dyn ReadModelSink> = Arc::new(RedisSink::connect(config).await?);
+        let start_rss = resident_bytes();
+        let peak = Arc::new(AtomicU64::new(start_rss));
+        let sampler = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(resident_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let config = RebuildConfig {
+            batch_size: bench.batch_size,
+            ..RebuildConfig::default()
+        };
+        let mut progress = Progress::new("rebuild", "positions", 0);
+        let report = rebuild_projection(Arc::new(OrdersProjection), sink, reader.clone(), config, &mut |p| progress.set(p.position.0, p.head.0))
+            .await?;
+        progress.finish();
+        sampler.abort();
+        if report.events != bench.events as u64 {
+            bail!("the rebuild read {} of {} events", report.events, bench.events);
+        }
+        let peak = peak.load(Ordering::Relaxed).max(resident_bytes());
+        eprintln!(
+            "run {}: {:.2} s, {:.0} events/s, resident {:.0} MB before, {:.0} MB at peak",
+            run + 1,
+            report.seconds,
+            report.events as f64 / report.seconds,
+            start_rss as f64 / 1e6,
+            peak as f64 / 1e6
+        );
+        seconds.push(report.seconds);
+        peaks.push(peak as f64 / 1e6);
+        before.push(start_rss as f64 / 1e6);
+        delete_prefix(&bench.read_model_url, &prefix).await?;
+    }
+    let median_seconds = median(seconds);
+    Ok(json!({
+        "bench": "rebuild",
+        "backend": backend,
+        "read_model": "redis",
+        "projection": "orders",
+        "events": bench.events,
+        "batch_size": bench.batch_size,
+        "runs": bench.runs,
+        "seconds": round(median_seconds, 2),
+        "events_per_s": round(bench.events as f64 / median_seconds.max(1e-9), 0),
+        "rss_before_mb": round(median(before), 0),
+        "rss_peak_mb": round(median(peaks), 0),
+        "machine": machine(),
+    }))
+}

@@ -1,0 +1,150 @@
+//! `strata projections list|status|rebuild|pause|resume`: operating the read
+//! models of `STRATA_READ_MODEL` against the log of `STRATA_EVENT_STORE`.
+//! Pause and resume reach every worker (the flag lives in the read-model
+//! store); rebuild runs here, beside the live workers, and switches readers
+//! when it is whole.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use serde_json::{json, Value};
+use strata_projections::sink::{MetaField, Target};
+use strata_projections::{orders, rebuild, Projection, ReadModelSink, RebuildConfig};
+use strata_store::EventReader;
+
+use crate::progress::Progress;
+
+/// The projection called `name`, or an error listing the known ones.
+pub fn find(name: &str) -> anyhow::Result<Arc<dyn Projection>> {
+    let all = orders::projections();
+    let known: Vec<String> = all.iter().map(|p| p.name().to_owned()).collect();
+    match all.into_iter().find(|p| p.name() == name) {
+        Some(projection) => Ok(projection),
+        None => bail!("unknown projection {name:?}; known: {}", known.join(", ")),
+    }
+}
+
+/// State, position, lag, rate, last error and parked events of one projection.
+pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection: &dyn Projection) -> anyhow::Result<Value> {
+    let name = projection.name();
+    let meta = sink.meta(name).await?;
+    let head = log.head_position().await?.0;
+    let live = sink.live_generation(name).await?;
+    let (position, events, dead_letters, parked) = match live {
+        Some(generation) => {
+            let target = Target {
+                projection: name.to_owned(),
+                generation,
+            };
+            let stats = sink.stats(&target).await?;
+            let parked = sink.dead_letters(&target, 20).await?;
+            (stats.position.0, stats.events, stats.dead_letters, parked)
+        }
+        None => (0, 0, 0, Vec::new()),
+    };
+    let state = match (&meta.state, meta.paused, live) {
+        (_, true, _) => "paused".to_owned(),
+        (_, _, None) => "not built".to_owned(),
+        (Some(state), _, _) => state.clone(),
+        (None, _, _) => "idle".to_owned(),
+    };
+    Ok(json!({
+        "name": name,
+        "version": projection.version(),
+        "state": state,
+        "paused": meta.paused,
+        "generation": live,
+        "rebuilding": meta.rebuilding,
+        "position": position,
+        "head": head,
+        "lag": head.saturating_sub(position),
+        "events": events,
+        "rate_per_s": meta.rate,
+        "last_error": meta.last_error,
+        "dead_letters": dead_letters,
+        "parked": parked,
+    }))
+}
+
+/// Prints one line per projection (or JSON).
+pub async fn list(sink: &dyn ReadModelSink, log: &dyn EventReader, as_json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for projection in orders::projections() {
+        rows.push(status(sink, log, projection.as_ref()).await?);
+    }
+    if as_json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    println!("{:<12} {:>7} {:<10} {:>10} {:>10} {:>12}", "NAME", "VERSION", "STATE", "POSITION", "LAG", "DEAD LETTERS");
+    for row in rows {
+        println!(
+            "{:<12} {:>7} {:<10} {:>10} {:>10} {:>12}",
+            row["name"].as_str().unwrap_or_default(),
+            row["version"],
+            row["state"].as_str().unwrap_or_default(),
+            row["position"],
+            row["lag"],
+            row["dead_letters"],
+        );
+    }
+    Ok(())
+}
+
+/// Prints a projection's status (or JSON).
+pub async fn print_status(sink: &dyn ReadModelSink, log: &dyn EventReader, name: &str, as_json: bool) -> anyhow::Result<()> {
+    let status = status(sink, log, find(name)?.as_ref()).await?;
+    if as_json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    for key in ["name", "version", "state", "generation", "rebuilding", "position", "head", "lag", "events", "rate_per_s", "last_error", "dead_letters"] {
+        let value = &status[key];
+        let text = match value {
+            Value::String(text) => text.clone(),
+            Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        };
+        println!("{key:<13} {text}");
+    }
+    for letter in status["parked"].as_array().into_iter().flatten() {
+        println!(
+            "parked        {} v{} {} ({}): {}",
+            letter["streamId"].as_str().unwrap_or_default(),
+            letter["streamVersion"],
+            letter["eventType"].as_str().unwrap_or_default(),
+            letter["eventId"].as_str().unwrap_or_default(),
+            letter["reason"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// Rebuilds `name` with a progress bar; prints the report as JSON.
+pub async fn rebuild_one(sink: Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>, name: &str, batch_size: usize) -> anyhow::Result<Value> {
+    let projection = find(name)?;
+    let head = log.head_position().await?.0;
+    let mut progress = Progress::new("rebuild", "positions", head);
+    let config = RebuildConfig {
+        batch_size,
+        ..RebuildConfig::default()
+    };
+    let report = rebuild(projection, sink, log, config, &mut |p| progress.set(p.position.0, p.head.0.max(head))).await?;
+    progress.finish();
+    Ok(json!({
+        "projection": name,
+        "generation": report.generation,
+        "previous": report.previous,
+        "events": report.events,
+        "dead_letters": report.dead_letters,
+        "seconds": report.seconds,
+        "events_per_s": (report.events as f64 / report.seconds.max(1e-9)).round(),
+    }))
+}
+
+/// Pauses or resumes every worker of `name`.
+pub async fn set_paused(sink: &dyn ReadModelSink, name: &str, paused: bool) -> anyhow::Result<()> {
+    find(name)?;
+    sink.set_meta(name, MetaField::Paused, paused.then(|| "1".to_owned())).await?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The roles of a process (DESIGN §3, §8) and their backends: the bus from
+//! `STRATA_BUS`, the read models from `STRATA_READ_MODEL`, then the relay
+//! (under a lease, so one is active among replicas) and one projection runner
+//! per projection. The api role is served by `main`.
+//!
+//! A projection without a live generation (always the case for in-memory read
+//! models, and for a fresh Redis) is first built from the log, then follows
+//! the bus; the stream guards make the overlap between the two harmless.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use strata_projections::{orders, rebuild, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
+use strata_store::bus::{MemoryBus, Publisher, Subscriber};
+use strata_store::relay::{Relay, RelayConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::EventStoreBackend;
+use crate::config::Settings;
+
+/// Both ends of the bus.
+pub struct Bus {
+    /// For the relay.
+    pub publisher: Arc<dyn Publisher>,
+    /// For projections and sagas.
+    pub subscriber: Arc<dyn Subscriber>,
+}
+
+/// Connects to the bus `STRATA_BUS` names.
+pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
+    if url == "memory" {
+        let bus = Arc::new(MemoryBus::new());
+        return Ok(Bus {
+            publisher: bus.clone(),
+            subscriber: bus,
+        });
+    }
+    #[cfg(feature = "nats")]
+    if url.starts_with("nats://") {
+        use strata_store::bus::{JetStreamBus, JetStreamConfig};
+        let bus = Arc::new(
+            JetStreamBus::connect(JetStreamConfig::new(url))
+                .await
+                .with_context(|| format!("connecting to NATS JetStream at {url}"))?,
+        );
+        return Ok(Bus {
+            publisher: bus.clone(),
+            subscriber: bus,
+        });
+    }
+    bail!("STRATA_BUS: unsupported bus {url:?}; expected memory or nats://HOST:4222")
+}
+
+/// Connects to the read models `STRATA_READ_MODEL` names.
+pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>> {
+    if url == "memory" {
+        return Ok(Arc::new(strata_projections::MemorySink::new()));
+    }
+    #[cfg(feature = "redis")]
+    if url.starts_with("redis://") {
+        let sink = strata_projections::RedisSink::connect(strata_projections::RedisSinkConfig::new(url))
+            .await
+            .with_context(|| format!("connecting to Redis at {url}"))?;
+        return Ok(Arc::new(sink));
+    }
+    bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory or redis://HOST:6379")
+}
+
+/// The running workers of a process.
+pub struct Workers {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Workers {
+    /// Starts the relay and projector roles that `settings` asks for.
+    pub async fn start(settings: &Settings, backend: &EventStoreBackend, bus: Option<&Bus>, read_model: Option<Arc<dyn ReadModelSink>>) -> anyhow::Result<Self> {
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if settings.roles.projector {
+            let (Some(bus), Some(sink)) = (bus, read_model) else {
+                bail!("the projector role needs a bus and a read model");
+            };
+            for projection in orders::projections() {
+                let name = projection.name().to_owned();
+                if sink.live_generation(&name).await?.is_none() {
+                    let report = rebuild(projection.clone(), sink.clone(), backend.reader(), RebuildConfig::default(), &mut |_| {})
+                        .await
+                        .with_context(|| format!("building read model {name} from the log"))?;
+                    tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
+                }
+                let runner = ProjectionRunner::new(projection, sink.clone(), backend.reader(), RunnerConfig::default());
+                let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
+                let task = tokio::spawn(async move { runner.run(subscriber, stop).await.map_err(anyhow::Error::from) });
+                tasks.push((format!("projection {name}"), task));
+            }
+        }
+        if settings.roles.relay {
+            let Some(bus) = bus else { bail!("the relay role needs a bus") };
+            let relay = Relay::new(backend.reader(), backend.checkpoints(), bus.publisher.clone(), RelayConfig::default());
+            let lease = backend.lease(&settings.event_store)?;
+            let mut stop = stop.clone();
+            let task = tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                relay.run_while_leader(lease.as_ref(), shutdown).await.map_err(anyhow::Error::from)
+            });
+            tasks.push(("relay".to_owned(), task));
+        }
+        if settings.roles.saga || settings.roles.services {
+            tracing::debug!("saga and services roles have nothing to run yet");
+        }
+        Ok(Self { shutdown, tasks })
+    }
+
+    /// Resolves when a worker ends on its own (an error, or a projection
+    /// stopped on a poison event); returns its name and result.
+    pub async fn first_exit(&mut self) -> (String, anyhow::Result<()>) {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let handles = self.tasks.iter_mut().map(|(_, task)| task);
+        let (result, index, _) = futures_util::future::select_all(handles).await;
+        let (name, _) = self.tasks.remove(index);
+        let result = result.unwrap_or_else(|join| Err(anyhow::anyhow!("worker panicked: {join}")));
+        (name, result)
+    }
+
+    /// Asks every worker to stop and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for (name, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(worker = %name, "stopped with an error: {error:#}"),
+                Err(join) => tracing::warn!(worker = %name, "panicked: {join}"),
+            }
+        }
+    }
+}
