@@ -27,7 +27,26 @@ pub struct Bus {
     pub subscriber: Arc<dyn Subscriber>,
 }
 
-/// Connects to the bus `STRATA_BUS` names.
+/// Splits `url?a=1&b=2` into the URL and its parameters, refusing any not in
+/// `known` (Strata's own options, removed before the client sees the URL).
+fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(&'a str, Vec<(&'a str, &'a str)>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url, Vec::new()));
+    };
+    let mut pairs = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&key) {
+            bail!("{variable}: unknown option {key:?} in {url:?}; known: {}", known.join(", "));
+        }
+        pairs.push((key, value));
+    }
+    Ok((base, pairs))
+}
+
+/// Connects to the bus `STRATA_BUS` names. `nats://HOST:4222` may carry
+/// `?stream=NAME&subject_prefix=PREFIX` (default `STRATA` and `strata`), so
+/// several deployments (or tests) can share one NATS.
 pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     if url == "memory" {
         let bus = Arc::new(MemoryBus::new());
@@ -39,8 +58,16 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     #[cfg(feature = "nats")]
     if url.starts_with("nats://") {
         use strata_store::bus::{JetStreamBus, JetStreamConfig};
+        let (base, pairs) = options("STRATA_BUS", url, &["stream", "subject_prefix"])?;
+        let mut config = JetStreamConfig::new(base);
+        for (key, value) in pairs {
+            match key {
+                "stream" => config.stream_name = value.to_owned(),
+                _ => config.subject_prefix = value.to_owned(),
+            }
+        }
         let bus = Arc::new(
-            JetStreamBus::connect(JetStreamConfig::new(url))
+            JetStreamBus::connect(config)
                 .await
                 .with_context(|| format!("connecting to NATS JetStream at {url}"))?,
         );
@@ -52,14 +79,20 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     bail!("STRATA_BUS: unsupported bus {url:?}; expected memory or nats://HOST:4222")
 }
 
-/// Connects to the read models `STRATA_READ_MODEL` names.
+/// Connects to the read models `STRATA_READ_MODEL` names. `redis://…` may
+/// carry `?key_prefix=PREFIX` (default `strata`).
 pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>> {
     if url == "memory" {
         return Ok(Arc::new(strata_projections::MemorySink::new()));
     }
     #[cfg(feature = "redis")]
     if url.starts_with("redis://") {
-        let sink = strata_projections::RedisSink::connect(strata_projections::RedisSinkConfig::new(url))
+        let (base, pairs) = options("STRATA_READ_MODEL", url, &["key_prefix"])?;
+        let mut config = strata_projections::RedisSinkConfig::new(base);
+        if let Some((_, prefix)) = pairs.first() {
+            config.key_prefix = (*prefix).to_owned();
+        }
+        let sink = strata_projections::RedisSink::connect(config)
             .await
             .with_context(|| format!("connecting to Redis at {url}"))?;
         return Ok(Arc::new(sink));

@@ -176,3 +176,96 @@ fn an_unknown_bus_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("STRATA_BUS") && stderr.contains("nats://"), "{stderr}");
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_commands_rebuild_pause_resume_and_report_status() {
+    use strata_projections::orders::sample::{requests, sample, SampleConfig};
+    use strata_projections::{RedisSink, RedisSinkConfig};
+
+    let redis = strata_store::testkit::service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let prefix = format!("test_{}", Uuid::new_v4().simple());
+    if let Err(err) = RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
+        return strata_store::testkit::report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
+    }
+    let scratch = scratch_sqlite();
+    run_ok(strata().args(["migrate", "--event-store", &scratch.url]));
+    let backend = EventStoreBackend::open(&scratch.url, registry().unwrap()).await.unwrap();
+    for request in requests(sample(SampleConfig { orders: 30, ..SampleConfig::default() }), 50) {
+        backend.store().append(request).await.unwrap();
+    }
+    let head = backend.store().head_position().await.unwrap().0;
+    let read_model = format!("{redis}?key_prefix={prefix}");
+    let cli = |args: &[&str]| {
+        let mut command = strata();
+        command.env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_READ_MODEL", &read_model).args(args);
+        command
+    };
+    let json = |args: &[&str]| -> Value { serde_json::from_slice(&run_ok(&mut cli(args)).stdout).unwrap() };
+
+    let listed = json(&["projections", "list", "--json"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["orders", "stock"]);
+    assert_eq!(listed[0]["state"], "not built");
+    assert_eq!(listed[0]["lag"], head);
+
+    let report = json(&["projections", "rebuild", "orders", "--batch-size", "40"]);
+    assert_eq!(report["events"], head, "{report}");
+    let status = json(&["projections", "status", "orders", "--json"]);
+    assert_eq!((status["generation"].clone(), status["position"].clone(), status["lag"].clone()), (report["generation"].clone(), json!(head), json!(0)));
+    assert_eq!(status["dead_letters"], 0);
+
+    run_ok(&mut cli(&["projections", "pause", "orders"]));
+    assert_eq!(json(&["projections", "status", "orders", "--json"])["state"], "paused");
+    run_ok(&mut cli(&["projections", "resume", "orders"]));
+    assert_eq!(json(&["projections", "status", "orders", "--json"])["paused"], false);
+
+    let again = json(&["projections", "rebuild", "orders"]);
+    assert_eq!(again["previous"], report["generation"]);
+    let human = String::from_utf8(run_ok(&mut cli(&["projections", "status", "orders"])).stdout).unwrap();
+    assert!(human.contains(&format!("generation    {}", again["generation"])), "{human}");
+
+    let output = cli(&["projections", "rebuild", "nope"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown projection \"nope\"") && stderr.contains("orders, stock"), "{stderr}");
+    let output = cli(&["projections", "list", "--read-model", &format!("{redis}?prefix=x")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown option \"prefix\""));
+
+    let mut connection = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut connection).await.unwrap();
+    redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.unwrap();
+}
+
+#[test]
+fn splitting_roles_over_an_in_process_bus_is_a_clear_error() {
+    let scratch = scratch_sqlite();
+    let output = strata().env("STRATA_EVENT_STORE", &scratch.url).args(["serve", "--roles", "relay"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("STRATA_BUS=memory"), "{stderr}");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_project_and_rebuild_print_rates_next_to_their_baselines() {
+    let redis = strata_store::testkit::service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    if let Err(err) = tokio::net::TcpStream::connect(redis.trim_start_matches("redis://")).await {
+        return strata_store::testkit::report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
+    }
+    let output = run_ok(strata().env("STRATA_READ_MODEL", &redis).args(["bench", "project", "--events", "3000", "--runs", "2"]));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((result["bench"].as_str(), result["events"].as_u64()), (Some("project"), Some(3000)));
+    assert!(result["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["baseline"]["events_per_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["ratio"].as_f64().unwrap() > 0.0, "{result}");
+
+    let scratch = scratch_sqlite();
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_READ_MODEL", &redis).args([
+        "bench", "rebuild", "--events", "3000", "--batch-size", "700",
+    ]));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((result["bench"].as_str(), result["events"].as_u64()), (Some("rebuild"), Some(3000)));
+    assert!(result["seconds"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["rss_peak_mb"].as_f64().unwrap() >= result["rss_before_mb"].as_f64().unwrap(), "{result}");
+}

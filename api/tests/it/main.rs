@@ -5,4 +5,6 @@
 
 mod cli;
 mod http;
+#[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
+mod kill;
 mod support;

@@ -24,7 +24,10 @@ pub async fn get(address: SocketAddr, path: &str) -> (u16, String) {
 
 pub fn strata() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-    command.env_remove("STRATA_EVENT_STORE").env_remove("STRATA_LISTEN").env_remove("STRATA_BUS").env("RUST_LOG", "warn");
+    command.env_remove("STRATA_EVENT_STORE").env_remove("STRATA_LISTEN").env_remove("STRATA_BUS")
+        .env_remove("STRATA_READ_MODEL")
+        .env_remove("STRATA_ROLES")
+        .env("RUST_LOG", "warn");
     command
 }
 

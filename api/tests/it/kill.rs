@@ -1,0 +1,198 @@
+//! Kill tests with the real binary: a relay process and a projector process
+//! (PostgreSQL → JetStream → Redis) are SIGKILLed at seeded random moments
+//! while a writer appends several thousand events; after the last restart the
+//! Redis read models must equal models rebuilt from the log from scratch.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strata_projections::orders::sample::{requests, sample, SampleConfig};
+use strata_projections::sink::{Dump, Target};
+use strata_projections::{orders, MemorySink, ReadModelSink, RedisSink, RedisSinkConfig};
+use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::{EventReader, EventStore, PostgresConfig, PostgresEventStore};
+use uuid::Uuid;
+
+use crate::support::TestDatabase;
+
+struct Role {
+    name: &'static str,
+    env: Vec<(&'static str, String)>,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Role {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .arg("serve")
+            .env_remove("STRATA_LISTEN")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("STRATA_ROLES", self.name)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("start strata"));
+        self.starts += 1;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
+            child.wait().unwrap();
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn redis_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
+    let generation = sink.live_generation(projection).await.ok()??;
+    sink.dump(&Target {
+        projection: projection.to_owned(),
+        generation,
+    })
+    .await
+    .ok()
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles_nothing() {
+    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let Some(database) = TestDatabase::create().await else { return };
+    let id = Uuid::new_v4().simple().to_string();
+    let prefix = format!("test_{id}");
+    let sink = match RedisSink::connect(RedisSinkConfig {
+        key_prefix: prefix.clone(),
+        ..RedisSinkConfig::new(redis.clone())
+    })
+    .await
+    {
+        Ok(sink) => Arc::new(sink),
+        Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
+    };
+    if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
+        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+    }
+    let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
+    let store = PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap();
+    store.migrate().await.unwrap();
+
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("STRATA_EVENT_STORE", database.url.clone()),
+        ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
+        ("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}")),
+    ];
+    let mut roles = [
+        Role { name: "relay", env: env.clone(), log: dir.path().join("relay.log"), child: None, starts: 0 },
+        Role { name: "projector", env, log: dir.path().join("projector.log"), child: None, starts: 0 },
+    ];
+    for role in &mut roles {
+        role.start();
+    }
+
+    // The writer: several thousand events, a request at a time.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let traffic = sample(SampleConfig { seed, orders: 450, ..SampleConfig::default() });
+            let n = traffic.len();
+            for request in requests(traffic, 20) {
+                store.append(request).await.expect("append");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            n
+        })
+    };
+    let mut kills = 0;
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        let which = rng.random_range(0..2);
+        let role = &mut roles[which];
+        assert!(role.alive(), "{} died on its own:\n{}", role.name, tail(&role.log));
+        role.kill();
+        kills += 1;
+        if rng.random_bool(0.5) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        }
+        role.start();
+    }
+    let events = writer.await.unwrap();
+    assert!(events >= 3000, "only {events} events");
+    assert!(kills >= 4, "only {kills} kills (seed {seed})");
+    println!("{events} events, {kills} kills, starts: relay {} projector {}", roles[0].starts, roles[1].starts);
+
+    // Every read model equals a fresh rebuild from the log.
+    let log: Arc<dyn EventReader> = Arc::new(store.clone());
+    for projection in orders::projections() {
+        let fresh: Arc<dyn ReadModelSink> = Arc::new(MemorySink::new());
+        strata_projections::rebuild(projection.clone(), fresh.clone(), log.clone(), Default::default(), &mut |_| {})
+            .await
+            .unwrap();
+        let expected = redis_dump(&*fresh, projection.name()).await.unwrap();
+        assert!(!expected.documents.is_empty());
+        let name = projection.name().to_owned();
+        let sink = sink.clone();
+        let logs = (roles[0].log.clone(), roles[1].log.clone());
+        wait_until(Duration::from_secs(90), move || {
+            let (sink, expected, name) = (sink.clone(), expected.clone(), name.clone());
+            async move {
+                match redis_dump(&*sink, &name).await {
+                    Some(live) if live == expected => Ok(()),
+                    Some(live) => Err(format!(
+                        "{name}: {} of {} documents, {} of {} streams (seed {seed})",
+                        live.documents.len(),
+                        expected.documents.len(),
+                        live.stream_versions.len(),
+                        expected.stream_versions.len()
+                    )),
+                    None => Err(format!("{name}: no live generation (seed {seed})")),
+                }
+            }
+        })
+        .await;
+        let _ = logs;
+    }
+    for role in &mut roles {
+        assert!(role.alive(), "{} died on its own:\n{}", role.name, tail(&role.log));
+        role.kill();
+    }
+
+    // Clean up what the test made.
+    let client = async_nats::connect(&nats).await.unwrap();
+    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
+    let mut connection = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut connection).await.unwrap();
+    if !keys.is_empty() {
+        redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.unwrap();
+    }
+    database.drop_database().await;
+}
