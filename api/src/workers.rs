@@ -118,10 +118,16 @@ impl Workers {
             for projection in orders::projections() {
                 let name = projection.name().to_owned();
                 if sink.live_generation(&name).await?.is_none() {
-                    let report = rebuild(projection.clone(), sink.clone(), backend.reader(), RebuildConfig::default(), &mut |_| {})
-                        .await
-                        .with_context(|| format!("building read model {name} from the log"))?;
-                    tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
+                    match rebuild(projection.clone(), sink.clone(), backend.reader(), RebuildConfig::default(), &mut |_| {}).await {
+                        Ok(report) => {
+                            tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
+                        }
+                        // Another replica starting at the same time built it.
+                        Err(error) if sink.live_generation(&name).await?.is_some() => {
+                            tracing::info!(projection = %name, %error, "another worker built the read model first");
+                        }
+                        Err(error) => return Err(error).with_context(|| format!("building read model {name} from the log")),
+                    }
                 }
                 let runner = ProjectionRunner::new(projection, sink.clone(), backend.reader(), RunnerConfig::default());
                 let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());

@@ -86,9 +86,9 @@ pub(crate) struct Plan {
 pub(crate) struct Carry {
     streams: HashMap<String, (u64, Option<u64>)>,
     documents: HashMap<String, Option<Document>>,
-    /// Some writes went to documents the batch never loaded: the next batch
-    /// must read them from the sink, after this one is committed.
-    pub(crate) unsettled: bool,
+    /// Writes to documents the batch never loaded: the next batch applies
+    /// them over what it loads from the sink, which may not hold them yet.
+    pending: HashMap<String, Vec<Write>>,
 }
 
 pub(crate) struct Planner<'a> {
@@ -166,7 +166,10 @@ impl Planner<'_> {
                 let parked_from = loaded.parked_from.get(i).copied().flatten();
                 work.streams.insert(stream.clone(), StreamState { expected: version, reached: version, parked_from });
             }
-            for (key, document) in keys.into_iter().zip(loaded.documents) {
+            for (key, mut document) in keys.into_iter().zip(loaded.documents) {
+                for write in carry.and_then(|c| c.pending.get(&key)).into_iter().flatten() {
+                    apply_to_document(&mut document, &key, write);
+                }
                 work.documents.insert(key, document);
             }
         }
@@ -201,7 +204,7 @@ impl Planner<'_> {
         }
         work.batch.guards.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
         carry.documents = work.documents;
-        carry.unsettled = !work.pending.is_empty();
+        carry.pending = work.pending;
         Ok(Plan {
             batch: work.batch,
             covered,
@@ -317,13 +320,13 @@ impl Planner<'_> {
         }
         let mut document = match work.carry.and_then(|c| c.documents.get(key)) {
             Some(document) => document.clone(),
-            None => self
-                .sink
-                .load(&work.target, &[], &[key.to_owned()])
-                .await?
-                .documents
-                .pop()
-                .flatten(),
+            None => {
+                let mut document = self.sink.load(&work.target, &[], &[key.to_owned()]).await?.documents.pop().flatten();
+                for write in work.carry.and_then(|c| c.pending.get(key)).into_iter().flatten() {
+                    apply_to_document(&mut document, key, write);
+                }
+                document
+            }
         };
         for write in work.pending.remove(key).unwrap_or_default() {
             apply_to_document(&mut document, key, &write);

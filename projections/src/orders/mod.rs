@@ -137,9 +137,11 @@ impl Projection for OrdersProjection {
     }
 
     fn document_key(&self, event: &RecordedEvent) -> Option<String> {
-        match event.stream_id.category() {
-            "order" | "payment" | "shipment" => Some(format!("order:{}", event.stream_id.id())),
-            _ => event.payload.get("orderId").and_then(Value::as_str).map(|id| format!("order:{id}")),
+        // Only status changes read the view (its `order` field); every other
+        // event writes fields of its own without reading.
+        match event.event_type.as_str() {
+            "OrderConfirmed" | "OrderShipped" | "OrderCancelled" => Some(format!("order:{}", event.stream_id.id())),
+            _ => None,
         }
     }
 
@@ -173,11 +175,11 @@ impl Projection for OrdersProjection {
                 writes
             }
             "OrderConfirmed" => {
-                let key = self.document_key(event).unwrap_or_default();
+                let key = format!("order:{}", event.stream_id.id());
                 Self::transition(&key, document, event, "CONFIRMED", &[])?
             }
             "OrderShipped" => {
-                let key = self.document_key(event).unwrap_or_default();
+                let key = format!("order:{}", event.stream_id.id());
                 Self::transition(&key, document, event, "SHIPPED", &[])?
             }
             "OrderCancelled" => {

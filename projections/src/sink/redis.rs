@@ -92,16 +92,29 @@ local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 local streams = base .. 'streams'
 local first = i
-for _ = 1, n do
-  local actual = tonumber(redis.call('HGET', streams, ARGV[i]) or '0')
-  if actual ~= tonumber(ARGV[i + 1]) then return {0, ARGV[i], actual} end
-  i = i + 3
+-- Guards in chunks: one HMGET and one HSET per chunk, not two calls per stream.
+local chunk = 500
+for start = 0, n - 1, chunk do
+  local count = math.min(chunk, n - start)
+  local names = {}
+  for k = 1, count do names[k] = ARGV[first + (start + k - 1) * 3] end
+  local actual = redis.call('HMGET', streams, unpack(names))
+  for k = 1, count do
+    local a = tonumber(actual[k] or '0')
+    if a ~= tonumber(ARGV[first + (start + k - 1) * 3 + 1]) then return {0, names[k], a} end
+  end
 end
-i = first
-for _ = 1, n do
-  redis.call('HSET', streams, ARGV[i], ARGV[i + 2])
-  i = i + 3
+for start = 0, n - 1, chunk do
+  local count = math.min(chunk, n - start)
+  local pairs = {}
+  for k = 1, count do
+    local at = first + (start + k - 1) * 3
+    pairs[2 * k - 1] = ARGV[at]
+    pairs[2 * k] = ARGV[at + 2]
+  end
+  redis.call('HSET', streams, unpack(pairs))
 end
+i = first + n * 3
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   local op = ARGV[i]
