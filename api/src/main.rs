@@ -15,6 +15,9 @@ use strata_api::projections;
 use strata_api::workers::{open_bus, open_read_model, Workers};
 use strata_store::StreamId;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "Event-sourced CQRS backend")]
 struct Cli {

@@ -203,6 +203,7 @@ impl Planner<'_> {
             }
         }
         work.batch.guards.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        work.batch.writes = coalesce(std::mem::take(&mut work.batch.writes));
         carry.documents = work.documents;
         carry.pending = work.pending;
         Ok(Plan {
@@ -351,6 +352,85 @@ impl Planner<'_> {
     }
 }
 
+/// The same final state with fewer writes: a batch commits atomically, so
+/// only the last value of a field, the largest of a `SetMax`, and the last
+/// add or remove of an index member matter. Order is kept where it matters:
+/// per document field, and a document delete before the fields set after it.
+pub(crate) fn coalesce(writes: Vec<Write>) -> Vec<Write> {
+    #[derive(Default)]
+    struct Doc {
+        deleted: bool,
+        fields: Vec<(String, Vec<Write>)>,
+    }
+    let mut order: Vec<Slot> = Vec::new();
+    let mut docs: HashMap<String, Doc> = HashMap::new();
+    let mut members: HashMap<(String, String), usize> = HashMap::new();
+    enum Slot {
+        Doc(String),
+        Index(Option<Write>),
+    }
+    for write in writes {
+        match &write {
+            Write::SetField { key, field, .. } | Write::SetMax { key, field, .. } => {
+                let doc = docs.entry(key.clone()).or_insert_with(|| {
+                    order.push(Slot::Doc(key.clone()));
+                    Doc::default()
+                });
+                let slot = match doc.fields.iter().position(|(f, _)| f == field) {
+                    Some(slot) => slot,
+                    None => {
+                        doc.fields.push((field.clone(), Vec::new()));
+                        doc.fields.len() - 1
+                    }
+                };
+                let ops = &mut doc.fields[slot].1;
+                match (&write, ops.last_mut()) {
+                    (Write::SetField { .. }, _) => {
+                        ops.clear();
+                        ops.push(write);
+                    }
+                    (Write::SetMax { value, .. }, Some(Write::SetMax { value: last, .. })) => *last = (*last).max(*value),
+                    _ => ops.push(write),
+                }
+            }
+            Write::DeleteDocument { key } => {
+                let doc = docs.entry(key.clone()).or_insert_with(|| {
+                    order.push(Slot::Doc(key.clone()));
+                    Doc::default()
+                });
+                doc.deleted = true;
+                doc.fields.clear();
+            }
+            Write::IndexAdd { index, member, .. } | Write::IndexRemove { index, member } => {
+                let id = (index.clone(), member.clone());
+                match members.get(&id) {
+                    Some(&slot) => order[slot] = Slot::Index(Some(write)),
+                    None => {
+                        members.insert(id, order.len());
+                        order.push(Slot::Index(Some(write)));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for slot in order {
+        match slot {
+            Slot::Index(Some(write)) => out.push(write),
+            Slot::Index(None) => {}
+            Slot::Doc(key) => {
+                if let Some(doc) = docs.remove(&key) {
+                    if doc.deleted {
+                        out.push(Write::DeleteDocument { key });
+                    }
+                    out.extend(doc.fields.into_iter().flat_map(|(_, ops)| ops));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn count(work: &mut Work<'_>, event: &RecordedEvent) {
     work.batch.events += 1;
     work.batch.position = work.batch.position.max(event.position);
@@ -371,4 +451,55 @@ fn dead_letter(event: &RecordedEvent, reason: String, attempts: u32) -> DeadLett
 /// `Position` of the last event of a slice, for progress.
 pub(crate) fn last_position(events: &[RecordedEvent]) -> Position {
     events.iter().map(|e| e.position).max().unwrap_or(Position::START)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn set(key: &str, field: &str, value: i64) -> Write {
+        Write::SetField { key: key.into(), field: field.into(), value: json!(value) }
+    }
+
+    fn max(key: &str, field: &str, value: i64) -> Write {
+        Write::SetMax { key: key.into(), field: field.into(), value }
+    }
+
+    fn add(index: &str, member: &str, score: i64) -> Write {
+        Write::IndexAdd { index: index.into(), score, member: member.into() }
+    }
+
+    fn remove(index: &str, member: &str) -> Write {
+        Write::IndexRemove { index: index.into(), member: member.into() }
+    }
+
+    fn delete(key: &str) -> Write {
+        Write::DeleteDocument { key: key.into() }
+    }
+
+    #[test]
+    fn coalescing_keeps_the_last_field_value_the_largest_max_and_the_last_index_move() {
+        let writes = vec![
+            set("a", "x", 1),
+            add("pending", "a", 5),
+            max("a", "at", 10),
+            set("a", "x", 2),
+            remove("pending", "a"),
+            add("done", "a", 5),
+            max("a", "at", 7),
+            set("b", "y", 1),
+        ];
+        let out = coalesce(writes);
+        assert_eq!(out, vec![set("a", "x", 2), max("a", "at", 10), remove("pending", "a"), add("done", "a", 5), set("b", "y", 1)]);
+    }
+
+    #[test]
+    fn coalescing_keeps_a_delete_before_the_fields_set_after_it_and_drops_those_before() {
+        let out = coalesce(vec![set("a", "x", 1), set("a", "z", 1), delete("a"), set("a", "y", 2)]);
+        assert_eq!(out, vec![delete("a"), set("a", "y", 2)]);
+        let out = coalesce(vec![set("a", "x", 1), max("a", "x", 5)]);
+        assert_eq!(out, vec![set("a", "x", 1), max("a", "x", 5)], "a max after a set stays a max");
+    }
 }

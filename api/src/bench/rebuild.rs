@@ -2,6 +2,8 @@
 //! of `events` sample events (PostgreSQL or SQLite) into a fresh Redis key
 //! prefix: seconds, events/s, and the process's resident memory before and at
 //! its peak during the rebuild (sampled every 50 ms), to show it is streamed.
+//! The baseline is reading the same log alone, in the same batches (the
+//! floor under any rebuild); `ratio` is the rebuild's rate over that.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,7 +83,24 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
     let mut seconds = Vec::new();
     let mut peaks = Vec::new();
     let mut before = Vec::new();
+    let mut reads = Vec::new();
     for run in 0..bench.runs {
+        // The floor: reading (and decoding) the log alone, in the same batches.
+        let started = std::time::Instant::now();
+        let mut after = strata_store::Position::START;
+        let mut read = 0;
+        loop {
+            let batch = reader.read_all(strata_store::ReadAll::after(after, bench.batch_size)).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.position;
+            read += batch.len();
+        }
+        let read_seconds = started.elapsed().as_secs_f64();
+        if read != bench.events {
+            bail!("read {read} of {} events", bench.events);
+        }
+        reads.push(read_seconds);
+
         let prefix = format!("bench_{}", Uuid::new_v4().simple());
         let config = RedisSinkConfig {
             key_prefix: prefix.clone(),
@@ -113,10 +132,11 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         }
         let peak = peak.load(Ordering::Relaxed).max(resident_bytes());
         eprintln!(
-            "run {}: {:.2} s, {:.0} events/s, resident {:.0} MB before, {:.0} MB at peak",
+            "run {}: {:.2} s, {:.0} events/s (reading alone {:.2} s), resident {:.0} MB before, {:.0} MB at peak",
             run + 1,
             report.seconds,
             report.events as f64 / report.seconds,
+            read_seconds,
             start_rss as f64 / 1e6,
             peak as f64 / 1e6
         );
@@ -125,7 +145,9 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         before.push(start_rss as f64 / 1e6);
         delete_prefix(&bench.read_model_url, &prefix).await?;
     }
-    let median_seconds = median(seconds);
+    let median_seconds = median(seconds.clone());
+    let read_seconds = median(reads.clone());
+    let ratio = median(reads.iter().zip(&seconds).map(|(read, rebuild)| read / rebuild).collect());
     Ok(json!({
         "bench": "rebuild",
         "backend": backend,
@@ -138,6 +160,8 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         "events_per_s": round(bench.events as f64 / median_seconds.max(1e-9), 0),
         "rss_before_mb": round(median(before), 0),
         "rss_peak_mb": round(median(peaks), 0),
+        "baseline": { "bench": "read_log", "seconds": round(read_seconds, 2), "events_per_s": round(bench.events as f64 / read_seconds.max(1e-9), 0) },
+        "ratio": round(ratio, 3),
         "machine": machine(),
     }))
 }
