@@ -59,20 +59,29 @@ fn resident_bytes() -> u64 {
 
 async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Value> {
     let (store, backend) = open_scratch(scratch, 8).await?;
-    // Fill in log order, one request at a time (per-stream order must hold).
+    // Fill a request at a time, up to 1 000 events each, one `StreamAppend`
+    // per stream (its events in order): per-stream order holds, streams
+    // interleave per request instead of per event.
     let mut progress = Progress::new("filling the log", "events", bench.events as u64);
     let mut request: Vec<StreamAppend> = Vec::new();
-    let mut streams = std::collections::HashSet::new();
-    let mut written = 0u64;
+    let mut slots: std::collections::HashMap<strata_store::StreamId, usize> = std::collections::HashMap::new();
+    let (mut in_request, mut written) = (0u64, 0u64);
     for append in Sample::new(sample_config(bench.events)).take(bench.events) {
-        if request.len() >= 1000 || streams.contains(&append.stream_id) {
-            written += request.len() as u64;
+        match slots.get(&append.stream_id) {
+            Some(&slot) => request[slot].events.extend(append.events),
+            None => {
+                slots.insert(append.stream_id.clone(), request.len());
+                request.push(append);
+            }
+        }
+        in_request += 1;
+        if in_request >= 1000 {
             store.append(std::mem::take(&mut request)).await?;
-            streams.clear();
+            slots.clear();
+            written += in_request;
+            in_request = 0;
             progress.set(written, bench.events as u64);
         }
-        streams.insert(append.stream_id.clone());
-        request.push(append);
     }
     if !request.is_empty() {
         store.append(request).await?;
