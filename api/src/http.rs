@@ -1,5 +1,6 @@
 //! The HTTP surface for now: `GET /healthz` (the process is up) and
-//! `GET /readyz` (the event store answers). Built by [`router`] so tests call
+//! `GET /readyz` (the event store and, when this process has them, the read
+//! models answer). Built by [`router`] so tests call
 //! it in-process; [`run`] serves it on a listener it is handed until
 //! `shutdown` resolves.
 
@@ -12,6 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use strata_projections::ReadModelSink;
 use strata_store::EventStore;
 use tokio::net::TcpListener;
 
@@ -20,6 +22,8 @@ use tokio::net::TcpListener;
 pub struct AppState {
     /// The event store.
     pub event_store: Arc<dyn EventStore>,
+    /// The read models, when this process serves them.
+    pub read_model: Option<Arc<dyn ReadModelSink>>,
 }
 
 /// The application's routes.
@@ -35,25 +39,37 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
     let backend = state.event_store.backend_name();
     let ping = tokio::time::timeout(Duration::from_secs(2), state.event_store.ping()).await;
-    match ping {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "checks": { "event_store": { "backend": backend, "status": "up" } } })),
-        ),
-        failure => {
-            let cause = match failure {
-                Ok(Err(err)) => err.to_string(),
-                _ => "timed out after 2s".to_owned(),
-            };
-            tracing::warn!(backend, %cause, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "checks": { "event_store": { "backend": backend, "status": "down" } } })),
-            )
-        }
+    ready &= check(&mut checks, "event_store", backend, ping.map(|r| r.map_err(|e| e.to_string())));
+    if let Some(read_model) = &state.read_model {
+        let ping = tokio::time::timeout(Duration::from_secs(2), read_model.ping()).await;
+        ready &= check(&mut checks, "read_model", read_model.backend_name(), ping.map(|r| r.map_err(|e| e.to_string())));
     }
+    let status = if ready { "ready" } else { "unavailable" };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({ "status": status, "checks": checks })))
+}
+
+/// Records one dependency's check; true when it is up.
+fn check(
+    checks: &mut serde_json::Map<String, Value>,
+    name: &str,
+    backend: &str,
+    ping: Result<Result<(), String>, tokio::time::error::Elapsed>,
+) -> bool {
+    let up = matches!(ping, Ok(Ok(())));
+    if !up {
+        let cause = match ping {
+            Ok(Err(err)) => err,
+            _ => "timed out after 2s".to_owned(),
+        };
+        tracing::warn!(dependency = name, backend, %cause, "readiness check failed");
+    }
+    checks.insert(name.to_owned(), json!({ "backend": backend, "status": if up { "up" } else { "down" } }));
+    up
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then

@@ -350,7 +350,10 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
             let address = listener.local_addr()?;
             println!("strata listening on http://{address} (event store: {})", store.backend_name());
             tracing::info!(%address, backend = store.backend_name(), "serving");
-            http::run(listener, AppState { event_store: store.clone() }, shutdown_signal()).await?;
+            http::run(listener, AppState {
+                    event_store: store.clone(),
+                    read_model: read_model.clone(),
+                }, shutdown_signal()).await?;
         } else {
             println!("strata running {:?} (event store: {})", roles, store.backend_name());
             shutdown_signal().await;

@@ -194,6 +194,18 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     for request in requests(sample(SampleConfig { orders: 30, ..SampleConfig::default() }), 50) {
         backend.store().append(request).await.unwrap();
     }
+    // A poison event: a confirmation of an order that was never placed.
+    let broken = Uuid::new_v4();
+    let poison = NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "OrderConfirmed".into(),
+        schema_version: 1,
+        payload: json!({"orderId": broken, "confirmedAt": "2027-01-15T08:00:00Z"}),
+        metadata: EventMetadata::default(),
+    };
+    let broken_stream = StreamId::new("order", broken).unwrap();
+    let append = StreamAppend { stream_id: broken_stream.clone(), expected: ExpectedVersion::NoStream, events: vec![poison] };
+    backend.store().append(vec![append]).await.unwrap();
     let head = backend.store().head_position().await.unwrap().0;
     let read_model = format!("{redis}?key_prefix={prefix}");
     let cli = |args: &[&str]| {
@@ -213,7 +225,9 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     assert_eq!(report["events"], head, "{report}");
     let status = json(&["projections", "status", "orders", "--json"]);
     assert_eq!((status["generation"].clone(), status["position"].clone(), status["lag"].clone()), (report["generation"].clone(), json!(head), json!(0)));
-    assert_eq!(status["dead_letters"], 0);
+    assert_eq!(status["dead_letters"], 1, "{status}");
+    assert_eq!(status["parked"][0]["streamId"], broken_stream.as_str());
+    assert!(status["parked"][0]["reason"].as_str().unwrap().contains("without OrderPlaced"), "{status}");
 
     run_ok(&mut cli(&["projections", "pause", "orders"]));
     assert_eq!(json(&["projections", "status", "orders", "--json"])["state"], "paused");
@@ -224,6 +238,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     assert_eq!(again["previous"], report["generation"]);
     let human = String::from_utf8(run_ok(&mut cli(&["projections", "status", "orders"])).stdout).unwrap();
     assert!(human.contains(&format!("generation    {}", again["generation"])), "{human}");
+    assert!(human.contains(&format!("parked        {broken_stream} v1 OrderConfirmed")), "{human}");
 
     let output = cli(&["projections", "rebuild", "nope"]).output().unwrap();
     assert!(!output.status.success());

@@ -27,13 +27,15 @@ async fn serve(state: AppState) -> (std::net::SocketAddr, oneshot::Sender<()>, t
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_the_store_is_up() {
     let store = MemoryEventStore::new(registry().unwrap());
-    let (address, stop, server) = serve(AppState { event_store: Arc::new(store) }).await;
+    let read_model = Arc::new(strata_projections::MemorySink::new());
+    let (address, stop, server) = serve(AppState { event_store: Arc::new(store), read_model: Some(read_model) }).await;
     let (status, body) = get(address, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = get(address, "/readyz").await;
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["checks"]["event_store"]["status"], "up");
+    assert_eq!(body["checks"]["read_model"], serde_json::json!({"backend": "memory", "status": "up"}));
     assert_eq!(get(address, "/nope").await.0, 404);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
@@ -45,7 +47,7 @@ async fn readyz_reports_unavailable_when_postgres_goes_away() {
     let (url, name) = (database.url.clone(), database.name.clone());
     let backend = EventStoreBackend::open(&url, registry().unwrap()).await.unwrap();
     backend.migrate().await.unwrap();
-    let (address, stop, server) = serve(AppState { event_store: backend.store() }).await;
+    let (address, stop, server) = serve(AppState { event_store: backend.store(), read_model: None }).await;
     assert_eq!(get(address, "/readyz").await.0, 200);
     database.drop_database().await;
     let (status, body) = get(address, "/readyz").await;
