@@ -89,6 +89,9 @@ pub(crate) struct Carry {
     /// Writes to documents the batch never loaded: the next batch applies
     /// them over what it loads from the sink, which may not hold them yet.
     pending: HashMap<String, Vec<Write>>,
+    /// In log order: every stream parked so far (few), since stream states
+    /// are not loaded.
+    parked: HashMap<String, u64>,
 }
 
 pub(crate) struct Planner<'a> {
@@ -96,6 +99,11 @@ pub(crate) struct Planner<'a> {
     pub(crate) sink: &'a dyn ReadModelSink,
     pub(crate) log: &'a dyn EventReader,
     pub(crate) retry: RetryPolicy,
+    /// The events come straight from the log, in order, each once, and no
+    /// one else writes the target (a rebuild before its switch): no
+    /// duplicate or gap checks, no stream versions to load, versions written
+    /// without guards.
+    pub(crate) log_order: bool,
 }
 
 struct Work<'c> {
@@ -135,6 +143,11 @@ impl Planner<'_> {
             if !work.streams.contains_key(stream) {
                 match carry.and_then(|c| c.streams.get(stream)) {
                     Some(&(reached, parked_from)) => {
+                        work.streams.insert(stream.to_owned(), StreamState { expected: reached, reached, parked_from });
+                    }
+                    None if self.log_order => {
+                        let parked_from = carry.and_then(|c| c.parked.get(stream).copied());
+                        let reached = event.stream_version.saturating_sub(1);
                         work.streams.insert(stream.to_owned(), StreamState { expected: reached, reached, parked_from });
                     }
                     None => {
@@ -192,12 +205,18 @@ impl Planner<'_> {
         }
 
         let mut carry = Carry::default();
+        if self.log_order {
+            carry.parked = work.carry.map(|c| c.parked.clone()).unwrap_or_default();
+        }
         for (stream, state) in &work.streams {
             carry.streams.insert(stream.clone(), (state.reached, state.parked_from));
+            if let (true, Some(parked_from)) = (self.log_order, state.parked_from) {
+                carry.parked.insert(stream.clone(), parked_from);
+            }
             if state.reached != state.expected {
                 work.batch.guards.push(StreamGuard {
                     stream_id: stream.clone(),
-                    expected: state.expected,
+                    expected: (!self.log_order).then_some(state.expected),
                     reached: state.reached,
                 });
             }
@@ -221,6 +240,9 @@ impl Planner<'_> {
             reached: 0,
             parked_from: None,
         });
+        if self.log_order {
+            return self.one(work, event).await;
+        }
         if state.parked_from.is_none() && event.stream_version <= state.reached {
             return Ok(()); // a duplicate: already applied
         }

@@ -177,6 +177,7 @@ async fn build(
         sink: sink.as_ref(),
         log: log.as_ref(),
         retry: config.retry,
+        log_order: true,
     };
     // The reader runs ahead by two batches.
     let (batches, mut incoming) = mpsc::channel::<Result<Vec<RecordedEvent>, ReadError>>(2);
@@ -206,20 +207,28 @@ async fn build(
     let mut covered = 0;
     let mut position = Position::START;
     let mut last_progress = Instant::now();
-    while let Some(batch) = incoming.recv().await {
+    let (mut waiting_reads, mut planning, mut waiting_commits) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    loop {
+        let clock = Instant::now();
+        let Some(batch) = incoming.recv().await else { break };
+        waiting_reads += clock.elapsed();
         let batch = batch?;
         if batch.is_empty() {
             break;
         }
         events_read += batch.len() as u64;
         position = last_position(&batch).max(position);
+        let clock = Instant::now();
         let plan = planner.plan(target, &batch, carry.as_ref()).await?;
+        planning += clock.elapsed();
         if let Some(stopped) = plan.stopped {
             settle(in_flight.take(), target).await?;
             return Err(stopped.into());
         }
         covered += plan.batch.events;
+        let clock = Instant::now();
         settle(in_flight.take(), target).await?;
+        waiting_commits += clock.elapsed();
         let (sink, target) = (sink.clone(), target.clone());
         let batch = plan.batch;
         in_flight = Some(tokio::spawn(async move { sink.commit(&target, &batch).await }));
@@ -235,6 +244,14 @@ async fn build(
     }
     settle(in_flight.take(), target).await?;
     let _ = reader.await;
+    // Where the time went: the slowest stage is the one the others wait for.
+    tracing::debug!(
+        projection = %target.projection,
+        waiting_for_reads_s = waiting_reads.as_secs_f64(),
+        planning_s = planning.as_secs_f64(),
+        waiting_for_commits_s = waiting_commits.as_secs_f64(),
+        "rebuild stages"
+    );
     progress(RebuildProgress {
         position,
         head,
@@ -276,6 +293,7 @@ async fn catch_up(
         sink,
         log,
         retry: config.retry,
+        log_order: false,
     };
     let (mut events, mut covered) = (0, 0);
     loop {

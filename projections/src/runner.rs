@@ -45,7 +45,9 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             batch_size: 500,
-            ack_wait: Duration::from_secs(30),
+            // A healthy worker acks within milliseconds; after a crash the
+            // deliveries it held come back to the others this soon.
+            ack_wait: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_conflicts: 20,
             max_backoff: Duration::from_secs(5),
@@ -122,6 +124,7 @@ impl ProjectionRunner {
             sink: self.sink.as_ref(),
             log: self.log.as_ref(),
             retry: self.config.retry,
+            log_order: false,
         }
     }
 

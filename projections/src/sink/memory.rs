@@ -207,7 +207,7 @@ impl ReadModelSink for MemorySink {
             let generation = data.generations.entry(target.generation).or_default();
             for guard in &batch.guards {
                 let actual = generation.streams.get(&guard.stream_id).copied().unwrap_or(0);
-                if actual != guard.expected {
+                if guard.expected.is_some_and(|expected| expected != actual) {
                     return Committed::Conflict {
                         stream_id: guard.stream_id.clone(),
                         actual,

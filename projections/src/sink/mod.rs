@@ -88,8 +88,9 @@ pub struct Target {
 pub struct StreamGuard {
     /// The stream.
     pub stream_id: String,
-    /// The version the batch was planned from (0: none applied).
-    pub expected: u64,
+    /// The version the batch was planned from (0: none applied); `None`
+    /// sets the version without checking (a rebuild's sole writer).
+    pub expected: Option<u64>,
     /// The version the batch reaches.
     pub reached: u64,
 }

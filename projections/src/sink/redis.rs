@@ -100,8 +100,9 @@ for start = 0, n - 1, chunk do
   for k = 1, count do names[k] = ARGV[first + (start + k - 1) * 3] end
   local actual = redis.call('HMGET', streams, unpack(names))
   for k = 1, count do
+    local expected = ARGV[first + (start + k - 1) * 3 + 1]
     local a = tonumber(actual[k] or '0')
-    if a ~= tonumber(ARGV[first + (start + k - 1) * 3 + 1]) then return {0, names[k], a} end
+    if expected ~= '' and a ~= tonumber(expected) then return {0, names[k], a} end
   end
 end
 for start = 0, n - 1, chunk do
@@ -425,7 +426,8 @@ impl ReadModelSink for RedisSink {
             .arg(target.generation)
             .arg(batch.guards.len());
         for guard in &batch.guards {
-            invocation.arg(&guard.stream_id).arg(guard.expected).arg(guard.reached);
+            let expected = guard.expected.map_or_else(String::new, |e| e.to_string());
+            invocation.arg(&guard.stream_id).arg(expected).arg(guard.reached);
         }
         invocation.arg(batch.writes.len());
         for write in &batch.writes {

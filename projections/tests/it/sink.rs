@@ -115,7 +115,7 @@ fn guarded(stream: &str, expected: u64, reached: u64, writes: Vec<Write>) -> Bat
     Batch {
         guards: vec![StreamGuard {
             stream_id: stream.into(),
-            expected,
+            expected: Some(expected),
             reached,
         }],
         writes,
