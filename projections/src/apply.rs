@@ -316,8 +316,13 @@ impl Planner<'_> {
             }
         }
         count(work, event);
-        state.reached = event.stream_version;
-        work.streams.insert(stream.to_owned(), state);
+        match work.streams.get_mut(stream) {
+            Some(known) => known.reached = event.stream_version,
+            None => {
+                state.reached = event.stream_version;
+                work.streams.insert(stream.to_owned(), state);
+            }
+        }
         Ok(())
     }
 
