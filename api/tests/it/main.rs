@@ -7,4 +7,6 @@ mod cli;
 mod http;
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
 mod kill;
+#[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
+mod read_side;
 mod support;

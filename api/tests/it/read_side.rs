@@ -1,0 +1,134 @@
+//! Done-when of the read side: commands handled on PostgreSQL reach the Redis
+//! read models through JetStream, via a real `strata serve` process running
+//! the relay and projector roles.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use strata_commands::inventory::{Inventory, InventoryCommand};
+use strata_commands::orders::{AddressInput, LineInput, Order, OrderCommand, PlaceOrder};
+use strata_commands::{CommandHandler, Envelope, HandlerConfig};
+use strata_projections::orders::{self, OrdersQuery, StockView};
+use strata_projections::{RedisSink, RedisSinkConfig};
+use strata_schemas::values::{FulfilmentStep, Sku};
+use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::{PostgresConfig, PostgresEventStore};
+use uuid::Uuid;
+
+use crate::support::TestDatabase;
+
+fn place(order_id: Uuid, customer: &str, sku: &Sku, quantity: i64) -> Envelope<OrderCommand> {
+    Envelope::new(
+        Uuid::new_v4(),
+        OrderCommand::Place(PlaceOrder {
+            order_id,
+            customer_id: customer.into(),
+            lines: vec![LineInput { sku: sku.to_string(), quantity, unit_price_cents: 1250 }],
+            payment_method: "card".into(),
+            shipping_address: AddressInput {
+                name: "Ada".into(),
+                street: "Rue 1".into(),
+                city: "Gent".into(),
+                postal_code: "9000".into(),
+                country: "BE".into(),
+            },
+            at: Utc::now(),
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_redis_read_models_through_jetstream() {
+    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let Some(database) = TestDatabase::create().await else { return };
+    let id = Uuid::new_v4().simple().to_string();
+    let prefix = format!("test_{id}");
+    let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
+        Ok(sink) => Arc::new(sink),
+        Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
+    };
+    if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
+        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+    }
+    let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
+    let store = Arc::new(PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap());
+    store.migrate().await.unwrap();
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("serve")
+        .env_remove("STRATA_LISTEN")
+        .env("RUST_LOG", "warn")
+        .env("STRATA_ROLES", "relay,projector")
+        .env("STRATA_EVENT_STORE", &database.url)
+        .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
+        .env("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let orders_handler: CommandHandler<Order> = CommandHandler::new(store.clone(), Some(store.clone()), HandlerConfig::default());
+    let stock_handler: CommandHandler<Inventory> = CommandHandler::new(store.clone(), Some(store.clone()), HandlerConfig::default());
+    let sku = Sku::parse(&format!("SKU-{}", &id[..8]).to_uppercase()).unwrap();
+    let (kept, cancelled) = (Uuid::new_v4(), Uuid::new_v4());
+    let customer = format!("customer-{id}");
+    let restock = InventoryCommand::Restock { sku: sku.clone(), quantity: 10, at: Utc::now() };
+    stock_handler.handle(Envelope::new(Uuid::new_v4(), restock)).await.unwrap();
+    orders_handler.handle(place(kept, &customer, &sku, 2)).await.unwrap();
+    let reserve = InventoryCommand::Reserve { sku: sku.clone(), order_id: kept, quantity: 2, at: Utc::now() };
+    stock_handler.handle(Envelope::new(Uuid::new_v4(), reserve)).await.unwrap();
+    let confirm = OrderCommand::Confirm { order_id: kept, at: Utc::now() };
+    orders_handler.handle(Envelope::new(Uuid::new_v4(), confirm)).await.unwrap();
+    orders_handler.handle(place(cancelled, &customer, &sku, 1)).await.unwrap();
+    let cancel = OrderCommand::Cancel {
+        order_id: cancelled,
+        reason: "card declined".into(),
+        failed_step: Some(FulfilmentStep::AuthorizePayment),
+        at: Utc::now(),
+    };
+    orders_handler.handle(Envelope::new(Uuid::new_v4(), cancel)).await.unwrap();
+
+    let views = wait_until(Duration::from_secs(30), || {
+        let (sink, customer) = (sink.clone(), customer.clone());
+        async move {
+            let query = OrdersQuery { customer_id: Some(customer), first: 10, ..Default::default() };
+            let page = orders::orders(&*sink, &query).await.map_err(|e| e.to_string())?;
+            let done = page.orders.len() == 2 && page.orders[1].status == "CANCELLED" && page.orders[0].status == "CONFIRMED";
+            if done { Ok(page.orders) } else { Err(format!("{:?}", page.orders.iter().map(|o| &o.status).collect::<Vec<_>>())) }
+        }
+    })
+    .await;
+    assert_eq!(views[0].order_id, kept);
+    assert_eq!(views[0].total_cents, 2500);
+    assert_eq!(views[0].steps[0].step, "RESERVE_STOCK");
+    assert_eq!(views[0].steps[0].status, "DONE");
+    assert_eq!(views[1].cancel_reason.as_deref(), Some("card declined"));
+    assert_eq!(views[1].failed_step.as_deref(), Some("AUTHORIZE_PAYMENT"));
+    assert_eq!(views[1].steps[1].status, "FAILED");
+    let stock = wait_until(Duration::from_secs(30), || {
+        let (sink, sku) = (sink.clone(), sku.clone());
+        async move {
+            match orders::stock(&*sink, sku.as_str()).await.map_err(|e| e.to_string())? {
+                Some(stock) if stock.reserved == 2 => Ok(stock),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(stock, StockView { on_hand: 10, reserved: 2, available: 8 });
+    let by_status = orders::orders(&*sink, &OrdersQuery { customer_id: Some(customer), status: Some("CANCELLED".into()), first: 10, after: None })
+        .await
+        .unwrap();
+    assert_eq!(by_status.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![cancelled]);
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let client = async_nats::connect(&nats).await.unwrap();
+    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
+    let mut connection = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut connection).await.unwrap();
+    redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.unwrap();
+    database.drop_database().await;
+}
