@@ -100,6 +100,34 @@ pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>
     bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory or redis://HOST:6379")
 }
 
+/// Builds a projection from the log if it has no live generation. When
+/// another replica starting at the same time supersedes this build, waits
+/// for that one (up to a minute, then builds again, dropping it if its
+/// process died).
+async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, sink: Arc<dyn ReadModelSink>, backend: &EventStoreBackend) -> anyhow::Result<()> {
+    let name = projection.name().to_owned();
+    for attempt in 1..=5 {
+        if sink.live_generation(&name).await?.is_some() {
+            return Ok(());
+        }
+        match rebuild(projection.clone(), sink.clone(), backend.reader(), RebuildConfig::default(), &mut |_| {}).await {
+            Ok(report) => {
+                tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
+                return Ok(());
+            }
+            Err(error) if attempt < 5 => {
+                tracing::info!(projection = %name, %error, "another worker is building the read model; waiting for it");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while std::time::Instant::now() < deadline && sink.live_generation(&name).await?.is_none() {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+            Err(error) => return Err(error).with_context(|| format!("building read model {name} from the log")),
+        }
+    }
+    Ok(())
+}
+
 /// The running workers of a process.
 pub struct Workers {
     shutdown: watch::Sender<bool>,
@@ -117,18 +145,7 @@ impl Workers {
             };
             for projection in orders::projections() {
                 let name = projection.name().to_owned();
-                if sink.live_generation(&name).await?.is_none() {
-                    match rebuild(projection.clone(), sink.clone(), backend.reader(), RebuildConfig::default(), &mut |_| {}).await {
-                        Ok(report) => {
-                            tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
-                        }
-                        // Another replica starting at the same time built it.
-                        Err(error) if sink.live_generation(&name).await?.is_some() => {
-                            tracing::info!(projection = %name, %error, "another worker built the read model first");
-                        }
-                        Err(error) => return Err(error).with_context(|| format!("building read model {name} from the log")),
-                    }
-                }
+                build_if_missing(projection.clone(), sink.clone(), backend).await?;
                 let runner = ProjectionRunner::new(projection, sink.clone(), backend.reader(), RunnerConfig::default());
                 let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
                 let task = tokio::spawn(async move { runner.run(subscriber, stop).await.map_err(anyhow::Error::from) });

@@ -13,6 +13,10 @@
 //!    switch happened may have gone to the old generation; the stream guards
 //!    make this final pass and the live workers (now writing N+1) agree.
 //! 5. Drop the old generation.
+//!
+//! A rebuild that finds another one unfinished (a killed `projections
+//! rebuild`, a projector killed while building at start-up) drops that
+//! generation first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +117,17 @@ pub async fn rebuild(
     let started = Instant::now();
     let name = projection.name().to_owned();
     let previous = sink.live_generation(&name).await?;
+    // A new rebuild supersedes an unfinished one (its process died, or it is
+    // still running: its next commit is then refused as retired).
+    if let Some(unfinished) = sink.meta(&name).await?.rebuilding.filter(|g| Some(*g) != previous) {
+        tracing::warn!(projection = %name, generation = unfinished, "dropping the generation of an unfinished rebuild");
+        sink.set_meta(&name, MetaField::Rebuilding, None).await?;
+        sink.drop_generation(&Target {
+            projection: name.clone(),
+            generation: unfinished,
+        })
+        .await?;
+    }
     let generation = sink.new_generation(&name).await?;
     sink.set_meta(&name, MetaField::Rebuilding, Some(generation.to_string())).await?;
     let target = Target {

@@ -1,5 +1,5 @@
-//! Kill tests with the real binary: a relay process and a projector process
-//! (PostgreSQL → JetStream → Redis) are SIGKILLed at seeded random moments
+//! Kill tests with the real binary: a relay process and two projector
+//! replicas (PostgreSQL → JetStream → Redis) are SIGKILLed at seeded random moments
 //! while a writer appends several thousand events; after the last restart the
 //! Redis read models must equal models rebuilt from the log from scratch.
 
@@ -80,7 +80,7 @@ fn tail(path: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles_nothing() {
+async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_doubles_nothing() {
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     let Some(database) = TestDatabase::create().await else { return };
@@ -111,9 +111,11 @@ async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles
         ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
         ("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}")),
     ];
+    // One relay and two projector replicas sharing the consumer groups.
     let mut roles = [
         Role { name: "relay", env: env.clone(), log: dir.path().join("relay.log"), child: None, starts: 0 },
-        Role { name: "projector", env, log: dir.path().join("projector.log"), child: None, starts: 0 },
+        Role { name: "projector", env: env.clone(), log: dir.path().join("projector-1.log"), child: None, starts: 0 },
+        Role { name: "projector", env, log: dir.path().join("projector-2.log"), child: None, starts: 0 },
     ];
     for role in &mut roles {
         role.start();
@@ -135,7 +137,7 @@ async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles
     let mut kills = 0;
     while !writer.is_finished() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
-        let which = rng.random_range(0..2);
+        let which = rng.random_range(0..roles.len());
         let role = &mut roles[which];
         assert!(role.alive(), "{} died on its own:\n{}", role.name, tail(&role.log));
         role.kill();
@@ -148,7 +150,10 @@ async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles
     let events = writer.await.unwrap();
     assert!(events >= 3000, "only {events} events");
     assert!(kills >= 4, "only {kills} kills (seed {seed})");
-    println!("{events} events, {kills} kills, starts: relay {} projector {}", roles[0].starts, roles[1].starts);
+    println!(
+        "{events} events, {kills} kills, starts: relay {}, projectors {} and {}",
+        roles[0].starts, roles[1].starts, roles[2].starts
+    );
 
     // Every read model equals a fresh rebuild from the log.
     let log: Arc<dyn EventReader> = Arc::new(store.clone());
@@ -161,7 +166,6 @@ async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles
         assert!(!expected.documents.is_empty());
         let name = projection.name().to_owned();
         let sink = sink.clone();
-        let logs = (roles[0].log.clone(), roles[1].log.clone());
         wait_until(Duration::from_secs(90), move || {
             let (sink, expected, name) = (sink.clone(), expected.clone(), name.clone());
             async move {
@@ -179,7 +183,6 @@ async fn killing_the_relay_and_the_projector_at_random_moments_loses_and_doubles
             }
         })
         .await;
-        let _ = logs;
     }
     for role in &mut roles {
         assert!(role.alive(), "{} died on its own:\n{}", role.name, tail(&role.log));

@@ -108,3 +108,39 @@ async fn a_rebuild_while_readers_query_never_shows_a_missing_or_partial_order_in
 async fn a_rebuild_while_readers_query_never_shows_a_missing_or_partial_order_in_redis() {
     rebuild_while_querying(Backend::Redis).await;
 }
+
+async fn unfinished_rebuild(backend: Backend) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    let (log, events) = crate::support::log_with_orders(31, 20).await;
+    let first = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {})
+        .await
+        .unwrap();
+    // A rebuild that died half way: a generation marked rebuilding, with data.
+    let orphan = Target {
+        projection: "orders".into(),
+        generation: sink.new_generation("orders").await.unwrap(),
+    };
+    sink.set_meta("orders", strata_projections::sink::MetaField::Rebuilding, Some(orphan.generation.to_string()))
+        .await
+        .unwrap();
+    crate::support::feed_target(&*sink, &orphan, &events[..10]).await;
+    assert!(!sink.dump(&orphan).await.unwrap().stream_versions.is_empty());
+
+    let next = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(next.previous, Some(first.generation));
+    assert!(next.generation > orphan.generation);
+    assert_eq!(sink.dump(&orphan).await.unwrap(), Default::default(), "the unfinished generation is dropped");
+    cleanup.run().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_memory() {
+    unfinished_rebuild(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_redis() {
+    unfinished_rebuild(Backend::Redis).await;
+}

@@ -149,3 +149,26 @@ pub async fn test_jetstream() -> Option<(strata_store::bus::JetStreamBus, Cleanu
         }
     }
 }
+
+/// Commits `events` straight into `target` (one guarded batch per event), as
+/// a rebuild in progress would.
+pub async fn feed_target(sink: &dyn ReadModelSink, target: &Target, events: &[RecordedEvent]) {
+    use strata_projections::sink::{Batch, Committed, StreamGuard};
+    let mut versions = std::collections::HashMap::new();
+    for event in events {
+        let expected = versions.get(event.stream_id.as_str()).copied().unwrap_or(0);
+        let batch = Batch {
+            guards: vec![StreamGuard {
+                stream_id: event.stream_id.as_str().to_owned(),
+                expected: Some(expected),
+                reached: event.stream_version,
+            }],
+            writes: vec![],
+            dead_letters: vec![],
+            position: event.position,
+            events: 1,
+        };
+        assert_eq!(sink.commit(target, &batch).await.unwrap(), Committed::Done);
+        versions.insert(event.stream_id.as_str().to_owned(), event.stream_version);
+    }
+}
