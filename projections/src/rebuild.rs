@@ -146,7 +146,11 @@ pub async fn rebuild(
         Ok::<_, RebuildError>((events + more, covered + more_covered))
     }
     .await;
-    sink.set_meta(&name, MetaField::Rebuilding, None).await?;
+    // Clear the mark only if it is still ours (a newer rebuild may have
+    // superseded this one; its mark must stay).
+    if sink.meta(&name).await?.rebuilding == Some(generation) {
+        sink.set_meta(&name, MetaField::Rebuilding, None).await?;
+    }
     let (events, covered) = match outcome {
         Ok(counts) => counts,
         Err(error) => {
