@@ -144,3 +144,68 @@ async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_memory() {
 async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_redis() {
     unfinished_rebuild(Backend::Redis).await;
 }
+
+/// Orders, slowly (a rebuild of it takes long enough to be overtaken).
+struct Slow(OrdersProjection);
+
+impl strata_projections::Projection for Slow {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn categories(&self) -> &[&'static str] {
+        self.0.categories()
+    }
+    fn event_types(&self) -> &[&'static str] {
+        self.0.event_types()
+    }
+    fn document_key(&self, event: &strata_store::RecordedEvent) -> Option<String> {
+        self.0.document_key(event)
+    }
+    fn apply(
+        &self,
+        event: &strata_store::RecordedEvent,
+        document: Option<&strata_projections::Document>,
+    ) -> Result<Vec<strata_projections::Write>, strata_projections::ApplyError> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.0.apply(event, document)
+    }
+}
+
+async fn superseded_rebuild(backend: Backend) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    let (log, _) = crate::support::log_with_orders(41, 40).await;
+    let slow = {
+        let (sink, log) = (sink.clone(), log.clone());
+        let config = RebuildConfig { batch_size: 10, ..RebuildConfig::default() };
+        tokio::spawn(async move { rebuild(Arc::new(Slow(OrdersProjection)), sink, log, config, &mut |_| {}).await })
+    };
+    let overtaken = crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        let sink = sink.clone();
+        async move { sink.meta("orders").await.unwrap().rebuilding.ok_or("not started") }
+    })
+    .await;
+    let report = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {})
+        .await
+        .expect("the newer rebuild wins");
+    let error = slow.await.unwrap().expect_err("the overtaken rebuild fails");
+    assert!(matches!(error, strata_projections::RebuildError::Retired { .. }), "{error}");
+    assert_eq!(sink.live_generation("orders").await.unwrap(), Some(report.generation));
+    let old = Target { projection: "orders".into(), generation: overtaken };
+    assert_eq!(sink.dump(&old).await.unwrap(), Default::default(), "nothing of the overtaken build is left");
+    assert_eq!(sink.meta("orders").await.unwrap().rebuilding, None);
+    crate::runner::live_equals_rebuild(&log, &sink, Arc::new(OrdersProjection)).await;
+    cleanup.run().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_rebuild_supersedes_a_running_one_in_memory() {
+    superseded_rebuild(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_rebuild_supersedes_a_running_one_in_redis() {
+    superseded_rebuild(Backend::Redis).await;
+}
