@@ -1,7 +1,7 @@
 //! Helpers for integration tests against real services (feature `testkit`,
 //! for dev-dependencies only): service URLs from `STRATA_TEST_*`, loud
-//! failure in CI when a service is down, fresh PostgreSQL databases, and
-//! [`wait_until`] instead of sleeps.
+//! failure in CI when a service is down, fresh PostgreSQL databases, a
+//! JetStream stream of one's own, and [`wait_until`] instead of sleeps.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -133,6 +133,33 @@ pub mod postgres {
                 .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
                 .await
                 .expect("drop test database");
+        }
+    }
+}
+
+/// A JetStream bus with a stream and subject prefix of its own (`TEST_<uuid>`,
+/// `test_<uuid>`), and the cleanup that deletes them; `None` (loudly) when
+/// NATS is down outside CI.
+#[cfg(feature = "nats")]
+pub async fn jetstream() -> Option<(crate::bus::JetStreamBus, Cleanup)> {
+    use crate::bus::{JetStreamBus, JetStreamConfig};
+
+    let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let config = JetStreamConfig {
+        stream_name: format!("TEST_{id}"),
+        subject_prefix: format!("test_{id}"),
+        ..JetStreamConfig::new(url.clone())
+    };
+    match JetStreamBus::connect(config).await {
+        Ok(bus) => {
+            let teardown = bus.clone();
+            let cleanup = Cleanup::new(move || async move { teardown.delete().await.expect("delete the test stream") });
+            Some((bus, cleanup))
+        }
+        Err(err) => {
+            report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            None
         }
     }
 }

@@ -204,14 +204,18 @@ impl Planner<'_> {
             covered += 1;
         }
 
+        // Only log-order planning (a rebuild's build) plans its next batch
+        // from this one; the live runner plans every batch afresh.
         let mut carry = Carry::default();
         if self.log_order {
             carry.parked = work.carry.map(|c| c.parked.clone()).unwrap_or_default();
         }
         for (stream, state) in &work.streams {
-            carry.streams.insert(stream.clone(), (state.reached, state.parked_from));
-            if let (true, Some(parked_from)) = (self.log_order, state.parked_from) {
-                carry.parked.insert(stream.clone(), parked_from);
+            if self.log_order {
+                carry.streams.insert(stream.clone(), (state.reached, state.parked_from));
+                if let Some(parked_from) = state.parked_from {
+                    carry.parked.insert(stream.clone(), parked_from);
+                }
             }
             if state.reached != state.expected {
                 work.batch.guards.push(StreamGuard {
@@ -223,8 +227,10 @@ impl Planner<'_> {
         }
         work.batch.guards.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
         work.batch.writes = coalesce(std::mem::take(&mut work.batch.writes));
-        carry.documents = work.documents;
-        carry.pending = work.pending;
+        if self.log_order {
+            carry.documents = work.documents;
+            carry.pending = work.pending;
+        }
         Ok(Plan {
             batch: work.batch,
             covered,

@@ -15,7 +15,7 @@ pub mod runner;
 pub mod sink;
 
 pub use apply::{PlanError, RetryPolicy};
-pub use projection::{validate_name, ApplyError, Document, PoisonPolicy, Projection, Write};
+pub use projection::{ApplyError, Document, PoisonPolicy, Projection, Write};
 pub use rebuild::{rebuild, RebuildConfig, RebuildError, RebuildProgress, RebuildReport};
 pub use runner::{Handled, ProjectionRunner, RunnerConfig, RunnerError};
 pub use sink::{MemorySink, ReadModelSink, SinkError};

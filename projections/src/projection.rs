@@ -154,15 +154,3 @@ pub(crate) fn apply_to_document(document: &mut Option<Document>, key: &str, writ
         _ => {}
     }
 }
-
-/// Checks a projection name (used in keys and as a consumer group).
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 48
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(format!("projection name {name:?} must be 1 to 48 letters, digits, '-' or '_'"))
-    }
-}

@@ -35,11 +35,6 @@ pub struct RebuildConfig {
     pub batch_size: usize,
     /// Retries of poison events (as in the runner).
     pub retry: RetryPolicy,
-    /// Keep the old generation instead of dropping it (for comparisons).
-    pub keep_old: bool,
-    /// Do not switch readers at the end (build only, e.g. to compare a fresh
-    /// build with the live model).
-    pub switch: bool,
 }
 
 impl Default for RebuildConfig {
@@ -47,8 +42,6 @@ impl Default for RebuildConfig {
         Self {
             batch_size: 2000,
             retry: RetryPolicy::default(),
-            keep_old: false,
-            switch: true,
         }
     }
 }
@@ -69,7 +62,7 @@ pub struct RebuildProgress {
 pub struct RebuildReport {
     /// The new generation.
     pub generation: u64,
-    /// The generation it replaced (dropped unless `keep_old`).
+    /// The generation it replaced (dropped).
     pub previous: Option<u64>,
     /// Events read from the log.
     pub events: u64,
@@ -137,9 +130,6 @@ pub async fn rebuild(
     let result = build(&*projection, sink.clone(), log.clone(), &target, &config, progress).await;
     let outcome = async {
         let (events, covered, position) = result?;
-        if !config.switch {
-            return Ok((events, covered));
-        }
         sink.switch_live(&name, generation).await?;
         // Events that reached the log around the switch: see the module docs.
         let (more, more_covered) = catch_up(&*projection, &*sink, &*log, &target, &config, position).await?;
@@ -160,14 +150,12 @@ pub async fn rebuild(
             return Err(error);
         }
     };
-    if config.switch && !config.keep_old {
-        if let Some(previous) = previous.filter(|p| *p != generation) {
-            sink.drop_generation(&Target {
-                projection: name.clone(),
-                generation: previous,
-            })
-            .await?;
-        }
+    if let Some(previous) = previous.filter(|p| *p != generation) {
+        sink.drop_generation(&Target {
+            projection: name.clone(),
+            generation: previous,
+        })
+        .await?;
     }
     let dead_letters = sink.stats(&target).await?.dead_letters;
     Ok(RebuildReport {

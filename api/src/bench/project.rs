@@ -132,11 +132,8 @@ fn split(events: &[RecordedEvent], writes: &[Vec<Write>], workers: usize) -> Arc
 
 async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, shares: &Arc<Vec<Share>>) -> anyhow::Result<f64> {
     let prefix = format!("bench_{}", Uuid::new_v4().simple());
-    let config = RedisSinkConfig {
-        key_prefix: prefix.clone(),
-        ..RedisSinkConfig::new(bench.read_model_url.clone())
-    };
-    let sink: Arc<dyn ReadModelSink> = Arc::new(RedisSink::connect(config).await?);
+    let redis = Arc::new(scratch_sink(&bench.read_model_url, &prefix).await?);
+    let sink: Arc<dyn ReadModelSink> = redis.clone();
     let log: Arc<dyn EventReader> = store.clone();
     // The events as deliveries would hold them, copied before the clock starts.
     let inputs: Vec<Vec<RecordedEvent>> = shares.iter().map(|share| share.iter().map(|(e, _)| e.clone()).collect()).collect();
@@ -170,7 +167,7 @@ async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, sha
     if stats.events != expected as u64 {
         bail!("the projection committed {} of {expected} events", stats.events);
     }
-    delete_prefix(&bench.read_model_url, &prefix).await?;
+    redis.delete_all().await?;
     Ok(seconds)
 }
 
@@ -221,30 +218,15 @@ async fn measure_raw(bench: &ProjectBench, shares: &Arc<Vec<Share>>) -> anyhow::
         task.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    delete_prefix(&bench.read_model_url, &prefix).await?;
+    scratch_sink(&bench.read_model_url, &prefix).await?.delete_all().await?;
     Ok(seconds)
 }
 
-/// Deletes every key of a bench prefix.
-pub(crate) async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{{{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
+/// The Redis sink of a bench's scratch key prefix.
+pub(crate) async fn scratch_sink(url: &str, prefix: &str) -> anyhow::Result<RedisSink> {
+    let config = RedisSinkConfig {
+        key_prefix: prefix.to_owned(),
+        ..RedisSinkConfig::new(url)
+    };
+    Ok(RedisSink::connect(config).await?)
 }

@@ -13,11 +13,11 @@ use anyhow::bail;
 use serde_json::{json, Value};
 use strata_projections::orders::sample::Sample;
 use strata_projections::orders::OrdersProjection;
-use strata_projections::{rebuild as rebuild_projection, ReadModelSink, RebuildConfig, RedisSink, RedisSinkConfig};
+use strata_projections::{rebuild as rebuild_projection, ReadModelSink, RebuildConfig};
 use strata_store::{EventReader, StreamAppend};
 use uuid::Uuid;
 
-use super::project::{delete_prefix, sample_config};
+use super::project::{sample_config, scratch_sink};
 use super::{machine, median, open_scratch, round, Scratch};
 use crate::progress::Progress;
 
@@ -111,11 +111,8 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         reads.push(read_seconds);
 
         let prefix = format!("bench_{}", Uuid::new_v4().simple());
-        let config = RedisSinkConfig {
-            key_prefix: prefix.clone(),
-            ..RedisSinkConfig::new(bench.read_model_url.clone())
-        };
-        let sink: Arc<dyn ReadModelSink> = Arc::new(RedisSink::connect(config).await?);
+        let redis = Arc::new(scratch_sink(&bench.read_model_url, &prefix).await?);
+        let sink: Arc<dyn ReadModelSink> = redis.clone();
         let start_rss = resident_bytes();
         let peak = Arc::new(AtomicU64::new(start_rss));
         let sampler = {
@@ -152,7 +149,7 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         seconds.push(report.seconds);
         peaks.push(peak as f64 / 1e6);
         before.push(start_rss as f64 / 1e6);
-        delete_prefix(&bench.read_model_url, &prefix).await?;
+        redis.delete_all().await?;
     }
     let median_seconds = median(seconds.clone());
     let read_seconds = median(reads.clone());

@@ -185,9 +185,12 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
 
     let redis = strata_store::testkit::service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     let prefix = format!("test_{}", Uuid::new_v4().simple());
-    if let Err(err) = RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
-        return strata_store::testkit::report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
-    }
+    let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            return strata_store::testkit::report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err)
+        }
+    };
     let scratch = scratch_sqlite();
     run_ok(strata().args(["migrate", "--event-store", &scratch.url]));
     let backend = EventStoreBackend::open(&scratch.url, registry().unwrap()).await.unwrap();
@@ -247,9 +250,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     let output = cli(&["projections", "list", "--read-model", &format!("{redis}?prefix=x")]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown option \"prefix\""));
 
-    let mut connection = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut connection).await.unwrap();
-    redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.unwrap();
+    sink.delete_all().await.unwrap();
 }
 
 #[test]

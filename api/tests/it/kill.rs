@@ -129,6 +129,8 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
             let n = traffic.len();
             for request in requests(traffic, 20) {
                 store.append(request).await.expect("append");
+                // Pacing, not synchronisation: spreads the writes over a few
+                // seconds so the kills land while events are still flowing.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             n
@@ -192,10 +194,6 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     // Clean up what the test made.
     let client = async_nats::connect(&nats).await.unwrap();
     let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    let mut connection = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut connection).await.unwrap();
-    if !keys.is_empty() {
-        redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.unwrap();
-    }
+    sink.delete_all().await.unwrap();
     database.drop_database().await;
 }

@@ -127,8 +127,6 @@ async fn commands_reach_redis_read_models_through_jetstream() {
     server.wait().unwrap();
     let client = async_nats::connect(&nats).await.unwrap();
     let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    let mut connection = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut connection).await.unwrap();
-    redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.unwrap();
+    sink.delete_all().await.unwrap();
     database.drop_database().await;
 }

@@ -80,29 +80,5 @@ pub mod postgres {
 
 pub use strata_store::testkit::Cleanup;
 
-/// A JetStream bus with a stream and subject prefix of its own, and the
-/// cleanup that deletes them; `None` (loudly) when NATS is down outside CI.
 #[cfg(feature = "nats")]
-pub async fn test_jetstream() -> Option<(strata_store::bus::JetStreamBus, Cleanup)> {
-    use strata_store::bus::{JetStreamBus, JetStreamConfig};
-    use strata_store::testkit::{report_unreachable, service_url};
-
-    let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let id = Uuid::new_v4().simple().to_string();
-    let config = JetStreamConfig {
-        stream_name: format!("TEST_{id}"),
-        subject_prefix: format!("test_{id}"),
-        ..JetStreamConfig::new(url.clone())
-    };
-    match JetStreamBus::connect(config).await {
-        Ok(bus) => {
-            let teardown = bus.clone();
-            let cleanup = Cleanup::new(move || async move { teardown.delete().await.expect("delete the test stream") });
-            Some((bus, cleanup))
-        }
-        Err(err) => {
-            report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
-            None
-        }
-    }
-}
+pub use strata_store::testkit::jetstream as test_jetstream;

@@ -12,7 +12,6 @@
 //!
 //! Queries ([`order`], [`orders`], [`stock`]) read the live generation.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -481,9 +480,4 @@ pub async fn stock(sink: &dyn ReadModelSink, sku: &str) -> Result<Option<StockVi
         reserved: field("reserved"),
         available: field("available"),
     }))
-}
-
-/// The fields of a document, for debugging output.
-pub fn fields(document: &Document) -> BTreeMap<&str, &Value> {
-    document.iter().map(|(k, v)| (k.as_str(), v)).collect()
 }

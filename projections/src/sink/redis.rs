@@ -248,6 +248,23 @@ impl RedisSink {
         format!("{}g{}:", self.root(&target.projection), target.generation)
     }
 
+    /// Deletes every key under this sink's prefix, every projection and
+    /// generation (scratch prefixes of tests and benches).
+    pub async fn delete_all(&self) -> Result<(), SinkError> {
+        let keys = self.scan(&format!("{{{}:*", self.key_prefix)).await?;
+        self.unlink(&keys).await
+    }
+
+    async fn unlink(&self, keys: &[String]) -> Result<(), SinkError> {
+        let mut connection = self.connection();
+        for chunk in keys.chunks(500) {
+            if let Err(e) = redis::cmd("UNLINK").arg(chunk).exec_async(&mut connection).await {
+                return Err(self.fail("deleting keys", e).await);
+            }
+        }
+        Ok(())
+    }
+
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, SinkError> {
         let mut connection = self.connection();
         let mut cursor: u64 = 0;
@@ -376,13 +393,7 @@ impl ReadModelSink for RedisSink {
             return Ok(());
         }
         let keys = self.scan(&format!("{}*", self.base(target))).await?;
-        let mut connection = self.connection();
-        for chunk in keys.chunks(500) {
-            if let Err(e) = redis::cmd("UNLINK").arg(chunk).exec_async(&mut connection).await {
-                return Err(self.fail("dropping a generation", e).await);
-            }
-        }
-        Ok(())
+        self.unlink(&keys).await
     }
 
     async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError> {

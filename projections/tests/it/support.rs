@@ -56,8 +56,10 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
             };
             match RedisSink::connect(config).await {
                 Ok(sink) => {
-                    let cleanup = Cleanup::new(move || async move { delete_prefix(&url, &prefix).await });
-                    Some((Arc::new(sink), cleanup))
+                    let sink = Arc::new(sink);
+                    let teardown = sink.clone();
+                    let cleanup = Cleanup::new(move || async move { teardown.delete_all().await.expect("delete test keys") });
+                    Some((sink, cleanup))
                 }
                 Err(err) => {
                     report_unreachable("Redis", &url, "redis-server --daemonize yes --bind 127.0.0.1 --save ''", &err);
@@ -65,30 +67,6 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
                 }
             }
         }
-    }
-}
-
-async fn delete_prefix(url: &str, prefix: &str) {
-    let client = redis::Client::open(url).expect("redis url");
-    let mut connection = client.get_multiplexed_async_connection().await.expect("connect to redis");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{{{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await
-            .expect("scan test keys");
-        if !keys.is_empty() {
-            redis::cmd("UNLINK").arg(&keys).exec_async(&mut connection).await.expect("delete test keys");
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
     }
 }
 
@@ -126,29 +104,7 @@ pub async fn rebuilt(projection: Arc<dyn Projection>, log: Arc<dyn EventReader>)
     live_dump(&*sink, &name).await
 }
 
-/// A JetStream bus of its own (stream and subject prefix per test).
-pub async fn test_jetstream() -> Option<(strata_store::bus::JetStreamBus, Cleanup)> {
-    use strata_store::bus::{JetStreamBus, JetStreamConfig};
-
-    let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let id = Uuid::new_v4().simple().to_string();
-    let config = JetStreamConfig {
-        stream_name: format!("TEST_{id}"),
-        subject_prefix: format!("test_{id}"),
-        ..JetStreamConfig::new(url.clone())
-    };
-    match JetStreamBus::connect(config).await {
-        Ok(bus) => {
-            let teardown = bus.clone();
-            let cleanup = Cleanup::new(move || async move { teardown.delete().await.expect("delete the test stream") });
-            Some((bus, cleanup))
-        }
-        Err(err) => {
-            report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
-            None
-        }
-    }
-}
+pub use strata_store::testkit::jetstream as test_jetstream;
 
 /// Commits `events` straight into `target` (one guarded batch per event), as
 /// a rebuild in progress would.
