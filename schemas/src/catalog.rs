@@ -29,6 +29,12 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
     ("PaymentRefunded", 1, include_str!("../events/PaymentRefunded.v1.json")),
     ("ShipmentCreated", 1, include_str!("../events/ShipmentCreated.v1.json")),
     ("ShipmentCancelled", 1, include_str!("../events/ShipmentCancelled.v1.json")),
+    ("SagaStarted", 1, include_str!("../events/SagaStarted.v1.json")),
+    ("SagaStepSucceeded", 1, include_str!("../events/SagaStepSucceeded.v1.json")),
+    ("SagaStepRetryScheduled", 1, include_str!("../events/SagaStepRetryScheduled.v1.json")),
+    ("SagaStepFailed", 1, include_str!("../events/SagaStepFailed.v1.json")),
+    ("SagaCompleted", 1, include_str!("../events/SagaCompleted.v1.json")),
+    ("SagaAborted", 1, include_str!("../events/SagaAborted.v1.json")),
 ];
 
 /// The registry of the reference domain: every schema in [`SCHEMA_FILES`] and

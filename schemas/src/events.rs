@@ -5,6 +5,10 @@
 //!
 //! Streams: `order-<orderId>`, `inventory-<SKU>`, `payment-<orderId>` and
 //! `shipment-<orderId>` (one payment and one shipment per order).
+//!
+//! [`SagaEvent`] is not of the reference domain: it is the generic record of
+//! any saga instance (stream `<saga category>-<sagaId>`, e.g.
+//! `fulfilment-<orderId>`), written by `strata-sagas`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -197,6 +201,99 @@ pub struct ShipmentCancelled {
     pub cancelled_at: DateTime<Utc>,
 }
 
+/// A saga instance began; `data` is what its definition needs to build commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaStarted {
+    /// The instance (the id part of its stream).
+    pub saga_id: Uuid,
+    /// The definition's data (a JSON object).
+    pub data: serde_json::Value,
+    /// When.
+    pub started_at: DateTime<Utc>,
+}
+
+/// A step's action (`compensation: false`) or compensation succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaStepSucceeded {
+    /// The step's name.
+    pub step: String,
+    /// True for the compensation.
+    pub compensation: bool,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// An attempt failed transiently (or got no answer); the step is sent again
+/// at `retry_at` with the same command ids. The timer is this event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaStepRetryScheduled {
+    /// The step's name.
+    pub step: String,
+    /// True for the compensation.
+    pub compensation: bool,
+    /// The attempt that failed (1 for the first).
+    pub attempt: u32,
+    /// What went wrong.
+    pub reason: String,
+    /// When to send again.
+    pub retry_at: DateTime<Utc>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A step's action failed for good; compensation begins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaStepFailed {
+    /// The step's name.
+    pub step: String,
+    /// Why (a refusal, a passed deadline, attempts exhausted).
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Every step succeeded (terminal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaCompleted {
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A step failed and every completed step was compensated (terminal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaAborted {
+    /// The step that failed.
+    pub failed_step: String,
+    /// Why it failed.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+domain_events! {
+    /// Everything that happens to a saga instance (stream `<category>-<sagaId>`).
+    pub enum SagaEvent {
+        /// See [`SagaStarted`].
+        SagaStarted(SagaStarted) = 1,
+        /// See [`SagaStepSucceeded`].
+        SagaStepSucceeded(SagaStepSucceeded) = 1,
+        /// See [`SagaStepRetryScheduled`].
+        SagaStepRetryScheduled(SagaStepRetryScheduled) = 1,
+        /// See [`SagaStepFailed`].
+        SagaStepFailed(SagaStepFailed) = 1,
+        /// See [`SagaCompleted`].
+        SagaCompleted(SagaCompleted) = 1,
+        /// See [`SagaAborted`].
+        SagaAborted(SagaAborted) = 1,
+    }
+}
+
 domain_events! {
     /// Everything that happens to an order (stream `order-<orderId>`).
     pub enum OrderEvent {
@@ -335,6 +432,17 @@ mod tests {
         ] {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }
+        let step = || "AUTHORIZE_PAYMENT".to_owned();
+        for event in [
+            SagaEvent::from(SagaStarted { saga_id: order_id, data: json!({ "orderId": order_id }), started_at: at() }),
+            SagaStepSucceeded { step: step(), compensation: true, at: at() }.into(),
+            SagaStepRetryScheduled { step: step(), compensation: false, attempt: 2, reason: "no answer".into(), retry_at: at(), at: at() }.into(),
+            SagaStepFailed { step: step(), reason: "card declined".into(), at: at() }.into(),
+            SagaCompleted { at: at() }.into(),
+            SagaAborted { failed_step: step(), reason: "card declined".into(), at: at() }.into(),
+        ] {
+            push(event.event_type(), event.schema_version(), round_trip(event));
+        }
         out
     }
 
@@ -363,6 +471,7 @@ mod tests {
             .chain(InventoryEvent::TYPES)
             .chain(PaymentEvent::TYPES)
             .chain(ShipmentEvent::TYPES)
+            .chain(SagaEvent::TYPES)
             .map(|(event_type, _)| *event_type)
             .collect();
         let in_schemas: BTreeSet<&str> = SCHEMA_FILES.iter().map(|(event_type, _, _)| *event_type).collect();

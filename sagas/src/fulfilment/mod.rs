@@ -1,0 +1,176 @@
+//! The order-fulfilment saga (DESIGN §6), one instance per order (stream
+//! `fulfilment-<orderId>`), started by `OrderPlaced`.
+//!
+//! | # | step | action | compensation |
+//! |---|---|---|---|
+//! | 0 | `RESERVE_STOCK` | reserve every line (inventory) | release every line |
+//! | 1 | `AUTHORIZE_PAYMENT` | authorize the total (payments) | void the authorization (refund if captured) |
+//! | 2 | `CREATE_SHIPMENT` | book the shipment (shipping) | cancel the shipment |
+//! | 3 | `CONFIRM_ORDER` (pivot) | confirm the order | — |
+//! | 4 | `CAPTURE_PAYMENT` | capture the payment | — |
+//! | 5 | `COMMIT_STOCK` | commit every line's reservation | — |
+//!
+//! A failed instance is closed by cancelling the order with the failed step
+//! and the reason (`OrderCancelled.failedStep`; none when the confirmation
+//! itself failed because the order was cancelled meanwhile).
+//!
+//! Which branch an order takes follows from the domain's deterministic rules:
+//! a SKU without enough stock fails `RESERVE_STOCK`; payment method
+//! `card-declined` or a total over 5,000.00 fails `AUTHORIZE_PAYMENT`;
+//! `card-no-answer` makes the payment service never answer, so the step's
+//! deadline fails it; a shipping country in
+//! [`strata_commands::shipping::UNDELIVERABLE_COUNTRIES`] fails
+//! `CREATE_SHIPMENT`.
+
+mod audit;
+mod services;
+
+pub use audit::{audit, AuditConfig, AuditReport, Violation};
+pub use services::{FulfilmentCommand, FulfilmentServices};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use strata_commands::inventory::InventoryCommand;
+use strata_commands::orders::OrderCommand;
+use strata_commands::payments::PaymentCommand;
+use strata_commands::shipping::ShipmentCommand;
+use strata_schemas::events::OrderEvent;
+use strata_schemas::values::{Address, Cents, FulfilmentStep, OrderLine};
+use strata_schemas::DomainEvent;
+use strata_store::RecordedEvent;
+use uuid::Uuid;
+
+use crate::saga::{Phase, Saga, StepSpec};
+
+/// The saga definition.
+#[derive(Debug)]
+pub enum Fulfilment {}
+
+/// Step indexes, in order.
+pub mod steps {
+    /// Reserve stock.
+    pub const RESERVE_STOCK: usize = 0;
+    /// Authorize the payment.
+    pub const AUTHORIZE_PAYMENT: usize = 1;
+    /// Book the shipment.
+    pub const CREATE_SHIPMENT: usize = 2;
+    /// Confirm the order (the pivot).
+    pub const CONFIRM_ORDER: usize = 3;
+    /// Capture the payment.
+    pub const CAPTURE_PAYMENT: usize = 4;
+    /// Commit the reserved stock.
+    pub const COMMIT_STOCK: usize = 5;
+}
+
+/// The stream category of the instances.
+pub const CATEGORY: &str = "fulfilment";
+/// The category whose events start instances.
+pub const TRIGGER_CATEGORY: &str = "order";
+
+/// What an instance carries: the order as placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FulfilmentData {
+    /// The order.
+    pub order_id: Uuid,
+    /// Its lines.
+    pub lines: Vec<OrderLine>,
+    /// Its total.
+    pub total_cents: Cents,
+    /// How it is paid.
+    pub payment_method: String,
+    /// Where it goes.
+    pub shipping_address: Address,
+}
+
+impl Saga for Fulfilment {
+    const CATEGORY: &'static str = CATEGORY;
+    const STEPS: &'static [StepSpec] = &[
+        StepSpec { name: "RESERVE_STOCK" },
+        StepSpec { name: "AUTHORIZE_PAYMENT" },
+        StepSpec { name: "CREATE_SHIPMENT" },
+        StepSpec { name: "CONFIRM_ORDER" },
+        StepSpec { name: "CAPTURE_PAYMENT" },
+        StepSpec { name: "COMMIT_STOCK" },
+    ];
+    const PIVOT: usize = steps::CONFIRM_ORDER;
+
+    type Data = FulfilmentData;
+    type Command = FulfilmentCommand;
+
+    fn start(event: &RecordedEvent) -> Option<(Uuid, FulfilmentData)> {
+        if event.event_type != "OrderPlaced" {
+            return None;
+        }
+        let OrderEvent::OrderPlaced(placed) = OrderEvent::from_payload(&event.event_type, event.payload.clone()).ok()? else {
+            return None;
+        };
+        let data = FulfilmentData {
+            order_id: placed.order_id,
+            lines: placed.lines,
+            total_cents: placed.total_cents,
+            payment_method: placed.payment_method,
+            shipping_address: placed.shipping_address,
+        };
+        Some((placed.order_id, data))
+    }
+
+    fn commands(data: &FulfilmentData, step: usize, phase: Phase, at: DateTime<Utc>) -> Vec<FulfilmentCommand> {
+        let order_id = data.order_id;
+        let each_line = |command: &dyn Fn(&OrderLine) -> InventoryCommand| -> Vec<FulfilmentCommand> {
+            data.lines.iter().map(|line| FulfilmentCommand::Inventory(command(line))).collect()
+        };
+        match (step, phase) {
+            (steps::RESERVE_STOCK, Phase::Action) => each_line(&|line| InventoryCommand::Reserve {
+                sku: line.sku.clone(),
+                order_id,
+                quantity: i64::from(line.quantity.get()),
+                at,
+            }),
+            (steps::RESERVE_STOCK, Phase::Compensation) => each_line(&|line| InventoryCommand::Release { sku: line.sku.clone(), order_id, at }),
+            (steps::AUTHORIZE_PAYMENT, Phase::Action) => vec![FulfilmentCommand::Payment(PaymentCommand::Authorize {
+                order_id,
+                amount_cents: data.total_cents.get() as i64,
+                payment_method: data.payment_method.clone(),
+                at,
+            })],
+            (steps::AUTHORIZE_PAYMENT, Phase::Compensation) => vec![FulfilmentCommand::Payment(PaymentCommand::Void { order_id, at })],
+            (steps::CREATE_SHIPMENT, Phase::Action) => vec![FulfilmentCommand::Shipment(ShipmentCommand::Create {
+                order_id,
+                address: data.shipping_address.clone(),
+                at,
+            })],
+            (steps::CREATE_SHIPMENT, Phase::Compensation) => vec![FulfilmentCommand::Shipment(ShipmentCommand::Cancel {
+                order_id,
+                reason: "order cancelled".into(),
+                at,
+            })],
+            (steps::CONFIRM_ORDER, Phase::Action) => vec![FulfilmentCommand::Order(OrderCommand::Confirm { order_id, at })],
+            (steps::CAPTURE_PAYMENT, Phase::Action) => vec![FulfilmentCommand::Payment(PaymentCommand::Capture { order_id, at })],
+            (steps::COMMIT_STOCK, Phase::Action) => each_line(&|line| InventoryCommand::Commit { sku: line.sku.clone(), order_id, at }),
+            _ => Vec::new(),
+        }
+    }
+
+    fn abort_commands(data: &FulfilmentData, failed_step: usize, reason: &str, at: DateTime<Utc>) -> Vec<FulfilmentCommand> {
+        vec![FulfilmentCommand::Order(OrderCommand::Cancel {
+            order_id: data.order_id,
+            reason: reason.to_owned(),
+            failed_step: fulfilment_step(failed_step),
+            at,
+        })]
+    }
+}
+
+/// The order's name for a failed step (the three steps an order can fail at).
+pub fn fulfilment_step(step: usize) -> Option<FulfilmentStep> {
+    match step {
+        steps::RESERVE_STOCK => Some(FulfilmentStep::ReserveStock),
+        steps::AUTHORIZE_PAYMENT => Some(FulfilmentStep::AuthorizePayment),
+        steps::CREATE_SHIPMENT => Some(FulfilmentStep::CreateShipment),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
