@@ -23,6 +23,7 @@
 //! `CREATE_SHIPMENT`.
 
 mod audit;
+pub mod scenario;
 mod services;
 
 pub use audit::{audit, AuditConfig, AuditReport, Violation};

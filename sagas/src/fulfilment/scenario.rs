@@ -1,0 +1,109 @@
+//! Deterministic order traffic for tests, the chaos test and `strata bench
+//! e2e`: the stock to restock first and a mix of orders, each with the
+//! outcome the domain's rules dictate.
+//!
+//! Of every 20 orders: 13 confirm; 2 pay with `card-declined` and 1 is over
+//! the gateway's limit (fail `AUTHORIZE_PAYMENT`); 1 pays with
+//! `card-no-answer` (the step's deadline fails it); 1 ships to `AQ` (fails
+//! `CREATE_SHIPMENT`); 2 ask for a SKU that never has enough stock after a
+//! line that does (fail `RESERVE_STOCK` after reserving the first line, which
+//! compensation must release). [`ScenarioConfig::failures`] turns failures off.
+
+use chrono::{DateTime, Utc};
+use strata_commands::inventory::InventoryCommand;
+use strata_commands::orders::{AddressInput, LineInput, PlaceOrder};
+use strata_schemas::values::{FulfilmentStep, Sku};
+use uuid::Uuid;
+
+/// SKUs restocked with plenty.
+pub const SKUS: &[&str] = &["SKU-A", "SKU-B", "SKU-C", "SKU-D", "SKU-E"];
+/// A SKU restocked with one unit; orders ask for two.
+pub const SCARCE_SKU: &str = "SKU-SCARCE";
+
+/// What an order must end as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Every step succeeds.
+    Confirmed,
+    /// Cancelled by compensation, naming this step.
+    Cancelled(FulfilmentStep),
+}
+
+/// Which orders to make.
+#[derive(Debug, Clone)]
+pub struct ScenarioConfig {
+    /// Varies ids and quantities.
+    pub seed: u64,
+    /// Include the failing orders (else every order confirms).
+    pub failures: bool,
+}
+
+/// The restocks that give every plain SKU enough for `orders` orders (and
+/// the scarce SKU its single unit), at `at`.
+pub fn restocks(orders: usize, at: DateTime<Utc>) -> Vec<InventoryCommand> {
+    let per_sku = (orders * 3 / SKUS.len() + 100) as i64;
+    let mut commands = Vec::new();
+    for sku in SKUS {
+        let mut left = per_sku;
+        while left > 0 {
+            let quantity = left.min(10_000);
+            commands.push(InventoryCommand::Restock { sku: Sku::parse(sku).expect("valid sku"), quantity, at });
+            left -= quantity;
+        }
+    }
+    commands.push(InventoryCommand::Restock { sku: Sku::parse(SCARCE_SKU).expect("valid sku"), quantity: 1, at });
+    commands
+}
+
+/// The `index`-th order of the scenario and what it must end as.
+pub fn order(config: &ScenarioConfig, index: usize, at: DateTime<Utc>) -> (PlaceOrder, Expected) {
+    let order_id = Uuid::new_v5(&Uuid::from_u128(u128::from(config.seed)), format!("order-{index}").as_bytes());
+    let mix = ((index as u64).wrapping_mul(7).wrapping_add(config.seed)) % 20;
+    let sku = |n: u64| SKUS[((index as u64 + n) % SKUS.len() as u64) as usize].to_owned();
+    let quantity = 1 + ((index as u64 + config.seed) % 3) as i64;
+    let mut lines = vec![LineInput { sku: sku(0), quantity, unit_price_cents: 1_250 }];
+    if index % 2 == 0 {
+        lines.push(LineInput { sku: sku(1), quantity: 1, unit_price_cents: 999 });
+    }
+    let mut payment_method = "card".to_owned();
+    let mut country = "BE".to_owned();
+    let expected = match mix {
+        13 | 14 if config.failures => {
+            payment_method = strata_commands::payments::METHOD_DECLINED.into();
+            Expected::Cancelled(FulfilmentStep::AuthorizePayment)
+        }
+        15 if config.failures => {
+            lines[0].unit_price_cents = 600_000;
+            Expected::Cancelled(FulfilmentStep::AuthorizePayment)
+        }
+        16 if config.failures => {
+            payment_method = strata_commands::payments::METHOD_NO_ANSWER.into();
+            Expected::Cancelled(FulfilmentStep::AuthorizePayment)
+        }
+        17 if config.failures => {
+            country = strata_commands::shipping::UNDELIVERABLE_COUNTRIES[0].into();
+            Expected::Cancelled(FulfilmentStep::CreateShipment)
+        }
+        18 | 19 if config.failures => {
+            lines.truncate(1);
+            lines.push(LineInput { sku: SCARCE_SKU.into(), quantity: 2, unit_price_cents: 100 });
+            Expected::Cancelled(FulfilmentStep::ReserveStock)
+        }
+        _ => Expected::Confirmed,
+    };
+    let place = PlaceOrder {
+        order_id,
+        customer_id: format!("customer-{}", index % 50),
+        lines,
+        payment_method,
+        shipping_address: AddressInput {
+            name: "Ada Lovelace".into(),
+            street: "Rue de la Loi 16".into(),
+            city: "Brussels".into(),
+            postal_code: "1000".into(),
+            country,
+        },
+        at,
+    };
+    (place, expected)
+}
