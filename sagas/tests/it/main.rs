@@ -200,3 +200,28 @@ async fn killed_after_any_command_a_new_orchestrator_finishes_every_branch_with_
         assert!(k >= 2, "order {index}: only {k} crash points");
     }
 }
+
+#[tokio::test]
+async fn the_audit_reports_a_leaked_payment_and_a_saga_stuck_past_its_deadline() {
+    let world = World::new(20).await;
+    let orchestrator = world.orchestrator(Arc::new(world.services()));
+    // A declined order (index 1) ends cancelled; then someone authorizes its
+    // payment behind the saga's back.
+    let (declined, _) = world.place(1, true).await;
+    start_and_drive(&orchestrator, &declined).await;
+    let declined_id: uuid::Uuid = declined.stream_id.id().parse().unwrap();
+    let payments: strata_commands::CommandHandler<strata_commands::payments::Payment> =
+        strata_commands::CommandHandler::new(world.store.clone(), None, Default::default());
+    let rogue = strata_commands::payments::PaymentCommand::Authorize { order_id: declined_id, amount_cents: 100, payment_method: "card".into(), at: t0() };
+    payments.handle(strata_commands::Envelope::new(uuid::Uuid::new_v4(), rogue)).await.unwrap();
+    // The no-answer order (index 7) waits; nobody drives it past its deadline.
+    let (waiting, _) = world.place(7, true).await;
+    start_and_drive(&orchestrator, &waiting).await;
+    world.clock.advance(Duration::minutes(10));
+
+    let report = world.audit().await;
+    let rules: Vec<(&str, String)> = report.violations.iter().map(|v| (v.rule, v.subject.clone())).collect();
+    assert!(rules.contains(&("cancelled-order-released", format!("order-{declined_id}"))), "{rules:?}");
+    assert!(rules.contains(&("saga-in-flight", format!("order-{}", waiting.stream_id.id()))), "{rules:?}");
+    assert_eq!(rules.len(), 2, "{rules:?}");
+}
