@@ -3,7 +3,10 @@
 //! - `audit stream ID [--at-version N | --as-of TIME] [--as-stored] [--json]`
 //!   prints a stream's events with every piece of metadata;
 //! - `audit verify [--stream ID] [--json]` walks the hash chain and exits
-//!   non-zero when a link is broken.
+//!   non-zero when a link is broken;
+//! - `audit invariants [--json]` checks the order-fulfilment invariants over
+//!   the whole log (`strata_sagas::fulfilment::audit`) and exits non-zero on
+//!   any violation.
 
 use std::io::Write;
 
@@ -134,4 +137,33 @@ pub async fn verify(reader: &dyn EventReader, stream_id: Option<&StreamId>, as_j
         )?;
     }
     Ok(report.is_intact())
+}
+
+/// `audit invariants`: checks the fulfilment invariants over the whole log,
+/// prints the report, and returns whether every invariant holds.
+pub async fn invariants(reader: std::sync::Arc<dyn EventReader>, as_json: bool) -> anyhow::Result<bool> {
+    let config = strata_sagas::fulfilment::AuditConfig::default();
+    let report = strata_sagas::fulfilment::audit(reader, &config).await.context("reading the log")?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(report.violations.is_empty());
+    }
+    let counts = |map: &std::collections::BTreeMap<String, u64>| map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+    writeln!(out, "orders: {}", if report.orders.is_empty() { "none".into() } else { counts(&report.orders) })?;
+    writeln!(out, "sagas: {}", if report.sagas.is_empty() { "none".into() } else { counts(&report.sagas) })?;
+    for (sku, stock) in &report.stock {
+        writeln!(out, "stock {sku}: restocked {} = available {} + reserved {} + shipped {}", stock.restocked, stock.available, stock.reserved, stock.shipped)?;
+    }
+    for violation in &report.violations {
+        writeln!(out, "VIOLATION {} {}: {}", violation.rule, violation.subject, violation.detail)?;
+    }
+    writeln!(
+        out,
+        "{} events checked: {}",
+        report.events,
+        if report.violations.is_empty() { "every invariant holds".to_owned() } else { format!("{} violations", report.violations.len()) }
+    )?;
+    Ok(report.violations.is_empty())
 }

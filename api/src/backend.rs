@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use strata_schemas::SchemaRegistry;
 use strata_store::lease::{Lease, MemoryLease};
-use strata_store::{CheckpointStore, EventReader, EventStore, MemoryEventStore, SqliteConfig, SqliteEventStore};
+use strata_store::{CheckpointStore, EventReader, EventStore, MemoryEventStore, SnapshotStore, SqliteConfig, SqliteEventStore};
 
 /// An opened event store, by backend.
 #[derive(Clone)]
@@ -104,6 +104,16 @@ impl EventStoreBackend {
 
     /// The checkpoints kept beside the log (the relay's).
     pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+        match self {
+            Self::Memory(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The snapshots kept beside the log (the command handlers').
+    pub fn snapshots(&self) -> Arc<dyn SnapshotStore> {
         match self {
             Self::Memory(store) => Arc::new(store.clone()),
             Self::Sqlite(store) => Arc::new(store.clone()),

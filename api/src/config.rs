@@ -63,9 +63,12 @@ pub struct Roles {
     pub relay: bool,
     /// Runs the projection workers.
     pub projector: bool,
-    /// Runs the saga orchestrators (not built yet: accepted, does nothing).
+    /// Runs the saga orchestrator (order fulfilment), which calls the
+    /// simulated services in its own process.
     pub saga: bool,
-    /// Runs the simulated services (not built yet: accepted, does nothing).
+    /// The simulated services. They run inside the saga role's process (its
+    /// commands go straight to their command handlers on the shared log); a
+    /// process with only this role has nothing to run.
     pub services: bool,
 }
 
@@ -157,6 +160,9 @@ impl Settings {
         let roles = Roles::parse(&roles)?;
         if bus == "memory" && roles.relay != roles.projector {
             bail!("STRATA_ROLES: with STRATA_BUS=memory the relay and the projector must run in the same process (the bus is in-process); use nats://… to split them");
+        }
+        if bus == "memory" && roles.saga && !roles.relay {
+            bail!("STRATA_ROLES: with STRATA_BUS=memory the saga role must run with the relay (the bus is in-process); use nats://… to split them");
         }
         if read_model == "memory" && roles.api != roles.projector {
             bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… to split them");

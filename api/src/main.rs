@@ -72,6 +72,14 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the order-fulfilment invariants over the whole log: sagas
+    /// terminal or within their deadline, stock conserved, no double capture,
+    /// nothing left held for a cancelled order (exit 1 on any violation).
+    Invariants {
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +184,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// Order placed → order confirmed through relay, bus, saga and services,
+    /// orders sent open-loop at a fixed rate: orders/s and p50/p95/p99.
+    E2e {
+        /// Orders placed.
+        #[arg(long, default_value_t = 2_000)]
+        orders: usize,
+        /// Orders per second offered.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
     /// The command path (load, decide, append) vs raw appends of the same events.
     Commands {
         /// Aggregates the commands spread over (1 = one hot aggregate).
@@ -241,6 +259,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stream_id = stream.as_deref().map(StreamId::parse).transpose()?;
             let backend = open(&settings).await?;
             if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), json).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Audit(AuditCommand::Invariants { json }) => {
+            let backend = open(&settings).await?;
+            if !audit::invariants(backend.reader(), json).await? {
                 return Ok(ExitCode::from(1));
             }
         }
@@ -317,6 +341,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             println!("{}", serde_json::to_string(&result)?);
         }
+        Command::Bench(BenchCommand::E2e { orders, rate }) => {
+            let result = bench::e2e(&bench::E2eBench {
+                event_store_url: settings.event_store.clone(),
+                bus_url: settings.bus.clone(),
+                orders,
+                rate,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
         Command::Bench(BenchCommand::Commands { aggregates, writers, duration, runs }) => {
             let result = bench::commands(&CommandsBench {
                 event_store_url: settings.event_store.clone(),
@@ -338,7 +372,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let backend = open(settings).await?;
     backend.migrate().await.context("migrating the event store")?;
     let roles = settings.roles;
-    let bus = if roles.relay || roles.projector { Some(open_bus(&settings.bus).await?) } else { None };
+    let bus = if roles.relay || roles.projector || roles.saga { Some(open_bus(&settings.bus).await?) } else { None };
     let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
     let mut workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone()).await?;
     let store = backend.store();

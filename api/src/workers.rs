@@ -6,11 +6,18 @@
 //! A projection without a live generation (always the case for in-memory read
 //! models, and for a fresh Redis) is first built from the log, then follows
 //! the bus; the stream guards make the overlap between the two harmless.
+//!
+//! The saga role runs the order-fulfilment orchestrator: triggers
+//! (`OrderPlaced`) from the bus through the consumer group
+//! `saga-fulfilment`, commands to the services' handlers in this process.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use strata_commands::HandlerConfig;
 use strata_projections::{orders, rebuild, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
+use strata_sagas::fulfilment::{self, Fulfilment, FulfilmentServices};
+use strata_sagas::{Orchestrator, OrchestratorConfig, SystemClock};
 use strata_store::bus::{MemoryBus, Publisher, Subscriber};
 use strata_store::relay::{Relay, RelayConfig};
 use tokio::sync::watch;
@@ -128,6 +135,13 @@ async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, s
     Ok(())
 }
 
+/// The order-fulfilment orchestrator on `backend`, calling the services in
+/// this process.
+pub fn saga_orchestrator(backend: &EventStoreBackend, config: OrchestratorConfig) -> Orchestrator<Fulfilment> {
+    let services = FulfilmentServices::new(backend.store(), Some(backend.snapshots()), HandlerConfig::default(), "saga:fulfilment");
+    Orchestrator::new(backend.store(), backend.checkpoints(), Arc::new(services), Arc::new(SystemClock), config)
+}
+
 /// The running workers of a process.
 pub struct Workers {
     shutdown: watch::Sender<bool>,
@@ -165,8 +179,19 @@ impl Workers {
             });
             tasks.push(("relay".to_owned(), task));
         }
-        if settings.roles.saga || settings.roles.services {
-            tracing::debug!("saga and services roles have nothing to run yet");
+        if settings.roles.saga {
+            let Some(bus) = bus else { bail!("the saga role needs a bus") };
+            let orchestrator = Arc::new(saga_orchestrator(backend, OrchestratorConfig::default()));
+            let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
+            let task = tokio::spawn(async move {
+                orchestrator
+                    .run(subscriber, fulfilment::TRIGGER_CATEGORY, stop)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+            tasks.push(("saga fulfilment".to_owned(), task));
+        } else if settings.roles.services {
+            tracing::info!("the services role runs inside the saga role's process; nothing to run here");
         }
         Ok(Self { shutdown, tasks })
     }

@@ -390,11 +390,15 @@ impl<S: Saga> Orchestrator<S> {
         let mut sweep = tokio::time::interval(self.config.sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stopped);
         loop {
             let wait = self.next_due().map(|due| (due - self.clock.now()).to_std().unwrap_or_default());
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break,
+                () = &mut stopped => break,
                 _ = async { tokio::time::sleep(wait.unwrap_or_default()).await }, if wait.is_some() => {
                     for saga_id in self.take_due() {
                         spawn_drive(self.clone(), permits.clone(), saga_id).await;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::backend::{registry, scheme, Scheme};
 
 mod commands;
+mod e2e;
 #[cfg(feature = "redis")]
 mod project;
 #[cfg(feature = "redis")]
@@ -32,6 +33,7 @@ mod rebuild;
 #[cfg(feature = "nats")]
 mod relay;
 pub use commands::{commands, CommandsBench};
+pub use e2e::{e2e, E2eBench};
 #[cfg(feature = "redis")]
 pub use project::{project, ProjectBench};
 #[cfg(feature = "redis")]

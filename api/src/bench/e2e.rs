@@ -1,0 +1,196 @@
+//! `strata bench e2e`: order placed → order confirmed, through the whole
+//! pipeline in one process: the command handler appends `OrderPlaced` to a
+//! scratch log, the relay puts it on the bus (in process, or a fresh
+//! JetStream stream), the saga orchestrator takes it from its consumer group
+//! and drives reserve → authorize → ship → confirm → capture → commit
+//! through the services. Orders are sent open-loop at `--rate` (each at its
+//! scheduled time, whatever the backlog, so a slow pipeline shows as
+//! latency rather than as a lower send rate); latency runs from the
+//! scheduled send to the moment a follower of the log sees `OrderConfirmed`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use strata_commands::inventory::Inventory;
+use strata_commands::orders::{Order, OrderCommand};
+use strata_commands::{CommandHandler, Envelope, HandlerConfig};
+use strata_sagas::fulfilment::scenario::{self, ScenarioConfig};
+use strata_sagas::fulfilment::{self, Fulfilment, FulfilmentServices};
+use strata_sagas::{Orchestrator, OrchestratorConfig, SystemClock};
+use strata_store::bus::{Publisher, Subscriber};
+use strata_store::relay::{Relay, RelayConfig};
+use strata_store::{EventReader, Subscribe};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{machine, open_scratch, round, Scratch};
+
+/// Parameters of `bench e2e`.
+#[derive(Debug, Clone)]
+pub struct E2eBench {
+    /// Where the scratch log goes (only the server or directory is used).
+    pub event_store_url: String,
+    /// `memory` or `nats://HOST:4222` (a fresh stream is used).
+    pub bus_url: String,
+    /// Orders placed.
+    pub orders: usize,
+    /// Orders per second offered.
+    pub rate: f64,
+}
+
+/// Runs `bench e2e` and returns its JSON result.
+pub async fn e2e(bench: &E2eBench) -> anyhow::Result<Value> {
+    if bench.orders == 0 || !(bench.rate > 0.0) {
+        bail!("--orders and --rate must be positive");
+    }
+    let scratch = Scratch::create(&bench.event_store_url).await?;
+    let result = run(bench, &scratch).await;
+    scratch.remove().await?;
+    result
+}
+
+async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
+    let (store, backend) = open_scratch(scratch, 16).await?;
+    let (publisher, subscriber, bus_name, cleanup): (Arc<dyn Publisher>, Arc<dyn Subscriber>, &str, Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send>>) =
+        if bench.bus_url == "memory" {
+            let bus = Arc::new(strata_store::bus::MemoryBus::new());
+            (bus.clone(), bus, "memory", None)
+        } else {
+            open_nats(&bench.bus_url).await?
+        };
+    let now = chrono::Utc::now();
+    let inventory: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
+    for command in scenario::restocks(bench.orders, now) {
+        inventory.handle(Envelope::new(Uuid::new_v4(), command)).await?;
+    }
+
+    // Who saw which order confirmed, and when.
+    let confirmed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let (stop, stopped) = watch::channel(false);
+    let follower = {
+        let (reader, confirmed) = (store.clone() as Arc<dyn EventReader>, confirmed.clone());
+        let head = reader.head_position().await?;
+        tokio::spawn(async move {
+            let mut events = reader.subscribe(Subscribe { category: Some("order".into()), ..Subscribe::after(head) });
+            while let Some(event) = events.next().await {
+                let event = event?;
+                if event.event_type == "OrderConfirmed" {
+                    if let Ok(order_id) = event.stream_id.id().parse() {
+                        confirmed.lock().expect("not poisoned").insert(order_id, Instant::now());
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let relay = {
+        let relay = Relay::new(store.clone(), store.clone(), publisher, RelayConfig { name: "bench-e2e".into(), ..RelayConfig::default() });
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move { relay.run(async move { let _ = stopped.wait_for(|s| *s).await; }).await })
+    };
+    let orchestrator = {
+        let services = FulfilmentServices::new(store.clone(), Some(store.clone()), HandlerConfig::default(), "saga:fulfilment");
+        let orchestrator: Arc<Orchestrator<Fulfilment>> = Arc::new(Orchestrator::new(
+            store.clone(),
+            store.clone(),
+            Arc::new(services),
+            Arc::new(SystemClock),
+            OrchestratorConfig::default(),
+        ));
+        tokio::spawn(orchestrator.run(subscriber, fulfilment::TRIGGER_CATEGORY, stopped.clone()))
+    };
+
+    let orders: CommandHandler<Order> = CommandHandler::new(store.clone(), Some(store.clone()), HandlerConfig::default());
+    let config = ScenarioConfig { seed: rand::random(), failures: false };
+    let started = Instant::now();
+    let mut sent: HashMap<Uuid, Instant> = HashMap::with_capacity(bench.orders);
+    let mut placing = Vec::with_capacity(bench.orders);
+    for index in 0..bench.orders {
+        let due = started + Duration::from_secs_f64(index as f64 / bench.rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (place, _) = scenario::order(&config, index, chrono::Utc::now());
+        sent.insert(place.order_id, due);
+        let orders = orders.clone();
+        placing.push(tokio::spawn(async move { orders.handle(Envelope::new(Uuid::new_v4(), OrderCommand::Place(place))).await }));
+    }
+    for placed in placing {
+        placed.await.context("placing an order")??;
+    }
+    let offered_seconds = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = confirmed.lock().expect("not poisoned").len();
+        if done >= bench.orders {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {} orders confirmed within two minutes after the last was placed", bench.orders);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    follower.abort();
+    relay.await??;
+    orchestrator.await??;
+    if let Some(cleanup) = cleanup {
+        cleanup().await?;
+    }
+
+    let confirmed = confirmed.lock().expect("not poisoned").clone();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(order_id, sent)| confirmed.get(order_id).map(|at| at.duration_since(*sent).as_secs_f64() * 1_000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let last = confirmed.values().max().copied().unwrap_or(started);
+    let seconds = last.duration_since(started).as_secs_f64();
+    let percentile = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    Ok(json!({
+        "bench": "e2e",
+        "backend": backend,
+        "bus": bus_name,
+        "orders": bench.orders,
+        "rate": bench.rate,
+        "offered_orders_per_s": round(bench.orders as f64 / offered_seconds, 1),
+        "orders_per_s": round(bench.orders as f64 / seconds, 1),
+        "p50_ms": round(percentile(0.50), 1),
+        "p95_ms": round(percentile(0.95), 1),
+        "p99_ms": round(percentile(0.99), 1),
+        "max_ms": round(latencies.last().copied().unwrap_or(0.0), 1),
+        "seconds": round(seconds, 3),
+        "machine": machine(),
+    }))
+}
+
+#[cfg(feature = "nats")]
+#[allow(clippy::type_complexity)]
+async fn open_nats(
+    url: &str,
+) -> anyhow::Result<(Arc<dyn Publisher>, Arc<dyn Subscriber>, &'static str, Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send>>)> {
+    use strata_store::bus::{JetStreamBus, JetStreamConfig};
+    let id = Uuid::new_v4().simple().to_string();
+    let bus = JetStreamBus::connect(JetStreamConfig {
+        stream_name: format!("BENCH_E2E_{id}"),
+        subject_prefix: format!("benche2e{id}"),
+        ..JetStreamConfig::new(url.to_owned())
+    })
+    .await
+    .with_context(|| format!("connecting to NATS at {url}"))?;
+    let cleanup_bus = bus.clone();
+    let cleanup: Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send> =
+        Box::new(move || Box::pin(async move { cleanup_bus.delete().await.map_err(anyhow::Error::from) }));
+    let bus = Arc::new(bus);
+    Ok((bus.clone(), bus, "nats", Some(cleanup)))
+}
+
+#[cfg(not(feature = "nats"))]
+#[allow(clippy::type_complexity)]
+async fn open_nats(
+    url: &str,
+) -> anyhow::Result<(Arc<dyn Publisher>, Arc<dyn Subscriber>, &'static str, Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send>>)> {
+    bail!("this strata binary was built without the `nats` feature; STRATA_BUS={url} is not available")
+}
