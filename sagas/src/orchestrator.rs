@@ -70,7 +70,7 @@ impl Default for OrchestratorConfig {
             concurrency: 64,
             stall_after: StdDuration::from_secs(10),
             sweep_every: StdDuration::from_secs(5),
-            ack_wait: StdDuration::from_secs(30),
+            ack_wait: StdDuration::from_secs(10),
             actor: "strata-saga".into(),
         }
     }

@@ -3,8 +3,6 @@
 //! while a writer appends several thousand events; after the last restart the
 //! Redis read models must equal models rebuilt from the log from scratch.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,51 +15,7 @@ use strata_store::testkit::{report_unreachable, service_url, wait_until};
 use strata_store::{EventReader, EventStore, PostgresConfig, PostgresEventStore};
 use uuid::Uuid;
 
-use crate::support::TestDatabase;
-
-struct Role {
-    name: &'static str,
-    env: Vec<(&'static str, String)>,
-    log: std::path::PathBuf,
-    child: Option<Child>,
-    starts: usize,
-}
-
-impl Role {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command
-            .arg("serve")
-            .env_remove("STRATA_LISTEN")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .env("STRATA_ROLES", self.name)
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (key, value) in &self.env {
-            command.env(key, value);
-        }
-        self.child = Some(command.spawn().expect("start strata"));
-        self.starts += 1;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
-            child.wait().unwrap();
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::support::{tail, Role, TestDatabase};
 
 async fn redis_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
     let generation = sink.live_generation(projection).await.ok()??;
@@ -71,12 +25,6 @@ async fn redis_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> 
     })
     .await
     .ok()
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! databases come from `strata_store::testkit`.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,3 +56,57 @@ pub fn scratch_sqlite() -> ScratchSqlite {
 }
 
 pub use strata_store::testkit::postgres::TestDatabase;
+
+/// A `strata serve` process with some roles, its log appended to a file,
+/// that a test can SIGKILL and start again.
+pub struct Role {
+    pub name: &'static str,
+    pub env: Vec<(&'static str, String)>,
+    pub log: std::path::PathBuf,
+    pub child: Option<Child>,
+    pub starts: usize,
+}
+
+impl Role {
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .arg("serve")
+            .env_remove("STRATA_LISTEN")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("STRATA_ROLES", self.name)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("start strata"));
+        self.starts += 1;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL"); // std's kill is SIGKILL on unix
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last 30 lines of a log file.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
