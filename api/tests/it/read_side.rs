@@ -130,3 +130,95 @@ async fn commands_reach_redis_read_models_through_jetstream() {
     sink.delete_all().await.unwrap();
     database.drop_database().await;
 }
+
+/// Waits until the view of `order_id` satisfies `done`.
+async fn view_until(sink: Arc<RedisSink>, order_id: Uuid, what: &'static str, done: fn(&orders::OrderView) -> bool) -> orders::OrderView {
+    wait_until(Duration::from_secs(60), move || {
+        let sink = sink.clone();
+        async move {
+            match orders::order(&*sink, order_id).await.map_err(|e| e.to_string())? {
+                Some(view) if done(&view) => Ok(view),
+                other => Err(format!("{what}: {other:?}")),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_drives_placed_orders_and_its_steps_appear_in_the_order_view() {
+    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let Some(database) = TestDatabase::create().await else { return };
+    let id = Uuid::new_v4().simple().to_string();
+    let prefix = format!("test_{id}");
+    let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
+        Ok(sink) => Arc::new(sink),
+        Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
+    };
+    if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
+        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+    }
+    let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
+    let store = Arc::new(PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap());
+    store.migrate().await.unwrap();
+    // Every role but the api, in one process.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("serve")
+        .env_remove("STRATA_LISTEN")
+        .env("RUST_LOG", "warn")
+        .env("STRATA_ROLES", "relay,projector,saga,services")
+        .env("STRATA_EVENT_STORE", &database.url)
+        .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
+        .env("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let orders_handler: CommandHandler<Order> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
+    let stock_handler: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
+    let sku = Sku::parse(&format!("SKU-{}", &id[..8]).to_uppercase()).unwrap();
+    let restock = InventoryCommand::Restock { sku: sku.clone(), quantity: 10, at: Utc::now() };
+    stock_handler.handle(Envelope::new(Uuid::new_v4(), restock)).await.unwrap();
+    let (confirmed, declined, silent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    orders_handler.handle(place(confirmed, "c-1", &sku, 2)).await.unwrap();
+    let mut envelope = place(declined, "c-1", &sku, 1);
+    let OrderCommand::Place(order) = &mut envelope.command else { unreachable!() };
+    order.payment_method = strata_commands::payments::METHOD_DECLINED.into();
+    orders_handler.handle(envelope).await.unwrap();
+    let mut envelope = place(silent, "c-1", &sku, 1);
+    let OrderCommand::Place(order) = &mut envelope.command else { unreachable!() };
+    order.payment_method = strata_commands::payments::METHOD_NO_ANSWER.into();
+    orders_handler.handle(envelope).await.unwrap();
+
+    let view = view_until(sink.clone(), confirmed, "confirmed", |v| v.saga_status.as_deref() == Some("COMPLETED")).await;
+    assert_eq!(view.status, "CONFIRMED");
+    let steps: Vec<(&str, &str)> = view.steps.iter().map(|s| (s.step.as_str(), s.status.as_str())).collect();
+    assert_eq!(
+        steps,
+        [("RESERVE_STOCK", "DONE"), ("AUTHORIZE_PAYMENT", "DONE"), ("CREATE_SHIPMENT", "DONE"), ("CONFIRM_ORDER", "DONE"), ("CAPTURE_PAYMENT", "DONE"), ("COMMIT_STOCK", "DONE")]
+    );
+
+    let view = view_until(sink.clone(), declined, "declined", |v| v.saga_status.as_deref() == Some("ABORTED") && v.status == "CANCELLED").await;
+    assert_eq!(view.failed_step.as_deref(), Some("AUTHORIZE_PAYMENT"));
+    assert_eq!(view.cancel_reason.as_deref(), Some("payment declined: card declined"));
+    let steps: Vec<(&str, &str)> = view.steps.iter().take(3).map(|s| (s.step.as_str(), s.status.as_str())).collect();
+    assert_eq!(steps, [("RESERVE_STOCK", "COMPENSATED"), ("AUTHORIZE_PAYMENT", "FAILED"), ("CREATE_SHIPMENT", "PENDING")]);
+    assert_eq!(view.steps[1].last_error.as_deref(), Some("payment declined: card declined"));
+
+    // The payment that never answers: retried while waiting, then its deadline cancels the order.
+    let view = view_until(sink.clone(), silent, "retrying", |v| v.steps[1].retries >= 2).await;
+    assert_eq!(view.steps[1].last_error.as_deref(), Some("no answer"));
+    let view = view_until(sink.clone(), silent, "deadline", |v| v.status == "CANCELLED" && v.saga_status.as_deref() == Some("ABORTED")).await;
+    assert_eq!(view.steps[1].status, "FAILED");
+    assert!(view.cancel_reason.as_deref().unwrap().starts_with("deadline passed"), "{view:?}");
+    let stock = orders::stock(&*sink, sku.as_str()).await.unwrap().unwrap();
+    assert_eq!(stock, StockView { on_hand: 8, reserved: 0, available: 8 }, "two units shipped, the rest released");
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let client = async_nats::connect(&nats).await.unwrap();
+    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
+    sink.delete_all().await.unwrap();
+    database.drop_database().await;
+}

@@ -2,7 +2,9 @@
 //!
 //! - [`OrdersProjection`] (`orders`): one view per order (status, lines,
 //!   totals, the fulfilment steps seen so far, last update), fed by the order,
-//!   inventory, payment and shipment streams, each writing its own fields;
+//!   inventory, payment and shipment streams and by the order's saga
+//!   (`fulfilment-<orderId>`: each step's status, attempts and last error),
+//!   each writing its own fields;
 //!   and indexes for `orders(customerId, status, first, after)`: `all`,
 //!   `customer:<id>`, `status:<STATUS>`, `customer:<id>:status:<STATUS>`,
 //!   scored by the position of the `OrderPlaced` event (so pages come in
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use strata_schemas::events::{
+    SagaAborted, SagaStepFailed, SagaStepRetryScheduled, SagaStepSucceeded,
     OrderCancelled, OrderPlaced, PaymentAuthorized, PaymentCaptured, PaymentRefunded, PaymentVoided,
     ReservationCommitted, ReservationReleased, ShipmentCancelled, ShipmentCreated, StockReserved, StockRestocked,
 };
@@ -32,6 +35,9 @@ use crate::sink::{ReadModelSink, SinkError};
 pub fn projections() -> Vec<Arc<dyn Projection>> {
     vec![Arc::new(OrdersProjection), Arc::new(StockProjection)]
 }
+
+/// The steps of the fulfilment saga, in order (`strata_sagas::fulfilment`).
+pub const SAGA_STEPS: [&str; 6] = ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER", "CAPTURE_PAYMENT", "COMMIT_STOCK"];
 
 /// Order statuses (DESIGN §5).
 pub const STATUSES: [&str; 4] = ["PENDING", "CONFIRMED", "SHIPPED", "CANCELLED"];
@@ -50,6 +56,16 @@ fn decode<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, Ap
 
 fn order_key(order_id: Uuid) -> String {
     format!("order:{order_id}")
+}
+
+/// The view of a fulfilment saga's order (`fulfilment-<orderId>`).
+fn saga_key(event: &RecordedEvent) -> Result<String, ApplyError> {
+    let order_id: Uuid = event
+        .stream_id
+        .id()
+        .parse()
+        .map_err(|_| ApplyError::new(format!("saga stream {} is not named after an order id", event.stream_id)))?;
+    Ok(order_key(order_id))
 }
 
 fn set(key: &str, field: &str, value: Value) -> Write {
@@ -110,11 +126,11 @@ impl Projection for OrdersProjection {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn categories(&self) -> &[&'static str] {
-        &["order", "inventory", "payment", "shipment"]
+        &["order", "inventory", "payment", "shipment", "fulfilment"]
     }
 
     fn event_types(&self) -> &[&'static str] {
@@ -132,6 +148,12 @@ impl Projection for OrdersProjection {
             "PaymentRefunded",
             "ShipmentCreated",
             "ShipmentCancelled",
+            "SagaStarted",
+            "SagaStepSucceeded",
+            "SagaStepRetryScheduled",
+            "SagaStepFailed",
+            "SagaCompleted",
+            "SagaAborted",
         ]
     }
 
@@ -229,6 +251,40 @@ impl Projection for OrdersProjection {
                 let e: ShipmentCancelled = decode(event)?;
                 vec![set(&order_key(e.order_id), "shipment", json!({"status": "CANCELLED", "reason": e.reason}))]
             }
+            "SagaStarted" | "SagaCompleted" => {
+                let status = if event.event_type == "SagaStarted" { "RUNNING" } else { "COMPLETED" };
+                vec![set(&saga_key(event)?, "saga", json!({"status": status}))]
+            }
+            "SagaStepSucceeded" => {
+                let e: SagaStepSucceeded = decode(event)?;
+                // A compensation has its own field: a failed step is compensated
+                // too (it may have done part of its work) and stays FAILED.
+                let field = if e.compensation { format!("undo:{}", e.step) } else { format!("step:{}", e.step) };
+                let status = if e.compensation { "COMPENSATED" } else { "DONE" };
+                vec![set(&saga_key(event)?, &field, json!({"status": status}))]
+            }
+            "SagaStepRetryScheduled" => {
+                let e: SagaStepRetryScheduled = decode(event)?;
+                let key = saga_key(event)?;
+                let retry = json!({"attempts": e.attempt, "lastError": e.reason, "compensation": e.compensation, "retryAt": e.retry_at});
+                let mut writes = vec![set(&key, &format!("retries:{}", e.step), retry)];
+                if !e.compensation {
+                    writes.push(set(&key, &format!("step:{}", e.step), json!({"status": "RETRYING"})));
+                }
+                writes
+            }
+            "SagaStepFailed" => {
+                let e: SagaStepFailed = decode(event)?;
+                let key = saga_key(event)?;
+                vec![
+                    set(&key, &format!("step:{}", e.step), json!({"status": "FAILED", "reason": e.reason})),
+                    set(&key, "saga", json!({"status": "COMPENSATING"})),
+                ]
+            }
+            "SagaAborted" => {
+                let e: SagaAborted = decode(event)?;
+                vec![set(&saga_key(event)?, "saga", json!({"status": "ABORTED", "failedStep": e.failed_step, "reason": e.reason}))]
+            }
             other => return Err(ApplyError::new(format!("orders does not handle {other}"))),
         };
         if let Some(Write::SetField { key, .. }) = writes.first() {
@@ -314,10 +370,16 @@ impl Projection for StockProjection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
-    /// `RESERVE_STOCK`, `AUTHORIZE_PAYMENT`, `CREATE_SHIPMENT`.
+    /// One of [`SAGA_STEPS`] (only the first three for orders without a saga).
     pub step: String,
-    /// `PENDING`, `DONE`, `FAILED` or `COMPENSATED`.
+    /// `PENDING`, `RETRYING`, `DONE`, `FAILED` or `COMPENSATED`.
     pub status: String,
+    /// Attempts that failed and were retried (action or compensation).
+    #[serde(default)]
+    pub retries: u32,
+    /// The reason of the failure or of the last retry.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// An order as clients read it.
@@ -338,8 +400,11 @@ pub struct OrderView {
     pub cancel_reason: Option<String>,
     /// The step whose failure cancelled it.
     pub failed_step: Option<String>,
-    /// Fulfilment steps.
+    /// Fulfilment steps: the saga's when it has run (every step of
+    /// [`SAGA_STEPS`]), else derived from the services' events.
     pub steps: Vec<StepView>,
+    /// The saga: `RUNNING`, `COMPENSATING`, `COMPLETED`, `ABORTED` (none before it starts).
+    pub saga_status: Option<String>,
     /// Last change, in microseconds since the epoch.
     pub updated_at_micros: i64,
     /// The position of its `OrderPlaced` event (its cursor).
@@ -377,6 +442,43 @@ impl OrderView {
             None
         };
         let status_of = |field: &str| document.get(field).and_then(|v| v.get("status")).and_then(Value::as_str);
+        let derived = |step: &str, seen: Option<&str>| StepView {
+            step: step.into(),
+            status: step_status(step, seen),
+            retries: 0,
+            last_error: None,
+        };
+        let steps = if document.get("saga").is_some() {
+            SAGA_STEPS
+                .iter()
+                .map(|step| {
+                    let saga_step = document.get(&format!("step:{step}"));
+                    let retries = document.get(&format!("retries:{step}"));
+                    let status = saga_step.and_then(|s| s.get("status")).and_then(Value::as_str);
+                    let status = match (status, document.contains_key(&format!("undo:{step}"))) {
+                        (Some("FAILED"), _) => "FAILED",
+                        (_, true) => "COMPENSATED",
+                        (Some(status), false) => status,
+                        (None, false) => "PENDING",
+                    };
+                    StepView {
+                        step: (*step).into(),
+                        status: status.into(),
+                        retries: retries.and_then(|r| r.get("attempts")).and_then(Value::as_u64).unwrap_or(0) as u32,
+                        last_error: saga_step
+                            .and_then(|s| s.get("reason"))
+                            .or_else(|| retries.and_then(|r| r.get("lastError")))
+                            .and_then(text),
+                    }
+                })
+                .collect()
+        } else {
+            vec![
+                derived("RESERVE_STOCK", stock_seen),
+                derived("AUTHORIZE_PAYMENT", status_of("payment")),
+                derived("CREATE_SHIPMENT", status_of("shipment")),
+            ]
+        };
         Some(Self {
             order_id: order.get("orderId").and_then(Value::as_str)?.parse().ok()?,
             customer_id: order.get("customerId").and_then(text)?,
@@ -384,20 +486,8 @@ impl OrderView {
             lines: order.get("lines").cloned().unwrap_or(Value::Null),
             total_cents: order.get("totalCents").and_then(Value::as_i64).unwrap_or(0),
             cancel_reason: order.get("cancelReason").and_then(text),
-            steps: vec![
-                StepView {
-                    step: "RESERVE_STOCK".into(),
-                    status: step_status("RESERVE_STOCK", stock_seen),
-                },
-                StepView {
-                    step: "AUTHORIZE_PAYMENT".into(),
-                    status: step_status("AUTHORIZE_PAYMENT", status_of("payment")),
-                },
-                StepView {
-                    step: "CREATE_SHIPMENT".into(),
-                    status: step_status("CREATE_SHIPMENT", status_of("shipment")),
-                },
-            ],
+            steps,
+            saga_status: status_of("saga").map(str::to_owned),
             failed_step,
             updated_at_micros: document.get("updatedAt").and_then(Value::as_i64).unwrap_or(0),
             cursor: order.get("placedPosition").and_then(Value::as_i64).unwrap_or(0),
