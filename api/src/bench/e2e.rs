@@ -44,7 +44,7 @@ pub struct E2eBench {
 
 /// Runs `bench e2e` and returns its JSON result.
 pub async fn e2e(bench: &E2eBench) -> anyhow::Result<Value> {
-    if bench.orders == 0 || !(bench.rate > 0.0) {
+    if bench.orders == 0 || bench.rate.is_nan() || bench.rate <= 0.0 {
         bail!("--orders and --rate must be positive");
     }
     let scratch = Scratch::create(&bench.event_store_url).await?;
@@ -55,13 +55,7 @@ pub async fn e2e(bench: &E2eBench) -> anyhow::Result<Value> {
 
 async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
     let (store, backend) = open_scratch(scratch, 16).await?;
-    let (publisher, subscriber, bus_name, cleanup): (Arc<dyn Publisher>, Arc<dyn Subscriber>, &str, Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send>>) =
-        if bench.bus_url == "memory" {
-            let bus = Arc::new(strata_store::bus::MemoryBus::new());
-            (bus.clone(), bus, "memory", None)
-        } else {
-            open_nats(&bench.bus_url).await?
-        };
+    let bus = BenchBus::open(&bench.bus_url).await?;
     let now = chrono::Utc::now();
     let inventory: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
     for command in scenario::restocks(bench.orders, now) {
@@ -88,7 +82,7 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
         })
     };
     let relay = {
-        let relay = Relay::new(store.clone(), store.clone(), publisher, RelayConfig { name: "bench-e2e".into(), ..RelayConfig::default() });
+        let relay = Relay::new(store.clone(), store.clone(), bus.publisher.clone(), RelayConfig { name: "bench-e2e".into(), ..RelayConfig::default() });
         let mut stopped = stopped.clone();
         tokio::spawn(async move { relay.run(async move { let _ = stopped.wait_for(|s| *s).await; }).await })
     };
@@ -101,7 +95,7 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
             Arc::new(SystemClock),
             OrchestratorConfig::default(),
         ));
-        tokio::spawn(orchestrator.run(subscriber, fulfilment::TRIGGER_CATEGORY, stopped.clone()))
+        tokio::spawn(orchestrator.run(bus.subscriber.clone(), fulfilment::TRIGGER_CATEGORY, stopped.clone()))
     };
 
     let orders: CommandHandler<Order> = CommandHandler::new(store.clone(), Some(store.clone()), HandlerConfig::default());
@@ -136,9 +130,8 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
     follower.abort();
     relay.await??;
     orchestrator.await??;
-    if let Some(cleanup) = cleanup {
-        cleanup().await?;
-    }
+    let bus_name = bus.name;
+    bus.remove().await?;
 
     let confirmed = confirmed.lock().expect("not poisoned").clone();
     let mut latencies: Vec<f64> = sent
@@ -166,31 +159,49 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
     }))
 }
 
-#[cfg(feature = "nats")]
-#[allow(clippy::type_complexity)]
-async fn open_nats(
-    url: &str,
-) -> anyhow::Result<(Arc<dyn Publisher>, Arc<dyn Subscriber>, &'static str, Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send>>)> {
-    use strata_store::bus::{JetStreamBus, JetStreamConfig};
-    let id = Uuid::new_v4().simple().to_string();
-    let bus = JetStreamBus::connect(JetStreamConfig {
-        stream_name: format!("BENCH_E2E_{id}"),
-        subject_prefix: format!("benche2e{id}"),
-        ..JetStreamConfig::new(url.to_owned())
-    })
-    .await
-    .with_context(|| format!("connecting to NATS at {url}"))?;
-    let cleanup_bus = bus.clone();
-    let cleanup: Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send> =
-        Box::new(move || Box::pin(async move { cleanup_bus.delete().await.map_err(anyhow::Error::from) }));
-    let bus = Arc::new(bus);
-    Ok((bus.clone(), bus, "nats", Some(cleanup)))
+/// The bus of a run: in process, or a fresh JetStream stream removed after.
+struct BenchBus {
+    publisher: Arc<dyn Publisher>,
+    subscriber: Arc<dyn Subscriber>,
+    name: &'static str,
+    #[cfg(feature = "nats")]
+    jetstream: Option<strata_store::bus::JetStreamBus>,
 }
 
-#[cfg(not(feature = "nats"))]
-#[allow(clippy::type_complexity)]
-async fn open_nats(
-    url: &str,
-) -> anyhow::Result<(Arc<dyn Publisher>, Arc<dyn Subscriber>, &'static str, Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> + Send>>)> {
-    bail!("this strata binary was built without the `nats` feature; STRATA_BUS={url} is not available")
+impl BenchBus {
+    async fn open(url: &str) -> anyhow::Result<Self> {
+        if url == "memory" {
+            let bus = Arc::new(strata_store::bus::MemoryBus::new());
+            return Ok(Self {
+                publisher: bus.clone(),
+                subscriber: bus,
+                name: "memory",
+                #[cfg(feature = "nats")]
+                jetstream: None,
+            });
+        }
+        #[cfg(feature = "nats")]
+        if url.starts_with("nats://") {
+            use strata_store::bus::{JetStreamBus, JetStreamConfig};
+            let id = Uuid::new_v4().simple().to_string();
+            let bus = JetStreamBus::connect(JetStreamConfig {
+                stream_name: format!("BENCH_E2E_{id}"),
+                subject_prefix: format!("benche2e{id}"),
+                ..JetStreamConfig::new(url.to_owned())
+            })
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+            let shared = Arc::new(bus.clone());
+            return Ok(Self { publisher: shared.clone(), subscriber: shared, name: "nats", jetstream: Some(bus) });
+        }
+        bail!("bench e2e needs STRATA_BUS=memory or nats://HOST:4222 (got {url:?})")
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        #[cfg(feature = "nats")]
+        if let Some(bus) = self.jetstream {
+            bus.delete().await?;
+        }
+        Ok(())
+    }
 }
