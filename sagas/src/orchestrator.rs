@@ -22,6 +22,18 @@
 //!   periodically for instances that made no progress for a while (their
 //!   driver, possibly another replica, died).
 //!
+//! # Recording
+//!
+//! A forward step that succeeded is recorded together with the next
+//! decision that is not a forward success (a retry, a failure, completion),
+//! in one append: a happy instance costs two appends (started, completed)
+//! instead of one per step. This is safe because a success is reproducible:
+//! after a crash the step is sent again under the same command ids and the
+//! services answer with its first outcome. Anything else (a refusal, a retry
+//! timer, a failure and every compensation) is recorded before the
+//! orchestrator acts on it, because sending a refused command again may get
+//! another answer.
+//!
 //! Replicas share one consumer group; the expected version makes concurrent
 //! drivers of one instance safe (see the issue note on partitioning).
 
@@ -162,15 +174,20 @@ impl<S: Saga> Orchestrator<S> {
         };
         let data = serde_json::to_value(&data).map_err(|source| SagaError::Data(source.to_string()))?;
         let started: SagaEvent = SagaStarted { saga_id, data, started_at: self.clock.now() }.into();
-        let state = SagaState::default();
-        match self.append(saga_id, &state, vec![started], Some(event.event_id)).await {
-            Ok(()) | Err(SagaError::Append(AppendError::Conflict { .. })) => Ok(Some(saga_id)),
+        match self.append(saga_id, 0, vec![started.clone()], Some(event.event_id)).await {
+            Ok(()) => {
+                let state = evolve::<S>(SagaState::default(), &started, 1);
+                self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(saga_id, state);
+                Ok(Some(saga_id))
+            }
+            Err(SagaError::Append(AppendError::Conflict { .. })) => Ok(Some(saga_id)),
             Err(error) => Err(error),
         }
     }
 
-    async fn append(&self, saga_id: Uuid, state: &SagaState<S::Data>, events: Vec<SagaEvent>, causation: Option<Uuid>) -> Result<(), SagaError> {
-        let expected = if state.version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(state.version) };
+    /// Appends `events` to an instance's stream, expecting it at `version`.
+    async fn append(&self, saga_id: Uuid, version: u64, events: Vec<SagaEvent>, causation: Option<Uuid>) -> Result<(), SagaError> {
+        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
         let metadata = EventMetadata {
             correlation_id: Some(saga_id),
             causation_id: causation,
@@ -212,15 +229,20 @@ impl<S: Saga> Orchestrator<S> {
             Some(state) => state,
             None => self.load(saga_id).await?,
         };
+        // Forward successes not yet recorded, and the version recorded so far
+        // (see "Recording" in the module docs).
+        let mut unrecorded: Vec<SagaEvent> = Vec::new();
+        let mut recorded = state.version;
         loop {
             let now = self.clock.now();
             let (events, causation) = match next::<S>(&state, &self.config.saga, now) {
-                Next::Finished => return Ok(Driven::Finished(state.status)),
-                Next::WaitUntil(until) => {
+                Next::Finished if unrecorded.is_empty() => return Ok(Driven::Finished(state.status)),
+                Next::WaitUntil(until) if unrecorded.is_empty() => {
                     self.schedule(until, saga_id);
                     self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(saga_id, state);
                     return Ok(Driven::Waiting(until));
                 }
+                Next::Finished | Next::WaitUntil(_) => (Vec::new(), None),
                 Next::Record(events) => (events, None),
                 Next::Send(request) => {
                     let outcome = self.execute(saga_id, &request).await;
@@ -232,16 +254,24 @@ impl<S: Saga> Orchestrator<S> {
                     (react::<S>(&state, &request, &outcome, &self.config.saga, now), causation)
                 }
             };
-            match self.append(saga_id, &state, events.clone(), causation).await {
-                Ok(()) => {
-                    let mut version = state.version;
-                    for event in &events {
-                        version += 1;
-                        state = evolve::<S>(state, event, version);
-                    }
+            let forward_success = matches!(events.as_slice(), [SagaEvent::SagaStepSucceeded(success)] if !success.compensation);
+            for event in &events {
+                let version = state.version + 1;
+                state = evolve::<S>(state, event, version);
+            }
+            unrecorded.extend(events);
+            if forward_success {
+                continue;
+            }
+            match self.append(saga_id, recorded, std::mem::take(&mut unrecorded), causation).await {
+                Ok(()) => recorded = state.version,
+                // Another driver moved the instance: decide again on what it
+                // wrote (successes not recorded here are sent again, and the
+                // services answer them with their first outcome).
+                Err(SagaError::Append(AppendError::Conflict { .. })) => {
+                    state = self.load(saga_id).await?;
+                    recorded = state.version;
                 }
-                // Another driver moved the instance: decide again on what it wrote.
-                Err(SagaError::Append(AppendError::Conflict { .. })) => state = self.load(saga_id).await?,
                 Err(error) => return Err(error),
             }
         }
