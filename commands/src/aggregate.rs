@@ -46,6 +46,15 @@ pub trait Aggregate: Send + Sync + 'static {
     /// Applies one event to the state.
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 
+    /// Whether a command normally targets a stream that does not exist yet
+    /// (placing an order, authorizing a payment). The handler then decides it
+    /// on [`Aggregate::State`]'s default without reading the stream, and
+    /// falls back to reading it if the stream exists. Default: false.
+    fn creates_stream(command: &Self::Command) -> bool {
+        let _ = command;
+        false
+    }
+
     /// Folds events onto a state (what loading does after the snapshot).
     fn fold<'a>(state: Self::State, events: impl IntoIterator<Item = &'a Self::Event>) -> Self::State {
         events.into_iter().fold(state, Self::evolve)

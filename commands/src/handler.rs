@@ -18,6 +18,11 @@
 //!   (default: the command id), the causation id (default: the command id), the
 //!   actor and the W3C `traceparent` (from the command's context, else from
 //!   [`HandlerConfig::traceparent`]).
+//! - **Creating commands skip the read.** A command for which
+//!   [`Aggregate::creates_stream`] is true is decided on an absent stream's
+//!   state first and appended expecting no stream; a stream that exists is a
+//!   conflict and the command is decided again on the loaded state, so the
+//!   answer is the same as with a read first.
 //! - **State cache.** A handler remembers the state it last wrote for up to
 //!   [`HandlerConfig::cache_capacity`] streams and decides the next command on
 //!   that state without reading the log. This is safe because the append
@@ -330,7 +335,17 @@ impl<A: Aggregate> CommandHandler<A> {
         let command_id = envelope.command_id;
         let metadata = self.metadata(&envelope);
         let mut attempts = 0;
-        let mut cached = self.cached(&stream_id);
+        // A command that creates its stream is first decided on the state of
+        // an absent stream, without reading: the append expects no stream, so
+        // if it exists after all the conflict reloads it (as for a cached state).
+        let mut cached = self.cached(&stream_id).or_else(|| {
+            A::creates_stream(&envelope.command).then(|| Loaded {
+                state: A::State::default(),
+                version: 0,
+                snapshot_version: None,
+                events_folded: 0,
+            })
+        });
         loop {
             attempts += 1;
             let (loaded, from_cache) = match cached.take() {

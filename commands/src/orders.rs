@@ -232,6 +232,10 @@ impl Aggregate for Order {
         .to_string()
     }
 
+    fn creates_stream(command: &Self::Command) -> bool {
+        matches!(command, OrderCommand::Place(_))
+    }
+
     fn decide(state: &OrderState, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         match command {
             OrderCommand::Place(place) => {

@@ -190,6 +190,10 @@ impl Aggregate for Payment {
         }
     }
 
+    fn creates_stream(command: &Self::Command) -> bool {
+        matches!(command, PaymentCommand::Authorize { .. })
+    }
+
     fn decide(state: &PaymentState, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
         match command {
             PaymentCommand::Authorize {

@@ -120,6 +120,10 @@ impl Aggregate for Shipment {
         }
     }
 
+    fn creates_stream(command: &Self::Command) -> bool {
+        matches!(command, ShipmentCommand::Create { .. })
+    }
+
     fn decide(state: &ShipmentState, command: ShipmentCommand) -> Result<Vec<ShipmentEvent>, ShippingError> {
         match command {
             ShipmentCommand::Create { order_id, address, at } => {

@@ -35,6 +35,7 @@ macro_rules! handler_suite {
             order_placed_v1_events_stored_earlier_are_read_as_v2,
             a_remembered_state_moved_by_another_writer_is_reloaded_on_conflict,
             a_refusal_on_remembered_state_is_checked_against_the_log,
+            a_creating_command_for_a_stream_that_exists_is_decided_on_the_log,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {
@@ -446,4 +447,25 @@ pub async fn a_refusal_on_remembered_state_is_checked_against_the_log(store: Sto
         .unwrap();
     let outcome = here.handle(reserve(&sku, Uuid::new_v4(), 1)).await.expect("the unit is available in the log");
     assert_eq!(outcome.version, 4);
+}
+
+pub async fn a_creating_command_for_a_stream_that_exists_is_decided_on_the_log(store: Store) {
+    use strata_commands::payments::{Payment, PaymentCommand, PaymentError};
+    let order_id = Uuid::new_v4();
+    let authorize = |amount_cents| PaymentCommand::Authorize { order_id, amount_cents, payment_method: "card".into(), at: at() };
+    let first = Envelope::new(Uuid::new_v4(), authorize(100));
+    let here = handler::<Payment>(&store, HandlerConfig::default());
+    let created = here.handle(first.clone()).await.unwrap();
+    assert_eq!((created.version, created.attempts), (1, 1), "a new stream is created without a conflict");
+
+    // Another process, which never read the stream, creates it again.
+    let elsewhere = handler::<Payment>(&store, HandlerConfig::default());
+    let err = elsewhere.handle(Envelope::new(Uuid::new_v4(), authorize(200))).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(PaymentError::AlreadyAuthorized { .. })), "{err:?}");
+    // The same command sent again there is its first outcome, not a refusal.
+    let again = handler::<Payment>(&store, HandlerConfig::default()).handle(first).await.unwrap();
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.events, created.events);
+    let payment = StreamId::new("payment", order_id).unwrap();
+    assert_eq!(stream_len(&store, &payment).await, 1);
 }
