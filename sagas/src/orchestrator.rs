@@ -277,14 +277,13 @@ impl<S: Saga> Orchestrator<S> {
         }
     }
 
+    /// Sends a request's commands at once (they target different streams and
+    /// each is idempotent); the first answer that is not `Done`, in the
+    /// request's order, is the request's answer.
     async fn execute(&self, saga_id: Uuid, request: &Request<S::Command>) -> Outcome {
-        for (command_id, command) in &request.commands {
-            let outcome = self.services.execute(*command_id, saga_id, command).await;
-            if outcome != Outcome::Done {
-                return outcome;
-            }
-        }
-        Outcome::Done
+        let sends = request.commands.iter().map(|(command_id, command)| self.services.execute(*command_id, saga_id, command));
+        let outcomes = futures_util::future::join_all(sends).await;
+        outcomes.into_iter().find(|outcome| *outcome != Outcome::Done).unwrap_or(Outcome::Done)
     }
 
     fn schedule(&self, at: DateTime<Utc>, saga_id: Uuid) {

@@ -133,6 +133,7 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
     let bus_name = bus.name;
     bus.remove().await?;
 
+    let stages = stages(&*store).await?;
     let confirmed = confirmed.lock().expect("not poisoned").clone();
     let mut latencies: Vec<f64> = sent
         .iter()
@@ -155,7 +156,46 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
         "p99_ms": round(percentile(0.99), 1),
         "max_ms": round(latencies.last().copied().unwrap_or(0.0), 1),
         "seconds": round(seconds, 3),
+        "stages": stages,
         "machine": machine(),
+    }))
+}
+
+/// Where the time goes, from the log's own timestamps: placed → saga
+/// started (relay, bus, delivery) and saga started → order confirmed (the
+/// saga's steps through the services); p50 and p99 in milliseconds.
+async fn stages(reader: &dyn EventReader) -> anyhow::Result<Value> {
+    use strata_store::{Position, ReadAll};
+    let mut placed = HashMap::new();
+    let mut started = HashMap::new();
+    let mut confirmed = HashMap::new();
+    let mut after = Position::START;
+    loop {
+        let page = reader.read_all(ReadAll::after(after, 5_000)).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for event in page {
+            let table = match event.event_type.as_str() {
+                "OrderPlaced" => &mut placed,
+                "SagaStarted" => &mut started,
+                "OrderConfirmed" => &mut confirmed,
+                _ => continue,
+            };
+            table.insert(event.stream_id.id().to_owned(), event.recorded_at);
+        }
+    }
+    let between = |from: &HashMap<String, chrono::DateTime<chrono::Utc>>, to: &HashMap<String, chrono::DateTime<chrono::Utc>>| {
+        let mut ms: Vec<f64> = from
+            .iter()
+            .filter_map(|(id, at)| to.get(id).map(|end| (*end - *at).num_microseconds().unwrap_or(0) as f64 / 1_000.0))
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |p: f64| ms.get(((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len().max(1)) - 1).copied().unwrap_or(0.0);
+        json!({ "p50_ms": round(at(0.5), 1), "p99_ms": round(at(0.99), 1) })
+    };
+    Ok(json!({
+        "placed_to_saga_started": between(&placed, &started),
+        "saga_started_to_confirmed": between(&started, &confirmed),
     }))
 }
 

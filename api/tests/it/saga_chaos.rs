@@ -1,7 +1,8 @@
 //! Chaos test of the saga with the real binary on PostgreSQL + JetStream: a
-//! relay process and a saga worker process; the test places over a thousand
-//! orders of every branch while SIGKILLing the saga worker at seeded random
-//! moments (at least 20 times) and restarting it. In the end every order is
+//! relay process and two saga worker replicas sharing the consumer group;
+//! the test places a thousand orders of every branch while SIGKILLing a
+//! saga worker at seeded random moments (at least 20 times) and restarting
+//! it. In the end every order is
 //! CONFIRMED or CANCELLED as its rules dictate and `strata audit invariants`
 //! passes (no double charge, no leaked reservation, no order left pending).
 
@@ -25,7 +26,7 @@ const ORDERS: usize = 1_000;
 const MIN_KILLS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_saga_worker_at_random_moments_still_ends_every_order_as_its_rules_dictate() {
+async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_rules_dictate() {
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
@@ -46,9 +47,14 @@ async fn killing_the_saga_worker_at_random_moments_still_ends_every_order_as_its
         ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
     ];
     let mut relay = Role { name: "relay", env: env.clone(), log: dir.path().join("relay.log"), child: None, starts: 0 };
-    let mut saga = Role { name: "saga", env, log: dir.path().join("saga.log"), child: None, starts: 0 };
+    let mut sagas = [
+        Role { name: "saga", env: env.clone(), log: dir.path().join("saga-1.log"), child: None, starts: 0 },
+        Role { name: "saga", env, log: dir.path().join("saga-2.log"), child: None, starts: 0 },
+    ];
     relay.start();
-    saga.start();
+    for saga in &mut sagas {
+        saga.start();
+    }
 
     let now = chrono::Utc::now();
     let inventory: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
@@ -79,7 +85,8 @@ async fn killing_the_saga_worker_at_random_moments_still_ends_every_order_as_its
     let mut kills = 0;
     while !placing.is_finished() || kills < MIN_KILLS {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
-        assert!(saga.alive(), "the saga worker died on its own:\n{}", tail(&saga.log));
+        let saga = &mut sagas[rng.random_range(0..2)];
+        assert!(saga.alive(), "a saga worker died on its own:\n{}", tail(&saga.log));
         saga.kill();
         kills += 1;
         if rng.random_bool(0.3) {
@@ -88,7 +95,7 @@ async fn killing_the_saga_worker_at_random_moments_still_ends_every_order_as_its
         saga.start();
     }
     placing.await.unwrap();
-    println!("{ORDERS} orders placed, saga worker killed {kills} times (seed {seed})");
+    println!("{ORDERS} orders placed, saga workers killed {kills} times (seed {seed})");
 
     // Every saga reaches its end after the last restart.
     let reader: Arc<dyn EventReader> = store.clone();
@@ -106,7 +113,9 @@ async fn killing_the_saga_worker_at_random_moments_still_ends_every_order_as_its
         }
     })
     .await;
-    assert!(saga.alive(), "the saga worker died on its own:\n{}", tail(&saga.log));
+    for saga in &mut sagas {
+        assert!(saga.alive(), "a saga worker died on its own:\n{}", tail(&saga.log));
+    }
     assert!(relay.alive(), "the relay died on its own:\n{}", tail(&relay.log));
 
     // As the rules dictate.
@@ -131,7 +140,9 @@ async fn killing_the_saga_worker_at_random_moments_still_ends_every_order_as_its
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("every invariant holds"), "{stdout}");
 
-    saga.kill();
+    for saga in &mut sagas {
+        saga.kill();
+    }
     relay.kill();
     let client = async_nats::connect(&nats).await.unwrap();
     let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;

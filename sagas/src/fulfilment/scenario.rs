@@ -15,8 +15,15 @@ use strata_commands::orders::{AddressInput, LineInput, PlaceOrder};
 use strata_schemas::values::{FulfilmentStep, Sku};
 use uuid::Uuid;
 
-/// SKUs restocked with plenty.
-pub const SKUS: &[&str] = &["SKU-A", "SKU-B", "SKU-C", "SKU-D", "SKU-E"];
+/// How many plain SKUs orders spread over (`SKU-0` … `SKU-49`), each restocked
+/// with plenty. Fifty, not five: every reservation of one SKU is a write to
+/// one stream, which the store serializes, so a handful of hot SKUs would
+/// measure that stream rather than the pipeline.
+pub const PLAIN_SKUS: usize = 50;
+
+fn plain_sku(n: usize) -> String {
+    format!("SKU-{}", n % PLAIN_SKUS)
+}
 /// A SKU restocked with one unit; orders ask for two.
 pub const SCARCE_SKU: &str = "SKU-SCARCE";
 
@@ -41,13 +48,13 @@ pub struct ScenarioConfig {
 /// The restocks that give every plain SKU enough for `orders` orders (and
 /// the scarce SKU its single unit), at `at`.
 pub fn restocks(orders: usize, at: DateTime<Utc>) -> Vec<InventoryCommand> {
-    let per_sku = (orders * 3 / SKUS.len() + 100) as i64;
+    let per_sku = (orders * 6 / PLAIN_SKUS + 100) as i64;
     let mut commands = Vec::new();
-    for sku in SKUS {
+    for n in 0..PLAIN_SKUS {
         let mut left = per_sku;
         while left > 0 {
             let quantity = left.min(10_000);
-            commands.push(InventoryCommand::Restock { sku: Sku::parse(sku).expect("valid sku"), quantity, at });
+            commands.push(InventoryCommand::Restock { sku: Sku::parse(&plain_sku(n)).expect("valid sku"), quantity, at });
             left -= quantity;
         }
     }
@@ -59,7 +66,7 @@ pub fn restocks(orders: usize, at: DateTime<Utc>) -> Vec<InventoryCommand> {
 pub fn order(config: &ScenarioConfig, index: usize, at: DateTime<Utc>) -> (PlaceOrder, Expected) {
     let order_id = Uuid::new_v5(&Uuid::from_u128(u128::from(config.seed)), format!("order-{index}").as_bytes());
     let mix = ((index as u64).wrapping_mul(7).wrapping_add(config.seed)) % 20;
-    let sku = |n: u64| SKUS[((index as u64 + n) % SKUS.len() as u64) as usize].to_owned();
+    let sku = |n: usize| plain_sku(index + n);
     let quantity = 1 + ((index as u64 + config.seed) % 3) as i64;
     let mut lines = vec![LineInput { sku: sku(0), quantity, unit_price_cents: 1_250 }];
     if index % 2 == 0 {
