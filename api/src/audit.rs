@@ -141,8 +141,8 @@ pub async fn verify(reader: &dyn EventReader, stream_id: Option<&StreamId>, as_j
 
 /// `audit invariants`: checks the fulfilment invariants over the whole log,
 /// prints the report, and returns whether every invariant holds.
-pub async fn invariants(reader: std::sync::Arc<dyn EventReader>, as_json: bool) -> anyhow::Result<bool> {
-    let config = strata_sagas::fulfilment::AuditConfig::default();
+pub async fn invariants(reader: std::sync::Arc<dyn EventReader>, saga: strata_sagas::SagaConfig, as_json: bool) -> anyhow::Result<bool> {
+    let config = strata_sagas::fulfilment::AuditConfig { saga, ..Default::default() };
     let report = strata_sagas::fulfilment::audit(reader, &config).await.context("reading the log")?;
     let mut out = std::io::stdout().lock();
     if as_json {

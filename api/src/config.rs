@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -38,6 +39,9 @@ pub struct Overrides {
     /// Roles of this process: `all`, or a comma list of api,relay,projector,saga,services.
     #[arg(long, env = "STRATA_ROLES", global = true)]
     pub roles: Option<String>,
+    /// How long a saga step may take before the saga compensates: `5s`, `1500ms`.
+    #[arg(long, env = "STRATA_SAGA_STEP_DEADLINE", global = true)]
+    pub saga_step_deadline: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -52,6 +56,7 @@ struct FileSettings {
     bus: Option<String>,
     read_model: Option<String>,
     roles: Option<String>,
+    saga_step_deadline: Option<String>,
 }
 
 /// What a process does (DESIGN §3, §8).
@@ -66,9 +71,9 @@ pub struct Roles {
     /// Runs the saga orchestrator (order fulfilment), which calls the
     /// simulated services in its own process.
     pub saga: bool,
-    /// The simulated services. They run inside the saga role's process (its
-    /// commands go straight to their command handlers on the shared log); a
-    /// process with only this role has nothing to run.
+    /// The simulated services (orders, inventory, payments, shipping): with
+    /// the saga role they are called in process; without it they serve the
+    /// saga's commands from the bus.
     pub services: bool,
 }
 
@@ -121,6 +126,28 @@ pub struct Settings {
     pub read_model: String,
     /// What this process does.
     pub roles: Roles,
+    /// How long a failable saga step may take (from when it began).
+    pub saga_step_deadline: Duration,
+}
+
+/// `STRATA_SAGA_STEP_DEADLINE` when nothing is set.
+pub const DEFAULT_SAGA_STEP_DEADLINE: &str = "5s";
+
+/// Parses `1500ms`, `5s` or `5` (seconds); 100 ms to one hour.
+fn parse_deadline(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (number, unit_ms) = match text.strip_suffix("ms") {
+        Some(number) => (number, 1.0),
+        None => (text.strip_suffix('s').unwrap_or(text), 1_000.0),
+    };
+    let millis = number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * unit_ms)
+        .filter(|ms| (100.0..=3_600_000.0).contains(ms))
+        .with_context(|| format!("STRATA_SAGA_STEP_DEADLINE: {text:?} is not a duration from 100ms to 3600s, like 5s or 1500ms"))?;
+    Ok(Duration::from_millis(millis as u64))
 }
 
 impl Settings {
@@ -164,15 +191,24 @@ impl Settings {
         if bus == "memory" && roles.saga && !roles.relay {
             bail!("STRATA_ROLES: with STRATA_BUS=memory the saga role must run with the relay (the bus is in-process); use nats://… to split them");
         }
+        if bus == "memory" && roles.saga != roles.services {
+            bail!("STRATA_ROLES: with STRATA_BUS=memory the saga and services roles must run in the same process (the bus is in-process); use nats://… to split them");
+        }
         if read_model == "memory" && roles.api != roles.projector {
             bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… to split them");
         }
+        let deadline = overrides
+            .saga_step_deadline
+            .clone()
+            .or(file.saga_step_deadline)
+            .unwrap_or_else(|| DEFAULT_SAGA_STEP_DEADLINE.to_owned());
         Ok(Self {
             event_store,
             listen,
             bus,
             read_model,
             roles,
+            saga_step_deadline: parse_deadline(&deadline)?,
         })
     }
 }
@@ -220,6 +256,8 @@ mod tests {
         };
         let split = with("relay", "nats://127.0.0.1:4222", "redis://127.0.0.1:6379").unwrap();
         assert!(split.roles.relay && !split.roles.projector && !split.roles.api);
+        let saga_apart = with("saga", "nats://127.0.0.1:4222", "memory").unwrap();
+        assert!(saga_apart.roles.saga && !saga_apart.roles.services);
         let both = with("api, projector", "nats://127.0.0.1:4222", "memory").unwrap();
         assert!(both.roles.api && both.roles.projector && !both.roles.relay);
         for (roles, bus, read_model, says) in [
@@ -227,9 +265,22 @@ mod tests {
             ("relay", "memory", "memory", "STRATA_BUS=memory"),
             ("api,relay,projector", "nats://h:4222", "mongodb://h/db", "STRATA_READ_MODEL"),
             ("api", "nats://h:4222", "memory", "STRATA_READ_MODEL=memory"),
+            ("relay,projector,saga", "memory", "memory", "saga and services roles must run in the same process"),
+            ("saga", "memory", "memory", "the saga role must run with the relay"),
         ] {
             let err = with(roles, bus, read_model).unwrap_err().to_string();
             assert!(err.contains(says), "{roles} {bus} {read_model}: {err}");
+        }
+    }
+
+    #[test]
+    fn saga_step_deadlines_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_deadline("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_deadline("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_deadline("12").unwrap(), Duration::from_secs(12));
+        for bad in ["", "soon", "0s", "-5s", "5h", "50ms"] {
+            let err = parse_deadline(bad).unwrap_err().to_string();
+            assert!(err.contains("STRATA_SAGA_STEP_DEADLINE"), "{bad}: {err}");
         }
     }
 

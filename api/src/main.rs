@@ -264,7 +264,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Invariants { json }) => {
             let backend = open(&settings).await?;
-            if !audit::invariants(backend.reader(), json).await? {
+            let saga = strata_api::workers::orchestrator_config(&settings).saga;
+            if !audit::invariants(backend.reader(), saga, json).await? {
                 return Ok(ExitCode::from(1));
             }
         }
@@ -372,7 +373,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let backend = open(settings).await?;
     backend.migrate().await.context("migrating the event store")?;
     let roles = settings.roles;
-    let bus = if roles.relay || roles.projector || roles.saga { Some(open_bus(&settings.bus).await?) } else { None };
+    let bus = if roles.relay || roles.projector || roles.saga || roles.services { Some(open_bus(&settings.bus).await?) } else { None };
     let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
     let mut workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone()).await?;
     let store = backend.store();

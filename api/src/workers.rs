@@ -9,16 +9,19 @@
 //!
 //! The saga role runs the order-fulfilment orchestrator: triggers
 //! (`OrderPlaced`) from the bus through the consumer group
-//! `saga-fulfilment`, commands to the services' handlers in this process.
+//! `saga-fulfilment`; its commands go to the services' handlers in this
+//! process when it also has the services role, else as requests over the
+//! bus to the processes that have it (which serve them with their handlers).
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use strata_commands::HandlerConfig;
 use strata_projections::{orders, rebuild, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
-use strata_sagas::fulfilment::{self, Fulfilment, FulfilmentServices};
-use strata_sagas::{Orchestrator, OrchestratorConfig, SystemClock};
-use strata_store::bus::{MemoryBus, Publisher, Subscriber};
+use strata_sagas::fulfilment::{self, Fulfilment, FulfilmentCommand, FulfilmentServices};
+use strata_sagas::remote::RemoteServices;
+use strata_sagas::{Orchestrator, OrchestratorConfig, Services, SystemClock};
+use strata_store::bus::{MemoryBus, Publisher, Requester, Responder, Subscriber};
 use strata_store::relay::{Relay, RelayConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -32,6 +35,10 @@ pub struct Bus {
     pub publisher: Arc<dyn Publisher>,
     /// For projections and sagas.
     pub subscriber: Arc<dyn Subscriber>,
+    /// Commands from the saga to services in another process (not in process).
+    pub requester: Option<Arc<dyn Requester>>,
+    /// The services' side of those commands.
+    pub responder: Option<Arc<dyn Responder>>,
 }
 
 /// Splits `url?a=1&b=2` into the URL and its parameters, refusing any not in
@@ -60,6 +67,8 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
         return Ok(Bus {
             publisher: bus.clone(),
             subscriber: bus,
+            requester: None,
+            responder: None,
         });
     }
     #[cfg(feature = "nats")]
@@ -80,7 +89,9 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
         );
         return Ok(Bus {
             publisher: bus.clone(),
-            subscriber: bus,
+            subscriber: bus.clone(),
+            requester: Some(bus.clone()),
+            responder: Some(bus),
         });
     }
     bail!("STRATA_BUS: unsupported bus {url:?}; expected memory or nats://HOST:4222")
@@ -135,11 +146,23 @@ async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, s
     Ok(())
 }
 
-/// The order-fulfilment orchestrator on `backend`, calling the services in
-/// this process.
-pub fn saga_orchestrator(backend: &EventStoreBackend, config: OrchestratorConfig) -> Orchestrator<Fulfilment> {
-    let services = FulfilmentServices::new(backend.store(), Some(backend.snapshots()), HandlerConfig::default(), "saga:fulfilment");
-    Orchestrator::new(backend.store(), backend.checkpoints(), Arc::new(services), Arc::new(SystemClock), config)
+/// How long the saga waits for the services' answer to a command when they
+/// run in another process (then it sends the command again, same id).
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The orchestrator's settings: the defaults, with the step deadline of
+/// `STRATA_SAGA_STEP_DEADLINE`.
+pub fn orchestrator_config(settings: &Settings) -> OrchestratorConfig {
+    let mut config = OrchestratorConfig::default();
+    if let Ok(deadline) = chrono::Duration::from_std(settings.saga_step_deadline) {
+        config.saga.step_deadline = deadline;
+    }
+    config
+}
+
+/// The four services of the fulfilment domain, in this process.
+fn fulfilment_services(backend: &EventStoreBackend) -> FulfilmentServices {
+    FulfilmentServices::new(backend.store(), Some(backend.snapshots()), HandlerConfig::default(), "saga:fulfilment")
 }
 
 /// The running workers of a process.
@@ -181,7 +204,21 @@ impl Workers {
         }
         if settings.roles.saga {
             let Some(bus) = bus else { bail!("the saga role needs a bus") };
-            let orchestrator = Arc::new(saga_orchestrator(backend, OrchestratorConfig::default()));
+            let services: Arc<dyn Services<FulfilmentCommand>> = if settings.roles.services {
+                Arc::new(fulfilment_services(backend))
+            } else {
+                let Some(requester) = bus.requester.clone() else {
+                    bail!("the saga role without the services role needs a bus that carries commands (nats://…)");
+                };
+                Arc::new(RemoteServices::new(requester, fulfilment::SERVICES, COMMAND_TIMEOUT))
+            };
+            let orchestrator = Arc::new(Orchestrator::<Fulfilment>::new(
+                backend.store(),
+                backend.checkpoints(),
+                services,
+                Arc::new(SystemClock),
+                orchestrator_config(settings),
+            ));
             let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
             let task = tokio::spawn(async move {
                 orchestrator
@@ -191,7 +228,17 @@ impl Workers {
             });
             tasks.push(("saga fulfilment".to_owned(), task));
         } else if settings.roles.services {
-            tracing::info!("the services role runs inside the saga role's process; nothing to run here");
+            let Some(responder) = bus.and_then(|bus| bus.responder.clone()) else {
+                bail!("the services role without the saga role needs a bus that carries commands (nats://…)");
+            };
+            let services: Arc<dyn Services<FulfilmentCommand>> = Arc::new(fulfilment_services(backend));
+            let stop = stop.clone();
+            let task = tokio::spawn(async move {
+                strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 64, stop)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+            tasks.push(("services".to_owned(), task));
         }
         Ok(Self { shutdown, tasks })
     }

@@ -59,7 +59,8 @@ impl InventoryState {
 
 /// What can be asked of a SKU's stock. Quantities arrive raw and are checked
 /// by `decide`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum InventoryCommand {
     /// Units arrived.
     Restock {

@@ -59,7 +59,8 @@ pub struct OrderState {
 }
 
 /// A line as the caller sent it, checked by `decide`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LineInput {
     /// The SKU text.
     pub sku: String,
@@ -70,7 +71,8 @@ pub struct LineInput {
 }
 
 /// An address as the caller sent it, checked by `decide`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AddressInput {
     /// Recipient.
     pub name: String,
@@ -100,7 +102,8 @@ impl AddressInput {
 }
 
 /// Place an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PlaceOrder {
     /// The new order's id.
     pub order_id: Uuid,
@@ -117,7 +120,8 @@ pub struct PlaceOrder {
 }
 
 /// What can be asked of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum OrderCommand {
     /// Place a new order.
     Place(PlaceOrder),

@@ -90,7 +90,8 @@ pub struct PaymentState {
 }
 
 /// What can be asked of a payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum PaymentCommand {
     /// Hold the order's amount.
     Authorize {

@@ -48,7 +48,8 @@ pub struct ShipmentState {
 }
 
 /// What can be asked of a shipment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ShipmentCommand {
     /// Book a shipment for an order.
     Create {

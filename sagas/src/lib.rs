@@ -14,6 +14,8 @@
 //!   stream is its only state), the services ([`Services`]) and the bus
 //!   (triggers through a consumer group), with durable timers and recovery
 //!   after a crash. Its module docs state the crash-recovery contract.
+//! - [`remote`]: the commands over the bus when the saga and the services
+//!   run in different processes.
 //!
 //! # The reference domain
 //!
@@ -23,6 +25,7 @@
 //! handlers; and the audit of its invariants over the whole log.
 
 mod orchestrator;
+pub mod remote;
 mod saga;
 pub mod state;
 
@@ -61,4 +64,23 @@ pub enum SagaError {
     /// The trigger subscription failed.
     #[error("saga trigger subscription failed: {0}")]
     Bus(#[source] BusError),
+}
+
+#[cfg(test)]
+mod tests {
+    /// Architecture invariant: the core is usable without the reference domain.
+    #[test]
+    fn the_saga_core_never_uses_the_reference_domain() {
+        let core = [
+            ("saga.rs", include_str!("saga.rs")),
+            ("state.rs", include_str!("state.rs")),
+            ("orchestrator.rs", include_str!("orchestrator.rs")),
+            ("remote.rs", include_str!("remote.rs")),
+        ];
+        for (file, source) in core {
+            for forbidden in ["crate::fulfilment", "strata_commands", "super::fulfilment"] {
+                assert!(!source.contains(forbidden), "{file} uses {forbidden}");
+            }
+        }
+    }
 }

@@ -82,7 +82,8 @@ pub fn command_id(saga_id: Uuid, step: &str, phase: Phase, index: usize) -> Uuid
 }
 
 /// How the services answered a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     /// Applied (now or earlier: a replayed command id is `Done` too), or
     /// nothing was left to undo.

@@ -1,8 +1,9 @@
 //! Chaos test of the saga with the real binary on PostgreSQL + JetStream: a
-//! relay process and two saga worker replicas sharing the consumer group;
-//! the test places a thousand orders of every branch while SIGKILLing a
-//! saga worker at seeded random moments (at least 20 times) and restarting
-//! it. In the end every order is
+//! relay process, two saga worker replicas sharing the consumer group, and a
+//! services process answering their commands over NATS; the test places a
+//! thousand orders of every branch while SIGKILLing a saga worker (at least
+//! 20 times) or the services process at seeded random moments and
+//! restarting it. In the end every order is
 //! CONFIRMED or CANCELLED as its rules dictate and `strata audit invariants`
 //! passes (no double charge, no leaked reservation, no order left pending).
 
@@ -42,18 +43,23 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
     let mut rng = StdRng::seed_from_u64(seed);
     let id = Uuid::new_v4().simple().to_string();
     let dir = tempfile::tempdir().unwrap();
+    // Steps may take 15 s: long enough for a step to outlive several kills
+    // of the worker driving it or of the services answering it, so only the
+    // orders whose payment never answers pass their deadline.
     let env = vec![
         ("STRATA_EVENT_STORE", database.url.clone()),
         ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
+        ("STRATA_SAGA_STEP_DEADLINE", "15s".to_owned()),
     ];
     let mut relay = Role { name: "relay", env: env.clone(), log: dir.path().join("relay.log"), child: None, starts: 0 };
-    let mut sagas = [
+    let mut workers = [
         Role { name: "saga", env: env.clone(), log: dir.path().join("saga-1.log"), child: None, starts: 0 },
-        Role { name: "saga", env, log: dir.path().join("saga-2.log"), child: None, starts: 0 },
+        Role { name: "saga", env: env.clone(), log: dir.path().join("saga-2.log"), child: None, starts: 0 },
+        Role { name: "services", env, log: dir.path().join("services.log"), child: None, starts: 0 },
     ];
     relay.start();
-    for saga in &mut sagas {
-        saga.start();
+    for worker in &mut workers {
+        worker.start();
     }
 
     let now = chrono::Utc::now();
@@ -82,20 +88,29 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
         })
     };
 
-    let mut kills = 0;
+    // Mostly saga workers; now and then (at most every 3 s) the services, so
+    // their outages stay short next to a step's deadline.
+    let (mut kills, mut services_kills) = (0, 0);
+    let mut services_killed_at = std::time::Instant::now();
     while !placing.is_finished() || kills < MIN_KILLS {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
-        let saga = &mut sagas[rng.random_range(0..2)];
-        assert!(saga.alive(), "a saga worker died on its own:\n{}", tail(&saga.log));
-        saga.kill();
-        kills += 1;
+        let services_turn = rng.random_bool(0.2) && services_killed_at.elapsed() > Duration::from_secs(3);
+        let worker = &mut workers[if services_turn { 2 } else { rng.random_range(0..2) }];
+        assert!(worker.alive(), "{} died on its own:\n{}", worker.name, tail(&worker.log));
+        worker.kill();
+        if services_turn {
+            services_kills += 1;
+            services_killed_at = std::time::Instant::now();
+        } else {
+            kills += 1;
+        }
         if rng.random_bool(0.3) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         }
-        saga.start();
+        worker.start();
     }
     placing.await.unwrap();
-    println!("{ORDERS} orders placed, saga workers killed {kills} times (seed {seed})");
+    println!("{ORDERS} orders placed; saga workers killed {kills} times, the services {services_kills} times (seed {seed})");
 
     // Every saga reaches its end after the last restart.
     let reader: Arc<dyn EventReader> = store.clone();
@@ -113,8 +128,8 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
         }
     })
     .await;
-    for saga in &mut sagas {
-        assert!(saga.alive(), "a saga worker died on its own:\n{}", tail(&saga.log));
+    for worker in &mut workers {
+        assert!(worker.alive(), "{} died on its own:\n{}", worker.name, tail(&worker.log));
     }
     assert!(relay.alive(), "the relay died on its own:\n{}", tail(&relay.log));
 
@@ -136,12 +151,17 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
     assert!(confirmed > ORDERS / 2 && confirmed < ORDERS, "a mix of branches: {confirmed} confirmed");
 
     // And the auditor's command agrees.
-    let output = run_ok(strata().args(["audit", "invariants"]).env("STRATA_EVENT_STORE", &database.url));
+    let output = run_ok(
+        strata()
+            .args(["audit", "invariants"])
+            .env("STRATA_EVENT_STORE", &database.url)
+            .env("STRATA_SAGA_STEP_DEADLINE", "15s"),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("every invariant holds"), "{stdout}");
 
-    for saga in &mut sagas {
-        saga.kill();
+    for worker in &mut workers {
+        worker.kill();
     }
     relay.kill();
     let client = async_nats::connect(&nats).await.unwrap();

@@ -28,6 +28,7 @@ pub fn strata() -> Command {
     command.env_remove("STRATA_EVENT_STORE").env_remove("STRATA_LISTEN").env_remove("STRATA_BUS")
         .env_remove("STRATA_READ_MODEL")
         .env_remove("STRATA_ROLES")
+        .env_remove("STRATA_SAGA_STEP_DEADLINE")
         .env("RUST_LOG", "warn");
     command
 }

@@ -23,6 +23,13 @@
 //!
 //! Subjects: `<prefix>.<category>.<stream id token>`, so a subscription can
 //! follow one category.
+//!
+//! Beside events, the bus carries requests ([`Requester`] / [`Responder`]):
+//! commands a saga sends to services in another process. A request is not
+//! stored: it reaches one responder of the service (replicas share them), or
+//! none, and the requester waits a bounded time for the answer. A request
+//! that gets no answer in time may or may not have been handled; requests
+//! must therefore be idempotent (commands carry their command id).
 
 use std::fmt;
 use std::time::Duration;
@@ -200,6 +207,62 @@ pub trait Subscriber: Send + Sync {
     /// after its first error; subscribe again to go on (the group remembers
     /// what was acked).
     async fn subscribe(&self, subscription: Subscription) -> Result<BoxStream<'static, Result<Delivery, BusError>>, BusError>;
+}
+
+/// Sends a request to a service and waits for its answer.
+#[async_trait]
+pub trait Requester: Send + Sync {
+    /// Sends `payload` to `service` and returns the answer, or `None` when no
+    /// answer came within `timeout` (no responder is serving the service, it
+    /// did not answer, or the answer was lost). An error means the bus
+    /// failed; the request may not have been sent.
+    async fn request(&self, service: &str, payload: Vec<u8>, timeout: Duration) -> Result<Option<Vec<u8>>, BusError>;
+}
+
+/// Serves the requests of a service; every responder of one service shares
+/// its requests, each request reaching one of them.
+#[async_trait]
+pub trait Responder: Send + Sync {
+    /// Joins `service`'s responders and streams its requests. The stream
+    /// ends when the connection does; serve again to go on.
+    async fn serve(&self, service: &str) -> Result<BoxStream<'static, IncomingRequest>, BusError>;
+}
+
+/// Sends an answer back to a requester.
+pub(crate) type Reply = Box<dyn FnOnce(Vec<u8>) -> BoxFuture<'static, Result<(), BusError>> + Send>;
+
+/// One request taken off the bus.
+pub struct IncomingRequest {
+    /// What was asked.
+    pub payload: Vec<u8>,
+    reply: Option<Reply>,
+}
+
+impl fmt::Debug for IncomingRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingRequest").field("bytes", &self.payload.len()).finish()
+    }
+}
+
+impl IncomingRequest {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn new(payload: Vec<u8>, reply: Option<Reply>) -> Self {
+        Self { payload, reply }
+    }
+
+    /// Answers the request (nothing happens if the requester asked for no answer).
+    pub async fn reply(self, payload: Vec<u8>) -> Result<(), BusError> {
+        match self.reply {
+            Some(reply) => reply(payload).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The subject of a service's requests: `<prefix>_rpc.<service>`, outside
+/// the events' `<prefix>.>` so that no stream stores (or acknowledges) it.
+pub fn request_subject(prefix: &str, service: &str) -> String {
+    format!("{prefix}_rpc.{service}")
 }
 
 /// The subject of an event: `<prefix>.<category>.<token of the stream id>`.

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+use super::{request_subject, IncomingRequest, Requester, Responder};
 use super::{subject, BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription, WireEvent};
 use crate::RecordedEvent;
 
@@ -44,6 +45,7 @@ impl JetStreamConfig {
 /// The JetStream bus. Cloning shares the connection.
 #[derive(Clone)]
 pub struct JetStreamBus {
+    client: async_nats::Client,
     context: jetstream::Context,
     stream: stream::Stream,
     config: JetStreamConfig,
@@ -61,7 +63,7 @@ impl JetStreamBus {
         let client = async_nats::connect(config.url.as_str())
             .await
             .map_err(|err| BusError::backend("connecting to NATS", err))?;
-        let context = jetstream::new(client);
+        let context = jetstream::new(client.clone());
         let stream = context
             .get_or_create_stream(stream::Config {
                 name: config.stream_name.clone(),
@@ -71,7 +73,7 @@ impl JetStreamBus {
             })
             .await
             .map_err(|err| BusError::backend("creating the JetStream stream", err))?;
-        Ok(Self { context, stream, config })
+        Ok(Self { client, context, stream, config })
     }
 
     /// Deletes the stream and everything in it (tests, teardown).
@@ -168,6 +170,49 @@ impl Subscriber for JetStreamBus {
                 let go_on = !failed;
                 failed |= item.is_err();
                 std::future::ready(go_on)
+            })
+            .boxed())
+    }
+}
+
+#[async_trait]
+impl Requester for JetStreamBus {
+    async fn request(&self, service: &str, payload: Vec<u8>, timeout: Duration) -> Result<Option<Vec<u8>>, BusError> {
+        let subject = request_subject(&self.config.subject_prefix, service);
+        match tokio::time::timeout(timeout, self.client.request(subject, payload.into())).await {
+            Ok(Ok(answer)) => Ok(Some(answer.payload.to_vec())),
+            // No responder is "no answer" too: the service may come back.
+            Ok(Err(err)) if matches!(err.kind(), async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders) => Ok(None),
+            Ok(Err(err)) => Err(BusError::backend("sending a request", err)),
+            Err(_elapsed) => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Responder for JetStreamBus {
+    async fn serve(&self, service: &str) -> Result<BoxStream<'static, IncomingRequest>, BusError> {
+        let subject = request_subject(&self.config.subject_prefix, service);
+        let requests = self
+            .client
+            .queue_subscribe(subject, format!("{service}-responders"))
+            .await
+            .map_err(|err| BusError::backend("subscribing to requests", err))?;
+        let client = self.client.clone();
+        Ok(requests
+            .map(move |message| {
+                let client = client.clone();
+                let reply = message.reply.map(|reply| -> super::Reply {
+                    Box::new(move |answer: Vec<u8>| {
+                        Box::pin(async move {
+                            client
+                                .publish(reply, answer.into())
+                                .await
+                                .map_err(|err| BusError::backend("answering a request", err))
+                        })
+                    })
+                });
+                IncomingRequest::new(message.payload.to_vec(), reply)
             })
             .boxed())
     }

@@ -213,4 +213,52 @@ mod jetstream {
     }
 
     bus_suite!(open);
+
+    use strata_store::bus::{Requester, Responder};
+
+    /// Answers every request of `service` with `<name>:<payload>` (or never,
+    /// when `silent`), until the test ends.
+    async fn responder(bus: &strata_store::bus::JetStreamBus, service: &str, name: &'static str, silent: bool) {
+        let mut requests = bus.serve(service).await.unwrap();
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                if !silent {
+                    let answer = format!("{name}:{}", String::from_utf8_lossy(&request.payload));
+                    request.reply(answer.into_bytes()).await.unwrap();
+                }
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_is_answered_once_by_one_of_the_services_responders() {
+        let Some((bus, cleanup)) = crate::support::test_jetstream().await else { return };
+        responder(&bus, "stock", "first", false).await;
+        responder(&bus, "stock", "second", false).await;
+        responder(&bus, "billing", "other", false).await;
+        let mut answered_by = HashSet::new();
+        for i in 0..40 {
+            let answer = bus.request("stock", format!("r{i}").into_bytes(), Duration::from_secs(5)).await.unwrap().expect("an answer");
+            let answer = String::from_utf8(answer).unwrap();
+            let (name, echoed) = answer.split_once(':').unwrap();
+            assert_eq!(echoed, format!("r{i}"), "the answer is to this request");
+            assert!(name == "first" || name == "second", "answered by another service: {answer}");
+            answered_by.insert(name.to_owned());
+        }
+        assert_eq!(answered_by.len(), 2, "responders of one service share its requests");
+        cleanup.run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_nobody_answers_or_nobody_serves_is_none() {
+        let Some((bus, cleanup)) = crate::support::test_jetstream().await else { return };
+        responder(&bus, "gateway", "silent", true).await;
+        let answer = bus.request("gateway", b"hello".to_vec(), Duration::from_millis(300)).await.unwrap();
+        assert_eq!(answer, None);
+        let started = std::time::Instant::now();
+        let answer = bus.request("nobody-serves-this", b"hello".to_vec(), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(answer, None);
+        assert!(started.elapsed() < Duration::from_secs(30), "no responder is known at once, not after the timeout");
+        cleanup.run().await;
+    }
 }

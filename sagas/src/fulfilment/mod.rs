@@ -67,6 +67,9 @@ pub mod steps {
 pub const CATEGORY: &str = "fulfilment";
 /// The category whose events start instances.
 pub const TRIGGER_CATEGORY: &str = "order";
+/// The service name the saga's commands are requested under when the
+/// services run in another process ([`crate::remote`]).
+pub const SERVICES: &str = "fulfilment-services";
 
 /// What an instance carries: the order as placed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

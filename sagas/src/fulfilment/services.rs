@@ -27,7 +27,8 @@ use uuid::Uuid;
 use crate::saga::{Outcome, Services};
 
 /// A command of the fulfilment saga, for one of the four services.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "service", content = "command", rename_all = "camelCase")]
 pub enum FulfilmentCommand {
     /// To the orders service.
     Order(strata_commands::orders::OrderCommand),

@@ -1,0 +1,122 @@
+//! Commands over the bus, for when the saga and the services run in
+//! different processes (`STRATA_ROLES=saga` here, `services` there).
+//!
+//! - [`RemoteServices`] is the saga's [`Services`]: it sends each command as
+//!   a request to the service and turns the answer back into an [`Outcome`].
+//!   No answer within the timeout is [`Outcome::NoAnswer`] (the command may
+//!   or may not have been applied: the saga sends it again under the same
+//!   id, and its deadline decides); a bus failure is `Transient`.
+//! - [`serve`] runs in the services' process: it takes the requests (shared
+//!   by every replica), applies each through the in-process services and
+//!   answers — except `NoAnswer`, which is not answered, exactly as a service
+//!   that does not reply.
+//!
+//! Wire format: JSON `{"commandId", "correlationId", "command"}`; the answer
+//! is the outcome as JSON.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use strata_store::bus::{IncomingRequest, Requester, Responder};
+use tokio::sync::{watch, Semaphore};
+use uuid::Uuid;
+
+use crate::saga::{Outcome, Services};
+use crate::SagaError;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCommand<C> {
+    command_id: Uuid,
+    correlation_id: Uuid,
+    command: C,
+}
+
+/// The services of another process, reached through the bus.
+pub struct RemoteServices<C> {
+    requester: Arc<dyn Requester>,
+    service: String,
+    timeout: Duration,
+    commands: PhantomData<fn(C)>,
+}
+
+impl<C> RemoteServices<C> {
+    /// Sends commands as requests to `service`, waiting up to `timeout` for each.
+    pub fn new(requester: Arc<dyn Requester>, service: impl Into<String>, timeout: Duration) -> Self {
+        Self { requester, service: service.into(), timeout, commands: PhantomData }
+    }
+}
+
+#[async_trait]
+impl<C: Serialize + Send + Sync + 'static> Services<C> for RemoteServices<C> {
+    async fn execute(&self, command_id: Uuid, correlation_id: Uuid, command: &C) -> Outcome {
+        let wire = WireCommand { command_id, correlation_id, command };
+        let payload = match serde_json::to_vec(&wire) {
+            Ok(payload) => payload,
+            Err(error) => return Outcome::Refused(format!("the command does not serialize: {error}")),
+        };
+        match self.requester.request(&self.service, payload, self.timeout).await {
+            Ok(Some(answer)) => serde_json::from_slice(&answer).unwrap_or_else(|error| Outcome::Transient(format!("unreadable answer from {}: {error}", self.service))),
+            Ok(None) => Outcome::NoAnswer,
+            Err(error) => Outcome::Transient(error.to_string()),
+        }
+    }
+}
+
+/// Serves the requests of `service` with `services`, `concurrency` at a
+/// time, until `stop`; requests in flight are finished before it returns.
+pub async fn serve<C: DeserializeOwned + Send + Sync + 'static>(
+    responder: Arc<dyn Responder>,
+    service: &str,
+    services: Arc<dyn Services<C>>,
+    concurrency: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SagaError> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut requests = responder.serve(service).await.map_err(SagaError::Bus)?;
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            request = requests.next() => match request {
+                Some(request) => {
+                    let permit = permits.clone().acquire_owned().await.expect("never closed");
+                    let services = services.clone();
+                    tokio::spawn(async move {
+                        answer(request, &*services).await;
+                        drop(permit);
+                    });
+                }
+                None => {
+                    tracing::warn!(service, "the request subscription ended; serving again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    requests = responder.serve(service).await.map_err(SagaError::Bus)?;
+                }
+            },
+        }
+    }
+    let _all = permits.acquire_many(concurrency.max(1) as u32).await;
+    Ok(())
+}
+
+async fn answer<C: DeserializeOwned>(request: IncomingRequest, services: &dyn Services<C>) {
+    let outcome = match serde_json::from_slice::<WireCommand<C>>(&request.payload) {
+        Ok(wire) => services.execute(wire.command_id, wire.correlation_id, &wire.command).await,
+        Err(error) => Outcome::Refused(format!("malformed command request: {error}")),
+    };
+    if outcome == Outcome::NoAnswer {
+        return;
+    }
+    let answer = serde_json::to_vec(&outcome).expect("an outcome serializes");
+    if let Err(error) = request.reply(answer).await {
+        tracing::warn!("answering a command failed (the saga will send it again): {error}");
+    }
+}
