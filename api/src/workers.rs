@@ -148,7 +148,7 @@ async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, s
 
 /// How long the saga waits for the services' answer to a command when they
 /// run in another process (then it sends the command again, same id).
-const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The orchestrator's settings: the defaults, with the step deadline of
 /// `STRATA_SAGA_STEP_DEADLINE`.
@@ -234,7 +234,7 @@ impl Workers {
             let services: Arc<dyn Services<FulfilmentCommand>> = Arc::new(fulfilment_services(backend));
             let stop = stop.clone();
             let task = tokio::spawn(async move {
-                strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 64, stop)
+                strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 256, stop)
                     .await
                     .map_err(anyhow::Error::from)
             });

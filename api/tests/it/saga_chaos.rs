@@ -43,13 +43,13 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
     let mut rng = StdRng::seed_from_u64(seed);
     let id = Uuid::new_v4().simple().to_string();
     let dir = tempfile::tempdir().unwrap();
-    // Steps may take 15 s: long enough for a step to outlive several kills
+    // Steps may take 30 s: long enough for a step to outlive several kills
     // of the worker driving it or of the services answering it, so only the
     // orders whose payment never answers pass their deadline.
     let env = vec![
         ("STRATA_EVENT_STORE", database.url.clone()),
         ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
-        ("STRATA_SAGA_STEP_DEADLINE", "15s".to_owned()),
+        ("STRATA_SAGA_STEP_DEADLINE", "30s".to_owned()),
     ];
     let mut relay = Role { name: "relay", env: env.clone(), log: dir.path().join("relay.log"), child: None, starts: 0 };
     let mut workers = [
@@ -155,7 +155,7 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
         strata()
             .args(["audit", "invariants"])
             .env("STRATA_EVENT_STORE", &database.url)
-            .env("STRATA_SAGA_STEP_DEADLINE", "15s"),
+            .env("STRATA_SAGA_STEP_DEADLINE", "30s"),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("every invariant holds"), "{stdout}");
