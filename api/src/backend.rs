@@ -80,14 +80,15 @@ impl EventStoreBackend {
         }
     }
 
-    /// The store as the seam.
+    /// The store as the seam, its appends counted for `/metrics`.
     pub fn store(&self) -> Arc<dyn EventStore> {
-        match self {
+        let store: Arc<dyn EventStore> = match self {
             Self::Memory(store) => Arc::new(store.clone()),
             Self::Sqlite(store) => Arc::new(store.clone()),
             #[cfg(feature = "postgres")]
             Self::Postgres(store) => Arc::new(store.clone()),
-        }
+        };
+        Arc::new(crate::metrics::MeteredStore::new(store, crate::metrics::process_metrics()))
     }
 }
 

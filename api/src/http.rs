@@ -1,6 +1,6 @@
-//! The HTTP surface for now: `GET /healthz` (the process is up) and
+//! The HTTP surface for now: `GET /healthz` (the process is up),
 //! `GET /readyz` (the event store and, when this process has them, the read
-//! models answer). Built by [`router`] so tests call
+//! models answer) and `GET /metrics` (Prometheus, see [`crate::metrics`]). Built by [`router`] so tests call
 //! it in-process; [`run`] serves it on a listener it is handed until
 //! `shutdown` resolves.
 
@@ -14,7 +14,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use strata_projections::ReadModelSink;
-use strata_store::EventStore;
+use strata_store::{CheckpointStore, EventStore};
+
+use crate::metrics::{render, Metrics, Sources};
 use tokio::net::TcpListener;
 
 /// What the handlers share.
@@ -24,6 +26,10 @@ pub struct AppState {
     pub event_store: Arc<dyn EventStore>,
     /// The read models, when this process serves them.
     pub read_model: Option<Arc<dyn ReadModelSink>>,
+    /// The checkpoints beside the log (relay, sagas), for `/metrics`.
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    /// This process's counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The application's routes.
@@ -31,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -51,6 +58,17 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let status = if ready { "ready" } else { "unavailable" };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({ "status": status, "checks": checks })))
+}
+
+async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let sources = Sources {
+        log: state.event_store.clone(),
+        checkpoints: state.checkpoints.clone(),
+        read_model: state.read_model.clone(),
+        metrics: state.metrics.clone(),
+    };
+    let text = render(&sources).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Records one dependency's check; true when it is up.

@@ -5,9 +5,10 @@
 //! - [`config`]: settings from flags, environment and `strata.toml` (flags win);
 //! - [`backend`]: the event store picked by the URL scheme;
 //! - [`http`]: the axum app (`router()`) and `run(listener, shutdown)`;
+//! - [`metrics`]: `/metrics` (Prometheus text) and the store decorator that counts appends;
 //! - [`audit`], [`bench`]: the CLI commands that do real work;
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise;
-//! - [`workers`]: the relay and projector roles and their backends;
+//! - [`workers`]: the relay, projector, saga and services roles and their backends;
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume).
 
 pub mod audit;
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod progress;
 pub mod projections;
 pub mod workers;

@@ -388,6 +388,8 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
             http::run(listener, AppState {
                     event_store: store.clone(),
                     read_model: read_model.clone(),
+                    checkpoints: backend.checkpoints(),
+                    metrics: strata_api::metrics::process_metrics(),
                 }, shutdown_signal()).await?;
         } else {
             println!("strata running {:?} (event store: {})", roles, store.backend_name());

@@ -47,8 +47,8 @@ use strata_schemas::events::{SagaEvent, SagaStarted};
 use strata_schemas::DomainEvent;
 use strata_store::bus::{Delivery, Subscriber, Subscription};
 use strata_store::{
-    AppendError, CheckpointStore, EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, ReadAll, ReadStream,
-    RecordedEvent, StreamAppend, StreamId,
+    AppendError, CheckpointStore, EventMetadata, EventReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAll,
+    ReadError, ReadStream, RecordedEvent, StreamAppend, StreamId,
 };
 use tokio::sync::{watch, Notify, Semaphore};
 use uuid::Uuid;
@@ -56,6 +56,50 @@ use uuid::Uuid;
 use crate::saga::{Clock, Outcome, Saga, SagaConfig, Services};
 use crate::state::{evolve, next, react, Next, Request, SagaState, SagaStatus};
 use crate::SagaError;
+
+fn low_water_name(category: &str) -> String {
+    format!("saga-{category}-low-water")
+}
+
+/// What a scan saw of one instance.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    first: Position,
+    last_at: DateTime<Utc>,
+    terminal: bool,
+    compensating: bool,
+}
+
+/// Reads the events of `category` after `after`: what each instance did,
+/// and the last position read.
+async fn scan(reader: &dyn EventReader, category: &str, after: Position) -> Result<(BTreeMap<Uuid, Seen>, Position), ReadError> {
+    let mut seen: BTreeMap<Uuid, Seen> = BTreeMap::new();
+    let mut after = after;
+    loop {
+        let request = ReadAll { category: Some(category.to_owned()), ..ReadAll::after(after, 1_000) };
+        let page = reader.read_all(request).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for recorded in &page {
+            let Ok(saga_id) = recorded.stream_id.id().parse::<Uuid>() else { continue };
+            let entry = seen.entry(saga_id).or_insert(Seen { first: recorded.position, last_at: recorded.recorded_at, terminal: false, compensating: false });
+            entry.last_at = recorded.recorded_at;
+            entry.terminal |= matches!(recorded.event_type.as_str(), "SagaCompleted" | "SagaAborted");
+            entry.compensating |= recorded.event_type == "SagaStepFailed";
+        }
+    }
+    Ok((seen, after))
+}
+
+/// Instances of `category` in flight, `running` and `compensating`, found
+/// after the orchestrator's low-water checkpoint (for metrics; moves nothing).
+pub async fn count_in_flight(reader: &dyn EventReader, checkpoints: &dyn CheckpointStore, category: &str) -> Result<(u64, u64), ReadError> {
+    let low = checkpoints.load_checkpoint(&low_water_name(category)).await?;
+    let (seen, _) = scan(reader, category, low).await?;
+    let in_flight = seen.values().filter(|s| !s.terminal);
+    let (compensating, running): (Vec<&Seen>, Vec<&Seen>) = in_flight.partition(|s| s.compensating);
+    Ok((running.len() as u64, compensating.len() as u64))
+}
 
 /// How the orchestrator runs.
 #[derive(Debug, Clone)]
@@ -139,7 +183,7 @@ impl<S: Saga> Orchestrator<S> {
 
     /// The checkpoint name of the recovery scan.
     pub fn low_water_name() -> String {
-        format!("saga-{}-low-water", S::CATEGORY)
+        low_water_name(S::CATEGORY)
     }
 
     /// Reads an instance's state from its stream.
@@ -325,27 +369,9 @@ impl<S: Saga> Orchestrator<S> {
     /// (start-up), else those with no event for [`OrchestratorConfig::stall_after`].
     /// Moves the checkpoint to just before the oldest instance in flight.
     pub async fn scan_in_flight(&self, stalled_only: bool) -> Result<Vec<Uuid>, SagaError> {
-        struct Seen {
-            first: Position,
-            last_at: DateTime<Utc>,
-            terminal: bool,
-        }
         let name = Self::low_water_name();
         let low = self.checkpoints.load_checkpoint(&name).await.map_err(SagaError::Read)?;
-        let mut seen: BTreeMap<Uuid, Seen> = BTreeMap::new();
-        let mut after = low;
-        loop {
-            let request = ReadAll { category: Some(S::CATEGORY.to_owned()), ..ReadAll::after(after, 1_000) };
-            let page = self.store.read_all(request).await.map_err(SagaError::Read)?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for recorded in &page {
-                let Ok(saga_id) = recorded.stream_id.id().parse::<Uuid>() else { continue };
-                let entry = seen.entry(saga_id).or_insert(Seen { first: recorded.position, last_at: recorded.recorded_at, terminal: false });
-                entry.last_at = recorded.recorded_at;
-                entry.terminal |= matches!(recorded.event_type.as_str(), "SagaCompleted" | "SagaAborted");
-            }
-        }
+        let (seen, after) = scan(&*self.store, S::CATEGORY, low).await.map_err(SagaError::Read)?;
         let oldest_in_flight = seen.values().filter(|s| !s.terminal).map(|s| s.first).min();
         let low_water = oldest_in_flight.map_or(after, |first| Position(first.0.saturating_sub(1)));
         if low_water > low {

@@ -1,5 +1,5 @@
-//! `/healthz` and `/readyz`, served in-process on port 0, and by the real
-//! binary over TCP with a graceful SIGTERM.
+//! `/healthz`, `/readyz` and `/metrics`, served in-process on port 0, and by
+//! the real binary over TCP with a graceful SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -28,7 +28,9 @@ async fn serve(state: AppState) -> (std::net::SocketAddr, oneshot::Sender<()>, t
 async fn healthz_and_readyz_answer_when_the_store_is_up() {
     let store = MemoryEventStore::new(registry().unwrap());
     let read_model = Arc::new(strata_projections::MemorySink::new());
-    let (address, stop, server) = serve(AppState { event_store: Arc::new(store), read_model: Some(read_model) }).await;
+    let store = Arc::new(store);
+    let state = AppState { event_store: store.clone(), read_model: Some(read_model), checkpoints: store, metrics: Default::default() };
+    let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = get(address, "/readyz").await;
@@ -41,13 +43,71 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
     server.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_from_the_backends() {
+    use strata_api::metrics::{Metrics, MeteredStore};
+    use strata_store::{CheckpointStore, EventStore};
+    let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
+    let metrics = Arc::new(Metrics::default());
+    let metered: Arc<dyn EventStore> = Arc::new(MeteredStore::new(store.clone(), metrics.clone()));
+    // Three orders and a fulfilment saga stuck half-way, through the metered store.
+    let appends = strata_projections::orders::sample::sample(strata_projections::orders::sample::SampleConfig {
+        seed: 3,
+        orders: 3,
+        ..Default::default()
+    });
+    let events: usize = appends.iter().map(|a| a.events.len()).sum();
+    for request in strata_projections::orders::sample::requests(appends, 8) {
+        metered.append(request).await.unwrap();
+    }
+    let saga = strata_store::StreamId::new("fulfilment", uuid::Uuid::from_u128(9)).unwrap();
+    let started = strata_schemas::events::SagaEvent::from(strata_schemas::events::SagaStarted {
+        saga_id: uuid::Uuid::from_u128(9),
+        data: serde_json::json!({}),
+        started_at: chrono::Utc::now(),
+    });
+    use strata_schemas::DomainEvent;
+    let new_event = strata_store::NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: started.event_type().into(),
+        schema_version: started.schema_version(),
+        payload: started.to_payload(),
+        metadata: Default::default(),
+    };
+    let append = strata_store::StreamAppend { stream_id: saga, expected: strata_store::ExpectedVersion::NoStream, events: vec![new_event] };
+    metered.append(vec![append]).await.unwrap();
+    store.save_checkpoint("relay", strata_store::Position(2)).await.unwrap();
+    let read_model = Arc::new(strata_projections::MemorySink::new());
+    for projection in strata_projections::orders::projections() {
+        strata_projections::rebuild(projection, read_model.clone(), store.clone(), Default::default(), &mut |_| {}).await.unwrap();
+    }
+    let head = events + 1;
+
+    let state = AppState { event_store: metered, read_model: Some(read_model), checkpoints: store, metrics };
+    let (address, stop, server) = serve(state).await;
+    let (status, body) = get(address, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let value = |line: &str| body.lines().find_map(|l| l.strip_prefix(line).map(str::trim).map(str::to_owned)).unwrap_or_else(|| panic!("no {line} in\n{body}"));
+    assert_eq!(value("strata_events_appended_total "), head.to_string());
+    assert_eq!(value("strata_log_head_position "), head.to_string());
+    assert_eq!(value("strata_relay_position "), "2");
+    assert_eq!(value("strata_append_seconds_count "), value("strata_append_seconds_bucket{le=\"+Inf\"} "));
+    assert_eq!(value("strata_projection_lag_events{projection=\"orders\"} "), "0", "built up to the head");
+    assert_eq!(value("strata_sagas{state=\"running\"} "), "1");
+    assert_eq!(value("strata_sagas{state=\"compensating\"} "), "0");
+    assert!(body.contains("# TYPE strata_append_seconds histogram"), "{body}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_unavailable_when_postgres_goes_away() {
     let Some(database) = TestDatabase::create().await else { return };
     let (url, name) = (database.url.clone(), database.name.clone());
     let backend = EventStoreBackend::open(&url, registry().unwrap()).await.unwrap();
     backend.migrate().await.unwrap();
-    let (address, stop, server) = serve(AppState { event_store: backend.store(), read_model: None }).await;
+    let state = AppState { event_store: backend.store(), read_model: None, checkpoints: backend.checkpoints(), metrics: Default::default() };
+    let (address, stop, server) = serve(state).await;
     assert_eq!(get(address, "/readyz").await.0, 200);
     database.drop_database().await;
     let (status, body) = get(address, "/readyz").await;
