@@ -9,7 +9,7 @@
 //! scheduled send to the moment a follower of the log sees `OrderConfirmed`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -62,23 +62,28 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
         inventory.handle(Envelope::new(Uuid::new_v4(), command)).await?;
     }
 
-    // Who saw which order confirmed, and when.
-    let confirmed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    // Who saw which order confirmed, and when: the follower ends once every
+    // order is confirmed, and reports how many so far.
     let (stop, stopped) = watch::channel(false);
+    let (progress, mut seen) = watch::channel(0_usize);
     let follower = {
-        let (reader, confirmed) = (store.clone() as Arc<dyn EventReader>, confirmed.clone());
+        let reader = store.clone() as Arc<dyn EventReader>;
         let head = reader.head_position().await?;
+        let expected = bench.orders;
         tokio::spawn(async move {
+            let mut confirmed: HashMap<Uuid, Instant> = HashMap::with_capacity(expected);
             let mut events = reader.subscribe(Subscribe { category: Some("order".into()), ..Subscribe::after(head) });
-            while let Some(event) = events.next().await {
+            while confirmed.len() < expected {
+                let Some(event) = events.next().await else { break };
                 let event = event?;
                 if event.event_type == "OrderConfirmed" {
                     if let Ok(order_id) = event.stream_id.id().parse() {
-                        confirmed.lock().expect("not poisoned").insert(order_id, Instant::now());
+                        confirmed.insert(order_id, Instant::now());
+                        progress.send_replace(confirmed.len());
                     }
                 }
             }
-            anyhow::Ok(())
+            anyhow::Ok(confirmed)
         })
     };
     let relay = {
@@ -115,26 +120,19 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
         placed.await.context("placing an order")??;
     }
     let offered_seconds = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = confirmed.lock().expect("not poisoned").len();
-        if done >= bench.orders {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {done} of {} orders confirmed within two minutes after the last was placed", bench.orders);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let all_confirmed = seen.wait_for(|done| *done >= bench.orders);
+    if tokio::time::timeout(Duration::from_secs(120), all_confirmed).await.is_err() {
+        let done = *seen.borrow();
+        bail!("only {done} of {} orders confirmed within two minutes after the last was placed", bench.orders);
     }
+    let confirmed = follower.await.context("following the log")??;
     let _ = stop.send(true);
-    follower.abort();
     relay.await??;
     orchestrator.await??;
     let bus_name = bus.name;
     bus.remove().await?;
 
     let stages = stages(&*store).await?;
-    let confirmed = confirmed.lock().expect("not poisoned").clone();
     let mut latencies: Vec<f64> = sent
         .iter()
         .filter_map(|(order_id, sent)| confirmed.get(order_id).map(|at| at.duration_since(*sent).as_secs_f64() * 1_000.0))

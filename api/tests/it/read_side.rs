@@ -39,35 +39,68 @@ fn place(order_id: Uuid, customer: &str, sku: &Sku, quantity: i64) -> Envelope<O
     )
 }
 
+/// PostgreSQL (a fresh database), a JetStream stream and a Redis key prefix of
+/// the test's own, and `strata serve` running `roles` on them.
+struct Stack {
+    database: TestDatabase,
+    store: Arc<PostgresEventStore>,
+    sink: Arc<RedisSink>,
+    nats: String,
+    id: String,
+    server: std::process::Child,
+}
+
+impl Stack {
+    /// `None` (reported) when a service is unreachable outside CI.
+    async fn start(roles: &str) -> Option<Self> {
+        let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+        let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+        let database = TestDatabase::create().await?;
+        let id = Uuid::new_v4().simple().to_string();
+        let prefix = format!("test_{id}");
+        let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
+            Ok(sink) => Arc::new(sink),
+            Err(err) => {
+                report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
+                return None;
+            }
+        };
+        if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
+            report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            return None;
+        }
+        let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
+        let store = Arc::new(PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap());
+        store.migrate().await.unwrap();
+        let server = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("serve")
+            .env_remove("STRATA_LISTEN")
+            .env("RUST_LOG", "warn")
+            .env("STRATA_ROLES", roles)
+            .env("STRATA_EVENT_STORE", &database.url)
+            .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
+            .env("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Some(Self { database, store, sink, nats, id, server })
+    }
+
+    /// Stops the server and removes what the test made.
+    async fn stop(mut self) {
+        self.server.kill().unwrap();
+        self.server.wait().unwrap();
+        let client = async_nats::connect(&self.nats).await.unwrap();
+        let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{}", self.id)).await;
+        self.sink.delete_all().await.unwrap();
+        self.database.drop_database().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reach_redis_read_models_through_jetstream() {
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
-    let Some(database) = TestDatabase::create().await else { return };
-    let id = Uuid::new_v4().simple().to_string();
-    let prefix = format!("test_{id}");
-    let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
-        Ok(sink) => Arc::new(sink),
-        Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
-    };
-    if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
-    }
-    let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
-    let store = Arc::new(PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap());
-    store.migrate().await.unwrap();
-
-    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("serve")
-        .env_remove("STRATA_LISTEN")
-        .env("RUST_LOG", "warn")
-        .env("STRATA_ROLES", "relay,projector")
-        .env("STRATA_EVENT_STORE", &database.url)
-        .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
-        .env("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let Some(stack) = Stack::start("relay,projector").await else { return };
+    let (store, sink, id) = (stack.store.clone(), stack.sink.clone(), stack.id.clone());
 
     let orders_handler: CommandHandler<Order> = CommandHandler::new(store.clone(), Some(store.clone()), HandlerConfig::default());
     let stock_handler: CommandHandler<Inventory> = CommandHandler::new(store.clone(), Some(store.clone()), HandlerConfig::default());
@@ -123,12 +156,7 @@ async fn commands_reach_redis_read_models_through_jetstream() {
         .unwrap();
     assert_eq!(by_status.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![cancelled]);
 
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let client = async_nats::connect(&nats).await.unwrap();
-    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    sink.delete_all().await.unwrap();
-    database.drop_database().await;
+    stack.stop().await;
 }
 
 /// Waits until the view of `order_id` satisfies `done`.
@@ -147,33 +175,9 @@ async fn view_until(sink: Arc<RedisSink>, order_id: Uuid, what: &'static str, do
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_drives_placed_orders_and_its_steps_appear_in_the_order_view() {
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
-    let Some(database) = TestDatabase::create().await else { return };
-    let id = Uuid::new_v4().simple().to_string();
-    let prefix = format!("test_{id}");
-    let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
-        Ok(sink) => Arc::new(sink),
-        Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
-    };
-    if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
-    }
-    let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
-    let store = Arc::new(PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap());
-    store.migrate().await.unwrap();
     // Every role but the api, in one process.
-    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("serve")
-        .env_remove("STRATA_LISTEN")
-        .env("RUST_LOG", "warn")
-        .env("STRATA_ROLES", "relay,projector,saga,services")
-        .env("STRATA_EVENT_STORE", &database.url)
-        .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
-        .env("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let Some(stack) = Stack::start("relay,projector,saga,services").await else { return };
+    let (store, sink, id) = (stack.store.clone(), stack.sink.clone(), stack.id.clone());
 
     let orders_handler: CommandHandler<Order> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
     let stock_handler: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
@@ -215,10 +219,5 @@ async fn the_saga_drives_placed_orders_and_its_steps_appear_in_the_order_view() 
     let stock = orders::stock(&*sink, sku.as_str()).await.unwrap().unwrap();
     assert_eq!(stock, StockView { on_hand: 8, reserved: 0, available: 8 }, "two units shipped, the rest released");
 
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let client = async_nats::connect(&nats).await.unwrap();
-    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    sink.delete_all().await.unwrap();
-    database.drop_database().await;
+    stack.stop().await;
 }

@@ -87,10 +87,11 @@ fn classify<A: Aggregate>(result: Result<strata_commands::CommandOutcome, Comman
 #[async_trait]
 impl Services<FulfilmentCommand> for FulfilmentServices {
     async fn execute(&self, command_id: Uuid, correlation_id: Uuid, command: &FulfilmentCommand) -> Outcome {
-        match command.clone() {
+        // Each arm clones its command once, into the envelope.
+        match command {
             FulfilmentCommand::Order(command) => {
                 let cancelling = matches!(command, strata_commands::orders::OrderCommand::Cancel { .. });
-                let result = self.orders.handle(self.envelope(command_id, correlation_id, command)).await;
+                let result = self.orders.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 classify::<Order>(result, |error| match error {
                     OrderError::WrongStatus { status: OrderStatus::Cancelled, .. } if cancelling => Outcome::Done,
                     error => Outcome::Refused(error.to_string()),
@@ -98,18 +99,18 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
             }
             FulfilmentCommand::Inventory(command) => {
                 let result = self.inventory.handle(self.envelope(command_id, correlation_id, command.clone())).await;
-                classify::<Inventory>(result, |error| match (error, &command) {
+                classify::<Inventory>(result, |error| match (error, command) {
                     (InventoryError::AlreadyReserved { .. }, _) => Outcome::Done,
                     (InventoryError::NoReservation { .. }, strata_commands::inventory::InventoryCommand::Release { .. }) => Outcome::Done,
                     (error, _) => Outcome::Refused(error.to_string()),
                 })
             }
             FulfilmentCommand::Payment(command) => {
-                let void_of = match &command {
+                let void_of = match command {
                     PaymentCommand::Void { order_id, at } => Some((*order_id, *at)),
                     _ => None,
                 };
-                let result = self.payments.handle(self.envelope(command_id, correlation_id, command)).await;
+                let result = self.payments.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 if let (Some((order_id, at)), Err(CommandError::Rejected(PaymentError::WrongStatus { status: PaymentStatus::Captured, .. }))) = (void_of, &result) {
                     let refund_id = Uuid::new_v5(&command_id, b"refund");
                     let result = self.payments.handle(self.envelope(refund_id, correlation_id, PaymentCommand::Refund { order_id, at })).await;
@@ -129,7 +130,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
             }
             FulfilmentCommand::Shipment(command) => {
                 let cancelling = matches!(command, ShipmentCommand::Cancel { .. });
-                let result = self.shipping.handle(self.envelope(command_id, correlation_id, command)).await;
+                let result = self.shipping.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 classify::<Shipment>(result, |error| match error {
                     ShippingError::AlreadyCreated { .. } => Outcome::Done,
                     ShippingError::NotCreated { .. } | ShippingError::AlreadyCancelled { .. } if cancelling => Outcome::Done,
