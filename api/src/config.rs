@@ -42,6 +42,11 @@ pub struct Overrides {
     /// How long a saga step may take before the saga compensates: `5s`, `1500ms`.
     #[arg(long, env = "STRATA_SAGA_STEP_DEADLINE", global = true)]
     pub saga_step_deadline: Option<String>,
+    /// Accepted bearer tokens: `role:token[@RFC3339 expiry],…` (roles
+    /// client, auditor, operator). Unset: `serve` prints a development token
+    /// per role.
+    #[arg(long, env = "STRATA_TOKENS", global = true, hide_env_values = true)]
+    pub tokens: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -57,6 +62,7 @@ struct FileSettings {
     read_model: Option<String>,
     roles: Option<String>,
     saga_step_deadline: Option<String>,
+    tokens: Option<String>,
 }
 
 /// What a process does (DESIGN §3, §8).
@@ -128,6 +134,8 @@ pub struct Settings {
     pub roles: Roles,
     /// How long a failable saga step may take (from when it began).
     pub saga_step_deadline: Duration,
+    /// The accepted tokens (`None`: development tokens).
+    pub tokens: Option<String>,
 }
 
 /// `STRATA_SAGA_STEP_DEADLINE` when nothing is set.
@@ -209,6 +217,7 @@ impl Settings {
             read_model,
             roles,
             saga_step_deadline: parse_deadline(&deadline)?,
+            tokens: overrides.tokens.clone().or(file.tokens).filter(|t| !t.trim().is_empty()),
         })
     }
 }

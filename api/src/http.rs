@@ -1,21 +1,38 @@
-//! The HTTP surface for now: `GET /healthz` (the process is up),
-//! `GET /readyz` (the event store and, when this process has them, the read
-//! models answer) and `GET /metrics` (Prometheus, see [`crate::metrics`]). Built by [`router`] so tests call
-//! it in-process; [`run`] serves it on a listener it is handed until
-//! `shutdown` resolves.
+//! The HTTP surface: `POST /graphql` (bearer token required), `GET /graphql`
+//! (GraphiQL, or the WebSocket of subscriptions: `graphql-transport-ws` or
+//! `graphql-ws`, the token in the `Authorization` header of the upgrade or
+//! in the `connection_init` payload as `{"Authorization": "Bearer …"}`),
+//! `GET /healthz` (the process is up), `GET /readyz` (the event store and,
+//! when this process has them, the read models answer) and `GET /metrics`
+//! (Prometheus, see [`crate::metrics`]). `/healthz`, `/readyz`, `/metrics`
+//! and the GraphiQL page carry no data and need no token.
+//!
+//! Every refusal of `POST /graphql` is a GraphQL-shaped JSON body with
+//! `extensions.code`, never a 5xx: no or bad token 401 `UNAUTHENTICATED`,
+//! body over the limit 413, not JSON 415, malformed JSON or unknown keys
+//! 400 (`VALIDATION`); errors inside a well-formed request come with 200.
+//! Built by [`router`] so tests call it in-process; [`run`] serves it on a
+//! listener it is handed until `shutdown` resolves.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use strata_projections::ReadModelSink;
 use strata_store::{CheckpointStore, EventStore};
 
+use crate::auth::Tokens;
+use crate::graphql::{request_data, Api, Code, StrataSchema};
 use crate::metrics::{render, Metrics, Sources};
 use tokio::net::TcpListener;
 
@@ -30,6 +47,27 @@ pub struct AppState {
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// This process's counters.
     pub metrics: Arc<Metrics>,
+    /// The GraphQL API, when this process serves it.
+    pub graphql: Option<GraphQl>,
+}
+
+/// The GraphQL endpoint's parts.
+#[derive(Clone)]
+pub struct GraphQl {
+    /// The executable schema.
+    pub schema: StrataSchema,
+    /// Its resolvers' state (limits, read models).
+    pub api: Arc<Api>,
+    /// The accepted tokens.
+    pub tokens: Arc<Tokens>,
+}
+
+impl GraphQl {
+    /// The endpoint over `api`, accepting `tokens`.
+    pub fn new(api: Api, tokens: Tokens) -> Self {
+        let api = Arc::new(api);
+        Self { schema: crate::graphql::schema(api.clone()), api, tokens: Arc::new(tokens) }
+    }
 }
 
 /// The application's routes.
@@ -38,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .with_state(state)
 }
 
@@ -70,6 +109,135 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
     let text = render(&sources).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
+
+/// A request-level refusal, shaped like a GraphQL response.
+fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
+    let body = json!({ "data": null, "errors": [{ "message": message.into(), "extensions": { "code": code.as_str() } }] });
+    (status, Json(body)).into_response()
+}
+
+/// The body of `POST /graphql`: exactly these keys.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GraphQlBody {
+    query: String,
+    #[serde(default)]
+    operation_name: Option<String>,
+    #[serde(default)]
+    variables: Option<Value>,
+    #[serde(default)]
+    extensions: Option<serde_json::Map<String, Value>>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+}
+
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
+    let Some(graphql) = &state.graphql else {
+        return refuse(StatusCode::NOT_FOUND, Code::NotFound, "this process does not serve GraphQL (STRATA_ROLES has no api)");
+    };
+    let role = match graphql.tokens.authenticate(bearer(&headers), chrono::Utc::now()) {
+        Ok(role) => role,
+        Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
+    };
+    let limits = &graphql.api.limits;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::Validation, "send the request as Content-Type: application/json");
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, limits.max_body_bytes).await else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, Code::Validation, format!("the request body is larger than {} bytes", limits.max_body_bytes));
+    };
+    let body: GraphQlBody = match serde_json::from_slice(&bytes) {
+        Ok(body) => body,
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, Code::Validation, format!("malformed request: {err}")),
+    };
+    let variables = match body.variables {
+        None | Some(Value::Null) => async_graphql::Variables::default(),
+        Some(variables @ Value::Object(_)) => async_graphql::Variables::from_json(variables),
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, Code::Validation, "malformed request: variables must be an object"),
+    };
+    let _ = body.extensions;
+    let mut request = async_graphql::Request::new(body.query).variables(variables);
+    if let Some(name) = body.operation_name {
+        request = request.operation_name(name);
+    }
+    request.data = request_data(&graphql.api, role);
+    let mut response = match tokio::time::timeout(limits.request_timeout, graphql.schema.execute(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let message = format!("the request took longer than {:?}; a mutation may or may not have been applied", limits.request_timeout);
+            state.metrics.observe_graphql(started, 1);
+            return refuse(StatusCode::OK, Code::Timeout, message);
+        }
+    };
+    // Errors of parsing, validation and limits come without a code.
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", Code::Validation.as_str());
+        }
+    }
+    state.metrics.observe_graphql(started, response.errors.len());
+    Json(response).into_response()
+}
+
+/// GraphiQL, or the subscriptions' WebSocket when the request upgrades.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let Some(graphql) = state.graphql.clone() else {
+        return refuse(StatusCode::NOT_FOUND, Code::NotFound, "this process does not serve GraphQL (STRATA_ROLES has no api)");
+    };
+    let upgrading = request.headers().get(header::UPGRADE).is_some();
+    if !upgrading {
+        return Html(GRAPHIQL).into_response();
+    }
+    let header_role = match bearer(request.headers()) {
+        None => None,
+        Some(header) => match graphql.tokens.authenticate(Some(header), chrono::Utc::now()) {
+            Ok(role) => Some(role),
+            Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
+        },
+    };
+    let (mut parts, _) = request.into_parts();
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let (schema, api, tokens) = (graphql.schema.clone(), graphql.api.clone(), graphql.tokens.clone());
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let role = match header_role {
+                        Some(role) => role,
+                        None => {
+                            let token = ["Authorization", "authorization"]
+                                .iter()
+                                .find_map(|key| payload.get(key).and_then(Value::as_str));
+                            tokens
+                                .authenticate(token, chrono::Utc::now())
+                                .map_err(|err| crate::graphql::error(Code::Unauthenticated, err.to_string()))?
+                        }
+                    };
+                    Ok(request_data(&api, role))
+                })
+                .serve()
+        })
+}
+
+/// The GraphiQL page (its scripts come from a CDN into the user's browser;
+/// nothing here runs without a token).
+const GRAPHIQL: &str = include_str!("graphiql.html");
 
 /// Records one dependency's check; true when it is up.
 fn check(

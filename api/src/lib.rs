@@ -5,6 +5,9 @@
 //! - [`config`]: settings from flags, environment and `strata.toml` (flags win);
 //! - [`backend`]: the event store picked by the URL scheme;
 //! - [`http`]: the axum app (`router()`) and `run(listener, shutdown)`;
+//! - [`graphql`]: the GraphQL schema (queries, mutations, subscription) over the commands and read models;
+//! - [`auth`]: bearer tokens and roles;
+//! - [`client`]: a small GraphQL client for `strata demo` and `bench e2e --url`;
 //! - [`metrics`]: `/metrics` (Prometheus text) and the store decorator that counts appends;
 //! - [`audit`], [`bench`]: the CLI commands that do real work;
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise;
@@ -12,9 +15,13 @@
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume).
 
 pub mod audit;
+pub mod auth;
 pub mod backend;
 pub mod bench;
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod graphql;
 pub mod http;
 pub mod metrics;
 pub mod progress;

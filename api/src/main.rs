@@ -10,7 +10,9 @@ use strata_api::audit::{self, StreamQuery};
 use strata_api::backend::{registry, EventStoreBackend};
 use strata_api::bench::{self, AppendBench, CommandsBench};
 use strata_api::config::{Overrides, Settings};
-use strata_api::http::{self, AppState};
+use strata_api::auth::Tokens;
+use strata_api::graphql::{Api, Limits};
+use strata_api::http::{self, AppState, GraphQl};
 use strata_api::projections;
 use strata_api::workers::{open_bus, open_read_model, Workers};
 use strata_store::StreamId;
@@ -42,6 +44,28 @@ enum Command {
     /// Measure throughput and latency; prints one JSON object per result.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Drive a running server through GraphQL with orders that confirm and
+    /// orders that compensate; print a summary.
+    Demo {
+        /// Orders placed.
+        #[arg(long, default_value_t = 100)]
+        orders: usize,
+        /// The server.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A client token (printed by `strata serve` as `token client: …`).
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Orders in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Varies the orders (the same seed places the same orders again, idempotently).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// JSON summary instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +217,13 @@ enum BenchCommand {
         /// Orders per second offered.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
+        /// Drive this running server through GraphQL instead (mutation →
+        /// order readable in the read model).
+        #[arg(long)]
+        url: Option<String>,
+        /// A client token for `--url`.
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// The command path (load, decide, append) vs raw appends of the same events.
     Commands {
@@ -342,7 +373,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             println!("{}", serde_json::to_string(&result)?);
         }
-        Command::Bench(BenchCommand::E2e { orders, rate }) => {
+        Command::Bench(BenchCommand::E2e { orders, rate, url: Some(url), token }) => {
+            let token = token.context("--url needs --token (or STRATA_TOKEN): a client token of that server")?;
+            let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Demo { orders, url, token, concurrency, seed, json } => {
+            let config = strata_api::demo::DemoConfig {
+                url,
+                token,
+                orders,
+                concurrency,
+                seed: seed.unwrap_or_else(rand::random),
+                settle_timeout: Duration::from_secs(120),
+            };
+            let summary = strata_api::demo::demo(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print_demo(&summary);
+            }
+            if summary["unexpected"].as_u64() != Some(0) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Bench(BenchCommand::E2e { orders, rate, url: None, .. }) => {
             let result = bench::e2e(&bench::E2eBench {
                 event_store_url: settings.event_store.clone(),
                 bus_url: settings.bus.clone(),
@@ -367,6 +422,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo's summary, for people.
+fn print_demo(summary: &serde_json::Value) {
+    println!("orders      {}", summary["orders"]);
+    println!("confirmed   {}", summary["confirmed"]);
+    for (step, count) in summary["cancelled"].as_object().into_iter().flatten() {
+        println!("cancelled   {count} at {step}");
+    }
+    println!("unexpected  {} (orders that ended otherwise than the scenario's rules say)", summary["unexpected"]);
+    println!("place       p50 {} ms, p99 {} ms (placeOrder mutation)", summary["place"]["p50_ms"], summary["place"]["p99_ms"]);
+    println!("settle      p50 {} ms, p99 {} ms (placed → saga completed or compensated)", summary["settle"]["p50_ms"], summary["settle"]["p99_ms"]);
+    println!("seconds     {}", summary["seconds"]);
+}
+
+/// The tokens `serve` accepts: the configured ones, else a fresh
+/// development token per role, printed.
+fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
+    if let Some(spec) = &settings.tokens {
+        return Tokens::parse(spec);
+    }
+    let (tokens, printed) = Tokens::development();
+    for (role, token) in printed {
+        println!("token {role}: {token}");
+    }
+    println!("(development tokens, new at every start; set STRATA_TOKENS to configure your own)");
+    Ok(tokens)
+}
+
 /// `strata serve`: migrates, starts the roles of this process, serves HTTP
 /// when it has the api role, and stops everything on Ctrl-C or SIGTERM.
 async fn serve(settings: &Settings) -> anyhow::Result<()> {
@@ -383,13 +465,17 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", settings.listen))?;
             let address = listener.local_addr()?;
-            println!("strata listening on http://{address} (event store: {})", store.backend_name());
+            let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
+            let api = Api::new(store.clone(), Some(backend.snapshots()), read_model.clone(), Limits::default());
+            let graphql = GraphQl::new(api, tokens(settings)?);
+            println!("strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)", store.backend_name());
             tracing::info!(%address, backend = store.backend_name(), "serving");
             http::run(listener, AppState {
                     event_store: store.clone(),
-                    read_model: read_model.clone(),
+                    read_model: Some(read_model),
                     checkpoints: backend.checkpoints(),
                     metrics: strata_api::metrics::process_metrics(),
+                    graphql: Some(graphql),
                 }, shutdown_signal()).await?;
         } else {
             println!("strata running {:?} (event store: {})", roles, store.backend_name());

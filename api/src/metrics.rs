@@ -5,7 +5,9 @@
 //! append latency histogram. Read when scraped, from the shared backends:
 //! the log head, the relay's checkpoint, each projection's position and lag
 //! (when this process has the read models), and the fulfilment sagas in
-//! flight (running, compensating). GraphQL latency comes with GraphQL.
+//! flight (running, compensating). Also counted here: GraphQL requests and their latency
+//! (`strata_graphql_request_seconds`), and errors answered
+//! (`strata_graphql_errors_total`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,46 +23,83 @@ use strata_store::{
 };
 use uuid::Uuid;
 
-/// Upper bounds of the append latency buckets, in seconds.
+/// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
-/// This process's counters, shared by every store handle it opens.
+/// The process's counters: every handle (`/metrics`, the store decorator,
+/// the GraphQL handler) shares this one.
 pub fn process_metrics() -> Arc<Metrics> {
     static METRICS: std::sync::OnceLock<Arc<Metrics>> = std::sync::OnceLock::new();
     METRICS.get_or_init(Arc::default).clone()
+}
+
+/// A latency histogram (cumulative buckets, sum and count).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    count: AtomicU64,
+    micros: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, seconds: f64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 /// What this process counted.
 #[derive(Debug, Default)]
 pub struct Metrics {
     events_appended: AtomicU64,
-    appends: AtomicU64,
     append_failures: AtomicU64,
-    append_micros: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
+    append: Histogram,
+    /// Latency of GraphQL requests served.
+    pub graphql: Histogram,
+    graphql_errors: AtomicU64,
 }
 
 impl Metrics {
     fn observe_append(&self, started: Instant, result: &Result<AppendOutcome, AppendError>) {
-        let seconds = started.elapsed().as_secs_f64();
-        self.appends.fetch_add(1, Ordering::Relaxed);
-        self.append_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.append.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(outcome) if !outcome.replayed => {
                 let events: usize = outcome.streams.iter().map(|s| s.versions.len()).sum();
-                let events = events as u64;
-                self.events_appended.fetch_add(events, Ordering::Relaxed);
+                self.events_appended.fetch_add(events as u64, Ordering::Relaxed);
             }
             Ok(_) => {}
             Err(_) => {
                 self.append_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Records one GraphQL request and the errors it answered.
+    pub fn observe_graphql(&self, started: Instant, errors: usize) {
+        self.graphql.observe(started.elapsed().as_secs_f64());
+        self.graphql_errors.fetch_add(errors as u64, Ordering::Relaxed);
     }
 }
 
@@ -143,14 +182,9 @@ pub async fn render(sources: &Sources) -> String {
     };
     counter(&mut out, "strata_events_appended_total", "Events appended by this process.", m.events_appended.load(Ordering::Relaxed));
     counter(&mut out, "strata_append_failures_total", "Appends refused or failed in this process.", m.append_failures.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP strata_append_seconds Latency of appends by this process.\n# TYPE strata_append_seconds histogram");
-    for (bucket, bound) in m.buckets.iter().zip(BUCKETS) {
-        let _ = writeln!(out, "strata_append_seconds_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
-    }
-    let count = m.appends.load(Ordering::Relaxed);
-    let _ = writeln!(out, "strata_append_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "strata_append_seconds_sum {}", m.append_micros.load(Ordering::Relaxed) as f64 / 1e6);
-    let _ = writeln!(out, "strata_append_seconds_count {count}");
+    m.append.render(&mut out, "strata_append_seconds", "Latency of appends by this process.");
+    m.graphql.render(&mut out, "strata_graphql_request_seconds", "Latency of GraphQL requests served by this process.");
+    counter(&mut out, "strata_graphql_errors_total", "Errors in GraphQL responses of this process.", m.graphql_errors.load(Ordering::Relaxed));
 
     let gauge = |out: &mut String, name: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -178,7 +212,7 @@ pub async fn render(sources: &Sources) -> String {
         for projection in orders::projections() {
             match crate::projections::status(&**sink, &*sources.log, &*projection).await {
                 Ok(status) => {
-                    let position = status["position"].as_u64().unwrap_or(0);
+                    let position = status.position;
                     let _ = writeln!(lines, "strata_projection_lag_events{{projection=\"{}\"}} {}", projection.name(), head.saturating_sub(position));
                 }
                 Err(error) => tracing::warn!(projection = projection.name(), "metrics: reading the projection failed: {error:#}"),

@@ -24,8 +24,41 @@ pub fn find(name: &str) -> anyhow::Result<Arc<dyn Projection>> {
     }
 }
 
+/// What `projections status` and the GraphQL `projections` query show.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionStatus {
+    /// The projection.
+    pub name: String,
+    /// Its code's version.
+    pub version: u32,
+    /// `paused`, `not built`, or what its workers last reported (`running`, …).
+    pub state: String,
+    /// Whether its workers hold their deliveries.
+    pub paused: bool,
+    /// The generation readers see.
+    pub generation: Option<u64>,
+    /// The generation being rebuilt beside it.
+    pub rebuilding: Option<u64>,
+    /// Highest log position the live generation has applied.
+    pub position: u64,
+    /// The log's head.
+    pub head: u64,
+    /// `head - position`.
+    pub lag: u64,
+    /// Events the live generation has taken (applied, skipped or parked).
+    pub events: u64,
+    /// Events per second its workers last reported.
+    pub rate_per_s: Option<u64>,
+    /// The last error its workers reported.
+    pub last_error: Option<String>,
+    /// Events parked in its dead-letter table.
+    pub dead_letters: u64,
+    /// The first parked events.
+    pub parked: Vec<strata_projections::sink::DeadLetter>,
+}
+
 /// State, position, lag, rate, last error and parked events of one projection.
-pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection: &dyn Projection) -> anyhow::Result<Value> {
+pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection: &dyn Projection) -> anyhow::Result<ProjectionStatus> {
     let name = projection.name();
     let meta = sink.meta(name).await?;
     let head = log.head_position().await?.0;
@@ -48,29 +81,29 @@ pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection:
         (Some(state), _, _) => state.clone(),
         (None, _, _) => "idle".to_owned(),
     };
-    Ok(json!({
-        "name": name,
-        "version": projection.version(),
-        "state": state,
-        "paused": meta.paused,
-        "generation": live,
-        "rebuilding": meta.rebuilding,
-        "position": position,
-        "head": head,
-        "lag": head.saturating_sub(position),
-        "events": events,
-        "rate_per_s": meta.rate,
-        "last_error": meta.last_error,
-        "dead_letters": dead_letters,
-        "parked": parked,
-    }))
+    Ok(ProjectionStatus {
+        name: name.to_owned(),
+        version: projection.version(),
+        state,
+        paused: meta.paused,
+        generation: live,
+        rebuilding: meta.rebuilding,
+        position,
+        head,
+        lag: head.saturating_sub(position),
+        events,
+        rate_per_s: meta.rate,
+        last_error: meta.last_error,
+        dead_letters,
+        parked,
+    })
 }
 
 /// Prints one line per projection (or JSON).
 pub async fn list(sink: &dyn ReadModelSink, log: &dyn EventReader, as_json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for projection in orders::projections() {
-        rows.push(status(sink, log, projection.as_ref()).await?);
+        rows.push(serde_json::to_value(status(sink, log, projection.as_ref()).await?)?);
     }
     if as_json {
         println!("{}", serde_json::to_string(&rows)?);
@@ -93,7 +126,7 @@ pub async fn list(sink: &dyn ReadModelSink, log: &dyn EventReader, as_json: bool
 
 /// Prints a projection's status (or JSON).
 pub async fn print_status(sink: &dyn ReadModelSink, log: &dyn EventReader, name: &str, as_json: bool) -> anyhow::Result<()> {
-    let status = status(sink, log, find(name)?.as_ref()).await?;
+    let status = serde_json::to_value(status(sink, log, find(name)?.as_ref()).await?)?;
     if as_json {
         println!("{}", serde_json::to_string(&status)?);
         return Ok(());

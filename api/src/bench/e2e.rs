@@ -243,3 +243,79 @@ impl BenchBus {
         Ok(())
     }
 }
+
+/// Parameters of `bench e2e --url`: through a running server's GraphQL API.
+#[derive(Debug, Clone)]
+pub struct E2eHttpBench {
+    /// The server (`http://127.0.0.1:8080`).
+    pub url: String,
+    /// A client token.
+    pub token: String,
+    /// Orders placed.
+    pub orders: usize,
+    /// Orders per second offered.
+    pub rate: f64,
+}
+
+/// `bench e2e --url`: each order is a `placeOrder` mutation sent open-loop
+/// at its scheduled time, followed by `order(id, waitFor: token)`; latency
+/// runs from the scheduled send until the order is readable in the read
+/// model (mutation → relay → bus → projection → query). The mutation's own
+/// latency is reported beside it.
+pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
+    if bench.orders == 0 || bench.rate.is_nan() || bench.rate <= 0.0 {
+        bail!("--orders and --rate must be positive");
+    }
+    let client = crate::client::GraphQlClient::new(&bench.url, &bench.token)?;
+    for restock in scenario::restocks(bench.orders, chrono::Utc::now()) {
+        client.restock(&restock).await?;
+    }
+    let config = ScenarioConfig { seed: rand::random(), failures: false };
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(bench.orders);
+    for index in 0..bench.orders {
+        let due = started + Duration::from_secs_f64(index as f64 / bench.rate);
+        tokio::time::sleep_until(due.into()).await;
+        let client = client.clone();
+        let (order, _) = scenario::order(&config, index, chrono::Utc::now());
+        let key = format!("bench-{}-{index}", config.seed);
+        tasks.push(tokio::spawn(async move {
+            let (order_id, token) = client.place_order(&order, &key).await?;
+            let placed = due.elapsed();
+            client
+                .execute("query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { status } }", json!({ "id": order_id, "token": token }))
+                .await?;
+            anyhow::Ok((placed, due.elapsed(), Instant::now()))
+        }));
+    }
+    let offered_seconds = started.elapsed().as_secs_f64();
+    let (mut placed, mut visible, mut last) = (Vec::new(), Vec::new(), started);
+    for task in tasks {
+        let (place, seen, at) = task.await.context("an order task panicked")??;
+        placed.push(place.as_secs_f64() * 1e3);
+        visible.push(seen.as_secs_f64() * 1e3);
+        last = last.max(at);
+    }
+    let figures = |mut ms: Vec<f64>| {
+        ms.sort_by(f64::total_cmp);
+        let at = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+        json!({ "p50_ms": round(at(0.5), 1), "p95_ms": round(at(0.95), 1), "p99_ms": round(at(0.99), 1), "max_ms": round(ms[ms.len() - 1], 1) })
+    };
+    let seconds = last.duration_since(started).as_secs_f64();
+    let mut result = json!({
+        "bench": "e2e",
+        "via": "graphql",
+        "url": bench.url,
+        "orders": bench.orders,
+        "rate": bench.rate,
+        "offered_orders_per_s": round(bench.orders as f64 / offered_seconds, 1),
+        "orders_per_s": round(bench.orders as f64 / seconds, 1),
+        "seconds": round(seconds, 3),
+        "mutation": figures(placed),
+        "machine": machine(),
+    });
+    if let (Some(result), Value::Object(visible)) = (result.as_object_mut(), figures(visible)) {
+        result.extend(visible);
+    }
+    Ok(result)
+}

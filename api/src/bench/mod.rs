@@ -33,7 +33,7 @@ mod rebuild;
 #[cfg(feature = "nats")]
 mod relay;
 pub use commands::{commands, CommandsBench};
-pub use e2e::{e2e, E2eBench};
+pub use e2e::{e2e, e2e_http, E2eBench, E2eHttpBench};
 #[cfg(feature = "redis")]
 pub use project::{project, ProjectBench};
 #[cfg(feature = "redis")]

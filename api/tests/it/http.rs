@@ -29,7 +29,7 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
     let store = MemoryEventStore::new(registry().unwrap());
     let read_model = Arc::new(strata_projections::MemorySink::new());
     let store = Arc::new(store);
-    let state = AppState { event_store: store.clone(), read_model: Some(read_model), checkpoints: store, metrics: Default::default() };
+    let state = AppState { event_store: store.clone(), read_model: Some(read_model), checkpoints: store, metrics: Default::default(), graphql: None };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -83,7 +83,7 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     }
     let head = events + 1;
 
-    let state = AppState { event_store: metered, read_model: Some(read_model), checkpoints: store, metrics };
+    let state = AppState { event_store: metered, read_model: Some(read_model), checkpoints: store, metrics, graphql: None };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/metrics").await;
     assert_eq!(status, 200, "{body}");
@@ -106,7 +106,7 @@ async fn readyz_reports_unavailable_when_postgres_goes_away() {
     let (url, name) = (database.url.clone(), database.name.clone());
     let backend = EventStoreBackend::open(&url, registry().unwrap()).await.unwrap();
     backend.migrate().await.unwrap();
-    let state = AppState { event_store: backend.store(), read_model: None, checkpoints: backend.checkpoints(), metrics: Default::default() };
+    let state = AppState { event_store: backend.store(), read_model: None, checkpoints: backend.checkpoints(), metrics: Default::default(), graphql: None };
     let (address, stop, server) = serve(state).await;
     assert_eq!(get(address, "/readyz").await.0, 200);
     database.drop_database().await;
@@ -129,8 +129,12 @@ fn the_binary_serves_on_the_embedded_default_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("listening on"))
+        .expect("a listening line");
     let address: std::net::SocketAddr = line
         .split("http://")
         .nth(1)

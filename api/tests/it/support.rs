@@ -29,6 +29,7 @@ pub fn strata() -> Command {
         .env_remove("STRATA_READ_MODEL")
         .env_remove("STRATA_ROLES")
         .env_remove("STRATA_SAGA_STEP_DEADLINE")
+        .env_remove("STRATA_TOKENS")
         .env("RUST_LOG", "warn");
     command
 }
@@ -111,3 +112,100 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+
+/// A `strata serve` process listening on a port of its own, with the
+/// tokens it prints (development tokens) or was given.
+pub struct Server {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub tokens: std::collections::HashMap<String, String>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `command` (a `strata()` with its environment) on port 0 and
+    /// reads its stdout up to the listening line; the rest is drained.
+    pub fn start(mut command: Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command
+            .arg("serve")
+            .env("STRATA_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start strata");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut tokens = std::collections::HashMap::new();
+        let address = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().unwrap();
+                panic!("strata serve exited ({status}) before listening");
+            };
+            if let Some((role, token)) = line.strip_prefix("token ").and_then(|rest| rest.split_once(": ")) {
+                tokens.insert(role.to_owned(), token.to_owned());
+            }
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, address, tokens, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn token(&self, role: &str) -> &str {
+        self.tokens.get(role).unwrap_or_else(|| panic!("no {role} token"))
+    }
+
+    /// POST /graphql with `token` (None: no Authorization header).
+    pub async fn graphql(&self, token: Option<&str>, query: &str, variables: serde_json::Value) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "query": query, "variables": variables });
+        self.post(token, "application/json", body.to_string().into_bytes()).await
+    }
+
+    /// POST /graphql with a raw body.
+    pub async fn post(&self, token: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let mut request = self.http.post(format!("{}/graphql", self.url())).header("content-type", content_type).body(body);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().await.expect("POST /graphql");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("HTTP {status}: not JSON: {text:?}"));
+        (status, body)
+    }
+
+    /// The `data` of an operation that must succeed.
+    pub async fn ok(&self, role: &str, query: &str, variables: serde_json::Value) -> serde_json::Value {
+        let (status, body) = self.graphql(Some(self.token(role)), query, variables).await;
+        assert!(status == 200 && body.get("errors").is_none(), "{query}: HTTP {status} {body}");
+        body["data"].clone()
+    }
+
+    /// The `extensions.code` of an operation that must fail.
+    pub async fn code(&self, role: &str, query: &str, variables: serde_json::Value) -> String {
+        let (status, body) = self.graphql(Some(self.token(role)), query, variables).await;
+        assert_eq!(status, 200, "{body}");
+        body["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("{query}: no error code in {body}")).to_owned()
+    }
+
+    /// The log's head position, read through the API.
+    pub async fn head(&self) -> u64 {
+        let (status, body) = get(self.address, "/metrics").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|line| line.strip_prefix("strata_log_head_position "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no head position in /metrics"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -560,14 +560,56 @@ pub async fn orders(sink: &dyn ReadModelSink, query: &OrdersQuery) -> Result<Ord
 
 /// A SKU's stock, if it was ever restocked or reserved.
 pub async fn stock(sink: &dyn ReadModelSink, sku: &str) -> Result<Option<StockView>, SinkError> {
-    let Some(document) = sink.document("stock", &format!("sku:{sku}")).await? else {
-        return Ok(None);
+    let document = sink.document("stock", &stock_key(sku)).await?;
+    Ok(document.as_ref().and_then(StockView::from_document))
+}
+
+/// The stock of many SKUs in two round trips whatever their number (the
+/// live generation, then every document in one pipelined read): what a
+/// GraphQL DataLoader batches nested `stock` fields into. SKUs never
+/// restocked nor reserved are absent from the map.
+pub async fn stocks(sink: &dyn ReadModelSink, skus: &[String]) -> Result<std::collections::HashMap<String, StockView>, SinkError> {
+    let mut found = std::collections::HashMap::new();
+    let Some(generation) = sink.live_generation("stock").await? else {
+        return Ok(found);
     };
-    let Some(stock) = document.get("stock") else { return Ok(None) };
-    let field = |name: &str| stock.get(name).and_then(Value::as_u64).unwrap_or(0);
-    Ok(Some(StockView {
-        on_hand: field("onHand"),
-        reserved: field("reserved"),
-        available: field("available"),
-    }))
+    let target = crate::sink::Target { projection: "stock".into(), generation };
+    let keys: Vec<String> = skus.iter().map(|sku| stock_key(sku)).collect();
+    let loaded = sink.load(&target, &[], &keys).await?;
+    for (sku, document) in skus.iter().zip(loaded.documents) {
+        if let Some(view) = document.as_ref().and_then(StockView::from_document) {
+            found.insert(sku.clone(), view);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `projection`'s live read model has applied `stream_id` up to
+/// `version` (read-your-writes: a writer waits on this before reading its
+/// own write back). Exact per stream, whatever order the bus delivered
+/// other streams in; `false` while the projection is not built.
+pub async fn has_applied(sink: &dyn ReadModelSink, projection: &str, stream_id: &str, version: u64) -> Result<bool, SinkError> {
+    let Some(generation) = sink.live_generation(projection).await? else {
+        return Ok(false);
+    };
+    let target = crate::sink::Target { projection: projection.into(), generation };
+    let loaded = sink.load(&target, &[stream_id.to_owned()], &[]).await?;
+    Ok(loaded.stream_versions.first().copied().unwrap_or(0) >= version)
+}
+
+fn stock_key(sku: &str) -> String {
+    format!("sku:{sku}")
+}
+
+impl StockView {
+    /// Reads a SKU's stock from its document.
+    pub fn from_document(document: &Document) -> Option<Self> {
+        let stock = document.get("stock")?;
+        let field = |name: &str| stock.get(name).and_then(Value::as_u64).unwrap_or(0);
+        Some(Self {
+            on_hand: field("onHand"),
+            reserved: field("reserved"),
+            available: field("available"),
+        })
+    }
 }

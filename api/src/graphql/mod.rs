@@ -1,0 +1,249 @@
+//! The GraphQL contract of DESIGN §5, with async-graphql.
+//!
+//! - [`query`]: `order`, `orders`, `stock`, `projections` read the read
+//!   models (never the log); `streamEvents`, `globalEvents`, `orderAt` read
+//!   the log for auditors and operators.
+//! - [`mutation`]: `placeOrder`, `cancelOrder`, `restock` go through the
+//!   command handlers; operators `rebuildProjection`, `pauseProjection`,
+//!   `resumeProjection`.
+//! - [`subscription`]: `orderUpdated(id)`.
+//! - [`types`]: the object and input types, and the stock DataLoader that
+//!   batches every `lines { stock }` of a response into one read.
+//!
+//! Every field checks the caller's role ([`Needs`]); every error carries
+//! `extensions.code` ([`Code`]); internal errors are logged with a reference
+//! and reach the client as that reference only.
+//!
+//! Read-your-writes: every mutation answers a `consistencyToken`
+//! (`<streamId>@<version>`, to be treated as opaque) and the read-model
+//! queries take `waitFor: <token>`: they answer once the read model they
+//! read has applied that stream up to that version, or fail with `TIMEOUT`
+//! after [`Limits::read_your_writes_wait`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Data, ErrorExtensions, Guard, Schema};
+use strata_commands::inventory::Inventory;
+use strata_commands::orders::Order;
+use strata_commands::{CommandHandler, HandlerConfig};
+use strata_projections::ReadModelSink;
+use strata_store::{EventStore, SnapshotStore};
+
+use crate::auth::{Permission, Role};
+
+pub mod mutation;
+pub mod query;
+pub mod subscription;
+pub mod types;
+
+pub use mutation::Mutation;
+pub use query::Query;
+pub use subscription::Subscription;
+
+/// The executable schema.
+pub type StrataSchema = Schema<Query, Mutation, Subscription>;
+
+/// Bounds on what one request may cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Deepest selection (introspection included; GraphiQL's needs 13).
+    pub max_depth: usize,
+    /// Highest complexity (one per field, lists times their page size).
+    pub max_complexity: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may run.
+    pub request_timeout: Duration,
+    /// Longest a `waitFor` waits for the read model.
+    pub read_your_writes_wait: Duration,
+    /// Largest `first` of `orders`.
+    pub max_page: usize,
+    /// Largest `limit` of `streamEvents` and `globalEvents`.
+    pub max_events: usize,
+    /// How often `orderUpdated` looks at the read model.
+    pub subscription_poll: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_depth: 15,
+            max_complexity: 2_000,
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+            read_your_writes_wait: Duration::from_secs(5),
+            max_page: strata_projections::orders::MAX_PAGE,
+            max_events: 1_000,
+            subscription_poll: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What resolvers work with.
+pub struct Api {
+    /// The log (commands append to it, auditors read it).
+    pub store: Arc<dyn EventStore>,
+    /// The read models.
+    pub read_model: Arc<dyn ReadModelSink>,
+    /// Order commands.
+    pub orders: CommandHandler<Order>,
+    /// Stock commands.
+    pub inventory: CommandHandler<Inventory>,
+    /// Request bounds.
+    pub limits: Limits,
+    /// Projections this process is rebuilding.
+    rebuilding: Mutex<HashSet<String>>,
+}
+
+impl Api {
+    /// Resolvers over these backends.
+    pub fn new(store: Arc<dyn EventStore>, snapshots: Option<Arc<dyn SnapshotStore>>, read_model: Arc<dyn ReadModelSink>, limits: Limits) -> Self {
+        Self {
+            orders: CommandHandler::new(store.clone(), snapshots.clone(), HandlerConfig::default()),
+            inventory: CommandHandler::new(store.clone(), snapshots, HandlerConfig::default()),
+            store,
+            read_model,
+            limits,
+            rebuilding: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Marks `name` as being rebuilt here; false if it already is.
+    pub(crate) fn start_rebuild(&self, name: &str) -> bool {
+        self.rebuilding.lock().expect("rebuild set poisoned").insert(name.to_owned())
+    }
+
+    /// Unmarks `name`.
+    pub(crate) fn end_rebuild(&self, name: &str) {
+        self.rebuilding.lock().expect("rebuild set poisoned").remove(name);
+    }
+}
+
+/// The schema over `api`, with its limits.
+pub fn schema(api: Arc<Api>) -> StrataSchema {
+    let limits = api.limits.clone();
+    Schema::build(Query, Mutation, Subscription)
+        .data(api)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .limit_recursive_depth(32)
+        .limit_directives(8)
+        .finish()
+}
+
+/// The SDL of the contract, as exported to `schemas/graphql/schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(Query, Mutation, Subscription).finish().sdl()
+}
+
+/// The per-request data: who calls, and the batch loaders (one per request,
+/// so nothing is cached across requests).
+pub fn request_data(api: &Arc<Api>, role: Role) -> Data {
+    let mut data = Data::default();
+    data.insert(Caller { role });
+    data.insert(DataLoader::new(types::StockLoader { sink: api.read_model.clone() }, tokio::spawn));
+    data
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// Its role.
+    pub role: Role,
+}
+
+/// `extensions.code` of every error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The write lost to another, or the state does not allow it.
+    Conflict,
+    /// The request is malformed, too big, too deep or breaks a rule.
+    Validation,
+    /// No valid token.
+    Unauthenticated,
+    /// The token's role may not do this.
+    Forbidden,
+    /// No such order, stock, stream or projection.
+    NotFound,
+    /// A bound on time was reached (`waitFor`, the request timeout).
+    Timeout,
+    /// Something failed on our side; the message carries a log reference only.
+    Internal,
+}
+
+impl Code {
+    /// As it appears in `extensions.code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Conflict => "CONFLICT",
+            Code::Validation => "VALIDATION",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::NotFound => "NOT_FOUND",
+            Code::Timeout => "TIMEOUT",
+            Code::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// An error with its code.
+pub fn error(code: Code, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, extensions| extensions.set("code", code.as_str()))
+}
+
+/// An internal failure: logged in full with a reference, answered with the
+/// reference only (no internals leak).
+pub fn internal(cause: impl std::fmt::Display) -> async_graphql::Error {
+    let reference = uuid::Uuid::new_v4();
+    tracing::error!(%reference, "graphql request failed: {cause}");
+    error(Code::Internal, format!("internal error (reference {reference})"))
+}
+
+/// The guard on every field: the caller's role must grant the permission.
+pub struct Needs(pub Permission);
+
+impl Guard for Needs {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        match ctx.data_opt::<Caller>() {
+            None => Err(error(Code::Unauthenticated, "missing bearer token")),
+            Some(caller) if caller.role.may(self.0) => Ok(()),
+            Some(caller) => Err(error(
+                Code::Forbidden,
+                format!("the {} role may not {}", caller.role, match self.0 {
+                    Permission::Read => "read",
+                    Permission::Write => "send commands",
+                    Permission::Audit => "read the log",
+                    Permission::Operate => "operate projections",
+                }),
+            )),
+        }
+    }
+}
+
+/// The resolvers' shared state.
+pub(crate) fn api<'a>(ctx: &Context<'a>) -> &'a Arc<Api> {
+    ctx.data_unchecked::<Arc<Api>>()
+}
+
+#[cfg(test)]
+mod tests {
+    /// `schemas/graphql/schema.graphql` is the contract clients generate
+    /// code from: it must be what the server serves. Regenerate with
+    /// `STRATA_UPDATE_SDL=1 cargo test -p strata-api sdl`.
+    #[test]
+    fn the_exported_sdl_matches_the_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/graphql/schema.graphql");
+        let sdl = super::sdl();
+        if std::env::var_os("STRATA_UPDATE_SDL").is_some() {
+            std::fs::write(path, &sdl).unwrap();
+        }
+        let exported = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            exported == sdl,
+            "schemas/graphql/schema.graphql is out of date: run `STRATA_UPDATE_SDL=1 cargo test -p strata-api sdl` and commit it"
+        );
+    }
+}

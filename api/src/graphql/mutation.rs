@@ -1,0 +1,190 @@
+//! Mutations: commands through the command handlers, and operators' work on
+//! projections.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Object, ID};
+use chrono::Utc;
+use strata_commands::inventory::{InventoryCommand, InventoryError};
+use strata_commands::orders::{AddressInput as DomainAddress, LineInput, OrderCommand, OrderError, PlaceOrder};
+use strata_commands::{CommandError, Envelope};
+use strata_projections::{rebuild, RebuildConfig};
+use strata_schemas::values::Sku;
+use strata_store::AppendError;
+use uuid::Uuid;
+
+use super::query::order_id;
+use super::types::{PlaceOrderInput, PlaceOrderPayload, ProjectionInfo, Written};
+use super::{api, error, internal, Api, Caller, Code, Needs};
+use crate::auth::Permission;
+
+/// The root of mutations.
+#[derive(Debug, Default)]
+pub struct Mutation;
+
+/// Namespace of ids derived from idempotency keys.
+const IDEMPOTENCY: Uuid = Uuid::from_u128(0x5f1b_2c7e_8a43_4d0e_9b6f_2a1c_7e3d_9a10);
+
+/// Longest idempotency key.
+const MAX_KEY_LEN: usize = 128;
+
+/// Maps a command's failure to a coded error: the aggregate's refusal by
+/// `refusal`, the rest by kind.
+fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: impl Fn(&E) -> Code) -> async_graphql::Error {
+    match err {
+        CommandError::Rejected(reason) => error(refusal(&reason), reason.to_string()),
+        CommandError::Conflict { .. } | CommandError::CommandIdReused { .. } => error(Code::Conflict, err.to_string()),
+        CommandError::InvalidTarget(invalid) => error(Code::Validation, invalid.to_string()),
+        CommandError::Append(AppendError::InvalidEvent { source, .. }) => error(Code::Validation, format!("invalid event: {source}")),
+        CommandError::Append(AppendError::Conflict { .. }) => error(Code::Conflict, err.to_string()),
+        other => internal(other),
+    }
+}
+
+fn order_refusal(err: &OrderError) -> Code {
+    match err {
+        OrderError::NotPlaced { .. } => Code::NotFound,
+        OrderError::AlreadyPlaced { .. } | OrderError::WrongStatus { .. } => Code::Conflict,
+        _ => Code::Validation,
+    }
+}
+
+fn inventory_refusal(err: &InventoryError) -> Code {
+    match err {
+        InventoryError::InvalidQuantity(_) => Code::Validation,
+        InventoryError::UnknownSku { .. } => Code::NotFound,
+        _ => Code::Conflict,
+    }
+}
+
+/// Who the log records as the actor.
+fn actor(ctx: &Context<'_>) -> String {
+    ctx.data_opt::<Caller>().map_or_else(|| "graphql".to_owned(), |caller| format!("graphql:{}", caller.role))
+}
+
+#[Object]
+impl Mutation {
+    /// Places an order; its fulfilment saga starts from it.
+    #[graphql(guard = "Needs(Permission::Write)")]
+    async fn place_order(&self, ctx: &Context<'_>, input: PlaceOrderInput) -> async_graphql::Result<PlaceOrderPayload> {
+        let api = api(ctx);
+        let customer_id = input.customer_id.0;
+        let (order_id, command_id) = match &input.idempotency_key {
+            Some(key) if key.is_empty() || key.len() > MAX_KEY_LEN => {
+                return Err(error(Code::Validation, format!("idempotencyKey must have 1 to {MAX_KEY_LEN} characters")));
+            }
+            Some(key) => {
+                let name = format!("{customer_id}\u{0}{key}");
+                (
+                    Uuid::new_v5(&IDEMPOTENCY, format!("order\u{0}{name}").as_bytes()),
+                    Uuid::new_v5(&IDEMPOTENCY, format!("place\u{0}{name}").as_bytes()),
+                )
+            }
+            None => (Uuid::now_v7(), Uuid::now_v7()),
+        };
+        let address = input.shipping_address;
+        let command = OrderCommand::Place(PlaceOrder {
+            order_id,
+            customer_id,
+            lines: input
+                .lines
+                .into_iter()
+                .map(|line| LineInput { sku: line.sku, quantity: line.quantity.into(), unit_price_cents: line.unit_price_cents.into() })
+                .collect(),
+            payment_method: input.payment_method,
+            shipping_address: DomainAddress {
+                name: address.name,
+                street: address.street,
+                city: address.city,
+                postal_code: address.postal_code,
+                country: address.country,
+            },
+            at: Utc::now(),
+        });
+        let outcome = api
+            .orders
+            .handle(Envelope::new(command_id, command).by(actor(ctx)))
+            .await
+            .map_err(|err| command_error(err, order_refusal))?;
+        let written = Written::from(&outcome);
+        Ok(PlaceOrderPayload { order_id: ID(order_id.to_string()), consistency_token: written.consistency_token.clone(), written })
+    }
+
+    /// Cancels an order on the customer's request (its saga compensates
+    /// what was done).
+    #[graphql(guard = "Needs(Permission::Write)")]
+    async fn cancel_order(&self, ctx: &Context<'_>, order_id: ID, reason: String) -> async_graphql::Result<Written> {
+        let api = api(ctx);
+        let order_id = self::order_id(&order_id)?;
+        let command = OrderCommand::Cancel { order_id, reason, failed_step: None, at: Utc::now() };
+        let outcome = api
+            .orders
+            .handle(Envelope::new(Uuid::now_v7(), command).by(actor(ctx)))
+            .await
+            .map_err(|err| command_error(err, order_refusal))?;
+        Ok(Written::from(&outcome))
+    }
+
+    /// Adds units of a SKU to the warehouse.
+    #[graphql(guard = "Needs(Permission::Write)")]
+    async fn restock(&self, ctx: &Context<'_>, sku: String, quantity: i32) -> async_graphql::Result<Written> {
+        let api = api(ctx);
+        let sku = Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
+        let command = InventoryCommand::Restock { sku, quantity: quantity.into(), at: Utc::now() };
+        let outcome = api
+            .inventory
+            .handle(Envelope::new(Uuid::now_v7(), command).by(actor(ctx)))
+            .await
+            .map_err(|err| command_error(err, inventory_refusal))?;
+        Ok(Written::from(&outcome))
+    }
+
+    /// Starts rebuilding a projection from the log beside the live one;
+    /// readers switch to it when it is whole (watch `projections`).
+    #[graphql(guard = "Needs(Permission::Operate)")]
+    async fn rebuild_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionInfo> {
+        let api = api(ctx).clone();
+        let projection = find(&name)?;
+        if !api.start_rebuild(&name) {
+            return Err(error(Code::Conflict, format!("projection {name} is already being rebuilt")));
+        }
+        let before = status(&api, &name).await?;
+        let worker = api.clone();
+        tokio::spawn(async move {
+            let result = rebuild(projection, worker.read_model.clone(), worker.store.clone(), RebuildConfig::default(), &mut |_| {}).await;
+            match result {
+                Ok(report) => tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "rebuilt through GraphQL"),
+                Err(error) => tracing::error!(projection = %name, %error, "rebuild through GraphQL failed"),
+            }
+            worker.end_rebuild(&name);
+        });
+        Ok(before)
+    }
+
+    /// Holds a projection's workers (they keep their deliveries).
+    #[graphql(guard = "Needs(Permission::Operate)")]
+    async fn pause_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionInfo> {
+        set_paused(api(ctx), &name, true).await
+    }
+
+    /// Lets a paused projection's workers go on.
+    #[graphql(guard = "Needs(Permission::Operate)")]
+    async fn resume_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionInfo> {
+        set_paused(api(ctx), &name, false).await
+    }
+}
+
+fn find(name: &str) -> async_graphql::Result<Arc<dyn strata_projections::Projection>> {
+    crate::projections::find(name).map_err(|e| error(Code::NotFound, e.to_string()))
+}
+
+async fn status(api: &Api, name: &str) -> async_graphql::Result<ProjectionInfo> {
+    let projection = find(name)?;
+    Ok(crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)?.into())
+}
+
+async fn set_paused(api: &Api, name: &str, paused: bool) -> async_graphql::Result<ProjectionInfo> {
+    find(name)?;
+    crate::projections::set_paused(&*api.read_model, name, paused).await.map_err(internal)?;
+    status(api, name).await
+}

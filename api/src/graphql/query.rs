@@ -1,0 +1,236 @@
+//! Queries: the read models for everyone, the log for auditors and operators.
+
+use std::time::{Duration, Instant};
+
+use async_graphql::{Context, Object, ID};
+use chrono::{DateTime, Utc};
+use strata_commands::orders::{Order as OrderAggregate, OrderState, OrderStatus as DomainStatus};
+use strata_commands::Aggregate;
+use strata_projections::orders::{self, OrdersQuery};
+use strata_schemas::events::OrderEvent;
+use strata_schemas::DomainEvent;
+use strata_store::{Position, ReadAll, StreamId};
+use uuid::Uuid;
+
+use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, ProjectionInfo, Stock};
+use super::{api, error, internal, Api, Code, Needs};
+use crate::audit::{stream_events, StreamQuery};
+use crate::auth::Permission;
+
+/// The root of queries.
+#[derive(Debug, Default)]
+pub struct Query;
+
+/// Parses an order id.
+pub(crate) fn order_id(id: &ID) -> async_graphql::Result<Uuid> {
+    id.parse::<Uuid>().map_err(|_| error(Code::Validation, format!("{:?} is not an order id (a UUID)", id.as_str())))
+}
+
+/// Waits until the read model `projection` has applied the write a
+/// `consistencyToken` names (`<streamId>@<version>`), polling with a growing
+/// pause, at most `Limits::read_your_writes_wait`.
+pub(crate) async fn await_write(api: &Api, projection: &str, token: Option<&str>) -> async_graphql::Result<()> {
+    let Some(token) = token else { return Ok(()) };
+    let parsed = token
+        .rsplit_once('@')
+        .and_then(|(stream, version)| Some((StreamId::parse(stream).ok()?, version.parse::<u64>().ok()?)));
+    let Some((stream_id, version)) = parsed else {
+        return Err(error(Code::Validation, format!("waitFor: {token:?} is not a consistency token (the consistencyToken of a mutation)")));
+    };
+    let follows = crate::projections::find(projection)
+        .map(|p| p.categories().contains(&stream_id.category()))
+        .unwrap_or(false);
+    if !follows {
+        return Err(error(Code::Validation, format!("waitFor: the {projection} read model does not follow stream {stream_id}")));
+    }
+    let deadline = Instant::now() + api.limits.read_your_writes_wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if orders::has_applied(&*api.read_model, projection, stream_id.as_str(), version).await.map_err(internal)? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(error(
+                Code::Timeout,
+                format!("the {projection} read model had not applied {token} after {:?}; try again", api.limits.read_your_writes_wait),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[Object]
+impl Query {
+    /// One order, from the read model.
+    #[graphql(guard = "Needs(Permission::Read)")]
+    async fn order(&self, ctx: &Context<'_>, id: ID, wait_for: Option<String>) -> async_graphql::Result<Option<Order>> {
+        let order_id = order_id(&id)?;
+        let api = api(ctx);
+        await_write(api, "orders", wait_for.as_deref()).await?;
+        match orders::order(&*api.read_model, order_id).await.map_err(internal)? {
+            Some(view) => Ok(Some(Order(view))),
+            None => Err(error(Code::NotFound, format!("order {order_id} not found"))),
+        }
+    }
+
+    /// Orders by customer and status, in placing order, a page at a time.
+    #[graphql(guard = "Needs(Permission::Read)", complexity = "first.unwrap_or(20).max(1) as usize * child_complexity")]
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: Option<ID>,
+        status: Option<OrderStatus>,
+        #[graphql(desc = "Page size, 1 to 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
+        wait_for: Option<String>,
+    ) -> async_graphql::Result<OrderConnection> {
+        let api = api(ctx);
+        let first = first.unwrap_or(20);
+        if first < 1 || first as usize > api.limits.max_page {
+            return Err(error(Code::Validation, format!("first must be 1 to {}, got {first}", api.limits.max_page)));
+        }
+        let after = match after {
+            Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| error(Code::Validation, format!("after: {cursor:?} is not a cursor")))?),
+            None => None,
+        };
+        await_write(api, "orders", wait_for.as_deref()).await?;
+        let query = OrdersQuery {
+            customer_id: customer_id.map(|id| id.0),
+            status: status.map(|s| s.as_str().to_owned()),
+            first: first as usize,
+            after,
+        };
+        let page = orders::orders(&*api.read_model, &query).await.map_err(internal)?;
+        let end_cursor = page.orders.last().map(|order| order.cursor.to_string());
+        Ok(OrderConnection {
+            page_info: PageInfo { has_next_page: page.next.is_some(), end_cursor },
+            nodes: page.orders.into_iter().map(Order).collect(),
+        })
+    }
+
+    /// A SKU's stock, from the read model.
+    #[graphql(guard = "Needs(Permission::Read)")]
+    async fn stock(&self, ctx: &Context<'_>, sku: String, wait_for: Option<String>) -> async_graphql::Result<Option<Stock>> {
+        let api = api(ctx);
+        await_write(api, "stock", wait_for.as_deref()).await?;
+        match orders::stock(&*api.read_model, &sku).await.map_err(internal)? {
+            Some(view) => Ok(Some(Stock::new(sku, view))),
+            None => Err(error(Code::NotFound, format!("no stock of sku {sku:?}"))),
+        }
+    }
+
+    /// Every projection: state, position, lag, rate, last error.
+    #[graphql(guard = "Needs(Permission::Read)")]
+    async fn projections(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ProjectionInfo>> {
+        let api = api(ctx);
+        let mut all = Vec::new();
+        for projection in orders::projections() {
+            let status = crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)?;
+            all.push(status.into());
+        }
+        Ok(all)
+    }
+
+    /// A stream's events from a version (auditors, operators).
+    #[graphql(guard = "Needs(Permission::Audit)")]
+    async fn stream_events(
+        &self,
+        ctx: &Context<'_>,
+        stream_id: String,
+        #[graphql(default = 1)] from_version: u64,
+        #[graphql(default = 100)] limit: i32,
+    ) -> async_graphql::Result<Vec<Event>> {
+        let api = api(ctx);
+        let limit = event_limit(api, limit)?;
+        let stream = StreamId::parse(&stream_id).map_err(|e| error(Code::Validation, e.to_string()))?;
+        if api.store.stream_head(&stream).await.map_err(internal)?.is_none() {
+            return Err(error(Code::NotFound, format!("stream {stream} does not exist")));
+        }
+        let request = strata_store::ReadStream { from_version: from_version.max(1), ..strata_store::ReadStream::forward(limit) };
+        let events = api.store.read_stream(&stream, request).await.map_err(internal)?;
+        Ok(events.into_iter().map(Event::from).collect())
+    }
+
+    /// The log in position order from a position (auditors, operators).
+    #[graphql(guard = "Needs(Permission::Audit)")]
+    async fn global_events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 1)] from_position: u64,
+        #[graphql(default = 100)] limit: i32,
+    ) -> async_graphql::Result<Vec<Event>> {
+        let api = api(ctx);
+        let limit = event_limit(api, limit)?;
+        let events = api.store.read_all(ReadAll::after(Position(from_position.saturating_sub(1)), limit)).await.map_err(internal)?;
+        Ok(events.into_iter().map(Event::from).collect())
+    }
+
+    /// An order replayed from its stream as of a version or a time (auditors, operators).
+    #[graphql(guard = "Needs(Permission::Audit)")]
+    async fn order_at(&self, ctx: &Context<'_>, id: ID, version: Option<u64>, as_of: Option<DateTime<Utc>>) -> async_graphql::Result<OrderSnapshot> {
+        let order_id = order_id(&id)?;
+        if version.is_some() && as_of.is_some() {
+            return Err(error(Code::Validation, "give version or asOf, not both"));
+        }
+        if version == Some(0) {
+            return Err(error(Code::Validation, "versions start at 1"));
+        }
+        let api = api(ctx);
+        let stream = StreamId::new(OrderAggregate::CATEGORY, &order_id.to_string()).map_err(internal)?;
+        let head = api.store.stream_head(&stream).await.map_err(internal)?;
+        let Some(head) = head else {
+            return Err(error(Code::NotFound, format!("order {order_id} not found")));
+        };
+        if let Some(version) = version.filter(|v| *v > head.version) {
+            return Err(error(Code::Validation, format!("order {order_id} has {} events; version {version} does not exist yet", head.version)));
+        }
+        let query = StreamQuery { at_version: version, as_of, as_stored: false };
+        let events = stream_events(&*api.store, &stream, &query).await.map_err(internal)?;
+        let Some(last) = events.last() else {
+            return Err(error(Code::NotFound, format!("order {order_id} did not exist at {}", as_of.map(|t| t.to_rfc3339()).unwrap_or_default())));
+        };
+        let (version, recorded_at) = (last.stream_version, last.recorded_at);
+        let mut state = OrderState::default();
+        for event in &events {
+            let decoded = OrderEvent::from_payload(&event.event_type, event.payload.clone()).map_err(internal)?;
+            state = OrderAggregate::evolve(state, &decoded);
+        }
+        let placed = state.placed.as_ref();
+        Ok(OrderSnapshot {
+            id,
+            version,
+            recorded_at,
+            status: state.status.map(|status| match status {
+                DomainStatus::Pending => OrderStatus::Pending,
+                DomainStatus::Confirmed => OrderStatus::Confirmed,
+                DomainStatus::Shipped => OrderStatus::Shipped,
+                DomainStatus::Cancelled => OrderStatus::Cancelled,
+            }),
+            customer_id: placed.map(|p| ID(p.customer_id.clone())),
+            lines: placed
+                .map(|p| {
+                    p.lines
+                        .iter()
+                        .map(|line| OrderLine {
+                            sku: line.sku.to_string(),
+                            quantity: i64::from(line.quantity.get()),
+                            unit_price_cents: line.unit_price_cents.get() as i64,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            total_cents: placed.map(|p| p.total_cents.get() as i64),
+            cancel_reason: state.cancel_reason.clone(),
+            failed_step: state.failed_step.map(|step| step.to_string()),
+            events: events.into_iter().map(Event::from).collect(),
+        })
+    }
+}
+
+fn event_limit(api: &Api, limit: i32) -> async_graphql::Result<usize> {
+    if limit < 1 || limit as usize > api.limits.max_events {
+        return Err(error(Code::Validation, format!("limit must be 1 to {}, got {limit}", api.limits.max_events)));
+    }
+    Ok(limit as usize)
+}

@@ -1,0 +1,60 @@
+//! `orderUpdated(id)`: the order's view each time it changes.
+//!
+//! The read models may live in another process (Redis), so the stream
+//! looks at the order's view every `Limits::subscription_poll` and sends it
+//! when it differs from the last one sent. The first view is sent as soon
+//! as the order exists (subscribing right after `placeOrder` is fine); the
+//! stream ends after the view that settles the order (its saga completed or
+//! aborted, or the order shipped), or when the client goes away.
+
+use async_graphql::{Context, Subscription as SubscriptionRoot, ID};
+use futures_util::Stream;
+use strata_projections::orders::{self, OrderView};
+
+use super::query::order_id;
+use super::types::Order;
+use super::{api, Needs};
+use crate::auth::Permission;
+
+/// The root of subscriptions.
+#[derive(Debug, Default)]
+pub struct Subscription;
+
+fn settled(view: &OrderView) -> bool {
+    view.status == "SHIPPED" || matches!(view.saga_status.as_deref(), Some("COMPLETED" | "ABORTED"))
+}
+
+#[SubscriptionRoot]
+impl Subscription {
+    /// The order each time its view changes, until it settles.
+    #[graphql(guard = "Needs(Permission::Read)")]
+    async fn order_updated(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<impl Stream<Item = Order>> {
+        let order_id = order_id(&id)?;
+        let api = api(ctx).clone();
+        let poll = api.limits.subscription_poll;
+        let state = (api, None::<OrderView>, false);
+        Ok(futures_util::stream::unfold(state, move |(api, last, done)| async move {
+            if done {
+                return None;
+            }
+            let mut first = last.is_none();
+            loop {
+                if !first {
+                    tokio::time::sleep(poll).await;
+                }
+                first = false;
+                let view = match orders::order(&*api.read_model, order_id).await {
+                    Ok(view) => view,
+                    Err(error) => {
+                        tracing::warn!(%order_id, %error, "orderUpdated: reading the read model failed; ending the subscription");
+                        return None;
+                    }
+                };
+                if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
+                    let done = settled(&view);
+                    return Some((Order(view.clone()), (api, Some(view), done)));
+                }
+            }
+        }))
+    }
+}

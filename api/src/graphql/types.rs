@@ -1,0 +1,442 @@
+//! The GraphQL types: read-model views, inputs, payloads, and the stock
+//! DataLoader.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::{ComplexObject, Context, Enum, InputObject, Json, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use strata_commands::CommandOutcome;
+use strata_projections::orders::{OrderView, StockView};
+use strata_projections::ReadModelSink;
+use strata_store::RecordedEvent;
+
+use super::internal;
+
+/// Where an order is in its life.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    /// Placed; fulfilment under way.
+    Pending,
+    /// Stock reserved, payment authorized, shipment booked.
+    Confirmed,
+    /// Left the warehouse.
+    Shipped,
+    /// Cancelled on request or by compensation (see `failedStep`).
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// From the read model's text.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PENDING" => Some(Self::Pending),
+            "CONFIRMED" => Some(Self::Confirmed),
+            "SHIPPED" => Some(Self::Shipped),
+            "CANCELLED" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// As the read model stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Shipped => "SHIPPED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Where a fulfilment step is.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Not done yet.
+    Pending,
+    /// Failed transiently; will be sent again.
+    Retrying,
+    /// Done.
+    Done,
+    /// Failed for good: the saga compensates.
+    Failed,
+    /// Undone by compensation.
+    Compensated,
+}
+
+/// Where an order's saga is.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaStatus {
+    /// Going forward.
+    Running,
+    /// Undoing completed steps after a failure.
+    Compensating,
+    /// Every step done.
+    Completed,
+    /// Compensated and the order cancelled.
+    Aborted,
+}
+
+/// An order as the read model shows it.
+pub struct Order(pub OrderView);
+
+/// One line of an order.
+#[derive(SimpleObject, Debug, Clone)]
+#[graphql(complex)]
+pub struct OrderLine {
+    /// The SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+    /// Price of one unit, in cents.
+    pub unit_price_cents: i64,
+}
+
+/// One step of the order's fulfilment saga.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct SagaStep {
+    /// `RESERVE_STOCK`, `AUTHORIZE_PAYMENT`, `CREATE_SHIPMENT`, `CONFIRM_ORDER`, `CAPTURE_PAYMENT` or `COMMIT_STOCK`.
+    pub step: String,
+    /// Where it is.
+    pub status: StepStatus,
+    /// Attempts that failed and were retried.
+    pub retries: u32,
+    /// The reason of the failure or of the last retry.
+    pub last_error: Option<String>,
+}
+
+#[Object]
+impl Order {
+    /// The order id.
+    async fn id(&self) -> ID {
+        ID(self.0.order_id.to_string())
+    }
+    /// Who placed it.
+    async fn customer_id(&self) -> ID {
+        ID(self.0.customer_id.clone())
+    }
+    /// Where it is.
+    async fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.0.status).unwrap_or(OrderStatus::Pending)
+    }
+    /// The lines, as placed.
+    async fn lines(&self) -> Vec<OrderLine> {
+        self.0
+            .lines
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|line| OrderLine {
+                sku: line.get("sku").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                quantity: line.get("quantity").and_then(Value::as_i64).unwrap_or(0),
+                unit_price_cents: line.get("unitPriceCents").and_then(Value::as_i64).unwrap_or(0),
+            })
+            .collect()
+    }
+    /// Sum of the lines, in cents.
+    async fn total_cents(&self) -> i64 {
+        self.0.total_cents
+    }
+    /// Why it was cancelled.
+    async fn cancel_reason(&self) -> Option<&str> {
+        self.0.cancel_reason.as_deref()
+    }
+    /// The fulfilment step whose failure cancelled it.
+    async fn failed_step(&self) -> Option<&str> {
+        self.0.failed_step.as_deref()
+    }
+    /// The fulfilment saga's steps.
+    async fn steps(&self) -> Vec<SagaStep> {
+        self.0
+            .steps
+            .iter()
+            .map(|step| SagaStep {
+                step: step.step.clone(),
+                status: match step.status.as_str() {
+                    "RETRYING" => StepStatus::Retrying,
+                    "DONE" => StepStatus::Done,
+                    "FAILED" => StepStatus::Failed,
+                    "COMPENSATED" => StepStatus::Compensated,
+                    _ => StepStatus::Pending,
+                },
+                retries: step.retries,
+                last_error: step.last_error.clone(),
+            })
+            .collect()
+    }
+    /// The saga, once it started.
+    async fn saga_status(&self) -> Option<SagaStatus> {
+        match self.0.saga_status.as_deref()? {
+            "RUNNING" => Some(SagaStatus::Running),
+            "COMPENSATING" => Some(SagaStatus::Compensating),
+            "COMPLETED" => Some(SagaStatus::Completed),
+            "ABORTED" => Some(SagaStatus::Aborted),
+            _ => None,
+        }
+    }
+    /// The last change the read model saw.
+    async fn updated_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self.0.updated_at_micros)
+    }
+    /// Its cursor in `orders`.
+    async fn cursor(&self) -> String {
+        self.0.cursor.to_string()
+    }
+}
+
+#[ComplexObject]
+impl OrderLine {
+    /// The SKU's stock now (batched across the response).
+    async fn stock(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Stock>> {
+        ctx.data_unchecked::<DataLoader<StockLoader>>().load_one(self.sku.clone()).await
+    }
+}
+
+/// Stock of one SKU.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Stock {
+    /// The SKU.
+    pub sku: String,
+    /// Units in the warehouse (reserved included).
+    pub on_hand: u64,
+    /// Units held for orders.
+    pub reserved: u64,
+    /// Units that can be reserved.
+    pub available: u64,
+}
+
+impl Stock {
+    /// From the read model.
+    pub fn new(sku: String, view: StockView) -> Self {
+        Self { sku, on_hand: view.on_hand, reserved: view.reserved, available: view.available }
+    }
+}
+
+/// Loads the stock of every SKU a response asks for in one read.
+pub struct StockLoader {
+    /// The read models.
+    pub sink: Arc<dyn ReadModelSink>,
+}
+
+impl Loader<String> for StockLoader {
+    type Value = Stock;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Stock>, Self::Error> {
+        let views = strata_projections::orders::stocks(&*self.sink, keys).await.map_err(internal)?;
+        Ok(views.into_iter().map(|(sku, view)| (sku.clone(), Stock::new(sku, view))).collect())
+    }
+}
+
+/// A page of orders.
+#[derive(SimpleObject)]
+pub struct OrderConnection {
+    /// The orders, in placing order.
+    pub nodes: Vec<Order>,
+    /// Where the next page starts.
+    pub page_info: PageInfo,
+}
+
+/// Cursor pagination.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct PageInfo {
+    /// Whether another page may follow.
+    pub has_next_page: bool,
+    /// Pass as `after` for the next page.
+    pub end_cursor: Option<String>,
+}
+
+/// A projection (read model) as operators see it.
+#[derive(SimpleObject, Debug, Clone)]
+#[graphql(name = "Projection")]
+pub struct ProjectionInfo {
+    /// Its name.
+    pub name: String,
+    /// Its code's version.
+    pub version: u32,
+    /// `running`, `paused`, `not built`, …
+    pub state: String,
+    /// Whether its workers hold their deliveries.
+    pub paused: bool,
+    /// The generation readers see.
+    pub generation: Option<u64>,
+    /// The generation being rebuilt beside it.
+    pub rebuilding: Option<u64>,
+    /// Highest log position applied.
+    pub position: u64,
+    /// Events behind the log's head.
+    pub lag: u64,
+    /// Events per second, as last reported.
+    pub rate: Option<u64>,
+    /// The last error its workers reported.
+    pub last_error: Option<String>,
+    /// Events parked in its dead-letter table.
+    pub dead_letters: u64,
+}
+
+impl From<crate::projections::ProjectionStatus> for ProjectionInfo {
+    fn from(status: crate::projections::ProjectionStatus) -> Self {
+        Self {
+            name: status.name,
+            version: status.version,
+            state: status.state,
+            paused: status.paused,
+            generation: status.generation,
+            rebuilding: status.rebuilding,
+            position: status.position,
+            lag: status.lag,
+            rate: status.rate_per_s,
+            last_error: status.last_error,
+            dead_letters: status.dead_letters,
+        }
+    }
+}
+
+/// An event of the log, with its metadata.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Event {
+    /// Its id.
+    pub event_id: ID,
+    /// Its type.
+    pub event_type: String,
+    /// The schema version it was written with.
+    pub schema_version: u32,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its global position.
+    pub position: u64,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// Correlation, causation, trace, actor, command id.
+    pub metadata: Json<Value>,
+    /// The payload, upcast to the latest version.
+    pub payload: Json<Value>,
+    /// Its link in the stream's hash chain.
+    pub hash: String,
+}
+
+impl From<RecordedEvent> for Event {
+    fn from(event: RecordedEvent) -> Self {
+        Self {
+            event_id: ID(event.event_id.to_string()),
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            stream_id: event.stream_id.to_string(),
+            stream_version: event.stream_version,
+            position: event.position.0,
+            recorded_at: event.recorded_at,
+            metadata: Json(serde_json::to_value(&event.metadata).unwrap_or(Value::Null)),
+            payload: Json(event.payload),
+            hash: event.hash.to_string(),
+        }
+    }
+}
+
+/// An order replayed from its stream as of a version or a time.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct OrderSnapshot {
+    /// The order.
+    pub id: ID,
+    /// The stream version the state includes.
+    pub version: u64,
+    /// When the last included event was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// Its status then.
+    pub status: Option<OrderStatus>,
+    /// Who placed it.
+    pub customer_id: Option<ID>,
+    /// Its lines.
+    pub lines: Vec<OrderLine>,
+    /// Sum of the lines, in cents.
+    pub total_cents: Option<i64>,
+    /// Why it was cancelled, if it was by then.
+    pub cancel_reason: Option<String>,
+    /// The step that failed, if it was cancelled by compensation.
+    pub failed_step: Option<String>,
+    /// The events replayed.
+    pub events: Vec<Event>,
+}
+
+/// A line to order.
+#[derive(InputObject, Debug, Clone)]
+pub struct OrderLineInput {
+    /// The SKU (upper-case letters, digits and dashes).
+    pub sku: String,
+    /// Units (1 to 10,000).
+    pub quantity: i32,
+    /// Price of one unit in cents (0 or more).
+    pub unit_price_cents: i32,
+}
+
+/// Where to ship.
+#[derive(InputObject, Debug, Clone)]
+pub struct AddressInput {
+    /// Recipient.
+    pub name: String,
+    /// Street and number.
+    pub street: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166 alpha-2 code.
+    pub country: String,
+}
+
+/// An order to place.
+#[derive(InputObject, Debug, Clone)]
+pub struct PlaceOrderInput {
+    /// Who orders.
+    pub customer_id: ID,
+    /// What (1 to 100 lines, one per SKU).
+    pub lines: Vec<OrderLineInput>,
+    /// How they pay.
+    pub payment_method: String,
+    /// Where to.
+    pub shipping_address: AddressInput,
+    /// The same key (for the same customer) places the order once and
+    /// answers the same order id every time.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a command wrote.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Written {
+    /// The stream it wrote to.
+    pub stream_id: String,
+    /// The stream's version after it.
+    pub version: u64,
+    /// The global position of its last event.
+    pub position: u64,
+    /// Pass as `waitFor` to a query to read this write back.
+    pub consistency_token: String,
+    /// True when this command had already been applied (nothing new written).
+    pub replayed: bool,
+}
+
+impl From<&CommandOutcome> for Written {
+    fn from(outcome: &CommandOutcome) -> Self {
+        Self {
+            stream_id: outcome.stream_id.to_string(),
+            version: outcome.version,
+            position: outcome.events.last().map_or(0, |event| event.position.0),
+            consistency_token: format!("{}@{}", outcome.stream_id, outcome.version),
+            replayed: outcome.replayed,
+        }
+    }
+}
+
+/// What `placeOrder` answers.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct PlaceOrderPayload {
+    /// The order.
+    pub order_id: ID,
+    /// Pass as `waitFor` to read the order back at once.
+    pub consistency_token: String,
+    /// What was written.
+    pub written: Written,
+}
