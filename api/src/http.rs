@@ -3,7 +3,7 @@
 //! `graphql-ws`, the token in the `Authorization` header of the upgrade or
 //! in the `connection_init` payload as `{"Authorization": "Bearer …"}`),
 //! `GET /healthz` (the process is up), `GET /readyz` (the event store and,
-//! when this process has them, the read models answer) and `GET /metrics`
+//! when this process has them, the bus and the read models answer) and `GET /metrics`
 //! (Prometheus, see [`crate::metrics`]). `/healthz`, `/readyz`, `/metrics`
 //! and the GraphiQL page carry no data and need no token.
 //!
@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The GraphQL API, when this process serves it.
     pub graphql: Option<GraphQl>,
+    /// The bus, when this process has one: its name (`memory`, `nats`) and publisher.
+    pub bus: Option<(&'static str, Arc<dyn strata_store::bus::Publisher>)>,
 }
 
 /// The GraphQL endpoint's parts.
@@ -93,6 +95,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if let Some(read_model) = &state.read_model {
         let ping = tokio::time::timeout(Duration::from_secs(2), read_model.ping()).await;
         ready &= check(&mut checks, "read_model", read_model.backend_name(), ping.map(|r| r.map_err(|e| e.to_string())));
+    }
+    if let Some((name, bus)) = &state.bus {
+        let ping = tokio::time::timeout(Duration::from_secs(2), bus.ping()).await;
+        ready &= check(&mut checks, "bus", name, ping.map(|r| r.map_err(|e| e.to_string())));
     }
     let status = if ready { "ready" } else { "unavailable" };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

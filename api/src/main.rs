@@ -476,6 +476,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                     checkpoints: backend.checkpoints(),
                     metrics: strata_api::metrics::process_metrics(),
                     graphql: Some(graphql),
+                    bus: bus.as_ref().map(|bus| (if settings.bus == "memory" { "memory" } else { "nats" }, bus.publisher.clone())),
                 }, shutdown_signal()).await?;
         } else {
             println!("strata running {:?} (event store: {})", roles, store.backend_name());

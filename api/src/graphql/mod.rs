@@ -49,7 +49,7 @@ pub type StrataSchema = Schema<Query, Mutation, Subscription>;
 /// Bounds on what one request may cost.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Deepest selection (introspection included; GraphiQL's needs 13).
+    /// Deepest selection (introspection included: GraphiQL's query needs about 14).
     pub max_depth: usize,
     /// Highest complexity (one per field, lists times their page size).
     pub max_complexity: usize,
@@ -70,8 +70,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_depth: 15,
-            max_complexity: 2_000,
+            max_depth: 20,
+            max_complexity: 5_000,
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             read_your_writes_wait: Duration::from_secs(5),

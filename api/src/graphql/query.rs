@@ -56,7 +56,7 @@ pub(crate) async fn await_write(api: &Api, projection: &str, token: Option<&str>
             ));
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
+        pause = (pause * 2).min(Duration::from_millis(5));
     }
 }
 

@@ -307,7 +307,7 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
         assert_eq!(answer["errors"][0]["extensions"]["code"], "VALIDATION", "{answer}");
     }
     // Queries: malformed, unknown fields, too deep, invalid orders.
-    let deep = format!("{{ __schema {{ types {}{}  }} }}", "{ ofType ".repeat(20), "{ name }".to_owned() + &"}".repeat(20));
+    let deep = format!("{{ __schema {{ types {}{}  }} }}", "{ ofType ".repeat(30), "{ name }".to_owned() + &"}".repeat(30));
     let mut cases = vec![
         ("{ projections { name ".to_owned(), json!({})),
         ("{ projections { nme } }".to_owned(), json!({})),
@@ -432,6 +432,20 @@ fn serve_prints_a_development_token_per_role_and_refuses_requests_without_one() 
         let data = server.ok("client", "{ projections { name } }", json!({})).await;
         assert_eq!(data["projections"][0]["name"], "orders");
         assert_eq!(server.code("auditor", RESTOCK, json!({ "sku": "SKU-1", "quantity": 1 })).await, "FORBIDDEN");
+        // GraphiQL's introspection (graphql-js's, with nine levels of ofType) fits the limits.
+        let type_ref = format!("kind name {}{}", "ofType { kind name ".repeat(9), "}".repeat(9));
+        let introspection = format!(
+            "query IntrospectionQuery {{ __schema {{ queryType {{ name }} mutationType {{ name }} subscriptionType {{ name }} \
+             types {{ ...FullType }} directives {{ name description locations args {{ ...InputValue }} }} }} }} \
+             fragment FullType on __Type {{ kind name description fields(includeDeprecated: true) {{ name description args {{ ...InputValue }} \
+             type {{ ...TypeRef }} isDeprecated deprecationReason }} inputFields {{ ...InputValue }} interfaces {{ ...TypeRef }} \
+             enumValues(includeDeprecated: true) {{ name description isDeprecated deprecationReason }} possibleTypes {{ ...TypeRef }} }} \
+             fragment InputValue on __InputValue {{ name description type {{ ...TypeRef }} defaultValue }} \
+             fragment TypeRef on __Type {{ {type_ref} }}"
+        );
+        let schema = server.ok("client", &introspection, json!({})).await;
+        let types = schema["__schema"]["types"].as_array().unwrap();
+        assert!(types.iter().any(|t| t["name"] == "PlaceOrderInput"), "introspection lists the schema's types");
         let (status, page) = crate::support::get(server.address, "/graphql").await;
         assert_eq!(status, 200);
         assert!(page.contains("GraphiQL"), "GET /graphql serves GraphiQL");
@@ -470,6 +484,11 @@ mod distributed {
         command.env("STRATA_ROLES", "api,relay,projector");
         let server = with_tokens(Server::start(command));
 
+        let (status, ready) = crate::support::get(server.address, "/readyz").await;
+        assert_eq!(status, 200, "{ready}");
+        let ready: Value = serde_json::from_str(&ready).unwrap();
+        assert_eq!(ready["checks"]["bus"], json!({ "backend": "nats", "status": "up" }), "{ready}");
+        assert_eq!(ready["checks"]["read_model"]["backend"], "redis", "{ready}");
         server.ok("client", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
         let (order_id, token) = place(&server, "customer-pg", "SKU-PG", "card").await;
         let read = server.ok("client", ORDER, json!({ "id": order_id, "token": token })).await;
@@ -517,4 +536,118 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
     let again = crate::support::run_ok(strata().args(["demo", "--orders", "40", "--seed", "7", "--json", "--url", &server.url(), "--token", CLIENT]));
     let again: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["confirmed"], 26, "{again}");
+}
+
+mod batching {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+    use strata_api::auth::Role;
+    use strata_api::graphql::{request_data, schema, Api, Limits};
+    use strata_projections::sink::{Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, Target};
+    use strata_projections::{Document, MemorySink, ReadModelSink, SinkError};
+    use strata_store::MemoryEventStore;
+
+    /// A memory sink that counts the reads queries make.
+    struct Counting {
+        inner: MemorySink,
+        loads: AtomicUsize,
+        documents: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ReadModelSink for Counting {
+        fn backend_name(&self) -> &'static str {
+            "counting"
+        }
+        async fn ping(&self) -> Result<(), SinkError> {
+            self.inner.ping().await
+        }
+        async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
+            self.inner.live_generation(projection).await
+        }
+        async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
+            self.inner.new_generation(projection).await
+        }
+        async fn switch_live(&self, projection: &str, generation: u64) -> Result<(), SinkError> {
+            self.inner.switch_live(projection, generation).await
+        }
+        async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
+            self.inner.init_live(projection, generation).await
+        }
+        async fn drop_generation(&self, target: &Target) -> Result<(), SinkError> {
+            self.inner.drop_generation(target).await
+        }
+        async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.inner.load(target, streams, documents).await
+        }
+        async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
+            self.inner.commit(target, batch).await
+        }
+        async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {
+            self.documents.fetch_add(1, Ordering::SeqCst);
+            self.inner.document(projection, key).await
+        }
+        async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError> {
+            self.inner.page(projection, index, after, limit).await
+        }
+        async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
+            self.inner.stats(target).await
+        }
+        async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError> {
+            self.inner.dead_letters(target, limit).await
+        }
+        async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
+            self.inner.meta(projection).await
+        }
+        async fn set_meta(&self, projection: &str, field: MetaField, value: Option<String>) -> Result<(), SinkError> {
+            self.inner.set_meta(projection, field, value).await
+        }
+        async fn dump(&self, target: &Target) -> Result<Dump, SinkError> {
+            self.inner.dump(target).await
+        }
+    }
+
+    /// Five orders of five SKUs: one `orders` query with `lines { stock }`
+    /// reads every SKU's stock in one batched load, not one read per line.
+    #[tokio::test]
+    async fn nested_stock_of_a_page_of_orders_is_loaded_in_one_batch() {
+        let store = Arc::new(MemoryEventStore::new(strata_api::backend::registry().unwrap()));
+        let sink = Arc::new(Counting { inner: MemorySink::new(), loads: AtomicUsize::new(0), documents: AtomicUsize::new(0) });
+        let api = Arc::new(Api::new(store.clone(), None, sink.clone(), Limits::default()));
+        let schema = schema(api.clone());
+        let run = |query: String| {
+            let schema = schema.clone();
+            let data = request_data(&api, Role::Client);
+            async move {
+                let mut request = async_graphql::Request::new(query);
+                request.data = data;
+                let response = schema.execute(request).await;
+                assert!(response.errors.is_empty(), "{:?}", response.errors);
+                response.data.into_json().unwrap()
+            }
+        };
+        for n in 0..5 {
+            run(format!("mutation {{ restock(sku: \"SKU-B{n}\", quantity: {}) {{ version }} }}", 10 + n)).await;
+            run(format!(
+                "mutation {{ placeOrder(input: {{ customerId: \"batch\", paymentMethod: \"card\", lines: [{{ sku: \"SKU-B{n}\", quantity: 1, unitPriceCents: 100 }}], shippingAddress: {{ name: \"A\", street: \"S\", city: \"C\", postalCode: \"1\", country: \"BE\" }} }}) {{ orderId }} }}"
+            ))
+            .await;
+        }
+        for projection in strata_projections::orders::projections() {
+            strata_projections::rebuild(projection, sink.clone(), store.clone(), Default::default(), &mut |_| {}).await.unwrap();
+        }
+        let (loads, documents) = (sink.loads.load(Ordering::SeqCst), sink.documents.load(Ordering::SeqCst));
+        let data: Value = run("{ orders(customerId: \"batch\", first: 10) { nodes { lines { sku stock { sku available } } } } }".into()).await;
+        let stocks: Vec<Value> = data["orders"]["nodes"].as_array().unwrap().iter().map(|n| n["lines"][0]["stock"].clone()).collect();
+        assert_eq!(stocks.len(), 5);
+        for (n, stock) in stocks.iter().enumerate() {
+            assert_eq!(stock, &json!({ "sku": format!("SKU-B{n}"), "available": 10 + n }));
+        }
+        assert_eq!(sink.loads.load(Ordering::SeqCst) - loads, 1, "five nested stocks must be one load");
+        assert_eq!(sink.documents.load(Ordering::SeqCst) - documents, 0, "no per-item document reads");
+    }
 }

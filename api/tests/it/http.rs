@@ -29,7 +29,7 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
     let store = MemoryEventStore::new(registry().unwrap());
     let read_model = Arc::new(strata_projections::MemorySink::new());
     let store = Arc::new(store);
-    let state = AppState { event_store: store.clone(), read_model: Some(read_model), checkpoints: store, metrics: Default::default(), graphql: None };
+    let state = AppState { event_store: store.clone(), read_model: Some(read_model), checkpoints: store, metrics: Default::default(), graphql: None, bus: None };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -83,7 +83,7 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     }
     let head = events + 1;
 
-    let state = AppState { event_store: metered, read_model: Some(read_model), checkpoints: store, metrics, graphql: None };
+    let state = AppState { event_store: metered, read_model: Some(read_model), checkpoints: store, metrics, graphql: None, bus: None };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/metrics").await;
     assert_eq!(status, 200, "{body}");
@@ -106,7 +106,7 @@ async fn readyz_reports_unavailable_when_postgres_goes_away() {
     let (url, name) = (database.url.clone(), database.name.clone());
     let backend = EventStoreBackend::open(&url, registry().unwrap()).await.unwrap();
     backend.migrate().await.unwrap();
-    let state = AppState { event_store: backend.store(), read_model: None, checkpoints: backend.checkpoints(), metrics: Default::default(), graphql: None };
+    let state = AppState { event_store: backend.store(), read_model: None, checkpoints: backend.checkpoints(), metrics: Default::default(), graphql: None, bus: None };
     let (address, stop, server) = serve(state).await;
     assert_eq!(get(address, "/readyz").await.0, 200);
     database.drop_database().await;

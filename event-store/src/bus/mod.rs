@@ -198,6 +198,11 @@ pub trait Publisher: Send + Sync {
     /// Publishes events in order, with many acknowledgements in flight; returns
     /// once the bus stored (or deduplicated) every one.
     async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError>;
+
+    /// Checks that the bus answers (for `/readyz`); in-process buses always do.
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// Taking events off the bus (projection workers and sagas hold one).

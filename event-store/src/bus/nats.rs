@@ -88,6 +88,14 @@ impl JetStreamBus {
 
 #[async_trait]
 impl Publisher for JetStreamBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        // A round trip to the server, and the stream still exists.
+        match self.context.get_stream(&self.config.stream_name).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(BusError::backend("checking the JetStream stream", e)),
+        }
+    }
+
     async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError> {
         // Send every message first, then collect the acks: many in flight.
         let mut pending = Vec::with_capacity(events.len());
