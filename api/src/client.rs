@@ -59,14 +59,14 @@ impl GraphQlClient {
         }
     }
 
-    /// `restock` of an inventory command of the scenario.
-    pub async fn restock(&self, command: &InventoryCommand) -> anyhow::Result<()> {
+    /// `restock` of an inventory command of the scenario, once per key.
+    pub async fn restock(&self, command: &InventoryCommand, idempotency_key: Option<&str>) -> anyhow::Result<()> {
         let InventoryCommand::Restock { sku, quantity, .. } = command else {
             bail!("only restocks go through restock");
         };
         self.execute(
-            "mutation($sku: String!, $quantity: Int!) { restock(sku: $sku, quantity: $quantity) { version } }",
-            json!({ "sku": sku.as_str(), "quantity": quantity }),
+            "mutation($sku: String!, $quantity: Int!, $key: String) { restock(sku: $sku, quantity: $quantity, idempotencyKey: $key) { version } }",
+            json!({ "sku": sku.as_str(), "quantity": quantity, "key": idempotency_key }),
         )
         .await?;
         Ok(())

@@ -54,8 +54,8 @@ pub async fn demo(config: &DemoConfig) -> anyhow::Result<Value> {
         bail!("--orders must be at least 1");
     }
     let client = GraphQlClient::new(&config.url, &config.token)?;
-    for restock in scenario::restocks(config.orders, chrono::Utc::now()) {
-        client.restock(&restock).await?;
+    for (n, restock) in scenario::restocks(config.orders, chrono::Utc::now()).iter().enumerate() {
+        client.restock(restock, Some(&format!("demo-{}-{}-{n}", config.seed, config.orders))).await?;
     }
     let scenario = ScenarioConfig { seed: config.seed, failures: true };
     let progress = Arc::new(Mutex::new((Progress::new("demo", "orders", config.orders as u64), 0_u64)));

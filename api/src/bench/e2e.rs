@@ -268,7 +268,7 @@ pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
     }
     let client = crate::client::GraphQlClient::new(&bench.url, &bench.token)?;
     for restock in scenario::restocks(bench.orders, chrono::Utc::now()) {
-        client.restock(&restock).await?;
+        client.restock(&restock, None).await?;
     }
     let config = ScenarioConfig { seed: rand::random(), failures: false };
     let started = Instant::now();

@@ -28,6 +28,14 @@ const IDEMPOTENCY: Uuid = Uuid::from_u128(0x5f1b_2c7e_8a43_4d0e_9b6f_2a1c_7e3d_9
 /// Longest idempotency key.
 const MAX_KEY_LEN: usize = 128;
 
+/// An idempotency key, checked.
+fn check_key(key: &str) -> async_graphql::Result<&str> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(error(Code::Validation, format!("idempotencyKey must have 1 to {MAX_KEY_LEN} characters")));
+    }
+    Ok(key)
+}
+
 /// Maps a command's failure to a coded error: the aggregate's refusal by
 /// `refusal`, the rest by kind.
 fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: impl Fn(&E) -> Code) -> async_graphql::Error {
@@ -69,10 +77,7 @@ impl Mutation {
     async fn place_order(&self, ctx: &Context<'_>, input: PlaceOrderInput) -> async_graphql::Result<PlaceOrderPayload> {
         let api = api(ctx);
         let customer_id = input.customer_id.0;
-        let (order_id, command_id) = match &input.idempotency_key {
-            Some(key) if key.is_empty() || key.len() > MAX_KEY_LEN => {
-                return Err(error(Code::Validation, format!("idempotencyKey must have 1 to {MAX_KEY_LEN} characters")));
-            }
+        let (order_id, command_id) = match input.idempotency_key.as_deref().map(check_key).transpose()? {
             Some(key) => {
                 let name = format!("{customer_id}\u{0}{key}");
                 (
@@ -125,15 +130,20 @@ impl Mutation {
         Ok(Written::from(&outcome))
     }
 
-    /// Adds units of a SKU to the warehouse.
+    /// Adds units of a SKU to the warehouse. With an `idempotencyKey`, a
+    /// retried restock (same SKU and key) adds the units once.
     #[graphql(guard = "Needs(Permission::Write)")]
-    async fn restock(&self, ctx: &Context<'_>, sku: String, quantity: i32) -> async_graphql::Result<Written> {
+    async fn restock(&self, ctx: &Context<'_>, sku: String, quantity: i32, idempotency_key: Option<String>) -> async_graphql::Result<Written> {
         let api = api(ctx);
         let sku = Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
+        let command_id = match idempotency_key.as_deref().map(check_key).transpose()? {
+            Some(key) => Uuid::new_v5(&IDEMPOTENCY, format!("restock\u{0}{sku}\u{0}{key}").as_bytes()),
+            None => Uuid::now_v7(),
+        };
         let command = InventoryCommand::Restock { sku, quantity: quantity.into(), at: Utc::now() };
         let outcome = api
             .inventory
-            .handle(Envelope::new(Uuid::now_v7(), command).by(actor(ctx)))
+            .handle(Envelope::new(command_id, command).by(actor(ctx)))
             .await
             .map_err(|err| command_error(err, inventory_refusal))?;
         Ok(Written::from(&outcome))
