@@ -67,13 +67,10 @@ impl Role {
 
     /// Whether this role may do what `permission` guards.
     pub fn may(self, permission: Permission) -> bool {
-        match (self, permission) {
-            (Role::Operator, _) => true,
-            (_, Permission::Read) => true,
-            (Role::Client, Permission::Write) => true,
-            (Role::Auditor, Permission::Audit) => true,
-            _ => false,
-        }
+        matches!(
+            (self, permission),
+            (Role::Operator, _) | (_, Permission::Read) | (Role::Client, Permission::Write) | (Role::Auditor, Permission::Audit)
+        )
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`mutation`]: `placeOrder`, `cancelOrder`, `restock` go through the
 //!   command handlers; operators `rebuildProjection`, `pauseProjection`,
 //!   `resumeProjection`.
-//! - [`subscription`]: `orderUpdated(id)`.
+//! - [`subscription`]: the subscription `orderUpdated(id)`.
 //! - [`types`]: the object and input types, and the stock DataLoader that
 //!   batches every `lines { stock }` of a response into one read.
 //!

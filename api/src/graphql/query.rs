@@ -177,7 +177,7 @@ impl Query {
             return Err(error(Code::Validation, "versions start at 1"));
         }
         let api = api(ctx);
-        let stream = StreamId::new(OrderAggregate::CATEGORY, &order_id.to_string()).map_err(internal)?;
+        let stream = StreamId::new(OrderAggregate::CATEGORY, order_id).map_err(internal)?;
         let head = api.store.stream_head(&stream).await.map_err(internal)?;
         let Some(head) = head else {
             return Err(error(Code::NotFound, format!("order {order_id} not found")));
