@@ -284,6 +284,22 @@ async fn graphql_on_the_embedded_stack() {
     assert_eq!((last["status"].as_str(), last["failedStep"].as_str(), last["sagaStatus"].as_str()), (Some("CANCELLED"), Some("AUTHORIZE_PAYMENT"), Some("ABORTED")), "{views:?}");
     assert!(Subscription::open(&server, "not-a-token-at-all-000", &order_id).await.is_none(), "a bad token must not subscribe");
     assert!(Subscription::open(&server, EXPIRED, &order_id).await.is_none(), "an expired token must not subscribe");
+
+    // SIGTERM while a subscription waits (for an order that never comes):
+    // the server still stops, cleanly and promptly.
+    let _open = Subscription::open(&server, CLIENT, "00000000-0000-0000-0000-0000000000aa").await.expect("subscription accepted");
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "strata did not stop after SIGTERM with a subscription open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
