@@ -24,14 +24,16 @@ pub fn find(name: &str) -> anyhow::Result<Arc<dyn Projection>> {
     }
 }
 
-/// What `projections status` and the GraphQL `projections` query show.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A projection (read model) as operators see it, in `projections status`
+/// and the GraphQL `projections` query.
+#[derive(Debug, Clone, serde::Serialize, async_graphql::SimpleObject)]
+#[graphql(name = "Projection")]
 pub struct ProjectionStatus {
-    /// The projection.
+    /// Its name.
     pub name: String,
     /// Its code's version.
     pub version: u32,
-    /// `paused`, `not built`, or what its workers last reported (`running`, …).
+    /// `running`, `paused`, `not built`, or what its workers last reported.
     pub state: String,
     /// Whether its workers hold their deliveries.
     pub paused: bool,
@@ -39,21 +41,25 @@ pub struct ProjectionStatus {
     pub generation: Option<u64>,
     /// The generation being rebuilt beside it.
     pub rebuilding: Option<u64>,
-    /// Highest log position the live generation has applied.
+    /// Highest log position applied.
     pub position: u64,
     /// The log's head.
+    #[graphql(skip)]
     pub head: u64,
-    /// `head - position`.
+    /// Events behind the log's head.
     pub lag: u64,
     /// Events the live generation has taken (applied, skipped or parked).
+    #[graphql(skip)]
     pub events: u64,
-    /// Events per second its workers last reported.
+    /// Events per second, as last reported.
+    #[graphql(name = "rate")]
     pub rate_per_s: Option<u64>,
     /// The last error its workers reported.
     pub last_error: Option<String>,
     /// Events parked in its dead-letter table.
     pub dead_letters: u64,
     /// The first parked events.
+    #[graphql(skip)]
     pub parked: Vec<strata_projections::sink::DeadLetter>,
 }
 

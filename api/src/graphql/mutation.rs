@@ -14,7 +14,8 @@ use strata_store::AppendError;
 use uuid::Uuid;
 
 use super::query::order_id;
-use super::types::{PlaceOrderInput, PlaceOrderPayload, ProjectionInfo, Written};
+use crate::projections::ProjectionStatus;
+use super::types::{PlaceOrderInput, PlaceOrderPayload, Written};
 use super::{api, error, internal, Api, Caller, Code, Needs};
 use crate::auth::Permission;
 
@@ -152,7 +153,7 @@ impl Mutation {
     /// Starts rebuilding a projection from the log beside the live one;
     /// readers switch to it when it is whole (watch `projections`).
     #[graphql(guard = "Needs(Permission::Operate)")]
-    async fn rebuild_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionInfo> {
+    async fn rebuild_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionStatus> {
         let api = api(ctx).clone();
         let projection = find(&name)?;
         if !api.start_rebuild(&name) {
@@ -173,13 +174,13 @@ impl Mutation {
 
     /// Holds a projection's workers (they keep their deliveries).
     #[graphql(guard = "Needs(Permission::Operate)")]
-    async fn pause_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionInfo> {
+    async fn pause_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionStatus> {
         set_paused(api(ctx), &name, true).await
     }
 
     /// Lets a paused projection's workers go on.
     #[graphql(guard = "Needs(Permission::Operate)")]
-    async fn resume_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionInfo> {
+    async fn resume_projection(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<ProjectionStatus> {
         set_paused(api(ctx), &name, false).await
     }
 }
@@ -188,12 +189,12 @@ fn find(name: &str) -> async_graphql::Result<Arc<dyn strata_projections::Project
     crate::projections::find(name).map_err(|e| error(Code::NotFound, e.to_string()))
 }
 
-async fn status(api: &Api, name: &str) -> async_graphql::Result<ProjectionInfo> {
+async fn status(api: &Api, name: &str) -> async_graphql::Result<ProjectionStatus> {
     let projection = find(name)?;
-    Ok(crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)?.into())
+    Ok(crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)?)
 }
 
-async fn set_paused(api: &Api, name: &str, paused: bool) -> async_graphql::Result<ProjectionInfo> {
+async fn set_paused(api: &Api, name: &str, paused: bool) -> async_graphql::Result<ProjectionStatus> {
     find(name)?;
     crate::projections::set_paused(&*api.read_model, name, paused).await.map_err(internal)?;
     status(api, name).await

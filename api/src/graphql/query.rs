@@ -12,7 +12,8 @@ use strata_schemas::DomainEvent;
 use strata_store::{Position, ReadAll, StreamId};
 use uuid::Uuid;
 
-use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, ProjectionInfo, Stock};
+use crate::projections::ProjectionStatus;
+use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, Stock};
 use super::{api, error, internal, Api, Code, Needs};
 use crate::audit::{stream_events, StreamQuery};
 use crate::auth::Permission;
@@ -122,12 +123,12 @@ impl Query {
 
     /// Every projection: state, position, lag, rate, last error.
     #[graphql(guard = "Needs(Permission::Read)")]
-    async fn projections(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ProjectionInfo>> {
+    async fn projections(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ProjectionStatus>> {
         let api = api(ctx);
         let mut all = Vec::new();
         for projection in orders::projections() {
             let status = crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)?;
-            all.push(status.into());
+            all.push(status);
         }
         Ok(all)
     }

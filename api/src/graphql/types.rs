@@ -248,52 +248,6 @@ pub struct PageInfo {
     pub end_cursor: Option<String>,
 }
 
-/// A projection (read model) as operators see it.
-#[derive(SimpleObject, Debug, Clone)]
-#[graphql(name = "Projection")]
-pub struct ProjectionInfo {
-    /// Its name.
-    pub name: String,
-    /// Its code's version.
-    pub version: u32,
-    /// `running`, `paused`, `not built`, …
-    pub state: String,
-    /// Whether its workers hold their deliveries.
-    pub paused: bool,
-    /// The generation readers see.
-    pub generation: Option<u64>,
-    /// The generation being rebuilt beside it.
-    pub rebuilding: Option<u64>,
-    /// Highest log position applied.
-    pub position: u64,
-    /// Events behind the log's head.
-    pub lag: u64,
-    /// Events per second, as last reported.
-    pub rate: Option<u64>,
-    /// The last error its workers reported.
-    pub last_error: Option<String>,
-    /// Events parked in its dead-letter table.
-    pub dead_letters: u64,
-}
-
-impl From<crate::projections::ProjectionStatus> for ProjectionInfo {
-    fn from(status: crate::projections::ProjectionStatus) -> Self {
-        Self {
-            name: status.name,
-            version: status.version,
-            state: status.state,
-            paused: status.paused,
-            generation: status.generation,
-            rebuilding: status.rebuilding,
-            position: status.position,
-            lag: status.lag,
-            rate: status.rate_per_s,
-            last_error: status.last_error,
-            dead_letters: status.dead_letters,
-        }
-    }
-}
-
 /// An event of the log, with its metadata.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct Event {

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use strata_store::testkit::wait_until;
+
 use crate::support::{scratch_sqlite, strata, Server};
 
 const CLIENT: &str = "client-token-for-tests-0001";
@@ -51,15 +53,11 @@ async fn place(server: &Server, customer: &str, sku: &str, payment: &str) -> (St
 
 /// Polls `order(id, waitFor: token)` until `done` holds.
 async fn order_until(server: &Server, id: &str, token: Option<&str>, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(Duration::from_secs(60), || async {
         let data = server.ok("client", ORDER, json!({ "id": id, "token": token })).await;
-        if done(&data["order"]) {
-            return data["order"].clone();
-        }
-        assert!(Instant::now() < deadline, "order {id} not {what} within 60s: {}", data["order"]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if done(&data["order"]) { Ok(data["order"].clone()) } else { Err(format!("order {id} not {what}: {}", data["order"])) }
+    })
+    .await
 }
 
 /// A `graphql-transport-ws` subscription to `orderUpdated(id)`: every view
@@ -245,11 +243,11 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     let generation = |data: &Value| data["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap()["generation"].as_u64().unwrap();
     let old = generation(&before);
     server.ok("operator", "mutation { rebuildProjection(name: \"orders\") { name } }", json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while generation(&server.ok("client", projection, json!({})).await) <= old {
-        assert!(Instant::now() < deadline, "the rebuild never switched readers");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(60), || async {
+        let now = generation(&server.ok("client", projection, json!({})).await);
+        if now > old { Ok(()) } else { Err(format!("the rebuild has not switched readers (generation {now})")) }
+    })
+    .await;
     let after = server.ok("client", ORDER, json!({ "id": order_id })).await;
     assert_eq!(after["order"]["status"], "CANCELLED", "the rebuilt read model has the order");
     assert_eq!(server.code("operator", "mutation { pauseProjection(name: \"nope\") { name } }", json!({})).await, "NOT_FOUND");
@@ -291,14 +289,11 @@ async fn graphql_on_the_embedded_stack() {
     let mut server = server;
     let pid = server.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "strata did not stop after SIGTERM with a subscription open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = wait_until(Duration::from_secs(15), || {
+        let exited = server.child.try_wait().unwrap();
+        async move { exited.ok_or("strata did not stop after SIGTERM with a subscription open") }
+    })
+    .await;
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
 
