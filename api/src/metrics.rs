@@ -5,7 +5,7 @@
 //! append latency histogram. Read when scraped, from the shared backends:
 //! the log head, the relay's checkpoint, each projection's position and lag
 //! (when this process has the read models), and the fulfilment sagas in
-//! flight (running, compensating). Also counted here: GraphQL requests and their latency
+//! flight (running, compensating, stuck). Also counted here: GraphQL requests and their latency
 //! (`strata_graphql_request_seconds`), and errors answered
 //! (`strata_graphql_errors_total`).
 
@@ -224,9 +224,13 @@ pub async fn render(sources: &Sources) -> String {
         }
     }
     match strata_sagas::count_in_flight(&*sources.log, &*sources.checkpoints, strata_sagas::fulfilment::CATEGORY).await {
-        Ok((running, compensating)) => {
-            gauge(&mut out, "strata_sagas", "Fulfilment sagas in flight, by state.");
-            let _ = writeln!(out, "strata_sagas{{state=\"running\"}} {running}\nstrata_sagas{{state=\"compensating\"}} {compensating}");
+        Ok(counts) => {
+            gauge(&mut out, "strata_sagas", "Fulfilment sagas in flight, by state (stuck: parked until an operator resumes them).");
+            let _ = writeln!(
+                out,
+                "strata_sagas{{state=\"running\"}} {}\nstrata_sagas{{state=\"compensating\"}} {}\nstrata_sagas{{state=\"stuck\"}} {}",
+                counts.running, counts.compensating, counts.stuck
+            );
         }
         Err(error) => tracing::warn!("metrics: counting sagas failed: {error}"),
     }

@@ -14,20 +14,37 @@
 //!   [`InventoryError::AlreadyReserved`] (retries of the same command are
 //!   answered by the handler's command-id idempotency before this rule).
 //! - Releasing gives the whole reservation back to available stock; committing
-//!   (on shipment) removes the reserved units from on-hand stock. Both need a
-//!   reservation ([`InventoryError::NoReservation`]).
+//!   (on shipment) removes the reserved units from on-hand stock. Committing
+//!   needs a reservation ([`InventoryError::NoReservation`]).
+//! - **Fencing.** A release that finds no reservation for the order (nothing
+//!   to undo: the reservation never arrived, or was refused) records
+//!   [`ReservationFenced`]; a reservation for that order arriving later (a
+//!   late or repeated forward command of a compensated saga) is refused
+//!   ([`InventoryError::Fenced`]) and changes nothing. Fences are kept for
+//!   [`FENCE_HORIZON`] after the stream's latest event; a reservation decided
+//!   longer ago than that is refused as [`InventoryError::Expired`], so a
+//!   forgotten fence can never be needed.
+//! - **Returns.** Returning an order's line (its cancellation after
+//!   confirmation) releases the reservation if the units were not committed
+//!   yet, else puts the committed units back on hand ([`StockReturned`]).
+//!   The caller names the quantity it committed; the saga returns each line
+//!   it committed once (its command ids are deterministic).
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use strata_schemas::events::{
-    InventoryEvent, ReservationCommitted, ReservationReleased, StockReserved, StockRestocked,
+    InventoryEvent, ReservationCommitted, ReservationFenced, ReservationReleased, StockReserved, StockRestocked, StockReturned,
 };
 use strata_schemas::values::{InvalidValue, Quantity, Sku};
 use uuid::Uuid;
 
 use crate::Aggregate;
+
+/// How long a fence is remembered after the stream's latest event, and how
+/// old a reservation request may be.
+pub const FENCE_HORIZON: Duration = Duration::days(1);
 
 /// The inventory aggregate of one SKU.
 #[derive(Debug)]
@@ -43,6 +60,12 @@ pub struct InventoryState {
     pub on_hand: u64,
     /// Units held per order.
     pub reservations: BTreeMap<Uuid, Quantity>,
+    /// Orders whose reservation is fenced, with when (see the module docs).
+    #[serde(default)]
+    pub fences: BTreeMap<Uuid, DateTime<Utc>>,
+    /// The latest time carried by an event of the stream.
+    #[serde(default)]
+    pub latest_at: Option<DateTime<Utc>>,
 }
 
 impl InventoryState {
@@ -88,6 +111,19 @@ pub enum InventoryCommand {
         sku: Sku,
         /// Whose reservation.
         order_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The order was cancelled after confirmation: give its line back
+    /// (release the reservation if it was not committed, else return the
+    /// committed units to on-hand stock).
+    Return {
+        /// The SKU.
+        sku: Sku,
+        /// Whose units.
+        order_id: Uuid,
+        /// How many units the order committed (1 to 10,000).
+        quantity: i64,
         /// When.
         at: DateTime<Utc>,
     },
@@ -137,6 +173,20 @@ pub enum InventoryError {
         /// The order.
         order_id: Uuid,
     },
+    /// The order's reservation was fenced by a release that found nothing:
+    /// this reservation arrived after its compensation.
+    #[error("order {order_id} was released before this reservation arrived")]
+    Fenced {
+        /// The order.
+        order_id: Uuid,
+    },
+    /// The reservation was decided longer than [`FENCE_HORIZON`] before the
+    /// stream's latest event.
+    #[error("the reservation request of {at} expired")]
+    Expired {
+        /// When it was decided.
+        at: DateTime<Utc>,
+    },
 }
 
 impl Aggregate for Inventory {
@@ -152,6 +202,7 @@ impl Aggregate for Inventory {
             InventoryCommand::Restock { sku, .. }
             | InventoryCommand::Reserve { sku, .. }
             | InventoryCommand::Release { sku, .. }
+            | InventoryCommand::Return { sku, .. }
             | InventoryCommand::Commit { sku, .. } => sku.to_string(),
         }
     }
@@ -174,6 +225,12 @@ impl Aggregate for Inventory {
                 at,
             } => {
                 let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
+                if state.fences.contains_key(&order_id) {
+                    return Err(InventoryError::Fenced { order_id });
+                }
+                if state.latest_at.is_some_and(|latest| at < latest - FENCE_HORIZON) {
+                    return Err(InventoryError::Expired { at });
+                }
                 if !state.known {
                     return Err(InventoryError::UnknownSku { sku });
                 }
@@ -196,13 +253,36 @@ impl Aggregate for Inventory {
                 }
                 .into()])
             }
-            InventoryCommand::Release { sku, order_id, at } => {
-                let quantity = reservation(state, &sku, order_id)?;
-                Ok(vec![ReservationReleased {
+            InventoryCommand::Release { sku, order_id, at } => match state.reservations.get(&order_id) {
+                Some(&quantity) => Ok(vec![ReservationReleased {
                     sku,
                     order_id,
                     quantity,
                     released_at: at,
+                }
+                .into()]),
+                None if state.fences.contains_key(&order_id) => Err(InventoryError::NoReservation { order_id }),
+                None => Ok(vec![ReservationFenced { sku, order_id, fenced_at: at }.into()]),
+            },
+            InventoryCommand::Return { sku, order_id, quantity, at } => {
+                let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
+                if let Some(&reserved) = state.reservations.get(&order_id) {
+                    return Ok(vec![ReservationReleased {
+                        sku,
+                        order_id,
+                        quantity: reserved,
+                        released_at: at,
+                    }
+                    .into()]);
+                }
+                if !state.known {
+                    return Err(InventoryError::UnknownSku { sku });
+                }
+                Ok(vec![StockReturned {
+                    sku,
+                    order_id,
+                    quantity,
+                    returned_at: at,
                 }
                 .into()])
             }
@@ -220,22 +300,40 @@ impl Aggregate for Inventory {
     }
 
     fn evolve(mut state: InventoryState, event: &InventoryEvent) -> InventoryState {
-        match event {
+        let at = match event {
             InventoryEvent::StockRestocked(event) => {
                 state.known = true;
                 state.on_hand += u64::from(event.quantity.get());
+                event.restocked_at
             }
             InventoryEvent::StockReserved(event) => {
                 state.reservations.insert(event.order_id, event.quantity);
+                event.reserved_at
             }
             InventoryEvent::ReservationReleased(event) => {
                 state.reservations.remove(&event.order_id);
+                event.released_at
             }
             InventoryEvent::ReservationCommitted(event) => {
                 state.reservations.remove(&event.order_id);
                 state.on_hand = state.on_hand.saturating_sub(u64::from(event.quantity.get()));
+                event.committed_at
             }
-        }
+            InventoryEvent::ReservationFenced(event) => {
+                // Forget fences no reservation can need any more (a request
+                // older than the horizon is refused as expired). Pruned here,
+                // where fences are added, so other events cost nothing.
+                let horizon = state.latest_at.map_or(event.fenced_at, |latest| latest.max(event.fenced_at)) - FENCE_HORIZON;
+                state.fences.retain(|_, fenced_at| *fenced_at >= horizon);
+                state.fences.insert(event.order_id, event.fenced_at);
+                event.fenced_at
+            }
+            InventoryEvent::StockReturned(event) => {
+                state.on_hand += u64::from(event.quantity.get());
+                event.returned_at
+            }
+        };
+        state.latest_at = Some(state.latest_at.map_or(at, |latest| latest.max(at)));
         state
     }
 }
@@ -347,11 +445,64 @@ mod tests {
         assert_eq!((state.on_hand, state.reserved(), state.available()), (1, 0, 1));
     }
 
+    fn fenced(order_id: Uuid, fenced_at: DateTime<Utc>) -> InventoryEvent {
+        ReservationFenced { sku: sku(), order_id, fenced_at }.into()
+    }
+
     #[test]
-    fn releasing_or_committing_without_a_reservation_is_refused() {
-        given::<Inventory>([restocked(5)])
+    fn a_release_without_a_reservation_fences_the_order_against_a_late_reserve() {
+        let state = given::<Inventory>([restocked(5)])
+            .when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() })
+            .then([fenced(order(9), at())]);
+        assert_eq!(state.available(), 5);
+        given::<Inventory>([restocked(5), fenced(order(9), at())])
+            .when(reserve(order(9), 1))
+            .then_error(InventoryError::Fenced { order_id: order(9) });
+        given::<Inventory>([restocked(5), fenced(order(9), at())])
             .when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() })
             .then_error(InventoryError::NoReservation { order_id: order(9) });
+        // Other orders are not fenced.
+        given::<Inventory>([restocked(5), fenced(order(9), at())]).when(reserve(order(8), 1)).then([reserved(order(8), 1)]);
+    }
+
+    #[test]
+    fn an_unknown_sku_is_fenced_too_so_a_restock_cannot_let_a_late_reserve_in() {
+        given::<Inventory>([])
+            .when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() })
+            .then([fenced(order(9), at())]);
+        given::<Inventory>([fenced(order(9), at()), restocked(5)])
+            .when(reserve(order(9), 1))
+            .then_error(InventoryError::Fenced { order_id: order(9) });
+    }
+
+    #[test]
+    fn fences_are_forgotten_after_the_horizon_and_older_requests_expire() {
+        let later = at() + FENCE_HORIZON + Duration::seconds(1);
+        let state = given::<Inventory>([restocked(5), fenced(order(9), at())])
+            .when(InventoryCommand::Release { sku: sku(), order_id: order(8), at: later })
+            .then([fenced(order(8), later)]);
+        assert_eq!(state.fences.keys().copied().collect::<Vec<_>>(), vec![order(8)]);
+        given::<Inventory>([restocked(5), fenced(order(9), at()), fenced(order(8), later)])
+            .when(reserve(order(9), 1))
+            .then_error(InventoryError::Expired { at: at() });
+    }
+
+    #[test]
+    fn returning_a_committed_line_puts_its_units_back_and_an_uncommitted_one_is_released() {
+        let committed: InventoryEvent = ReservationCommitted { sku: sku(), order_id: order(1), quantity: units(4), committed_at: at() }.into();
+        let back = InventoryCommand::Return { sku: sku(), order_id: order(1), quantity: 4, at: at() };
+        let state = given::<Inventory>([restocked(5), reserved(order(1), 4), committed])
+            .when(back.clone())
+            .then([StockReturned { sku: sku(), order_id: order(1), quantity: units(4), returned_at: at() }.into()]);
+        assert_eq!((state.on_hand, state.reserved(), state.available()), (5, 0, 5));
+        given::<Inventory>([restocked(5), reserved(order(1), 3)])
+            .when(back.clone())
+            .then([ReservationReleased { sku: sku(), order_id: order(1), quantity: units(3), released_at: at() }.into()]);
+        given::<Inventory>([]).when(back).then_error(InventoryError::UnknownSku { sku: sku() });
+    }
+
+    #[test]
+    fn committing_without_a_reservation_is_refused() {
         given::<Inventory>([restocked(5), reserved(order(9), 1)])
             .when(InventoryCommand::Commit { sku: sku(), order_id: order(8), at: at() })
             .then_error(InventoryError::NoReservation { order_id: order(8) });

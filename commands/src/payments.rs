@@ -17,13 +17,17 @@
 //!   it; later is [`PaymentError::AuthorizationExpired`]. Captures are whole.
 //! - Void only an uncaptured authorization (compensation before capture);
 //!   refund only a captured payment (compensation after capture).
-//! - Voided and refunded are terminal.
+//! - **Fencing.** A void that finds no payment (the authorization never
+//!   arrived, or was declined) records [`PaymentFenced`]: an authorization
+//!   for the order arriving later (a late or repeated forward command of a
+//!   compensated saga) is refused ([`PaymentError::Fenced`]).
+//! - Voided, refunded and fenced are terminal.
 //!
 //! A refusal writes nothing: a declined authorization leaves no payment.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use strata_schemas::events::{PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentRefunded, PaymentVoided};
+use strata_schemas::events::{PaymentAuthorized, PaymentCaptured, PaymentEvent, PaymentFenced, PaymentRefunded, PaymentVoided};
 use strata_schemas::values::{Cents, InvalidValue};
 use uuid::Uuid;
 
@@ -75,6 +79,8 @@ pub enum PaymentStatus {
     Voided,
     /// Charge given back (terminal).
     Refunded,
+    /// Voided before any authorization arrived (terminal).
+    Fenced,
 }
 
 /// A payment as folded from its stream.
@@ -152,6 +158,12 @@ pub enum PaymentError {
         /// The order.
         order_id: Uuid,
     },
+    /// The order's payment was voided before this authorization arrived.
+    #[error("the payment of order {order_id} was voided before this authorization arrived")]
+    Fenced {
+        /// The order.
+        order_id: Uuid,
+    },
     /// No payment was authorized for the order.
     #[error("order {order_id} has no payment")]
     NotAuthorized {
@@ -203,8 +215,10 @@ impl Aggregate for Payment {
                 payment_method,
                 at,
             } => {
-                if state.status.is_some() {
-                    return Err(PaymentError::AlreadyAuthorized { order_id });
+                match state.status {
+                    Some(PaymentStatus::Fenced) => return Err(PaymentError::Fenced { order_id }),
+                    Some(_) => return Err(PaymentError::AlreadyAuthorized { order_id }),
+                    None => {}
                 }
                 let amount = Cents::new(amount_cents).map_err(PaymentError::InvalidAmount)?;
                 if payment_method.trim().is_empty() || payment_method.chars().count() > 64 {
@@ -237,6 +251,9 @@ impl Aggregate for Payment {
                 .into()])
             }
             PaymentCommand::Void { order_id, at } => {
+                if state.status.is_none() {
+                    return Ok(vec![PaymentFenced { order_id, fenced_at: at }.into()]);
+                }
                 require(state, order_id, PaymentStatus::Authorized, "void")?;
                 Ok(vec![PaymentVoided {
                     order_id,
@@ -267,6 +284,7 @@ impl Aggregate for Payment {
             PaymentEvent::PaymentCaptured(_) => state.status = Some(PaymentStatus::Captured),
             PaymentEvent::PaymentVoided(_) => state.status = Some(PaymentStatus::Voided),
             PaymentEvent::PaymentRefunded(_) => state.status = Some(PaymentStatus::Refunded),
+            PaymentEvent::PaymentFenced(_) => state.status = Some(PaymentStatus::Fenced),
         }
         state
     }
@@ -373,10 +391,24 @@ mod tests {
             .when(PaymentCommand::Refund { order_id: id(), at: at() })
             .then_error(PaymentError::WrongStatus { status: PaymentStatus::Authorized, action: "refund" });
         given::<Payment>([])
-            .when(PaymentCommand::Void { order_id: id(), at: at() })
+            .when(PaymentCommand::Refund { order_id: id(), at: at() })
             .then_error(PaymentError::NotAuthorized { order_id: id() });
         given::<Payment>([authorized(700), PaymentVoided { order_id: id(), amount_cents: cents(700), voided_at: at() }.into()])
             .when(PaymentCommand::Capture { order_id: id(), at: at() })
             .then_error(PaymentError::WrongStatus { status: PaymentStatus::Voided, action: "capture" });
+    }
+
+    #[test]
+    fn a_void_without_a_payment_fences_the_order_against_a_late_authorization() {
+        let fenced: PaymentEvent = PaymentFenced { order_id: id(), fenced_at: at() }.into();
+        let state = given::<Payment>([]).when(PaymentCommand::Void { order_id: id(), at: at() }).then([fenced.clone()]);
+        assert_eq!(state.status, Some(PaymentStatus::Fenced));
+        given::<Payment>([fenced.clone()]).when(authorize("card", 5)).then_error(PaymentError::Fenced { order_id: id() });
+        given::<Payment>([fenced.clone()])
+            .when(PaymentCommand::Void { order_id: id(), at: at() })
+            .then_error(PaymentError::WrongStatus { status: PaymentStatus::Fenced, action: "void" });
+        given::<Payment>([fenced])
+            .when(PaymentCommand::Capture { order_id: id(), at: at() })
+            .then_error(PaymentError::WrongStatus { status: PaymentStatus::Fenced, action: "capture" });
     }
 }

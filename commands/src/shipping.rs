@@ -9,12 +9,15 @@
 //!   ISO 3166 alpha-2 code is delivered.
 //! - One shipment per order ([`ShippingError::AlreadyCreated`]).
 //! - A created shipment can be cancelled once, with a reason (1 to 500
-//!   characters); cancelling a shipment that does not exist is
-//!   [`ShippingError::NotCreated`].
+//!   characters).
+//! - **Fencing.** Cancelling a shipment that does not exist (the booking
+//!   never arrived, or was refused) records [`ShipmentFenced`]: a booking for
+//!   the order arriving later (a late or repeated forward command of a
+//!   compensated saga) is refused ([`ShippingError::Fenced`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use strata_schemas::events::{ShipmentCancelled, ShipmentCreated, ShipmentEvent};
+use strata_schemas::events::{ShipmentCancelled, ShipmentCreated, ShipmentEvent, ShipmentFenced};
 use strata_schemas::values::{Address, InvalidValue};
 use uuid::Uuid;
 
@@ -35,6 +38,8 @@ pub enum ShipmentStatus {
     Created,
     /// Cancelled (terminal).
     Cancelled,
+    /// Cancelled before any booking arrived (terminal).
+    Fenced,
 }
 
 /// A shipment as folded from its stream.
@@ -90,9 +95,9 @@ pub enum ShippingError {
         /// The order.
         order_id: Uuid,
     },
-    /// The order has no shipment.
-    #[error("order {order_id} has no shipment")]
-    NotCreated {
+    /// The order's shipment was cancelled before this booking arrived.
+    #[error("the shipment of order {order_id} was cancelled before this booking arrived")]
+    Fenced {
         /// The order.
         order_id: Uuid,
     },
@@ -128,8 +133,10 @@ impl Aggregate for Shipment {
     fn decide(state: &ShipmentState, command: ShipmentCommand) -> Result<Vec<ShipmentEvent>, ShippingError> {
         match command {
             ShipmentCommand::Create { order_id, address, at } => {
-                if state.status.is_some() {
-                    return Err(ShippingError::AlreadyCreated { order_id });
+                match state.status {
+                    Some(ShipmentStatus::Fenced) => return Err(ShippingError::Fenced { order_id }),
+                    Some(_) => return Err(ShippingError::AlreadyCreated { order_id }),
+                    None => {}
                 }
                 address.check().map_err(ShippingError::InvalidAddress)?;
                 if UNDELIVERABLE_COUNTRIES.contains(&address.country.as_str()) {
@@ -145,8 +152,8 @@ impl Aggregate for Shipment {
                 .into()])
             }
             ShipmentCommand::Cancel { order_id, reason, at } => match state.status {
-                None => Err(ShippingError::NotCreated { order_id }),
-                Some(ShipmentStatus::Cancelled) => Err(ShippingError::AlreadyCancelled { order_id }),
+                None => Ok(vec![ShipmentFenced { order_id, fenced_at: at }.into()]),
+                Some(ShipmentStatus::Cancelled | ShipmentStatus::Fenced) => Err(ShippingError::AlreadyCancelled { order_id }),
                 Some(ShipmentStatus::Created) => {
                     if reason.trim().is_empty() || reason.chars().count() > 500 {
                         return Err(ShippingError::InvalidReason);
@@ -169,6 +176,7 @@ impl Aggregate for Shipment {
                 state.address = Some(created.address.clone());
             }
             ShipmentEvent::ShipmentCancelled(_) => state.status = Some(ShipmentStatus::Cancelled),
+            ShipmentEvent::ShipmentFenced(_) => state.status = Some(ShipmentStatus::Fenced),
         }
         state
     }
@@ -245,7 +253,13 @@ mod tests {
 
     #[test]
     fn cancelling_without_a_shipment_or_a_reason_is_refused() {
-        given::<Shipment>([]).when(cancel("x")).then_error(ShippingError::NotCreated { order_id: id() });
+        let fenced: ShipmentEvent = ShipmentFenced { order_id: id(), fenced_at: at() }.into();
+        let state = given::<Shipment>([]).when(cancel("x")).then([fenced.clone()]);
+        assert_eq!(state.status, Some(ShipmentStatus::Fenced));
+        given::<Shipment>([fenced.clone()])
+            .when(ShipmentCommand::Create { order_id: id(), address: address("BE"), at: at() })
+            .then_error(ShippingError::Fenced { order_id: id() });
+        given::<Shipment>([fenced]).when(cancel("x")).then_error(ShippingError::AlreadyCancelled { order_id: id() });
         given::<Shipment>([created()]).when(cancel("")).then_error(ShippingError::InvalidReason);
     }
 }

@@ -31,7 +31,7 @@ pub mod state;
 
 pub mod fulfilment;
 
-pub use orchestrator::{count_in_flight, Driven, Orchestrator, OrchestratorConfig};
+pub use orchestrator::{count_in_flight, list_stuck, resume, Driven, InFlight, Orchestrator, OrchestratorConfig, StuckSaga};
 pub use saga::{command_id, Clock, ManualClock, Outcome, Phase, Saga, SagaConfig, Services, StepSpec, SystemClock};
 
 use strata_schemas::DecodeError;

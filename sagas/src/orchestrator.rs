@@ -26,13 +26,25 @@
 //!
 //! A forward step that succeeded is recorded together with the next
 //! decision that is not a forward success (a retry, a failure, completion),
-//! in one append: a happy instance costs two appends (started, completed)
-//! instead of one per step. This is safe because a success is reproducible:
-//! after a crash the step is sent again under the same command ids and the
-//! services answer with its first outcome. Anything else (a refusal, a retry
-//! timer, a failure and every compensation) is recorded before the
-//! orchestrator acts on it, because sending a refused command again may get
-//! another answer.
+//! in one append: a happy instance costs three appends (started, the steps
+//! up to the pivot, the rest and completion) instead of one per step. This is
+//! safe because a success is reproducible: after a crash the step is sent
+//! again under the same command ids and the services answer with its first
+//! outcome. The pivot's success is recorded before any later command is
+//! sent, so an undo knows whether steps after the pivot may have run
+//! ([`crate::state::undo_scope`]). Anything else (a refusal, a retry timer, a
+//! failure and every compensation) is recorded before the orchestrator acts
+//! on it, because sending a refused command again may get another answer.
+//!
+//! # Cancellation, parking, resuming
+//!
+//! An event for which [`Saga::cancel_request`] names an instance (a client
+//! cancelling the order) is recorded as `SagaCancelRequested` in that
+//! instance, if it is running, completed or stuck going forward, and the
+//! instance is driven to undo itself. A parked instance (`SagaStuck`) is not
+//! driven until [`resume`] records `SagaResumed`; parked instances count as
+//! in flight for the recovery scan (they hold its low-water mark), and
+//! [`list_stuck`] lists them for operators.
 //!
 //! Replicas share one consumer group; the expected version makes concurrent
 //! drivers of one instance safe (see the issue note on partitioning).
@@ -43,7 +55,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
-use strata_schemas::events::{SagaEvent, SagaStarted};
+use strata_schemas::events::{SagaCancelRequested, SagaEvent, SagaPhase, SagaResumed, SagaStarted};
 use strata_schemas::DomainEvent;
 use strata_store::bus::{Delivery, Subscriber, Subscription};
 use strata_store::{
@@ -61,13 +73,27 @@ fn low_water_name(category: &str) -> String {
     format!("saga-{category}-low-water")
 }
 
+/// Where a scan saw an instance, by the types of its events only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeenStatus {
+    Running,
+    Compensating,
+    Terminal,
+    Stuck,
+}
+
 /// What a scan saw of one instance.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Seen {
     first: Position,
     last_at: DateTime<Utc>,
-    terminal: bool,
-    compensating: bool,
+    status: SeenStatus,
+    /// Undoing (a failure or a cancellation was recorded).
+    undoing: bool,
+    /// Its last event is `SagaResumed`: drive it now.
+    resumed: bool,
+    /// The last `SagaStuck` event, while parked.
+    stuck: Option<StuckSaga>,
 }
 
 /// Reads the events of `category` after `after`: what each instance did,
@@ -80,25 +106,96 @@ async fn scan(reader: &dyn EventReader, category: &str, after: Position) -> Resu
         let page = reader.read_all(request).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
-        for recorded in &page {
+        for recorded in page {
             let Ok(saga_id) = recorded.stream_id.id().parse::<Uuid>() else { continue };
-            let entry = seen.entry(saga_id).or_insert(Seen { first: recorded.position, last_at: recorded.recorded_at, terminal: false, compensating: false });
+            let entry = seen.entry(saga_id).or_insert(Seen {
+                first: recorded.position,
+                last_at: recorded.recorded_at,
+                status: SeenStatus::Running,
+                undoing: false,
+                resumed: false,
+                stuck: None,
+            });
             entry.last_at = recorded.recorded_at;
-            entry.terminal |= matches!(recorded.event_type.as_str(), "SagaCompleted" | "SagaAborted");
-            entry.compensating |= recorded.event_type == "SagaStepFailed";
+            entry.resumed = false;
+            match recorded.event_type.as_str() {
+                "SagaStepFailed" | "SagaCancelRequested" if entry.status != SeenStatus::Terminal => {
+                    entry.undoing |= recorded.event_type == "SagaStepFailed" || entry.status != SeenStatus::Compensating;
+                    entry.status = SeenStatus::Compensating;
+                }
+                "SagaCompleted" | "SagaAborted" => entry.status = SeenStatus::Terminal,
+                "SagaStuck" => {
+                    entry.status = SeenStatus::Stuck;
+                    if let Ok(SagaEvent::SagaStuck(stuck)) = SagaEvent::from_payload(&recorded.event_type, recorded.payload) {
+                        entry.stuck = Some(StuckSaga { saga_id, step: stuck.step, phase: stuck.phase, attempts: stuck.attempts, reason: stuck.reason, since: stuck.at });
+                    }
+                }
+                "SagaResumed" => {
+                    entry.status = if entry.undoing { SeenStatus::Compensating } else { SeenStatus::Running };
+                    entry.resumed = true;
+                    entry.stuck = None;
+                }
+                _ => {}
+            }
         }
     }
     Ok((seen, after))
 }
 
-/// Instances of `category` in flight, `running` and `compensating`, found
-/// after the orchestrator's low-water checkpoint (for metrics; moves nothing).
-pub async fn count_in_flight(reader: &dyn EventReader, checkpoints: &dyn CheckpointStore, category: &str) -> Result<(u64, u64), ReadError> {
+/// Instances of a saga category in flight, found after the orchestrator's
+/// low-water checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Going forward.
+    pub running: u64,
+    /// Undoing after a failure or a cancellation.
+    pub compensating: u64,
+    /// Parked until an operator resumes them.
+    pub stuck: u64,
+}
+
+/// Counts the instances of `category` in flight (for metrics; moves nothing).
+pub async fn count_in_flight(reader: &dyn EventReader, checkpoints: &dyn CheckpointStore, category: &str) -> Result<InFlight, ReadError> {
     let low = checkpoints.load_checkpoint(&low_water_name(category)).await?;
     let (seen, _) = scan(reader, category, low).await?;
-    let in_flight = seen.values().filter(|s| !s.terminal);
-    let (compensating, running): (Vec<&Seen>, Vec<&Seen>) = in_flight.partition(|s| s.compensating);
-    Ok((running.len() as u64, compensating.len() as u64))
+    let mut counts = InFlight::default();
+    for entry in seen.values() {
+        match entry.status {
+            SeenStatus::Running => counts.running += 1,
+            SeenStatus::Compensating => counts.compensating += 1,
+            SeenStatus::Stuck => counts.stuck += 1,
+            SeenStatus::Terminal => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// A parked instance, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StuckSaga {
+    /// The instance.
+    pub saga_id: Uuid,
+    /// The step it is parked at.
+    pub step: String,
+    /// Which part of the step.
+    pub phase: SagaPhase,
+    /// Attempts made before it was parked.
+    pub attempts: u32,
+    /// The last failure.
+    pub reason: String,
+    /// When it was parked.
+    pub since: DateTime<Utc>,
+}
+
+/// Every parked instance of `category`, oldest first (parked instances hold
+/// the recovery scan's low-water mark, so the scan from it sees them all).
+pub async fn list_stuck(reader: &dyn EventReader, checkpoints: &dyn CheckpointStore, category: &str) -> Result<Vec<StuckSaga>, ReadError> {
+    let low = checkpoints.load_checkpoint(&low_water_name(category)).await?;
+    let (seen, _) = scan(reader, category, low).await?;
+    let mut stuck: Vec<StuckSaga> = seen.into_values().filter(|s| s.status == SeenStatus::Stuck).filter_map(|s| s.stuck).collect();
+    stuck.sort_by_key(|s| s.since);
+    Ok(stuck)
 }
 
 /// How the orchestrator runs.
@@ -188,26 +285,7 @@ impl<S: Saga> Orchestrator<S> {
 
     /// Reads an instance's state from its stream.
     pub async fn load(&self, saga_id: Uuid) -> Result<SagaState<S::Data>, SagaError> {
-        let stream_id = Self::stream_id(saga_id);
-        let mut state = SagaState::default();
-        loop {
-            let request = ReadStream {
-                from_version: state.version + 1,
-                ..ReadStream::forward(1_000)
-            };
-            let page = self.store.read_stream(&stream_id, request).await.map_err(SagaError::Read)?;
-            let len = page.len();
-            for recorded in page {
-                let event = SagaEvent::from_payload(&recorded.event_type, recorded.payload).map_err(|source| SagaError::Undecodable {
-                    stream_id: stream_id.clone(),
-                    source,
-                })?;
-                state = evolve::<S>(state, &event, recorded.stream_version);
-            }
-            if len < 1_000 {
-                return Ok(state);
-            }
-        }
+        load::<S>(&*self.store, saga_id).await
     }
 
     /// Starts the instance `event` triggers, if any; `Some(id)` also when it
@@ -255,16 +333,26 @@ impl<S: Saga> Orchestrator<S> {
     /// Drives an instance as far as it can go now: sends what is due,
     /// records outcomes, and stops at a timer or a terminal state.
     pub async fn drive(&self, saga_id: Uuid) -> Result<Driven, SagaError> {
-        let turn = self.turns.lock().unwrap_or_else(|p| p.into_inner()).entry(saga_id).or_default().clone();
+        let turn = self.turn(saga_id);
         let result = {
             let _held = turn.lock().await;
             self.drive_held(saga_id).await
         };
+        self.end_turn(saga_id, turn);
+        result
+    }
+
+    /// The instance's turn: one drive or cancellation at a time per process.
+    fn turn(&self, saga_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner()).entry(saga_id).or_default().clone()
+    }
+
+    /// Forgets the turn when no one else waits for it.
+    fn end_turn(&self, saga_id: Uuid, turn: Arc<tokio::sync::Mutex<()>>) {
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         if Arc::strong_count(&turn) <= 2 {
             turns.remove(&saga_id);
         }
-        result
     }
 
     async fn drive_held(&self, saga_id: Uuid) -> Result<Driven, SagaError> {
@@ -298,7 +386,10 @@ impl<S: Saga> Orchestrator<S> {
                     (react::<S>(&state, &request, &outcome, &self.config.saga, now), causation)
                 }
             };
-            let forward_success = matches!(events.as_slice(), [SagaEvent::SagaStepSucceeded(success)] if !success.compensation);
+            // Successes are buffered up to (not including) the pivot's: see
+            // "Recording" in the module docs.
+            let forward_success = matches!(events.as_slice(), [SagaEvent::SagaStepSucceeded(success)]
+                if !success.compensation && S::STEPS.iter().position(|step| step.name == success.step).is_some_and(|step| step < S::PIVOT));
             for event in &events {
                 let version = state.version + 1;
                 state = evolve::<S>(state, event, version);
@@ -372,7 +463,7 @@ impl<S: Saga> Orchestrator<S> {
         let name = Self::low_water_name();
         let low = self.checkpoints.load_checkpoint(&name).await.map_err(SagaError::Read)?;
         let (seen, after) = scan(&*self.store, S::CATEGORY, low).await.map_err(SagaError::Read)?;
-        let oldest_in_flight = seen.values().filter(|s| !s.terminal).map(|s| s.first).min();
+        let oldest_in_flight = seen.values().filter(|s| s.status != SeenStatus::Terminal).map(|s| s.first).min();
         let low_water = oldest_in_flight.map_or(after, |first| Position(first.0.saturating_sub(1)));
         if low_water > low {
             if let Err(error) = self.checkpoints.save_checkpoint(&name, low_water).await {
@@ -383,7 +474,12 @@ impl<S: Saga> Orchestrator<S> {
         let busy: BTreeSet<Uuid> = self.turns.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
         Ok(seen
             .into_iter()
-            .filter(|(id, s)| !s.terminal && (!stalled_only || (s.last_at < stalled_before && !busy.contains(id))))
+            .filter(|(id, s)| match s.status {
+                SeenStatus::Terminal | SeenStatus::Stuck => false,
+                SeenStatus::Running | SeenStatus::Compensating => {
+                    !stalled_only || ((s.resumed || s.last_at < stalled_before) && !busy.contains(id))
+                }
+            })
             .map(|(id, _)| id)
             .collect())
     }
@@ -397,9 +493,50 @@ impl<S: Saga> Orchestrator<S> {
         Ok(in_flight.len())
     }
 
-    /// Handles one trigger delivery: start, drive, then ack (nack on error).
+    /// Records a cancellation request in an instance that can still undo
+    /// itself (running, completed, or stuck going forward) and drives it;
+    /// `false` if there is no such instance (not started, already undoing or
+    /// aborted: nothing to do).
+    pub async fn cancel(&self, saga_id: Uuid, reason: &str, causation: Option<Uuid>) -> Result<bool, SagaError> {
+        let turn = self.turn(saga_id);
+        let requested = {
+            let _held = turn.lock().await;
+            loop {
+                let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&saga_id);
+                let state = match cached {
+                    Some(state) => state,
+                    None => match self.load(saga_id).await {
+                        Ok(state) => state,
+                        Err(error) => break Err(error),
+                    },
+                };
+                let undoing = state.status == SagaStatus::Compensating || state.failed.is_some();
+                if state.status == SagaStatus::New || state.status == SagaStatus::Aborted || undoing {
+                    break Ok(false);
+                }
+                let request: SagaEvent = SagaCancelRequested { reason: reason.chars().take(400).collect(), at: self.clock.now() }.into();
+                match self.append(saga_id, state.version, vec![request], causation).await {
+                    Ok(()) => break Ok(true),
+                    Err(SagaError::Append(AppendError::Conflict { .. })) => continue,
+                    Err(error) => break Err(error),
+                }
+            }
+        };
+        self.end_turn(saga_id, turn);
+        let requested = requested?;
+        if requested {
+            self.drive(saga_id).await?;
+        }
+        Ok(requested)
+    }
+
+    /// Handles one trigger delivery: start (or record a cancellation), drive,
+    /// then ack (nack on error).
     pub async fn handle(&self, delivery: Delivery) {
         let result = async {
+            if let Some((saga_id, reason)) = S::cancel_request(&delivery.event) {
+                return self.cancel(saga_id, &reason, Some(delivery.event.event_id)).await.map(|_| None);
+            }
             match self.start(&delivery.event).await? {
                 Some(saga_id) => self.drive(saga_id).await.map(Some),
                 None => Ok(None),
@@ -495,5 +632,59 @@ impl<S: Saga> Orchestrator<S> {
         }
         let _all = permits.acquire_many(self.config.concurrency.max(1) as u32).await;
         Ok(())
+    }
+}
+
+/// Reads an instance's state from its stream.
+async fn load<S: Saga>(reader: &dyn EventReader, saga_id: Uuid) -> Result<SagaState<S::Data>, SagaError> {
+    let stream_id = Orchestrator::<S>::stream_id(saga_id);
+    let mut state = SagaState::default();
+    loop {
+        let request = ReadStream {
+            from_version: state.version + 1,
+            ..ReadStream::forward(1_000)
+        };
+        let page = reader.read_stream(&stream_id, request).await.map_err(SagaError::Read)?;
+        let len = page.len();
+        for recorded in page {
+            let event = SagaEvent::from_payload(&recorded.event_type, recorded.payload).map_err(|source| SagaError::Undecodable {
+                stream_id: stream_id.clone(),
+                source,
+            })?;
+            state = evolve::<S>(state, &event, recorded.stream_version);
+        }
+        if len < 1_000 {
+            return Ok(state);
+        }
+    }
+}
+
+/// Records `SagaResumed` in a parked instance of `S` (an operator's decision):
+/// the part it was parked at is tried again with fresh attempts by the next
+/// orchestrator that scans for it. `false` if the instance is not parked.
+pub async fn resume<S: Saga>(store: &dyn EventStore, saga_id: Uuid, actor: &str, now: DateTime<Utc>) -> Result<bool, SagaError> {
+    let stream_id = Orchestrator::<S>::stream_id(saga_id);
+    loop {
+        let state = load::<S>(store, saga_id).await?;
+        if state.status != SagaStatus::Stuck {
+            return Ok(false);
+        }
+        let event: SagaEvent = SagaResumed { at: now }.into();
+        let append = StreamAppend {
+            stream_id: stream_id.clone(),
+            expected: ExpectedVersion::Exact(state.version),
+            events: vec![NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                payload: event.to_payload(),
+                metadata: EventMetadata { correlation_id: Some(saga_id), actor: Some(actor.to_owned()), ..EventMetadata::default() },
+            }],
+        };
+        match store.append(vec![append]).await {
+            Ok(_) => return Ok(true),
+            Err(AppendError::Conflict { .. }) => continue,
+            Err(error) => return Err(SagaError::Append(error)),
+        }
     }
 }

@@ -73,6 +73,14 @@ pub trait Saga: Send + Sync + 'static {
 
     /// The commands that close a failed instance once compensated.
     fn abort_commands(data: &Self::Data, failed_step: usize, reason: &str, at: DateTime<Utc>) -> Vec<Self::Command>;
+
+    /// Whether an event of the log asks an instance to undo what it did (a
+    /// cancellation), and which instance, with the reason. Only instances
+    /// still running or completed react (see [`crate::state`]).
+    fn cancel_request(event: &RecordedEvent) -> Option<(Uuid, String)> {
+        let _ = event;
+        None
+    }
 }
 
 /// The id of the `index`-th command of a step part of an instance: the same
@@ -157,6 +165,10 @@ pub struct SagaConfig {
     pub backoff_base: Duration,
     /// Retry delays never exceed this.
     pub backoff_max: Duration,
+    /// A part that cannot fail (a compensation, a step after the pivot, the
+    /// abort) is parked as stuck once it failed `max_attempts` times and this
+    /// long has passed since it began.
+    pub park_after: Duration,
 }
 
 impl Default for SagaConfig {
@@ -166,6 +178,7 @@ impl Default for SagaConfig {
             max_attempts: 8,
             backoff_base: Duration::milliseconds(50),
             backoff_max: Duration::seconds(2),
+            park_after: Duration::seconds(60),
         }
     }
 }

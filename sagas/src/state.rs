@@ -14,14 +14,28 @@
 //!   [`SagaConfig::max_attempts`] transient failures, or when its deadline
 //!   (from when it began) has passed while it is waiting to retry. A step
 //!   that succeeded is never failed by its deadline.
-//! - After a failure, every step up to the failed one (it may have done part
-//!   of its work) that has a compensation is compensated, in reverse order,
-//!   then the abort commands run. Compensations and steps after the pivot
-//!   cannot fail: they are retried until done.
+//! - After a failure, every step that may have run ([`undo_scope`]: up to
+//!   the pivot, or every step once one after the pivot is recorded) and has a
+//!   compensation is compensated, in reverse order, then the abort commands
+//!   run. The failed step may have done part of its work; later steps may
+//!   have been run by a concurrent or stale driver whose successes were not
+//!   recorded. Compensating a step that never ran finds nothing to undo, and
+//!   the service fences it, so a late forward command cannot apply.
+//! - A cancellation request ([`Saga::cancel_request`], recorded as
+//!   `SagaCancelRequested`) of a running or completed instance compensates
+//!   the same way (steps after the pivot included once one is recorded); it
+//!   runs no abort commands (the requester already did what it asked for).
+//!   An instance already undoing or over ignores it.
+//! - Compensations, steps after the pivot and the abort cannot fail: they are
+//!   retried, and once a part has failed [`SagaConfig::max_attempts`] times
+//!   and [`SagaConfig::park_after`] has passed since it began, the instance
+//!   is parked (`SagaStuck`, status [`SagaStatus::Stuck`]) with the reason,
+//!   never retried forever. An operator's `SagaResumed` tries the part again
+//!   with fresh attempts.
 
 use chrono::{DateTime, Utc};
 use strata_schemas::events::{
-    SagaAborted, SagaCompleted, SagaEvent, SagaStepFailed, SagaStepRetryScheduled, SagaStepSucceeded,
+    SagaAborted, SagaCompleted, SagaEvent, SagaPhase, SagaStepFailed, SagaStepRetryScheduled, SagaStepSucceeded, SagaStuck,
 };
 use uuid::Uuid;
 
@@ -42,8 +56,10 @@ pub enum SagaStatus {
     Compensating,
     /// Every step succeeded (terminal).
     Completed,
-    /// Failed and compensated (terminal).
+    /// Failed (or cancelled) and compensated (terminal).
     Aborted,
+    /// Parked: a part that cannot fail kept failing; waits for an operator.
+    Stuck,
 }
 
 impl SagaStatus {
@@ -66,8 +82,12 @@ pub struct SagaState<D> {
     pub status: SagaStatus,
     /// Forward steps that succeeded (they succeed in order).
     pub succeeded: usize,
-    /// The step that failed and why.
+    /// The step that failed (or the step a cancellation found it at) and why.
     pub failed: Option<(usize, String)>,
+    /// Compensating because of a cancellation request, not a failure.
+    pub cancelled: bool,
+    /// Why it is parked (while [`SagaStatus::Stuck`]).
+    pub stuck: Option<String>,
     /// Steps compensated so far.
     pub compensated: Vec<usize>,
     /// When the current part began (a failable step's deadline counts from it).
@@ -91,6 +111,8 @@ impl<D> Default for SagaState<D> {
             status: SagaStatus::New,
             succeeded: 0,
             failed: None,
+            cancelled: false,
+            stuck: None,
             compensated: Vec::new(),
             began_at: None,
             attempts: 0,
@@ -175,8 +197,42 @@ pub fn evolve<S: Saga>(mut state: SagaState<S::Data>, event: &SagaEvent, version
         }
         SagaEvent::SagaCompleted(_) => state.status = SagaStatus::Completed,
         SagaEvent::SagaAborted(_) => state.status = SagaStatus::Aborted,
+        SagaEvent::SagaCancelRequested(request) => {
+            let undoing = state.status == SagaStatus::Compensating || (state.status == SagaStatus::Stuck && state.failed.is_some());
+            if matches!(state.status, SagaStatus::Running | SagaStatus::Completed | SagaStatus::Stuck) && !undoing {
+                // Named after the step it was at; what is undone is
+                // `undo_scope`.
+                let at_step = state.succeeded.min(S::STEPS.len() - 1);
+                state.status = SagaStatus::Compensating;
+                state.failed = Some((at_step, clip(format!("cancelled: {}", request.reason))));
+                state.cancelled = true;
+                state.stuck = None;
+                fresh_part(&mut state, request.at);
+            }
+        }
+        SagaEvent::SagaStuck(stuck) => {
+            state.status = SagaStatus::Stuck;
+            state.stuck = Some(stuck.reason.clone());
+            state.retry_at = None;
+        }
+        SagaEvent::SagaResumed(resumed) => {
+            if state.status == SagaStatus::Stuck {
+                state.status = if state.failed.is_some() { SagaStatus::Compensating } else { SagaStatus::Running };
+                state.stuck = None;
+                fresh_part(&mut state, resumed.at);
+            }
+        }
     }
     state
+}
+
+/// Which part of a step a [`Phase`] is, as stored.
+fn stored_phase(phase: Phase) -> SagaPhase {
+    match phase {
+        Phase::Action => SagaPhase::Action,
+        Phase::Compensation => SagaPhase::Compensation,
+        Phase::Abort => SagaPhase::Abort,
+    }
 }
 
 /// The part the instance is at: a step and a phase.
@@ -185,13 +241,27 @@ fn current_part<S: Saga>(state: &SagaState<S::Data>, data: &S::Data, at: DateTim
         SagaStatus::Running if state.succeeded < S::STEPS.len() => Some((state.succeeded, Phase::Action)),
         SagaStatus::Compensating => {
             let (failed, _) = state.failed.as_ref()?;
-            let pending = (0..=*failed)
+            let pending = (0..=undo_scope::<S>(state))
                 .rev()
                 .find(|step| !state.compensated.contains(step) && !S::commands(data, *step, Phase::Compensation, at).is_empty());
             Some(pending.map_or((*failed, Phase::Abort), |step| (step, Phase::Compensation)))
         }
         _ => None,
     }
+}
+
+/// The last step an undoing instance compensates: every step that may have
+/// run, recorded or not. Forward successes up to the pivot may be unrecorded
+/// (a driver records them together, and a concurrent or stale driver may have
+/// run further than the recorded state shows), but they are recorded before
+/// any command after the pivot is sent (see the orchestrator's "Recording").
+/// So: up to the pivot while no step after it is recorded, else every step.
+/// Compensating a step that never ran finds nothing to undo and fences it
+/// (its services refuse the late forward command).
+pub fn undo_scope<S: Saga>(state: &SagaState<S::Data>) -> usize {
+    let last = S::STEPS.len() - 1;
+    let reached = if state.succeeded > S::PIVOT { last } else { S::PIVOT.min(last) };
+    state.failed.as_ref().map_or(reached, |(failed, _)| reached.max(*failed))
 }
 
 fn failable<S: Saga>(step: usize, phase: Phase) -> bool {
@@ -225,6 +295,8 @@ pub fn next<S: Saga>(state: &SagaState<S::Data>, config: &SagaConfig, now: DateT
         }
     }
     let commands = match phase {
+        // A cancellation's requester already did what it asked for.
+        Phase::Abort if state.cancelled => Vec::new(),
         Phase::Abort => {
             let (failed, reason) = state.failed.as_ref().expect("compensating has a failure");
             S::abort_commands(data, *failed, reason, now)
@@ -232,6 +304,9 @@ pub fn next<S: Saga>(state: &SagaState<S::Data>, config: &SagaConfig, now: DateT
         _ => S::commands(data, step, phase, now),
     };
     let name = S::STEPS[step].name;
+    if phase == Phase::Abort && commands.is_empty() {
+        return Next::Record(react::<S>(state, &Request { step, phase, attempt: state.attempts + 1, commands: Vec::new() }, &Outcome::Done, config, now));
+    }
     Next::Send(Request {
         step,
         phase,
@@ -247,13 +322,20 @@ pub fn next<S: Saga>(state: &SagaState<S::Data>, config: &SagaConfig, now: DateT
 /// The events that record `outcome` of `request`.
 pub fn react<S: Saga>(state: &SagaState<S::Data>, request: &Request<S::Command>, outcome: &Outcome, config: &SagaConfig, now: DateTime<Utc>) -> Vec<SagaEvent> {
     let name = S::STEPS[request.step].name.to_owned();
-    let compensation = request.phase == Phase::Compensation;
+    // Undoing (a compensation or the abort) does not touch the step's own
+    // status in views.
+    let compensation = request.phase != Phase::Action;
     let retry = |reason: String| -> Vec<SagaEvent> {
         let counted = reason != NO_ANSWER;
         let failures = state.counted_failures + u32::from(counted);
-        if failable::<S>(request.step, request.phase) && counted && failures >= config.max_attempts {
-            let reason = format!("gave up after {failures} attempts: {reason}");
-            return vec![SagaStepFailed { step: name.clone(), reason: clip(reason), at: now }.into()];
+        if failable::<S>(request.step, request.phase) {
+            if counted && failures >= config.max_attempts {
+                let reason = format!("gave up after {failures} attempts: {reason}");
+                return vec![SagaStepFailed { step: name.clone(), reason: clip(reason), at: now }.into()];
+            }
+        } else if request.attempt >= config.max_attempts && now >= state.began_at.unwrap_or(now) + config.park_after {
+            let reason = format!("parked after {} attempts: {reason}", request.attempt);
+            return vec![SagaStuck { step: name.clone(), phase: stored_phase(request.phase), attempts: request.attempt, reason: clip(reason), at: now }.into()];
         }
         let retry_at = now + config.backoff(state.saga_id, failures.max(state.attempts + 1));
         vec![SagaStepRetryScheduled { step: name.clone(), compensation, attempt: request.attempt, reason: clip(reason), retry_at, at: now }.into()]

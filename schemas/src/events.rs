@@ -127,6 +127,34 @@ pub struct ReservationCommitted {
     pub committed_at: DateTime<Utc>,
 }
 
+/// A release found no reservation for the order: any later reservation of
+/// the SKU for it is refused (a fence against a late reserve).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReservationFenced {
+    /// The SKU.
+    pub sku: Sku,
+    /// The order.
+    pub order_id: Uuid,
+    /// When.
+    pub fenced_at: DateTime<Utc>,
+}
+
+/// Units an order had committed came back to on-hand stock (the order was
+/// cancelled after confirmation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StockReturned {
+    /// The SKU.
+    pub sku: Sku,
+    /// The order.
+    pub order_id: Uuid,
+    /// How many units came back.
+    pub quantity: Quantity,
+    /// When.
+    pub returned_at: DateTime<Utc>,
+}
+
 /// The gateway held the order's amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -177,6 +205,17 @@ pub struct PaymentRefunded {
     pub refunded_at: DateTime<Utc>,
 }
 
+/// A void found no payment for the order: a later authorization for it is
+/// refused (a fence against a late authorize).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PaymentFenced {
+    /// The order.
+    pub order_id: Uuid,
+    /// When.
+    pub fenced_at: DateTime<Utc>,
+}
+
 /// A shipment was booked with the carrier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -199,6 +238,17 @@ pub struct ShipmentCancelled {
     pub reason: String,
     /// When.
     pub cancelled_at: DateTime<Utc>,
+}
+
+/// A cancellation found no shipment for the order: a later booking for it
+/// is refused (a fence against a late create).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShipmentFenced {
+    /// The order.
+    pub order_id: Uuid,
+    /// When.
+    pub fenced_at: DateTime<Utc>,
 }
 
 /// A saga instance began; `data` is what its definition needs to build commands.
@@ -276,6 +326,54 @@ pub struct SagaAborted {
     pub at: DateTime<Utc>,
 }
 
+/// Something outside the saga (a client cancelling the order) asked the
+/// instance to undo what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaCancelRequested {
+    /// Why, as the requester said it.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Which part of a step a [`SagaStuck`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaPhase {
+    /// The step's action.
+    Action,
+    /// The step's compensation.
+    Compensation,
+    /// The commands that close a failed instance.
+    Abort,
+}
+
+/// A part that cannot fail kept failing past its bound: the instance is
+/// parked until an operator resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaStuck {
+    /// The step's name.
+    pub step: String,
+    /// Which part of it.
+    pub phase: SagaPhase,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// An operator resumed a stuck instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SagaResumed {
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 domain_events! {
     /// Everything that happens to a saga instance (stream `<category>-<sagaId>`).
     pub enum SagaEvent {
@@ -291,6 +389,12 @@ domain_events! {
         SagaCompleted(SagaCompleted) = 1,
         /// See [`SagaAborted`].
         SagaAborted(SagaAborted) = 1,
+        /// See [`SagaCancelRequested`].
+        SagaCancelRequested(SagaCancelRequested) = 1,
+        /// See [`SagaStuck`].
+        SagaStuck(SagaStuck) = 1,
+        /// See [`SagaResumed`].
+        SagaResumed(SagaResumed) = 1,
     }
 }
 
@@ -319,6 +423,10 @@ domain_events! {
         ReservationReleased(ReservationReleased) = 1,
         /// See [`ReservationCommitted`].
         ReservationCommitted(ReservationCommitted) = 1,
+        /// See [`ReservationFenced`].
+        ReservationFenced(ReservationFenced) = 1,
+        /// See [`StockReturned`].
+        StockReturned(StockReturned) = 1,
     }
 }
 
@@ -333,6 +441,8 @@ domain_events! {
         PaymentVoided(PaymentVoided) = 1,
         /// See [`PaymentRefunded`].
         PaymentRefunded(PaymentRefunded) = 1,
+        /// See [`PaymentFenced`].
+        PaymentFenced(PaymentFenced) = 1,
     }
 }
 
@@ -343,6 +453,8 @@ domain_events! {
         ShipmentCreated(ShipmentCreated) = 1,
         /// See [`ShipmentCancelled`].
         ShipmentCancelled(ShipmentCancelled) = 1,
+        /// See [`ShipmentFenced`].
+        ShipmentFenced(ShipmentFenced) = 1,
     }
 }
 
@@ -410,6 +522,8 @@ mod tests {
             StockReserved { sku: sku.clone(), order_id, quantity, reserved_at: at() }.into(),
             ReservationReleased { sku: sku.clone(), order_id, quantity, released_at: at() }.into(),
             ReservationCommitted { sku: sku.clone(), order_id, quantity, committed_at: at() }.into(),
+            ReservationFenced { sku: sku.clone(), order_id, fenced_at: at() }.into(),
+            StockReturned { sku: sku.clone(), order_id, quantity, returned_at: at() }.into(),
         ] {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }
@@ -423,12 +537,14 @@ mod tests {
             PaymentCaptured { order_id, amount_cents: amount, captured_at: at() }.into(),
             PaymentVoided { order_id, amount_cents: amount, voided_at: at() }.into(),
             PaymentRefunded { order_id, amount_cents: amount, refunded_at: at() }.into(),
+            PaymentFenced { order_id, fenced_at: at() }.into(),
         ] {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }
         for event in [
             ShipmentEvent::from(ShipmentCreated { order_id, address: address(), created_at: at() }),
             ShipmentCancelled { order_id, reason: "order cancelled".into(), cancelled_at: at() }.into(),
+            ShipmentFenced { order_id, fenced_at: at() }.into(),
         ] {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }
@@ -440,6 +556,9 @@ mod tests {
             SagaStepFailed { step: step(), reason: "card declined".into(), at: at() }.into(),
             SagaCompleted { at: at() }.into(),
             SagaAborted { failed_step: step(), reason: "card declined".into(), at: at() }.into(),
+            SagaCancelRequested { reason: "changed my mind".into(), at: at() }.into(),
+            SagaStuck { step: step(), phase: SagaPhase::Compensation, attempts: 8, reason: "refused: no".into(), at: at() }.into(),
+            SagaResumed { at: at() }.into(),
         ] {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }

@@ -7,18 +7,28 @@
 //!   enough that it is still within its step deadline (plus the longest retry
 //!   delay and a grace period); every order has a saga, or was placed within
 //!   the grace period.
+//! - `saga-settles`: no saga has been undoing (compensating after a failure
+//!   or a cancellation) for longer than its bound (the time after which a
+//!   part that cannot fail is parked, plus the step deadline and the grace
+//!   period), even if it keeps retrying.
+//! - `saga-stuck`: no saga is parked (`SagaStuck`) waiting for an operator.
+//! - `order-matches-saga`: an order cancelled by its customer does not keep
+//!   a saga that completed (the cancellation was never undone) past the
+//!   grace period.
 //! - `stock-conserved`: per SKU, no reservation ever exceeded the available
 //!   units, every release or commit moved exactly the units its reservation
-//!   held, and restocked = available + reserved + shipped at the end.
+//!   held, no order got back more units than it committed, and restocked =
+//!   available + reserved + shipped (committed minus returned) at the end.
 //! - `no-double-capture`: no payment captured more than once.
 //! - `cancelled-order-released`: a cancelled order whose saga is over holds no
 //!   reservation, no authorized or captured (unrefunded) payment, no booked
-//!   shipment, and had no stock committed.
+//!   shipment, and no committed stock that was not returned.
 //! - `completed-order-settled`: a completed saga's order is confirmed (or
 //!   shipped), its payment captured, every line's stock committed and its
 //!   shipment booked.
-//! - `aborted-order-cancelled`: an aborted saga's order is cancelled, naming
-//!   the failed step when it is one of the order's steps.
+//! - `aborted-order-cancelled`: an aborted saga's order is cancelled; a step
+//!   it names is the one the saga failed at (a customer's cancellation names
+//!   none); no step after the pivot failed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -95,8 +105,10 @@ pub struct StockFigures {
     pub available: u64,
     /// Held by reservations.
     pub reserved: u64,
-    /// Committed (left with shipments).
+    /// Committed (left with shipments) and not returned.
     pub shipped: u64,
+    /// Committed units that came back (orders cancelled after confirmation).
+    pub returned: u64,
 }
 
 #[derive(Default)]
@@ -108,7 +120,11 @@ struct OrderFacts {
     shipment: ShipmentState,
     saga: SagaState<FulfilmentData>,
     saga_last_at: Option<DateTime<Utc>>,
-    committed: Vec<String>,
+    /// When the saga began undoing (a failure or a cancellation).
+    undoing_since: Option<DateTime<Utc>>,
+    cancelled_at: Option<DateTime<Utc>>,
+    /// Per SKU: units committed, units returned.
+    committed: BTreeMap<String, (u64, u64)>,
 }
 
 /// Reads the whole log and checks every rule.
@@ -130,8 +146,10 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
                 "order" => {
                     let (Ok(id), Ok(event)) = (id, OrderEvent::from_payload(&recorded.event_type, recorded.payload)) else { continue };
                     let facts = orders.entry(id).or_default();
-                    if matches!(event, OrderEvent::OrderPlaced(_)) {
-                        facts.placed_at = Some(recorded.recorded_at);
+                    match event {
+                        OrderEvent::OrderPlaced(_) => facts.placed_at = Some(recorded.recorded_at),
+                        OrderEvent::OrderCancelled(_) => facts.cancelled_at = Some(recorded.recorded_at),
+                        _ => {}
                     }
                     facts.order = Order::evolve(std::mem::take(&mut facts.order), &event);
                 }
@@ -172,16 +190,32 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
                                 violation("stock-conserved", format!("order {} committed {} of a reservation of {}", committed.order_id, committed.quantity.get(), held(&committed.order_id)));
                             }
                             figures.shipped += u64::from(committed.quantity.get());
-                            orders.entry(committed.order_id).or_default().committed.push(recorded.stream_id.id().to_owned());
+                            let entry = orders.entry(committed.order_id).or_default().committed.entry(recorded.stream_id.id().to_owned()).or_default();
+                            entry.0 += u64::from(committed.quantity.get());
                         }
+                        InventoryEvent::StockReturned(returned) => {
+                            let units = u64::from(returned.quantity.get());
+                            let entry = orders.entry(returned.order_id).or_default().committed.entry(recorded.stream_id.id().to_owned()).or_default();
+                            entry.1 += units;
+                            if entry.1 > entry.0 {
+                                violation("stock-conserved", format!("order {} got {} units back of {} committed", returned.order_id, entry.1, entry.0));
+                            }
+                            figures.shipped = figures.shipped.saturating_sub(units);
+                            figures.returned += units;
+                        }
+                        InventoryEvent::ReservationFenced(_) => {}
                     }
                     *state = Inventory::evolve(std::mem::take(state), &event);
                 }
                 category if category == CATEGORY => {
                     let (Ok(id), Ok(event)) = (id, SagaEvent::from_payload(&recorded.event_type, recorded.payload)) else { continue };
                     let facts = orders.entry(id).or_default();
+                    let was_undoing = facts.saga.failed.is_some();
                     facts.saga = evolve::<Fulfilment>(std::mem::take(&mut facts.saga), &event, recorded.stream_version);
                     facts.saga_last_at = Some(recorded.recorded_at);
+                    if !was_undoing && facts.saga.failed.is_some() {
+                        facts.undoing_since = Some(recorded.recorded_at);
+                    }
                 }
                 _ => {}
             }
@@ -206,6 +240,7 @@ fn check_stock(report: &mut AuditReport, stock: BTreeMap<String, (<Inventory as 
         figures.reserved = state.reserved();
         figures.available = state.available();
         let on_hand = figures.restocked.checked_sub(figures.shipped);
+        // `shipped` is net of returns, so on hand = restocked - shipped.
         if on_hand != Some(state.on_hand) || figures.restocked != figures.available + figures.reserved + figures.shipped {
             report.violations.push(Violation {
                 rule: "stock-conserved",
@@ -241,8 +276,24 @@ fn check_order(report: &mut AuditReport, config: &AuditConfig, order_id: Uuid, f
         (SagaStatus::Running | SagaStatus::Compensating, Some(last_at), _) if last_at + allowed < config.now => {
             violation("saga-in-flight", format!("saga {:?} with no progress since {last_at} ({})", saga.status, saga.last_error.as_deref().unwrap_or("no error")));
         }
+        (SagaStatus::Stuck, _, _) => {
+            violation("saga-stuck", format!("saga parked: {}", saga.stuck.as_deref().unwrap_or("no reason recorded")));
+        }
         _ => {}
     }
+    let settle_within = config.saga.park_after + config.saga.step_deadline + config.grace;
+    if let (SagaStatus::Compensating, Some(since)) = (saga.status, facts.undoing_since) {
+        if since + settle_within < config.now {
+            violation("saga-settles", format!("undoing since {since} ({})", saga.last_error.as_deref().unwrap_or("no error")));
+        }
+    }
+    if let (Some(OrderStatus::Cancelled), SagaStatus::Completed, Some(cancelled_at)) = (order_status, saga.status, facts.cancelled_at) {
+        if cancelled_at + config.grace < config.now {
+            violation("order-matches-saga", format!("cancelled at {cancelled_at} but its saga stays completed (nothing undone)"));
+        }
+    }
+    let committed_lines = facts.committed.values().filter(|(committed, returned)| committed > returned).count();
+    let committed_skus = || facts.committed.iter().filter(|(_, (c, r))| c > r).map(|(sku, _)| sku.as_str()).collect::<Vec<_>>().join(", ");
     match saga.status {
         SagaStatus::Completed => {
             if !matches!(order_status, Some(OrderStatus::Confirmed | OrderStatus::Shipped)) {
@@ -251,8 +302,8 @@ fn check_order(report: &mut AuditReport, config: &AuditConfig, order_id: Uuid, f
             if facts.payment.status != Some(PaymentStatus::Captured) || facts.captures != 1 {
                 violation("completed-order-settled", format!("saga completed but the payment is {:?}", facts.payment.status));
             }
-            if facts.committed.len() != lines {
-                violation("completed-order-settled", format!("saga completed but {} of {lines} lines committed", facts.committed.len()));
+            if committed_lines != lines {
+                violation("completed-order-settled", format!("saga completed but {committed_lines} of {lines} lines committed"));
             }
             if !reservations.is_empty() {
                 violation("completed-order-settled", format!("saga completed but stock still reserved for {}", reservations.join(", ")));
@@ -266,11 +317,13 @@ fn check_order(report: &mut AuditReport, config: &AuditConfig, order_id: Uuid, f
                 violation("aborted-order-cancelled", format!("saga aborted but the order is {order_status:?}"));
             }
             let failed = saga.failed.as_ref().map(|(step, _)| *step);
-            let expected = failed.and_then(fulfilment_step);
-            if expected.is_some() && facts.order.failed_step != expected {
+            // The customer may have cancelled first (no step named), but a
+            // step the order names is the saga's.
+            let expected = if saga.cancelled { None } else { failed.and_then(fulfilment_step) };
+            if facts.order.failed_step.is_some() && facts.order.failed_step != expected {
                 violation("aborted-order-cancelled", format!("saga failed at {:?} but the order names {:?}", failed.map(|s| Fulfilment::STEPS[s].name), facts.order.failed_step));
             }
-            if failed.is_some_and(|step| step > steps::CONFIRM_ORDER) {
+            if !saga.cancelled && failed.is_some_and(|step| step > steps::CONFIRM_ORDER) {
                 violation("aborted-order-cancelled", "a step after the pivot failed".into());
             }
         }
@@ -286,8 +339,8 @@ fn check_order(report: &mut AuditReport, config: &AuditConfig, order_id: Uuid, f
         if !reservations.is_empty() {
             violation("cancelled-order-released", format!("stock still reserved for {}", reservations.join(", ")));
         }
-        if !facts.committed.is_empty() {
-            violation("cancelled-order-released", format!("stock committed for {}", facts.committed.join(", ")));
+        if committed_lines > 0 {
+            violation("cancelled-order-released", format!("stock committed and not returned for {}", committed_skus()));
         }
     }
 }

@@ -7,12 +7,20 @@
 //! | 1 | `AUTHORIZE_PAYMENT` | authorize the total (payments) | void the authorization (refund if captured) |
 //! | 2 | `CREATE_SHIPMENT` | book the shipment (shipping) | cancel the shipment |
 //! | 3 | `CONFIRM_ORDER` (pivot) | confirm the order | — |
-//! | 4 | `CAPTURE_PAYMENT` | capture the payment | — |
-//! | 5 | `COMMIT_STOCK` | commit every line's reservation | — |
+//! | 4 | `CAPTURE_PAYMENT` | capture the payment | refund it |
+//! | 5 | `COMMIT_STOCK` | commit every line's reservation | return every line (release it if not committed yet) |
 //!
 //! A failed instance is closed by cancelling the order with the failed step
 //! and the reason (`OrderCancelled.failedStep`; none when the confirmation
 //! itself failed because the order was cancelled meanwhile).
+//!
+//! A client's `OrderCancelled` is a cancellation request
+//! ([`Saga::cancel_request`]): a running instance undoes what may have run,
+//! and a completed one (a confirmed order, not yet shipped: a shipped order
+//! cannot be cancelled) undoes everything — the payment refunded, the
+//! shipment cancelled, the committed stock returned. The saga's own
+//! cancellation of the order reaches an instance that is already undoing,
+//! which ignores it.
 //!
 //! Which branch an order takes follows from the domain's deterministic rules:
 //! a SKU without enough stock fails `RESERVE_STOCK`; payment method
@@ -151,7 +159,14 @@ impl Saga for Fulfilment {
             })],
             (steps::CONFIRM_ORDER, Phase::Action) => vec![FulfilmentCommand::Order(OrderCommand::Confirm { order_id, at })],
             (steps::CAPTURE_PAYMENT, Phase::Action) => vec![FulfilmentCommand::Payment(PaymentCommand::Capture { order_id, at })],
+            (steps::CAPTURE_PAYMENT, Phase::Compensation) => vec![FulfilmentCommand::Payment(PaymentCommand::Refund { order_id, at })],
             (steps::COMMIT_STOCK, Phase::Action) => each_line(&|line| InventoryCommand::Commit { sku: line.sku.clone(), order_id, at }),
+            (steps::COMMIT_STOCK, Phase::Compensation) => each_line(&|line| InventoryCommand::Return {
+                sku: line.sku.clone(),
+                order_id,
+                quantity: i64::from(line.quantity.get()),
+                at,
+            }),
             _ => Vec::new(),
         }
     }
@@ -163,6 +178,16 @@ impl Saga for Fulfilment {
             failed_step: fulfilment_step(failed_step),
             at,
         })]
+    }
+
+    fn cancel_request(event: &RecordedEvent) -> Option<(Uuid, String)> {
+        if event.event_type != "OrderCancelled" {
+            return None;
+        }
+        let OrderEvent::OrderCancelled(cancelled) = OrderEvent::from_payload(&event.event_type, event.payload.clone()).ok()? else {
+            return None;
+        };
+        Some((cancelled.order_id, cancelled.reason))
     }
 }
 

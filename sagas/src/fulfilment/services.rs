@@ -6,17 +6,23 @@
 //! - a refusal that will not change (out of stock, declined, undeliverable,
 //!   an order no longer pending) is `Refused`;
 //! - the payment gateway not answering is `NoAnswer`;
-//! - a compensation with nothing left to undo (no reservation, no payment or
-//!   already voided, no shipment or already cancelled, an order already
-//!   cancelled) is `Done`, as is an action already applied under another id
-//!   (already reserved, authorized, created, captured);
+//! - a compensation with nothing left to undo is `Done`: the services fence
+//!   it when nothing was there (a release without a reservation, a void
+//!   without a payment, a cancellation without a shipment record a fence, so
+//!   a late forward command is refused), and an undo already done (released,
+//!   voided, refunded, cancelled, fenced, an order already cancelled, a
+//!   refund of a payment never captured, a return of a SKU never stocked) is
+//!   `Done` too; so is an action already applied under another id (already
+//!   reserved, authorized, created, captured);
+//! - a forward command that arrives after its compensation (fenced) is
+//!   `Refused`;
 //! - a void of a captured payment becomes a refund (its own derived id);
 //! - every infrastructure error is `Transient`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use strata_commands::inventory::{Inventory, InventoryError};
+use strata_commands::inventory::{Inventory, InventoryCommand, InventoryError};
 use strata_commands::orders::{Order, OrderError, OrderStatus};
 use strata_commands::payments::{Payment, PaymentCommand, PaymentError, PaymentStatus};
 use strata_commands::shipping::{Shipment, ShipmentCommand, ShippingError};
@@ -101,7 +107,8 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                 let result = self.inventory.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 classify::<Inventory>(result, |error| match (error, command) {
                     (InventoryError::AlreadyReserved { .. }, _) => Outcome::Done,
-                    (InventoryError::NoReservation { .. }, strata_commands::inventory::InventoryCommand::Release { .. }) => Outcome::Done,
+                    (InventoryError::NoReservation { .. }, InventoryCommand::Release { .. }) => Outcome::Done,
+                    (InventoryError::UnknownSku { .. }, InventoryCommand::Return { .. }) => Outcome::Done,
                     (error, _) => Outcome::Refused(error.to_string()),
                 })
             }
@@ -110,6 +117,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                     PaymentCommand::Void { order_id, at } => Some((*order_id, *at)),
                     _ => None,
                 };
+                let refunding = matches!(command, PaymentCommand::Refund { .. });
                 let result = self.payments.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 if let (Some((order_id, at)), Err(CommandError::Rejected(PaymentError::WrongStatus { status: PaymentStatus::Captured, .. }))) = (void_of, &result) {
                     let refund_id = Uuid::new_v5(&command_id, b"refund");
@@ -122,8 +130,10 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                 classify::<Payment>(result, |error| match error {
                     PaymentError::NoAnswer => Outcome::NoAnswer,
                     PaymentError::AlreadyAuthorized { .. } => Outcome::Done,
-                    PaymentError::NotAuthorized { .. } if void_of.is_some() => Outcome::Done,
-                    PaymentError::WrongStatus { status: PaymentStatus::Voided | PaymentStatus::Refunded, action: "void" } => Outcome::Done,
+                    // Nothing captured to refund: the authorization's own
+                    // compensation voids (or fences) what is there.
+                    PaymentError::NotAuthorized { .. } | PaymentError::WrongStatus { .. } if refunding => Outcome::Done,
+                    PaymentError::WrongStatus { status: PaymentStatus::Voided | PaymentStatus::Refunded | PaymentStatus::Fenced, action: "void" } => Outcome::Done,
                     PaymentError::WrongStatus { status: PaymentStatus::Captured, action: "capture" } => Outcome::Done,
                     error => Outcome::Refused(error.to_string()),
                 })
@@ -133,7 +143,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                 let result = self.shipping.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 classify::<Shipment>(result, |error| match error {
                     ShippingError::AlreadyCreated { .. } => Outcome::Done,
-                    ShippingError::NotCreated { .. } | ShippingError::AlreadyCancelled { .. } if cancelling => Outcome::Done,
+                    ShippingError::AlreadyCancelled { .. } if cancelling => Outcome::Done,
                     error => Outcome::Refused(error.to_string()),
                 })
             }

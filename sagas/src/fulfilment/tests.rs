@@ -109,14 +109,12 @@ fn every_step_succeeding_completes_after_capture_and_commit() {
 }
 
 #[test]
-fn a_refusal_at_each_failable_step_compensates_up_to_it_in_reverse_then_cancels_the_order() {
-    let expected: [(&str, &[&str]); 4] = [
-        ("RESERVE_STOCK", &["RESERVE_STOCK"]),
-        ("AUTHORIZE_PAYMENT", &["AUTHORIZE_PAYMENT", "RESERVE_STOCK"]),
-        ("CREATE_SHIPMENT", &["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"]),
-        ("CONFIRM_ORDER", &["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"]),
-    ];
-    for (failing, compensated) in expected {
+fn a_refusal_at_each_failable_step_compensates_every_step_up_to_the_pivot_in_reverse_then_cancels_the_order() {
+    // Steps after the failed one never ran here, but a concurrent or stale
+    // driver may have run them: compensating them fences them.
+    let every: &[&str] = &["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"];
+    for failing in ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER"] {
+        let compensated = every;
         let walk = walk(started(1), &SagaConfig::default(), |name, phase, _| {
             if name == failing && phase == Phase::Action {
                 Outcome::Refused("no".into())
@@ -212,7 +210,7 @@ fn no_answer_is_sent_again_until_the_deadline_then_fails_the_step() {
     assert!(failed_at.at >= began + config.step_deadline, "failed before its deadline");
     assert_eq!(walk.state.status, SagaStatus::Aborted);
     let undone: Vec<&str> = walk.sent.iter().filter(|s| s.1 == Phase::Compensation).map(|s| s.0).collect();
-    assert_eq!(undone, ["AUTHORIZE_PAYMENT", "RESERVE_STOCK"], "the unanswered payment is voided in case it happened");
+    assert_eq!(undone, ["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"], "the unanswered payment is voided in case it happened");
 }
 
 #[test]
@@ -233,7 +231,7 @@ fn a_deadline_passing_after_the_step_succeeded_does_nothing() {
 }
 
 #[test]
-fn steps_after_the_pivot_and_compensations_never_fail_they_retry() {
+fn steps_after_the_pivot_and_compensations_do_not_fail_they_retry_within_the_parking_bound() {
     let config = SagaConfig { max_attempts: 2, ..SagaConfig::default() };
     let walk_capture = walk(started(1), &config, |name, _, attempt| {
         if name == "CAPTURE_PAYMENT" && attempt < 6 {
@@ -294,4 +292,106 @@ fn an_order_placed_event_starts_an_instance_and_other_events_do_not() {
     let (saga_id, started) = Fulfilment::start(&recorded("OrderPlaced", placed)).expect("starts");
     assert_eq!((saga_id, started), (data.order_id, data));
     assert!(Fulfilment::start(&recorded("OrderConfirmed", serde_json::json!({}))).is_none());
+}
+
+/// Records `event` into `state`.
+fn record(state: SagaState<FulfilmentData>, event: SagaEvent) -> SagaState<FulfilmentData> {
+    let version = state.version + 1;
+    evolve::<Fulfilment>(state, &event, version)
+}
+
+fn cancel_request(at: DateTime<Utc>) -> SagaEvent {
+    strata_schemas::events::SagaCancelRequested { reason: "changed my mind".into(), at }.into()
+}
+
+/// Walks `state` forward with every command done until `steps` steps succeeded.
+fn advanced(steps: usize) -> SagaState<FulfilmentData> {
+    let config = SagaConfig::default();
+    let mut state = started(2);
+    while state.succeeded < steps {
+        let Next::Send(request) = next::<Fulfilment>(&state, &config, t0()) else { panic!("not sending at {}", state.succeeded) };
+        for event in react::<Fulfilment>(&state, &request, &Outcome::Done, &config, t0()) {
+            state = record(state, event);
+        }
+    }
+    state
+}
+
+#[test]
+fn a_part_that_cannot_fail_is_parked_after_its_bound_and_an_operator_resumes_it() {
+    let config = SagaConfig { max_attempts: 3, park_after: Duration::seconds(30), ..SagaConfig::default() };
+    let walk = walk(started(1), &config, |name, phase, _| match (name, phase) {
+        ("AUTHORIZE_PAYMENT", Phase::Action) => Outcome::Refused("declined".into()),
+        ("RESERVE_STOCK", Phase::Compensation) => Outcome::Refused("inventory says no".into()),
+        _ => Outcome::Done,
+    });
+    assert_eq!(walk.state.status, SagaStatus::Stuck, "{:?}", walk.events.last());
+    let Some(SagaEvent::SagaStuck(stuck)) = walk.events.last() else { panic!("{:?}", walk.events.last()) };
+    assert_eq!((stuck.step.as_str(), stuck.phase), ("RESERVE_STOCK", strata_schemas::events::SagaPhase::Compensation));
+    assert!(stuck.attempts >= config.max_attempts, "{stuck:?}");
+    assert!(stuck.reason.contains("inventory says no"), "{stuck:?}");
+    let began = walk.events.iter().rev().find_map(|event| match event {
+        SagaEvent::SagaStepSucceeded(success) if success.compensation => Some(success.at),
+        _ => None,
+    });
+    assert!(stuck.at >= began.unwrap() + config.park_after, "parked before its bound");
+    assert_eq!(next::<Fulfilment>(&walk.state, &config, walk.now + Duration::days(1)), Next::Finished, "a parked saga is not driven");
+
+    // The operator fixes the cause and resumes: the parked part runs again.
+    let resumed = record(walk.state.clone(), strata_schemas::events::SagaResumed { at: walk.now }.into());
+    assert_eq!(resumed.status, SagaStatus::Compensating);
+    let after = super::tests::walk(resumed, &config, done);
+    assert_eq!(after.sent.first().map(|s| (s.0, s.1, s.2)), Some(("RESERVE_STOCK", Phase::Compensation, 1)), "fresh attempts");
+    assert_eq!(after.state.status, SagaStatus::Aborted);
+}
+
+#[test]
+fn a_cancellation_before_the_pivot_undoes_every_step_up_to_it_and_runs_no_abort() {
+    let state = record(advanced(1), cancel_request(t0()));
+    assert_eq!(state.status, SagaStatus::Compensating);
+    assert!(state.cancelled);
+    let walk = walk(state, &SagaConfig::default(), done);
+    let undone: Vec<&str> = walk.sent.iter().filter(|s| s.1 == Phase::Compensation).map(|s| s.0).collect();
+    assert_eq!(undone, ["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"]);
+    assert!(!walk.sent.iter().any(|s| s.1 == Phase::Abort), "the customer already cancelled the order");
+    let Some(SagaEvent::SagaAborted(aborted)) = walk.events.last() else { panic!("{:?}", walk.events.last()) };
+    assert_eq!(aborted.reason, "cancelled: changed my mind");
+    assert_eq!(walk.state.status, SagaStatus::Aborted);
+}
+
+#[test]
+fn a_cancellation_after_completion_undoes_every_step_in_reverse() {
+    let completed = walk(started(2), &SagaConfig::default(), done).state;
+    assert_eq!(completed.status, SagaStatus::Completed);
+    let walk = walk(record(completed, cancel_request(t0())), &SagaConfig::default(), done);
+    let undone: Vec<(&str, usize)> = walk.sent.iter().filter(|s| s.1 == Phase::Compensation).map(|s| (s.0, s.3)).collect();
+    assert_eq!(
+        undone,
+        [("COMMIT_STOCK", 2), ("CAPTURE_PAYMENT", 1), ("CREATE_SHIPMENT", 1), ("AUTHORIZE_PAYMENT", 1), ("RESERVE_STOCK", 2)],
+        "every line returned, the payment refunded, the shipment cancelled"
+    );
+    assert_eq!(walk.state.status, SagaStatus::Aborted);
+}
+
+#[test]
+fn a_cancellation_after_the_pivot_while_running_undoes_every_step() {
+    let state = record(advanced(steps::CAPTURE_PAYMENT), cancel_request(t0()));
+    let walk = walk(state, &SagaConfig::default(), done);
+    let undone: Vec<&str> = walk.sent.iter().filter(|s| s.1 == Phase::Compensation).map(|s| s.0).collect();
+    assert_eq!(undone, ["COMMIT_STOCK", "CAPTURE_PAYMENT", "CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"]);
+}
+
+#[test]
+fn a_cancellation_of_an_instance_already_undoing_or_over_changes_nothing() {
+    let config = SagaConfig::default();
+    let failed = walk(started(1), &config, |name, phase, _| {
+        if name == "AUTHORIZE_PAYMENT" && phase == Phase::Action { Outcome::Refused("declined".into()) } else { Outcome::Done }
+    });
+    assert_eq!(failed.state.status, SagaStatus::Aborted);
+    assert_eq!(record(failed.state.clone(), cancel_request(t0())).status, SagaStatus::Aborted);
+    let mut compensating = advanced(1);
+    compensating = record(compensating, strata_schemas::events::SagaStepFailed { step: "AUTHORIZE_PAYMENT".into(), reason: "declined".into(), at: t0() }.into());
+    let again = record(compensating.clone(), cancel_request(t0()));
+    assert_eq!((again.status, again.cancelled, again.failed.clone()), (SagaStatus::Compensating, false, compensating.failed));
+    assert_eq!(record(SagaState::default(), cancel_request(t0())).status, SagaStatus::New);
 }

@@ -5,6 +5,7 @@
 //! command of a saga followed by recovery in a new orchestrator.
 #![allow(unreachable_pub, missing_docs)]
 
+mod lifecycle;
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -205,15 +206,37 @@ async fn killed_after_any_command_a_new_orchestrator_finishes_every_branch_with_
 async fn the_audit_reports_a_leaked_payment_and_a_saga_stuck_past_its_deadline() {
     let world = World::new(20).await;
     let orchestrator = world.orchestrator(Arc::new(world.services()));
-    // A declined order (index 1) ends cancelled; then someone authorizes its
-    // payment behind the saga's back.
+    // A declined order (index 1) ends cancelled; a late authorization is
+    // refused (its void fenced the payment), so someone writes one behind
+    // the services' back.
     let (declined, _) = world.place(1, true).await;
     start_and_drive(&orchestrator, &declined).await;
     let declined_id: uuid::Uuid = declined.stream_id.id().parse().unwrap();
     let payments: strata_commands::CommandHandler<strata_commands::payments::Payment> =
         strata_commands::CommandHandler::new(world.store.clone(), None, Default::default());
-    let rogue = strata_commands::payments::PaymentCommand::Authorize { order_id: declined_id, amount_cents: 100, payment_method: "card".into(), at: t0() };
-    payments.handle(strata_commands::Envelope::new(uuid::Uuid::new_v4(), rogue)).await.unwrap();
+    let late = strata_commands::payments::PaymentCommand::Authorize { order_id: declined_id, amount_cents: 100, payment_method: "card".into(), at: t0() };
+    let refused = payments.handle(strata_commands::Envelope::new(uuid::Uuid::new_v4(), late)).await;
+    assert!(matches!(refused, Err(strata_commands::CommandError::Rejected(strata_commands::payments::PaymentError::Fenced { .. }))), "{refused:?}");
+    let rogue: strata_schemas::events::PaymentEvent = strata_schemas::events::PaymentAuthorized {
+        order_id: declined_id,
+        amount_cents: strata_schemas::values::Cents::new(100).unwrap(),
+        payment_method: "card".into(),
+        authorized_at: t0(),
+    }
+    .into();
+    use strata_schemas::DomainEvent;
+    let append = strata_store::StreamAppend {
+        stream_id: strata_store::StreamId::new("payment", declined_id).unwrap(),
+        expected: strata_store::ExpectedVersion::Any,
+        events: vec![strata_store::NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: rogue.event_type().into(),
+            schema_version: rogue.schema_version(),
+            payload: rogue.to_payload(),
+            metadata: Default::default(),
+        }],
+    };
+    strata_store::EventStore::append(&*world.store, vec![append]).await.unwrap();
     // The no-answer order (index 7) waits; nobody drives it past its deadline.
     let (waiting, _) = world.place(7, true).await;
     start_and_drive(&orchestrator, &waiting).await;

@@ -180,3 +180,98 @@ pub fn assert_clean(report: &AuditReport) {
 pub fn store_of(world: &World) -> Arc<dyn EventStore> {
     world.store.clone()
 }
+
+/// What a [`HookedServices`] hook does with one command.
+pub enum Intercept {
+    /// Send it to the real services.
+    Pass,
+    /// Do not send it; answer this.
+    Answer(Outcome),
+    /// Keep it (to deliver late with [`HookedServices::deliver_held`]) and
+    /// answer this.
+    Hold(Outcome),
+}
+
+type Hook = Box<dyn Fn(&'static str, Phase, &FulfilmentCommand) -> Intercept + Send + Sync>;
+
+/// Services whose commands a test intercepts by step and phase.
+pub struct HookedServices {
+    inner: FulfilmentServices,
+    parts: HashMap<Uuid, (&'static str, Phase)>,
+    hook: Mutex<Hook>,
+    held: Mutex<Vec<(Uuid, Uuid, FulfilmentCommand)>>,
+}
+
+impl HookedServices {
+    pub fn new(inner: FulfilmentServices, saga_ids: &[Uuid], hook: impl Fn(&'static str, Phase, &FulfilmentCommand) -> Intercept + Send + Sync + 'static) -> Self {
+        let mut parts = HashMap::new();
+        for saga_id in saga_ids {
+            for step in Fulfilment::STEPS {
+                for phase in [Phase::Action, Phase::Compensation, Phase::Abort] {
+                    for index in 0..8 {
+                        parts.insert(command_id(*saga_id, step.name, phase, index), (step.name, phase));
+                    }
+                }
+            }
+        }
+        Self { inner, parts, hook: Mutex::new(Box::new(hook)), held: Mutex::default() }
+    }
+
+    /// Replaces the hook.
+    pub fn set_hook(&self, hook: impl Fn(&'static str, Phase, &FulfilmentCommand) -> Intercept + Send + Sync + 'static) {
+        *self.hook.lock().unwrap() = Box::new(hook);
+    }
+
+    /// Delivers every held command to the real services now; their outcomes.
+    pub async fn deliver_held(&self) -> Vec<Outcome> {
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        let mut outcomes = Vec::new();
+        for (command_id, correlation_id, command) in held {
+            outcomes.push(self.inner.execute(command_id, correlation_id, &command).await);
+        }
+        outcomes
+    }
+}
+
+#[async_trait]
+impl Services<FulfilmentCommand> for HookedServices {
+    async fn execute(&self, command_id: Uuid, correlation_id: Uuid, command: &FulfilmentCommand) -> Outcome {
+        let intercept = match self.parts.get(&command_id) {
+            Some((step, phase)) => (self.hook.lock().unwrap())(step, *phase, command),
+            None => Intercept::Pass,
+        };
+        match intercept {
+            Intercept::Pass => self.inner.execute(command_id, correlation_id, command).await,
+            Intercept::Answer(outcome) => outcome,
+            Intercept::Hold(outcome) => {
+                self.held.lock().unwrap().push((command_id, correlation_id, command.clone()));
+                outcome
+            }
+        }
+    }
+}
+
+impl World {
+    /// Cancels an order as its customer would, and hands the cancellation to
+    /// the orchestrator as the bus would.
+    pub async fn customer_cancels(&self, orchestrator: &Orchestrator<Fulfilment>, order_id: Uuid) -> Result<(), strata_commands::CommandError<strata_commands::orders::OrderError>> {
+        let command = strata_commands::orders::OrderCommand::Cancel {
+            order_id,
+            reason: "changed my mind".into(),
+            failed_step: None,
+            at: strata_sagas::Clock::now(&*self.clock),
+        };
+        self.orders.handle(Envelope::new(Uuid::new_v4(), command)).await?;
+        let stream = StreamId::new("order", order_id).unwrap();
+        let events = self.store.read_stream(&stream, ReadStream::backward(1)).await.unwrap();
+        let (saga_id, reason) = <Fulfilment as Saga>::cancel_request(&events[0]).expect("an OrderCancelled asks to cancel");
+        orchestrator.cancel(saga_id, &reason, Some(events[0].event_id)).await.unwrap();
+        Ok(())
+    }
+
+    /// The folded state of one aggregate.
+    pub async fn state<A: strata_commands::Aggregate>(&self, id: &str) -> A::State {
+        let handler: CommandHandler<A> = CommandHandler::new(self.store.clone(), None, HandlerConfig::default());
+        handler.load(id).await.unwrap().state
+    }
+}
