@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use strata_commands::HandlerConfig;
-use strata_projections::{orders, rebuild, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
+use strata_projections::{ensure_live, orders, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
 use strata_sagas::fulfilment::{self, Fulfilment, FulfilmentCommand, FulfilmentServices};
 use strata_sagas::remote::RemoteServices;
 use strata_sagas::{Orchestrator, OrchestratorConfig, Services, SystemClock};
@@ -118,30 +118,15 @@ pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>
     bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory or redis://HOST:6379")
 }
 
-/// Builds a projection from the log if it has no live generation. When
-/// another replica starting at the same time supersedes this build, waits
-/// for that one (up to a minute, then builds again, dropping it if its
-/// process died).
+/// Builds a projection from the log if it has no live generation (waiting
+/// for a replica that is already building it).
 async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, sink: Arc<dyn ReadModelSink>, backend: &EventStoreBackend) -> anyhow::Result<()> {
     let name = projection.name().to_owned();
-    for attempt in 1..=5 {
-        if sink.live_generation(&name).await?.is_some() {
-            return Ok(());
-        }
-        match rebuild(projection.clone(), sink.clone(), backend.reader(), RebuildConfig::default(), &mut |_| {}).await {
-            Ok(report) => {
-                tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
-                return Ok(());
-            }
-            Err(error) if attempt < 5 => {
-                tracing::info!(projection = %name, %error, "another worker is building the read model; waiting for it");
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                while std::time::Instant::now() < deadline && sink.live_generation(&name).await?.is_none() {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-            }
-            Err(error) => return Err(error).with_context(|| format!("building read model {name} from the log")),
-        }
+    let report = ensure_live(projection, sink, backend.reader(), RebuildConfig::default())
+        .await
+        .with_context(|| format!("building read model {name} from the log"))?;
+    if let Some(report) = report {
+        tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "read model built from the log");
     }
     Ok(())
 }

@@ -7,11 +7,33 @@
 //! something happened, the log says exactly what. A stream whose event
 //! `apply` keeps refusing is parked from that event on (or the projection
 //! stops, per its policy).
+//!
+//! **Prefix consistency.** Streams that feed the same documents
+//! ([`Projection::related_streams`]) are applied in global position order:
+//! before an event at position P, every event of its related streams below
+//! P is read from the log and applied first (all of them, merged with the
+//! event's own gap, in position order). So a document fed by several streams
+//! always equals the fold of some prefix of the log, whatever order the bus
+//! delivered them in and however many replicas apply them: a replica that
+//! gets a later event first catches up from the log, and the stream guards
+//! make the replica that applies the same events second write nothing.
+//!
+//! **Bounded fills.** Fills read the log in pages, and one batch fills at
+//! most [`FILL_BUDGET`] events per source; past that, the batch covers what
+//! it filled, and the rest of its events are planned again once it is
+//! committed (see [`Plan::covered`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use strata_store::{EventReader, Position, ReadError, ReadStream, RecordedEvent, StreamId};
+
+/// Events one batch reads from the log per source (its own stream's gap, a
+/// related stream) before it commits what it has and goes on in the next.
+pub const FILL_BUDGET: usize = 2_000;
+
+/// Events read from the log per page while filling.
+const FILL_PAGE: usize = 500;
 
 use crate::projection::{apply_to_document, ApplyError, Document, PoisonPolicy, Projection, Write};
 use crate::sink::{Batch, DeadLetter, ReadModelSink, SinkError, StreamGuard, Target};
@@ -71,8 +93,9 @@ struct StreamState {
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub(crate) batch: Batch,
-    /// Events of the input (by index) the batch covers: all unless the
-    /// projection stopped on a poison event.
+    /// Events of the input (a prefix, by index) the batch covers: all unless
+    /// the projection stopped on a poison event, or a fill reached its budget
+    /// (then the rest is planned again after this batch commits).
     pub(crate) covered: usize,
     /// The poison event the projection stopped at.
     pub(crate) stopped: Option<PlanError>,
@@ -106,9 +129,21 @@ pub(crate) struct Planner<'a> {
     pub(crate) log_order: bool,
 }
 
+/// What [`Planner::event`] did with an event.
+enum Flow {
+    /// Applied (or skipped as a duplicate).
+    Applied,
+    /// Not applied: filling before it reached its budget; what was filled is
+    /// in the batch.
+    Deferred,
+}
+
 struct Work<'c> {
     target: Target,
     streams: HashMap<String, StreamState>,
+    /// Per related stream: it has no unapplied event below this position
+    /// (established by a read of the log in this batch).
+    checked: HashMap<String, Position>,
     documents: HashMap<String, Option<Document>>,
     /// Writes to documents not loaded yet, applied when they are.
     pending: HashMap<String, Vec<Write>>,
@@ -131,6 +166,7 @@ impl Planner<'_> {
         let mut work = Work {
             target: target.clone(),
             streams: HashMap::new(),
+            checked: HashMap::new(),
             documents: HashMap::new(),
             pending: HashMap::new(),
             batch: Batch::default(),
@@ -139,6 +175,15 @@ impl Planner<'_> {
         let mut streams: Vec<String> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         for event in events.iter().filter(|e| self.follows(e)) {
+            if !self.log_order {
+                for related in self.projection.related_streams(event) {
+                    let related = related.as_str();
+                    if !work.streams.contains_key(related) && carry.and_then(|c| c.streams.get(related)).is_none() {
+                        work.streams.insert(related.to_owned(), StreamState { expected: 0, reached: 0, parked_from: None });
+                        streams.push(related.to_owned());
+                    }
+                }
+            }
             let stream = event.stream_id.as_str();
             if !work.streams.contains_key(stream) {
                 match carry.and_then(|c| c.streams.get(stream)) {
@@ -191,14 +236,14 @@ impl Planner<'_> {
         let mut stopped = None;
         for event in events {
             if self.follows(event) {
-                if let Err(error) = self.event(&mut work, event).await {
-                    match error {
-                        PlanError::Poison { .. } => {
-                            stopped = Some(error);
-                            break;
-                        }
-                        other => return Err(other),
+                match self.event(&mut work, event).await {
+                    Ok(Flow::Applied) => {}
+                    Ok(Flow::Deferred) => break,
+                    Err(error @ PlanError::Poison { .. }) => {
+                        stopped = Some(error);
+                        break;
                     }
+                    Err(other) => return Err(other),
                 }
             }
             covered += 1;
@@ -239,7 +284,7 @@ impl Planner<'_> {
         })
     }
 
-    async fn event(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<(), PlanError> {
+    async fn event(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<Flow, PlanError> {
         let stream = event.stream_id.as_str();
         let state = work.streams.get(stream).copied().unwrap_or(StreamState {
             expected: 0,
@@ -247,28 +292,75 @@ impl Planner<'_> {
             parked_from: None,
         });
         if self.log_order {
-            return self.one(work, event).await;
+            self.one(work, event).await?;
+            return Ok(Flow::Applied);
         }
         if state.parked_from.is_none() && event.stream_version <= state.reached {
-            return Ok(()); // a duplicate: already applied
+            return Ok(Flow::Applied); // a duplicate: already applied
         }
+        // Everything that must be applied before this event, and the position
+        // below which that is complete (the event's own when every source was
+        // read whole).
+        let mut due: Vec<RecordedEvent> = Vec::new();
+        let mut complete_below = event.position;
         if state.parked_from.is_none() && event.stream_version > state.reached + 1 {
-            let missing = self.fill_gap(&event.stream_id, state.reached, event.stream_version).await?;
-            for earlier in &missing {
-                Box::pin(self.one(work, earlier)).await?;
-            }
+            let (missing, bound) = self.read_after(&event.stream_id, state.reached, |e| e.stream_version < event.stream_version).await?;
+            complete_below = complete_below.min(bound);
+            tracing::debug!(stream = %event.stream_id, from = state.reached + 1, read = missing.len(), "filled a gap from the log");
+            due.extend(missing);
         }
-        self.one(work, event).await
+        for related in self.projection.related_streams(event) {
+            let key = related.as_str();
+            if work.checked.get(key).is_some_and(|checked| *checked >= event.position) {
+                continue;
+            }
+            let reached = work.streams.get(key).map_or(0, |s| s.reached);
+            let (missing, bound) = self.read_after(&related, reached, |e| e.position < event.position).await?;
+            complete_below = complete_below.min(bound);
+            work.checked.insert(key.to_owned(), bound);
+            due.extend(missing);
+        }
+        due.sort_by_key(|e| e.position);
+        for earlier in due.iter().filter(|e| e.position < complete_below) {
+            Box::pin(self.one(work, earlier)).await?;
+        }
+        if complete_below < event.position {
+            return Ok(Flow::Deferred);
+        }
+        self.one(work, event).await?;
+        Ok(Flow::Applied)
     }
 
-    /// The events of `stream` after `reached` and before `version`.
-    async fn fill_gap(&self, stream: &StreamId, reached: u64, version: u64) -> Result<Vec<RecordedEvent>, PlanError> {
-        let wanted = (version - reached - 1) as usize;
-        let mut request = ReadStream::forward(wanted);
-        request.from_version = reached + 1;
-        let events = self.log.read_stream(stream, request).await?;
-        tracing::debug!(stream = %stream, from = reached + 1, to = version - 1, read = events.len(), "filled a gap from the log");
-        Ok(events.into_iter().filter(|e| e.stream_version < version).collect())
+    /// The events of `stream` after version `reached` while `wanted` holds
+    /// (in stream order), a page at a time, at most [`FILL_BUDGET`]; and the
+    /// position below which the stream has nothing else unapplied: the first
+    /// event not wanted, past the last one read when the budget ran out, or
+    /// anywhere (`u64::MAX`) when the stream ended (an event appended later
+    /// lands above everything this batch holds).
+    async fn read_after(&self, stream: &StreamId, reached: u64, wanted: impl Fn(&RecordedEvent) -> bool) -> Result<(Vec<RecordedEvent>, Position), PlanError> {
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut from = reached + 1;
+        loop {
+            let page_size = FILL_PAGE.min(FILL_BUDGET - events.len());
+            if page_size == 0 {
+                let bound = events.last().map_or(Position::START, |e| Position(e.position.0 + 1));
+                return Ok((events, bound));
+            }
+            let mut request = ReadStream::forward(page_size);
+            request.from_version = from;
+            let page = self.log.read_stream(stream, request).await?;
+            let full = page.len() == page_size;
+            for recorded in page {
+                if !wanted(&recorded) {
+                    return Ok((events, recorded.position));
+                }
+                from = recorded.stream_version + 1;
+                events.push(recorded);
+            }
+            if !full {
+                return Ok((events, Position(u64::MAX)));
+            }
+        }
     }
 
     async fn one(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<(), PlanError> {

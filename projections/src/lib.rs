@@ -14,9 +14,9 @@ pub mod rebuild;
 pub mod runner;
 pub mod sink;
 
-pub use apply::{PlanError, RetryPolicy};
+pub use apply::{PlanError, RetryPolicy, FILL_BUDGET};
 pub use projection::{ApplyError, Document, PoisonPolicy, Projection, Write};
-pub use rebuild::{rebuild, RebuildConfig, RebuildError, RebuildProgress, RebuildReport};
+pub use rebuild::{ensure_live, rebuild, RebuildConfig, RebuildError, RebuildProgress, RebuildReport};
 pub use runner::{Handled, ProjectionRunner, RunnerConfig, RunnerError};
 pub use sink::{MemorySink, ReadModelSink, SinkError};
 #[cfg(feature = "redis")]

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use strata_store::RecordedEvent;
+use strata_store::{RecordedEvent, StreamId};
 
 /// A document: field name → JSON value.
 pub type Document = BTreeMap<String, Value>;
@@ -125,6 +125,18 @@ pub trait Projection: Send + Sync + 'static {
     /// What happens to an event `apply` keeps refusing.
     fn poison_policy(&self) -> PoisonPolicy {
         PoisonPolicy::Park
+    }
+
+    /// The other streams that feed the same documents as `event`'s stream
+    /// (for an order's view: its saga's stream, and the other way round).
+    /// The runner applies a group's events in global position order, so a
+    /// document never shows a combination of its streams that no prefix of
+    /// the log produces (see the planner). Every stream of a group must name
+    /// every other one. Default: none (each document is fed by one stream,
+    /// or its streams write fields that need no common order).
+    fn related_streams(&self, event: &RecordedEvent) -> Vec<StreamId> {
+        let _ = event;
+        Vec::new()
     }
 
     /// The one document `apply` needs to read for `event`, if any. The runner

@@ -8,7 +8,9 @@
 //!    and commit it while the next is planned: reads, planning and writes
 //!    overlap, and memory holds about two batches, whatever the log's size.
 //! 3. At the log's head, switch `live` to N+1: readers move in one step,
-//!    from a whole old model to a whole new one.
+//!    from a whole old model to a whole new one. The switch is a
+//!    compare-and-set on the `rebuilding` mark: a rebuild superseded by a
+//!    newer one (another process, the CLI beside GraphQL) cannot switch.
 //! 4. Catch up once more from the log: events committed to the log while the
 //!    switch happened may have gone to the old generation; the stream guards
 //!    make this final pass and the live workers (now writing N+1) agree.
@@ -16,7 +18,9 @@
 //!
 //! A rebuild that finds another one unfinished (a killed `projections
 //! rebuild`, a projector killed while building at start-up) drops that
-//! generation first.
+//! generation first. [`ensure_live`] builds a projection that has no live
+//! generation (first start, or its data was lost), waiting for a replica
+//! that is already building it instead of racing it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::apply::{last_position, Carry, PlanError, Planner, RetryPolicy};
 use crate::projection::Projection;
-use crate::sink::{Committed, MetaField, ReadModelSink, SinkError, Target};
+use crate::sink::{Committed, GenerationStats, MetaField, ReadModelSink, SinkError, Target};
 
 /// How a rebuild reads and writes.
 #[derive(Debug, Clone)]
@@ -130,7 +134,9 @@ pub async fn rebuild(
     let result = build(&*projection, sink.clone(), log.clone(), &target, &config, progress).await;
     let outcome = async {
         let (events, covered, position) = result?;
-        sink.switch_live(&name, generation).await?;
+        if !sink.switch_live(&name, generation).await? {
+            return Err(RebuildError::Retired { generation });
+        }
         // Events that reached the log around the switch: see the module docs.
         let (more, more_covered) = catch_up(&*projection, &*sink, &*log, &target, &config, position).await?;
         Ok::<_, RebuildError>((events + more, covered + more_covered))
@@ -166,6 +172,60 @@ pub async fn rebuild(
         dead_letters,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Builds `projection` from the log if it has no live generation (a first
+/// start, or the backend lost it); `None` if it had one. When another worker
+/// is already building it (its `rebuilding` generation makes progress),
+/// waits for that build instead of superseding it.
+pub async fn ensure_live(
+    projection: Arc<dyn Projection>,
+    sink: Arc<dyn ReadModelSink>,
+    log: Arc<dyn EventReader>,
+    config: RebuildConfig,
+) -> Result<Option<RebuildReport>, RebuildError> {
+    let name = projection.name().to_owned();
+    let mut attempts = 0;
+    loop {
+        if sink.live_generation(&name).await?.is_some() {
+            return Ok(None);
+        }
+        wait_for_other_build(&*sink, &name).await?;
+        if sink.live_generation(&name).await?.is_some() {
+            return Ok(None);
+        }
+        attempts += 1;
+        match rebuild(projection.clone(), sink.clone(), log.clone(), config.clone(), &mut |_| {}).await {
+            Ok(report) => return Ok(Some(report)),
+            Err(RebuildError::Retired { .. }) if attempts < 5 => {
+                tracing::info!(projection = %name, "another worker is building the read model; waiting for it");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Waits while another worker's build makes progress (its generation's
+/// position moves, or it switches); returns when there is none, it ended, or
+/// it made no progress for ten seconds (its worker is presumed dead: a live
+/// build commits a batch far more often).
+async fn wait_for_other_build(sink: &dyn ReadModelSink, name: &str) -> Result<(), SinkError> {
+    let mut last: Option<(u64, GenerationStats)> = None;
+    let mut since = Instant::now();
+    loop {
+        let Some(generation) = sink.meta(name).await?.rebuilding else { return Ok(()) };
+        if sink.live_generation(name).await?.is_some() {
+            return Ok(());
+        }
+        let stats = sink.stats(&Target { projection: name.to_owned(), generation }).await?;
+        if last.as_ref() != Some(&(generation, stats.clone())) {
+            last = Some((generation, stats));
+            since = Instant::now();
+        } else if since.elapsed() > Duration::from_secs(10) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Reads the log to its head into `target`, pipelined; returns events read,
@@ -277,7 +337,7 @@ async fn settle(in_flight: Option<tokio::task::JoinHandle<Result<Committed, Sink
     })??;
     match committed {
         Committed::Done => Ok(()),
-        Committed::Retired => Err(RebuildError::Retired {
+        Committed::Retired | Committed::Lost => Err(RebuildError::Retired {
             generation: target.generation,
         }),
         // Before the switch the rebuild is the only writer of its generation.
@@ -320,7 +380,7 @@ async fn catch_up(
                     covered += plan.batch.events;
                     break;
                 }
-                Committed::Retired => {
+                Committed::Retired | Committed::Lost => {
                     return Err(RebuildError::Retired {
                         generation: target.generation,
                     })

@@ -9,6 +9,13 @@
 //! planned from, and a replica that sees a later event first fills the gap
 //! from the log.
 //!
+//! A read model that lost its data (the sink answers no live generation, or
+//! a commit is [`Committed::Lost`]: a Redis restarted without persistence,
+//! flushed, its keys evicted) is rebuilt from the log at once, with an error
+//! in the log and the projection's `losses` counted; the runner also checks
+//! for that every [`RunnerConfig::check_every`] while idle, so a loss is
+//! noticed without waiting for the next event.
+//!
 //! Workers are `loop { step }`: [`ProjectionRunner::handle`] takes one chunk,
 //! so tests drive it without a bus.
 
@@ -22,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::apply::{PlanError, Planner, RetryPolicy};
 use crate::projection::Projection;
+use crate::rebuild::{ensure_live, RebuildConfig, RebuildError};
 use crate::sink::{Committed, MetaField, ReadModelSink, SinkError, Target};
 
 /// How a runner works.
@@ -39,6 +47,10 @@ pub struct RunnerConfig {
     pub max_backoff: Duration,
     /// How often the rate and state are reported to the sink.
     pub report_every: Duration,
+    /// How often an idle runner checks that its read model still exists.
+    pub check_every: Duration,
+    /// How a lost read model is rebuilt.
+    pub rebuild: RebuildConfig,
 }
 
 impl Default for RunnerConfig {
@@ -52,6 +64,8 @@ impl Default for RunnerConfig {
             max_conflicts: 20,
             max_backoff: Duration::from_secs(5),
             report_every: Duration::from_secs(1),
+            check_every: Duration::from_secs(2),
+            rebuild: RebuildConfig::default(),
         }
     }
 }
@@ -69,6 +83,9 @@ pub enum RunnerError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] strata_store::bus::BusError),
+    /// Building the read model from the log (it had none, or lost it) failed.
+    #[error("rebuilding the read model from the log failed: {0}")]
+    Rebuild(#[source] Box<RebuildError>),
     /// Replicas kept racing on the same streams.
     #[error("gave up after {attempts} conflicting commits (last on stream {stream_id})")]
     Conflicts {
@@ -98,6 +115,8 @@ pub struct ProjectionRunner {
     /// generation that was switched away from is refused (`Retired`), and then
     /// the runner looks again.
     target: std::sync::Mutex<Option<Target>>,
+    /// This runner saw a live generation: its absence later is a loss.
+    seen_live: std::sync::atomic::AtomicBool,
 }
 
 impl ProjectionRunner {
@@ -110,6 +129,7 @@ impl ProjectionRunner {
             log,
             config,
             target: std::sync::Mutex::new(None),
+            seen_live: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -128,16 +148,20 @@ impl ProjectionRunner {
         }
     }
 
-    /// The live generation, created (as generation 1) on first use.
-    pub async fn target(&self) -> Result<Target, SinkError> {
+    /// The live generation; built from the log first if there is none (a
+    /// first start, or the read model lost its data).
+    pub async fn target(&self) -> Result<Target, RunnerError> {
         if let Some(target) = self.target.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(target);
         }
         let name = self.projection.name();
-        let generation = match self.sink.live_generation(name).await? {
-            Some(generation) => generation,
-            None => self.sink.init_live(name, 1).await?,
+        let generation = loop {
+            match self.sink.live_generation(name).await? {
+                Some(generation) => break generation,
+                None => self.build_missing().await?,
+            }
         };
+        self.seen_live.store(true, std::sync::atomic::Ordering::Relaxed);
         let target = Target {
             projection: name.to_owned(),
             generation,
@@ -146,9 +170,65 @@ impl ProjectionRunner {
         Ok(target)
     }
 
-    /// Plans and commits `events`; returns how many of them (a prefix) are
-    /// done and may be acked, and the poison error if the projection must stop.
+    /// Builds the read model from the log because it has no live generation;
+    /// after this runner saw one, that is a loss: said loudly and counted.
+    async fn build_missing(&self) -> Result<(), RunnerError> {
+        let name = self.projection.name();
+        let lost = self.seen_live.load(std::sync::atomic::Ordering::Relaxed);
+        if lost {
+            tracing::error!(projection = name, "the read model lost its data (no live generation, or its marker is gone); rebuilding it from the log");
+        }
+        self.report_state(name, "rebuilding").await;
+        let report = ensure_live(self.projection.clone(), self.sink.clone(), self.log.clone(), self.config.rebuild.clone())
+            .await
+            .map_err(|error| RunnerError::Rebuild(Box::new(error)))?;
+        // It was live when that returned: gone again later is a loss.
+        self.seen_live.store(true, std::sync::atomic::Ordering::Relaxed);
+        if lost {
+            let losses = self.sink.meta(name).await.map(|meta| meta.losses).unwrap_or(0) + 1;
+            let _ = self.sink.set_meta(name, MetaField::Losses, Some(losses.to_string())).await;
+            let events = report.as_ref().map_or(0, |r| r.events);
+            self.report_error(name, &format!("the read model lost its data at {}; rebuilt from the log ({events} events)", chrono::Utc::now().to_rfc3339())).await;
+        }
+        if let Some(report) = report {
+            tracing::info!(projection = name, events = report.events, seconds = report.seconds, "read model built from the log");
+        }
+        self.report_state(name, "running").await;
+        Ok(())
+    }
+
+    /// Checks that the read model still exists (rebuilding it if not) and
+    /// follows a switch to a new generation.
+    pub async fn check_live(&self) -> Result<(), RunnerError> {
+        let live = self.sink.live_generation(self.projection.name()).await?;
+        let cached = self.target.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.generation);
+        if live.is_none() || live != cached {
+            *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.target().await?;
+        }
+        Ok(())
+    }
+
+    /// Plans and commits `events` (in as many batches as fills need); returns
+    /// how many of them (a prefix) are done and may be acked, and the poison
+    /// error if the projection must stop.
     pub async fn handle(&self, events: &[RecordedEvent]) -> Result<(usize, Handled, Option<PlanError>), RunnerError> {
+        let mut done = 0;
+        let mut handled = Handled::default();
+        loop {
+            let (covered, more, stopped) = self.handle_batch(&events[done..]).await?;
+            done += covered;
+            handled.events += more.events;
+            handled.attempts += more.attempts;
+            // A batch that covered nothing but filled from the log made
+            // progress; one that did neither would loop forever.
+            if stopped.is_some() || done >= events.len() || (covered == 0 && more.events == 0) {
+                return Ok((done, handled, stopped));
+            }
+        }
+    }
+
+    async fn handle_batch(&self, events: &[RecordedEvent]) -> Result<(usize, Handled, Option<PlanError>), RunnerError> {
         let planner = self.planner();
         let mut attempts = 0;
         loop {
@@ -163,7 +243,8 @@ impl ProjectionRunner {
                     };
                     return Ok((plan.covered, handled, plan.stopped));
                 }
-                Committed::Retired => {
+                Committed::Retired | Committed::Lost => {
+                    // Lost: the next `target` rebuilds the read model.
                     *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     continue;
                 }
@@ -205,10 +286,19 @@ impl ProjectionRunner {
                 }
             };
             let mut chunks = stream.ready_chunks(self.config.batch_size);
+            let mut check = tokio::time::interval(self.config.check_every);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let chunk = tokio::select! {
                     chunk = chunks.next() => chunk,
                     _ = shutdown.changed() => return Ok(()),
+                    _ = check.tick() => {
+                        if let Err(error) = self.check_live().await {
+                            tracing::warn!(projection = %name, %error, "checking the read model failed");
+                            self.report_error(&name, &error.to_string()).await;
+                        }
+                        continue;
+                    }
                 };
                 let Some(chunk) = chunk else { continue 'subscribe };
                 let mut deliveries = Vec::with_capacity(chunk.len());

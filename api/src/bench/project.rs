@@ -137,6 +137,9 @@ async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, sha
     let log: Arc<dyn EventReader> = store.clone();
     // The events as deliveries would hold them, copied before the clock starts.
     let inputs: Vec<Vec<RecordedEvent>> = shares.iter().map(|share| share.iter().map(|(e, _)| e.clone()).collect()).collect();
+    // A live generation the workers write into (without one they would build
+    // the model from the log first).
+    sink.init_live("orders", 1).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for events in inputs {

@@ -98,7 +98,7 @@ impl Query {
         await_write(api, "orders", wait_for.as_deref()).await?;
         let query = OrdersQuery {
             customer_id: customer_id.map(|id| id.0),
-            status: status.map(|s| s.as_str().to_owned()),
+            status: status.map(Into::into),
             first: first as usize,
             after,
         };

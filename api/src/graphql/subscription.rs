@@ -4,8 +4,10 @@
 //! looks at the order's view every `Limits::subscription_poll` and sends it
 //! when it differs from the last one sent. The first view is sent as soon
 //! as the order exists (subscribing right after `placeOrder` is fine); the
-//! stream ends after the view that settles the order (its saga completed or
-//! aborted, or the order shipped), or when the client goes away.
+//! stream ends after the view that settles the order ([`OrderView::is_settled`]:
+//! shipped, undone, or completed and still confirmed — a confirmed order's
+//! cancellation keeps the stream open until its undo ends), or when the
+//! client goes away.
 
 use async_graphql::{Context, Subscription as SubscriptionRoot, ID};
 use futures_util::Stream;
@@ -19,10 +21,6 @@ use crate::auth::Permission;
 /// The root of subscriptions.
 #[derive(Debug, Default)]
 pub struct Subscription;
-
-fn settled(view: &OrderView) -> bool {
-    view.status == "SHIPPED" || matches!(view.saga_status.as_deref(), Some("COMPLETED" | "ABORTED"))
-}
 
 #[SubscriptionRoot]
 impl Subscription {
@@ -51,7 +49,7 @@ impl Subscription {
                     }
                 };
                 if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
-                    let done = settled(&view);
+                    let done = view.is_settled();
                     return Some((Order(view.clone()), (api, Some(view), done)));
                 }
             }

@@ -17,6 +17,7 @@ use super::internal;
 
 /// Where an order is in its life.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "strata_projections::orders::OrderStatus")]
 pub enum OrderStatus {
     /// Placed; fulfilment under way.
     Pending,
@@ -28,55 +29,41 @@ pub enum OrderStatus {
     Cancelled,
 }
 
-impl OrderStatus {
-    /// From the read model's text.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "PENDING" => Some(Self::Pending),
-            "CONFIRMED" => Some(Self::Confirmed),
-            "SHIPPED" => Some(Self::Shipped),
-            "CANCELLED" => Some(Self::Cancelled),
-            _ => None,
-        }
-    }
-
-    /// As the read model stores it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Confirmed => "CONFIRMED",
-            Self::Shipped => "SHIPPED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-}
-
 /// Where a fulfilment step is.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "strata_projections::orders::StepStatus")]
 pub enum StepStatus {
     /// Not done yet.
     Pending,
-    /// Failed transiently; will be sent again.
+    /// Failed transiently or got no answer; will be sent again.
     Retrying,
     /// Done.
     Done,
-    /// Failed for good: the saga compensates.
+    /// Failed for good: the saga undoes every step that may have run.
     Failed,
-    /// Undone by compensation.
+    /// Done, then undone.
     Compensated,
+    /// Never done, and fenced by the undo: a late command for it is refused.
+    Cancelled,
+    /// The saga is parked at this step until an operator resumes it.
+    Stuck,
 }
 
 /// Where an order's saga is.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "strata_projections::orders::SagaStatus")]
 pub enum SagaStatus {
     /// Going forward.
     Running,
-    /// Undoing completed steps after a failure.
+    /// Undoing after a failure, or after its customer cancelled the order.
     Compensating,
     /// Every step done.
     Completed,
-    /// Compensated and the order cancelled.
+    /// Undone, and the order cancelled.
     Aborted,
+    /// Parked: an undo (or a step after the confirmation) kept failing; see
+    /// `sagaReason`. An operator resumes it with `resumeSaga`.
+    Stuck,
 }
 
 /// An order as the read model shows it.
@@ -119,7 +106,7 @@ impl Order {
     }
     /// Where it is.
     async fn status(&self) -> OrderStatus {
-        OrderStatus::parse(&self.0.status).unwrap_or(OrderStatus::Pending)
+        self.0.status.into()
     }
     /// The lines, as placed.
     async fn lines(&self) -> Vec<OrderLine> {
@@ -154,13 +141,7 @@ impl Order {
             .iter()
             .map(|step| SagaStep {
                 step: step.step.clone(),
-                status: match step.status.as_str() {
-                    "RETRYING" => StepStatus::Retrying,
-                    "DONE" => StepStatus::Done,
-                    "FAILED" => StepStatus::Failed,
-                    "COMPENSATED" => StepStatus::Compensated,
-                    _ => StepStatus::Pending,
-                },
+                status: step.status.into(),
                 retries: step.retries,
                 last_error: step.last_error.clone(),
             })
@@ -168,13 +149,12 @@ impl Order {
     }
     /// The saga, once it started.
     async fn saga_status(&self) -> Option<SagaStatus> {
-        match self.0.saga_status.as_deref()? {
-            "RUNNING" => Some(SagaStatus::Running),
-            "COMPENSATING" => Some(SagaStatus::Compensating),
-            "COMPLETED" => Some(SagaStatus::Completed),
-            "ABORTED" => Some(SagaStatus::Aborted),
-            _ => None,
-        }
+        self.0.saga_status.map(Into::into)
+    }
+    /// Why the saga is undoing (a failure, or `cancelled: <reason>`), was
+    /// undone, or is parked.
+    async fn saga_reason(&self) -> Option<&str> {
+        self.0.saga_reason.as_deref()
     }
     /// The last change the read model saw.
     async fn updated_at(&self) -> Option<DateTime<Utc>> {

@@ -589,7 +589,7 @@ mod batching {
         async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
             self.inner.new_generation(projection).await
         }
-        async fn switch_live(&self, projection: &str, generation: u64) -> Result<(), SinkError> {
+        async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
             self.inner.switch_live(projection, generation).await
         }
         async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {

@@ -1,14 +1,16 @@
 //! The read models of the reference domain, built only on the public core.
 //!
 //! - [`OrdersProjection`] (`orders`): one view per order (status, lines,
-//!   totals, the fulfilment steps seen so far, last update), fed by the order,
-//!   inventory, payment and shipment streams and by the order's saga
-//!   (`fulfilment-<orderId>`: each step's status, attempts and last error),
-//!   each writing its own fields;
-//!   and indexes for `orders(customerId, status, first, after)`: `all`,
-//!   `customer:<id>`, `status:<STATUS>`, `customer:<id>:status:<STATUS>`,
-//!   scored by the position of the `OrderPlaced` event (so pages come in
-//!   placing order and a cursor is a position).
+//!   totals, the fulfilment saga: its status and each step's, attempts and
+//!   last error, last update), fed by the order's stream and its saga's
+//!   (`fulfilment-<orderId>`), and indexes for `orders(customerId, status,
+//!   first, after)`: `all`, `customer:<id>`, `status:<STATUS>`,
+//!   `customer:<id>:status:<STATUS>`, scored by the position of the
+//!   `OrderPlaced` event (so pages come in placing order and a cursor is a
+//!   position). The two streams are related
+//!   ([`Projection::related_streams`]): the runner applies them in global
+//!   order, so a view is always the fold of a prefix of the log (never a saga
+//!   ABORTED beside an order still PENDING).
 //! - [`StockProjection`] (`stock`): units on hand, reserved and available per
 //!   SKU, from the inventory streams.
 //!
@@ -19,11 +21,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use strata_schemas::events::{
-    SagaAborted, SagaStepFailed, SagaStepRetryScheduled, SagaStepSucceeded,
-    OrderCancelled, OrderPlaced, PaymentAuthorized, PaymentCaptured, PaymentRefunded, PaymentVoided,
-    ReservationCommitted, ReservationReleased, ShipmentCancelled, ShipmentCreated, StockReserved, StockRestocked,
+    OrderCancelled, OrderPlaced, ReservationCommitted, ReservationReleased, SagaAborted, SagaCancelRequested, SagaStepFailed,
+    SagaStepRetryScheduled, SagaStepSucceeded, SagaStuck, StockReserved, StockRestocked, StockReturned,
 };
-use strata_store::RecordedEvent;
+use strata_store::{RecordedEvent, StreamId};
 use uuid::Uuid;
 
 pub mod sample;
@@ -39,8 +40,74 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
 /// The steps of the fulfilment saga, in order (`strata_sagas::fulfilment`).
 pub const SAGA_STEPS: [&str; 6] = ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER", "CAPTURE_PAYMENT", "COMMIT_STOCK"];
 
-/// Order statuses (DESIGN §5).
-pub const STATUSES: [&str; 4] = ["PENDING", "CONFIRMED", "SHIPPED", "CANCELLED"];
+/// The stream category of the fulfilment saga's instances.
+const SAGA_CATEGORY: &str = "fulfilment";
+
+/// Where an order is (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Placed; fulfilment under way.
+    Pending,
+    /// Stock reserved, payment authorized, shipment booked.
+    Confirmed,
+    /// Left the warehouse.
+    Shipped,
+    /// Cancelled on request or by compensation.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every status.
+    pub const ALL: [OrderStatus; 4] = [Self::Pending, Self::Confirmed, Self::Shipped, Self::Cancelled];
+
+    /// As stored and indexed (`PENDING`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Shipped => "SHIPPED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Where an order's fulfilment saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaStatus {
+    /// Going forward.
+    Running,
+    /// Undoing after a failure or a cancellation.
+    Compensating,
+    /// Every step done.
+    Completed,
+    /// Undone (the order cancelled).
+    Aborted,
+    /// Parked: a compensation (or a step after the confirmation) kept
+    /// failing; an operator must resume it.
+    Stuck,
+}
+
+/// Where one fulfilment step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    /// Not done yet.
+    Pending,
+    /// Failed transiently or got no answer; will be sent again.
+    Retrying,
+    /// Done.
+    Done,
+    /// Failed for good: the saga undoes what may have run.
+    Failed,
+    /// Done, then undone.
+    Compensated,
+    /// Never done, and fenced by the undo so it cannot happen late.
+    Cancelled,
+    /// The saga is parked at this step.
+    Stuck,
+}
 
 /// The order views and their indexes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,13 +125,13 @@ fn order_key(order_id: Uuid) -> String {
     format!("order:{order_id}")
 }
 
-/// The view of a fulfilment saga's order (`fulfilment-<orderId>`).
-fn saga_key(event: &RecordedEvent) -> Result<String, ApplyError> {
+/// The view an order or saga stream feeds (`order-<id>`, `fulfilment-<id>`).
+fn view_key(event: &RecordedEvent) -> Result<String, ApplyError> {
     let order_id: Uuid = event
         .stream_id
         .id()
         .parse()
-        .map_err(|_| ApplyError::new(format!("saga stream {} is not named after an order id", event.stream_id)))?;
+        .map_err(|_| ApplyError::new(format!("stream {} is not named after an order id", event.stream_id)))?;
     Ok(order_key(order_id))
 }
 
@@ -97,7 +164,7 @@ fn index_writes(add: bool, customer: &str, status: &str, score: i64, key: &str) 
 
 impl OrdersProjection {
     /// Moves an order to `status`, keeping the status indexes in step.
-    fn transition(key: &str, document: Option<&Document>, event: &RecordedEvent, status: &str, extra: &[(&str, Value)]) -> Result<Vec<Write>, ApplyError> {
+    fn transition(key: &str, document: Option<&Document>, event: &RecordedEvent, status: OrderStatus, extra: &[(&str, Value)]) -> Result<Vec<Write>, ApplyError> {
         let Some(mut order) = document.and_then(|d| d.get("order")).cloned() else {
             return Err(ApplyError::new(format!(
                 "{} at {} version {} for an order without OrderPlaced",
@@ -107,16 +174,26 @@ impl OrdersProjection {
         let old = order["status"].as_str().unwrap_or_default().to_owned();
         let customer = order["customerId"].as_str().unwrap_or_default().to_owned();
         let score = order["placedPosition"].as_i64().unwrap_or_default();
-        order["status"] = Value::from(status);
+        order["status"] = json!(status);
         for (field, value) in extra {
             order[*field] = value.clone();
         }
         let mut writes = vec![set(key, "order", order)];
-        if old != status {
+        if old != status.as_str() {
             writes.extend(index_writes(false, &customer, &old, score, key));
-            writes.extend(index_writes(true, &customer, status, score, key));
+            writes.extend(index_writes(true, &customer, status.as_str(), score, key));
         }
         Ok(writes)
+    }
+
+    /// The saga's own field (`saga`): its status, and what an operator or a
+    /// client needs to know about it.
+    fn saga(key: &str, status: SagaStatus, undoing: bool, extra: Value) -> Write {
+        let mut saga = json!({ "status": status, "undoing": undoing });
+        if let (Some(saga), Value::Object(extra)) = (saga.as_object_mut(), extra) {
+            saga.extend(extra);
+        }
+        set(key, "saga", saga)
     }
 }
 
@@ -126,11 +203,11 @@ impl Projection for OrdersProjection {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn categories(&self) -> &[&'static str] {
-        &["order", "inventory", "payment", "shipment", "fulfilment"]
+        &["order", SAGA_CATEGORY]
     }
 
     fn event_types(&self) -> &[&'static str] {
@@ -139,44 +216,48 @@ impl Projection for OrdersProjection {
             "OrderConfirmed",
             "OrderShipped",
             "OrderCancelled",
-            "StockReserved",
-            "ReservationReleased",
-            "ReservationCommitted",
-            "PaymentAuthorized",
-            "PaymentCaptured",
-            "PaymentVoided",
-            "PaymentRefunded",
-            "ShipmentCreated",
-            "ShipmentCancelled",
             "SagaStarted",
             "SagaStepSucceeded",
             "SagaStepRetryScheduled",
             "SagaStepFailed",
             "SagaCompleted",
             "SagaAborted",
+            "SagaCancelRequested",
+            "SagaStuck",
+            "SagaResumed",
         ]
     }
 
+    fn related_streams(&self, event: &RecordedEvent) -> Vec<StreamId> {
+        let other = match event.stream_id.category() {
+            "order" => SAGA_CATEGORY,
+            SAGA_CATEGORY => "order",
+            _ => return Vec::new(),
+        };
+        StreamId::new(other, event.stream_id.id()).into_iter().collect()
+    }
+
     fn document_key(&self, event: &RecordedEvent) -> Option<String> {
-        // Only status changes read the view (its `order` field); every other
-        // event writes fields of its own without reading.
+        // Only status changes read the view (its `order` field, or the saga's
+        // when parking or resuming); every other event writes fields of its
+        // own without reading.
         match event.event_type.as_str() {
-            "OrderConfirmed" | "OrderShipped" | "OrderCancelled" => Some(format!("order:{}", event.stream_id.id())),
+            "OrderConfirmed" | "OrderShipped" | "OrderCancelled" | "SagaStuck" | "SagaResumed" => view_key(event).ok(),
             _ => None,
         }
     }
 
     fn apply(&self, event: &RecordedEvent, document: Option<&Document>) -> Result<Vec<Write>, ApplyError> {
         let at = event.recorded_at.timestamp_micros();
+        let key = view_key(event)?;
         let mut writes = match event.event_type.as_str() {
             "OrderPlaced" => {
                 let placed: OrderPlaced = decode(event)?;
-                let key = order_key(placed.order_id);
                 let score = event.position.0 as i64;
                 let order = json!({
                     "orderId": placed.order_id,
                     "customerId": placed.customer_id,
-                    "status": "PENDING",
+                    "status": OrderStatus::Pending,
                     "lines": placed.lines,
                     "totalCents": placed.total_cents,
                     "paymentMethod": placed.payment_method,
@@ -192,109 +273,70 @@ impl Projection for OrdersProjection {
                         member: key.clone(),
                     });
                 }
-                writes.extend(index_writes(true, &placed.customer_id, "PENDING", score, &key));
+                writes.extend(index_writes(true, &placed.customer_id, OrderStatus::Pending.as_str(), score, &key));
                 writes
             }
-            "OrderConfirmed" => {
-                let key = format!("order:{}", event.stream_id.id());
-                Self::transition(&key, document, event, "CONFIRMED", &[])?
-            }
-            "OrderShipped" => {
-                let key = format!("order:{}", event.stream_id.id());
-                Self::transition(&key, document, event, "SHIPPED", &[])?
-            }
+            "OrderConfirmed" => Self::transition(&key, document, event, OrderStatus::Confirmed, &[])?,
+            "OrderShipped" => Self::transition(&key, document, event, OrderStatus::Shipped, &[])?,
             "OrderCancelled" => {
                 let cancelled: OrderCancelled = decode(event)?;
-                let key = order_key(cancelled.order_id);
                 let extra = [
                     ("cancelReason", Value::from(cancelled.reason)),
                     ("failedStep", json!(cancelled.failed_step)),
                 ];
-                Self::transition(&key, document, event, "CANCELLED", &extra)?
+                Self::transition(&key, document, event, OrderStatus::Cancelled, &extra)?
             }
-            "StockReserved" => {
-                let e: StockReserved = decode(event)?;
-                let value = json!({"status": "RESERVED", "quantity": e.quantity});
-                vec![set(&order_key(e.order_id), &format!("stock:{}", e.sku), value)]
-            }
-            "ReservationReleased" => {
-                let e: ReservationReleased = decode(event)?;
-                let value = json!({"status": "RELEASED", "quantity": e.quantity});
-                vec![set(&order_key(e.order_id), &format!("stock:{}", e.sku), value)]
-            }
-            "ReservationCommitted" => {
-                let e: ReservationCommitted = decode(event)?;
-                let value = json!({"status": "COMMITTED", "quantity": e.quantity});
-                vec![set(&order_key(e.order_id), &format!("stock:{}", e.sku), value)]
-            }
-            "PaymentAuthorized" => {
-                let e: PaymentAuthorized = decode(event)?;
-                vec![set(&order_key(e.order_id), "payment", json!({"status": "AUTHORIZED", "amountCents": e.amount_cents}))]
-            }
-            "PaymentCaptured" => {
-                let e: PaymentCaptured = decode(event)?;
-                vec![set(&order_key(e.order_id), "payment", json!({"status": "CAPTURED", "amountCents": e.amount_cents}))]
-            }
-            "PaymentVoided" => {
-                let e: PaymentVoided = decode(event)?;
-                vec![set(&order_key(e.order_id), "payment", json!({"status": "VOIDED", "amountCents": e.amount_cents}))]
-            }
-            "PaymentRefunded" => {
-                let e: PaymentRefunded = decode(event)?;
-                vec![set(&order_key(e.order_id), "payment", json!({"status": "REFUNDED", "amountCents": e.amount_cents}))]
-            }
-            "ShipmentCreated" => {
-                let e: ShipmentCreated = decode(event)?;
-                vec![set(&order_key(e.order_id), "shipment", json!({"status": "CREATED"}))]
-            }
-            "ShipmentCancelled" => {
-                let e: ShipmentCancelled = decode(event)?;
-                vec![set(&order_key(e.order_id), "shipment", json!({"status": "CANCELLED", "reason": e.reason}))]
-            }
-            "SagaStarted" | "SagaCompleted" => {
-                let status = if event.event_type == "SagaStarted" { "RUNNING" } else { "COMPLETED" };
-                vec![set(&saga_key(event)?, "saga", json!({"status": status}))]
-            }
+            "SagaStarted" => vec![Self::saga(&key, SagaStatus::Running, false, json!({}))],
+            "SagaCompleted" => vec![Self::saga(&key, SagaStatus::Completed, false, json!({}))],
             "SagaStepSucceeded" => {
                 let e: SagaStepSucceeded = decode(event)?;
-                // A compensation has its own field: a failed step is compensated
-                // too (it may have done part of its work) and stays FAILED.
+                // An undo has its own field: the step keeps what it was (DONE,
+                // FAILED, or never done).
                 let field = if e.compensation { format!("undo:{}", e.step) } else { format!("step:{}", e.step) };
-                let status = if e.compensation { "COMPENSATED" } else { "DONE" };
-                vec![set(&saga_key(event)?, &field, json!({"status": status}))]
+                let status = if e.compensation { StepStatus::Compensated } else { StepStatus::Done };
+                vec![set(&key, &field, json!({ "status": status }))]
             }
             "SagaStepRetryScheduled" => {
                 let e: SagaStepRetryScheduled = decode(event)?;
-                let key = saga_key(event)?;
                 let retry = json!({"attempts": e.attempt, "lastError": e.reason, "compensation": e.compensation, "retryAt": e.retry_at});
                 let mut writes = vec![set(&key, &format!("retries:{}", e.step), retry)];
                 if !e.compensation {
-                    writes.push(set(&key, &format!("step:{}", e.step), json!({"status": "RETRYING"})));
+                    writes.push(set(&key, &format!("step:{}", e.step), json!({ "status": StepStatus::Retrying })));
                 }
                 writes
             }
             "SagaStepFailed" => {
                 let e: SagaStepFailed = decode(event)?;
-                let key = saga_key(event)?;
                 vec![
-                    set(&key, &format!("step:{}", e.step), json!({"status": "FAILED", "reason": e.reason})),
-                    set(&key, "saga", json!({"status": "COMPENSATING"})),
+                    set(&key, &format!("step:{}", e.step), json!({ "status": StepStatus::Failed, "reason": e.reason })),
+                    Self::saga(&key, SagaStatus::Compensating, true, json!({})),
                 ]
+            }
+            "SagaCancelRequested" => {
+                let e: SagaCancelRequested = decode(event)?;
+                vec![Self::saga(&key, SagaStatus::Compensating, true, json!({ "reason": format!("cancelled: {}", e.reason), "cancelled": true }))]
             }
             "SagaAborted" => {
                 let e: SagaAborted = decode(event)?;
-                vec![set(&saga_key(event)?, "saga", json!({"status": "ABORTED", "failedStep": e.failed_step, "reason": e.reason}))]
+                vec![Self::saga(&key, SagaStatus::Aborted, true, json!({ "failedStep": e.failed_step, "reason": e.reason }))]
+            }
+            "SagaStuck" => {
+                let e: SagaStuck = decode(event)?;
+                let undoing = document.and_then(|d| d.get("saga")).and_then(|s| s.get("undoing")).and_then(Value::as_bool).unwrap_or(false);
+                vec![Self::saga(&key, SagaStatus::Stuck, undoing, json!({ "stuckStep": e.step, "phase": e.phase, "reason": e.reason, "since": e.at }))]
+            }
+            "SagaResumed" => {
+                let undoing = document.and_then(|d| d.get("saga")).and_then(|s| s.get("undoing")).and_then(Value::as_bool).unwrap_or(false);
+                let status = if undoing { SagaStatus::Compensating } else { SagaStatus::Running };
+                vec![Self::saga(&key, status, undoing, json!({}))]
             }
             other => return Err(ApplyError::new(format!("orders does not handle {other}"))),
         };
-        if let Some(Write::SetField { key, .. }) = writes.first() {
-            let key = key.clone();
-            writes.push(Write::SetMax {
-                key,
-                field: "updatedAt".into(),
-                value: at,
-            });
-        }
+        writes.push(Write::SetMax {
+            key,
+            field: "updatedAt".into(),
+            value: at,
+        });
         Ok(writes)
     }
 }
@@ -313,7 +355,7 @@ impl Projection for StockProjection {
     }
 
     fn event_types(&self) -> &[&'static str] {
-        &["StockRestocked", "StockReserved", "ReservationReleased", "ReservationCommitted"]
+        &["StockRestocked", "StockReserved", "ReservationReleased", "ReservationCommitted", "StockReturned"]
     }
 
     fn document_key(&self, event: &RecordedEvent) -> Option<String> {
@@ -346,6 +388,11 @@ impl Projection for StockProjection {
                 on_hand = on_hand.saturating_sub(u64::from(e.quantity.get()));
                 e.sku
             }
+            "StockReturned" => {
+                let e: StockReturned = decode(event)?;
+                on_hand += u64::from(e.quantity.get());
+                e.sku
+            }
             other => return Err(ApplyError::new(format!("stock does not handle {other}"))),
         };
         let key = format!("sku:{}", event.stream_id.id());
@@ -370,11 +417,11 @@ impl Projection for StockProjection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
-    /// One of [`SAGA_STEPS`] (only the first three for orders without a saga).
+    /// One of [`SAGA_STEPS`].
     pub step: String,
-    /// `PENDING`, `RETRYING`, `DONE`, `FAILED` or `COMPENSATED`.
-    pub status: String,
-    /// Attempts that failed and were retried (action or compensation).
+    /// Where it is.
+    pub status: StepStatus,
+    /// Attempts that failed and were retried (action or undo).
     #[serde(default)]
     pub retries: u32,
     /// The reason of the failure or of the last retry.
@@ -390,21 +437,22 @@ pub struct OrderView {
     pub order_id: Uuid,
     /// Who placed it.
     pub customer_id: String,
-    /// PENDING, CONFIRMED, SHIPPED or CANCELLED.
-    pub status: String,
+    /// Where it is.
+    pub status: OrderStatus,
     /// The lines, as placed.
     pub lines: Value,
     /// Sum of the lines.
     pub total_cents: i64,
     /// Why it was cancelled.
     pub cancel_reason: Option<String>,
-    /// The step whose failure cancelled it.
+    /// The step whose failure cancelled it (none when its customer did).
     pub failed_step: Option<String>,
-    /// Fulfilment steps: the saga's when it has run (every step of
-    /// [`SAGA_STEPS`]), else derived from the services' events.
+    /// The six steps of [`SAGA_STEPS`] (all `PENDING` before the saga starts).
     pub steps: Vec<StepView>,
-    /// The saga: `RUNNING`, `COMPENSATING`, `COMPLETED`, `ABORTED` (none before it starts).
-    pub saga_status: Option<String>,
+    /// The saga (none before it starts).
+    pub saga_status: Option<SagaStatus>,
+    /// Why the saga is undoing, was undone, or is parked.
+    pub saga_reason: Option<String>,
     /// Last change, in microseconds since the epoch.
     pub updated_at_micros: i64,
     /// The position of its `OrderPlaced` event (its cursor).
@@ -416,82 +464,59 @@ impl OrderView {
     pub fn from_document(document: &Document) -> Option<Self> {
         let order = document.get("order")?;
         let text = |v: &Value| v.as_str().map(str::to_owned);
-        let failed_step = order.get("failedStep").and_then(text);
-        let step_status = |step: &str, seen: Option<&str>| {
-            if failed_step.as_deref() == Some(step) {
-                return "FAILED".to_owned();
-            }
-            match seen {
-                Some("RESERVED" | "COMMITTED" | "AUTHORIZED" | "CAPTURED" | "CREATED") => "DONE",
-                Some("RELEASED" | "VOIDED" | "REFUNDED" | "CANCELLED") => "COMPENSATED",
-                _ => "PENDING",
-            }
-            .to_owned()
-        };
-        let stock: Vec<&str> = document
+        let saga = document.get("saga");
+        let saga_status: Option<SagaStatus> = saga.and_then(|s| s.get("status")).and_then(|s| serde_json::from_value(s.clone()).ok());
+        let stuck_step = saga.filter(|_| saga_status == Some(SagaStatus::Stuck)).and_then(|s| s.get("stuckStep")).and_then(Value::as_str);
+        let steps = SAGA_STEPS
             .iter()
-            .filter(|(field, _)| field.starts_with("stock:"))
-            .filter_map(|(_, v)| v.get("status").and_then(Value::as_str))
+            .map(|step| {
+                let saga_step = document.get(&format!("step:{step}"));
+                let retries = document.get(&format!("retries:{step}"));
+                let done: Option<StepStatus> = saga_step.and_then(|s| s.get("status")).and_then(|s| serde_json::from_value(s.clone()).ok());
+                let undone = document.contains_key(&format!("undo:{step}"));
+                let status = match (done, undone) {
+                    _ if stuck_step == Some(step) => StepStatus::Stuck,
+                    (Some(StepStatus::Failed), _) => StepStatus::Failed,
+                    (Some(StepStatus::Done | StepStatus::Retrying), true) => StepStatus::Compensated,
+                    (None | Some(StepStatus::Pending), true) => StepStatus::Cancelled,
+                    (Some(status), _) => status,
+                    (None, false) => StepStatus::Pending,
+                };
+                StepView {
+                    step: (*step).into(),
+                    status,
+                    retries: retries.and_then(|r| r.get("attempts")).and_then(Value::as_u64).unwrap_or(0) as u32,
+                    last_error: saga_step
+                        .and_then(|s| s.get("reason"))
+                        .or_else(|| retries.and_then(|r| r.get("lastError")))
+                        .and_then(text),
+                }
+            })
             .collect();
-        let lines = order.get("lines").and_then(Value::as_array).map_or(0, Vec::len);
-        let stock_seen = if stock.contains(&"RELEASED") {
-            Some("RELEASED")
-        } else if !stock.is_empty() && stock.len() >= lines {
-            Some("RESERVED")
-        } else {
-            None
-        };
-        let status_of = |field: &str| document.get(field).and_then(|v| v.get("status")).and_then(Value::as_str);
-        let derived = |step: &str, seen: Option<&str>| StepView {
-            step: step.into(),
-            status: step_status(step, seen),
-            retries: 0,
-            last_error: None,
-        };
-        let steps = if document.get("saga").is_some() {
-            SAGA_STEPS
-                .iter()
-                .map(|step| {
-                    let saga_step = document.get(&format!("step:{step}"));
-                    let retries = document.get(&format!("retries:{step}"));
-                    let status = saga_step.and_then(|s| s.get("status")).and_then(Value::as_str);
-                    let status = match (status, document.contains_key(&format!("undo:{step}"))) {
-                        (Some("FAILED"), _) => "FAILED",
-                        (_, true) => "COMPENSATED",
-                        (Some(status), false) => status,
-                        (None, false) => "PENDING",
-                    };
-                    StepView {
-                        step: (*step).into(),
-                        status: status.into(),
-                        retries: retries.and_then(|r| r.get("attempts")).and_then(Value::as_u64).unwrap_or(0) as u32,
-                        last_error: saga_step
-                            .and_then(|s| s.get("reason"))
-                            .or_else(|| retries.and_then(|r| r.get("lastError")))
-                            .and_then(text),
-                    }
-                })
-                .collect()
-        } else {
-            vec![
-                derived("RESERVE_STOCK", stock_seen),
-                derived("AUTHORIZE_PAYMENT", status_of("payment")),
-                derived("CREATE_SHIPMENT", status_of("shipment")),
-            ]
-        };
         Some(Self {
             order_id: order.get("orderId").and_then(Value::as_str)?.parse().ok()?,
             customer_id: order.get("customerId").and_then(text)?,
-            status: order.get("status").and_then(text)?,
+            status: serde_json::from_value(order.get("status")?.clone()).ok()?,
             lines: order.get("lines").cloned().unwrap_or(Value::Null),
             total_cents: order.get("totalCents").and_then(Value::as_i64).unwrap_or(0),
             cancel_reason: order.get("cancelReason").and_then(text),
+            failed_step: order.get("failedStep").and_then(text),
             steps,
-            saga_status: status_of("saga").map(str::to_owned),
-            failed_step,
+            saga_status,
+            saga_reason: saga.and_then(|s| s.get("reason")).and_then(text),
             updated_at_micros: document.get("updatedAt").and_then(Value::as_i64).unwrap_or(0),
             cursor: order.get("placedPosition").and_then(Value::as_i64).unwrap_or(0),
         })
+    }
+
+    /// Nothing more will change unless someone acts: shipped, undone, or
+    /// completed and still confirmed (a customer's cancellation reopens it).
+    pub fn is_settled(&self) -> bool {
+        match (self.status, self.saga_status) {
+            (OrderStatus::Shipped, _) | (_, Some(SagaStatus::Aborted)) => true,
+            (OrderStatus::Confirmed, Some(SagaStatus::Completed)) => true,
+            _ => false,
+        }
     }
 }
 
@@ -513,7 +538,7 @@ pub struct OrdersQuery {
     /// Only this customer's orders.
     pub customer_id: Option<String>,
     /// Only orders in this status.
-    pub status: Option<String>,
+    pub status: Option<OrderStatus>,
     /// Page size (1 to 100).
     pub first: usize,
     /// The cursor of the last order of the previous page.
@@ -541,9 +566,9 @@ pub async fn order(sink: &dyn ReadModelSink, order_id: Uuid) -> Result<Option<Or
 /// A page of orders by customer and status (both optional).
 pub async fn orders(sink: &dyn ReadModelSink, query: &OrdersQuery) -> Result<OrdersPage, SinkError> {
     let index = match (&query.customer_id, &query.status) {
-        (Some(customer), Some(status)) => format!("customer:{customer}:status:{status}"),
+        (Some(customer), Some(status)) => format!("customer:{customer}:status:{}", status.as_str()),
         (Some(customer), None) => format!("customer:{customer}"),
-        (None, Some(status)) => format!("status:{status}"),
+        (None, Some(status)) => format!("status:{}", status.as_str()),
         (None, None) => "all".to_owned(),
     };
     let first = query.first.clamp(1, MAX_PAGE);

@@ -1,6 +1,7 @@
 //! Sample traffic of the domain, for benches and tests: orders that are
 //! placed, reserved, paid, and then shipped, cancelled with compensation, or
-//! left pending, interleaved the way concurrent orders interleave in the log.
+//! left pending, with their fulfilment sagas' records, interleaved the way
+//! concurrent orders interleave in the log.
 //!
 //! Deterministic for a seed (a small splitmix64 generator, no dependency), and
 //! schema-valid, so the stores accept every payload.
@@ -8,8 +9,9 @@
 use chrono::{DateTime, Utc};
 use strata_schemas::events::{
     InventoryEvent, OrderCancelled, OrderConfirmed, OrderEvent, OrderPlaced, OrderShipped, PaymentAuthorized,
-    PaymentCaptured, PaymentEvent, PaymentVoided, ReservationCommitted, ReservationReleased, ShipmentCreated,
-    ShipmentEvent, StockReserved, StockRestocked,
+    PaymentCaptured, PaymentEvent, PaymentVoided, ReservationCommitted, ReservationReleased, SagaAborted, SagaCompleted,
+    SagaEvent, SagaStarted, SagaStepFailed, SagaStepSucceeded, ShipmentCreated, ShipmentEvent, StockReserved,
+    StockRestocked,
 };
 use strata_schemas::values::{Address, Cents, CountryCode, FulfilmentStep, OrderLine, Quantity, Sku};
 use strata_schemas::DomainEvent;
@@ -206,6 +208,16 @@ impl Generator {
             placed_at: Some(at(clock)),
         });
         let mut flow = vec![append(order.clone(), placed, self.id())];
+        let saga = stream("fulfilment", order_id);
+        let started = SagaEvent::from(SagaStarted {
+            saga_id: order_id,
+            data: serde_json::json!({
+                "orderId": order_id, "lines": lines, "totalCents": amount, "paymentMethod": "card", "shippingAddress": address(),
+            }),
+            started_at: at(clock),
+        });
+        flow.push(append(saga.clone(), started, self.id()));
+        let step = |name: &str, compensation: bool, clock: u64| SagaEvent::from(SagaStepSucceeded { step: name.into(), compensation, at: at(clock) });
         for line in &lines {
             let event = InventoryEvent::from(StockReserved {
                 sku: line.sku.clone(),
@@ -236,6 +248,9 @@ impl Generator {
                     confirmed_at: at(clock + 1),
                 });
                 flow.push(append(order.clone(), confirmed, self.id()));
+                for name in ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER"] {
+                    flow.push(append(saga.clone(), step(name, false, clock + 1), self.id()));
+                }
                 for line in &lines {
                     let event = InventoryEvent::from(ReservationCommitted {
                         sku: line.sku.clone(),
@@ -251,6 +266,10 @@ impl Generator {
                     captured_at: at(clock + 2),
                 });
                 flow.push(append(payment, captured, self.id()));
+                for name in ["CAPTURE_PAYMENT", "COMMIT_STOCK"] {
+                    flow.push(append(saga.clone(), step(name, false, clock + 2), self.id()));
+                }
+                flow.push(append(saga, SagaEvent::from(SagaCompleted { at: at(clock + 2) }), self.id()));
                 let shipped = OrderEvent::from(OrderShipped {
                     order_id,
                     shipped_at: at(clock + 3),
@@ -258,6 +277,12 @@ impl Generator {
                 flow.push(append(order, shipped, self.id()));
             }
             7 | 8 => {
+                let reason = "the carrier refused the address";
+                for name in ["RESERVE_STOCK", "AUTHORIZE_PAYMENT"] {
+                    flow.push(append(saga.clone(), step(name, false, clock + 1), self.id()));
+                }
+                let failed = SagaEvent::from(SagaStepFailed { step: "CREATE_SHIPMENT".into(), reason: reason.into(), at: at(clock + 1) });
+                flow.push(append(saga.clone(), failed, self.id()));
                 for line in &lines {
                     let event = InventoryEvent::from(ReservationReleased {
                         sku: line.sku.clone(),
@@ -273,13 +298,18 @@ impl Generator {
                     voided_at: at(clock + 1),
                 });
                 flow.push(append(payment, voided, self.id()));
+                for name in ["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"] {
+                    flow.push(append(saga.clone(), step(name, true, clock + 1), self.id()));
+                }
                 let cancelled = OrderEvent::from(OrderCancelled {
                     order_id,
-                    reason: "the carrier refused the address".into(),
+                    reason: reason.into(),
                     failed_step: Some(FulfilmentStep::CreateShipment),
                     cancelled_at: at(clock + 1),
                 });
                 flow.push(append(order, cancelled, self.id()));
+                let aborted = SagaEvent::from(SagaAborted { failed_step: "CREATE_SHIPMENT".into(), reason: reason.into(), at: at(clock + 1) });
+                flow.push(append(saga, aborted, self.id()));
             }
             _ => {}
         }

@@ -68,6 +68,12 @@ impl MemorySink {
         Self::default()
     }
 
+    /// Forgets everything, as a Redis restarted without persistence would:
+    /// what tests use to check that a lost read model is noticed.
+    pub fn clear(&self) {
+        self.projections.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
     fn read<T>(&self, projection: &str, f: impl FnOnce(Option<&ProjectionData>) -> T) -> T {
         let projections = self.projections.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(projections.get(projection))
@@ -78,6 +84,8 @@ impl MemorySink {
         f(projections.entry(projection.to_owned()).or_default())
     }
 
+    /// The live generation's data; `None` without a live pointer, or when the
+    /// generation it names is gone (its data was lost).
     fn with_live<T>(&self, projection: &str, f: impl FnOnce(&Generation) -> T) -> Option<T> {
         self.read(projection, |data| {
             let data = data?;
@@ -141,7 +149,7 @@ impl ReadModelSink for MemorySink {
     }
 
     async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
-        Ok(self.read(projection, |data| data.and_then(|data| data.live)))
+        Ok(self.read(projection, |data| data.and_then(|data| data.live.filter(|live| data.generations.contains_key(live)))))
     }
 
     async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
@@ -152,13 +160,16 @@ impl ReadModelSink for MemorySink {
         }))
     }
 
-    async fn switch_live(&self, projection: &str, generation: u64) -> Result<(), SinkError> {
-        self.write(projection, |data| {
-            data.generations.entry(generation).or_default();
-            data.last_generation = data.last_generation.max(generation);
+    async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
+        Ok(self.write(projection, |data| {
+            let rebuilding = MetaField::Rebuilding.as_str();
+            if data.meta.get(rebuilding) != Some(&generation.to_string()) || !data.generations.contains_key(&generation) {
+                return false;
+            }
+            data.meta.remove(rebuilding);
             data.live = Some(generation);
-        });
-        Ok(())
+            true
+        }))
     }
 
     async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
@@ -202,9 +213,11 @@ impl ReadModelSink for MemorySink {
         Ok(self.write(&target.projection, |data| {
             let rebuilding = data.meta.get(MetaField::Rebuilding.as_str()).and_then(|g| g.parse::<u64>().ok());
             if data.live != Some(target.generation) && rebuilding != Some(target.generation) {
-                return Committed::Retired;
+                return if data.live.is_none() { Committed::Lost } else { Committed::Retired };
             }
-            let generation = data.generations.entry(target.generation).or_default();
+            let Some(generation) = data.generations.get_mut(&target.generation) else {
+                return Committed::Lost;
+            };
             for guard in &batch.guards {
                 let actual = generation.streams.get(&guard.stream_id).copied().unwrap_or(0);
                 if guard.expected.is_some_and(|expected| expected != actual) {
@@ -222,7 +235,9 @@ impl ReadModelSink for MemorySink {
             }
             for letter in &batch.dead_letters {
                 generation.parked.entry(letter.stream_id.clone()).or_insert(letter.stream_version);
-                generation.dead.insert((letter.position, letter.event_id), letter.clone());
+                // The first record of a dead letter stays (a redelivery
+                // parks it again behind itself), as in every backend.
+                generation.dead.entry((letter.position, letter.event_id)).or_insert_with(|| letter.clone());
             }
             generation.position = generation.position.max(batch.position);
             generation.events += batch.events;

@@ -17,9 +17,18 @@
 //!   generation during a switch cannot write into it after it was dropped.
 //! - **Generations.** A projection's read model lives in numbered
 //!   generations; readers follow the one the `live` pointer names, and
-//!   [`ReadModelSink::switch_live`] moves the pointer in one step. Every query
-//!   resolves the pointer and reads in one atomic operation, so a reader sees
-//!   one whole generation, never half of two.
+//!   [`ReadModelSink::switch_live`] moves the pointer in one step, only for
+//!   the rebuild that reserved the generation (compare-and-set on the
+//!   `rebuilding` mark, across processes). Every query resolves the pointer
+//!   and reads in one atomic operation, so a reader sees one whole
+//!   generation, never half of two.
+//! - **Loss is noticed.** Every generation has a marker written when it is
+//!   created. A live pointer without its generation's marker, or no live
+//!   pointer at all where a commit expected one, means the backend lost data
+//!   (a Redis restarted without persistence, evicted keys):
+//!   [`ReadModelSink::live_generation`] answers `None` and
+//!   [`ReadModelSink::commit`] answers [`Committed::Lost`], so the runner
+//!   rebuilds from the log instead of filling an empty model event by event.
 //! - **Operator state** (paused, last error, rate) is shared by every process
 //!   using the sink, so `strata projections pause` in one process pauses the
 //!   workers of all.
@@ -141,6 +150,9 @@ pub enum Committed {
     /// The generation is neither live nor being rebuilt (a rebuild replaced
     /// it): nothing was written; plan again against the live one.
     Retired,
+    /// The backend lost the read model (no live pointer, or the
+    /// generation's marker is gone): nothing was written; rebuild it.
+    Lost,
     /// A guard did not hold: nothing was written.
     Conflict {
         /// The stream whose stored version differed.
@@ -186,6 +198,8 @@ pub struct Meta {
     pub rate: Option<u64>,
     /// Generation being rebuilt, if any.
     pub rebuilding: Option<u64>,
+    /// Times a worker found the read model lost and rebuilt it.
+    pub losses: u64,
 }
 
 /// One field of [`Meta`].
@@ -201,6 +215,8 @@ pub enum MetaField {
     Rate,
     /// Generation being rebuilt.
     Rebuilding,
+    /// Times the read model was found lost.
+    Losses,
 }
 
 impl MetaField {
@@ -212,6 +228,7 @@ impl MetaField {
             MetaField::LastError => "lastError",
             MetaField::Rate => "rate",
             MetaField::Rebuilding => "rebuilding",
+            MetaField::Losses => "losses",
         }
     }
 }
@@ -227,6 +244,7 @@ impl Meta {
                 "lastError" => meta.last_error = Some(value.to_owned()),
                 "rate" => meta.rate = value.parse().ok(),
                 "rebuilding" => meta.rebuilding = value.parse().ok(),
+                "losses" => meta.losses = value.parse().unwrap_or(0),
                 _ => {}
             }
         }
@@ -265,17 +283,21 @@ pub trait ReadModelSink: Send + Sync {
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), SinkError>;
 
-    /// The generation readers follow, if any.
+    /// The generation readers follow, if any; `None` also when the pointer
+    /// names a generation whose marker is gone (its data was lost).
     async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError>;
 
-    /// Reserves a new generation number (greater than any before).
+    /// Reserves a new generation number (greater than any before) and writes
+    /// its marker.
     async fn new_generation(&self, projection: &str) -> Result<u64, SinkError>;
 
-    /// Makes readers follow `generation`, in one step.
-    async fn switch_live(&self, projection: &str, generation: u64) -> Result<(), SinkError>;
+    /// Makes readers follow `generation`, in one step, if it is the one the
+    /// `rebuilding` mark names (the mark is cleared with the switch); `false`
+    /// (nothing changed) if another rebuild superseded it.
+    async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError>;
 
-    /// Sets the live pointer to `generation` only if there is none yet;
-    /// returns the live generation afterwards.
+    /// Sets the live pointer to `generation` (writing its marker) only if
+    /// there is none yet; returns the live generation afterwards.
     async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError>;
 
     /// Deletes everything of a generation that is not live.

@@ -10,6 +10,7 @@
 //! | `R live` | string | the generation readers follow |
 //! | `R next` | string | the last generation number handed out |
 //! | `R meta` | hash | paused, state, lastError, rate, rebuilding |
+//! | `R gN:marker` | string | written when the generation is created; gone = data lost |
 //! | `R gN:streams` | hash | stream → applied version |
 //! | `R gN:parked` | hash | stream → version it is parked from |
 //! | `R gN:dead` | hash | `<position>:<event id>` → dead letter JSON |
@@ -26,6 +27,15 @@
 //! scripts too: they read the `live` pointer and the data in one step, so a
 //! generation switch or drop never shows a reader half a model. Batches are
 //! sent on one multiplexed connection, so concurrent commits pipeline.
+//!
+//! # Loss
+//! Redis may lose data: restarted without persistence, flushed, or keys
+//! evicted under `maxmemory` with an `allkeys-*` policy. A missing live
+//! pointer (where a commit expected one) or a missing generation marker is
+//! reported as lost (see the seam's guarantees); a single evicted document
+//! under a surviving marker is not detectable, so [`RedisSink::connect`]
+//! warns when the server's eviction policy could evict Strata's keys (use
+//! `noeviction`, the default, or a `volatile-*` policy: Strata sets no TTLs).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,6 +83,8 @@ pub struct RedisSink {
     page: Script,
     init_live: Script,
     new_generation: Script,
+    live: Script,
+    switch_live: Script,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -85,9 +97,12 @@ const COMMIT: &str = r#"
 local base = ARGV[1]
 local root = ARGV[2]
 local generation = ARGV[3]
-if redis.call('GET', root .. 'live') ~= generation and redis.call('HGET', root .. 'meta', 'rebuilding') ~= generation then
+local live = redis.call('GET', root .. 'live')
+if live ~= generation and redis.call('HGET', root .. 'meta', 'rebuilding') ~= generation then
+  if not live then return {3} end
   return {2}
 end
+if redis.call('EXISTS', base .. 'marker') == 0 then return {3} end
 local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 local streams = base .. 'streams'
@@ -151,13 +166,13 @@ return {1}
 
 const DOCUMENT: &str = r#"
 local g = redis.call('GET', ARGV[1] .. 'live')
-if not g then return {} end
+if not g or redis.call('EXISTS', ARGV[1] .. 'g' .. g .. ':marker') == 0 then return {} end
 return redis.call('HGETALL', ARGV[1] .. 'g' .. g .. ':d:' .. ARGV[2])
 "#;
 
 const PAGE: &str = r#"
 local g = redis.call('GET', ARGV[1] .. 'live')
-if not g then return {} end
+if not g or redis.call('EXISTS', ARGV[1] .. 'g' .. g .. ':marker') == 0 then return {} end
 local base = ARGV[1] .. 'g' .. g .. ':'
 local entries = redis.call('ZRANGEBYSCORE', base .. 'i:' .. ARGV[2], ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
 local out = {}
@@ -171,6 +186,7 @@ const INIT_LIVE: &str = r#"
 local live = redis.call('GET', ARGV[1] .. 'live')
 if live then return tonumber(live) end
 redis.call('SET', ARGV[1] .. 'live', ARGV[2])
+redis.call('SET', ARGV[1] .. 'g' .. ARGV[2] .. ':marker', ARGV[2])
 if tonumber(redis.call('GET', ARGV[1] .. 'next') or '0') < tonumber(ARGV[2]) then redis.call('SET', ARGV[1] .. 'next', ARGV[2]) end
 return tonumber(ARGV[2])
 "#;
@@ -179,7 +195,22 @@ const NEW_GENERATION: &str = r#"
 local n = redis.call('INCR', ARGV[1] .. 'next')
 local live = tonumber(redis.call('GET', ARGV[1] .. 'live') or '0')
 if n <= live then n = live + 1; redis.call('SET', ARGV[1] .. 'next', n) end
+redis.call('SET', ARGV[1] .. 'g' .. n .. ':marker', n)
 return n
+"#;
+
+const LIVE: &str = r#"
+local g = redis.call('GET', ARGV[1] .. 'live')
+if not g or redis.call('EXISTS', ARGV[1] .. 'g' .. g .. ':marker') == 0 then return false end
+return tonumber(g)
+"#;
+
+const SWITCH_LIVE: &str = r#"
+if redis.call('HGET', ARGV[1] .. 'meta', 'rebuilding') ~= ARGV[2] then return 0 end
+if redis.call('EXISTS', ARGV[1] .. 'g' .. ARGV[2] .. ':marker') == 0 then return 0 end
+redis.call('SET', ARGV[1] .. 'live', ARGV[2])
+redis.call('HDEL', ARGV[1] .. 'meta', 'rebuilding')
+return 1
 "#;
 
 impl RedisSink {
@@ -207,9 +238,24 @@ impl RedisSink {
             page: Script::new(PAGE),
             init_live: Script::new(INIT_LIVE),
             new_generation: Script::new(NEW_GENERATION),
+            live: Script::new(LIVE),
+            switch_live: Script::new(SWITCH_LIVE),
         };
         sink.ping().await?;
+        sink.warn_if_keys_may_be_evicted().await;
         Ok(sink)
+    }
+
+    /// See "Loss" in the module docs. Managed servers may refuse `CONFIG`;
+    /// then nothing is said.
+    async fn warn_if_keys_may_be_evicted(&self) {
+        let mut connection = self.connection();
+        let policy: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut connection).await;
+        if let Ok(policy) = policy {
+            if let Some(policy) = policy.get(1).filter(|p| p.starts_with("allkeys")) {
+                tracing::warn!(%policy, "redis may evict read-model keys under memory pressure; Strata notices a lost generation but not a single evicted document: use maxmemory-policy noeviction");
+            }
+        }
     }
 
     async fn open(client: &Client) -> Result<MultiplexedConnection, SinkError> {
@@ -349,7 +395,9 @@ impl ReadModelSink for RedisSink {
 
     async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
         let mut connection = self.connection();
-        match redis::cmd("GET").arg(format!("{}live", self.root(projection))).query_async(&mut connection).await {
+        let mut invocation = self.live.prepare_invoke();
+        invocation.arg(self.root(projection));
+        match invocation.invoke_async(&mut connection).await {
             Ok(live) => Ok(live),
             Err(e) => Err(self.fail("reading the live generation", e).await),
         }
@@ -365,15 +413,12 @@ impl ReadModelSink for RedisSink {
         }
     }
 
-    async fn switch_live(&self, projection: &str, generation: u64) -> Result<(), SinkError> {
+    async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
         let mut connection = self.connection();
-        match redis::cmd("SET")
-            .arg(format!("{}live", self.root(projection)))
-            .arg(generation)
-            .exec_async(&mut connection)
-            .await
-        {
-            Ok(()) => Ok(()),
+        let mut invocation = self.switch_live.prepare_invoke();
+        invocation.arg(self.root(projection)).arg(generation);
+        match invocation.invoke_async::<i64>(&mut connection).await {
+            Ok(switched) => Ok(switched == 1),
             Err(e) => Err(self.fail("switching the live generation", e).await),
         }
     }
@@ -464,6 +509,7 @@ impl ReadModelSink for RedisSink {
         match done {
             1 => return Ok(Committed::Done),
             2 => return Ok(Committed::Retired),
+            3 => return Ok(Committed::Lost),
             _ => {}
         }
         let stream_id: String = parse("commit reply", reply.next().unwrap_or(RedisValue::Nil))?;

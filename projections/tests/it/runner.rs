@@ -274,6 +274,9 @@ async fn under_the_stop_policy_a_poison_event_stops_the_projection_before_it() {
     let poison_at = events.iter().position(|e| e.stream_id.id() == broken.to_string()).unwrap();
 
     let runner = ProjectionRunner::new(Arc::new(Strict(OrdersProjection)), sink.clone(), store.clone(), RunnerConfig::default());
+    // A live generation that has seen nothing yet (else the runner would
+    // build it from the log first, and stop there).
+    sink.init_live("strict_orders", 1).await.unwrap();
     let (covered, _, stopped) = runner.handle(&events).await.unwrap();
     assert_eq!(covered, poison_at, "everything before the poison event is committed, nothing after");
     let stopped = stopped.expect("the projection stops");

@@ -52,7 +52,7 @@ async fn replaying_any_prefix_twice_gives_the_same_model_as_once(backend: Backen
     for projection in projections() {
         // The reference: every event once, in log order, in memory.
         let (reference_sink, _) = fresh_sink(Backend::Memory).await.unwrap();
-        feed(&runner(projection.clone(), &reference_sink, log.clone()), &events, 50).await;
+        feed(&runner(projection.clone(), &reference_sink, log.clone()).await, &events, 50).await;
         let reference = live_dump(&*reference_sink, projection.name()).await;
         assert!(!reference.documents.is_empty(), "{} built nothing", projection.name());
 
@@ -60,7 +60,7 @@ async fn replaying_any_prefix_twice_gives_the_same_model_as_once(backend: Backen
         prefixes.extend((0..4).map(|_| rng.random_range(1..events.len())));
         for prefix in prefixes {
             let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
-            let runner = runner(projection.clone(), &sink, log.clone());
+            let runner = runner(projection.clone(), &sink, log.clone()).await;
             let chunk = rng.random_range(1..80);
             feed(&runner, &events[..prefix], chunk).await;
             feed(&runner, &events[..prefix], chunk + 3).await;
@@ -79,7 +79,7 @@ async fn any_delivery_order_with_duplicates_gives_the_model_of_the_log_in_order(
     let (log, events) = log_with_orders(seed, 30).await;
     for projection in projections() {
         let (reference_sink, _) = fresh_sink(Backend::Memory).await.unwrap();
-        feed(&runner(projection.clone(), &reference_sink, log.clone()), &events, 64).await;
+        feed(&runner(projection.clone(), &reference_sink, log.clone()).await, &events, 64).await;
         let reference = live_dump(&*reference_sink, projection.name()).await;
 
         let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
@@ -89,7 +89,7 @@ async fn any_delivery_order_with_duplicates_gives_the_model_of_the_log_in_order(
             deliveries.push(events[rng.random_range(0..events.len())].clone());
         }
         deliveries.shuffle(&mut rng);
-        feed(&runner(projection.clone(), &sink, log.clone()), &deliveries, rng.random_range(1..40)).await;
+        feed(&runner(projection.clone(), &sink, log.clone()).await, &deliveries, rng.random_range(1..40)).await;
         let model = live_dump(&*sink, projection.name()).await;
         assert_eq!(model, reference, "{}: shuffled deliveries differ (seed {seed})", projection.name());
         cleanup.run().await;
@@ -191,20 +191,20 @@ async fn queries_follow_the_live_pointer_and_retired_generations_refuse_commits(
 async fn pages_walk_an_index_in_placing_order_with_cursors(backend: Backend) {
     let (log, events) = log_with_orders(3, 60).await;
     let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
-    feed(&runner(Arc::new(OrdersProjection), &sink, log.clone()), &events, 100).await;
+    feed(&runner(Arc::new(OrdersProjection), &sink, log.clone()).await, &events, 100).await;
 
     let placed: Vec<(String, String)> = events
         .iter()
         .filter(|e| e.event_type == "OrderPlaced")
         .map(|e| (e.stream_id.id().to_owned(), e.payload["customerId"].as_str().unwrap().to_owned()))
         .collect();
-    for (customer, status) in [(None, None), (Some("customer-3".to_owned()), None), (None, Some("SHIPPED".to_owned()))] {
+    for (customer, status) in [(None, None), (Some("customer-3".to_owned()), None), (None, Some(orders::OrderStatus::Shipped))] {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
             let query = OrdersQuery {
                 customer_id: customer.clone(),
-                status: status.clone(),
+                status,
                 first: 7,
                 after,
             };

@@ -70,7 +70,11 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
     }
 }
 
-pub fn runner(projection: Arc<dyn Projection>, sink: &Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>) -> ProjectionRunner {
+/// A runner on a live generation that has seen nothing yet (without one, the
+/// runner would first build the model from the whole log, and the events fed
+/// to it would all be duplicates).
+pub async fn runner(projection: Arc<dyn Projection>, sink: &Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>) -> ProjectionRunner {
+    sink.init_live(projection.name(), 1).await.expect("init the live generation");
     ProjectionRunner::new(projection, sink.clone(), log, RunnerConfig::default())
 }
 
@@ -126,5 +130,45 @@ pub async fn feed_target(sink: &dyn ReadModelSink, target: &Target, events: &[Re
         };
         assert_eq!(sink.commit(target, &batch).await.unwrap(), Committed::Done);
         versions.insert(event.stream_id.as_str().to_owned(), event.stream_version);
+    }
+}
+
+/// Forgets everything a sink holds, as a Redis restarted without
+/// persistence would.
+pub type Wipe = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Like [`fresh_sink`], with a way to wipe it.
+pub async fn fresh_wipeable_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Wipe, Cleanup)> {
+    match backend {
+        Backend::Memory => {
+            let sink = Arc::new(MemorySink::new());
+            let wiped = sink.clone();
+            let wipe: Wipe = Arc::new(move || {
+                let wiped = wiped.clone();
+                Box::pin(async move { wiped.clear() })
+            });
+            Some((sink, wipe, Cleanup::none()))
+        }
+        Backend::Redis => {
+            let url = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+            let prefix = format!("test_{}", Uuid::new_v4().simple());
+            let config = RedisSinkConfig { key_prefix: prefix, ..RedisSinkConfig::new(url.clone()) };
+            match RedisSink::connect(config).await {
+                Ok(sink) => {
+                    let sink = Arc::new(sink);
+                    let (wiped, teardown) = (sink.clone(), sink.clone());
+                    let wipe: Wipe = Arc::new(move || {
+                        let wiped = wiped.clone();
+                        Box::pin(async move { wiped.delete_all().await.expect("wipe the test keys") })
+                    });
+                    let cleanup = Cleanup::new(move || async move { teardown.delete_all().await.expect("delete test keys") });
+                    Some((sink, wipe, cleanup))
+                }
+                Err(err) => {
+                    report_unreachable("Redis", &url, "redis-server --daemonize yes --bind 127.0.0.1 --save ''", &err);
+                    None
+                }
+            }
+        }
     }
 }
