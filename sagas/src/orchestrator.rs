@@ -119,8 +119,10 @@ async fn scan(reader: &dyn EventReader, category: &str, after: Position) -> Resu
             entry.last_at = recorded.recorded_at;
             entry.resumed = false;
             match recorded.event_type.as_str() {
-                "SagaStepFailed" | "SagaCancelRequested" if entry.status != SeenStatus::Terminal => {
-                    entry.undoing |= recorded.event_type == "SagaStepFailed" || entry.status != SeenStatus::Compensating;
+                // Recorded only in an instance that can undo itself, a
+                // completed one included: in flight again.
+                "SagaStepFailed" | "SagaCancelRequested" => {
+                    entry.undoing = true;
                     entry.status = SeenStatus::Compensating;
                 }
                 "SagaCompleted" | "SagaAborted" => entry.status = SeenStatus::Terminal,

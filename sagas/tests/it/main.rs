@@ -6,6 +6,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod lifecycle;
+mod model;
 mod support;
 
 use std::sync::atomic::Ordering;
