@@ -3,7 +3,9 @@
 //! `graphql-ws`, the token in the `Authorization` header of the upgrade or
 //! in the `connection_init` payload as `{"Authorization": "Bearer …"}`),
 //! `GET /healthz` (the process is up), `GET /readyz` (the event store and,
-//! when this process has them, the bus and the read models answer) and `GET /metrics`
+//! when this process has them, the bus and the read models answer; the
+//! event store's commit listener, when there is one, heard from the database
+//! within 30 s) and `GET /metrics`
 //! (Prometheus, see [`crate::metrics`]). `/healthz`, `/readyz`, `/metrics`
 //! and the GraphiQL page carry no data and need no token.
 //!
@@ -86,12 +88,25 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// `/readyz` reports a commit listener silent for longer than this.
+const LISTENER_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
     let backend = state.event_store.backend_name();
     let ping = tokio::time::timeout(Duration::from_secs(2), state.event_store.ping()).await;
     ready &= check(&mut checks, "event_store", backend, ping.map(|r| r.map_err(|e| e.to_string())));
+    if let Some(silence) = state.event_store.listener_silence() {
+        // The listener hears its own heartbeat every 5 s and replaces a
+        // connection silent for 15 s; silent for longer, it cannot reconnect.
+        let heard = if silence <= LISTENER_SILENCE_LIMIT {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!("no notification from the database for {} s", silence.as_secs())))
+        };
+        ready &= check(&mut checks, "event_store_listener", backend, heard);
+    }
     if let Some(read_model) = &state.read_model {
         let ping = tokio::time::timeout(Duration::from_secs(2), read_model.ping()).await;
         ready &= check(&mut checks, "read_model", read_model.backend_name(), ping.map(|r| r.map_err(|e| e.to_string())));

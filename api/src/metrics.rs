@@ -145,6 +145,9 @@ impl EventReader for MeteredStore {
     async fn ping(&self) -> Result<(), ReadError> {
         self.inner.ping().await
     }
+    fn listener_silence(&self) -> Option<std::time::Duration> {
+        self.inner.listener_silence()
+    }
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
@@ -208,12 +211,13 @@ pub async fn render(sources: &Sources) -> String {
         Err(error) => tracing::warn!("metrics: reading the relay checkpoint failed: {error}"),
     }
     if let (Some(sink), Some(head)) = (&sources.read_model, head) {
-        let mut lines = String::new();
+        let (mut lines, mut losses) = (String::new(), String::new());
         for projection in orders::projections() {
             match crate::projections::status(&**sink, &*sources.log, &*projection).await {
                 Ok(status) => {
                     let position = status.position;
                     let _ = writeln!(lines, "strata_projection_lag_events{{projection=\"{}\"}} {}", projection.name(), head.saturating_sub(position));
+                    let _ = writeln!(losses, "strata_projection_losses_total{{projection=\"{}\"}} {}", projection.name(), status.losses);
                 }
                 Err(error) => tracing::warn!(projection = projection.name(), "metrics: reading the projection failed: {error:#}"),
             }
@@ -221,6 +225,11 @@ pub async fn render(sources: &Sources) -> String {
         if !lines.is_empty() {
             gauge(&mut out, "strata_projection_lag_events", "Events in the log the projection has not applied yet.");
             out.push_str(&lines);
+            let _ = writeln!(
+                out,
+                "# HELP strata_projection_losses_total Times the read model was found lost (backend restarted empty, keys evicted) and rebuilt from the log.\n# TYPE strata_projection_losses_total counter"
+            );
+            out.push_str(&losses);
         }
     }
     match strata_sagas::count_in_flight(&*sources.log, &*sources.checkpoints, strata_sagas::fulfilment::CATEGORY).await {

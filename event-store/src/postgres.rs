@@ -140,7 +140,24 @@ struct Shared {
     registry: Arc<SchemaRegistry>,
     hook: Option<AppendHook>,
     wake: watch::Sender<u64>,
+    /// When the listener last heard from the database (a notification, its
+    /// own heartbeat, a reconnect); `None` before it started.
+    last_heard: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+impl Shared {
+    fn heard(&self) {
+        *self.last_heard.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(std::time::Instant::now());
+    }
+}
+
+/// How often the listener sends itself a heartbeat notification; if nothing
+/// at all arrives for [`LISTENER_SILENCE`], its connection is presumed
+/// half-open and replaced.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const LISTENER_SILENCE: Duration = Duration::from_secs(15);
+/// The payload of a heartbeat (a position in every other notification).
+const HEARTBEAT: &str = "heartbeat";
 
 struct Pending {
     append: PreparedAppend,
@@ -202,6 +219,7 @@ impl PostgresEventStore {
             registry,
             hook: config.hook.clone(),
             wake: watch::channel(0).0,
+            last_heard: std::sync::Mutex::new(None),
         });
         let mut tasks = Vec::new();
         let queue = if config.group_commit {
@@ -273,8 +291,29 @@ impl PostgresEventStore {
 
 /// Keeps one LISTEN connection and bumps the wake-up channel on every NOTIFY
 /// and after every reconnect (notifications sent while disconnected are lost,
-/// so subscribers must re-read).
+/// so subscribers must re-read). A heartbeat NOTIFY sent through the pool
+/// every [`HEARTBEAT_EVERY`] proves the LISTEN connection alive; one that
+/// hears nothing for [`LISTENER_SILENCE`] (half-open: the server or a
+/// middlebox dropped it without a reset) is dropped and replaced.
 async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
+    let heartbeat = {
+        let pool = pool.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                every.tick().await;
+                if shared.upgrade().is_none() {
+                    return;
+                }
+                let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(HEARTBEAT).execute(&pool).await;
+                if let Err(error) = sent {
+                    tracing::debug!(%error, "event store listener heartbeat not sent");
+                }
+            }
+        })
+    };
+    let _stop_heartbeat = AbortOnDrop(heartbeat);
     let mut backoff = Duration::from_millis(100);
     loop {
         let listener = async {
@@ -294,24 +333,43 @@ async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
         };
         backoff = Duration::from_millis(100);
         let Some(shared_now) = shared.upgrade() else { return };
+        shared_now.heard();
         shared_now.wake.send_modify(|n| *n += 1);
         drop(shared_now);
         loop {
-            let received = listener.try_recv().await;
+            // On silence the listener is dropped, so a cancelled receive
+            // leaves nothing half-read behind.
+            let received = tokio::time::timeout(LISTENER_SILENCE, listener.try_recv()).await;
             let Some(shared) = shared.upgrade() else { return };
             match received {
-                Ok(Some(notification)) => {
-                    let position = notification.payload().parse::<u64>().unwrap_or(0);
-                    shared.wake.send_modify(|n| *n = (*n).max(position).saturating_add(1));
+                Ok(Ok(Some(notification))) => {
+                    shared.heard();
+                    if notification.payload() != HEARTBEAT {
+                        let position = notification.payload().parse::<u64>().unwrap_or(0);
+                        shared.wake.send_modify(|n| *n = (*n).max(position).saturating_add(1));
+                    }
                 }
                 // Connection lost; the next try_recv reconnects and listens again.
-                Ok(None) => shared.wake.send_modify(|n| *n += 1),
-                Err(err) => {
+                Ok(Ok(None)) => shared.wake.send_modify(|n| *n += 1),
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err, "event store listener failed; reconnecting");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(silent_s = LISTENER_SILENCE.as_secs(), "event store listener heard nothing, not even its heartbeat; replacing its connection");
                     break;
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -672,6 +730,11 @@ impl EventReader for PostgresEventStore {
             .await
             .map_err(backend("pinging PostgreSQL"))?;
         Ok(())
+    }
+
+    fn listener_silence(&self) -> Option<Duration> {
+        let last_heard = *self.inner.shared.last_heard.lock().unwrap_or_else(|poison| poison.into_inner());
+        last_heard.map(|at| at.elapsed())
     }
 
     fn backend_name(&self) -> &'static str {

@@ -1,5 +1,5 @@
 //! The relay: follows the global log in commit order and puts every event on
-//! the bus (DESIGN §1).
+//! the bus (docs/design.md §1).
 //!
 //! # Guarantees
 //!
@@ -34,6 +34,9 @@ pub struct RelayConfig {
     pub name: String,
     /// Events per publish batch.
     pub batch_size: usize,
+    /// The longest an idle relay waits before reading the log again when no
+    /// wake-up came (see [`Subscribe::poll_every`]).
+    pub poll_every: std::time::Duration,
 }
 
 impl Default for RelayConfig {
@@ -41,6 +44,7 @@ impl Default for RelayConfig {
         Self {
             name: "relay".into(),
             batch_size: 500,
+            poll_every: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -167,16 +171,17 @@ impl Relay {
 
     /// Runs until `shutdown` resolves or an error: catches up from the
     /// checkpoint, then follows new commits (woken by the store, never by a
-    /// timer), publishing whatever is ready as one batch.
+    /// timer; a bounded poll, [`RelayConfig::poll_every`], covers a lost
+    /// wake-up), publishing whatever is ready as one batch.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RelayError> {
         let after = self.checkpoints.load_checkpoint(&self.config.name).await?;
         let batch_size = self.config.batch_size.max(1);
         let mut batches = self
             .reader
             .subscribe(Subscribe {
-                after,
-                category: None,
                 batch_size,
+                poll_every: self.config.poll_every,
+                ..Subscribe::after(after)
             })
             .ready_chunks(batch_size);
         tokio::pin!(shutdown);

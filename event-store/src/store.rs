@@ -46,15 +46,21 @@ pub struct Subscribe {
     pub category: Option<String>,
     /// Events fetched per read while catching up.
     pub batch_size: usize,
+    /// While idle, read again at least this often even if no wake-up came
+    /// (a lost notification, a listener whose connection went half-open):
+    /// a bound on how long a commit can go unseen, not the way commits are
+    /// normally seen.
+    pub poll_every: std::time::Duration,
 }
 
 impl Subscribe {
-    /// Every event after `after`, 500 per read.
+    /// Every event after `after`, 500 per read, polled every 5 s at most.
     pub fn after(after: Position) -> Self {
         Self {
             after,
             category: None,
             batch_size: 500,
+            poll_every: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -71,8 +77,10 @@ pub trait EventReader: Send + Sync {
 
     /// Follows the global log: catches up from `after`, then delivers new events
     /// as they commit, woken by the backend's notification (PostgreSQL
-    /// LISTEN/NOTIFY, an in-process signal), never by a busy poll. Each event
-    /// is delivered once, in position order. The stream ends after an error.
+    /// LISTEN/NOTIFY, an in-process signal), never by a busy poll; while idle
+    /// it also reads again every [`Subscribe::poll_every`], so a lost
+    /// notification delays an event by that much at most. Each event is
+    /// delivered once, in position order. The stream ends after an error.
     fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>>;
 
     /// One event by id, `None` if no event has that id. The command handler
@@ -93,6 +101,14 @@ pub trait EventReader: Send + Sync {
 
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), ReadError>;
+
+    /// How long the backend's commit listener has heard nothing from the
+    /// database (PostgreSQL: no notification, not even its own heartbeat);
+    /// `None` when there is no listener (in-process backends, or nobody
+    /// subscribed yet). `/readyz` reports a listener silent for too long.
+    fn listener_silence(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// `memory`, `sqlite` or `postgres`.
     fn backend_name(&self) -> &'static str;

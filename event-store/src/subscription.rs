@@ -5,7 +5,10 @@
 //! bumps whenever something may have committed (an in-process commit, a
 //! PostgreSQL NOTIFY, a reconnect of the listener). The channel is marked seen
 //! *before* each read, so a commit that lands during the read wakes the next
-//! wait: no lost wake-up, and no polling while idle.
+//! wait. A notification can still be lost outside the process (a listener
+//! whose connection went half-open hears nothing until it is replaced), so
+//! an idle subscription also reads again every `poll_every`: a bound on how
+//! long a commit can go unseen.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,6 +31,7 @@ struct State {
     after: Position,
     category: Option<String>,
     batch_size: usize,
+    poll_every: std::time::Duration,
     buffer: VecDeque<RecordedEvent>,
     done: bool,
 }
@@ -44,6 +48,7 @@ pub(crate) fn follow(
         after: request.after,
         category: request.category,
         batch_size: request.batch_size.clamp(1, 10_000),
+        poll_every: request.poll_every.max(std::time::Duration::from_millis(10)),
         buffer: VecDeque::new(),
         done: false,
     };
@@ -69,7 +74,8 @@ pub(crate) fn follow(
                     state.buffer.extend(page);
                 }
                 Ok(_) => {
-                    if state.wake.changed().await.is_err() {
+                    let woken = tokio::time::timeout(state.poll_every, state.wake.changed()).await;
+                    if let Ok(Err(_)) = woken {
                         state.done = true;
                         return Some((Err(ReadError::Closed), state));
                     }

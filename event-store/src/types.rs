@@ -284,7 +284,7 @@ impl fmt::Debug for ChainHash {
     }
 }
 
-/// An event as stored in the log, with every piece of metadata of DESIGN §4.
+/// An event as stored in the log, with every piece of metadata of docs/design.md §4.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {
     /// The event's unique id.

@@ -139,6 +139,7 @@ async fn measure_relay(bench: &RelayBench, store: &Arc<dyn ScratchStore>, run: u
         RelayConfig {
             name: format!("bench-{run}-{id}"),
             batch_size: bench.batch_size,
+            ..RelayConfig::default()
         },
     );
     let started = Instant::now();

@@ -1,5 +1,5 @@
 //! The bus seam: [`Publisher`] and [`Subscriber`], the fan-out of the log to
-//! projection workers and sagas (DESIGN §1).
+//! projection workers and sagas (docs/design.md §1).
 //!
 //! # Guarantees (every backend; checked by the bus conformance suite)
 //!
