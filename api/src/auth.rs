@@ -1,4 +1,4 @@
-//! Bearer tokens and roles (DESIGN §5 "Auth").
+//! Bearer tokens and roles (docs/design.md §5 "Auth").
 //!
 //! Tokens are opaque: `STRATA_TOKENS` (or `--tokens`, or `tokens` in
 //! `strata.toml`) lists `role:token` pairs, each optionally with an expiry
@@ -41,9 +41,11 @@ pub enum Permission {
     Read,
     /// Send commands (`placeOrder`, `cancelOrder`, `restock`).
     Write,
-    /// Read the log itself (`streamEvents`, `globalEvents`, `orderAt`).
+    /// Read the log itself (`streamEvents`, `globalEvents`, `orderAt`,
+    /// `stuckSagas`).
     Audit,
-    /// Operate projections (`rebuildProjection`, `pauseProjection`, `resumeProjection`).
+    /// Operate projections and sagas (`rebuildProjection`,
+    /// `pauseProjection`, `resumeProjection`, `resumeSaga`).
     Operate,
 }
 

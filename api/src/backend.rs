@@ -1,4 +1,4 @@
-//! Picks the event store from its URL (DESIGN §3): `sqlite://PATH` (the
+//! Picks the event store from its URL (docs/design.md §3): `sqlite://PATH` (the
 //! embedded default), `postgres://…` / `postgresql://…` (feature `postgres`),
 //! or `memory://` (nothing kept; for demos and tests). Anything else is a
 //! clear error naming the variable and the accepted forms.

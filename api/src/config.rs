@@ -1,6 +1,6 @@
 //! Settings, declared once. Sources, strongest first: command-line flags,
 //! environment variables (`STRATA_*`), the `strata.toml` file, defaults
-//! (DESIGN §3). Flags and variables are resolved by clap; this module merges
+//! (docs/design.md §3). Flags and variables are resolved by clap; this module merges
 //! the file and the defaults underneath.
 
 use std::net::SocketAddr;
@@ -42,6 +42,10 @@ pub struct Overrides {
     /// How long a saga step may take before the saga compensates: `5s`, `1500ms`.
     #[arg(long, env = "STRATA_SAGA_STEP_DEADLINE", global = true)]
     pub saga_step_deadline: Option<String>,
+    /// How long an undo (or a step after the confirmation) keeps being
+    /// retried before the saga is parked as stuck for an operator: `60s`.
+    #[arg(long, env = "STRATA_SAGA_PARK_AFTER", global = true)]
+    pub saga_park_after: Option<String>,
     /// Accepted bearer tokens: `role:token[@RFC3339 expiry],…` (roles
     /// client, auditor, operator). Unset: `serve` prints a development token
     /// per role.
@@ -62,10 +66,11 @@ struct FileSettings {
     read_model: Option<String>,
     roles: Option<String>,
     saga_step_deadline: Option<String>,
+    saga_park_after: Option<String>,
     tokens: Option<String>,
 }
 
-/// What a process does (DESIGN §3, §8).
+/// What a process does (docs/design.md §3, §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
     /// Serves HTTP (GraphQL, health, metrics).
@@ -134,15 +139,24 @@ pub struct Settings {
     pub roles: Roles,
     /// How long a failable saga step may take (from when it began).
     pub saga_step_deadline: Duration,
+    /// How long a part that cannot fail is retried before the saga parks.
+    pub saga_park_after: Duration,
     /// The accepted tokens (`None`: development tokens).
     pub tokens: Option<String>,
 }
 
 /// `STRATA_SAGA_STEP_DEADLINE` when nothing is set.
 pub const DEFAULT_SAGA_STEP_DEADLINE: &str = "5s";
+/// `STRATA_SAGA_PARK_AFTER` when nothing is set.
+pub const DEFAULT_SAGA_PARK_AFTER: &str = "60s";
 
 /// Parses `1500ms`, `5s` or `5` (seconds); 100 ms to one hour.
 fn parse_deadline(text: &str) -> anyhow::Result<Duration> {
+    parse_duration("STRATA_SAGA_STEP_DEADLINE", text)
+}
+
+/// Parses `1500ms`, `5s` or `5` (seconds) for `variable`; 100 ms to one hour.
+fn parse_duration(variable: &str, text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let (number, unit_ms) = match text.strip_suffix("ms") {
         Some(number) => (number, 1.0),
@@ -154,7 +168,7 @@ fn parse_deadline(text: &str) -> anyhow::Result<Duration> {
         .ok()
         .map(|n| n * unit_ms)
         .filter(|ms| (100.0..=3_600_000.0).contains(ms))
-        .with_context(|| format!("STRATA_SAGA_STEP_DEADLINE: {text:?} is not a duration from 100ms to 3600s, like 5s or 1500ms"))?;
+        .with_context(|| format!("{variable}: {text:?} is not a duration from 100ms to 3600s, like 5s or 1500ms"))?;
     Ok(Duration::from_millis(millis as u64))
 }
 
@@ -205,6 +219,16 @@ impl Settings {
         if read_model == "memory" && roles.api != roles.projector {
             bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… to split them");
         }
+        // An embedded log wakes its subscribers (the relay) only in the
+        // process that wrote: another process's commits would wait for the
+        // relay's poll, and two processes would both write one file.
+        let embedded = ["sqlite:", "memory:"].iter().find(|scheme| event_store.starts_with(*scheme));
+        if let (Some(scheme), false) = (embedded, roles == Roles::ALL) {
+            bail!(
+                "STRATA_ROLES: the {} event store is embedded in one process, so every role must run in it (STRATA_ROLES=all); use postgres://… to split roles across processes",
+                scheme.trim_end_matches(':')
+            );
+        }
         let deadline = overrides
             .saga_step_deadline
             .clone()
@@ -217,6 +241,10 @@ impl Settings {
             read_model,
             roles,
             saga_step_deadline: parse_deadline(&deadline)?,
+            saga_park_after: parse_duration(
+                "STRATA_SAGA_PARK_AFTER",
+                &overrides.saga_park_after.clone().or(file.saga_park_after).unwrap_or_else(|| DEFAULT_SAGA_PARK_AFTER.to_owned()),
+            )?,
             tokens: overrides.tokens.clone().or(file.tokens).filter(|t| !t.trim().is_empty()),
         })
     }
@@ -257,6 +285,7 @@ mod tests {
         let with = |roles: &str, bus: &str, read_model: &str| {
             Settings::resolve(&Overrides {
                 config: Some(empty.path().to_owned()),
+                event_store: Some("postgres://postgres@127.0.0.1:5432/strata".into()),
                 roles: Some(roles.into()),
                 bus: Some(bus.into()),
                 read_model: Some(read_model.into()),
@@ -279,6 +308,21 @@ mod tests {
         ] {
             let err = with(roles, bus, read_model).unwrap_err().to_string();
             assert!(err.contains(says), "{roles} {bus} {read_model}: {err}");
+        }
+        for store in ["sqlite://strata.db", "memory://"] {
+            let embedded = |roles: &str| {
+                Settings::resolve(&Overrides {
+                    config: Some(empty.path().to_owned()),
+                    event_store: Some(store.into()),
+                    roles: Some(roles.into()),
+                    bus: Some("nats://127.0.0.1:4222".into()),
+                    read_model: Some("redis://127.0.0.1:6379".into()),
+                    ..Overrides::default()
+                })
+            };
+            let err = embedded("api").unwrap_err().to_string();
+            assert!(err.contains("embedded in one process") && err.contains("postgres://"), "{store}: {err}");
+            assert!(embedded("api,relay,projector,saga,services").is_ok(), "every role named is all of them");
         }
     }
 

@@ -12,7 +12,8 @@
 //! - [`audit`], [`bench`]: the CLI commands that do real work;
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise;
 //! - [`workers`]: the relay, projector, saga and services roles and their backends;
-//! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume).
+//! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
+//! - [`sagas`]: `strata sagas …` (stuck, resume).
 
 pub mod audit;
 pub mod auth;
@@ -26,4 +27,5 @@ pub mod http;
 pub mod metrics;
 pub mod progress;
 pub mod projections;
+pub mod sagas;
 pub mod workers;

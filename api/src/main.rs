@@ -13,7 +13,7 @@ use strata_api::config::{Overrides, Settings};
 use strata_api::auth::Tokens;
 use strata_api::graphql::{Api, Limits};
 use strata_api::http::{self, AppState, GraphQl};
-use strata_api::projections;
+use strata_api::{projections, sagas};
 use strata_api::workers::{open_bus, open_read_model, Workers};
 use strata_store::StreamId;
 
@@ -41,6 +41,9 @@ enum Command {
     /// Operate the read models: list, status, rebuild, pause, resume.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Operate the fulfilment sagas: list the stuck ones, resume one.
+    #[command(subcommand)]
+    Sagas(SagasCommand),
     /// Measure throughput and latency; prints one JSON object per result.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -103,6 +106,23 @@ enum AuditCommand {
         /// JSON report.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SagasCommand {
+    /// List the sagas parked because an undo (or a step after the
+    /// confirmation) kept failing.
+    Stuck {
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try a parked saga's part again (the saga role picks it up within
+    /// seconds).
+    Resume {
+        /// The order (the saga's id).
+        order_id: uuid::Uuid,
     },
 }
 
@@ -300,6 +320,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Sagas(SagasCommand::Stuck { json }) => {
+            let backend = open(&settings).await?;
+            sagas::print_stuck(&*backend.reader(), &*backend.checkpoints(), json).await?;
+        }
+        Command::Sagas(SagasCommand::Resume { order_id }) => {
+            let backend = open(&settings).await?;
+            if !sagas::resume(&*backend.store(), order_id, "cli:operator").await? {
+                eprintln!("the saga of order {order_id} is not stuck; nothing to resume");
+                return Ok(ExitCode::from(1));
+            }
+            println!("saga of order {order_id} resumed");
+        }
         Command::Projections(command) => {
             let backend = open(&settings).await?;
             let sink = open_read_model(&settings.read_model).await?;
@@ -466,7 +498,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", settings.listen))?;
             let address = listener.local_addr()?;
             let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
-            let api = Api::new(store.clone(), Some(backend.snapshots()), read_model.clone(), Limits::default());
+            let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model.clone(), Limits::default());
             let graphql = GraphQl::new(api, tokens(settings)?);
             println!("strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)", store.backend_name());
             tracing::info!(%address, backend = store.backend_name(), "serving");

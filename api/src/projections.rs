@@ -58,6 +58,9 @@ pub struct ProjectionStatus {
     pub last_error: Option<String>,
     /// Events parked in its dead-letter table.
     pub dead_letters: u64,
+    /// Times its workers found the read model lost (its backend restarted
+    /// empty, its keys evicted) and rebuilt it from the log.
+    pub losses: u64,
     /// The first parked events.
     #[graphql(skip)]
     pub parked: Vec<strata_projections::sink::DeadLetter>,
@@ -101,6 +104,7 @@ pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection:
         rate_per_s: meta.rate,
         last_error: meta.last_error,
         dead_letters,
+        losses: meta.losses,
         parked,
     })
 }
@@ -137,7 +141,7 @@ pub async fn print_status(sink: &dyn ReadModelSink, log: &dyn EventReader, name:
         println!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
-    for key in ["name", "version", "state", "generation", "rebuilding", "position", "head", "lag", "events", "rate_per_s", "last_error", "dead_letters"] {
+    for key in ["name", "version", "state", "generation", "rebuilding", "position", "head", "lag", "events", "rate_per_s", "last_error", "dead_letters", "losses"] {
         let value = &status[key];
         let text = match value {
             Value::String(text) => text.clone(),

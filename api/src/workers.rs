@@ -1,4 +1,4 @@
-//! The roles of a process (DESIGN §3, §8) and their backends: the bus from
+//! The roles of a process (docs/design.md §3, §8) and their backends: the bus from
 //! `STRATA_BUS`, the read models from `STRATA_READ_MODEL`, then the relay
 //! (under a lease, so one is active among replicas) and one projection runner
 //! per projection. The api role is served by `main`.
@@ -136,11 +136,14 @@ async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, s
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The orchestrator's settings: the defaults, with the step deadline of
-/// `STRATA_SAGA_STEP_DEADLINE`.
+/// `STRATA_SAGA_STEP_DEADLINE` and the parking bound of `STRATA_SAGA_PARK_AFTER`.
 pub fn orchestrator_config(settings: &Settings) -> OrchestratorConfig {
     let mut config = OrchestratorConfig::default();
     if let Ok(deadline) = chrono::Duration::from_std(settings.saga_step_deadline) {
         config.saga.step_deadline = deadline;
+    }
+    if let Ok(park_after) = chrono::Duration::from_std(settings.saga_park_after) {
+        config.saga.park_after = park_after;
     }
     config
 }

@@ -1,4 +1,4 @@
-//! The saga orchestrator of Strata and the order-fulfilment saga (DESIGN §6).
+//! The saga orchestrator of Strata and the order-fulfilment saga (docs/design.md §6).
 //!
 //! # The core (knows no domain)
 //!

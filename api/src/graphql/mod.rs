@@ -1,4 +1,4 @@
-//! The GraphQL contract of DESIGN §5, with async-graphql.
+//! The GraphQL contract of docs/design.md §5, with async-graphql.
 //!
 //! - [`query`]: `order`, `orders`, `stock`, `projections` read the read
 //!   models (never the log); `streamEvents`, `globalEvents`, `orderAt` read
@@ -30,7 +30,7 @@ use strata_commands::inventory::Inventory;
 use strata_commands::orders::Order;
 use strata_commands::{CommandHandler, HandlerConfig};
 use strata_projections::ReadModelSink;
-use strata_store::{EventStore, SnapshotStore};
+use strata_store::{CheckpointStore, EventStore, SnapshotStore};
 
 use crate::auth::{Permission, Role};
 
@@ -86,6 +86,8 @@ impl Default for Limits {
 pub struct Api {
     /// The log (commands append to it, auditors read it).
     pub store: Arc<dyn EventStore>,
+    /// The checkpoints beside the log (the sagas' recovery low-water mark).
+    pub checkpoints: Arc<dyn CheckpointStore>,
     /// The read models.
     pub read_model: Arc<dyn ReadModelSink>,
     /// Order commands.
@@ -100,8 +102,15 @@ pub struct Api {
 
 impl Api {
     /// Resolvers over these backends.
-    pub fn new(store: Arc<dyn EventStore>, snapshots: Option<Arc<dyn SnapshotStore>>, read_model: Arc<dyn ReadModelSink>, limits: Limits) -> Self {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        snapshots: Option<Arc<dyn SnapshotStore>>,
+        checkpoints: Arc<dyn CheckpointStore>,
+        read_model: Arc<dyn ReadModelSink>,
+        limits: Limits,
+    ) -> Self {
         Self {
+            checkpoints,
             orders: CommandHandler::new(store.clone(), snapshots.clone(), HandlerConfig::default()),
             inventory: CommandHandler::new(store.clone(), snapshots, HandlerConfig::default()),
             store,

@@ -116,8 +116,11 @@ impl Mutation {
         Ok(PlaceOrderPayload { order_id: ID(order_id.to_string()), consistency_token: written.consistency_token.clone(), written })
     }
 
-    /// Cancels an order on the customer's request (its saga compensates
-    /// what was done).
+    /// Cancels an order on the customer's request, before it ships (a
+    /// shipped order is a `CONFLICT`). Its saga then undoes what was done: a
+    /// pending order's reservations, authorization and booking; a confirmed
+    /// order's payment refunded, shipment cancelled and stock returned. Watch
+    /// `order { sagaStatus steps }` until the saga is `ABORTED`.
     #[graphql(guard = "Needs(Permission::Write)")]
     async fn cancel_order(&self, ctx: &Context<'_>, order_id: ID, reason: String) -> async_graphql::Result<Written> {
         let api = api(ctx);
@@ -170,6 +173,16 @@ impl Mutation {
             worker.end_rebuild(&name);
         });
         Ok(before)
+    }
+
+    /// Tries a stuck saga's parked part again with fresh attempts (after the
+    /// cause was fixed); the saga role picks it up within seconds. `false`
+    /// if the order's saga is not stuck.
+    #[graphql(guard = "Needs(Permission::Operate)")]
+    async fn resume_saga(&self, ctx: &Context<'_>, order_id: ID) -> async_graphql::Result<bool> {
+        let api = api(ctx);
+        let order_id = self::order_id(&order_id)?;
+        crate::sagas::resume(&*api.store, order_id, &actor(ctx)).await.map_err(internal)
     }
 
     /// Holds a projection's workers (they keep their deliveries).

@@ -13,7 +13,7 @@ use strata_store::{Position, ReadAll, StreamId};
 use uuid::Uuid;
 
 use crate::projections::ProjectionStatus;
-use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, Stock};
+use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, Stock, StuckSaga};
 use super::{api, error, internal, Api, Code, Needs};
 use crate::audit::{stream_events, StreamQuery};
 use crate::auth::Permission;
@@ -131,6 +131,15 @@ impl Query {
             all.push(status);
         }
         Ok(all)
+    }
+
+    /// Fulfilment sagas parked because an undo (or a step after the
+    /// confirmation) kept failing, oldest first (auditors, operators).
+    #[graphql(guard = "Needs(Permission::Audit)")]
+    async fn stuck_sagas(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<StuckSaga>> {
+        let api = api(ctx);
+        let stuck = crate::sagas::stuck(&*api.store, &*api.checkpoints).await.map_err(internal)?;
+        Ok(stuck.into_iter().map(StuckSaga::from).collect())
     }
 
     /// A stream's events from a version (auditors, operators).

@@ -374,3 +374,34 @@ pub struct PlaceOrderPayload {
     /// What was written.
     pub written: Written,
 }
+
+/// A fulfilment saga parked because an undo (or a step after the
+/// confirmation) kept failing; `resumeSaga` tries it again.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct StuckSaga {
+    /// The order (the saga's id).
+    pub order_id: ID,
+    /// The step it is parked at.
+    pub step: String,
+    /// `ACTION`, `COMPENSATION` or `ABORT`.
+    pub phase: String,
+    /// Attempts made before it was parked.
+    pub attempts: u32,
+    /// The last failure.
+    pub reason: String,
+    /// When it was parked.
+    pub since: DateTime<Utc>,
+}
+
+impl From<strata_sagas::StuckSaga> for StuckSaga {
+    fn from(stuck: strata_sagas::StuckSaga) -> Self {
+        Self {
+            order_id: ID(stuck.saga_id.to_string()),
+            step: stuck.step,
+            phase: serde_json::to_value(stuck.phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            attempts: stuck.attempts,
+            reason: stuck.reason,
+            since: stuck.since,
+        }
+    }
+}

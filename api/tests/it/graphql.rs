@@ -635,7 +635,7 @@ mod batching {
     async fn nested_stock_of_a_page_of_orders_is_loaded_in_one_batch() {
         let store = Arc::new(MemoryEventStore::new(strata_api::backend::registry().unwrap()));
         let sink = Arc::new(Counting { inner: MemorySink::new(), loads: AtomicUsize::new(0), documents: AtomicUsize::new(0) });
-        let api = Arc::new(Api::new(store.clone(), None, sink.clone(), Limits::default()));
+        let api = Arc::new(Api::new(store.clone(), None, store.clone(), sink.clone(), Limits::default()));
         let schema = schema(api.clone());
         let run = |query: String| {
             let schema = schema.clone();

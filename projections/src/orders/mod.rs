@@ -43,7 +43,7 @@ pub const SAGA_STEPS: [&str; 6] = ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE
 /// The stream category of the fulfilment saga's instances.
 const SAGA_CATEGORY: &str = "fulfilment";
 
-/// Where an order is (DESIGN §5).
+/// Where an order is (docs/design.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {

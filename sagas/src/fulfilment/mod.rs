@@ -1,4 +1,4 @@
-//! The order-fulfilment saga (DESIGN §6), one instance per order (stream
+//! The order-fulfilment saga (docs/design.md §6), one instance per order (stream
 //! `fulfilment-<orderId>`), started by `OrderPlaced`.
 //!
 //! | # | step | action | compensation |
