@@ -262,6 +262,36 @@ fn splitting_roles_over_an_in_process_bus_is_a_clear_error() {
     assert!(stderr.contains("STRATA_BUS=memory"), "{stderr}");
 }
 
+#[test]
+fn splitting_roles_over_an_embedded_event_store_is_a_clear_error() {
+    let scratch = scratch_sqlite();
+    let output = strata()
+        .env("STRATA_EVENT_STORE", &scratch.url)
+        .args(["serve", "--roles", "api", "--bus", "nats://127.0.0.1:4222", "--read-model", "redis://127.0.0.1:6379"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("embedded in one process") && stderr.contains("postgres://"), "{stderr}");
+}
+
+#[test]
+fn sagas_commands_list_no_stuck_saga_and_refuse_to_resume_one_that_is_not() {
+    let scratch = scratch_sqlite();
+    run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).arg("migrate"));
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).args(["sagas", "stuck"]));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no saga is stuck"));
+    let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).args(["sagas", "stuck", "--json"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
+    let output = strata()
+        .env("STRATA_EVENT_STORE", &scratch.url)
+        .args(["sagas", "resume", "00000000-0000-0000-0000-000000000001"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not stuck"));
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_project_and_rebuild_print_rates_next_to_their_baselines() {

@@ -34,7 +34,7 @@ fn with_tokens(mut server: Server) -> Server {
 
 const PLACE: &str = "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken written { streamId version position replayed } } }";
 const RESTOCK: &str = "mutation($sku: String!, $quantity: Int!) { restock(sku: $sku, quantity: $quantity) { streamId version consistencyToken } }";
-const ORDER: &str = "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { id customerId status totalCents failedStep cancelReason sagaStatus cursor lines { sku quantity unitPriceCents stock { available } } steps { step status retries lastError } } }";
+const ORDER: &str = "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { id customerId status totalCents failedStep cancelReason sagaStatus sagaReason cursor lines { sku quantity unitPriceCents stock { available } } steps { step status retries lastError } } }";
 
 fn order_input(customer: &str, sku: &str, payment: &str, key: Option<&str>) -> Value {
     json!({ "input": {
@@ -194,6 +194,9 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
         ("client", "query($s: String!) { streamEvents(streamId: $s) { eventId } }", json!({ "s": format!("order-{order_id}") })),
         ("client", "{ globalEvents { eventId } }", json!({})),
         ("client", "query($id: ID!) { orderAt(id: $id, version: 1) { version } }", json!({ "id": order_id })),
+        ("client", "{ stuckSagas { orderId } }", json!({})),
+        ("client", "mutation($id: ID!) { resumeSaga(orderId: $id) }", json!({ "id": order_id })),
+        ("auditor", "mutation($id: ID!) { resumeSaga(orderId: $id) }", json!({ "id": order_id })),
     ] {
         assert_eq!(server.code(role, operation, variables).await, "FORBIDDEN", "{role}: {operation}");
     }
@@ -224,14 +227,45 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     let unknown = server.code("auditor", "{ streamEvents(streamId: \"order-00000000-0000-0000-0000-000000000000\") { eventId } }", json!({})).await;
     assert_eq!(unknown, "NOT_FOUND");
 
-    // Cancelling: unknown, then twice (the second conflicts).
+    // Operators see no stuck saga here, and resuming one that is not stuck
+    // changes nothing.
+    let stuck = server.ok("auditor", "{ stuckSagas { orderId step reason } }", json!({})).await;
+    assert_eq!(stuck["stuckSagas"], json!([]));
+    let resumed = server.ok("operator", "mutation($id: ID!) { resumeSaga(orderId: $id) }", json!({ "id": order_id })).await;
+    assert_eq!(resumed["resumeSaga"], false);
+
+    // Cancelling a confirmed order: unknown, then twice (the second
+    // conflicts); its saga undoes everything and the stock comes back.
+    let stock_query = "query($sku: String!) { stock(sku: $sku) { available } }";
+    let available = |data: Value| data["stock"]["available"].as_u64().unwrap();
+    let before = available(server.ok("client", stock_query, json!({ "sku": sku })).await);
     let cancel = "mutation($id: ID!, $r: String!) { cancelOrder(orderId: $id, reason: $r) { version } }";
     let nobody = "00000000-0000-0000-0000-000000000001";
     assert_eq!(server.code("client", cancel, json!({ "id": nobody, "r": "changed my mind" })).await, "NOT_FOUND");
     server.ok("client", cancel, json!({ "id": order_id, "r": "changed my mind" })).await;
     assert_eq!(server.code("client", cancel, json!({ "id": order_id, "r": "again" })).await, "CONFLICT");
-    let cancelled = order_until(server, &order_id, None, "cancelled", |o| o["status"] == "CANCELLED").await;
+    let cancelled = order_until(server, &order_id, None, "undone", |o| o["status"] == "CANCELLED" && o["sagaStatus"] == "ABORTED").await;
     assert_eq!(cancelled["cancelReason"], "changed my mind");
+    assert_eq!((cancelled["failedStep"].as_str(), cancelled["sagaReason"].as_str()), (None, Some("cancelled: changed my mind")));
+    let steps: Vec<(&str, &str)> = cancelled["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap(), s["status"].as_str().unwrap())).collect();
+    assert_eq!(
+        steps,
+        [("RESERVE_STOCK", "COMPENSATED"), ("AUTHORIZE_PAYMENT", "COMPENSATED"), ("CREATE_SHIPMENT", "COMPENSATED"), ("CONFIRM_ORDER", "DONE"), ("CAPTURE_PAYMENT", "COMPENSATED"), ("COMMIT_STOCK", "COMPENSATED")],
+        "every step undone: the payment refunded, the shipment cancelled, the stock returned"
+    );
+    wait_until(Duration::from_secs(30), || async {
+        let now = available(server.ok("client", stock_query, json!({ "sku": sku })).await);
+        if now == before + 2 { Ok(()) } else { Err(format!("{now} available, {before} + 2 expected")) }
+    })
+    .await;
+
+    // An order for a SKU never stocked is cancelled at RESERVE_STOCK, saying why.
+    let (never, token) = place(server, &customer, &format!("{sku}-NEVER"), "card").await;
+    let refused = order_until(server, &never, Some(&token), "cancelled", |o| o["sagaStatus"] == "ABORTED").await;
+    assert_eq!((refused["status"].as_str(), refused["failedStep"].as_str()), (Some("CANCELLED"), Some("RESERVE_STOCK")));
+    assert!(refused["cancelReason"].as_str().unwrap().contains("unknown sku"), "{refused}");
+    let steps: Vec<&str> = refused["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["FAILED", "CANCELLED", "CANCELLED", "PENDING", "PENDING", "PENDING"], "{refused}");
 
     // Operators: pause, resume, rebuild (readers switch to a new generation).
     let projection = "{ projections { name state paused generation rebuilding position lag } }";

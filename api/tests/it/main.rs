@@ -10,6 +10,8 @@ mod http;
 mod kill;
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
 mod read_side;
+#[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
+mod replicas;
 #[cfg(all(feature = "postgres", feature = "nats"))]
 mod saga_chaos;
 mod support;
