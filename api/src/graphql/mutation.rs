@@ -204,7 +204,7 @@ fn find(name: &str) -> async_graphql::Result<Arc<dyn strata_projections::Project
 
 async fn status(api: &Api, name: &str) -> async_graphql::Result<ProjectionStatus> {
     let projection = find(name)?;
-    Ok(crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)?)
+    crate::projections::status(&*api.read_model, &*api.store, projection.as_ref()).await.map_err(internal)
 }
 
 async fn set_paused(api: &Api, name: &str, paused: bool) -> async_graphql::Result<ProjectionStatus> {

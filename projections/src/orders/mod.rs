@@ -512,11 +512,10 @@ impl OrderView {
     /// Nothing more will change unless someone acts: shipped, undone, or
     /// completed and still confirmed (a customer's cancellation reopens it).
     pub fn is_settled(&self) -> bool {
-        match (self.status, self.saga_status) {
-            (OrderStatus::Shipped, _) | (_, Some(SagaStatus::Aborted)) => true,
-            (OrderStatus::Confirmed, Some(SagaStatus::Completed)) => true,
-            _ => false,
-        }
+        matches!(
+            (self.status, self.saga_status),
+            (OrderStatus::Shipped, _) | (_, Some(SagaStatus::Aborted)) | (OrderStatus::Confirmed, Some(SagaStatus::Completed))
+        )
     }
 }
 

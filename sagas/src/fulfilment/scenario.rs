@@ -69,7 +69,7 @@ pub fn order(config: &ScenarioConfig, index: usize, at: DateTime<Utc>) -> (Place
     let sku = |n: usize| plain_sku(index + n);
     let quantity = 1 + ((index as u64 + config.seed) % 3) as i64;
     let mut lines = vec![LineInput { sku: sku(0), quantity, unit_price_cents: 1_250 }];
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         lines.push(LineInput { sku: sku(1), quantity: 1, unit_price_cents: 999 });
     }
     let mut payment_method = "card".to_owned();

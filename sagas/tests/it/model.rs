@@ -126,7 +126,7 @@ impl Services<FulfilmentCommand> for ModelServices {
 /// A delivery the bus will make again until it is handled to the end.
 #[derive(Debug, Clone)]
 enum Delivery {
-    Placed(RecordedEvent),
+    Placed(Box<RecordedEvent>),
     Cancelled(Uuid, String),
 }
 
@@ -257,7 +257,7 @@ impl Model {
                 }
                 let events = self.store.read_stream(&StreamId::new("order", order_id).unwrap(), ReadStream::forward(1)).await.unwrap();
                 self.placed.push((order_id, events[0].clone()));
-                self.deliver(Delivery::Placed(events[0].clone())).await;
+                self.deliver(Delivery::Placed(Box::new(events[0].clone()))).await;
             }
             Action::Cancel(n) => {
                 let Some((order_id, _)) = self.nth(*n) else { return };
@@ -274,7 +274,7 @@ impl Model {
             }
             Action::Redeliver(n) => {
                 if let Some((_, event)) = self.nth(*n) {
-                    self.deliver(Delivery::Placed(event)).await;
+                    self.deliver(Delivery::Placed(Box::new(event))).await;
                 }
             }
             Action::Advance(millis) => {
@@ -361,12 +361,14 @@ impl Model {
             };
             *statuses.entry(end).or_insert(0) += 1;
         }
-        let mut tally = TALLY.lock().unwrap();
-        for (end, count) in statuses {
-            *tally.entry(end).or_insert(0) += count;
+        {
+            let mut tally = TALLY.lock().unwrap();
+            for (end, count) in statuses {
+                *tally.entry(end).or_insert(0) += count;
+            }
+            *tally.entry("orchestrator restarts").or_insert(0) += self.crashes;
+            *tally.entry("late commands delivered").or_insert(0) += self.late;
         }
-        *tally.entry("orchestrator restarts").or_insert(0) += self.crashes;
-        *tally.entry("late commands delivered").or_insert(0) += self.late;
         let config = strata_sagas::fulfilment::AuditConfig { now: self.clock.now(), saga: self.config.clone(), grace: Duration::seconds(30) };
         let report = strata_sagas::fulfilment::audit(self.store.clone() as Arc<dyn EventReader>, &config).await.unwrap();
         prop_assert!(report.violations.is_empty(), "audit: {:#?}", report.violations);
