@@ -245,6 +245,10 @@ impl Planner<'_> {
                     }
                     Err(other) => return Err(other),
                 }
+            } else {
+                // Nothing to apply, but the projection has seen it: its
+                // position (and so its lag) covers it too.
+                work.batch.position = work.batch.position.max(event.position);
             }
             covered += 1;
         }

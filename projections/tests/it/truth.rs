@@ -237,3 +237,14 @@ async fn a_gap_longer_than_the_fill_budget_is_filled_in_bounded_batches() {
     let stock = orders::stock(&*sink, "SKU-LONG").await.unwrap().unwrap();
     assert_eq!(stock.on_hand, n as u64);
 }
+
+#[tokio::test]
+async fn a_projection_has_seen_the_events_it_does_not_follow_so_its_lag_ends_at_zero() {
+    let (log, events) = log_with_orders(9, 10).await;
+    let (sink, _) = fresh_sink(Backend::Memory).await.unwrap();
+    let stock = runner(Arc::new(strata_projections::orders::StockProjection), &sink, log).await;
+    feed(&stock, &events, 50).await;
+    assert_ne!(events.last().unwrap().stream_id.category(), "inventory", "the log ends with events stock does not follow");
+    let stats = sink.stats(&Target { projection: "stock".into(), generation: 1 }).await.unwrap();
+    assert_eq!(stats.position, events.last().unwrap().position);
+}
