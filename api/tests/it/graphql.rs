@@ -563,12 +563,7 @@ mod distributed {
         saga.kill().unwrap();
         saga.wait().unwrap();
         drop(server);
-        let client = async_nats::connect(&nats).await.unwrap();
-        let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-        let sink = strata_projections::RedisSink::connect(strata_projections::RedisSinkConfig { key_prefix: format!("test_{id}"), ..strata_projections::RedisSinkConfig::new(redis) })
-            .await
-            .unwrap();
-        sink.delete_all().await.unwrap();
+        crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
         database.drop_database().await;
     }
 }

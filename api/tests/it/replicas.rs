@@ -152,11 +152,6 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
     }
     relay.kill();
     drop(server);
-    let client = async_nats::connect(&nats).await.unwrap();
-    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    let sink = strata_projections::RedisSink::connect(strata_projections::RedisSinkConfig { key_prefix: format!("test_{id}"), ..strata_projections::RedisSinkConfig::new(redis) })
-        .await
-        .unwrap();
-    sink.delete_all().await.unwrap();
+    crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
     database.drop_database().await;
 }

@@ -169,7 +169,6 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
         worker.kill();
     }
     relay.kill();
-    let client = async_nats::connect(&nats).await.unwrap();
-    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
+    crate::support::drop_scratch_backends(&nats, None, &id).await;
     database.drop_database().await;
 }

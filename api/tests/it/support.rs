@@ -209,3 +209,16 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Removes what a distributed test made under `id`: its JetStream stream
+/// (`TEST_<id>`) and, given Redis, its key prefix (`test_<id>`).
+#[cfg(feature = "nats")]
+pub async fn drop_scratch_backends(nats: &str, redis: Option<&str>, id: &str) {
+    let client = async_nats::connect(nats).await.unwrap();
+    let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
+    #[cfg(feature = "redis")]
+    if let Some(redis) = redis {
+        let config = strata_projections::RedisSinkConfig { key_prefix: format!("test_{id}"), ..strata_projections::RedisSinkConfig::new(redis) };
+        strata_projections::RedisSink::connect(config).await.unwrap().delete_all().await.unwrap();
+    }
+}
