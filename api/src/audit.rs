@@ -154,7 +154,11 @@ pub async fn invariants(reader: std::sync::Arc<dyn EventReader>, saga: strata_sa
     writeln!(out, "orders: {}", if report.orders.is_empty() { "none".into() } else { counts(&report.orders) })?;
     writeln!(out, "sagas: {}", if report.sagas.is_empty() { "none".into() } else { counts(&report.sagas) })?;
     for (sku, stock) in &report.stock {
-        writeln!(out, "stock {sku}: restocked {} = available {} + reserved {} + shipped {}", stock.restocked, stock.available, stock.reserved, stock.shipped)?;
+        writeln!(
+            out,
+            "stock {sku}: restocked {} = available {} + reserved {} + shipped {}",
+            stock.restocked, stock.available, stock.reserved, stock.shipped
+        )?;
     }
     for violation in &report.violations {
         writeln!(out, "VIOLATION {} {}: {}", violation.rule, violation.subject, violation.detail)?;

@@ -128,10 +128,7 @@ impl EventStoreBackend {
     pub fn lease(&self, url: &str) -> anyhow::Result<Arc<dyn Lease>> {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres(_) => Ok(Arc::new(strata_store::lease::PostgresLease::new(
-                url,
-                std::time::Duration::from_millis(500),
-            )?)),
+            Self::Postgres(_) => Ok(Arc::new(strata_store::lease::PostgresLease::new(url, std::time::Duration::from_millis(500))?)),
             _ => {
                 let _ = url;
                 Ok(Arc::new(MemoryLease::default()))

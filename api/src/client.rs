@@ -88,7 +88,10 @@ impl GraphQlClient {
             },
         });
         let data = self
-            .execute("mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken } }", json!({ "input": input }))
+            .execute(
+                "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken } }",
+                json!({ "input": input }),
+            )
             .await?;
         let text = |pointer: &str| data.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned();
         Ok((text("/placeOrder/orderId"), text("/placeOrder/consistencyToken")))

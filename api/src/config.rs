@@ -90,26 +90,14 @@ pub struct Roles {
 
 impl Roles {
     /// Every role.
-    pub const ALL: Roles = Roles {
-        api: true,
-        relay: true,
-        projector: true,
-        saga: true,
-        services: true,
-    };
+    pub const ALL: Roles = Roles { api: true, relay: true, projector: true, saga: true, services: true };
 
     /// Parses `all` or a comma list.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         if text.trim() == "all" {
             return Ok(Self::ALL);
         }
-        let mut roles = Roles {
-            api: false,
-            relay: false,
-            projector: false,
-            saga: false,
-            services: false,
-        };
+        let mut roles = Roles { api: false, relay: false, projector: false, saga: false, services: false };
         for role in text.split(',').map(str::trim) {
             match role {
                 "api" => roles.api = true,
@@ -180,28 +168,15 @@ impl Settings {
             None => (PathBuf::from("strata.toml"), false),
         };
         let file = read_file(&path, explicit)?;
-        let event_store = overrides
-            .event_store
-            .clone()
-            .or(file.event_store)
-            .unwrap_or_else(|| DEFAULT_EVENT_STORE.to_owned());
-        let listen = overrides
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
+        let event_store = overrides.event_store.clone().or(file.event_store).unwrap_or_else(|| DEFAULT_EVENT_STORE.to_owned());
+        let listen = overrides.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr =
+            listen.parse().with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
         let bus = overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned());
         if bus != "memory" && !bus.starts_with("nats://") {
             bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory or nats://HOST:4222");
         }
-        let read_model = overrides
-            .read_model
-            .clone()
-            .or(file.read_model)
-            .unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned());
+        let read_model = overrides.read_model.clone().or(file.read_model).unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned());
         if read_model != "memory" && !read_model.starts_with("redis://") {
             bail!("STRATA_READ_MODEL: unsupported read model {read_model:?}; expected memory or redis://HOST:6379");
         }
@@ -229,11 +204,8 @@ impl Settings {
                 scheme.trim_end_matches(':')
             );
         }
-        let deadline = overrides
-            .saga_step_deadline
-            .clone()
-            .or(file.saga_step_deadline)
-            .unwrap_or_else(|| DEFAULT_SAGA_STEP_DEADLINE.to_owned());
+        let deadline =
+            overrides.saga_step_deadline.clone().or(file.saga_step_deadline).unwrap_or_else(|| DEFAULT_SAGA_STEP_DEADLINE.to_owned());
         Ok(Self {
             event_store,
             listen,
@@ -348,11 +320,7 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let toml = file("event_store = \"postgres://db/strata\"\nlisten = \"127.0.0.1:9000\"\n");
-        let from_file = Settings::resolve(&Overrides {
-            config: Some(toml.path().to_owned()),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let from_file = Settings::resolve(&Overrides { config: Some(toml.path().to_owned()), ..Overrides::default() }).unwrap();
         assert_eq!(from_file.event_store, "postgres://db/strata");
         assert_eq!(from_file.listen.port(), 9000);
         let from_flag = Settings::resolve(&Overrides {

@@ -172,7 +172,11 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::Validation, "send the request as Content-Type: application/json");
     }
     let Ok(bytes) = axum::body::to_bytes(body, limits.max_body_bytes).await else {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, Code::Validation, format!("the request body is larger than {} bytes", limits.max_body_bytes));
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Validation,
+            format!("the request body is larger than {} bytes", limits.max_body_bytes),
+        );
     };
     let body: GraphQlBody = match serde_json::from_slice(&bytes) {
         Ok(body) => body,
@@ -233,27 +237,23 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let (schema, api, tokens) = (graphql.schema.clone(), graphql.api.clone(), graphql.tokens.clone());
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let role = match header_role {
-                        Some(role) => role,
-                        None => {
-                            let token = ["Authorization", "authorization"]
-                                .iter()
-                                .find_map(|key| payload.get(key).and_then(Value::as_str));
-                            tokens
-                                .authenticate(token, chrono::Utc::now())
-                                .map_err(|err| crate::graphql::error(Code::Unauthenticated, err.to_string()))?
-                        }
-                    };
-                    Ok(request_data(&api, role))
-                })
-                .serve()
-        })
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        let (schema, api, tokens) = (graphql.schema.clone(), graphql.api.clone(), graphql.tokens.clone());
+        GraphQLWebSocket::new(socket, schema, protocol)
+            .on_connection_init(move |payload| async move {
+                let role = match header_role {
+                    Some(role) => role,
+                    None => {
+                        let token = ["Authorization", "authorization"].iter().find_map(|key| payload.get(key).and_then(Value::as_str));
+                        tokens
+                            .authenticate(token, chrono::Utc::now())
+                            .map_err(|err| crate::graphql::error(Code::Unauthenticated, err.to_string()))?
+                    }
+                };
+                Ok(request_data(&api, role))
+            })
+            .serve()
+    })
 }
 
 /// The GraphiQL page (its scripts come from a CDN into the user's browser;

@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use strata_api::audit::{self, StreamQuery};
+use strata_api::auth::Tokens;
 use strata_api::backend::{registry, EventStoreBackend};
 use strata_api::bench::{self, AppendBench, CommandsBench};
 use strata_api::config::{Overrides, Settings};
-use strata_api::auth::Tokens;
 use strata_api::graphql::{Api, Limits};
 use strata_api::http::{self, AppState, GraphQl};
-use strata_api::{projections, sagas};
 use strata_api::workers::{open_bus, open_read_model, Workers};
+use strata_api::{projections, sagas};
 use strata_store::StreamId;
 
 #[global_allocator]
@@ -266,8 +266,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -358,14 +357,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "redis")]
         Command::Bench(BenchCommand::Project { events, batch_size, workers, runs }) => {
-            let result = bench::project(&bench::ProjectBench {
-                read_model_url: settings.read_model.clone(),
-                events,
-                batch_size,
-                workers,
-                runs,
-            })
-            .await?;
+            let result =
+                bench::project(&bench::ProjectBench { read_model_url: settings.read_model.clone(), events, batch_size, workers, runs })
+                    .await?;
             println!("{}", serde_json::to_string(&result)?);
         }
         #[cfg(feature = "redis")]
@@ -430,13 +424,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(BenchCommand::E2e { orders, rate, url: None, .. }) => {
-            let result = bench::e2e(&bench::E2eBench {
-                event_store_url: settings.event_store.clone(),
-                bus_url: settings.bus.clone(),
-                orders,
-                rate,
-            })
-            .await?;
+            let result =
+                bench::e2e(&bench::E2eBench { event_store_url: settings.event_store.clone(), bus_url: settings.bus.clone(), orders, rate })
+                    .await?;
             println!("{}", serde_json::to_string(&result)?);
         }
         Command::Bench(BenchCommand::Commands { aggregates, writers, duration, runs }) => {
@@ -463,7 +453,10 @@ fn print_demo(summary: &serde_json::Value) {
     }
     println!("unexpected  {} (orders that ended otherwise than the scenario's rules say)", summary["unexpected"]);
     println!("place       p50 {} ms, p99 {} ms (placeOrder mutation)", summary["place"]["p50_ms"], summary["place"]["p99_ms"]);
-    println!("settle      p50 {} ms, p99 {} ms (placed → saga completed or compensated)", summary["settle"]["p50_ms"], summary["settle"]["p99_ms"]);
+    println!(
+        "settle      p50 {} ms, p99 {} ms (placed → saga completed or compensated)",
+        summary["settle"]["p50_ms"], summary["settle"]["p99_ms"]
+    );
     println!("seconds     {}", summary["seconds"]);
 }
 
@@ -493,23 +486,26 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let store = backend.store();
     let serving = async {
         if roles.api {
-            let listener = tokio::net::TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("binding {}", settings.listen))?;
+            let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
             let address = listener.local_addr()?;
             let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
             let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model.clone(), Limits::default());
             let graphql = GraphQl::new(api, tokens(settings)?);
             println!("strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)", store.backend_name());
             tracing::info!(%address, backend = store.backend_name(), "serving");
-            http::run(listener, AppState {
+            http::run(
+                listener,
+                AppState {
                     event_store: store.clone(),
                     read_model: Some(read_model),
                     checkpoints: backend.checkpoints(),
                     metrics: strata_api::metrics::process_metrics(),
                     graphql: Some(graphql),
                     bus: bus.as_ref().map(|bus| (if settings.bus == "memory" { "memory" } else { "nats" }, bus.publisher.clone())),
-                }, shutdown_signal()).await?;
+                },
+                shutdown_signal(),
+            )
+            .await?;
         } else {
             println!("strata running {:?} (event store: {})", roles, store.backend_name());
             shutdown_signal().await;

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use strata_projections::{orders, ReadModelSink};
 use strata_store::{
-    AppendError, AppendOutcome, CheckpointStore, EventReader, EventStore, Form, Position, ReadAll, ReadError, ReadStream,
-    RecordedEvent, StreamAppend, StreamHead, StreamId, Subscribe,
+    AppendError, AppendOutcome, CheckpointStore, EventReader, EventStore, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent,
+    StreamAppend, StreamHead, StreamId, Subscribe,
 };
 use uuid::Uuid;
 
@@ -184,10 +184,20 @@ pub async fn render(sources: &Sources) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     };
     counter(&mut out, "strata_events_appended_total", "Events appended by this process.", m.events_appended.load(Ordering::Relaxed));
-    counter(&mut out, "strata_append_failures_total", "Appends refused or failed in this process.", m.append_failures.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "strata_append_failures_total",
+        "Appends refused or failed in this process.",
+        m.append_failures.load(Ordering::Relaxed),
+    );
     m.append.render(&mut out, "strata_append_seconds", "Latency of appends by this process.");
     m.graphql.render(&mut out, "strata_graphql_request_seconds", "Latency of GraphQL requests served by this process.");
-    counter(&mut out, "strata_graphql_errors_total", "Errors in GraphQL responses of this process.", m.graphql_errors.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "strata_graphql_errors_total",
+        "Errors in GraphQL responses of this process.",
+        m.graphql_errors.load(Ordering::Relaxed),
+    );
 
     let gauge = |out: &mut String, name: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -216,7 +226,12 @@ pub async fn render(sources: &Sources) -> String {
             match crate::projections::status(&**sink, &*sources.log, &*projection).await {
                 Ok(status) => {
                     let position = status.position;
-                    let _ = writeln!(lines, "strata_projection_lag_events{{projection=\"{}\"}} {}", projection.name(), head.saturating_sub(position));
+                    let _ = writeln!(
+                        lines,
+                        "strata_projection_lag_events{{projection=\"{}\"}} {}",
+                        projection.name(),
+                        head.saturating_sub(position)
+                    );
                     let _ = writeln!(losses, "strata_projection_losses_total{{projection=\"{}\"}} {}", projection.name(), status.losses);
                 }
                 Err(error) => tracing::warn!(projection = projection.name(), "metrics: reading the projection failed: {error:#}"),

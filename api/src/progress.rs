@@ -32,15 +32,7 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Self {
-            label,
-            unit,
-            bar,
-            started: now,
-            last_line: now,
-            done: 0,
-            total,
-        }
+        Self { label, unit, bar, started: now, last_line: now, done: 0, total }
     }
 
     /// Sets the amount done (and the total, which may grow while working).
@@ -65,10 +57,7 @@ impl Progress {
         let rate = self.done as f64 / seconds;
         let left = self.total.saturating_sub(self.done) as f64;
         let eta = if rate > 0.0 { left / rate } else { 0.0 };
-        eprintln!(
-            "{}: {}/{} {} ({:.0} {}/s, eta {:.0}s)",
-            self.label, self.done, self.total, self.unit, rate, self.unit, eta
-        );
+        eprintln!("{}: {}/{} {} ({:.0} {}/s, eta {:.0}s)", self.label, self.done, self.total, self.unit, rate, self.unit, eta);
     }
 
     /// Ends the report with a last line.

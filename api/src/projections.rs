@@ -74,10 +74,7 @@ pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection:
     let live = sink.live_generation(name).await?;
     let (position, events, dead_letters, parked) = match live {
         Some(generation) => {
-            let target = Target {
-                projection: name.to_owned(),
-                generation,
-            };
+            let target = Target { projection: name.to_owned(), generation };
             let stats = sink.stats(&target).await?;
             let parked = sink.dead_letters(&target, 20).await?;
             (stats.position.0, stats.events, stats.dead_letters, parked)
@@ -141,7 +138,21 @@ pub async fn print_status(sink: &dyn ReadModelSink, log: &dyn EventReader, name:
         println!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
-    for key in ["name", "version", "state", "generation", "rebuilding", "position", "head", "lag", "events", "rate_per_s", "last_error", "dead_letters", "losses"] {
+    for key in [
+        "name",
+        "version",
+        "state",
+        "generation",
+        "rebuilding",
+        "position",
+        "head",
+        "lag",
+        "events",
+        "rate_per_s",
+        "last_error",
+        "dead_letters",
+        "losses",
+    ] {
         let value = &status[key];
         let text = match value {
             Value::String(text) => text.clone(),
@@ -168,10 +179,7 @@ pub async fn rebuild_one(sink: Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>
     let projection = find(name)?;
     let head = log.head_position().await?.0;
     let mut progress = Progress::new("rebuild", "positions", head);
-    let config = RebuildConfig {
-        batch_size,
-        ..RebuildConfig::default()
-    };
+    let config = RebuildConfig { batch_size, ..RebuildConfig::default() };
     let report = rebuild(projection, sink, log, config, &mut |p| progress.set(p.position.0, p.head.0.max(head))).await?;
     progress.finish();
     Ok(json!({

@@ -64,12 +64,7 @@ fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(
 pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     if url == "memory" {
         let bus = Arc::new(MemoryBus::new());
-        return Ok(Bus {
-            publisher: bus.clone(),
-            subscriber: bus,
-            requester: None,
-            responder: None,
-        });
+        return Ok(Bus { publisher: bus.clone(), subscriber: bus, requester: None, responder: None });
     }
     #[cfg(feature = "nats")]
     if url.starts_with("nats://") {
@@ -82,17 +77,8 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
                 _ => config.subject_prefix = value.to_owned(),
             }
         }
-        let bus = Arc::new(
-            JetStreamBus::connect(config)
-                .await
-                .with_context(|| format!("connecting to NATS JetStream at {url}"))?,
-        );
-        return Ok(Bus {
-            publisher: bus.clone(),
-            subscriber: bus.clone(),
-            requester: Some(bus.clone()),
-            responder: Some(bus),
-        });
+        let bus = Arc::new(JetStreamBus::connect(config).await.with_context(|| format!("connecting to NATS JetStream at {url}"))?);
+        return Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) });
     }
     bail!("STRATA_BUS: unsupported bus {url:?}; expected memory or nats://HOST:4222")
 }
@@ -110,9 +96,7 @@ pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>
         if let Some((_, prefix)) = pairs.first() {
             config.key_prefix = (*prefix).to_owned();
         }
-        let sink = strata_projections::RedisSink::connect(config)
-            .await
-            .with_context(|| format!("connecting to Redis at {url}"))?;
+        let sink = strata_projections::RedisSink::connect(config).await.with_context(|| format!("connecting to Redis at {url}"))?;
         return Ok(Arc::new(sink));
     }
     bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory or redis://HOST:6379")
@@ -120,7 +104,11 @@ pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>
 
 /// Builds a projection from the log if it has no live generation (waiting
 /// for a replica that is already building it).
-async fn build_if_missing(projection: Arc<dyn strata_projections::Projection>, sink: Arc<dyn ReadModelSink>, backend: &EventStoreBackend) -> anyhow::Result<()> {
+async fn build_if_missing(
+    projection: Arc<dyn strata_projections::Projection>,
+    sink: Arc<dyn ReadModelSink>,
+    backend: &EventStoreBackend,
+) -> anyhow::Result<()> {
     let name = projection.name().to_owned();
     let report = ensure_live(projection, sink, backend.reader(), RebuildConfig::default())
         .await
@@ -161,7 +149,12 @@ pub struct Workers {
 
 impl Workers {
     /// Starts the relay and projector roles that `settings` asks for.
-    pub async fn start(settings: &Settings, backend: &EventStoreBackend, bus: Option<&Bus>, read_model: Option<Arc<dyn ReadModelSink>>) -> anyhow::Result<Self> {
+    pub async fn start(
+        settings: &Settings,
+        backend: &EventStoreBackend,
+        bus: Option<&Bus>,
+        read_model: Option<Arc<dyn ReadModelSink>>,
+    ) -> anyhow::Result<Self> {
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = Vec::new();
         if settings.roles.projector {
@@ -208,12 +201,10 @@ impl Workers {
                 orchestrator_config(settings),
             ));
             let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
-            let task = tokio::spawn(async move {
-                orchestrator
-                    .run(subscriber, fulfilment::TRIGGER_CATEGORY, stop)
-                    .await
-                    .map_err(anyhow::Error::from)
-            });
+            let task =
+                tokio::spawn(
+                    async move { orchestrator.run(subscriber, fulfilment::TRIGGER_CATEGORY, stop).await.map_err(anyhow::Error::from) },
+                );
             tasks.push(("saga fulfilment".to_owned(), task));
         } else if settings.roles.services {
             let Some(responder) = bus.and_then(|bus| bus.responder.clone()) else {
@@ -222,9 +213,7 @@ impl Workers {
             let services: Arc<dyn Services<FulfilmentCommand>> = Arc::new(fulfilment_services(backend));
             let stop = stop.clone();
             let task = tokio::spawn(async move {
-                strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 256, stop)
-                    .await
-                    .map_err(anyhow::Error::from)
+                strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 256, stop).await.map_err(anyhow::Error::from)
             });
             tasks.push(("services".to_owned(), task));
         }

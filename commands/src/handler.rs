@@ -55,9 +55,8 @@ use chrono::Utc;
 use rand::Rng;
 use strata_schemas::{DecodeError, DomainEvent};
 use strata_store::{
-    AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Form, InvalidStreamId,
-    NewEvent, Position, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
-    StreamId, MAX_EVENTS_PER_APPEND,
+    AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Form, InvalidStreamId, NewEvent, Position, ReadError,
+    ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamId, MAX_EVENTS_PER_APPEND,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -87,13 +86,7 @@ pub struct HandlerConfig {
 
 impl Default for HandlerConfig {
     fn default() -> Self {
-        Self {
-            max_attempts: 20,
-            snapshot_every: Some(100),
-            page_size: 1_000,
-            traceparent: None,
-            cache_capacity: 10_000,
-        }
+        Self { max_attempts: 20, snapshot_every: Some(100), page_size: 1_000, traceparent: None, cache_capacity: 10_000 }
     }
 }
 
@@ -136,11 +129,7 @@ pub struct Envelope<C> {
 impl<C> Envelope<C> {
     /// A command with an id and an empty context.
     pub fn new(command_id: Uuid, command: C) -> Self {
-        Self {
-            command_id,
-            command,
-            context: CommandContext::default(),
-        }
+        Self { command_id, command, context: CommandContext::default() }
     }
 
     /// Sets the actor.
@@ -276,14 +265,7 @@ pub fn event_id(command_id: Uuid, index: usize) -> Uuid {
 impl<A: Aggregate> CommandHandler<A> {
     /// A handler appending to `store`, snapshotting to `snapshots` if given.
     pub fn new(store: Arc<dyn EventStore>, snapshots: Option<Arc<dyn SnapshotStore>>, config: HandlerConfig) -> Self {
-        Self {
-            store,
-            snapshots,
-            config,
-            cache: Arc::default(),
-            turns: Arc::default(),
-            aggregate: PhantomData,
-        }
+        Self { store, snapshots, config, cache: Arc::default(), turns: Arc::default(), aggregate: PhantomData }
     }
 
     /// The stream of an aggregate id.
@@ -395,11 +377,7 @@ impl<A: Aggregate> CommandHandler<A> {
                 0 => ExpectedVersion::NoStream,
                 version => ExpectedVersion::Exact(version),
             };
-            let request = vec![StreamAppend {
-                stream_id: stream_id.clone(),
-                expected,
-                events: new_events,
-            }];
+            let request = vec![StreamAppend { stream_id: stream_id.clone(), expected, events: new_events }];
             match self.store.append(request).await {
                 Ok(outcome) => {
                     tracing::Span::current().record("attempts", attempts);
@@ -414,11 +392,7 @@ impl<A: Aggregate> CommandHandler<A> {
                 Err(AppendError::Conflict { actual, .. }) => {
                     self.forget(&stream_id);
                     if attempts >= self.config.max_attempts.max(1) {
-                        return Err(CommandError::Conflict {
-                            stream_id,
-                            attempts,
-                            actual,
-                        });
+                        return Err(CommandError::Conflict { stream_id, attempts, actual });
                     }
                     tracing::debug!(attempts, actual, "conflict; deciding again");
                     backoff(attempts).await;
@@ -427,10 +401,7 @@ impl<A: Aggregate> CommandHandler<A> {
                     self.forget(&stream_id);
                     return match self.first_outcome(&stream_id, command_id, attempts).await? {
                         Some(first) => Ok(first),
-                        None => Err(CommandError::CommandIdReused {
-                            command_id,
-                            stream_id: stored_stream_id,
-                        }),
+                        None => Err(CommandError::CommandIdReused { command_id, stream_id: stored_stream_id }),
                     };
                 }
                 Err(other) => {
@@ -448,12 +419,7 @@ impl<A: Aggregate> CommandHandler<A> {
 
     async fn load_stream(&self, stream_id: &StreamId) -> Result<Loaded<A::State>, A> {
         let page_size = self.config.page_size.max(1);
-        let mut loaded = Loaded {
-            state: A::State::default(),
-            version: 0,
-            snapshot_version: None,
-            events_folded: 0,
-        };
+        let mut loaded = Loaded { state: A::State::default(), version: 0, snapshot_version: None, events_folded: 0 };
         // Most streams are shorter than the snapshot interval and have no
         // snapshot: read their head first, and look for a snapshot only when
         // that first page is full (one round trip for a short stream, instead
@@ -484,14 +450,8 @@ impl<A: Aggregate> CommandHandler<A> {
     }
 
     async fn read_page(&self, stream_id: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, A> {
-        let request = ReadStream {
-            from_version,
-            ..ReadStream::forward(limit)
-        };
-        self.store
-            .read_stream(stream_id, request)
-            .await
-            .map_err(CommandError::Read)
+        let request = ReadStream { from_version, ..ReadStream::forward(limit) };
+        self.store.read_stream(stream_id, request).await.map_err(CommandError::Read)
     }
 
     fn fold_page(&self, stream_id: &StreamId, loaded: &mut Loaded<A::State>, page: Vec<RecordedEvent>) -> Result<(), A> {
@@ -526,11 +486,7 @@ impl<A: Aggregate> CommandHandler<A> {
             return Ok(None);
         };
         if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
-            tracing::debug!(
-                stored = snapshot.snapshot_version,
-                current = A::SNAPSHOT_VERSION,
-                "ignoring a snapshot of another format"
-            );
+            tracing::debug!(stored = snapshot.snapshot_version, current = A::SNAPSHOT_VERSION, "ignoring a snapshot of another format");
             return Ok(None);
         }
         match serde_json::from_value(snapshot.state) {
@@ -544,13 +500,7 @@ impl<A: Aggregate> CommandHandler<A> {
 
     /// Remembers the state after a successful append and, when
     /// `snapshot_every` events have passed since the last snapshot, saves one.
-    async fn after_append(
-        &self,
-        stream_id: &StreamId,
-        loaded: Loaded<A::State>,
-        events: &[A::Event],
-        outcome: &AppendOutcome,
-    ) {
+    async fn after_append(&self, stream_id: &StreamId, loaded: Loaded<A::State>, events: &[A::Event], outcome: &AppendOutcome) {
         let version = outcome.streams[0].last_version();
         let state = A::fold(loaded.state, events);
         let mut snapshot_version = loaded.snapshot_version;
@@ -576,15 +526,7 @@ impl<A: Aggregate> CommandHandler<A> {
                 }
             }
         }
-        self.remember(
-            stream_id,
-            Loaded {
-                state,
-                version,
-                snapshot_version,
-                events_folded: 0,
-            },
-        );
+        self.remember(stream_id, Loaded { state, version, snapshot_version, events_folded: 0 });
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<StreamId, Loaded<A::State>>> {
@@ -621,25 +563,13 @@ impl<A: Aggregate> CommandHandler<A> {
 
     /// The outcome of the first application of `command_id`, if it was applied.
     async fn first_outcome(&self, stream_id: &StreamId, command_id: Uuid, attempts: u32) -> Result<Option<CommandOutcome>, A> {
-        let Some(first) = self
-            .store
-            .read_event(event_id(command_id, 0), Form::AsStored)
-            .await
-            .map_err(CommandError::Read)?
-        else {
+        let Some(first) = self.store.read_event(event_id(command_id, 0), Form::AsStored).await.map_err(CommandError::Read)? else {
             return Ok(None);
         };
         if first.stream_id != *stream_id {
-            return Err(CommandError::CommandIdReused {
-                command_id,
-                stream_id: first.stream_id,
-            });
+            return Err(CommandError::CommandIdReused { command_id, stream_id: first.stream_id });
         }
-        let request = ReadStream {
-            from_version: first.stream_version,
-            form: Form::AsStored,
-            ..ReadStream::forward(MAX_EVENTS_PER_APPEND)
-        };
+        let request = ReadStream { from_version: first.stream_version, form: Form::AsStored, ..ReadStream::forward(MAX_EVENTS_PER_APPEND) };
         let events: Vec<AppliedEvent> = self
             .store
             .read_stream(stream_id, request)
@@ -669,10 +599,7 @@ impl<A: Aggregate> CommandHandler<A> {
         EventMetadata {
             correlation_id: Some(context.correlation_id.unwrap_or(envelope.command_id)),
             causation_id: Some(context.causation_id.unwrap_or(envelope.command_id)),
-            traceparent: context
-                .traceparent
-                .clone()
-                .or_else(|| self.config.traceparent.as_ref().and_then(|source| source())),
+            traceparent: context.traceparent.clone().or_else(|| self.config.traceparent.as_ref().and_then(|source| source())),
             actor: context.actor.clone(),
             command_id: Some(envelope.command_id),
         }
@@ -680,10 +607,7 @@ impl<A: Aggregate> CommandHandler<A> {
 }
 
 fn decode<A: Aggregate>(stream_id: &StreamId, event_type: String, payload: serde_json::Value) -> Result<A::Event, A> {
-    A::Event::from_payload(&event_type, payload).map_err(|source| CommandError::Undecodable {
-        stream_id: stream_id.clone(),
-        source,
-    })
+    A::Event::from_payload(&event_type, payload).map_err(|source| CommandError::Undecodable { stream_id: stream_id.clone(), source })
 }
 
 /// The outcome of an append of a command's events (their ids are derived

@@ -211,19 +211,9 @@ impl Aggregate for Inventory {
         match command {
             InventoryCommand::Restock { sku, quantity, at } => {
                 let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
-                Ok(vec![StockRestocked {
-                    sku,
-                    quantity,
-                    restocked_at: at,
-                }
-                .into()])
+                Ok(vec![StockRestocked { sku, quantity, restocked_at: at }.into()])
             }
-            InventoryCommand::Reserve {
-                sku,
-                order_id,
-                quantity,
-                at,
-            } => {
+            InventoryCommand::Reserve { sku, order_id, quantity, at } => {
                 let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
                 if state.fences.contains_key(&order_id) {
                     return Err(InventoryError::Fenced { order_id });
@@ -239,62 +229,28 @@ impl Aggregate for Inventory {
                 }
                 let available = state.available();
                 if u64::from(quantity.get()) > available {
-                    return Err(InventoryError::OutOfStock {
-                        sku,
-                        requested: quantity.get(),
-                        available,
-                    });
+                    return Err(InventoryError::OutOfStock { sku, requested: quantity.get(), available });
                 }
-                Ok(vec![StockReserved {
-                    sku,
-                    order_id,
-                    quantity,
-                    reserved_at: at,
-                }
-                .into()])
+                Ok(vec![StockReserved { sku, order_id, quantity, reserved_at: at }.into()])
             }
             InventoryCommand::Release { sku, order_id, at } => match state.reservations.get(&order_id) {
-                Some(&quantity) => Ok(vec![ReservationReleased {
-                    sku,
-                    order_id,
-                    quantity,
-                    released_at: at,
-                }
-                .into()]),
+                Some(&quantity) => Ok(vec![ReservationReleased { sku, order_id, quantity, released_at: at }.into()]),
                 None if state.fences.contains_key(&order_id) => Err(InventoryError::NoReservation { order_id }),
                 None => Ok(vec![ReservationFenced { sku, order_id, fenced_at: at }.into()]),
             },
             InventoryCommand::Return { sku, order_id, quantity, at } => {
                 let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
                 if let Some(&reserved) = state.reservations.get(&order_id) {
-                    return Ok(vec![ReservationReleased {
-                        sku,
-                        order_id,
-                        quantity: reserved,
-                        released_at: at,
-                    }
-                    .into()]);
+                    return Ok(vec![ReservationReleased { sku, order_id, quantity: reserved, released_at: at }.into()]);
                 }
                 if !state.known {
                     return Err(InventoryError::UnknownSku { sku });
                 }
-                Ok(vec![StockReturned {
-                    sku,
-                    order_id,
-                    quantity,
-                    returned_at: at,
-                }
-                .into()])
+                Ok(vec![StockReturned { sku, order_id, quantity, returned_at: at }.into()])
             }
             InventoryCommand::Commit { sku, order_id, at } => {
                 let quantity = reservation(state, &sku, order_id)?;
-                Ok(vec![ReservationCommitted {
-                    sku,
-                    order_id,
-                    quantity,
-                    committed_at: at,
-                }
-                .into()])
+                Ok(vec![ReservationCommitted { sku, order_id, quantity, committed_at: at }.into()])
             }
         }
     }
@@ -342,11 +298,7 @@ fn reservation(state: &InventoryState, sku: &Sku, order_id: Uuid) -> Result<Quan
     if !state.known {
         return Err(InventoryError::UnknownSku { sku: sku.clone() });
     }
-    state
-        .reservations
-        .get(&order_id)
-        .copied()
-        .ok_or(InventoryError::NoReservation { order_id })
+    state.reservations.get(&order_id).copied().ok_or(InventoryError::NoReservation { order_id })
 }
 
 #[cfg(test)]
@@ -378,9 +330,8 @@ mod tests {
 
     #[test]
     fn restocking_adds_units_on_hand() {
-        let state = given::<Inventory>([restocked(3)])
-            .when(InventoryCommand::Restock { sku: sku(), quantity: 7, at: at() })
-            .then([restocked(7)]);
+        let state =
+            given::<Inventory>([restocked(3)]).when(InventoryCommand::Restock { sku: sku(), quantity: 7, at: at() }).then([restocked(7)]);
         assert_eq!((state.on_hand, state.available()), (10, 10));
     }
 
@@ -395,17 +346,17 @@ mod tests {
 
     #[test]
     fn reserving_what_is_available_holds_it() {
-        let state = given::<Inventory>([restocked(5), reserved(order(1), 2)])
-            .when(reserve(order(2), 3))
-            .then([reserved(order(2), 3)]);
+        let state = given::<Inventory>([restocked(5), reserved(order(1), 2)]).when(reserve(order(2), 3)).then([reserved(order(2), 3)]);
         assert_eq!((state.on_hand, state.reserved(), state.available()), (5, 5, 0));
     }
 
     #[test]
     fn reserving_more_than_available_is_refused() {
-        given::<Inventory>([restocked(5), reserved(order(1), 4)])
-            .when(reserve(order(2), 2))
-            .then_error(InventoryError::OutOfStock { sku: sku(), requested: 2, available: 1 });
+        given::<Inventory>([restocked(5), reserved(order(1), 4)]).when(reserve(order(2), 2)).then_error(InventoryError::OutOfStock {
+            sku: sku(),
+            requested: 2,
+            available: 1,
+        });
     }
 
     #[test]
@@ -467,9 +418,7 @@ mod tests {
 
     #[test]
     fn an_unknown_sku_is_fenced_too_so_a_restock_cannot_let_a_late_reserve_in() {
-        given::<Inventory>([])
-            .when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() })
-            .then([fenced(order(9), at())]);
+        given::<Inventory>([]).when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() }).then([fenced(order(9), at())]);
         given::<Inventory>([fenced(order(9), at()), restocked(5)])
             .when(reserve(order(9), 1))
             .then_error(InventoryError::Fenced { order_id: order(9) });
@@ -489,15 +438,24 @@ mod tests {
 
     #[test]
     fn returning_a_committed_line_puts_its_units_back_and_an_uncommitted_one_is_released() {
-        let committed: InventoryEvent = ReservationCommitted { sku: sku(), order_id: order(1), quantity: units(4), committed_at: at() }.into();
+        let committed: InventoryEvent =
+            ReservationCommitted { sku: sku(), order_id: order(1), quantity: units(4), committed_at: at() }.into();
         let back = InventoryCommand::Return { sku: sku(), order_id: order(1), quantity: 4, at: at() };
-        let state = given::<Inventory>([restocked(5), reserved(order(1), 4), committed])
-            .when(back.clone())
-            .then([StockReturned { sku: sku(), order_id: order(1), quantity: units(4), returned_at: at() }.into()]);
+        let state = given::<Inventory>([restocked(5), reserved(order(1), 4), committed]).when(back.clone()).then([StockReturned {
+            sku: sku(),
+            order_id: order(1),
+            quantity: units(4),
+            returned_at: at(),
+        }
+        .into()]);
         assert_eq!((state.on_hand, state.reserved(), state.available()), (5, 0, 5));
-        given::<Inventory>([restocked(5), reserved(order(1), 3)])
-            .when(back.clone())
-            .then([ReservationReleased { sku: sku(), order_id: order(1), quantity: units(3), released_at: at() }.into()]);
+        given::<Inventory>([restocked(5), reserved(order(1), 3)]).when(back.clone()).then([ReservationReleased {
+            sku: sku(),
+            order_id: order(1),
+            quantity: units(3),
+            released_at: at(),
+        }
+        .into()]);
         given::<Inventory>([]).when(back).then_error(InventoryError::UnknownSku { sku: sku() });
     }
 

@@ -35,6 +35,6 @@ pub mod shipping;
 
 pub use aggregate::Aggregate;
 pub use handler::{
-    event_id, AppliedEvent, CommandContext, CommandError, CommandHandler, CommandOutcome, Envelope,
-    HandlerConfig, Loaded, TraceparentSource,
+    event_id, AppliedEvent, CommandContext, CommandError, CommandHandler, CommandOutcome, Envelope, HandlerConfig, Loaded,
+    TraceparentSource,
 };

@@ -229,9 +229,9 @@ impl Aggregate for Order {
     fn aggregate_id(command: &OrderCommand) -> String {
         match command {
             OrderCommand::Place(place) => place.order_id,
-            OrderCommand::Confirm { order_id, .. }
-            | OrderCommand::MarkShipped { order_id, .. }
-            | OrderCommand::Cancel { order_id, .. } => *order_id,
+            OrderCommand::Confirm { order_id, .. } | OrderCommand::MarkShipped { order_id, .. } | OrderCommand::Cancel { order_id, .. } => {
+                *order_id
+            }
         }
         .to_string()
     }
@@ -250,39 +250,21 @@ impl Aggregate for Order {
             }
             OrderCommand::Confirm { order_id, at } => {
                 require(state, order_id, OrderStatus::Pending, "confirm")?;
-                Ok(vec![OrderConfirmed {
-                    order_id,
-                    confirmed_at: at,
-                }
-                .into()])
+                Ok(vec![OrderConfirmed { order_id, confirmed_at: at }.into()])
             }
             OrderCommand::MarkShipped { order_id, at } => {
                 require(state, order_id, OrderStatus::Confirmed, "ship")?;
                 Ok(vec![OrderShipped { order_id, shipped_at: at }.into()])
             }
-            OrderCommand::Cancel {
-                order_id,
-                reason,
-                failed_step,
-                at,
-            } => {
+            OrderCommand::Cancel { order_id, reason, failed_step, at } => {
                 let status = state.status.ok_or(OrderError::NotPlaced { order_id })?;
                 if !matches!(status, OrderStatus::Pending | OrderStatus::Confirmed) {
-                    return Err(OrderError::WrongStatus {
-                        status,
-                        action: "cancel",
-                    });
+                    return Err(OrderError::WrongStatus { status, action: "cancel" });
                 }
                 if reason.trim().is_empty() || reason.chars().count() > 500 {
                     return Err(OrderError::InvalidReason);
                 }
-                Ok(vec![OrderCancelled {
-                    order_id,
-                    reason,
-                    failed_step,
-                    cancelled_at: at,
-                }
-                .into()])
+                Ok(vec![OrderCancelled { order_id, reason, failed_step, cancelled_at: at }.into()])
             }
         }
     }
@@ -322,10 +304,7 @@ fn place_order(place: PlaceOrder) -> Result<OrderPlaced, OrderError> {
         return Err(OrderError::EmptyOrder);
     }
     if place.lines.len() > MAX_LINES {
-        return Err(OrderError::TooManyLines {
-            max: MAX_LINES,
-            got: place.lines.len(),
-        });
+        return Err(OrderError::TooManyLines { max: MAX_LINES, got: place.lines.len() });
     }
     let mut lines: Vec<OrderLine> = Vec::with_capacity(place.lines.len());
     let mut total = Cents::ZERO;
@@ -339,11 +318,8 @@ fn place_order(place: PlaceOrder) -> Result<OrderPlaced, OrderError> {
         if lines.iter().any(|seen| seen.sku == line.sku) {
             return Err(OrderError::DuplicateSku { sku: line.sku });
         }
-        total = line
-            .unit_price_cents
-            .times(line.quantity)
-            .and_then(|line_total| total.plus(line_total))
-            .ok_or(OrderError::TotalTooLarge)?;
+        total =
+            line.unit_price_cents.times(line.quantity).and_then(|line_total| total.plus(line_total)).ok_or(OrderError::TotalTooLarge)?;
         lines.push(line);
     }
     let payment_method = place.payment_method;
@@ -374,11 +350,7 @@ mod tests {
         Uuid::from_u128(42)
     }
     fn line(sku: &str, quantity: i64, unit_price_cents: i64) -> LineInput {
-        LineInput {
-            sku: sku.into(),
-            quantity,
-            unit_price_cents,
-        }
+        LineInput { sku: sku.into(), quantity, unit_price_cents }
     }
     fn address(country: &str) -> AddressInput {
         AddressInput {
@@ -417,7 +389,8 @@ mod tests {
 
     #[test]
     fn placing_an_order_computes_its_total() {
-        let state = given::<Order>([]).when(OrderCommand::Place(place(vec![line("SKU-1", 2, 1250), line("SKU-2", 1, 99)]))).then([placed()]);
+        let state =
+            given::<Order>([]).when(OrderCommand::Place(place(vec![line("SKU-1", 2, 1250), line("SKU-2", 1, 99)]))).then([placed()]);
         let order = state.placed.unwrap();
         assert_eq!(order.total_cents.get(), 2599);
         assert_eq!(state.status, Some(OrderStatus::Pending));
@@ -433,9 +406,7 @@ mod tests {
         for quantity in [0, -2] {
             given::<Order>([])
                 .when(OrderCommand::Place(place(vec![line("SKU-1", 1, 100), line("SKU-2", quantity, 100)])))
-                .then_error_matches(|err| {
-                    matches!(err, OrderError::InvalidLine { index: 1, source } if source.field == "quantity")
-                });
+                .then_error_matches(|err| matches!(err, OrderError::InvalidLine { index: 1, source } if source.field == "quantity"));
         }
     }
 
@@ -497,9 +468,7 @@ mod tests {
     #[test]
     fn a_pending_order_is_confirmed_then_shipped() {
         given::<Order>([placed()]).when(OrderCommand::Confirm { order_id: id(), at: at() }).then([confirmed()]);
-        let state = given::<Order>([placed(), confirmed()])
-            .when(OrderCommand::MarkShipped { order_id: id(), at: at() })
-            .then([shipped()]);
+        let state = given::<Order>([placed(), confirmed()]).when(OrderCommand::MarkShipped { order_id: id(), at: at() }).then([shipped()]);
         assert_eq!(state.status, Some(OrderStatus::Shipped));
     }
 
@@ -515,9 +484,7 @@ mod tests {
 
     #[test]
     fn commands_on_an_order_that_does_not_exist_are_refused() {
-        given::<Order>([])
-            .when(OrderCommand::Confirm { order_id: id(), at: at() })
-            .then_error(OrderError::NotPlaced { order_id: id() });
+        given::<Order>([]).when(OrderCommand::Confirm { order_id: id(), at: at() }).then_error(OrderError::NotPlaced { order_id: id() });
         given::<Order>([]).when(cancel(None)).then_error(OrderError::NotPlaced { order_id: id() });
     }
 
@@ -540,13 +507,10 @@ mod tests {
 
     #[test]
     fn nothing_changes_after_a_terminal_status() {
-        for (history, status) in [
-            (vec![placed(), confirmed(), shipped()], OrderStatus::Shipped),
-            (vec![placed(), cancelled(None)], OrderStatus::Cancelled),
-        ] {
-            given::<Order>(history.clone())
-                .when(cancel(None))
-                .then_error(OrderError::WrongStatus { status, action: "cancel" });
+        for (history, status) in
+            [(vec![placed(), confirmed(), shipped()], OrderStatus::Shipped), (vec![placed(), cancelled(None)], OrderStatus::Cancelled)]
+        {
+            given::<Order>(history.clone()).when(cancel(None)).then_error(OrderError::WrongStatus { status, action: "cancel" });
             given::<Order>(history.clone())
                 .when(OrderCommand::Confirm { order_id: id(), at: at() })
                 .then_error(OrderError::WrongStatus { status, action: "confirm" });

@@ -209,12 +209,7 @@ impl Aggregate for Payment {
 
     fn decide(state: &PaymentState, command: PaymentCommand) -> Result<Vec<PaymentEvent>, PaymentError> {
         match command {
-            PaymentCommand::Authorize {
-                order_id,
-                amount_cents,
-                payment_method,
-                at,
-            } => {
+            PaymentCommand::Authorize { order_id, amount_cents, payment_method, at } => {
                 match state.status {
                     Some(PaymentStatus::Fenced) => return Err(PaymentError::Fenced { order_id }),
                     Some(_) => return Err(PaymentError::AlreadyAuthorized { order_id }),
@@ -225,13 +220,9 @@ impl Aggregate for Payment {
                     return Err(PaymentError::InvalidPaymentMethod);
                 }
                 match gateway_rule(&payment_method, amount) {
-                    GatewayAnswer::Authorized => Ok(vec![PaymentAuthorized {
-                        order_id,
-                        amount_cents: amount,
-                        payment_method,
-                        authorized_at: at,
+                    GatewayAnswer::Authorized => {
+                        Ok(vec![PaymentAuthorized { order_id, amount_cents: amount, payment_method, authorized_at: at }.into()])
                     }
-                    .into()]),
                     GatewayAnswer::Declined(reason) => Err(PaymentError::Declined { reason: reason.into() }),
                     GatewayAnswer::NoAnswer => Err(PaymentError::NoAnswer),
                 }
@@ -243,33 +234,18 @@ impl Aggregate for Payment {
                 if at > expired_at {
                     return Err(PaymentError::AuthorizationExpired { expired_at });
                 }
-                Ok(vec![PaymentCaptured {
-                    order_id,
-                    amount_cents: state.amount,
-                    captured_at: at,
-                }
-                .into()])
+                Ok(vec![PaymentCaptured { order_id, amount_cents: state.amount, captured_at: at }.into()])
             }
             PaymentCommand::Void { order_id, at } => {
                 if state.status.is_none() {
                     return Ok(vec![PaymentFenced { order_id, fenced_at: at }.into()]);
                 }
                 require(state, order_id, PaymentStatus::Authorized, "void")?;
-                Ok(vec![PaymentVoided {
-                    order_id,
-                    amount_cents: state.amount,
-                    voided_at: at,
-                }
-                .into()])
+                Ok(vec![PaymentVoided { order_id, amount_cents: state.amount, voided_at: at }.into()])
             }
             PaymentCommand::Refund { order_id, at } => {
                 require(state, order_id, PaymentStatus::Captured, "refund")?;
-                Ok(vec![PaymentRefunded {
-                    order_id,
-                    amount_cents: state.amount,
-                    refunded_at: at,
-                }
-                .into()])
+                Ok(vec![PaymentRefunded { order_id, amount_cents: state.amount, refunded_at: at }.into()])
             }
         }
     }
@@ -331,9 +307,7 @@ mod tests {
 
     #[test]
     fn the_declining_method_is_always_declined() {
-        given::<Payment>([])
-            .when(authorize(METHOD_DECLINED, 100))
-            .then_error(PaymentError::Declined { reason: "card declined".into() });
+        given::<Payment>([]).when(authorize(METHOD_DECLINED, 100)).then_error(PaymentError::Declined { reason: "card declined".into() });
     }
 
     #[test]
@@ -350,22 +324,21 @@ mod tests {
 
     #[test]
     fn bad_amounts_and_methods_are_refused() {
-        given::<Payment>([])
-            .when(authorize("card", -1))
-            .then_error_matches(|err| matches!(err, PaymentError::InvalidAmount(_)));
+        given::<Payment>([]).when(authorize("card", -1)).then_error_matches(|err| matches!(err, PaymentError::InvalidAmount(_)));
         given::<Payment>([]).when(authorize("", 1)).then_error(PaymentError::InvalidPaymentMethod);
-        given::<Payment>([authorized(5)])
-            .when(authorize("card", 5))
-            .then_error(PaymentError::AlreadyAuthorized { order_id: id() });
+        given::<Payment>([authorized(5)]).when(authorize("card", 5)).then_error(PaymentError::AlreadyAuthorized { order_id: id() });
     }
 
     #[test]
     fn an_authorization_is_captured_within_seven_days_and_not_after() {
         let capture = |at| PaymentCommand::Capture { order_id: id(), at };
         let in_time = at() + AUTHORIZATION_VALIDITY;
-        given::<Payment>([authorized(700)])
-            .when(capture(in_time))
-            .then([PaymentCaptured { order_id: id(), amount_cents: cents(700), captured_at: in_time }.into()]);
+        given::<Payment>([authorized(700)]).when(capture(in_time)).then([PaymentCaptured {
+            order_id: id(),
+            amount_cents: cents(700),
+            captured_at: in_time,
+        }
+        .into()]);
         given::<Payment>([authorized(700)])
             .when(capture(in_time + Duration::seconds(1)))
             .then_error(PaymentError::AuthorizationExpired { expired_at: in_time });
@@ -373,9 +346,12 @@ mod tests {
 
     #[test]
     fn an_uncaptured_authorization_is_voided_and_a_capture_is_refunded() {
-        let state = given::<Payment>([authorized(700)])
-            .when(PaymentCommand::Void { order_id: id(), at: at() })
-            .then([PaymentVoided { order_id: id(), amount_cents: cents(700), voided_at: at() }.into()]);
+        let state = given::<Payment>([authorized(700)]).when(PaymentCommand::Void { order_id: id(), at: at() }).then([PaymentVoided {
+            order_id: id(),
+            amount_cents: cents(700),
+            voided_at: at(),
+        }
+        .into()]);
         assert_eq!(state.status, Some(PaymentStatus::Voided));
         given::<Payment>([authorized(700), captured(700)])
             .when(PaymentCommand::Refund { order_id: id(), at: at() })

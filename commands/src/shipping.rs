@@ -140,16 +140,9 @@ impl Aggregate for Shipment {
                 }
                 address.check().map_err(ShippingError::InvalidAddress)?;
                 if UNDELIVERABLE_COUNTRIES.contains(&address.country.as_str()) {
-                    return Err(ShippingError::Undeliverable {
-                        country: address.country.to_string(),
-                    });
+                    return Err(ShippingError::Undeliverable { country: address.country.to_string() });
                 }
-                Ok(vec![ShipmentCreated {
-                    order_id,
-                    address,
-                    created_at: at,
-                }
-                .into()])
+                Ok(vec![ShipmentCreated { order_id, address, created_at: at }.into()])
             }
             ShipmentCommand::Cancel { order_id, reason, at } => match state.status {
                 None => Ok(vec![ShipmentFenced { order_id, fenced_at: at }.into()]),
@@ -158,12 +151,7 @@ impl Aggregate for Shipment {
                     if reason.trim().is_empty() || reason.chars().count() > 500 {
                         return Err(ShippingError::InvalidReason);
                     }
-                    Ok(vec![ShipmentCancelled {
-                        order_id,
-                        reason,
-                        cancelled_at: at,
-                    }
-                    .into()])
+                    Ok(vec![ShipmentCancelled { order_id, reason, cancelled_at: at }.into()])
                 }
             },
         }
@@ -213,9 +201,8 @@ mod tests {
 
     #[test]
     fn a_shipment_is_created_for_a_deliverable_country() {
-        let state = given::<Shipment>([])
-            .when(ShipmentCommand::Create { order_id: id(), address: address("BE"), at: at() })
-            .then([created()]);
+        let state =
+            given::<Shipment>([]).when(ShipmentCommand::Create { order_id: id(), address: address("BE"), at: at() }).then([created()]);
         assert_eq!(state.status, Some(ShipmentStatus::Created));
     }
 
@@ -246,9 +233,7 @@ mod tests {
     fn a_created_shipment_is_cancelled_once() {
         let cancelled: ShipmentEvent = ShipmentCancelled { order_id: id(), reason: "payment failed".into(), cancelled_at: at() }.into();
         given::<Shipment>([created()]).when(cancel("payment failed")).then([cancelled.clone()]);
-        given::<Shipment>([created(), cancelled])
-            .when(cancel("again"))
-            .then_error(ShippingError::AlreadyCancelled { order_id: id() });
+        given::<Shipment>([created(), cancelled]).when(cancel("again")).then_error(ShippingError::AlreadyCancelled { order_id: id() });
     }
 
     #[test]

@@ -27,19 +27,14 @@ pub struct Given<A: Aggregate> {
 /// Starts a scenario from past events (none for a new stream).
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     let events: Vec<A::Event> = events.into_iter().collect();
-    Given {
-        state: A::fold(A::State::default(), &events),
-    }
+    Given { state: A::fold(A::State::default(), &events) }
 }
 
 impl<A: Aggregate> Given<A> {
     /// Decides `command` against the given state.
     pub fn when(self, command: A::Command) -> Then<A> {
         let result = A::decide(&self.state, command);
-        Then {
-            state: self.state,
-            result,
-        }
+        Then { state: self.state, result }
     }
 
     /// The folded state, for assertions on `evolve`.

@@ -20,10 +20,7 @@ pub struct BackendError {
 impl BackendError {
     /// Wraps a backend cause with what the store was doing.
     pub fn new(context: &'static str, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        Self {
-            context,
-            source: source.into(),
-        }
+        Self { context, source: source.into() }
     }
 }
 

@@ -61,10 +61,7 @@ impl Lease for MemoryLease {
         };
         let held = lock.lock_owned().await;
         let (sender, lost) = watch::channel(false);
-        Ok(LeaseGuard {
-            lost,
-            _held: Box::new((held, sender)),
-        })
+        Ok(LeaseGuard { lost, _held: Box::new((held, sender)) })
     }
 }
 
@@ -97,13 +94,8 @@ mod postgres {
     impl PostgresLease {
         /// Leases on the database at `url`; waiters retry every `retry`.
         pub fn new(url: &str, retry: Duration) -> Result<Self, BackendError> {
-            let options: PgConnectOptions = url
-                .parse()
-                .map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
-            Ok(Self {
-                options: options.application_name("strata-lease"),
-                retry,
-            })
+            let options: PgConnectOptions = url.parse().map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
+            Ok(Self { options: options.application_name("strata-lease"), retry })
         }
     }
 
@@ -149,10 +141,7 @@ mod postgres {
                                 }
                             }
                         });
-                        return Ok(LeaseGuard {
-                            lost,
-                            _held: Box::new(Keeper(keeper)),
-                        });
+                        return Ok(LeaseGuard { lost, _held: Box::new(Keeper(keeper)) });
                     }
                     tokio::time::sleep(self.retry).await;
                 }

@@ -37,16 +37,15 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use checkpoint::CheckpointStore;
 pub use error::{AppendError, BackendError, ReadError};
 pub use memory::MemoryEventStore;
 pub use plan::{AppendLimits, MAX_EVENTS_PER_APPEND, MAX_PAYLOAD_BYTES};
-pub use checkpoint::CheckpointStore;
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{EventReader, EventStore, Subscribe};
 pub use types::{
-    validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form,
-    InvalidStreamId, NewEvent, Position, ReadAll, ReadStream, RecordedEvent, StreamAppend,
-    StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
+    validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form, InvalidStreamId, NewEvent, Position,
+    ReadAll, ReadStream, RecordedEvent, StreamAppend, StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
 };
 
 #[cfg(feature = "postgres")]

@@ -15,9 +15,8 @@ use uuid::Uuid;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, CheckpointStore, Direction, EventReader, EventStore, Form, Position,
-    ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead,
-    StreamId, Subscribe,
+    AppendError, AppendOutcome, BackendError, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll, ReadError,
+    ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
 };
 
 #[derive(Default)]
@@ -69,10 +68,7 @@ impl MemoryEventStore {
             .iter()
             .skip(start)
             .filter(|row| {
-                request
-                    .category
-                    .as_deref()
-                    .is_none_or(|category| row.stream_id.split_once('-').map(|(c, _)| c) == Some(category))
+                request.category.as_deref().is_none_or(|category| row.stream_id.split_once('-').map(|(c, _)| c) == Some(category))
             })
             .take(request.limit)
             .cloned()
@@ -90,12 +86,9 @@ impl EventReader for MemoryEventStore {
         };
         let from = request.from_version.max(1);
         let rows: Vec<&StoredRow> = match request.direction {
-            Direction::Forward => indices
-                .iter()
-                .skip(usize::try_from(from - 1).unwrap_or(usize::MAX))
-                .take(request.limit)
-                .map(|&i| &state.rows[i])
-                .collect(),
+            Direction::Forward => {
+                indices.iter().skip(usize::try_from(from - 1).unwrap_or(usize::MAX)).take(request.limit).map(|&i| &state.rows[i]).collect()
+            }
             Direction::Backward => indices
                 .iter()
                 .take(usize::try_from(from).unwrap_or(usize::MAX))
@@ -104,10 +97,7 @@ impl EventReader for MemoryEventStore {
                 .map(|&i| &state.rows[i])
                 .collect(),
         };
-        rows.into_iter()
-            .cloned()
-            .map(|row| row.decode(&self.inner.registry, request.form))
-            .collect()
+        rows.into_iter().cloned().map(|row| row.decode(&self.inner.registry, request.form)).collect()
     }
 
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
@@ -146,11 +136,7 @@ impl EventReader for MemoryEventStore {
             .iter()
             .filter(|(stream_id, _)| after.is_none_or(|after| *stream_id > after))
             .take(limit)
-            .map(|(stream_id, (head, _))| StreamHead {
-                stream_id: stream_id.clone(),
-                version: head.version,
-                last_hash: head.hash,
-            })
+            .map(|(stream_id, (head, _))| StreamHead { stream_id: stream_id.clone(), version: head.version, last_hash: head.hash })
             .collect())
     }
 
@@ -159,12 +145,7 @@ impl EventReader for MemoryEventStore {
     }
 
     async fn categories(&self) -> Result<Vec<String>, ReadError> {
-        let mut categories: Vec<String> = self
-            .state()
-            .streams
-            .keys()
-            .map(|stream_id| stream_id.category().to_owned())
-            .collect();
+        let mut categories: Vec<String> = self.state().streams.keys().map(|stream_id| stream_id.category().to_owned()).collect();
         categories.dedup();
         categories.sort();
         categories.dedup();
@@ -202,12 +183,7 @@ impl EventStore for MemoryEventStore {
         for row in rows {
             let index = state.rows.len();
             state.ids.insert(row.event_id, index);
-            state
-                .streams
-                .entry(row.stream_id.clone())
-                .or_insert_with(|| (heads_placeholder(), Vec::new()))
-                .1
-                .push(index);
+            state.streams.entry(row.stream_id.clone()).or_insert_with(|| (heads_placeholder(), Vec::new())).1.push(index);
             state.rows.push(StoredRow {
                 position: index as i64 + 1,
                 event_id: row.event_id,
@@ -241,9 +217,10 @@ impl SnapshotStore for MemoryEventStore {
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {
         let mut state = self.state();
-        let replace = state.snapshots.get(&snapshot.stream_id).is_none_or(|stored| {
-            stored.stream_version < snapshot.stream_version || stored.snapshot_version != snapshot.snapshot_version
-        });
+        let replace = state
+            .snapshots
+            .get(&snapshot.stream_id)
+            .is_none_or(|stored| stored.stream_version < snapshot.stream_version || stored.snapshot_version != snapshot.snapshot_version);
         if replace {
             state.snapshots.insert(snapshot.stream_id.clone(), snapshot);
         }
@@ -266,8 +243,5 @@ impl CheckpointStore for MemoryEventStore {
 }
 
 fn heads_placeholder() -> Head {
-    Head {
-        version: 0,
-        hash: crate::ChainHash::GENESIS,
-    }
+    Head { version: 0, hash: crate::ChainHash::GENESIS }
 }

@@ -33,13 +33,7 @@ impl<'s> MigrationSource<'s> for Embedded {
                 .0
                 .iter()
                 .map(|&(version, description, sql)| {
-                    Migration::new(
-                        version,
-                        Cow::Borrowed(description),
-                        MigrationType::Simple,
-                        Cow::Borrowed(sql),
-                        false,
-                    )
+                    Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
                 })
                 .collect())
         })
@@ -47,7 +41,5 @@ impl<'s> MigrationSource<'s> for Embedded {
 }
 
 pub(crate) async fn migrator(source: Embedded) -> Result<Migrator, crate::BackendError> {
-    Migrator::new(source)
-        .await
-        .map_err(|err| crate::BackendError::new("loading migrations", err))
+    Migrator::new(source).await.map_err(|err| crate::BackendError::new("loading migrations", err))
 }

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use crate::hash::{canonical_json, chain_hash, HashInput};
 use crate::{
-    AppendError, AppendOutcome, ChainHash, EventMetadata, ExpectedVersion, Form, Position,
-    ReadError, RecordedEvent, StreamAppend, StreamAppended, StreamId,
+    AppendError, AppendOutcome, ChainHash, EventMetadata, ExpectedVersion, Form, Position, ReadError, RecordedEvent, StreamAppend,
+    StreamAppended, StreamId,
 };
 
 /// Largest accepted payload, as canonical JSON bytes.
@@ -38,10 +38,7 @@ pub struct AppendLimits {
 
 impl Default for AppendLimits {
     fn default() -> Self {
-        Self {
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-            max_events: MAX_EVENTS_PER_APPEND,
-        }
+        Self { max_payload_bytes: MAX_PAYLOAD_BYTES, max_events: MAX_EVENTS_PER_APPEND }
     }
 }
 
@@ -74,9 +71,7 @@ impl PreparedAppend {
     }
 
     pub(crate) fn event_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.streams
-            .iter()
-            .flat_map(|stream| stream.events.iter().map(|event| event.event_id))
+        self.streams.iter().flat_map(|stream| stream.events.iter().map(|event| event.event_id))
     }
 
     pub(crate) fn n_events(&self) -> usize {
@@ -85,27 +80,18 @@ impl PreparedAppend {
 }
 
 fn invalid(reason: impl Into<String>) -> AppendError {
-    AppendError::InvalidRequest {
-        reason: reason.into(),
-    }
+    AppendError::InvalidRequest { reason: reason.into() }
 }
 
 /// Validates an append request before it reaches the backend: shape, sizes,
 /// metadata and every payload against its schema.
-pub(crate) fn prepare(
-    registry: &SchemaRegistry,
-    limits: AppendLimits,
-    request: Vec<StreamAppend>,
-) -> Result<PreparedAppend, AppendError> {
+pub(crate) fn prepare(registry: &SchemaRegistry, limits: AppendLimits, request: Vec<StreamAppend>) -> Result<PreparedAppend, AppendError> {
     if request.is_empty() {
         return Err(invalid("no streams to append to"));
     }
     let n_events: usize = request.iter().map(|stream| stream.events.len()).sum();
     if n_events > limits.max_events {
-        return Err(invalid(format!(
-            "{n_events} events in one append, the limit is {}",
-            limits.max_events
-        )));
+        return Err(invalid(format!("{n_events} events in one append, the limit is {}", limits.max_events)));
     }
     let mut seen_streams = HashSet::new();
     let mut seen_ids = HashSet::new();
@@ -122,13 +108,11 @@ pub(crate) fn prepare(
             if !seen_ids.insert(event.event_id) {
                 return Err(invalid(format!("event id {} appears twice", event.event_id)));
             }
-            registry
-                .validate(&event.event_type, event.schema_version, &event.payload)
-                .map_err(|source| AppendError::InvalidEvent {
-                    stream_id: stream.stream_id.clone(),
-                    event_id: event.event_id,
-                    source,
-                })?;
+            registry.validate(&event.event_type, event.schema_version, &event.payload).map_err(|source| AppendError::InvalidEvent {
+                stream_id: stream.stream_id.clone(),
+                event_id: event.event_id,
+                source,
+            })?;
             check_metadata(&event.metadata)?;
             let payload_json = canonical_json(&event.payload);
             if payload_json.len() > limits.max_payload_bytes {
@@ -147,11 +131,7 @@ pub(crate) fn prepare(
                 metadata_json: metadata_json(&event.metadata),
             });
         }
-        streams.push(PreparedStream {
-            stream_id: stream.stream_id,
-            expected: stream.expected,
-            events,
-        });
+        streams.push(PreparedStream { stream_id: stream.stream_id, expected: stream.expected, events });
     }
     Ok(PreparedAppend { streams })
 }
@@ -159,9 +139,7 @@ pub(crate) fn prepare(
 fn check_metadata(metadata: &EventMetadata) -> Result<(), AppendError> {
     if let Some(traceparent) = &metadata.traceparent {
         if !is_traceparent(traceparent) {
-            return Err(invalid(format!(
-                "traceparent {traceparent:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
-            )));
+            return Err(invalid(format!("traceparent {traceparent:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")));
         }
     }
     if let Some(actor) = &metadata.actor {
@@ -174,9 +152,7 @@ fn check_metadata(metadata: &EventMetadata) -> Result<(), AppendError> {
 
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
-    let hex = |part: &str, len: usize| {
-        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
+    let hex = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -249,10 +225,7 @@ pub(crate) enum Location {
 pub(crate) enum Planned {
     /// Accepted: per stream, the version and location of each event. With
     /// `replayed`, every id was already stored and nothing joins the batch.
-    Accepted {
-        streams: Vec<(StreamId, Vec<(u64, Location)>)>,
-        replayed: bool,
-    },
+    Accepted { streams: Vec<(StreamId, Vec<(u64, Location)>)>, replayed: bool },
     /// Refused; nothing of it is in the batch.
     Failed(AppendError),
 }
@@ -298,11 +271,7 @@ pub(crate) struct BatchPlanner {
 impl BatchPlanner {
     /// `heads`: the stored heads of (at least) every stream the batch touches;
     /// `stored`: every stored event whose id the batch uses.
-    pub(crate) fn new(
-        heads: HashMap<StreamId, Head>,
-        stored: Vec<StoredIdentity>,
-        recorded_at: DateTime<Utc>,
-    ) -> Self {
+    pub(crate) fn new(heads: HashMap<StreamId, Head>, stored: Vec<StoredIdentity>, recorded_at: DateTime<Utc>) -> Self {
         // Microsecond precision: what PostgreSQL keeps, so the hash survives a round trip.
         let recorded_at = DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
         Self {
@@ -326,19 +295,12 @@ impl BatchPlanner {
         for stream in &append.streams {
             let actual = self.heads.get(&stream.stream_id).map_or(0, |head| head.version);
             if !stream.expected.accepts(actual) {
-                return Planned::Failed(AppendError::Conflict {
-                    stream_id: stream.stream_id.clone(),
-                    expected: stream.expected,
-                    actual,
-                });
+                return Planned::Failed(AppendError::Conflict { stream_id: stream.stream_id.clone(), expected: stream.expected, actual });
             }
         }
         let mut written = Vec::with_capacity(append.streams.len());
         for stream in &append.streams {
-            let mut head = self.heads.get(&stream.stream_id).copied().unwrap_or(Head {
-                version: 0,
-                hash: ChainHash::GENESIS,
-            });
+            let mut head = self.heads.get(&stream.stream_id).copied().unwrap_or(Head { version: 0, hash: ChainHash::GENESIS });
             let mut rows = Vec::with_capacity(stream.events.len());
             for event in &stream.events {
                 let stream_version = head.version + 1;
@@ -366,18 +328,12 @@ impl BatchPlanner {
                     recorded_at: self.recorded_at,
                     hash,
                 });
-                head = Head {
-                    version: stream_version,
-                    hash,
-                };
+                head = Head { version: stream_version, hash };
             }
             self.heads.insert(stream.stream_id.clone(), head);
             written.push((stream.stream_id.clone(), rows));
         }
-        Planned::Accepted {
-            streams: written,
-            replayed: false,
-        }
+        Planned::Accepted { streams: written, replayed: false }
     }
 
     /// `Ok(Some)` when every id is already stored (or earlier in this batch)
@@ -434,11 +390,7 @@ impl BatchPlanner {
             return Ok(None);
         }
         if let Some((event_id, stored_stream_id, stored_version)) = first_mismatch {
-            return Err(AppendError::EventIdReused {
-                event_id,
-                stored_stream_id,
-                stored_version,
-            });
+            return Err(AppendError::EventIdReused { event_id, stored_stream_id, stored_version });
         }
         if found < total {
             // Some ids stored, some not: not a retry of one earlier append.
@@ -447,27 +399,17 @@ impl BatchPlanner {
                 .iter()
                 .flat_map(|stream| stream.events.iter())
                 .find_map(|event| {
-                    self.stored
-                        .get(&event.event_id)
-                        .map(|s| (s.event_id, s.stream_id.clone(), s.stream_version))
-                        .or_else(|| {
-                            self.in_batch.get(&event.event_id).map(|&row| {
-                                let r = &self.rows[row];
-                                (r.event_id, r.stream_id.clone(), r.stream_version)
-                            })
+                    self.stored.get(&event.event_id).map(|s| (s.event_id, s.stream_id.clone(), s.stream_version)).or_else(|| {
+                        self.in_batch.get(&event.event_id).map(|&row| {
+                            let r = &self.rows[row];
+                            (r.event_id, r.stream_id.clone(), r.stream_version)
                         })
+                    })
                 })
                 .expect("found > 0");
-            return Err(AppendError::EventIdReused {
-                event_id,
-                stored_stream_id,
-                stored_version,
-            });
+            return Err(AppendError::EventIdReused { event_id, stored_stream_id, stored_version });
         }
-        Ok(Some(Planned::Accepted {
-            streams,
-            replayed: true,
-        }))
+        Ok(Some(Planned::Accepted { streams, replayed: true }))
     }
 
     /// The rows (in position order) and the head of every stream they touch.
@@ -507,22 +449,18 @@ impl StoredRow {
         let position = Position(u64::try_from(self.position).unwrap_or(0));
         let corrupt = |reason: String| ReadError::Corrupt { position, reason };
         let stream_id = StreamId::parse(&self.stream_id).map_err(|err| corrupt(err.to_string()))?;
-        let payload: Value =
-            serde_json::from_str(&self.payload_json).map_err(|err| corrupt(format!("payload: {err}")))?;
-        let metadata: EventMetadata =
-            serde_json::from_str(&self.metadata_json).map_err(|err| corrupt(format!("metadata: {err}")))?;
-        let schema_version =
-            u32::try_from(self.schema_version).map_err(|_| corrupt("schema version out of range".into()))?;
-        let stream_version =
-            u64::try_from(self.stream_version).map_err(|_| corrupt("stream version out of range".into()))?;
-        let recorded_at = DateTime::from_timestamp_micros(self.recorded_at_micros)
-            .ok_or_else(|| corrupt("recorded time out of range".into()))?;
+        let payload: Value = serde_json::from_str(&self.payload_json).map_err(|err| corrupt(format!("payload: {err}")))?;
+        let metadata: EventMetadata = serde_json::from_str(&self.metadata_json).map_err(|err| corrupt(format!("metadata: {err}")))?;
+        let schema_version = u32::try_from(self.schema_version).map_err(|_| corrupt("schema version out of range".into()))?;
+        let stream_version = u64::try_from(self.stream_version).map_err(|_| corrupt("stream version out of range".into()))?;
+        let recorded_at =
+            DateTime::from_timestamp_micros(self.recorded_at_micros).ok_or_else(|| corrupt("recorded time out of range".into()))?;
         let hash = ChainHash::from_slice(&self.hash).ok_or_else(|| corrupt("hash is not 32 bytes".into()))?;
         let (schema_version, payload) = match form {
             Form::AsStored => (schema_version, payload),
-            Form::Latest => registry
-                .upcast(&self.event_type, schema_version, payload)
-                .map_err(|source| ReadError::Upcast { position, source })?,
+            Form::Latest => {
+                registry.upcast(&self.event_type, schema_version, payload).map_err(|source| ReadError::Upcast { position, source })?
+            }
         };
         Ok(RecordedEvent {
             event_id: self.event_id,
@@ -542,11 +480,8 @@ impl StoredRow {
     pub(crate) fn identity(&self) -> Result<StoredIdentity, ReadError> {
         let position = Position(u64::try_from(self.position).unwrap_or(0));
         let corrupt = |reason: String| ReadError::Corrupt { position, reason };
-        let canonical = |text: &str| {
-            serde_json::from_str::<Value>(text)
-                .map(|value| canonical_json(&value))
-                .map_err(|err| corrupt(err.to_string()))
-        };
+        let canonical =
+            |text: &str| serde_json::from_str::<Value>(text).map(|value| canonical_json(&value)).map_err(|err| corrupt(err.to_string()));
         Ok(StoredIdentity {
             event_id: self.event_id,
             stream_id: StreamId::parse(&self.stream_id).map_err(|err| corrupt(err.to_string()))?,

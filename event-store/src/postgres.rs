@@ -50,9 +50,8 @@ use uuid::Uuid;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form,
-    Position, ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
-    StreamHead, StreamId, Subscribe,
+    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll,
+    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
 };
 
 const NOTIFY_CHANNEL: &str = "strata_events";
@@ -88,8 +87,7 @@ pub enum AppendPhase {
 
 /// Fault injection: called at each [`AppendPhase`] inside the transaction. It
 /// may sleep (to widen races) or return `Err` to roll the transaction back.
-pub type AppendHook =
-    Arc<dyn Fn(AppendPhase) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type AppendHook = Arc<dyn Fn(AppendPhase) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// How to connect and how to batch.
 #[derive(Clone)]
@@ -124,14 +122,7 @@ impl PostgresConfig {
     /// Defaults for `url`: 16 connections, group commit with 1 committer
     /// (measured faster than 2 on two cores: commits are serialized anyway).
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            max_connections: 16,
-            group_commit: true,
-            committers: 1,
-            max_batch_events: 2_000,
-            hook: None,
-        }
+        Self { url: url.into(), max_connections: 16, group_commit: true, committers: 1, max_batch_events: 2_000, hook: None }
     }
 }
 
@@ -195,19 +186,14 @@ impl PostgresEventStore {
     /// Connects (lazily: the pool opens connections on demand) and starts the
     /// committers. Does not migrate; call [`PostgresEventStore::migrate`].
     pub async fn connect(config: PostgresConfig, registry: Arc<SchemaRegistry>) -> Result<Self, BackendError> {
-        let options: PgConnectOptions = config
-            .url
-            .parse()
-            .map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
+        let options: PgConnectOptions = config.url.parse().map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
         let options = options.application_name("strata");
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|connection, _| {
                 Box::pin(async move {
-                    connection
-                        .execute("SET idle_in_transaction_session_timeout = '10s'")
-                        .await?;
+                    connection.execute("SET idle_in_transaction_session_timeout = '10s'").await?;
                     Ok(())
                 })
             })
@@ -226,24 +212,14 @@ impl PostgresEventStore {
             let (sender, receiver) = mpsc::channel::<Pending>(8_192);
             let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
             for _ in 0..config.committers.max(1) {
-                tasks.push(tokio::spawn(run_committer(
-                    shared.clone(),
-                    receiver.clone(),
-                    config.max_batch_events.max(1),
-                )));
+                tasks.push(tokio::spawn(run_committer(shared.clone(), receiver.clone(), config.max_batch_events.max(1))));
             }
             Some(sender)
         } else {
             None
         };
         Ok(Self {
-            inner: Arc::new(Inner {
-                shared,
-                limits: AppendLimits::default(),
-                queue,
-                listener: Once::new(),
-                tasks: Mutex::new(tasks),
-            }),
+            inner: Arc::new(Inner { shared, limits: AppendLimits::default(), queue, listener: Once::new(), tasks: Mutex::new(tasks) }),
         })
     }
 
@@ -262,11 +238,7 @@ impl PostgresEventStore {
             let shared = Arc::downgrade(&self.inner.shared);
             let pool = self.inner.shared.pool.clone();
             let task = tokio::spawn(listen(pool, shared));
-            self.inner
-                .tasks
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .push(task);
+            self.inner.tasks.lock().unwrap_or_else(|poison| poison.into_inner()).push(task);
         });
     }
 
@@ -275,14 +247,7 @@ impl PostgresEventStore {
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let rows = match &request.category {
             None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&shared.pool).await,
-            Some(category) => {
-                sqlx::query(sql::READ_CATEGORY)
-                    .bind(after)
-                    .bind(limit)
-                    .bind(category)
-                    .fetch_all(&shared.pool)
-                    .await
-            }
+            Some(category) => sqlx::query(sql::READ_CATEGORY).bind(after).bind(limit).bind(category).fetch_all(&shared.pool).await,
         }
         .map_err(backend("reading the global log"))?;
         decode_rows(&rows, &shared.registry, request.form)
@@ -356,7 +321,10 @@ async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(silent_s = LISTENER_SILENCE.as_secs(), "event store listener heard nothing, not even its heartbeat; replacing its connection");
+                    tracing::warn!(
+                        silent_s = LISTENER_SILENCE.as_secs(),
+                        "event store listener heard nothing, not even its heartbeat; replacing its connection"
+                    );
                     break;
                 }
             }
@@ -373,11 +341,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run_committer(
-    shared: Arc<Shared>,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
-    max_batch_events: usize,
-) {
+async fn run_committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>, max_batch_events: usize) {
     loop {
         let batch = {
             let mut queue = queue.lock().await;
@@ -430,10 +394,7 @@ fn is_retryable(err: &CommitError) -> bool {
     let CommitError::Sql(err) = err else { return false };
     err.as_database_error().is_some_and(|db| {
         db.kind() == sqlx::error::ErrorKind::UniqueViolation
-            && matches!(
-                db.constraint(),
-                Some("strata_streams_pkey" | "strata_events_event_id" | "strata_events_stream_version")
-            )
+            && matches!(db.constraint(), Some("strata_streams_pkey" | "strata_events_event_id" | "strata_events_stream_version"))
     })
 }
 
@@ -447,10 +408,7 @@ async fn commit_with_retries(shared: &Shared, appends: &[&PreparedAppend]) -> Ve
                 if first_position.0 > 0 {
                     shared.wake.send_modify(|n| *n += 1);
                 }
-                return planned
-                    .into_iter()
-                    .map(|planned| planned.resolve(first_position))
-                    .collect();
+                return planned.into_iter().map(|planned| planned.resolve(first_position)).collect();
             }
             Err(err) if attempt < MAX_BATCH_ATTEMPTS && is_retryable(&err) => {
                 look_up_ids = true;
@@ -461,10 +419,7 @@ async fn commit_with_retries(shared: &Shared, appends: &[&PreparedAppend]) -> Ve
                     CommitError::Sql(err) => Arc::new(err),
                     CommitError::Aborted(reason) => Arc::new(AbortedBatch(reason)),
                 };
-                return appends
-                    .iter()
-                    .map(|_| Err(AppendError::Backend(BackendError::new("committing an append", err.clone()))))
-                    .collect();
+                return appends.iter().map(|_| Err(AppendError::Backend(BackendError::new("committing an append", err.clone())))).collect();
             }
         }
     }
@@ -478,11 +433,7 @@ struct AbortedBatch(String);
 /// reused ids), plan, one write statement, COMMIT. Returns each request's
 /// decision and the position of the batch's first row (`0` when nothing was
 /// written).
-async fn commit_batch(
-    shared: &Shared,
-    appends: &[&PreparedAppend],
-    look_up_ids: bool,
-) -> Result<(Vec<Planned>, Position), CommitError> {
+async fn commit_batch(shared: &Shared, appends: &[&PreparedAppend], look_up_ids: bool) -> Result<(Vec<Planned>, Position), CommitError> {
     let started = std::time::Instant::now();
     let mut tx = shared.pool.begin().await?;
     let begun = started.elapsed();
@@ -508,9 +459,7 @@ async fn commit_batch(
     let mut stored = if look_up_ids { find_events(&mut tx, appends).await? } else { Vec::new() };
     let mut planner = BatchPlanner::new(heads.clone(), stored.clone(), recorded_at);
     let mut planned: Vec<Planned> = appends.iter().map(|append| planner.plan(append)).collect();
-    let conflicted = planned
-        .iter()
-        .any(|planned| matches!(planned, Planned::Failed(AppendError::Conflict { .. })));
+    let conflicted = planned.iter().any(|planned| matches!(planned, Planned::Failed(AppendError::Conflict { .. })));
     if !look_up_ids && conflicted {
         stored = find_events(&mut tx, appends).await?;
         planner = BatchPlanner::new(heads, stored, recorded_at);
@@ -596,13 +545,7 @@ fn decode_head(row: &PgRow) -> Result<(StreamId, Head), sqlx::Error> {
     let version: i64 = row.try_get("version")?;
     let hash: Vec<u8> = row.try_get("last_hash")?;
     let hash = ChainHash::from_slice(&hash).ok_or_else(|| sqlx::Error::Decode("stream hash is not 32 bytes".into()))?;
-    Ok((
-        stream_id,
-        Head {
-            version: version as u64,
-            hash,
-        },
-    ))
+    Ok((stream_id, Head { version: version as u64, hash }))
 }
 
 fn decode_stored(row: &PgRow) -> Result<StoredRow, sqlx::Error> {
@@ -624,21 +567,14 @@ fn decode_stored(row: &PgRow) -> Result<StoredRow, sqlx::Error> {
 fn decode_rows(rows: &[PgRow], registry: &SchemaRegistry, form: crate::Form) -> Result<Vec<RecordedEvent>, ReadError> {
     rows.iter()
         .map(|row| {
-            decode_stored(row)
-                .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
-                .decode(registry, form)
+            decode_stored(row).map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?.decode(registry, form)
         })
         .collect()
 }
 
 fn decode_stream_head(row: &PgRow) -> Result<StreamHead, ReadError> {
-    let (stream_id, head) =
-        decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
-    Ok(StreamHead {
-        stream_id,
-        version: head.version,
-        last_hash: head.hash,
-    })
+    let (stream_id, head) = decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
+    Ok(StreamHead { stream_id, version: head.version, last_hash: head.hash })
 }
 
 #[async_trait]
@@ -710,10 +646,8 @@ impl EventReader for PostgresEventStore {
     }
 
     async fn head_position(&self) -> Result<Position, ReadError> {
-        let position: i64 = sqlx::query_scalar(sql::HEAD_POSITION)
-            .fetch_one(&self.inner.shared.pool)
-            .await
-            .map_err(backend("reading the log head"))?;
+        let position: i64 =
+            sqlx::query_scalar(sql::HEAD_POSITION).fetch_one(&self.inner.shared.pool).await.map_err(backend("reading the log head"))?;
         Ok(Position(position as u64))
     }
 
@@ -725,10 +659,7 @@ impl EventReader for PostgresEventStore {
     }
 
     async fn ping(&self) -> Result<(), ReadError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.inner.shared.pool)
-            .await
-            .map_err(backend("pinging PostgreSQL"))?;
+        sqlx::query("SELECT 1").execute(&self.inner.shared.pool).await.map_err(backend("pinging PostgreSQL"))?;
         Ok(())
     }
 
@@ -749,16 +680,10 @@ impl EventStore for PostgresEventStore {
         match &self.inner.queue {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
-                queue
-                    .send(Pending { append, reply })
-                    .await
-                    .map_err(|_| AppendError::Closed)?;
+                queue.send(Pending { append, reply }).await.map_err(|_| AppendError::Closed)?;
                 answer.await.map_err(|_| AppendError::Closed)?
             }
-            None => commit_with_retries(&self.inner.shared, &[&append])
-                .await
-                .pop()
-                .unwrap_or(Err(AppendError::Closed)),
+            None => commit_with_retries(&self.inner.shared, &[&append]).await.pop().unwrap_or(Err(AppendError::Closed)),
         }
     }
 }
@@ -784,9 +709,7 @@ impl SnapshotStore for PostgresEventStore {
                 taken_at: row.try_get("taken_at")?,
             })
         };
-        decode()
-            .map(Some)
-            .map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
+        decode().map(Some).map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {

@@ -41,11 +41,7 @@ pub struct RelayConfig {
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self {
-            name: "relay".into(),
-            batch_size: 500,
-            poll_every: std::time::Duration::from_secs(1),
-        }
+        Self { name: "relay".into(), batch_size: 500, poll_every: std::time::Duration::from_secs(1) }
     }
 }
 
@@ -92,21 +88,13 @@ impl Relay {
         publisher: Arc<dyn Publisher>,
         config: RelayConfig,
     ) -> Self {
-        Self {
-            reader,
-            checkpoints,
-            publisher,
-            config,
-        }
+        Self { reader, checkpoints, publisher, config }
     }
 
     /// Publishes the next batch after the checkpoint, then moves the checkpoint.
     pub async fn step(&self) -> Result<Step, RelayError> {
         let after = self.checkpoints.load_checkpoint(&self.config.name).await?;
-        let events = self
-            .reader
-            .read_all(ReadAll::after(after, self.config.batch_size.max(1)))
-            .await?;
+        let events = self.reader.read_all(ReadAll::after(after, self.config.batch_size.max(1))).await?;
         if events.is_empty() {
             return Ok(Step::Idle);
         }
@@ -149,11 +137,7 @@ impl Relay {
 
     /// Waits for the lease, relays while holding it, and waits again when it is
     /// lost; returns when `shutdown` resolves or on an error.
-    pub async fn run_while_leader(
-        &self,
-        lease: &dyn Lease,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), RelayError> {
+    pub async fn run_while_leader(&self, lease: &dyn Lease, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RelayError> {
         tokio::pin!(shutdown);
         loop {
             let mut guard = tokio::select! {
@@ -178,11 +162,7 @@ impl Relay {
         let batch_size = self.config.batch_size.max(1);
         let mut batches = self
             .reader
-            .subscribe(Subscribe {
-                batch_size,
-                poll_every: self.config.poll_every,
-                ..Subscribe::after(after)
-            })
+            .subscribe(Subscribe { batch_size, poll_every: self.config.poll_every, ..Subscribe::after(after) })
             .ready_chunks(batch_size);
         tokio::pin!(shutdown);
         loop {

@@ -26,9 +26,8 @@ use tokio::sync::watch;
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form,
-    Position, ReadAll, ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend,
-    StreamHead, StreamId, Subscribe,
+    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll,
+    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
 };
 
 mod sql {
@@ -64,10 +63,7 @@ pub struct SqliteConfig {
 impl SqliteConfig {
     /// Defaults for `url`: 4 readers.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            readers: 4,
-        }
+        Self { url: url.into(), readers: 4 }
     }
 }
 
@@ -99,25 +95,14 @@ impl SqliteEventStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(backend("opening the SQLite file"))?;
+        let writer =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(backend("opening the SQLite file"))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.readers.max(1))
             .connect_with(options.read_only(false))
             .await
             .map_err(backend("opening the SQLite file"))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                writer,
-                readers,
-                registry,
-                limits: AppendLimits::default(),
-                wake: watch::channel(0).0,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { writer, readers, registry, limits: AppendLimits::default(), wake: watch::channel(0).0 }) })
     }
 
     /// Applies the embedded migrations (idempotent).
@@ -134,14 +119,7 @@ impl SqliteEventStore {
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let rows = match &request.category {
             None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&inner.readers).await,
-            Some(category) => {
-                sqlx::query(sql::READ_CATEGORY)
-                    .bind(after)
-                    .bind(limit)
-                    .bind(category)
-                    .fetch_all(&inner.readers)
-                    .await
-            }
+            Some(category) => sqlx::query(sql::READ_CATEGORY).bind(after).bind(limit).bind(category).fetch_all(&inner.readers).await,
         }
         .map_err(backend("reading the global log"))?;
         decode_rows(&rows, &inner.registry, request.form)
@@ -149,16 +127,8 @@ impl SqliteEventStore {
 
     async fn append_once(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
         let append = prepare(&self.inner.registry, self.inner.limits, request)?;
-        let mut connection = self
-            .inner
-            .writer
-            .acquire()
-            .await
-            .map_err(backend("acquiring the SQLite writer"))?;
-        let mut tx = connection
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend("starting an append"))?;
+        let mut connection = self.inner.writer.acquire().await.map_err(backend("acquiring the SQLite writer"))?;
+        let mut tx = connection.begin_with("BEGIN IMMEDIATE").await.map_err(backend("starting an append"))?;
         let stream_ids: Vec<&str> = append.stream_ids().map(StreamId::as_str).collect();
         let stream_ids = serde_json::to_string(&stream_ids).unwrap_or_default();
         let heads = sqlx::query(sql::LOCK_STREAMS)
@@ -179,8 +149,7 @@ impl SqliteEventStore {
             .iter()
             .map(|row| {
                 let row = decode_stored(row).map_err(backend("decoding a stored event"))?;
-                row.identity()
-                    .map_err(|err| AppendError::Backend(BackendError::new("decoding a stored event", err)))
+                row.identity().map_err(|err| AppendError::Backend(BackendError::new("decoding a stored event", err)))
             })
             .collect::<Result<Vec<_>, AppendError>>()?;
         let mut planner = BatchPlanner::new(heads, stored, Utc::now());
@@ -235,13 +204,7 @@ fn decode_head(row: &SqliteRow) -> Result<(StreamId, Head), sqlx::Error> {
     let version: i64 = row.try_get("version")?;
     let hash: Vec<u8> = row.try_get("last_hash")?;
     let hash = ChainHash::from_slice(&hash).ok_or_else(|| sqlx::Error::Decode("stream hash is not 32 bytes".into()))?;
-    Ok((
-        stream_id,
-        Head {
-            version: version as u64,
-            hash,
-        },
-    ))
+    Ok((stream_id, Head { version: version as u64, hash }))
 }
 
 fn decode_stored(row: &SqliteRow) -> Result<StoredRow, sqlx::Error> {
@@ -262,21 +225,14 @@ fn decode_stored(row: &SqliteRow) -> Result<StoredRow, sqlx::Error> {
 fn decode_rows(rows: &[SqliteRow], registry: &SchemaRegistry, form: Form) -> Result<Vec<RecordedEvent>, ReadError> {
     rows.iter()
         .map(|row| {
-            decode_stored(row)
-                .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
-                .decode(registry, form)
+            decode_stored(row).map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?.decode(registry, form)
         })
         .collect()
 }
 
 fn decode_stream_head(row: &SqliteRow) -> Result<StreamHead, ReadError> {
-    let (stream_id, head) =
-        decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
-    Ok(StreamHead {
-        stream_id,
-        version: head.version,
-        last_hash: head.hash,
-    })
+    let (stream_id, head) = decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
+    Ok(StreamHead { stream_id, version: head.version, last_hash: head.hash })
 }
 
 #[async_trait]
@@ -341,25 +297,17 @@ impl EventReader for SqliteEventStore {
     }
 
     async fn head_position(&self) -> Result<Position, ReadError> {
-        let position: i64 = sqlx::query_scalar(sql::HEAD_POSITION)
-            .fetch_one(&self.inner.readers)
-            .await
-            .map_err(backend("reading the log head"))?;
+        let position: i64 =
+            sqlx::query_scalar(sql::HEAD_POSITION).fetch_one(&self.inner.readers).await.map_err(backend("reading the log head"))?;
         Ok(Position(position as u64))
     }
 
     async fn categories(&self) -> Result<Vec<String>, ReadError> {
-        Ok(sqlx::query_scalar(sql::CATEGORIES)
-            .fetch_all(&self.inner.readers)
-            .await
-            .map_err(backend("listing categories"))?)
+        Ok(sqlx::query_scalar(sql::CATEGORIES).fetch_all(&self.inner.readers).await.map_err(backend("listing categories"))?)
     }
 
     async fn ping(&self) -> Result<(), ReadError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.inner.readers)
-            .await
-            .map_err(backend("pinging SQLite"))?;
+        sqlx::query("SELECT 1").execute(&self.inner.readers).await.map_err(backend("pinging SQLite"))?;
         Ok(())
     }
 
@@ -397,9 +345,7 @@ impl SnapshotStore for SqliteEventStore {
                 taken_at: chrono::DateTime::from_timestamp_micros(taken_at).ok_or("snapshot time out of range")?,
             })
         };
-        decode()
-            .map(Some)
-            .map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
+        decode().map(Some).map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {

@@ -33,8 +33,7 @@ use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
 use crate::{
-    AppendError, AppendOutcome, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent,
-    StreamAppend, StreamHead, StreamId,
+    AppendError, AppendOutcome, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamAppend, StreamHead, StreamId,
 };
 
 /// Where a subscription starts and what it follows.
@@ -56,12 +55,7 @@ pub struct Subscribe {
 impl Subscribe {
     /// Every event after `after`, 500 per read, polled every 5 s at most.
     pub fn after(after: Position) -> Self {
-        Self {
-            after,
-            category: None,
-            batch_size: 500,
-            poll_every: std::time::Duration::from_secs(5),
-        }
+        Self { after, category: None, batch_size: 500, poll_every: std::time::Duration::from_secs(5) }
     }
 }
 

@@ -61,13 +61,9 @@ pub(crate) fn follow(
                 return None;
             }
             state.wake.borrow_and_update();
-            let page = (state.read)(ReadAll {
-                after: state.after,
-                limit: state.batch_size,
-                category: state.category.clone(),
-                form: Form::Latest,
-            })
-            .await;
+            let page =
+                (state.read)(ReadAll { after: state.after, limit: state.batch_size, category: state.category.clone(), form: Form::Latest })
+                    .await;
             match page {
                 Ok(page) if !page.is_empty() => {
                     state.after = page.last().map_or(state.after, |event| event.position);

@@ -116,23 +116,14 @@ pub mod postgres {
                 }
             };
             let name = format!("strata_test_{}", uuid::Uuid::new_v4().simple());
-            connection
-                .execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("create test database");
-            Some(Self {
-                url: with_database(&admin, &name),
-                name,
-            })
+            connection.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
+            Some(Self { url: with_database(&admin, &name), name })
         }
 
         /// Drops the database (after the test passed).
         pub async fn drop_database(self) {
             let mut connection = PgConnection::connect(&admin_url()).await.expect("admin connection");
-            connection
-                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-                .await
-                .expect("drop test database");
+            connection.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str()).await.expect("drop test database");
         }
     }
 }
@@ -146,11 +137,8 @@ pub async fn jetstream() -> Option<(crate::bus::JetStreamBus, Cleanup)> {
 
     let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let config = JetStreamConfig {
-        stream_name: format!("TEST_{id}"),
-        subject_prefix: format!("test_{id}"),
-        ..JetStreamConfig::new(url.clone())
-    };
+    let config =
+        JetStreamConfig { stream_name: format!("TEST_{id}"), subject_prefix: format!("test_{id}"), ..JetStreamConfig::new(url.clone()) };
     match JetStreamBus::connect(config).await {
         Ok(bus) => {
             let teardown = bus.clone();

@@ -33,10 +33,7 @@ pub struct InvalidStreamId {
 impl StreamId {
     /// Parses `category-id`.
     pub fn parse(input: &str) -> Result<Self, InvalidStreamId> {
-        let fail = |reason| InvalidStreamId {
-            input: input.to_owned(),
-            reason,
-        };
+        let fail = |reason| InvalidStreamId { input: input.to_owned(), reason };
         if input.len() > MAX_STREAM_ID_LEN {
             return Err(fail("longer than 200 bytes"));
         }
@@ -79,9 +76,7 @@ pub fn validate_category(category: &str) -> Result<(), &'static str> {
     if category.is_empty() || category.len() > 64 {
         return Err("the category must have 1 to 64 characters");
     }
-    if !category.starts_with(|c: char| c.is_ascii_alphabetic())
-        || !category.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
+    if !category.starts_with(|c: char| c.is_ascii_alphabetic()) || !category.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err("the category must be ASCII letters, digits or _, starting with a letter");
     }
     Ok(())
@@ -247,11 +242,7 @@ impl StreamAppended {
 impl AppendOutcome {
     /// The highest global position written by (or replayed for) this append.
     pub fn last_position(&self) -> Position {
-        self.streams
-            .iter()
-            .flat_map(|stream| stream.positions.iter().copied())
-            .max()
-            .unwrap_or(Position::START)
+        self.streams.iter().flat_map(|stream| stream.positions.iter().copied()).max().unwrap_or(Position::START)
     }
 }
 
@@ -349,22 +340,12 @@ pub struct ReadStream {
 impl ReadStream {
     /// Forward from the first event, up to `limit` events.
     pub fn forward(limit: usize) -> Self {
-        Self {
-            from_version: 1,
-            direction: Direction::Forward,
-            limit,
-            form: Form::Latest,
-        }
+        Self { from_version: 1, direction: Direction::Forward, limit, form: Form::Latest }
     }
 
     /// Backward from the last event, up to `limit` events.
     pub fn backward(limit: usize) -> Self {
-        Self {
-            from_version: u64::MAX,
-            direction: Direction::Backward,
-            limit,
-            form: Form::Latest,
-        }
+        Self { from_version: u64::MAX, direction: Direction::Backward, limit, form: Form::Latest }
     }
 }
 
@@ -384,12 +365,7 @@ pub struct ReadAll {
 impl ReadAll {
     /// Everything after `after`, `limit` at a time, upcast.
     pub fn after(after: Position, limit: usize) -> Self {
-        Self {
-            after,
-            limit,
-            category: None,
-            form: Form::Latest,
-        }
+        Self { after, limit, category: None, form: Form::Latest }
     }
 }
 

@@ -96,19 +96,13 @@ pub fn recompute(previous: &ChainHash, event: &RecordedEvent) -> ChainHash {
 }
 
 fn check(tails: &mut HashMap<StreamId, Tail>, event: &RecordedEvent, report: &mut VerifyReport) {
-    let tail = tails.get(&event.stream_id).copied().unwrap_or(Tail {
-        version: 0,
-        hash: ChainHash::GENESIS,
-    });
+    let tail = tails.get(&event.stream_id).copied().unwrap_or(Tail { version: 0, hash: ChainHash::GENESIS });
     if event.stream_version != tail.version + 1 {
         report.broken.push(BrokenLink {
             stream_id: event.stream_id.clone(),
             stream_version: event.stream_version,
             position: Some(event.position),
-            problem: LinkProblem::VersionGap {
-                expected: tail.version + 1,
-                found: event.stream_version,
-            },
+            problem: LinkProblem::VersionGap { expected: tail.version + 1, found: event.stream_version },
         });
     }
     let computed = recompute(&tail.hash, event);
@@ -117,20 +111,11 @@ fn check(tails: &mut HashMap<StreamId, Tail>, event: &RecordedEvent, report: &mu
             stream_id: event.stream_id.clone(),
             stream_version: event.stream_version,
             position: Some(event.position),
-            problem: LinkProblem::HashMismatch {
-                stored: event.hash.to_string(),
-                computed: computed.to_string(),
-            },
+            problem: LinkProblem::HashMismatch { stored: event.hash.to_string(), computed: computed.to_string() },
         });
     }
     // Continue from the *stored* hash so one edited event breaks one link.
-    tails.insert(
-        event.stream_id.clone(),
-        Tail {
-            version: event.stream_version,
-            hash: event.hash,
-        },
-    );
+    tails.insert(event.stream_id.clone(), Tail { version: event.stream_version, hash: event.hash });
     report.events_checked += 1;
 }
 
@@ -141,10 +126,7 @@ fn check_head(tail: Option<Tail>, head_version: u64, head_hash: ChainHash, strea
             stream_id: stream_id.clone(),
             stream_version: head_version,
             position: None,
-            problem: LinkProblem::HeadMismatch {
-                head_version,
-                chain_version,
-            },
+            problem: LinkProblem::HeadMismatch { head_version, chain_version },
         });
     }
     report.streams_checked += 1;
@@ -162,14 +144,7 @@ pub async fn verify_log(
     let mut tails: HashMap<StreamId, Tail> = HashMap::new();
     let mut after = Position::START;
     loop {
-        let page = reader
-            .read_all(ReadAll {
-                after,
-                limit: page_size,
-                category: None,
-                form: Form::AsStored,
-            })
-            .await?;
+        let page = reader.read_all(ReadAll { after, limit: page_size, category: None, form: Form::AsStored }).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for event in &page {
@@ -205,16 +180,8 @@ pub async fn verify_stream(reader: &dyn EventReader, stream_id: &StreamId, page_
     let mut tails: HashMap<StreamId, Tail> = HashMap::new();
     let mut from_version = 1;
     loop {
-        let page = reader
-            .read_stream(
-                stream_id,
-                ReadStream {
-                    form: Form::AsStored,
-                    from_version,
-                    ..ReadStream::forward(page_size)
-                },
-            )
-            .await?;
+        let page =
+            reader.read_stream(stream_id, ReadStream { form: Form::AsStored, from_version, ..ReadStream::forward(page_size) }).await?;
         let Some(last) = page.last() else { break };
         from_version = last.stream_version + 1;
         for event in &page {

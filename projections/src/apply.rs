@@ -75,10 +75,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            attempts: 3,
-            backoff: Duration::from_millis(20),
-        }
+        Self { attempts: 3, backoff: Duration::from_millis(20) }
     }
 }
 
@@ -280,21 +277,12 @@ impl Planner<'_> {
             carry.documents = work.documents;
             carry.pending = work.pending;
         }
-        Ok(Plan {
-            batch: work.batch,
-            covered,
-            stopped,
-            carry,
-        })
+        Ok(Plan { batch: work.batch, covered, stopped, carry })
     }
 
     async fn event(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<Flow, PlanError> {
         let stream = event.stream_id.as_str();
-        let state = work.streams.get(stream).copied().unwrap_or(StreamState {
-            expected: 0,
-            reached: 0,
-            parked_from: None,
-        });
+        let state = work.streams.get(stream).copied().unwrap_or(StreamState { expected: 0, reached: 0, parked_from: None });
         if self.log_order {
             self.one(work, event).await?;
             return Ok(Flow::Applied);
@@ -341,7 +329,12 @@ impl Planner<'_> {
     /// event not wanted, past the last one read when the budget ran out, or
     /// anywhere (`u64::MAX`) when the stream ended (an event appended later
     /// lands above everything this batch holds).
-    async fn read_after(&self, stream: &StreamId, reached: u64, wanted: impl Fn(&RecordedEvent) -> bool) -> Result<(Vec<RecordedEvent>, Position), PlanError> {
+    async fn read_after(
+        &self,
+        stream: &StreamId,
+        reached: u64,
+        wanted: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<(Vec<RecordedEvent>, Position), PlanError> {
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut from = reached + 1;
         loop {
@@ -369,19 +362,11 @@ impl Planner<'_> {
 
     async fn one(&self, work: &mut Work<'_>, event: &RecordedEvent) -> Result<(), PlanError> {
         let stream = event.stream_id.as_str();
-        let mut state = work.streams.get(stream).copied().unwrap_or(StreamState {
-            expected: 0,
-            reached: 0,
-            parked_from: None,
-        });
+        let mut state = work.streams.get(stream).copied().unwrap_or(StreamState { expected: 0, reached: 0, parked_from: None });
         if let Some(parked_from) = state.parked_from {
             if event.stream_version >= parked_from {
                 count(work, event);
-                work.batch.dead_letters.push(dead_letter(
-                    event,
-                    format!("stream {stream} is parked since version {parked_from}"),
-                    0,
-                ));
+                work.batch.dead_letters.push(dead_letter(event, format!("stream {stream} is parked since version {parked_from}"), 0));
                 return Ok(());
             }
         }

@@ -43,10 +43,7 @@ pub struct RebuildConfig {
 
 impl Default for RebuildConfig {
     fn default() -> Self {
-        Self {
-            batch_size: 2000,
-            retry: RetryPolicy::default(),
-        }
+        Self { batch_size: 2000, retry: RetryPolicy::default() }
     }
 }
 
@@ -119,18 +116,11 @@ pub async fn rebuild(
     if let Some(unfinished) = sink.meta(&name).await?.rebuilding.filter(|g| Some(*g) != previous) {
         tracing::warn!(projection = %name, generation = unfinished, "dropping the generation of an unfinished rebuild");
         sink.set_meta(&name, MetaField::Rebuilding, None).await?;
-        sink.drop_generation(&Target {
-            projection: name.clone(),
-            generation: unfinished,
-        })
-        .await?;
+        sink.drop_generation(&Target { projection: name.clone(), generation: unfinished }).await?;
     }
     let generation = sink.new_generation(&name).await?;
     sink.set_meta(&name, MetaField::Rebuilding, Some(generation.to_string())).await?;
-    let target = Target {
-        projection: name.clone(),
-        generation,
-    };
+    let target = Target { projection: name.clone(), generation };
     let result = build(&*projection, sink.clone(), log.clone(), &target, &config, progress).await;
     let outcome = async {
         let (events, covered, position) = result?;
@@ -157,21 +147,10 @@ pub async fn rebuild(
         }
     };
     if let Some(previous) = previous.filter(|p| *p != generation) {
-        sink.drop_generation(&Target {
-            projection: name.clone(),
-            generation: previous,
-        })
-        .await?;
+        sink.drop_generation(&Target { projection: name.clone(), generation: previous }).await?;
     }
     let dead_letters = sink.stats(&target).await?.dead_letters;
-    Ok(RebuildReport {
-        generation,
-        previous,
-        events,
-        covered,
-        dead_letters,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(RebuildReport { generation, previous, events, covered, dead_letters, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Builds `projection` from the log if it has no live generation (a first
@@ -239,13 +218,7 @@ async fn build(
     progress: &mut (dyn FnMut(RebuildProgress) + Send),
 ) -> Result<(u64, u64, Position), RebuildError> {
     let head = log.head_position().await?;
-    let planner = Planner {
-        projection,
-        sink: sink.as_ref(),
-        log: log.as_ref(),
-        retry: config.retry,
-        log_order: true,
-    };
+    let planner = Planner { projection, sink: sink.as_ref(), log: log.as_ref(), retry: config.retry, log_order: true };
     // The reader runs ahead by two batches.
     let (batches, mut incoming) = mpsc::channel::<Result<Vec<RecordedEvent>, ReadError>>(2);
     let batch_size = config.batch_size.max(1);
@@ -302,11 +275,7 @@ async fn build(
         carry = Some(plan.carry);
         if last_progress.elapsed() >= Duration::from_millis(200) {
             last_progress = Instant::now();
-            progress(RebuildProgress {
-                position,
-                head,
-                events: events_read,
-            });
+            progress(RebuildProgress { position, head, events: events_read });
         }
     }
     settle(in_flight.take(), target).await?;
@@ -319,27 +288,16 @@ async fn build(
         waiting_for_commits_s = waiting_commits.as_secs_f64(),
         "rebuild stages"
     );
-    progress(RebuildProgress {
-        position,
-        head,
-        events: events_read,
-    });
+    progress(RebuildProgress { position, head, events: events_read });
     Ok((events_read, covered, position))
 }
 
 async fn settle(in_flight: Option<tokio::task::JoinHandle<Result<Committed, SinkError>>>, target: &Target) -> Result<(), RebuildError> {
     let Some(handle) = in_flight else { return Ok(()) };
-    let committed = handle.await.map_err(|e| {
-        SinkError::Backend {
-            context: "committing a rebuild batch",
-            source: Box::new(e),
-        }
-    })??;
+    let committed = handle.await.map_err(|e| SinkError::Backend { context: "committing a rebuild batch", source: Box::new(e) })??;
     match committed {
         Committed::Done => Ok(()),
-        Committed::Retired | Committed::Lost => Err(RebuildError::Retired {
-            generation: target.generation,
-        }),
+        Committed::Retired | Committed::Lost => Err(RebuildError::Retired { generation: target.generation }),
         // Before the switch the rebuild is the only writer of its generation.
         Committed::Conflict { .. } => Err(RebuildError::Conflicts),
     }
@@ -355,13 +313,7 @@ async fn catch_up(
     config: &RebuildConfig,
     mut after: Position,
 ) -> Result<(u64, u64), RebuildError> {
-    let planner = Planner {
-        projection,
-        sink,
-        log,
-        retry: config.retry,
-        log_order: false,
-    };
+    let planner = Planner { projection, sink, log, retry: config.retry, log_order: false };
     let (mut events, mut covered) = (0, 0);
     loop {
         let batch = log.read_all(ReadAll::after(after, config.batch_size.max(1))).await?;
@@ -380,11 +332,7 @@ async fn catch_up(
                     covered += plan.batch.events;
                     break;
                 }
-                Committed::Retired | Committed::Lost => {
-                    return Err(RebuildError::Retired {
-                        generation: target.generation,
-                    })
-                }
+                Committed::Retired | Committed::Lost => return Err(RebuildError::Retired { generation: target.generation }),
                 Committed::Conflict { .. } if attempts < 20 => continue,
                 Committed::Conflict { .. } => return Err(RebuildError::Conflicts),
             }

@@ -123,14 +123,7 @@ impl ProjectionRunner {
     /// A runner; nothing happens until [`run`](Self::run) or
     /// [`handle`](Self::handle).
     pub fn new(projection: Arc<dyn Projection>, sink: Arc<dyn ReadModelSink>, log: Arc<dyn EventReader>, config: RunnerConfig) -> Self {
-        Self {
-            projection,
-            sink,
-            log,
-            config,
-            target: std::sync::Mutex::new(None),
-            seen_live: std::sync::atomic::AtomicBool::new(false),
-        }
+        Self { projection, sink, log, config, target: std::sync::Mutex::new(None), seen_live: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// The consumer group of a projection.
@@ -162,10 +155,7 @@ impl ProjectionRunner {
             }
         };
         self.seen_live.store(true, std::sync::atomic::Ordering::Relaxed);
-        let target = Target {
-            projection: name.to_owned(),
-            generation,
-        };
+        let target = Target { projection: name.to_owned(), generation };
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
         Ok(target)
     }
@@ -176,7 +166,10 @@ impl ProjectionRunner {
         let name = self.projection.name();
         let lost = self.seen_live.load(std::sync::atomic::Ordering::Relaxed);
         if lost {
-            tracing::error!(projection = name, "the read model lost its data (no live generation, or its marker is gone); rebuilding it from the log");
+            tracing::error!(
+                projection = name,
+                "the read model lost its data (no live generation, or its marker is gone); rebuilding it from the log"
+            );
         }
         self.report_state(name, "rebuilding").await;
         let report = ensure_live(self.projection.clone(), self.sink.clone(), self.log.clone(), self.config.rebuild.clone())
@@ -188,7 +181,11 @@ impl ProjectionRunner {
             let losses = self.sink.meta(name).await.map(|meta| meta.losses).unwrap_or(0) + 1;
             let _ = self.sink.set_meta(name, MetaField::Losses, Some(losses.to_string())).await;
             let events = report.as_ref().map_or(0, |r| r.events);
-            self.report_error(name, &format!("the read model lost its data at {}; rebuilt from the log ({events} events)", chrono::Utc::now().to_rfc3339())).await;
+            self.report_error(
+                name,
+                &format!("the read model lost its data at {}; rebuilt from the log ({events} events)", chrono::Utc::now().to_rfc3339()),
+            )
+            .await;
         }
         if let Some(report) = report {
             tracing::info!(projection = name, events = report.events, seconds = report.seconds, "read model built from the log");
@@ -237,10 +234,7 @@ impl ProjectionRunner {
             let plan = planner.plan(&target, events, None).await?;
             match self.sink.commit(&target, &plan.batch).await? {
                 Committed::Done => {
-                    let handled = Handled {
-                        events: plan.batch.events,
-                        attempts,
-                    };
+                    let handled = Handled { events: plan.batch.events, attempts };
                     return Ok((plan.covered, handled, plan.stopped));
                 }
                 Committed::Retired | Committed::Lost => {
@@ -270,10 +264,7 @@ impl ProjectionRunner {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let subscription = Subscription {
-                ack_wait: self.config.ack_wait,
-                ..Subscription::group(Self::group(&name))
-            };
+            let subscription = Subscription { ack_wait: self.config.ack_wait, ..Subscription::group(Self::group(&name)) };
             let stream = match subscriber.subscribe(subscription).await {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -418,11 +409,7 @@ struct Report {
 
 impl Report {
     fn new(every: Duration) -> Self {
-        Self {
-            every,
-            since: Instant::now(),
-            events: 0,
-        }
+        Self { every, since: Instant::now(), events: 0 }
     }
 
     fn count(&mut self, events: u64) -> Option<u64> {

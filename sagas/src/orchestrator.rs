@@ -59,8 +59,8 @@ use strata_schemas::events::{SagaCancelRequested, SagaEvent, SagaPhase, SagaResu
 use strata_schemas::DomainEvent;
 use strata_store::bus::{Delivery, Subscriber, Subscription};
 use strata_store::{
-    AppendError, CheckpointStore, EventMetadata, EventReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAll,
-    ReadError, ReadStream, RecordedEvent, StreamAppend, StreamId,
+    AppendError, CheckpointStore, EventMetadata, EventReader, EventStore, ExpectedVersion, NewEvent, Position, ReadAll, ReadError,
+    ReadStream, RecordedEvent, StreamAppend, StreamId,
 };
 use tokio::sync::{watch, Notify, Semaphore};
 use uuid::Uuid;
@@ -129,7 +129,14 @@ async fn scan(reader: &dyn EventReader, category: &str, after: Position) -> Resu
                 "SagaStuck" => {
                     entry.status = SeenStatus::Stuck;
                     if let Ok(SagaEvent::SagaStuck(stuck)) = SagaEvent::from_payload(&recorded.event_type, recorded.payload) {
-                        entry.stuck = Some(StuckSaga { saga_id, step: stuck.step, phase: stuck.phase, attempts: stuck.attempts, reason: stuck.reason, since: stuck.at });
+                        entry.stuck = Some(StuckSaga {
+                            saga_id,
+                            step: stuck.step,
+                            phase: stuck.phase,
+                            attempts: stuck.attempts,
+                            reason: stuck.reason,
+                            since: stuck.at,
+                        });
                     }
                 }
                 "SagaResumed" => {
@@ -561,7 +568,12 @@ impl<S: Saga> Orchestrator<S> {
     /// `saga-<category>`, category `trigger_category`), timers and the
     /// periodic recovery scan, `concurrency` instances at a time. In-flight
     /// work finishes before it returns.
-    pub async fn run(self: Arc<Self>, subscriber: Arc<dyn Subscriber>, trigger_category: &str, mut stop: watch::Receiver<bool>) -> Result<(), SagaError> {
+    pub async fn run(
+        self: Arc<Self>,
+        subscriber: Arc<dyn Subscriber>,
+        trigger_category: &str,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), SagaError> {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let spawn_drive = |orchestrator: Arc<Self>, permits: Arc<Semaphore>, saga_id: Uuid| async move {
             let permit = permits.acquire_owned().await.expect("never closed");
@@ -642,17 +654,12 @@ async fn load<S: Saga>(reader: &dyn EventReader, saga_id: Uuid) -> Result<SagaSt
     let stream_id = Orchestrator::<S>::stream_id(saga_id);
     let mut state = SagaState::default();
     loop {
-        let request = ReadStream {
-            from_version: state.version + 1,
-            ..ReadStream::forward(1_000)
-        };
+        let request = ReadStream { from_version: state.version + 1, ..ReadStream::forward(1_000) };
         let page = reader.read_stream(&stream_id, request).await.map_err(SagaError::Read)?;
         let len = page.len();
         for recorded in page {
-            let event = SagaEvent::from_payload(&recorded.event_type, recorded.payload).map_err(|source| SagaError::Undecodable {
-                stream_id: stream_id.clone(),
-                source,
-            })?;
+            let event = SagaEvent::from_payload(&recorded.event_type, recorded.payload)
+                .map_err(|source| SagaError::Undecodable { stream_id: stream_id.clone(), source })?;
             state = evolve::<S>(state, &event, recorded.stream_version);
         }
         if len < 1_000 {

@@ -61,7 +61,8 @@ impl<C: Serialize + Send + Sync + 'static> Services<C> for RemoteServices<C> {
             Err(error) => return Outcome::Refused(format!("the command does not serialize: {error}")),
         };
         match self.requester.request(&self.service, payload, self.timeout).await {
-            Ok(Some(answer)) => serde_json::from_slice(&answer).unwrap_or_else(|error| Outcome::Transient(format!("unreadable answer from {}: {error}", self.service))),
+            Ok(Some(answer)) => serde_json::from_slice(&answer)
+                .unwrap_or_else(|error| Outcome::Transient(format!("unreadable answer from {}: {error}", self.service))),
             Ok(None) => Outcome::NoAnswer,
             Err(error) => Outcome::Transient(error.to_string()),
         }

@@ -305,7 +305,13 @@ pub fn next<S: Saga>(state: &SagaState<S::Data>, config: &SagaConfig, now: DateT
     };
     let name = S::STEPS[step].name;
     if phase == Phase::Abort && commands.is_empty() {
-        return Next::Record(react::<S>(state, &Request { step, phase, attempt: state.attempts + 1, commands: Vec::new() }, &Outcome::Done, config, now));
+        return Next::Record(react::<S>(
+            state,
+            &Request { step, phase, attempt: state.attempts + 1, commands: Vec::new() },
+            &Outcome::Done,
+            config,
+            now,
+        ));
     }
     Next::Send(Request {
         step,
@@ -320,7 +326,13 @@ pub fn next<S: Saga>(state: &SagaState<S::Data>, config: &SagaConfig, now: DateT
 }
 
 /// The events that record `outcome` of `request`.
-pub fn react<S: Saga>(state: &SagaState<S::Data>, request: &Request<S::Command>, outcome: &Outcome, config: &SagaConfig, now: DateTime<Utc>) -> Vec<SagaEvent> {
+pub fn react<S: Saga>(
+    state: &SagaState<S::Data>,
+    request: &Request<S::Command>,
+    outcome: &Outcome,
+    config: &SagaConfig,
+    now: DateTime<Utc>,
+) -> Vec<SagaEvent> {
     let name = S::STEPS[request.step].name.to_owned();
     // Undoing (a compensation or the abort) does not touch the step's own
     // status in views.
@@ -335,10 +347,18 @@ pub fn react<S: Saga>(state: &SagaState<S::Data>, request: &Request<S::Command>,
             }
         } else if request.attempt >= config.max_attempts && now >= state.began_at.unwrap_or(now) + config.park_after {
             let reason = format!("parked after {} attempts: {reason}", request.attempt);
-            return vec![SagaStuck { step: name.clone(), phase: stored_phase(request.phase), attempts: request.attempt, reason: clip(reason), at: now }.into()];
+            return vec![SagaStuck {
+                step: name.clone(),
+                phase: stored_phase(request.phase),
+                attempts: request.attempt,
+                reason: clip(reason),
+                at: now,
+            }
+            .into()];
         }
         let retry_at = now + config.backoff(state.saga_id, failures.max(state.attempts + 1));
-        vec![SagaStepRetryScheduled { step: name.clone(), compensation, attempt: request.attempt, reason: clip(reason), retry_at, at: now }.into()]
+        vec![SagaStepRetryScheduled { step: name.clone(), compensation, attempt: request.attempt, reason: clip(reason), retry_at, at: now }
+            .into()]
     };
     match outcome {
         Outcome::Done => match request.phase {

@@ -51,9 +51,7 @@ pub fn registry() -> Result<SchemaRegistry, SchemaError> {
     for &(event_type, version, schema) in SCHEMA_FILES {
         builder = builder.schema(event_type, version, schema);
     }
-    builder
-        .upcaster("OrderPlaced", 1, order_placed_v1_to_v2)
-        .build()
+    builder.upcaster("OrderPlaced", 1, order_placed_v1_to_v2).build()
 }
 
 /// `OrderPlaced` v1 → v2: `lines[].unitPrice` (decimal string with two
@@ -76,14 +74,8 @@ pub fn order_placed_v1_to_v2(payload: Value) -> Result<Value, String> {
             .and_then(|price| price.as_str().map(str::to_owned))
             .ok_or_else(|| format!("lines/{index}/unitPrice is missing"))?;
         let cents = parse_cents(&price).ok_or_else(|| format!("lines/{index}/unitPrice {price:?} is not a price"))?;
-        let quantity = line
-            .get("quantity")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| format!("lines/{index}/quantity is missing"))?;
-        total = quantity
-            .checked_mul(cents)
-            .and_then(|line_total| total.checked_add(line_total))
-            .ok_or("order total overflows")?;
+        let quantity = line.get("quantity").and_then(Value::as_u64).ok_or_else(|| format!("lines/{index}/quantity is missing"))?;
+        total = quantity.checked_mul(cents).and_then(|line_total| total.checked_add(line_total)).ok_or("order total overflows")?;
         line.insert("unitPriceCents".into(), cents.into());
         upcast_lines.push(Value::Object(line));
     }
@@ -116,10 +108,7 @@ mod tests {
             .filter(|name| name.ends_with(".json"))
             .collect();
         on_disk.sort();
-        let mut listed: Vec<String> = SCHEMA_FILES
-            .iter()
-            .map(|(event_type, version, _)| format!("{event_type}.v{version}.json"))
-            .collect();
+        let mut listed: Vec<String> = SCHEMA_FILES.iter().map(|(event_type, version, _)| format!("{event_type}.v{version}.json")).collect();
         listed.sort();
         assert_eq!(on_disk, listed, "schemas/events and SCHEMA_FILES disagree");
     }

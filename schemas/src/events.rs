@@ -495,11 +495,7 @@ mod tests {
             OrderEvent::from(OrderPlaced {
                 order_id,
                 customer_id: "c-1".into(),
-                lines: vec![OrderLine {
-                    sku: sku.clone(),
-                    quantity,
-                    unit_price_cents: Cents::new(1250).unwrap(),
-                }],
+                lines: vec![OrderLine { sku: sku.clone(), quantity, unit_price_cents: Cents::new(1250).unwrap() }],
                 total_cents: amount,
                 payment_method: "card".into(),
                 shipping_address: address(),
@@ -528,12 +524,7 @@ mod tests {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }
         for event in [
-            PaymentEvent::from(PaymentAuthorized {
-                order_id,
-                amount_cents: amount,
-                payment_method: "card".into(),
-                authorized_at: at(),
-            }),
+            PaymentEvent::from(PaymentAuthorized { order_id, amount_cents: amount, payment_method: "card".into(), authorized_at: at() }),
             PaymentCaptured { order_id, amount_cents: amount, captured_at: at() }.into(),
             PaymentVoided { order_id, amount_cents: amount, voided_at: at() }.into(),
             PaymentRefunded { order_id, amount_cents: amount, refunded_at: at() }.into(),
@@ -552,7 +543,8 @@ mod tests {
         for event in [
             SagaEvent::from(SagaStarted { saga_id: order_id, data: json!({ "orderId": order_id }), started_at: at() }),
             SagaStepSucceeded { step: step(), compensation: true, at: at() }.into(),
-            SagaStepRetryScheduled { step: step(), compensation: false, attempt: 2, reason: "no answer".into(), retry_at: at(), at: at() }.into(),
+            SagaStepRetryScheduled { step: step(), compensation: false, attempt: 2, reason: "no answer".into(), retry_at: at(), at: at() }
+                .into(),
             SagaStepFailed { step: step(), reason: "card declined".into(), at: at() }.into(),
             SagaCompleted { at: at() }.into(),
             SagaAborted { failed_step: step(), reason: "card declined".into(), at: at() }.into(),
@@ -577,9 +569,7 @@ mod tests {
         let registry = registry().unwrap();
         for (event_type, version, payload) in samples() {
             assert_eq!(registry.latest_version(event_type).unwrap(), version, "{event_type} writes an old version");
-            registry
-                .validate(event_type, version, &payload)
-                .unwrap_or_else(|err| panic!("{event_type}: {err}\n{payload:#}"));
+            registry.validate(event_type, version, &payload).unwrap_or_else(|err| panic!("{event_type}: {err}\n{payload:#}"));
         }
     }
 
@@ -606,9 +596,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("quantity"), "{err}");
-        assert!(matches!(
-            OrderEvent::from_payload("StockReserved", json!({})),
-            Err(crate::DecodeError::UnknownType { .. })
-        ));
+        assert!(matches!(OrderEvent::from_payload("StockReserved", json!({})), Err(crate::DecodeError::UnknownType { .. })));
     }
 }

@@ -24,6 +24,4 @@ mod registry;
 pub mod values;
 
 pub use domain_event::{DecodeError, DomainEvent};
-pub use registry::{
-    SchemaError, SchemaRegistry, SchemaRegistryBuilder, UpcastError, Upcaster, Violation,
-};
+pub use registry::{SchemaError, SchemaRegistry, SchemaRegistryBuilder, UpcastError, Upcaster, Violation};

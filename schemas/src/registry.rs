@@ -104,11 +104,7 @@ pub enum UpcastError {
 }
 
 fn join(violations: &[Violation]) -> String {
-    violations
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 struct EventTypeEntry {
@@ -125,15 +121,9 @@ pub struct SchemaRegistry {
 
 impl fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut types: Vec<_> = self
-            .types
-            .iter()
-            .map(|(name, entry)| (name.as_str(), entry.latest))
-            .collect();
+        let mut types: Vec<_> = self.types.iter().map(|(name, entry)| (name.as_str(), entry.latest)).collect();
         types.sort_unstable();
-        f.debug_struct("SchemaRegistry")
-            .field("types", &types)
-            .finish()
+        f.debug_struct("SchemaRegistry").field("types", &types).finish()
     }
 }
 
@@ -154,19 +144,16 @@ impl SchemaRegistryBuilder {
             Ok(schema) => {
                 self.schemas.insert((event_type.to_owned(), version), schema);
             }
-            Err(err) => self.errors.push(SchemaError::InvalidSchema {
-                event_type: event_type.to_owned(),
-                version,
-                reason: err.to_string(),
-            }),
+            Err(err) => {
+                self.errors.push(SchemaError::InvalidSchema { event_type: event_type.to_owned(), version, reason: err.to_string() })
+            }
         }
         self
     }
 
     /// Registers the upcaster from `from_version` to `from_version + 1`.
     pub fn upcaster(mut self, event_type: &str, from_version: u32, upcaster: Upcaster) -> Self {
-        self.upcasters
-            .insert((event_type.to_owned(), from_version), upcaster);
+        self.upcasters.insert((event_type.to_owned(), from_version), upcaster);
         self
     }
 
@@ -179,19 +166,12 @@ impl SchemaRegistryBuilder {
         let mut types: HashMap<String, EventTypeEntry> = HashMap::new();
         for ((event_type, version), schema) in self.schemas {
             if version == 0 {
-                return Err(SchemaError::Incomplete {
-                    event_type,
-                    reason: "versions start at 1".into(),
-                });
+                return Err(SchemaError::Incomplete { event_type, reason: "versions start at 1".into() });
             }
             let validator = jsonschema::options()
                 .should_validate_formats(true)
                 .build(&schema)
-                .map_err(|err| SchemaError::InvalidSchema {
-                    event_type: event_type.clone(),
-                    version,
-                    reason: err.to_string(),
-                })?;
+                .map_err(|err| SchemaError::InvalidSchema { event_type: event_type.clone(), version, reason: err.to_string() })?;
             let entry = types.entry(event_type).or_insert_with(|| EventTypeEntry {
                 validators: BTreeMap::new(),
                 upcasters: BTreeMap::new(),
@@ -202,20 +182,14 @@ impl SchemaRegistryBuilder {
         }
         for ((event_type, from_version), upcaster) in self.upcasters {
             let Some(entry) = types.get_mut(&event_type) else {
-                return Err(SchemaError::Incomplete {
-                    event_type,
-                    reason: "an upcaster is registered but no schema".into(),
-                });
+                return Err(SchemaError::Incomplete { event_type, reason: "an upcaster is registered but no schema".into() });
             };
             entry.upcasters.insert(from_version, upcaster);
         }
         for (event_type, entry) in &types {
             for version in 1..=entry.latest {
                 if !entry.validators.contains_key(&version) {
-                    return Err(SchemaError::Incomplete {
-                        event_type: event_type.clone(),
-                        reason: format!("no schema for v{version}"),
-                    });
+                    return Err(SchemaError::Incomplete { event_type: event_type.clone(), reason: format!("no schema for v{version}") });
                 }
                 if version < entry.latest && !entry.upcasters.contains_key(&version) {
                     return Err(SchemaError::Incomplete {
@@ -242,11 +216,7 @@ impl SchemaRegistry {
     }
 
     fn entry(&self, event_type: &str) -> Result<&EventTypeEntry, SchemaError> {
-        self.types
-            .get(event_type)
-            .ok_or_else(|| SchemaError::UnknownEventType {
-                event_type: event_type.to_owned(),
-            })
+        self.types.get(event_type).ok_or_else(|| SchemaError::UnknownEventType { event_type: event_type.to_owned() })
     }
 
     /// The latest version of `event_type`.
@@ -265,29 +235,19 @@ impl SchemaRegistry {
     /// Every violation is reported with the JSON Pointer of the field.
     pub fn validate(&self, event_type: &str, version: u32, payload: &Value) -> Result<(), SchemaError> {
         let entry = self.entry(event_type)?;
-        let validator = entry
-            .validators
-            .get(&version)
-            .ok_or_else(|| SchemaError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version,
-                latest: entry.latest,
-            })?;
+        let validator = entry.validators.get(&version).ok_or_else(|| SchemaError::UnknownVersion {
+            event_type: event_type.to_owned(),
+            version,
+            latest: entry.latest,
+        })?;
         if validator.is_valid(payload) {
             return Ok(());
         }
         let violations = validator
             .iter_errors(payload)
-            .map(|err| Violation {
-                path: err.instance_path().to_string(),
-                message: err.to_string(),
-            })
+            .map(|err| Violation { path: err.instance_path().to_string(), message: err.to_string() })
             .collect();
-        Err(SchemaError::InvalidPayload {
-            event_type: event_type.to_owned(),
-            version,
-            violations,
-        })
+        Err(SchemaError::InvalidPayload { event_type: event_type.to_owned(), version, violations })
     }
 
     /// Brings a payload stored as `version` to the latest version of its type,
@@ -296,21 +256,13 @@ impl SchemaRegistry {
     pub fn upcast(&self, event_type: &str, version: u32, payload: Value) -> Result<(u32, Value), UpcastError> {
         let entry = self.entry(event_type)?;
         if version == 0 || version > entry.latest {
-            return Err(SchemaError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version,
-                latest: entry.latest,
-            }
-            .into());
+            return Err(SchemaError::UnknownVersion { event_type: event_type.to_owned(), version, latest: entry.latest }.into());
         }
         let mut payload = payload;
         for from_version in version..entry.latest {
             let upcaster = entry.upcasters[&from_version];
-            payload = upcaster(payload).map_err(|reason| UpcastError::Failed {
-                event_type: event_type.to_owned(),
-                from_version,
-                reason,
-            })?;
+            payload =
+                upcaster(payload).map_err(|reason| UpcastError::Failed { event_type: event_type.to_owned(), from_version, reason })?;
         }
         Ok((entry.latest, payload))
     }
@@ -330,20 +282,13 @@ mod tests {
     }
 
     fn registry() -> SchemaRegistry {
-        SchemaRegistry::builder()
-            .schema("Counted", 1, V1)
-            .schema("Counted", 2, V2)
-            .upcaster("Counted", 1, rename)
-            .build()
-            .unwrap()
+        SchemaRegistry::builder().schema("Counted", 1, V1).schema("Counted", 2, V2).upcaster("Counted", 1, rename).build().unwrap()
     }
 
     #[test]
     fn invalid_payload_names_the_offending_field() {
         let err = registry().validate("Counted", 1, &json!({ "n": -3 })).unwrap_err();
-        let SchemaError::InvalidPayload { violations, .. } = &err else {
-            panic!("unexpected {err:?}")
-        };
+        let SchemaError::InvalidPayload { violations, .. } = &err else { panic!("unexpected {err:?}") };
         assert_eq!(violations[0].path, "/n");
         assert!(err.to_string().contains("/n"), "{err}");
     }
@@ -351,14 +296,8 @@ mod tests {
     #[test]
     fn unknown_type_and_version_are_refused() {
         let registry = registry();
-        assert!(matches!(
-            registry.validate("Nope", 1, &json!({})),
-            Err(SchemaError::UnknownEventType { .. })
-        ));
-        assert!(matches!(
-            registry.validate("Counted", 3, &json!({})),
-            Err(SchemaError::UnknownVersion { latest: 2, .. })
-        ));
+        assert!(matches!(registry.validate("Nope", 1, &json!({})), Err(SchemaError::UnknownEventType { .. })));
+        assert!(matches!(registry.validate("Counted", 3, &json!({})), Err(SchemaError::UnknownVersion { latest: 2, .. })));
     }
 
     #[test]
@@ -371,11 +310,7 @@ mod tests {
 
     #[test]
     fn a_missing_upcaster_is_refused_at_build_time() {
-        let err = SchemaRegistry::builder()
-            .schema("Counted", 1, V1)
-            .schema("Counted", 2, V2)
-            .build()
-            .unwrap_err();
+        let err = SchemaRegistry::builder().schema("Counted", 1, V1).schema("Counted", 2, V2).build().unwrap_err();
         assert!(matches!(err, SchemaError::Incomplete { .. }), "{err}");
     }
 

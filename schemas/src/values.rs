@@ -18,10 +18,7 @@ pub struct InvalidValue {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidValue {
-    InvalidValue {
-        field,
-        reason: reason.into(),
-    }
+    InvalidValue { field, reason: reason.into() }
 }
 
 /// A stock keeping unit: 1 to 64 characters, upper-case ASCII letters, digits
@@ -37,10 +34,7 @@ impl Sku {
             return Err(invalid("sku", format!("{input:?} must have 1 to 64 characters")));
         }
         if input.starts_with('-') || !input.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-') {
-            return Err(invalid(
-                "sku",
-                format!("{input:?} must be upper-case letters, digits and '-', not starting with '-'"),
-            ));
+            return Err(invalid("sku", format!("{input:?} must be upper-case letters, digits and '-', not starting with '-'")));
         }
         Ok(Self(input.to_owned()))
     }
@@ -144,10 +138,7 @@ impl Cents {
 
     /// `self * quantity`, `None` past [`Cents::MAX`].
     pub fn times(self, quantity: Quantity) -> Option<Cents> {
-        self.0
-            .checked_mul(u64::from(quantity.get()))
-            .filter(|&total| total <= Self::MAX)
-            .map(Cents)
+        self.0.checked_mul(u64::from(quantity.get())).filter(|&total| total <= Self::MAX).map(Cents)
     }
 
     /// `self + other`, `None` past [`Cents::MAX`].
@@ -185,10 +176,7 @@ impl CountryCode {
     /// Parses a country code.
     pub fn parse(input: &str) -> Result<Self, InvalidValue> {
         if input.len() != 2 || !input.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(invalid(
-                "country",
-                format!("{input:?} is not an ISO 3166 alpha-2 code (two upper-case letters)"),
-            ));
+            return Err(invalid("country", format!("{input:?} is not an ISO 3166 alpha-2 code (two upper-case letters)")));
         }
         Ok(Self(input.to_owned()))
     }

@@ -63,11 +63,7 @@ async fn run_all(bench: &CommandsBench, scratch: &Scratch) -> anyhow::Result<Val
     // Every run and variant gets its own aggregates, so the raw appends never
     // move a stream the handler remembers and each run starts as cold as the first.
     let skus = |prefix: String| -> anyhow::Result<Arc<Vec<Sku>>> {
-        Ok(Arc::new(
-            (0..bench.aggregates)
-                .map(|i| Sku::parse(&format!("{prefix}-{i}")))
-                .collect::<Result<_, _>>()?,
-        ))
+        Ok(Arc::new((0..bench.aggregates).map(|i| Sku::parse(&format!("{prefix}-{i}"))).collect::<Result<_, _>>()?))
     };
     let handler = CommandHandler::<Inventory>::new(store.clone(), Some(store.clone()), HandlerConfig::default());
     let mut runs = Vec::new();
@@ -109,15 +105,9 @@ async fn run_all(bench: &CommandsBench, scratch: &Scratch) -> anyhow::Result<Val
     object.insert("runs".into(), json!(bench.runs));
     let main = summary(runs.iter().map(|(c, _)| c.figures).collect(), "commands_per_s");
     object.extend(main.as_object().context("object")?.clone());
-    object.insert(
-        "conflict_retry_rate".into(),
-        json!(round(median(runs.iter().map(|(c, _)| retry_rate(c)).collect()), 4)),
-    );
+    object.insert("conflict_retry_rate".into(), json!(round(median(runs.iter().map(|(c, _)| retry_rate(c)).collect()), 4)));
     object.insert("baseline".into(), summary(runs.iter().map(|(_, a)| *a).collect(), "events_per_s"));
-    let ratios: Vec<f64> = runs
-        .iter()
-        .map(|(c, a)| c.figures.events_per_s() / a.events_per_s().max(1e-9))
-        .collect();
+    let ratios: Vec<f64> = runs.iter().map(|(c, a)| c.figures.events_per_s() / a.events_per_s().max(1e-9)).collect();
     object.insert("ratio".into(), json!(round(median(ratios.clone()), 3)));
     object.insert(
         "per_run".into(),
@@ -150,55 +140,62 @@ async fn measure_commands(
     skus: &Arc<Vec<Sku>>,
 ) -> anyhow::Result<CommandFigures> {
     let (handler, skus) = (handler.clone(), skus.clone());
-    let (latencies, retries, seconds) = drive(bench.writers, bench.duration, |_| (), move |()| {
-        let (handler, skus) = (handler.clone(), skus.clone());
-        async move {
-            let sku = skus[rand::rng().random_range(0..skus.len())].clone();
-            let command = InventoryCommand::Restock { sku, quantity: 1, at: Utc::now() };
-            // A command that gives up after every retry fails the benchmark
-            // rather than being counted as done.
-            let outcome = handler.handle(Envelope::new(Uuid::new_v4(), command).by("bench")).await?;
-            Ok(((), u64::from(outcome.attempts - 1)))
-        }
-    })
+    let (latencies, retries, seconds) = drive(
+        bench.writers,
+        bench.duration,
+        |_| (),
+        move |()| {
+            let (handler, skus) = (handler.clone(), skus.clone());
+            async move {
+                let sku = skus[rand::rng().random_range(0..skus.len())].clone();
+                let command = InventoryCommand::Restock { sku, quantity: 1, at: Utc::now() };
+                // A command that gives up after every retry fails the benchmark
+                // rather than being counted as done.
+                let outcome = handler.handle(Envelope::new(Uuid::new_v4(), command).by("bench")).await?;
+                Ok(((), u64::from(outcome.attempts - 1)))
+            }
+        },
+    )
     .await?;
-    Ok(CommandFigures {
-        figures: Figures::from_latencies(latencies, 1, seconds),
-        retries,
-    })
+    Ok(CommandFigures { figures: Figures::from_latencies(latencies, 1, seconds), retries })
 }
 
 async fn measure_appends(bench: &CommandsBench, store: Arc<dyn ScratchStore>, skus: &Arc<Vec<Sku>>) -> anyhow::Result<Figures> {
     let skus = skus.clone();
-    let (latencies, _, seconds) = drive(bench.writers, bench.duration, |_| (), move |()| {
-        let (store, skus) = (store.clone(), skus.clone());
-        async move {
-            let sku = skus[rand::rng().random_range(0..skus.len())].clone();
-            let command_id = Uuid::new_v4();
-            let command = InventoryCommand::Restock { sku: sku.clone(), quantity: 1, at: Utc::now() };
-            let events = <Inventory as strata_commands::Aggregate>::decide(&Default::default(), command)?;
-            let events = events
-                .iter()
-                .enumerate()
-                .map(|(index, event)| NewEvent {
-                    event_id: strata_commands::event_id(command_id, index),
-                    event_type: event.event_type().into(),
-                    schema_version: event.schema_version(),
-                    payload: event.to_payload(),
-                    metadata: EventMetadata {
-                        correlation_id: Some(command_id),
-                        causation_id: Some(command_id),
-                        traceparent: None,
-                        actor: Some("bench".into()),
-                        command_id: Some(command_id),
-                    },
-                })
-                .collect();
-            let request = vec![StreamAppend { stream_id: StreamId::new("inventory", &sku)?, expected: ExpectedVersion::Any, events }];
-            store.append(request).await?;
-            Ok(((), 0))
-        }
-    })
+    let (latencies, _, seconds) = drive(
+        bench.writers,
+        bench.duration,
+        |_| (),
+        move |()| {
+            let (store, skus) = (store.clone(), skus.clone());
+            async move {
+                let sku = skus[rand::rng().random_range(0..skus.len())].clone();
+                let command_id = Uuid::new_v4();
+                let command = InventoryCommand::Restock { sku: sku.clone(), quantity: 1, at: Utc::now() };
+                let events = <Inventory as strata_commands::Aggregate>::decide(&Default::default(), command)?;
+                let events = events
+                    .iter()
+                    .enumerate()
+                    .map(|(index, event)| NewEvent {
+                        event_id: strata_commands::event_id(command_id, index),
+                        event_type: event.event_type().into(),
+                        schema_version: event.schema_version(),
+                        payload: event.to_payload(),
+                        metadata: EventMetadata {
+                            correlation_id: Some(command_id),
+                            causation_id: Some(command_id),
+                            traceparent: None,
+                            actor: Some("bench".into()),
+                            command_id: Some(command_id),
+                        },
+                    })
+                    .collect();
+                let request = vec![StreamAppend { stream_id: StreamId::new("inventory", &sku)?, expected: ExpectedVersion::Any, events }];
+                store.append(request).await?;
+                Ok(((), 0))
+            }
+        },
+    )
     .await?;
     Ok(Figures::from_latencies(latencies, 1, seconds))
 }

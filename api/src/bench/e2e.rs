@@ -87,9 +87,20 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
         })
     };
     let relay = {
-        let relay = Relay::new(store.clone(), store.clone(), bus.publisher.clone(), RelayConfig { name: "bench-e2e".into(), ..RelayConfig::default() });
+        let relay = Relay::new(
+            store.clone(),
+            store.clone(),
+            bus.publisher.clone(),
+            RelayConfig { name: "bench-e2e".into(), ..RelayConfig::default() },
+        );
         let mut stopped = stopped.clone();
-        tokio::spawn(async move { relay.run(async move { let _ = stopped.wait_for(|s| *s).await; }).await })
+        tokio::spawn(async move {
+            relay
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        })
     };
     let orchestrator = {
         let services = FulfilmentServices::new(store.clone(), Some(store.clone()), HandlerConfig::default(), "saga:fulfilment");
@@ -283,7 +294,10 @@ pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
             let (order_id, token) = client.place_order(&order, &key).await?;
             let placed = due.elapsed();
             client
-                .execute("query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { status } }", json!({ "id": order_id, "token": token }))
+                .execute(
+                    "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { status } }",
+                    json!({ "id": order_id, "token": token }),
+                )
                 .await?;
             anyhow::Ok((placed, due.elapsed(), Instant::now()))
         }));

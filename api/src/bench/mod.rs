@@ -124,7 +124,11 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
         return 0.0;
     }
     let mid = values.len() / 2;
-    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
 }
 
 /// The payload every benchmark event carries: a realistic `OrderPlaced` v2.
@@ -161,8 +165,15 @@ pub(crate) fn new_event(payload: &Value) -> NewEvent {
 /// The scratch place a run writes to, and how to remove it.
 pub(crate) enum Scratch {
     #[cfg(feature = "postgres")]
-    Postgres { admin_url: String, name: String, url: String },
-    Sqlite { dir: tempfile::TempDir, url: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
+    Sqlite {
+        dir: tempfile::TempDir,
+        url: String,
+    },
 }
 
 impl Scratch {
@@ -175,12 +186,7 @@ impl Scratch {
                 let name = format!("strata_bench_{}", Uuid::new_v4().simple());
                 admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
                 let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-                let url = format!(
-                    "postgres://{}@{}:{}/{name}",
-                    options.get_username(),
-                    options.get_host(),
-                    options.get_port()
-                );
+                let url = format!("postgres://{}@{}:{}/{name}", options.get_username(), options.get_host(), options.get_port());
                 Ok(Self::Postgres { admin_url: url_with_db(&url, options.get_database().unwrap_or("postgres")), name, url })
             }
             Scheme::Sqlite => {
@@ -258,10 +264,7 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
             config.committers = bench.committers;
             let store = strata_store::PostgresEventStore::connect(config, registry).await?;
             store.migrate().await?;
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(bench.writers as u32)
-                .connect(url)
-                .await?;
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(bench.writers as u32).connect(url).await?;
             sqlx::raw_sql(
                 "CREATE TABLE bench_baseline (LIKE strata_events INCLUDING ALL);
                  CREATE SEQUENCE bench_baseline_position OWNED BY bench_baseline.position;
@@ -353,10 +356,7 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
                 .collect(),
         ),
     );
-    object.insert(
-        "machine".into(),
-        machine(),
-    );
+    object.insert("machine".into(), machine());
     Ok(Value::Object(object))
 }
 
@@ -415,23 +415,33 @@ impl WriterStream {
 
     fn advance(mut self, events: usize) -> anyhow::Result<Self> {
         self.version += events as u64;
-        if self.version >= 100 { Self::fresh() } else { Ok(self) }
+        if self.version >= 100 {
+            Self::fresh()
+        } else {
+            Ok(self)
+        }
     }
 }
 
 async fn measure_strata(bench: &AppendBench, store: Arc<dyn EventStore>) -> anyhow::Result<Figures> {
     let payload = Arc::new(order_placed_payload());
     let per_append = bench.events_per_append;
-    let (latencies, _, seconds) = drive(bench.writers, bench.duration, |_| WriterStream::fresh(), move |stream| {
-        let (store, payload) = (store.clone(), payload.clone());
-        async move {
-            let stream = stream?;
-            let events = (0..per_append).map(|_| new_event(&payload)).collect();
-            let request = vec![StreamAppend { stream_id: stream.stream_id.clone(), expected: ExpectedVersion::Exact(stream.version), events }];
-            store.append(request).await?;
-            Ok((stream.advance(per_append), 0))
-        }
-    })
+    let (latencies, _, seconds) = drive(
+        bench.writers,
+        bench.duration,
+        |_| WriterStream::fresh(),
+        move |stream| {
+            let (store, payload) = (store.clone(), payload.clone());
+            async move {
+                let stream = stream?;
+                let events = (0..per_append).map(|_| new_event(&payload)).collect();
+                let request =
+                    vec![StreamAppend { stream_id: stream.stream_id.clone(), expected: ExpectedVersion::Exact(stream.version), events }];
+                store.append(request).await?;
+                Ok((stream.advance(per_append), 0))
+            }
+        },
+    )
     .await?;
     Ok(Figures::from_latencies(latencies, per_append, seconds))
 }
@@ -455,27 +465,32 @@ struct Row {
 async fn measure_baseline(bench: &AppendBench, baseline: Arc<Baseline>) -> anyhow::Result<Figures> {
     let payload = Arc::new(strata_store::hash::canonical_json(&order_placed_payload()));
     let per_append = bench.events_per_append;
-    let (latencies, _, seconds) = drive(bench.writers, bench.duration, |_| WriterStream::fresh(), move |stream| {
-        let (baseline, payload) = (baseline.clone(), payload.clone());
-        async move {
-            let stream = stream?;
-            let rows: Vec<Row> = (0..per_append)
-                .map(|i| {
-                    let event = new_event(&Value::Null);
-                    Row {
-                        event_id: event.event_id,
-                        stream_id: stream.stream_id.to_string(),
-                        stream_version: (stream.version + 1 + i as u64) as i64,
-                        payload: payload.to_string(),
-                        metadata: serde_json::to_string(&event.metadata).unwrap_or_default(),
-                        hash: Uuid::new_v4().as_bytes().repeat(2),
-                    }
-                })
-                .collect();
-            insert_baseline(&baseline, rows).await?;
-            Ok((stream.advance(per_append), 0))
-        }
-    })
+    let (latencies, _, seconds) = drive(
+        bench.writers,
+        bench.duration,
+        |_| WriterStream::fresh(),
+        move |stream| {
+            let (baseline, payload) = (baseline.clone(), payload.clone());
+            async move {
+                let stream = stream?;
+                let rows: Vec<Row> = (0..per_append)
+                    .map(|i| {
+                        let event = new_event(&Value::Null);
+                        Row {
+                            event_id: event.event_id,
+                            stream_id: stream.stream_id.to_string(),
+                            stream_version: (stream.version + 1 + i as u64) as i64,
+                            payload: payload.to_string(),
+                            metadata: serde_json::to_string(&event.metadata).unwrap_or_default(),
+                            hash: Uuid::new_v4().as_bytes().repeat(2),
+                        }
+                    })
+                    .collect();
+                insert_baseline(&baseline, rows).await?;
+                Ok((stream.advance(per_append), 0))
+            }
+        },
+    )
     .await?;
     Ok(Figures::from_latencies(latencies, per_append, seconds))
 }

@@ -86,13 +86,7 @@ pub async fn project(bench: &ProjectBench) -> anyhow::Result<Value> {
 }
 
 pub(crate) fn sample_config(events: usize) -> SampleConfig {
-    SampleConfig {
-        seed: 42,
-        orders: events / 8 + 1,
-        skus: 1000,
-        customers: 1000,
-        concurrency: 64,
-    }
+    SampleConfig { seed: 42, orders: events / 8 + 1, skus: 1000, customers: 1000, concurrency: 64 }
 }
 
 /// What the projection writes per event, folded in log order in memory.
@@ -160,12 +154,7 @@ async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, sha
     }
     let seconds = started.elapsed().as_secs_f64();
     let generation = sink.live_generation("orders").await?.context("no live generation")?;
-    let stats = sink
-        .stats(&Target {
-            projection: "orders".into(),
-            generation,
-        })
-        .await?;
+    let stats = sink.stats(&Target { projection: "orders".into(), generation }).await?;
     let followed = OrdersProjection.categories();
     let expected: usize = shares.iter().flatten().filter(|(event, _)| followed.contains(&event.stream_id.category())).count();
     if stats.events != expected as u64 {
@@ -207,11 +196,7 @@ async fn measure_raw(bench: &ProjectBench, shares: &Arc<Vec<Share>>) -> anyhow::
                             }
                         }
                     }
-                    pipe.cmd("HSET")
-                        .arg(format!("{base}streams"))
-                        .arg(event.stream_id.as_str())
-                        .arg(event.stream_version)
-                        .ignore();
+                    pipe.cmd("HSET").arg(format!("{base}streams")).arg(event.stream_id.as_str()).arg(event.stream_version).ignore();
                 }
                 pipe.query_async::<()>(&mut connection).await?;
             }
@@ -228,9 +213,6 @@ async fn measure_raw(bench: &ProjectBench, shares: &Arc<Vec<Share>>) -> anyhow::
 
 /// The Redis sink of a bench's scratch key prefix.
 pub(crate) async fn scratch_sink(url: &str, prefix: &str) -> anyhow::Result<RedisSink> {
-    let config = RedisSinkConfig {
-        key_prefix: prefix.to_owned(),
-        ..RedisSinkConfig::new(url)
-    };
+    let config = RedisSinkConfig { key_prefix: prefix.to_owned(), ..RedisSinkConfig::new(url) };
     Ok(RedisSink::connect(config).await?)
 }

@@ -124,13 +124,11 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
                 }
             })
         };
-        let config = RebuildConfig {
-            batch_size: bench.batch_size,
-            ..RebuildConfig::default()
-        };
+        let config = RebuildConfig { batch_size: bench.batch_size, ..RebuildConfig::default() };
         let mut progress = Progress::new("rebuild", "positions", 0);
-        let report = rebuild_projection(Arc::new(OrdersProjection), sink, reader.clone(), config, &mut |p| progress.set(p.position.0, p.head.0))
-            .await?;
+        let report =
+            rebuild_projection(Arc::new(OrdersProjection), sink, reader.clone(), config, &mut |p| progress.set(p.position.0, p.head.0))
+                .await?;
         progress.finish();
         sampler.abort();
         if report.events != bench.events as u64 {

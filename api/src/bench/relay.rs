@@ -51,13 +51,7 @@ async fn run_all(bench: &RelayBench, scratch: &Scratch) -> anyhow::Result<Value>
     let log = store.read_all(ReadAll::after(Position::START, bench.events)).await?;
     let payloads: Vec<(String, String, Vec<u8>)> = log
         .iter()
-        .map(|event| {
-            (
-                strata_store::bus::subject("benchraw", &event.stream_id),
-                event.event_id.to_string(),
-                encode_event(event),
-            )
-        })
+        .map(|event| (strata_store::bus::subject("benchraw", &event.stream_id), event.event_id.to_string(), encode_event(event)))
         .collect();
     let mut runs = Vec::new();
     for run in 0..bench.runs {
@@ -69,12 +63,7 @@ async fn run_all(bench: &RelayBench, scratch: &Scratch) -> anyhow::Result<Value>
             (measure_relay(bench, &store, run).await?, raw)
         };
         let rate = |seconds: f64| bench.events as f64 / seconds.max(1e-9);
-        eprintln!(
-            "run {}: relay {:.0} events/s, raw publish {:.0} events/s",
-            run + 1,
-            rate(relayed),
-            rate(raw)
-        );
+        eprintln!("run {}: relay {:.0} events/s, raw publish {:.0} events/s", run + 1, rate(relayed), rate(raw));
         runs.push((rate(relayed), rate(raw), relayed, raw));
     }
     let ratios: Vec<f64> = runs.iter().map(|(relay, raw, _, _)| relay / raw.max(1e-9)).collect();
@@ -136,11 +125,7 @@ async fn measure_relay(bench: &RelayBench, store: &Arc<dyn ScratchStore>, run: u
         store.clone(),
         store.clone(),
         publisher,
-        RelayConfig {
-            name: format!("bench-{run}-{id}"),
-            batch_size: bench.batch_size,
-            ..RelayConfig::default()
-        },
+        RelayConfig { name: format!("bench-{run}-{id}"), batch_size: bench.batch_size, ..RelayConfig::default() },
     );
     let started = Instant::now();
     let relayed = relay.catch_up().await?;
@@ -169,9 +154,8 @@ async fn measure_raw(bench: &RelayBench, payloads: &[(String, String, Vec<u8>)])
     for batch in payloads.chunks(bench.batch_size) {
         let mut acks = Vec::with_capacity(batch.len());
         for (subject, message_id, payload) in batch {
-            let message = async_nats::jetstream::message::PublishMessage::build()
-                .payload(payload.clone().into())
-                .message_id(message_id.as_str());
+            let message =
+                async_nats::jetstream::message::PublishMessage::build().payload(payload.clone().into()).message_id(message_id.as_str());
             acks.push(context.send_publish(subject.clone(), message).await?);
         }
         for ack in acks {

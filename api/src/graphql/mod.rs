@@ -221,12 +221,16 @@ impl Guard for Needs {
             Some(caller) if caller.role.may(self.0) => Ok(()),
             Some(caller) => Err(error(
                 Code::Forbidden,
-                format!("the {} role may not {}", caller.role, match self.0 {
-                    Permission::Read => "read",
-                    Permission::Write => "send commands",
-                    Permission::Audit => "read the log",
-                    Permission::Operate => "operate projections",
-                }),
+                format!(
+                    "the {} role may not {}",
+                    caller.role,
+                    match self.0 {
+                        Permission::Read => "read",
+                        Permission::Write => "send commands",
+                        Permission::Audit => "read the log",
+                        Permission::Operate => "operate projections",
+                    }
+                ),
             )),
         }
     }

@@ -14,10 +14,10 @@ use strata_store::AppendError;
 use uuid::Uuid;
 
 use super::query::order_id;
-use crate::projections::ProjectionStatus;
 use super::types::{PlaceOrderInput, PlaceOrderPayload, Written};
 use super::{api, error, internal, Api, Caller, Code, Needs};
 use crate::auth::Permission;
+use crate::projections::ProjectionStatus;
 
 /// The root of mutations.
 #[derive(Debug, Default)]
@@ -107,11 +107,8 @@ impl Mutation {
             },
             at: Utc::now(),
         });
-        let outcome = api
-            .orders
-            .handle(Envelope::new(command_id, command).by(actor(ctx)))
-            .await
-            .map_err(|err| command_error(err, order_refusal))?;
+        let outcome =
+            api.orders.handle(Envelope::new(command_id, command).by(actor(ctx))).await.map_err(|err| command_error(err, order_refusal))?;
         let written = Written::from(&outcome);
         Ok(PlaceOrderPayload { order_id: ID(order_id.to_string()), consistency_token: written.consistency_token.clone(), written })
     }
@@ -137,7 +134,13 @@ impl Mutation {
     /// Adds units of a SKU to the warehouse. With an `idempotencyKey`, a
     /// retried restock (same SKU and key) adds the units once.
     #[graphql(guard = "Needs(Permission::Write)")]
-    async fn restock(&self, ctx: &Context<'_>, sku: String, quantity: i32, idempotency_key: Option<String>) -> async_graphql::Result<Written> {
+    async fn restock(
+        &self,
+        ctx: &Context<'_>,
+        sku: String,
+        quantity: i32,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<Written> {
         let api = api(ctx);
         let sku = Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
         let command_id = match idempotency_key.as_deref().map(check_key).transpose()? {
@@ -167,7 +170,9 @@ impl Mutation {
         tokio::spawn(async move {
             let result = rebuild(projection, worker.read_model.clone(), worker.store.clone(), RebuildConfig::default(), &mut |_| {}).await;
             match result {
-                Ok(report) => tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "rebuilt through GraphQL"),
+                Ok(report) => {
+                    tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "rebuilt through GraphQL")
+                }
                 Err(error) => tracing::error!(projection = %name, %error, "rebuild through GraphQL failed"),
             }
             worker.end_rebuild(&name);

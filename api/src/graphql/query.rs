@@ -12,11 +12,11 @@ use strata_schemas::DomainEvent;
 use strata_store::{Position, ReadAll, StreamId};
 use uuid::Uuid;
 
-use crate::projections::ProjectionStatus;
 use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, Stock, StuckSaga};
 use super::{api, error, internal, Api, Code, Needs};
 use crate::audit::{stream_events, StreamQuery};
 use crate::auth::Permission;
+use crate::projections::ProjectionStatus;
 
 /// The root of queries.
 #[derive(Debug, Default)]
@@ -32,15 +32,11 @@ pub(crate) fn order_id(id: &ID) -> async_graphql::Result<Uuid> {
 /// pause, at most `Limits::read_your_writes_wait`.
 pub(crate) async fn await_write(api: &Api, projection: &str, token: Option<&str>) -> async_graphql::Result<()> {
     let Some(token) = token else { return Ok(()) };
-    let parsed = token
-        .rsplit_once('@')
-        .and_then(|(stream, version)| Some((StreamId::parse(stream).ok()?, version.parse::<u64>().ok()?)));
+    let parsed = token.rsplit_once('@').and_then(|(stream, version)| Some((StreamId::parse(stream).ok()?, version.parse::<u64>().ok()?)));
     let Some((stream_id, version)) = parsed else {
         return Err(error(Code::Validation, format!("waitFor: {token:?} is not a consistency token (the consistencyToken of a mutation)")));
     };
-    let follows = crate::projections::find(projection)
-        .map(|p| p.categories().contains(&stream_id.category()))
-        .unwrap_or(false);
+    let follows = crate::projections::find(projection).map(|p| p.categories().contains(&stream_id.category())).unwrap_or(false);
     if !follows {
         return Err(error(Code::Validation, format!("waitFor: the {projection} read model does not follow stream {stream_id}")));
     }
@@ -96,12 +92,7 @@ impl Query {
             None => None,
         };
         await_write(api, "orders", wait_for.as_deref()).await?;
-        let query = OrdersQuery {
-            customer_id: customer_id.map(|id| id.0),
-            status: status.map(Into::into),
-            first: first as usize,
-            after,
-        };
+        let query = OrdersQuery { customer_id: customer_id.map(|id| id.0), status: status.map(Into::into), first: first as usize, after };
         let page = orders::orders(&*api.read_model, &query).await.map_err(internal)?;
         let end_cursor = page.orders.last().map(|order| order.cursor.to_string());
         Ok(OrderConnection {
@@ -178,7 +169,13 @@ impl Query {
 
     /// An order replayed from its stream as of a version or a time (auditors, operators).
     #[graphql(guard = "Needs(Permission::Audit)")]
-    async fn order_at(&self, ctx: &Context<'_>, id: ID, version: Option<u64>, as_of: Option<DateTime<Utc>>) -> async_graphql::Result<OrderSnapshot> {
+    async fn order_at(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        version: Option<u64>,
+        as_of: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<OrderSnapshot> {
         let order_id = order_id(&id)?;
         if version.is_some() && as_of.is_some() {
             return Err(error(Code::Validation, "give version or asOf, not both"));
@@ -193,12 +190,18 @@ impl Query {
             return Err(error(Code::NotFound, format!("order {order_id} not found")));
         };
         if let Some(version) = version.filter(|v| *v > head.version) {
-            return Err(error(Code::Validation, format!("order {order_id} has {} events; version {version} does not exist yet", head.version)));
+            return Err(error(
+                Code::Validation,
+                format!("order {order_id} has {} events; version {version} does not exist yet", head.version),
+            ));
         }
         let query = StreamQuery { at_version: version, as_of, as_stored: false };
         let events = stream_events(&*api.store, &stream, &query).await.map_err(internal)?;
         let Some(last) = events.last() else {
-            return Err(error(Code::NotFound, format!("order {order_id} did not exist at {}", as_of.map(|t| t.to_rfc3339()).unwrap_or_default())));
+            return Err(error(
+                Code::NotFound,
+                format!("order {order_id} did not exist at {}", as_of.map(|t| t.to_rfc3339()).unwrap_or_default()),
+            ));
         };
         let (version, recorded_at) = (last.stream_version, last.recorded_at);
         let mut state = OrderState::default();

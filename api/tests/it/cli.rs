@@ -7,7 +7,7 @@ use strata_api::backend::{registry, EventStoreBackend};
 use strata_store::{EventMetadata, ExpectedVersion, NewEvent, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use crate::support::{TestDatabase, run_ok, scratch_sqlite, strata};
+use crate::support::{run_ok, scratch_sqlite, strata, TestDatabase};
 
 fn order_placed_v1(order_id: Uuid) -> NewEvent {
     NewEvent {
@@ -117,7 +117,16 @@ fn an_invalid_stream_id_is_refused_before_touching_the_store() {
 fn bench_append_prints_one_json_object_with_a_baseline_and_a_ratio() {
     let scratch = scratch_sqlite();
     let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).args([
-        "bench", "append", "--writers", "2", "--events-per-append", "3", "--duration", "0.3", "--runs", "1",
+        "bench",
+        "append",
+        "--writers",
+        "2",
+        "--events-per-append",
+        "3",
+        "--duration",
+        "0.3",
+        "--runs",
+        "1",
     ]));
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["bench"], "append");
@@ -135,7 +144,16 @@ fn bench_append_prints_one_json_object_with_a_baseline_and_a_ratio() {
 fn bench_commands_on_one_hot_aggregate_queues_commands_instead_of_conflicting() {
     let scratch = scratch_sqlite();
     let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).args([
-        "bench", "commands", "--aggregates", "1", "--writers", "4", "--duration", "0.3", "--runs", "1",
+        "bench",
+        "commands",
+        "--aggregates",
+        "1",
+        "--writers",
+        "4",
+        "--duration",
+        "0.3",
+        "--runs",
+        "1",
     ]));
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["bench"], "commands");
@@ -160,7 +178,14 @@ async fn bench_relay_puts_a_scratch_log_on_jetstream_next_to_raw_publishing() {
     }
     let scratch = scratch_sqlite();
     let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_BUS", &nats).args([
-        "bench", "relay", "--events", "450", "--batch-size", "100", "--runs", "2",
+        "bench",
+        "relay",
+        "--events",
+        "450",
+        "--batch-size",
+        "100",
+        "--runs",
+        "2",
     ]));
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!((result["bench"].as_str(), result["events"].as_u64()), (Some("relay"), Some(450)));
@@ -227,7 +252,10 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     let report = json(&["projections", "rebuild", "orders", "--batch-size", "40"]);
     assert_eq!(report["events"], head, "{report}");
     let status = json(&["projections", "status", "orders", "--json"]);
-    assert_eq!((status["generation"].clone(), status["position"].clone(), status["lag"].clone()), (report["generation"].clone(), json!(head), json!(0)));
+    assert_eq!(
+        (status["generation"].clone(), status["position"].clone(), status["lag"].clone()),
+        (report["generation"].clone(), json!(head), json!(0))
+    );
     assert_eq!(status["dead_letters"], 1, "{status}");
     assert_eq!(status["parked"][0]["streamId"], broken_stream.as_str());
     assert!(status["parked"][0]["reason"].as_str().unwrap().contains("without OrderPlaced"), "{status}");
@@ -308,7 +336,12 @@ async fn bench_project_and_rebuild_print_rates_next_to_their_baselines() {
 
     let scratch = scratch_sqlite();
     let output = run_ok(strata().env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_READ_MODEL", &redis).args([
-        "bench", "rebuild", "--events", "3000", "--batch-size", "700",
+        "bench",
+        "rebuild",
+        "--events",
+        "3000",
+        "--batch-size",
+        "700",
     ]));
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!((result["bench"].as_str(), result["events"].as_u64()), (Some("rebuild"), Some(3000)));

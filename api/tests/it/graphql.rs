@@ -33,7 +33,8 @@ fn with_tokens(mut server: Server) -> Server {
 }
 
 const PLACE: &str = "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken written { streamId version position replayed } } }";
-const RESTOCK: &str = "mutation($sku: String!, $quantity: Int!) { restock(sku: $sku, quantity: $quantity) { streamId version consistencyToken } }";
+const RESTOCK: &str =
+    "mutation($sku: String!, $quantity: Int!) { restock(sku: $sku, quantity: $quantity) { streamId version consistencyToken } }";
 const ORDER: &str = "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { id customerId status totalCents failedStep cancelReason sagaStatus sagaReason cursor lines { sku quantity unitPriceCents stock { available } } steps { step status retries lastError } } }";
 
 fn order_input(customer: &str, sku: &str, payment: &str, key: Option<&str>) -> Value {
@@ -55,7 +56,11 @@ async fn place(server: &Server, customer: &str, sku: &str, payment: &str) -> (St
 async fn order_until(server: &Server, id: &str, token: Option<&str>, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     wait_until(Duration::from_secs(60), || async {
         let data = server.ok("client", ORDER, json!({ "id": id, "token": token })).await;
-        if done(&data["order"]) { Ok(data["order"].clone()) } else { Err(format!("order {id} not {what}: {}", data["order"])) }
+        if done(&data["order"]) {
+            Ok(data["order"].clone())
+        } else {
+            Err(format!("order {id} not {what}: {}", data["order"]))
+        }
     })
     .await
 }
@@ -122,7 +127,13 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     // Restock, then read it back at once with the consistency token.
     let restocked = server.ok("client", RESTOCK, json!({ "sku": sku, "quantity": 10 })).await;
     let token = restocked["restock"]["consistencyToken"].as_str().unwrap();
-    let stock = server.ok("client", "query($sku: String!, $t: String) { stock(sku: $sku, waitFor: $t) { sku onHand reserved available } }", json!({ "sku": sku, "t": token })).await;
+    let stock = server
+        .ok(
+            "client",
+            "query($sku: String!, $t: String) { stock(sku: $sku, waitFor: $t) { sku onHand reserved available } }",
+            json!({ "sku": sku, "t": token }),
+        )
+        .await;
     assert_eq!(stock["stock"], json!({ "sku": sku, "onHand": 10, "reserved": 0, "available": 10 }));
 
     // A retried restock with a key adds the units once.
@@ -204,7 +215,13 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
 
     // Auditors replay the order as of each version and time.
     let stream = format!("order-{order_id}");
-    let events = server.ok("auditor", "query($s: String!) { streamEvents(streamId: $s) { eventType streamVersion position recordedAt metadata } }", json!({ "s": stream })).await;
+    let events = server
+        .ok(
+            "auditor",
+            "query($s: String!) { streamEvents(streamId: $s) { eventType streamVersion position recordedAt metadata } }",
+            json!({ "s": stream }),
+        )
+        .await;
     let events = events["streamEvents"].as_array().unwrap().clone();
     let types: Vec<&str> = events.iter().map(|e| e["eventType"].as_str().unwrap()).collect();
     assert_eq!(types, ["OrderPlaced", "OrderConfirmed"]);
@@ -219,12 +236,15 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     assert_eq!(server.code("auditor", at, json!({ "id": order_id, "v": 3 })).await, "VALIDATION");
     assert_eq!(server.code("auditor", at, json!({ "id": order_id, "v": 1, "t": events[0]["recordedAt"] })).await, "VALIDATION");
     assert_eq!(server.code("auditor", at, json!({ "id": order_id, "t": "2001-01-01T00:00:00Z" })).await, "NOT_FOUND");
-    let global = server.ok("auditor", "query($p: Int!) { globalEvents(fromPosition: $p, limit: 3) { position } }", json!({ "p": events[0]["position"] })).await;
+    let global = server
+        .ok("auditor", "query($p: Int!) { globalEvents(fromPosition: $p, limit: 3) { position } }", json!({ "p": events[0]["position"] }))
+        .await;
     let positions: Vec<u64> = global["globalEvents"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()).collect();
     assert_eq!(positions.len(), 3);
     assert_eq!(positions[0], events[0]["position"].as_u64().unwrap());
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
-    let unknown = server.code("auditor", "{ streamEvents(streamId: \"order-00000000-0000-0000-0000-000000000000\") { eventId } }", json!({})).await;
+    let unknown =
+        server.code("auditor", "{ streamEvents(streamId: \"order-00000000-0000-0000-0000-000000000000\") { eventId } }", json!({})).await;
     assert_eq!(unknown, "NOT_FOUND");
 
     // Operators see no stuck saga here, and resuming one that is not stuck
@@ -247,15 +267,27 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     let cancelled = order_until(server, &order_id, None, "undone", |o| o["status"] == "CANCELLED" && o["sagaStatus"] == "ABORTED").await;
     assert_eq!(cancelled["cancelReason"], "changed my mind");
     assert_eq!((cancelled["failedStep"].as_str(), cancelled["sagaReason"].as_str()), (None, Some("cancelled: changed my mind")));
-    let steps: Vec<(&str, &str)> = cancelled["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap(), s["status"].as_str().unwrap())).collect();
+    let steps: Vec<(&str, &str)> =
+        cancelled["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap(), s["status"].as_str().unwrap())).collect();
     assert_eq!(
         steps,
-        [("RESERVE_STOCK", "COMPENSATED"), ("AUTHORIZE_PAYMENT", "COMPENSATED"), ("CREATE_SHIPMENT", "COMPENSATED"), ("CONFIRM_ORDER", "DONE"), ("CAPTURE_PAYMENT", "COMPENSATED"), ("COMMIT_STOCK", "COMPENSATED")],
+        [
+            ("RESERVE_STOCK", "COMPENSATED"),
+            ("AUTHORIZE_PAYMENT", "COMPENSATED"),
+            ("CREATE_SHIPMENT", "COMPENSATED"),
+            ("CONFIRM_ORDER", "DONE"),
+            ("CAPTURE_PAYMENT", "COMPENSATED"),
+            ("COMMIT_STOCK", "COMPENSATED")
+        ],
         "every step undone: the payment refunded, the shipment cancelled, the stock returned"
     );
     wait_until(Duration::from_secs(30), || async {
         let now = available(server.ok("client", stock_query, json!({ "sku": sku })).await);
-        if now == before + 2 { Ok(()) } else { Err(format!("{now} available, {before} + 2 expected")) }
+        if now == before + 2 {
+            Ok(())
+        } else {
+            Err(format!("{now} available, {before} + 2 expected"))
+        }
     })
     .await;
 
@@ -274,12 +306,18 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     let resume = server.ok("operator", "mutation { resumeProjection(name: \"stock\") { paused } }", json!({})).await;
     assert_eq!(resume["resumeProjection"]["paused"], false);
     let before = server.ok("client", projection, json!({})).await;
-    let generation = |data: &Value| data["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap()["generation"].as_u64().unwrap();
+    let generation = |data: &Value| {
+        data["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap()["generation"].as_u64().unwrap()
+    };
     let old = generation(&before);
     server.ok("operator", "mutation { rebuildProjection(name: \"orders\") { name } }", json!({})).await;
     wait_until(Duration::from_secs(60), || async {
         let now = generation(&server.ok("client", projection, json!({})).await);
-        if now > old { Ok(()) } else { Err(format!("the rebuild has not switched readers (generation {now})")) }
+        if now > old {
+            Ok(())
+        } else {
+            Err(format!("the rebuild has not switched readers (generation {now})"))
+        }
     })
     .await;
     let after = server.ok("client", ORDER, json!({ "id": order_id })).await;
@@ -313,7 +351,11 @@ async fn graphql_on_the_embedded_stack() {
     let views = subscription.rest().await;
     assert_eq!(views.first().unwrap()["status"], "PENDING", "{views:?}");
     let last = views.last().unwrap();
-    assert_eq!((last["status"].as_str(), last["failedStep"].as_str(), last["sagaStatus"].as_str()), (Some("CANCELLED"), Some("AUTHORIZE_PAYMENT"), Some("ABORTED")), "{views:?}");
+    assert_eq!(
+        (last["status"].as_str(), last["failedStep"].as_str(), last["sagaStatus"].as_str()),
+        (Some("CANCELLED"), Some("AUTHORIZE_PAYMENT"), Some("ABORTED")),
+        "{views:?}"
+    );
     assert!(Subscription::open(&server, "not-a-token-at-all-000", &order_id).await.is_none(), "a bad token must not subscribe");
     assert!(Subscription::open(&server, EXPIRED, &order_id).await.is_none(), "an expired token must not subscribe");
 
@@ -339,7 +381,9 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
     let valid = json!({ "query": PLACE, "variables": order_input("c", "SKU-BAD", "card", None) }).to_string();
 
     // Tokens.
-    for (token, says) in [(None, "missing bearer token"), (Some("wrong-token-wrong-token"), "invalid token"), (Some(EXPIRED), "token expired")] {
+    for (token, says) in
+        [(None, "missing bearer token"), (Some("wrong-token-wrong-token"), "invalid token"), (Some(EXPIRED), "token expired")]
+    {
         let (status, body) = server.post(token, "application/json", valid.clone().into_bytes()).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
@@ -352,7 +396,11 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
         ("application/json", br#"{"query": "{ projections { name } }", "variables": [1]}"#.to_vec(), 400),
         ("application/json", br#"[{"query": "{ projections { name } }"}]"#.to_vec(), 400),
         ("text/plain", br#"{"query": "{ projections { name } }"}"#.to_vec(), 415),
-        ("application/json", format!("{{\"query\": \"{{ projections {{ name }} }}\", \"x\": \"{}\"}}", "a".repeat(100_000)).into_bytes(), 413),
+        (
+            "application/json",
+            format!("{{\"query\": \"{{ projections {{ name }} }}\", \"x\": \"{}\"}}", "a".repeat(100_000)).into_bytes(),
+            413,
+        ),
     ] {
         let (got, answer) = server.post(Some(CLIENT), content_type, body).await;
         assert_eq!(got, status, "{answer}");
@@ -507,8 +555,8 @@ fn serve_prints_a_development_token_per_role_and_refuses_requests_without_one() 
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
 mod distributed {
     use super::*;
-    use strata_store::testkit::{report_unreachable, service_url};
     use strata_store::testkit::postgres::TestDatabase;
+    use strata_store::testkit::{report_unreachable, service_url};
 
     /// PostgreSQL + JetStream + Redis, with the api, relay and projector in
     /// one process and the saga with its services in another, started late:
@@ -571,7 +619,18 @@ mod distributed {
 #[test]
 fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
     let (_scratch, server) = embedded("1s");
-    let output = crate::support::run_ok(strata().args(["demo", "--orders", "40", "--seed", "7", "--json", "--url", &server.url(), "--token", CLIENT]));
+    let output = crate::support::run_ok(strata().args([
+        "demo",
+        "--orders",
+        "40",
+        "--seed",
+        "7",
+        "--json",
+        "--url",
+        &server.url(),
+        "--token",
+        CLIENT,
+    ]));
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stdout)));
     assert_eq!(summary["orders"], 40, "{summary}");
     assert_eq!(summary["unexpected"], 0, "{summary}");
@@ -580,7 +639,18 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
     assert_eq!(summary["cancelled"], json!({ "AUTHORIZE_PAYMENT": 8, "CREATE_SHIPMENT": 2, "RESERVE_STOCK": 4 }), "{summary}");
     assert!(summary["settle"]["p99_ms"].as_f64().unwrap() >= summary["settle"]["p50_ms"].as_f64().unwrap());
     // The same seed again places the same orders: nothing new is written.
-    let again = crate::support::run_ok(strata().args(["demo", "--orders", "40", "--seed", "7", "--json", "--url", &server.url(), "--token", CLIENT]));
+    let again = crate::support::run_ok(strata().args([
+        "demo",
+        "--orders",
+        "40",
+        "--seed",
+        "7",
+        "--json",
+        "--url",
+        &server.url(),
+        "--token",
+        CLIENT,
+    ]));
     let again: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["confirmed"], 26, "{again}");
 }
@@ -688,7 +758,8 @@ mod batching {
             strata_projections::rebuild(projection, sink.clone(), store.clone(), Default::default(), &mut |_| {}).await.unwrap();
         }
         let (loads, documents) = (sink.loads.load(Ordering::SeqCst), sink.documents.load(Ordering::SeqCst));
-        let data: Value = run("{ orders(customerId: \"batch\", first: 10) { nodes { lines { sku stock { sku available } } } } }".into()).await;
+        let data: Value =
+            run("{ orders(customerId: \"batch\", first: 10) { nodes { lines { sku stock { sku available } } } } }".into()).await;
         let stocks: Vec<Value> = data["orders"]["nodes"].as_array().unwrap().iter().map(|n| n["lines"][0]["stock"].clone()).collect();
         assert_eq!(stocks.len(), 5);
         for (n, stock) in stocks.iter().enumerate() {

@@ -12,7 +12,7 @@ use strata_store::MemoryEventStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::support::{TestDatabase, get, scratch_sqlite, strata};
+use crate::support::{get, scratch_sqlite, strata, TestDatabase};
 
 async fn serve(state: AppState) -> (std::net::SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -29,7 +29,14 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
     let store = MemoryEventStore::new(registry().unwrap());
     let read_model = Arc::new(strata_projections::MemorySink::new());
     let store = Arc::new(store);
-    let state = AppState { event_store: store.clone(), read_model: Some(read_model), checkpoints: store, metrics: Default::default(), graphql: None, bus: None };
+    let state = AppState {
+        event_store: store.clone(),
+        read_model: Some(read_model),
+        checkpoints: store,
+        metrics: Default::default(),
+        graphql: None,
+        bus: None,
+    };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -45,7 +52,7 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
 
 #[tokio::test]
 async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_from_the_backends() {
-    use strata_api::metrics::{Metrics, MeteredStore};
+    use strata_api::metrics::{MeteredStore, Metrics};
     use strata_store::{CheckpointStore, EventStore};
     let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
     let metrics = Arc::new(Metrics::default());
@@ -87,7 +94,9 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/metrics").await;
     assert_eq!(status, 200, "{body}");
-    let value = |line: &str| body.lines().find_map(|l| l.strip_prefix(line).map(str::trim).map(str::to_owned)).unwrap_or_else(|| panic!("no {line} in\n{body}"));
+    let value = |line: &str| {
+        body.lines().find_map(|l| l.strip_prefix(line).map(str::trim).map(str::to_owned)).unwrap_or_else(|| panic!("no {line} in\n{body}"))
+    };
     assert_eq!(value("strata_events_appended_total "), head.to_string());
     assert_eq!(value("strata_log_head_position "), head.to_string());
     assert_eq!(value("strata_relay_position "), "2");
@@ -106,7 +115,14 @@ async fn readyz_reports_unavailable_when_postgres_goes_away() {
     let (url, name) = (database.url.clone(), database.name.clone());
     let backend = EventStoreBackend::open(&url, registry().unwrap()).await.unwrap();
     backend.migrate().await.unwrap();
-    let state = AppState { event_store: backend.store(), read_model: None, checkpoints: backend.checkpoints(), metrics: Default::default(), graphql: None, bus: None };
+    let state = AppState {
+        event_store: backend.store(),
+        read_model: None,
+        checkpoints: backend.checkpoints(),
+        metrics: Default::default(),
+        graphql: None,
+        bus: None,
+    };
     let (address, stop, server) = serve(state).await;
     assert_eq!(get(address, "/readyz").await.0, 200);
     database.drop_database().await;
@@ -130,11 +146,7 @@ fn the_binary_serves_on_the_embedded_default_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("listening on"))
-        .expect("a listening line");
+    let line = lines.by_ref().map_while(Result::ok).find(|line| line.contains("listening on")).expect("a listening line");
     let address: std::net::SocketAddr = line
         .split("http://")
         .nth(1)

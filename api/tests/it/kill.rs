@@ -19,12 +19,7 @@ use crate::support::{tail, Role, TestDatabase};
 
 async fn redis_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
     let generation = sink.live_generation(projection).await.ok()??;
-    sink.dump(&Target {
-        projection: projection.to_owned(),
-        generation,
-    })
-    .await
-    .ok()
+    sink.dump(&Target { projection: projection.to_owned(), generation }).await.ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,12 +29,7 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     let Some(database) = TestDatabase::create().await else { return };
     let id = Uuid::new_v4().simple().to_string();
     let prefix = format!("test_{id}");
-    let sink = match RedisSink::connect(RedisSinkConfig {
-        key_prefix: prefix.clone(),
-        ..RedisSinkConfig::new(redis.clone())
-    })
-    .await
-    {
+    let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
         Ok(sink) => Arc::new(sink),
         Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
     };
@@ -100,18 +90,13 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     let events = writer.await.unwrap();
     assert!(events >= 3000, "only {events} events");
     assert!(kills >= 4, "only {kills} kills (seed {seed})");
-    println!(
-        "{events} events, {kills} kills, starts: relay {}, projectors {} and {}",
-        roles[0].starts, roles[1].starts, roles[2].starts
-    );
+    println!("{events} events, {kills} kills, starts: relay {}, projectors {} and {}", roles[0].starts, roles[1].starts, roles[2].starts);
 
     // Every read model equals a fresh rebuild from the log.
     let log: Arc<dyn EventReader> = Arc::new(store.clone());
     for projection in orders::projections() {
         let fresh: Arc<dyn ReadModelSink> = Arc::new(MemorySink::new());
-        strata_projections::rebuild(projection.clone(), fresh.clone(), log.clone(), Default::default(), &mut |_| {})
-            .await
-            .unwrap();
+        strata_projections::rebuild(projection.clone(), fresh.clone(), log.clone(), Default::default(), &mut |_| {}).await.unwrap();
         let expected = redis_dump(&*fresh, projection.name()).await.unwrap();
         assert!(!expected.documents.is_empty());
         let name = projection.name().to_owned();

@@ -128,8 +128,14 @@ async fn commands_reach_redis_read_models_through_jetstream() {
         async move {
             let query = OrdersQuery { customer_id: Some(customer), first: 10, ..Default::default() };
             let page = orders::orders(&*sink, &query).await.map_err(|e| e.to_string())?;
-            let done = page.orders.len() == 2 && page.orders[1].status == OrderStatus::Cancelled && page.orders[0].status == OrderStatus::Confirmed;
-            if done { Ok(page.orders) } else { Err(format!("{:?}", page.orders.iter().map(|o| &o.status).collect::<Vec<_>>())) }
+            let done = page.orders.len() == 2
+                && page.orders[1].status == OrderStatus::Cancelled
+                && page.orders[0].status == OrderStatus::Confirmed;
+            if done {
+                Ok(page.orders)
+            } else {
+                Err(format!("{:?}", page.orders.iter().map(|o| &o.status).collect::<Vec<_>>()))
+            }
         }
     })
     .await;
@@ -152,9 +158,10 @@ async fn commands_reach_redis_read_models_through_jetstream() {
     })
     .await;
     assert_eq!(stock, StockView { on_hand: 10, reserved: 2, available: 8 });
-    let by_status = orders::orders(&*sink, &OrdersQuery { customer_id: Some(customer), status: Some(OrderStatus::Cancelled), first: 10, after: None })
-        .await
-        .unwrap();
+    let by_status =
+        orders::orders(&*sink, &OrdersQuery { customer_id: Some(customer), status: Some(OrderStatus::Cancelled), first: 10, after: None })
+            .await
+            .unwrap();
     assert_eq!(by_status.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![cancelled]);
 
     stack.stop().await;
@@ -200,17 +207,25 @@ async fn the_saga_drives_placed_orders_and_its_steps_appear_in_the_order_view() 
     assert_eq!(view.status, OrderStatus::Confirmed);
     assert!(view.steps.iter().all(|s| s.status == StepStatus::Done), "{:?}", view.steps);
 
-    let view = view_until(sink.clone(), declined, "declined", |v| v.saga_status == Some(SagaStatus::Aborted) && v.status == OrderStatus::Cancelled).await;
+    let view = view_until(sink.clone(), declined, "declined", |v| {
+        v.saga_status == Some(SagaStatus::Aborted) && v.status == OrderStatus::Cancelled
+    })
+    .await;
     assert_eq!(view.failed_step.as_deref(), Some("AUTHORIZE_PAYMENT"));
     assert_eq!(view.cancel_reason.as_deref(), Some("payment declined: card declined"));
     let steps: Vec<(&str, StepStatus)> = view.steps.iter().take(3).map(|s| (s.step.as_str(), s.status)).collect();
-    assert_eq!(steps, [("RESERVE_STOCK", StepStatus::Compensated), ("AUTHORIZE_PAYMENT", StepStatus::Failed), ("CREATE_SHIPMENT", StepStatus::Cancelled)]);
+    assert_eq!(
+        steps,
+        [("RESERVE_STOCK", StepStatus::Compensated), ("AUTHORIZE_PAYMENT", StepStatus::Failed), ("CREATE_SHIPMENT", StepStatus::Cancelled)]
+    );
     assert_eq!(view.steps[1].last_error.as_deref(), Some("payment declined: card declined"));
 
     // The payment that never answers: retried while waiting, then its deadline cancels the order.
     let view = view_until(sink.clone(), silent, "retrying", |v| v.steps[1].retries >= 2).await;
     assert_eq!(view.steps[1].last_error.as_deref(), Some("no answer"));
-    let view = view_until(sink.clone(), silent, "deadline", |v| v.status == OrderStatus::Cancelled && v.saga_status == Some(SagaStatus::Aborted)).await;
+    let view =
+        view_until(sink.clone(), silent, "deadline", |v| v.status == OrderStatus::Cancelled && v.saga_status == Some(SagaStatus::Aborted))
+            .await;
     assert_eq!(view.steps[1].status, StepStatus::Failed);
     assert!(view.cancel_reason.as_deref().unwrap().starts_with("deadline passed"), "{view:?}");
     let stock = orders::stock(&*sink, sku.as_str()).await.unwrap().unwrap();

@@ -98,9 +98,22 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
     };
 
     let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
-    demo.args(["demo", "--orders", &ORDERS.to_string(), "--seed", &seed.to_string(), "--concurrency", "16", "--json", "--url", &server.url(), "--token", CLIENT])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    demo.args([
+        "demo",
+        "--orders",
+        &ORDERS.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--concurrency",
+        "16",
+        "--json",
+        "--url",
+        &server.url(),
+        "--token",
+        CLIENT,
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     let demo = demo.spawn().unwrap();
     let pid = demo.id();
     let demo = tokio::task::spawn_blocking(move || demo.wait_with_output().unwrap());
@@ -143,7 +156,11 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains("every invariant holds") { Ok(()) } else { Err(stdout) }
+        if output.status.success() && stdout.contains("every invariant holds") {
+            Ok(())
+        } else {
+            Err(stdout)
+        }
     })
     .await;
     for replica in &mut replicas {

@@ -149,7 +149,11 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
                 confirmed += 1;
             }
             Expected::Cancelled(step) => {
-                assert_eq!((state.status, state.failed_step), (Some(OrderStatus::Cancelled), Some(*step)), "order {order_id} (seed {seed}): {state:?}");
+                assert_eq!(
+                    (state.status, state.failed_step),
+                    (Some(OrderStatus::Cancelled), Some(*step)),
+                    "order {order_id} (seed {seed}): {state:?}"
+                );
             }
         }
     }
@@ -157,10 +161,7 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
 
     // And the auditor's command agrees.
     let output = run_ok(
-        strata()
-            .args(["audit", "invariants"])
-            .env("STRATA_EVENT_STORE", &database.url)
-            .env("STRATA_SAGA_STEP_DEADLINE", STEP_DEADLINE),
+        strata().args(["audit", "invariants"]).env("STRATA_EVENT_STORE", &database.url).env("STRATA_SAGA_STEP_DEADLINE", STEP_DEADLINE),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("every invariant holds"), "{stdout}");

@@ -25,7 +25,10 @@ pub async fn get(address: SocketAddr, path: &str) -> (u16, String) {
 
 pub fn strata() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-    command.env_remove("STRATA_EVENT_STORE").env_remove("STRATA_LISTEN").env_remove("STRATA_BUS")
+    command
+        .env_remove("STRATA_EVENT_STORE")
+        .env_remove("STRATA_LISTEN")
+        .env_remove("STRATA_BUS")
         .env_remove("STRATA_READ_MODEL")
         .env_remove("STRATA_ROLES")
         .env_remove("STRATA_SAGA_STEP_DEADLINE")
@@ -112,7 +115,6 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-
 /// A `strata serve` process listening on a port of its own, with the
 /// tokens it prints (development tokens) or was given.
 pub struct Server {
@@ -127,12 +129,7 @@ impl Server {
     /// reads its stdout up to the listening line; the rest is drained.
     pub fn start(mut command: Command) -> Self {
         use std::io::BufRead;
-        let mut child = command
-            .arg("serve")
-            .env("STRATA_LISTEN", "127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start strata");
+        let mut child = command.arg("serve").env("STRATA_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().expect("start strata");
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut tokens = std::collections::HashMap::new();
         let address = loop {
@@ -218,7 +215,8 @@ pub async fn drop_scratch_backends(nats: &str, redis: Option<&str>, id: &str) {
     let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
     #[cfg(feature = "redis")]
     if let Some(redis) = redis {
-        let config = strata_projections::RedisSinkConfig { key_prefix: format!("test_{id}"), ..strata_projections::RedisSinkConfig::new(redis) };
+        let config =
+            strata_projections::RedisSinkConfig { key_prefix: format!("test_{id}"), ..strata_projections::RedisSinkConfig::new(redis) };
         strata_projections::RedisSink::connect(config).await.unwrap().delete_all().await.unwrap();
     }
 }

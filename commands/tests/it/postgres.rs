@@ -39,10 +39,7 @@ async fn a_command_repeated_by_another_process_after_a_lost_reply_has_one_effect
     let sku = fresh_sku();
     let command = restock(&sku, 3);
     let dying = CommandHandler::<Inventory>::new(
-        Arc::new(Faulty {
-            inner: first_process.clone(),
-            fault: Fault::LoseReplyAfterAppend,
-        }),
+        Arc::new(Faulty { inner: first_process.clone(), fault: Fault::LoseReplyAfterAppend }),
         None,
         HandlerConfig::default(),
     );

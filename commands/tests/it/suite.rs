@@ -14,9 +14,7 @@ use strata_schemas::DomainEvent;
 use strata_store::{EventMetadata, ExpectedVersion, Form, NewEvent, ReadStream, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use crate::support::{
-    at, fresh_sku, handler, inventory_stream, reserve, restock, stream_len, Fault, Faulty, Store,
-};
+use crate::support::{at, fresh_sku, handler, inventory_stream, reserve, restock, stream_len, Fault, Faulty, Store};
 
 macro_rules! handler_suite {
     ($open:path) => {
@@ -54,10 +52,7 @@ pub(crate) use handler_suite;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 pub async fn a_command_appends_events_stamped_with_every_metadata_field(store: Store) {
-    let config = HandlerConfig {
-        traceparent: Some(Arc::new(|| Some(TRACEPARENT.to_owned()))),
-        ..HandlerConfig::default()
-    };
+    let config = HandlerConfig { traceparent: Some(Arc::new(|| Some(TRACEPARENT.to_owned()))), ..HandlerConfig::default() };
     let inventory = handler::<Inventory>(&store, config);
     let sku = fresh_sku();
     let first = inventory.handle(restock(&sku, 3).by("clerk-1")).await.unwrap();
@@ -165,10 +160,7 @@ pub async fn concurrent_copies_of_a_command_have_exactly_one_effect(store: Store
 pub async fn a_reply_lost_after_the_append_is_answered_when_the_command_is_sent_again(store: Store) {
     let sku = fresh_sku();
     let crashing = CommandHandler::<Inventory>::new(
-        Arc::new(Faulty {
-            inner: store.clone(),
-            fault: Fault::LoseReplyAfterAppend,
-        }),
+        Arc::new(Faulty { inner: store.clone(), fault: Fault::LoseReplyAfterAppend }),
         Some(store.clone()),
         HandlerConfig::default(),
     );
@@ -254,15 +246,9 @@ pub async fn exhausted_retries_return_a_typed_conflict(store: Store) {
     let sku = fresh_sku();
     handler::<Inventory>(&store, HandlerConfig::default()).handle(restock(&sku, 1)).await.unwrap();
     let contended = CommandHandler::<Inventory>::new(
-        Arc::new(Faulty {
-            inner: store.clone(),
-            fault: Fault::RaceEveryAppend,
-        }),
+        Arc::new(Faulty { inner: store.clone(), fault: Fault::RaceEveryAppend }),
         None,
-        HandlerConfig {
-            max_attempts: 3,
-            ..HandlerConfig::default()
-        },
+        HandlerConfig { max_attempts: 3, ..HandlerConfig::default() },
     );
     let err = contended.handle(reserve(&sku, Uuid::new_v4(), 1)).await.unwrap_err();
     match err {
@@ -284,11 +270,8 @@ async fn restocked_directly(store: &Store, stream_id: &StreamId, count: usize) {
         let batch = (count - version).min(1_000);
         let events = (0..batch)
             .map(|_| {
-                let event = InventoryEvent::from(StockRestocked {
-                    sku: sku.clone(),
-                    quantity: Quantity::new(1).unwrap(),
-                    restocked_at: at(),
-                });
+                let event =
+                    InventoryEvent::from(StockRestocked { sku: sku.clone(), quantity: Quantity::new(1).unwrap(), restocked_at: at() });
                 NewEvent {
                     event_id: Uuid::new_v4(),
                     event_type: event.event_type().into(),
@@ -299,11 +282,7 @@ async fn restocked_directly(store: &Store, stream_id: &StreamId, count: usize) {
             })
             .collect();
         store
-            .append(vec![StreamAppend {
-                stream_id: stream_id.clone(),
-                expected: ExpectedVersion::Exact(version as u64),
-                events,
-            }])
+            .append(vec![StreamAppend { stream_id: stream_id.clone(), expected: ExpectedVersion::Exact(version as u64), events }])
             .await
             .unwrap();
         version += batch;
@@ -427,10 +406,7 @@ pub async fn a_remembered_state_moved_by_another_writer_is_reloaded_on_conflict(
     let outcome = here.handle(restock(&sku, 1)).await.unwrap();
     assert_eq!((outcome.attempts, outcome.version), (2, 3), "the stale state must conflict once, then reload");
     let err = here.handle(reserve(&sku, Uuid::new_v4(), 2)).await.unwrap_err();
-    assert!(
-        matches!(err, CommandError::Rejected(InventoryError::OutOfStock { requested: 2, available: 1, .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, CommandError::Rejected(InventoryError::OutOfStock { requested: 2, available: 1, .. })), "{err:?}");
 }
 
 pub async fn a_refusal_on_remembered_state_is_checked_against_the_log(store: Store) {
@@ -441,10 +417,7 @@ pub async fn a_refusal_on_remembered_state_is_checked_against_the_log(store: Sto
     here.handle(restock(&sku, 1)).await.unwrap();
     here.handle(reserve(&sku, order_id, 1)).await.unwrap();
     // `here` remembers nothing available; another process releases the unit.
-    elsewhere
-        .handle(Envelope::new(Uuid::new_v4(), InventoryCommand::Release { sku: sku.clone(), order_id, at: at() }))
-        .await
-        .unwrap();
+    elsewhere.handle(Envelope::new(Uuid::new_v4(), InventoryCommand::Release { sku: sku.clone(), order_id, at: at() })).await.unwrap();
     let outcome = here.handle(reserve(&sku, Uuid::new_v4(), 1)).await.expect("the unit is available in the log");
     assert_eq!(outcome.version, 4);
 }

@@ -11,9 +11,8 @@ use strata_commands::{Aggregate, CommandHandler, Envelope, HandlerConfig};
 use strata_schemas::values::Sku;
 use strata_schemas::{catalog, SchemaRegistry};
 use strata_store::{
-    AppendError, AppendOutcome, BackendError, EventReader, EventStore, ExpectedVersion, Form, Position,
-    ReadAll, ReadError, ReadStream, RecordedEvent, SnapshotStore, StreamAppend, StreamHead, StreamId,
-    Subscribe,
+    AppendError, AppendOutcome, BackendError, EventReader, EventStore, ExpectedVersion, Form, Position, ReadAll, ReadError, ReadStream,
+    RecordedEvent, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
 };
 use uuid::Uuid;
 

@@ -63,11 +63,7 @@ impl Inner {
         let mut state = self.state();
         let State { messages, groups, .. } = &mut *state;
         let group = groups.get_mut(name).expect("subscribed groups exist");
-        let expired = group
-            .in_flight
-            .iter()
-            .find(|(_, (_, deadline))| *deadline <= now)
-            .map(|(&sequence, _)| sequence);
+        let expired = group.in_flight.iter().find(|(_, (_, deadline))| *deadline <= now).map(|(&sequence, _)| sequence);
         // A nacked message acked since (through a later redelivery) is done.
         let redeliver = expired.or_else(|| {
             while let Some(sequence) = group.nacked.pop_front() {
@@ -141,10 +137,10 @@ impl Subscriber for MemoryBus {
         subscription.check()?;
         {
             let mut state = self.inner.state();
-            let group = state.groups.entry(subscription.group.clone()).or_insert_with(|| Group {
-                category: subscription.category.clone(),
-                ..Group::default()
-            });
+            let group = state
+                .groups
+                .entry(subscription.group.clone())
+                .or_insert_with(|| Group { category: subscription.category.clone(), ..Group::default() });
             if group.category != subscription.category {
                 return Err(BusError::InvalidSubscription {
                     reason: format!("group {} already follows another category", subscription.group),

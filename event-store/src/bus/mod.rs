@@ -84,10 +84,7 @@ pub enum BusError {
 impl BusError {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Backend {
-            context,
-            source: source.into(),
-        }
+        Self::Backend { context, source: source.into() }
     }
 }
 
@@ -112,11 +109,7 @@ pub struct Subscription {
 impl Subscription {
     /// Every category, redelivery after 30 s.
     pub fn group(group: impl Into<String>) -> Self {
-        Self {
-            group: group.into(),
-            category: None,
-            ack_wait: Duration::from_secs(30),
-        }
+        Self { group: group.into(), category: None, ack_wait: Duration::from_secs(30) }
     }
 
     pub(crate) fn check(&self) -> Result<(), BusError> {
@@ -129,14 +122,11 @@ impl Subscription {
             });
         }
         if let Some(category) = &self.category {
-            crate::validate_category(category).map_err(|reason| BusError::InvalidSubscription {
-                reason: format!("category {category:?}: {reason}"),
-            })?;
+            crate::validate_category(category)
+                .map_err(|reason| BusError::InvalidSubscription { reason: format!("category {category:?}: {reason}") })?;
         }
         if self.ack_wait.is_zero() {
-            return Err(BusError::InvalidSubscription {
-                reason: "ack_wait must be positive".into(),
-            });
+            return Err(BusError::InvalidSubscription { reason: "ack_wait must be positive".into() });
         }
         Ok(())
     }
@@ -174,11 +164,7 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     pub(crate) fn new(event: RecordedEvent, delivery_count: u64, settle: Settle) -> Self {
-        Self {
-            event,
-            delivery_count,
-            settle,
-        }
+        Self { event, delivery_count, settle }
     }
 
     /// The message is handled: the group will not see it again.
@@ -342,10 +328,7 @@ impl WireEvent {
     }
 
     pub(crate) fn decode(message: &str, bytes: &[u8]) -> Result<RecordedEvent, BusError> {
-        let malformed = |reason: String| BusError::Malformed {
-            message: message.to_owned(),
-            reason,
-        };
+        let malformed = |reason: String| BusError::Malformed { message: message.to_owned(), reason };
         let wire: WireEvent = serde_json::from_slice(bytes).map_err(|err| malformed(err.to_string()))?;
         let hash = decode_hash(&wire.hash).ok_or_else(|| malformed("hash is not 64 hex digits".into()))?;
         Ok(RecordedEvent {

@@ -33,12 +33,7 @@ pub struct JetStreamConfig {
 impl JetStreamConfig {
     /// Stream `STRATA` on subjects `strata.>`, a two-minute duplicate window.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            stream_name: "STRATA".into(),
-            subject_prefix: "strata".into(),
-            duplicate_window: Duration::from_secs(120),
-        }
+        Self { url: url.into(), stream_name: "STRATA".into(), subject_prefix: "strata".into(), duplicate_window: Duration::from_secs(120) }
     }
 }
 
@@ -60,9 +55,7 @@ impl std::fmt::Debug for JetStreamBus {
 impl JetStreamBus {
     /// Connects and creates the stream if it does not exist.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
-        let client = async_nats::connect(config.url.as_str())
-            .await
-            .map_err(|err| BusError::backend("connecting to NATS", err))?;
+        let client = async_nats::connect(config.url.as_str()).await.map_err(|err| BusError::backend("connecting to NATS", err))?;
         let context = jetstream::new(client.clone());
         let stream = context
             .get_or_create_stream(stream::Config {
@@ -100,9 +93,8 @@ impl Publisher for JetStreamBus {
         // Send every message first, then collect the acks: many in flight.
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let message = jetstream::message::PublishMessage::build()
-                .payload(WireEvent::encode(event).into())
-                .message_id(event.event_id.to_string());
+            let message =
+                jetstream::message::PublishMessage::build().payload(WireEvent::encode(event).into()).message_id(event.event_id.to_string());
             let ack = self
                 .context
                 .send_publish(subject(&self.config.subject_prefix, &event.stream_id), message)
@@ -141,10 +133,7 @@ impl Subscriber for JetStreamBus {
             )
             .await
             .map_err(|err| BusError::backend("creating the durable consumer", err))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|err| BusError::backend("pulling from the durable consumer", err))?;
+        let messages = consumer.messages().await.map_err(|err| BusError::backend("pulling from the durable consumer", err))?;
         let deliveries = messages.map(|message| {
             let message = message.map_err(|err| BusError::backend("receiving from JetStream", err))?;
             let delivery_count = message
@@ -190,7 +179,9 @@ impl Requester for JetStreamBus {
         match tokio::time::timeout(timeout, self.client.request(subject, payload.into())).await {
             Ok(Ok(answer)) => Ok(Some(answer.payload.to_vec())),
             // No responder is "no answer" too: the service may come back.
-            Ok(Err(err)) if matches!(err.kind(), async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders) => Ok(None),
+            Ok(Err(err)) if matches!(err.kind(), async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders) => {
+                Ok(None)
+            }
             Ok(Err(err)) => Err(BusError::backend("sending a request", err)),
             Err(_elapsed) => Ok(None),
         }
@@ -213,10 +204,7 @@ impl Responder for JetStreamBus {
                 let reply = message.reply.map(|reply| -> super::Reply {
                     Box::new(move |answer: Vec<u8>| {
                         Box::pin(async move {
-                            client
-                                .publish(reply, answer.into())
-                                .await
-                                .map_err(|err| BusError::backend("answering a request", err))
+                            client.publish(reply, answer.into()).await.map_err(|err| BusError::backend("answering a request", err))
                         })
                     })
                 });

@@ -54,11 +54,7 @@ fn event(stream_id: &StreamId, version: u64) -> RecordedEvent {
         position: Position(version),
         recorded_at: chrono::DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap(),
         payload: json!({ "text": format!("{stream_id} v{version}") }),
-        metadata: EventMetadata {
-            correlation_id: Some(Uuid::new_v4()),
-            actor: Some("test".into()),
-            ..EventMetadata::default()
-        },
+        metadata: EventMetadata { correlation_id: Some(Uuid::new_v4()), actor: Some("test".into()), ..EventMetadata::default() },
         hash: ChainHash([7; 32]),
     }
 }
@@ -70,10 +66,7 @@ fn events(category: &str, count: usize) -> Vec<RecordedEvent> {
 }
 
 fn subscription(group: &str) -> Subscription {
-    Subscription {
-        ack_wait: Duration::from_secs(1),
-        ..Subscription::group(group)
-    }
+    Subscription { ack_wait: Duration::from_secs(1), ..Subscription::group(group) }
 }
 
 async fn next(deliveries: &mut Deliveries) -> Delivery {
@@ -140,10 +133,7 @@ pub async fn groups_each_get_everything_and_members_share_their_groups_work(bus:
     let mut other_group = bus.subscribe(subscription("audit")).await.unwrap();
     assert_eq!(take_acked(&mut other_group, 30).await, e);
 
-    let mut members = [
-        bus.subscribe(subscription("workers")).await.unwrap(),
-        bus.subscribe(subscription("workers")).await.unwrap(),
-    ];
+    let mut members = [bus.subscribe(subscription("workers")).await.unwrap(), bus.subscribe(subscription("workers")).await.unwrap()];
     let mut seen: Vec<Uuid> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < 30 {
@@ -162,16 +152,10 @@ pub async fn a_group_follows_only_its_category(bus: Shared) {
     let stock = events("inventory", 3);
     let mixed: Vec<RecordedEvent> = orders.iter().zip(&stock).flat_map(|(o, s)| [o.clone(), s.clone()]).collect();
     bus.publish(&mixed).await.unwrap();
-    let only_stock = Subscription {
-        category: Some("inventory".into()),
-        ..subscription("stock")
-    };
+    let only_stock = Subscription { category: Some("inventory".into()), ..subscription("stock") };
     let mut deliveries = bus.subscribe(only_stock).await.unwrap();
     assert_eq!(take_acked(&mut deliveries, 3).await, stock);
-    let bad = Subscription {
-        category: Some("not a category".into()),
-        ..subscription("bad")
-    };
+    let bad = Subscription { category: Some("not a category".into()), ..subscription("bad") };
     assert!(matches!(bus.subscribe(bad).await, Err(BusError::InvalidSubscription { .. })));
 }
 

@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 use strata_store::verify::verify_log;
 use strata_store::{
-    AppendError, Direction, EventMetadata, EventStore, ExpectedVersion, Form, NewEvent, Position,
-    CheckpointStore, ReadAll, ReadStream, Snapshot, SnapshotStore, StreamAppend, Subscribe,
+    AppendError, CheckpointStore, Direction, EventMetadata, EventStore, ExpectedVersion, Form, NewEvent, Position, ReadAll, ReadStream,
+    Snapshot, SnapshotStore, StreamAppend, Subscribe,
 };
 use uuid::Uuid;
 
@@ -69,18 +69,12 @@ async fn count_all(store: &Store) -> usize {
 
 pub async fn append_to_a_new_stream_assigns_versions_and_positions(store: Store) {
     let s = stream("order");
-    let first = store
-        .append(to(&s, ExpectedVersion::NoStream, vec![noted("a"), noted("b")]))
-        .await
-        .unwrap();
+    let first = store.append(to(&s, ExpectedVersion::NoStream, vec![noted("a"), noted("b")])).await.unwrap();
     assert!(!first.replayed);
     assert_eq!(first.streams[0].versions, vec![1, 2]);
     let [p1, p2] = first.streams[0].positions[..] else { panic!("{first:?}") };
     assert!(p1 < p2, "{first:?}");
-    let second = store
-        .append(to(&s, ExpectedVersion::Exact(2), vec![noted("c")]))
-        .await
-        .unwrap();
+    let second = store.append(to(&s, ExpectedVersion::Exact(2), vec![noted("c")])).await.unwrap();
     assert_eq!(second.streams[0].versions, vec![3]);
     assert!(second.streams[0].positions[0] > p2);
     assert_eq!(second.last_position(), store.head_position().await.unwrap());
@@ -103,10 +97,7 @@ pub async fn append_with_stale_version_returns_conflict_with_actual_version(stor
         }
     }
     let missing = stream("order");
-    let err = store
-        .append(to(&missing, ExpectedVersion::StreamExists, vec![noted("x")]))
-        .await
-        .unwrap_err();
+    let err = store.append(to(&missing, ExpectedVersion::StreamExists, vec![noted("x")])).await.unwrap_err();
     assert!(matches!(err, AppendError::Conflict { actual: 0, .. }), "{err:?}");
     assert_eq!(count_all(&store).await, before, "a refused append wrote something");
     assert_eq!(store.stream_head(&missing).await.unwrap(), None);
@@ -189,10 +180,7 @@ pub async fn invalid_payload_is_refused_naming_the_field_and_writes_nothing(stor
     let s = stream("order");
     let mut event = noted("ok");
     event.payload = json!({ "text": "ok", "n": -1 });
-    let err = store
-        .append(to(&s, ExpectedVersion::Any, vec![noted("fine"), event.clone()]))
-        .await
-        .unwrap_err();
+    let err = store.append(to(&s, ExpectedVersion::Any, vec![noted("fine"), event.clone()])).await.unwrap_err();
     match &err {
         AppendError::InvalidEvent { event_id, source, .. } => {
             assert_eq!(*event_id, event.event_id);
@@ -257,15 +245,9 @@ pub async fn read_stream_forward_and_backward_from_a_version(store: Store) {
     let texts = |events: Vec<strata_store::RecordedEvent>| -> Vec<u64> {
         events.iter().map(|e| e.payload["text"].as_str().unwrap().parse().unwrap()).collect()
     };
-    let forward = store
-        .read_stream(&s, ReadStream { from_version: 4, ..ReadStream::forward(3) })
-        .await
-        .unwrap();
+    let forward = store.read_stream(&s, ReadStream { from_version: 4, ..ReadStream::forward(3) }).await.unwrap();
     assert_eq!(texts(forward), [4, 5, 6]);
-    let backward = store
-        .read_stream(&s, ReadStream { from_version: 4, ..ReadStream::backward(10) })
-        .await
-        .unwrap();
+    let backward = store.read_stream(&s, ReadStream { from_version: 4, ..ReadStream::backward(10) }).await.unwrap();
     assert_eq!(texts(backward), [4, 3, 2, 1]);
     let last = store.read_stream(&s, ReadStream::backward(2)).await.unwrap();
     assert_eq!(texts(last), [10, 9]);
@@ -297,16 +279,11 @@ pub async fn read_all_pages_in_position_order_and_filters_by_category(store: Sto
     }
     assert_eq!(seen.len(), 10);
     assert!(seen.windows(2).all(|w| w[0].position < w[1].position));
-    let category = store
-        .read_all(ReadAll { category: Some("stock".into()), ..ReadAll::after(Position::START, 100) })
-        .await
-        .unwrap();
+    let category = store.read_all(ReadAll { category: Some("stock".into()), ..ReadAll::after(Position::START, 100) }).await.unwrap();
     let texts: Vec<_> = category.iter().map(|e| e.payload["text"].as_str().unwrap().to_owned()).collect();
     assert_eq!(texts, ["s0", "s1", "s2", "s3", "s4"]);
-    let after_third = store
-        .read_all(ReadAll { category: Some("stock".into()), ..ReadAll::after(category[2].position, 100) })
-        .await
-        .unwrap();
+    let after_third =
+        store.read_all(ReadAll { category: Some("stock".into()), ..ReadAll::after(category[2].position, 100) }).await.unwrap();
     assert_eq!(after_third.len(), 2);
 }
 
@@ -367,10 +344,7 @@ pub async fn old_versions_are_upcast_on_read_and_kept_as_stored_for_audit(store:
     assert_eq!(latest[1].payload["totalCents"], 750);
     let global = store.read_all(ReadAll::after(Position::START, 10)).await.unwrap();
     assert_eq!(global[0].payload, latest[0].payload);
-    let stored = store
-        .read_stream(&s, ReadStream { form: Form::AsStored, ..ReadStream::forward(10) })
-        .await
-        .unwrap();
+    let stored = store.read_stream(&s, ReadStream { form: Form::AsStored, ..ReadStream::forward(10) }).await.unwrap();
     assert_eq!(stored[0].schema_version, 1);
     assert_eq!(stored[0].payload, json!({ "n": 3 }));
     assert_eq!(stored[1].payload["lines"][0]["unitPrice"], "2.50");

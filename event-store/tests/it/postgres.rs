@@ -11,8 +11,8 @@ use rand::Rng;
 use sqlx::{Connection, Executor, PgConnection};
 use strata_store::verify::{verify_log, LinkProblem};
 use strata_store::{
-    AppendError, AppendHook, AppendPhase, EventReader, EventStore, ExpectedVersion, Position,
-    PostgresConfig, PostgresEventStore, ReadAll, Subscribe,
+    AppendError, AppendHook, AppendPhase, EventReader, EventStore, ExpectedVersion, Position, PostgresConfig, PostgresEventStore, ReadAll,
+    Subscribe,
 };
 use uuid::Uuid;
 
@@ -150,13 +150,8 @@ async fn racing_writers_never_make_a_subscriber_skip_or_reorder(group_commit: bo
     let committed = committed.lock().unwrap().clone();
     assert!(committed.len() > WRITERS * APPENDS_PER_WRITER / 2, "too few commits: {}", committed.len());
 
-    let log: Vec<(Position, Uuid)> = readers
-        .read_all(ReadAll::after(Position::START, 1_000_000))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.position, e.event_id))
-        .collect();
+    let log: Vec<(Position, Uuid)> =
+        readers.read_all(ReadAll::after(Position::START, 1_000_000)).await.unwrap().into_iter().map(|e| (e.position, e.event_id)).collect();
     let in_log: HashSet<Uuid> = log.iter().map(|(_, id)| *id).collect();
     assert_eq!(in_log, committed, "the log and the acknowledged commits differ");
     assert_eq!(log.len(), committed.len(), "an event is stored twice");
@@ -165,7 +160,13 @@ async fn racing_writers_never_make_a_subscriber_skip_or_reorder(group_commit: bo
         let expected = log.len();
         wait_until(Duration::from_secs(30), || {
             let n = seen.lock().unwrap().len();
-            async move { if n >= expected { Ok(()) } else { Err(format!("{n} of {expected} delivered")) } }
+            async move {
+                if n >= expected {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of {expected} delivered"))
+                }
+            }
         })
         .await;
     }
@@ -272,7 +273,13 @@ async fn a_failed_commit_leaves_nothing_behind_and_a_retry_succeeds() {
     let flag = fail_next.clone();
     let hook: AppendHook = Arc::new(move |phase| {
         let fail = phase == AppendPhase::BeforeCommit && flag.swap(false, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async move { if fail { Err("injected".to_owned()) } else { Ok(()) } })
+        Box::pin(async move {
+            if fail {
+                Err("injected".to_owned())
+            } else {
+                Ok(())
+            }
+        })
     });
     let store = store_on(&database, |config| config.hook = Some(hook)).await;
     let s = stream("order");

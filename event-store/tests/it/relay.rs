@@ -20,15 +20,7 @@ use crate::support::{noted, stream, to, Cleanup};
 
 fn relay(store: &Arc<dyn Backend>, bus: &Arc<dyn Bus>) -> Relay {
     let publisher: Arc<dyn Publisher> = bus.clone();
-    Relay::new(
-        store.clone(),
-        store.clone(),
-        publisher,
-        RelayConfig {
-            batch_size: 100,
-            ..RelayConfig::default()
-        },
-    )
+    Relay::new(store.clone(), store.clone(), publisher, RelayConfig { batch_size: 100, ..RelayConfig::default() })
 }
 
 async fn append_many(store: &Arc<dyn Backend>, streams: usize, per_stream: usize) {
@@ -38,10 +30,7 @@ async fn append_many(store: &Arc<dyn Backend>, streams: usize, per_stream: usize
             tokio::spawn(async move {
                 let s = stream("order");
                 for version in 0..per_stream {
-                    store
-                        .append(to(&s, ExpectedVersion::Exact(version as u64), vec![noted(&format!("{version}"))]))
-                        .await
-                        .unwrap();
+                    store.append(to(&s, ExpectedVersion::Exact(version as u64), vec![noted(&format!("{version}"))])).await.unwrap();
                 }
             })
         })
@@ -69,13 +58,7 @@ async fn drain(bus: &Arc<dyn Bus>, expected: &HashSet<Uuid>) {
 }
 
 async fn log_ids(store: &Arc<dyn Backend>) -> HashSet<Uuid> {
-    store
-        .read_all(ReadAll::after(Position::START, 1_000_000))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|event| event.event_id)
-        .collect()
+    store.read_all(ReadAll::after(Position::START, 1_000_000)).await.unwrap().into_iter().map(|event| event.event_id).collect()
 }
 
 pub async fn the_relay_publishes_the_log_in_order_and_moves_its_checkpoint(store: Arc<dyn Backend>, bus: Arc<dyn Bus>) {
@@ -205,16 +188,10 @@ mod lease {
         let mut waiting = tokio::spawn(async move { second.acquire("relay").await });
         let other_name = first.acquire("other").await.unwrap();
         // While the first holds it, the second must still be waiting.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(500), &mut waiting).await.is_err(),
-            "two holders of one lease"
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(500), &mut waiting).await.is_err(), "two holders of one lease");
         drop(held); // the holder dies: its connection closes
-        let taken = tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .expect("the lease passed on within 10 s")
-            .unwrap()
-            .unwrap();
+        let taken =
+            tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the lease passed on within 10 s").unwrap().unwrap();
         drop((taken, other_name));
         database.drop_database().await;
     }
@@ -245,7 +222,11 @@ mod lease {
     async fn wait_for_checkpoint(store: &Arc<dyn Backend>, position: Position) {
         strata_store::testkit::wait_until(Duration::from_secs(15), || async {
             let now = store.load_checkpoint("relay").await.unwrap();
-            if now >= position { Ok(()) } else { Err(now) }
+            if now >= position {
+                Ok(())
+            } else {
+                Err(now)
+            }
         })
         .await;
     }

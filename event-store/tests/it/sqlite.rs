@@ -52,10 +52,8 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     let mut connection = SqliteConnection::connect(&url).await.unwrap();
     connection
         .execute(
-            format!(
-                "UPDATE strata_events SET payload = '{{\"text\":\"forged\"}}' WHERE stream_id = '{victim}' AND stream_version = 2"
-            )
-            .as_str(),
+            format!("UPDATE strata_events SET payload = '{{\"text\":\"forged\"}}' WHERE stream_id = '{victim}' AND stream_version = 2")
+                .as_str(),
         )
         .await
         .unwrap();
@@ -68,13 +66,15 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     assert!(!verify_stream(&store, &victim, 100).await.unwrap().is_intact());
 
     // Deleting the tail is caught by the stream head.
-    connection
-        .execute(format!("DELETE FROM strata_events WHERE stream_id = '{other}'").as_str())
-        .await
-        .unwrap();
+    connection.execute(format!("DELETE FROM strata_events WHERE stream_id = '{other}'").as_str()).await.unwrap();
     let report = verify_log(&store, 100, &mut |_, _| {}).await.unwrap();
-    assert!(report.broken.iter().any(|link| link.stream_id == other
-        && matches!(link.problem, LinkProblem::HeadMismatch { head_version: 1, chain_version: 0 })), "{report:?}");
+    assert!(
+        report
+            .broken
+            .iter()
+            .any(|link| link.stream_id == other && matches!(link.problem, LinkProblem::HeadMismatch { head_version: 1, chain_version: 0 })),
+        "{report:?}"
+    );
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }

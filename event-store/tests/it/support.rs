@@ -60,11 +60,7 @@ pub fn noted(text: &str) -> NewEvent {
 }
 
 pub fn to(stream_id: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Vec<StreamAppend> {
-    vec![StreamAppend {
-        stream_id: stream_id.clone(),
-        expected,
-        events,
-    }]
+    vec![StreamAppend { stream_id: stream_id.clone(), expected, events }]
 }
 
 pub use strata_store::testkit::wait_until;

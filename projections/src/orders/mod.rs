@@ -38,7 +38,8 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
 }
 
 /// The steps of the fulfilment saga, in order (`strata_sagas::fulfilment`).
-pub const SAGA_STEPS: [&str; 6] = ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER", "CAPTURE_PAYMENT", "COMMIT_STOCK"];
+pub const SAGA_STEPS: [&str; 6] =
+    ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER", "CAPTURE_PAYMENT", "COMMIT_STOCK"];
 
 /// The stream category of the fulfilment saga's instances.
 const SAGA_CATEGORY: &str = "fulfilment";
@@ -127,36 +128,22 @@ fn order_key(order_id: Uuid) -> String {
 
 /// The view an order or saga stream feeds (`order-<id>`, `fulfilment-<id>`).
 fn view_key(event: &RecordedEvent) -> Result<String, ApplyError> {
-    let order_id: Uuid = event
-        .stream_id
-        .id()
-        .parse()
-        .map_err(|_| ApplyError::new(format!("stream {} is not named after an order id", event.stream_id)))?;
+    let order_id: Uuid =
+        event.stream_id.id().parse().map_err(|_| ApplyError::new(format!("stream {} is not named after an order id", event.stream_id)))?;
     Ok(order_key(order_id))
 }
 
 fn set(key: &str, field: &str, value: Value) -> Write {
-    Write::SetField {
-        key: key.to_owned(),
-        field: field.to_owned(),
-        value,
-    }
+    Write::SetField { key: key.to_owned(), field: field.to_owned(), value }
 }
 
 fn index_writes(add: bool, customer: &str, status: &str, score: i64, key: &str) -> Vec<Write> {
     let mut writes = Vec::new();
     for index in [format!("status:{status}"), format!("customer:{customer}:status:{status}")] {
         writes.push(if add {
-            Write::IndexAdd {
-                index,
-                score,
-                member: key.to_owned(),
-            }
+            Write::IndexAdd { index, score, member: key.to_owned() }
         } else {
-            Write::IndexRemove {
-                index,
-                member: key.to_owned(),
-            }
+            Write::IndexRemove { index, member: key.to_owned() }
         });
     }
     writes
@@ -164,7 +151,13 @@ fn index_writes(add: bool, customer: &str, status: &str, score: i64, key: &str) 
 
 impl OrdersProjection {
     /// Moves an order to `status`, keeping the status indexes in step.
-    fn transition(key: &str, document: Option<&Document>, event: &RecordedEvent, status: OrderStatus, extra: &[(&str, Value)]) -> Result<Vec<Write>, ApplyError> {
+    fn transition(
+        key: &str,
+        document: Option<&Document>,
+        event: &RecordedEvent,
+        status: OrderStatus,
+        extra: &[(&str, Value)],
+    ) -> Result<Vec<Write>, ApplyError> {
         let Some(mut order) = document.and_then(|d| d.get("order")).cloned() else {
             return Err(ApplyError::new(format!(
                 "{} at {} version {} for an order without OrderPlaced",
@@ -267,11 +260,7 @@ impl Projection for OrdersProjection {
                 });
                 let mut writes = vec![set(&key, "order", order)];
                 for index in ["all".to_owned(), format!("customer:{}", placed.customer_id)] {
-                    writes.push(Write::IndexAdd {
-                        index,
-                        score,
-                        member: key.clone(),
-                    });
+                    writes.push(Write::IndexAdd { index, score, member: key.clone() });
                 }
                 writes.extend(index_writes(true, &placed.customer_id, OrderStatus::Pending.as_str(), score, &key));
                 writes
@@ -280,10 +269,7 @@ impl Projection for OrdersProjection {
             "OrderShipped" => Self::transition(&key, document, event, OrderStatus::Shipped, &[])?,
             "OrderCancelled" => {
                 let cancelled: OrderCancelled = decode(event)?;
-                let extra = [
-                    ("cancelReason", Value::from(cancelled.reason)),
-                    ("failedStep", json!(cancelled.failed_step)),
-                ];
+                let extra = [("cancelReason", Value::from(cancelled.reason)), ("failedStep", json!(cancelled.failed_step))];
                 Self::transition(&key, document, event, OrderStatus::Cancelled, &extra)?
             }
             "SagaStarted" => vec![Self::saga(&key, SagaStatus::Running, false, json!({}))],
@@ -314,7 +300,12 @@ impl Projection for OrdersProjection {
             }
             "SagaCancelRequested" => {
                 let e: SagaCancelRequested = decode(event)?;
-                vec![Self::saga(&key, SagaStatus::Compensating, true, json!({ "reason": format!("cancelled: {}", e.reason), "cancelled": true }))]
+                vec![Self::saga(
+                    &key,
+                    SagaStatus::Compensating,
+                    true,
+                    json!({ "reason": format!("cancelled: {}", e.reason), "cancelled": true }),
+                )]
             }
             "SagaAborted" => {
                 let e: SagaAborted = decode(event)?;
@@ -323,7 +314,12 @@ impl Projection for OrdersProjection {
             "SagaStuck" => {
                 let e: SagaStuck = decode(event)?;
                 let undoing = document.and_then(|d| d.get("saga")).and_then(|s| s.get("undoing")).and_then(Value::as_bool).unwrap_or(false);
-                vec![Self::saga(&key, SagaStatus::Stuck, undoing, json!({ "stuckStep": e.step, "phase": e.phase, "reason": e.reason, "since": e.at }))]
+                vec![Self::saga(
+                    &key,
+                    SagaStatus::Stuck,
+                    undoing,
+                    json!({ "stuckStep": e.step, "phase": e.phase, "reason": e.reason, "since": e.at }),
+                )]
             }
             "SagaResumed" => {
                 let undoing = document.and_then(|d| d.get("saga")).and_then(|s| s.get("undoing")).and_then(Value::as_bool).unwrap_or(false);
@@ -332,11 +328,7 @@ impl Projection for OrdersProjection {
             }
             other => return Err(ApplyError::new(format!("orders does not handle {other}"))),
         };
-        writes.push(Write::SetMax {
-            key,
-            field: "updatedAt".into(),
-            value: at,
-        });
+        writes.push(Write::SetMax { key, field: "updatedAt".into(), value: at });
         Ok(writes)
     }
 }
@@ -402,14 +394,7 @@ impl Projection for StockProjection {
             "reserved": reserved,
             "available": on_hand.saturating_sub(reserved),
         });
-        Ok(vec![
-            set(&key, "stock", stock),
-            Write::SetMax {
-                key,
-                field: "updatedAt".into(),
-                value: event.recorded_at.timestamp_micros(),
-            },
-        ])
+        Ok(vec![set(&key, "stock", stock), Write::SetMax { key, field: "updatedAt".into(), value: event.recorded_at.timestamp_micros() }])
     }
 }
 
@@ -486,10 +471,7 @@ impl OrderView {
                     step: (*step).into(),
                     status,
                     retries: retries.and_then(|r| r.get("attempts")).and_then(Value::as_u64).unwrap_or(0) as u32,
-                    last_error: saga_step
-                        .and_then(|s| s.get("reason"))
-                        .or_else(|| retries.and_then(|r| r.get("lastError")))
-                        .and_then(text),
+                    last_error: saga_step.and_then(|s| s.get("reason")).or_else(|| retries.and_then(|r| r.get("lastError"))).and_then(text),
                 }
             })
             .collect();
@@ -573,11 +555,8 @@ pub async fn orders(sink: &dyn ReadModelSink, query: &OrdersQuery) -> Result<Ord
     let first = query.first.clamp(1, MAX_PAGE);
     let entries = sink.page("orders", &index, query.after, first + 1).await?;
     let more = entries.len() > first;
-    let orders: Vec<OrderView> = entries
-        .iter()
-        .take(first)
-        .filter_map(|entry| entry.document.as_ref().and_then(OrderView::from_document))
-        .collect();
+    let orders: Vec<OrderView> =
+        entries.iter().take(first).filter_map(|entry| entry.document.as_ref().and_then(OrderView::from_document)).collect();
     let next = if more { entries.get(first - 1).map(|e| e.score) } else { None };
     Ok(OrdersPage { orders, next })
 }
@@ -630,10 +609,6 @@ impl StockView {
     pub fn from_document(document: &Document) -> Option<Self> {
         let stock = document.get("stock")?;
         let field = |name: &str| stock.get(name).and_then(Value::as_u64).unwrap_or(0);
-        Some(Self {
-            on_hand: field("onHand"),
-            reserved: field("reserved"),
-            available: field("available"),
-        })
+        Some(Self { on_hand: field("onHand"), reserved: field("reserved"), available: field("available") })
     }
 }

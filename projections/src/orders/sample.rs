@@ -8,10 +8,9 @@
 
 use chrono::{DateTime, Utc};
 use strata_schemas::events::{
-    InventoryEvent, OrderCancelled, OrderConfirmed, OrderEvent, OrderPlaced, OrderShipped, PaymentAuthorized,
-    PaymentCaptured, PaymentEvent, PaymentVoided, ReservationCommitted, ReservationReleased, SagaAborted, SagaCompleted,
-    SagaEvent, SagaStarted, SagaStepFailed, SagaStepSucceeded, ShipmentCreated, ShipmentEvent, StockReserved,
-    StockRestocked,
+    InventoryEvent, OrderCancelled, OrderConfirmed, OrderEvent, OrderPlaced, OrderShipped, PaymentAuthorized, PaymentCaptured,
+    PaymentEvent, PaymentVoided, ReservationCommitted, ReservationReleased, SagaAborted, SagaCompleted, SagaEvent, SagaStarted,
+    SagaStepFailed, SagaStepSucceeded, ShipmentCreated, ShipmentEvent, StockReserved, StockRestocked,
 };
 use strata_schemas::values::{Address, Cents, CountryCode, FulfilmentStep, OrderLine, Quantity, Sku};
 use strata_schemas::DomainEvent;
@@ -35,13 +34,7 @@ pub struct SampleConfig {
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self {
-            seed: 1,
-            orders: 100,
-            skus: 20,
-            customers: 10,
-            concurrency: 8,
-        }
+        Self { seed: 1, orders: 100, skus: 20, customers: 10, concurrency: 8 }
     }
 }
 
@@ -126,11 +119,7 @@ impl Sample {
     /// The traffic of `config`.
     pub fn new(config: SampleConfig) -> Self {
         Self {
-            generator: Generator {
-                rng: SplitMix(config.seed),
-                ids: SplitMix(config.seed ^ 0x5EED_5EED),
-                config,
-            },
+            generator: Generator { rng: SplitMix(config.seed), ids: SplitMix(config.seed ^ 0x5EED_5EED), config },
             restocked: 0,
             placed: 0,
             flows: Vec::new(),
@@ -146,11 +135,7 @@ impl Iterator for Sample {
         if self.restocked < config.skus.max(1) {
             let n = self.restocked;
             self.restocked += 1;
-            let event = InventoryEvent::from(StockRestocked {
-                sku: sku(n),
-                quantity: units(10_000),
-                restocked_at: at(0),
-            });
+            let event = InventoryEvent::from(StockRestocked { sku: sku(n), quantity: units(10_000), restocked_at: at(0) });
             let id = self.generator.id();
             return Some(append(stream("inventory", sku(n)), event, id));
         }
@@ -217,14 +202,12 @@ impl Generator {
             started_at: at(clock),
         });
         flow.push(append(saga.clone(), started, self.id()));
-        let step = |name: &str, compensation: bool, clock: u64| SagaEvent::from(SagaStepSucceeded { step: name.into(), compensation, at: at(clock) });
+        let step = |name: &str, compensation: bool, clock: u64| {
+            SagaEvent::from(SagaStepSucceeded { step: name.into(), compensation, at: at(clock) })
+        };
         for line in &lines {
-            let event = InventoryEvent::from(StockReserved {
-                sku: line.sku.clone(),
-                order_id,
-                quantity: line.quantity,
-                reserved_at: at(clock),
-            });
+            let event =
+                InventoryEvent::from(StockReserved { sku: line.sku.clone(), order_id, quantity: line.quantity, reserved_at: at(clock) });
             flow.push(append(stream("inventory", &line.sku), event, self.id()));
         }
         let payment = stream("payment", order_id);
@@ -237,16 +220,9 @@ impl Generator {
         flow.push(append(payment.clone(), authorized, self.id()));
         match self.rng.below(10) {
             0..=6 => {
-                let shipment = ShipmentEvent::from(ShipmentCreated {
-                    order_id,
-                    address: address(),
-                    created_at: at(clock),
-                });
+                let shipment = ShipmentEvent::from(ShipmentCreated { order_id, address: address(), created_at: at(clock) });
                 flow.push(append(stream("shipment", order_id), shipment, self.id()));
-                let confirmed = OrderEvent::from(OrderConfirmed {
-                    order_id,
-                    confirmed_at: at(clock + 1),
-                });
+                let confirmed = OrderEvent::from(OrderConfirmed { order_id, confirmed_at: at(clock + 1) });
                 flow.push(append(order.clone(), confirmed, self.id()));
                 for name in ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER"] {
                     flow.push(append(saga.clone(), step(name, false, clock + 1), self.id()));
@@ -260,20 +236,13 @@ impl Generator {
                     });
                     flow.push(append(stream("inventory", &line.sku), event, self.id()));
                 }
-                let captured = PaymentEvent::from(PaymentCaptured {
-                    order_id,
-                    amount_cents: amount,
-                    captured_at: at(clock + 2),
-                });
+                let captured = PaymentEvent::from(PaymentCaptured { order_id, amount_cents: amount, captured_at: at(clock + 2) });
                 flow.push(append(payment, captured, self.id()));
                 for name in ["CAPTURE_PAYMENT", "COMMIT_STOCK"] {
                     flow.push(append(saga.clone(), step(name, false, clock + 2), self.id()));
                 }
                 flow.push(append(saga, SagaEvent::from(SagaCompleted { at: at(clock + 2) }), self.id()));
-                let shipped = OrderEvent::from(OrderShipped {
-                    order_id,
-                    shipped_at: at(clock + 3),
-                });
+                let shipped = OrderEvent::from(OrderShipped { order_id, shipped_at: at(clock + 3) });
                 flow.push(append(order, shipped, self.id()));
             }
             7 | 8 => {
@@ -292,11 +261,7 @@ impl Generator {
                     });
                     flow.push(append(stream("inventory", &line.sku), event, self.id()));
                 }
-                let voided = PaymentEvent::from(PaymentVoided {
-                    order_id,
-                    amount_cents: amount,
-                    voided_at: at(clock + 1),
-                });
+                let voided = PaymentEvent::from(PaymentVoided { order_id, amount_cents: amount, voided_at: at(clock + 1) });
                 flow.push(append(payment, voided, self.id()));
                 for name in ["CREATE_SHIPMENT", "AUTHORIZE_PAYMENT", "RESERVE_STOCK"] {
                     flow.push(append(saga.clone(), step(name, true, clock + 1), self.id()));
@@ -308,7 +273,8 @@ impl Generator {
                     cancelled_at: at(clock + 1),
                 });
                 flow.push(append(order, cancelled, self.id()));
-                let aborted = SagaEvent::from(SagaAborted { failed_step: "CREATE_SHIPMENT".into(), reason: reason.into(), at: at(clock + 1) });
+                let aborted =
+                    SagaEvent::from(SagaAborted { failed_step: "CREATE_SHIPMENT".into(), reason: reason.into(), at: at(clock + 1) });
                 flow.push(append(saga, aborted, self.id()));
             }
             _ => {}

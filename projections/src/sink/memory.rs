@@ -10,10 +10,7 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use strata_store::Position;
 
-use super::{
-    Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError,
-    Target,
-};
+use super::{Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError, Target};
 use crate::projection::{apply_to_document, Document, Write};
 
 /// Read models in memory.
@@ -129,11 +126,7 @@ impl Generation {
             .range((start, std::ops::Bound::Unbounded))
             .filter(|(score, _)| after.is_none_or(|after| *score > after))
             .take(limit)
-            .map(|(score, key)| IndexEntry {
-                score: *score,
-                key: key.clone(),
-                document: self.documents.get(key).cloned(),
-            })
+            .map(|(score, key)| IndexEntry { score: *score, key: key.clone(), document: self.documents.get(key).cloned() })
             .collect()
     }
 }
@@ -197,14 +190,8 @@ impl ReadModelSink for MemorySink {
                     .iter()
                     .map(|stream| generation.and_then(|g| g.streams.get(stream).copied()).unwrap_or(0))
                     .collect(),
-                parked_from: streams
-                    .iter()
-                    .map(|stream| generation.and_then(|g| g.parked.get(stream).copied()))
-                    .collect(),
-                documents: documents
-                    .iter()
-                    .map(|key| generation.and_then(|g| g.documents.get(key).cloned()))
-                    .collect(),
+                parked_from: streams.iter().map(|stream| generation.and_then(|g| g.parked.get(stream).copied())).collect(),
+                documents: documents.iter().map(|key| generation.and_then(|g| g.documents.get(key).cloned())).collect(),
             }
         }))
     }
@@ -221,10 +208,7 @@ impl ReadModelSink for MemorySink {
             for guard in &batch.guards {
                 let actual = generation.streams.get(&guard.stream_id).copied().unwrap_or(0);
                 if guard.expected.is_some_and(|expected| expected != actual) {
-                    return Committed::Conflict {
-                        stream_id: guard.stream_id.clone(),
-                        actual,
-                    };
+                    return Committed::Conflict { stream_id: guard.stream_id.clone(), actual };
                 }
             }
             for guard in &batch.guards {
@@ -256,11 +240,7 @@ impl ReadModelSink for MemorySink {
     async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
         Ok(self.read(&target.projection, |data| {
             data.and_then(|data| data.generations.get(&target.generation))
-                .map(|g| GenerationStats {
-                    position: g.position,
-                    events: g.events,
-                    dead_letters: g.dead.len() as u64,
-                })
+                .map(|g| GenerationStats { position: g.position, events: g.events, dead_letters: g.dead.len() as u64 })
                 .unwrap_or_default()
         }))
     }
@@ -275,8 +255,7 @@ impl ReadModelSink for MemorySink {
 
     async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
         Ok(self.read(projection, |data| {
-            data.map(|data| Meta::from_fields(data.meta.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
-                .unwrap_or_default()
+            data.map(|data| Meta::from_fields(data.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())))).unwrap_or_default()
         }))
     }
 
@@ -295,11 +274,7 @@ impl ReadModelSink for MemorySink {
             };
             Dump {
                 documents: g.documents.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                indexes: g
-                    .indexes
-                    .iter()
-                    .map(|(name, index)| (name.clone(), index.ordered.iter().cloned().collect()))
-                    .collect(),
+                indexes: g.indexes.iter().map(|(name, index)| (name.clone(), index.ordered.iter().cloned().collect())).collect(),
                 stream_versions: g.streams.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             }
         }))

@@ -76,10 +76,7 @@ pub enum SinkError {
 impl SinkError {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Backend {
-            context,
-            source: source.into(),
-        }
+        Self::Backend { context, source: source.into() }
     }
 }
 

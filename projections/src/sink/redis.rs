@@ -47,10 +47,7 @@ use redis::{AsyncConnectionConfig, Client, Script, Value as RedisValue};
 use serde_json::Value;
 use strata_store::Position;
 
-use super::{
-    Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError,
-    Target,
-};
+use super::{Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError, Target};
 use crate::projection::{Document, Write};
 
 /// Where the Redis sink connects and which keys it uses.
@@ -66,10 +63,7 @@ pub struct RedisSinkConfig {
 impl RedisSinkConfig {
     /// The default prefix `strata`.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            key_prefix: "strata".into(),
-        }
+        Self { url: url.into(), key_prefix: "strata".into() }
     }
 }
 
@@ -216,11 +210,8 @@ return 1
 impl RedisSink {
     /// Connects (and checks the connection with a PING).
     pub async fn connect(config: RedisSinkConfig) -> Result<Self, SinkError> {
-        let prefix_ok = !config.key_prefix.is_empty()
-            && config
-                .key_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'));
+        let prefix_ok =
+            !config.key_prefix.is_empty() && config.key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'));
         if !prefix_ok {
             return Err(SinkError::backend(
                 "checking the key prefix",
@@ -264,10 +255,7 @@ impl RedisSink {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(60)));
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| SinkError::backend("connecting to redis", e))
+        client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| SinkError::backend("connecting to redis", e))
     }
 
     fn connection(&self) -> MultiplexedConnection {
@@ -316,18 +304,11 @@ impl RedisSink {
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
-            let (next, batch): (u64, Vec<String>) = match redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await
-            {
-                Ok(reply) => reply,
-                Err(e) => return Err(self.fail("scanning keys", e).await),
-            };
+            let (next, batch): (u64, Vec<String>) =
+                match redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(&mut connection).await {
+                    Ok(reply) => reply,
+                    Err(e) => return Err(self.fail("scanning keys", e).await),
+                };
             keys.extend(batch);
             if next == 0 {
                 return Ok(keys);
@@ -343,20 +324,15 @@ fn parse_document(key: &str, fields: Vec<(String, String)>) -> Result<Option<Doc
     }
     let mut document = Document::new();
     for (field, json) in fields {
-        let value: Value = serde_json::from_str(&json).map_err(|e| SinkError::Malformed {
-            key: format!("{key} field {field}"),
-            reason: e.to_string(),
-        })?;
+        let value: Value =
+            serde_json::from_str(&json).map_err(|e| SinkError::Malformed { key: format!("{key} field {field}"), reason: e.to_string() })?;
         document.insert(field, value);
     }
     Ok(Some(document))
 }
 
 fn parse<T: redis::FromRedisValue>(key: &str, value: RedisValue) -> Result<T, SinkError> {
-    redis::from_redis_value(value).map_err(|e| SinkError::Malformed {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
+    redis::from_redis_value(value).map_err(|e| SinkError::Malformed { key: key.to_owned(), reason: e.to_string() })
 }
 
 fn push_write(invocation: &mut redis::ScriptInvocation<'_>, write: &Write) {
@@ -476,11 +452,7 @@ impl ReadModelSink for RedisSink {
 
     async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
         let mut invocation = self.commit.prepare_invoke();
-        invocation
-            .arg(self.base(target))
-            .arg(self.root(&target.projection))
-            .arg(target.generation)
-            .arg(batch.guards.len());
+        invocation.arg(self.base(target)).arg(self.root(&target.projection)).arg(target.generation).arg(batch.guards.len());
         for guard in &batch.guards {
             let expected = guard.expected.map_or_else(String::new, |e| e.to_string());
             invocation.arg(&guard.stream_id).arg(expected).arg(guard.reached);
@@ -539,10 +511,10 @@ impl ReadModelSink for RedisSink {
         };
         rows.into_iter()
             .map(|(key, score, fields)| {
-                let score = score.parse::<f64>().map_err(|e| SinkError::Malformed {
-                    key: format!("index {index} member {key}"),
-                    reason: e.to_string(),
-                })? as i64;
+                let score = score
+                    .parse::<f64>()
+                    .map_err(|e| SinkError::Malformed { key: format!("index {index} member {key}"), reason: e.to_string() })?
+                    as i64;
                 let document = parse_document(&key, fields)?;
                 Ok(IndexEntry { score, key, document })
             })
@@ -551,14 +523,11 @@ impl ReadModelSink for RedisSink {
 
     async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
         let mut connection = self.connection();
-        let stats: HashMap<String, u64> = match redis::cmd("HGETALL")
-            .arg(format!("{}stats", self.base(target)))
-            .query_async(&mut connection)
-            .await
-        {
-            Ok(stats) => stats,
-            Err(e) => return Err(self.fail("reading generation stats", e).await),
-        };
+        let stats: HashMap<String, u64> =
+            match redis::cmd("HGETALL").arg(format!("{}stats", self.base(target))).query_async(&mut connection).await {
+                Ok(stats) => stats,
+                Err(e) => return Err(self.fail("reading generation stats", e).await),
+            };
         Ok(GenerationStats {
             position: Position(stats.get("position").copied().unwrap_or(0)),
             events: stats.get("events").copied().unwrap_or(0),
@@ -568,38 +537,29 @@ impl ReadModelSink for RedisSink {
 
     async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError> {
         let mut connection = self.connection();
-        let letters: Vec<(String, String)> = match redis::cmd("HGETALL")
-            .arg(format!("{}dead", self.base(target)))
-            .query_async(&mut connection)
-            .await
-        {
-            Ok(letters) => letters,
-            Err(e) => return Err(self.fail("reading dead letters", e).await),
-        };
+        let letters: Vec<(String, String)> =
+            match redis::cmd("HGETALL").arg(format!("{}dead", self.base(target))).query_async(&mut connection).await {
+                Ok(letters) => letters,
+                Err(e) => return Err(self.fail("reading dead letters", e).await),
+            };
         let mut letters: Vec<(String, String)> = letters;
         letters.sort();
         letters
             .into_iter()
             .take(limit)
             .map(|(field, json)| {
-                serde_json::from_str(&json).map_err(|e| SinkError::Malformed {
-                    key: format!("dead letter {field}"),
-                    reason: e.to_string(),
-                })
+                serde_json::from_str(&json).map_err(|e| SinkError::Malformed { key: format!("dead letter {field}"), reason: e.to_string() })
             })
             .collect()
     }
 
     async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
         let mut connection = self.connection();
-        let fields: Vec<(String, String)> = match redis::cmd("HGETALL")
-            .arg(format!("{}meta", self.root(projection)))
-            .query_async(&mut connection)
-            .await
-        {
-            Ok(fields) => fields,
-            Err(e) => return Err(self.fail("reading projection state", e).await),
-        };
+        let fields: Vec<(String, String)> =
+            match redis::cmd("HGETALL").arg(format!("{}meta", self.root(projection))).query_async(&mut connection).await {
+                Ok(fields) => fields,
+                Err(e) => return Err(self.fail("reading projection state", e).await),
+            };
         Ok(Meta::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
     }
 
@@ -639,26 +599,15 @@ impl ReadModelSink for RedisSink {
             }
         }
         for key in self.scan(&format!("{base}i:*")).await? {
-            let entries: Vec<(String, f64)> = match redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .query_async(&mut connection)
-                .await
-            {
-                Ok(entries) => entries,
-                Err(e) => return Err(self.fail("dumping indexes", e).await),
-            };
+            let entries: Vec<(String, f64)> =
+                match redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut connection).await {
+                    Ok(entries) => entries,
+                    Err(e) => return Err(self.fail("dumping indexes", e).await),
+                };
             let name = key[base.len() + 2..].to_owned();
-            dump.indexes
-                .insert(name, entries.into_iter().map(|(member, score)| (score as i64, member)).collect());
+            dump.indexes.insert(name, entries.into_iter().map(|(member, score)| (score as i64, member)).collect());
         }
-        let versions: HashMap<String, u64> = match redis::cmd("HGETALL")
-            .arg(format!("{base}streams"))
-            .query_async(&mut connection)
-            .await
-        {
+        let versions: HashMap<String, u64> = match redis::cmd("HGETALL").arg(format!("{base}streams")).query_async(&mut connection).await {
             Ok(versions) => versions,
             Err(e) => return Err(self.fail("dumping stream versions", e).await),
         };

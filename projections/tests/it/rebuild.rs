@@ -65,10 +65,7 @@ async fn rebuild_while_querying(backend: Backend) {
     };
 
     let mut progress: Vec<RebuildProgress> = Vec::new();
-    let config = RebuildConfig {
-        batch_size: 97,
-        ..RebuildConfig::default()
-    };
+    let config = RebuildConfig { batch_size: 97, ..RebuildConfig::default() };
     let report = rebuild(Arc::new(OrdersProjection), sink.clone(), store.clone(), config, &mut |p| progress.push(p))
         .await
         .expect("the rebuild succeeds");
@@ -82,10 +79,7 @@ async fn rebuild_while_querying(backend: Backend) {
     assert_eq!(report.previous, Some(first));
     assert!(report.generation > first);
     assert_eq!(sink.live_generation("orders").await.unwrap(), Some(report.generation));
-    let old = Target {
-        projection: "orders".into(),
-        generation: first,
-    };
+    let old = Target { projection: "orders".into(), generation: first };
     assert_eq!(sink.dump(&old).await.unwrap(), Default::default(), "the old generation is dropped");
     assert!(progress.windows(2).all(|w| w[0].position <= w[1].position), "progress moves forward");
     let last = progress.last().expect("progress was reported");
@@ -112,23 +106,14 @@ async fn a_rebuild_while_readers_query_never_shows_a_missing_or_partial_order_in
 async fn unfinished_rebuild(backend: Backend) {
     let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
     let (log, events) = crate::support::log_with_orders(31, 20).await;
-    let first = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {})
-        .await
-        .unwrap();
+    let first = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {}).await.unwrap();
     // A rebuild that died half way: a generation marked rebuilding, with data.
-    let orphan = Target {
-        projection: "orders".into(),
-        generation: sink.new_generation("orders").await.unwrap(),
-    };
-    sink.set_meta("orders", strata_projections::sink::MetaField::Rebuilding, Some(orphan.generation.to_string()))
-        .await
-        .unwrap();
+    let orphan = Target { projection: "orders".into(), generation: sink.new_generation("orders").await.unwrap() };
+    sink.set_meta("orders", strata_projections::sink::MetaField::Rebuilding, Some(orphan.generation.to_string())).await.unwrap();
     crate::support::feed_target(&*sink, &orphan, &events[..10]).await;
     assert!(!sink.dump(&orphan).await.unwrap().stream_versions.is_empty());
 
-    let next = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {})
-        .await
-        .unwrap();
+    let next = rebuild(Arc::new(OrdersProjection), sink.clone(), log.clone(), RebuildConfig::default(), &mut |_| {}).await.unwrap();
     assert_eq!(next.previous, Some(first.generation));
     assert!(next.generation > orphan.generation);
     assert_eq!(sink.dump(&orphan).await.unwrap(), Default::default(), "the unfinished generation is dropped");

@@ -194,16 +194,17 @@ async fn poison(backend: Backend) {
     traffic.push(shipped(broken));
     append_all(&*store, traffic).await;
 
-    let target = |generation| Target {
-        projection: "orders".into(),
-        generation,
-    };
+    let target = |generation| Target { projection: "orders".into(), generation };
     let letters = wait_until(Duration::from_secs(30), || {
         let sink = sink.clone();
         async move {
             let live = sink.live_generation("orders").await.unwrap().ok_or("no live generation")?;
             let letters = sink.dead_letters(&target(live), 10).await.unwrap();
-            if letters.len() == 2 { Ok(letters) } else { Err("waiting for two dead letters") }
+            if letters.len() == 2 {
+                Ok(letters)
+            } else {
+                Err("waiting for two dead letters")
+            }
         }
     })
     .await;
@@ -282,13 +283,7 @@ async fn under_the_stop_policy_a_poison_event_stops_the_projection_before_it() {
     let stopped = stopped.expect("the projection stops");
     assert!(stopped.to_string().contains("without OrderPlaced"), "{stopped}");
     let generation = sink.live_generation("strict_orders").await.unwrap().unwrap();
-    let stats = sink
-        .stats(&Target {
-            projection: "strict_orders".into(),
-            generation,
-        })
-        .await
-        .unwrap();
+    let stats = sink.stats(&Target { projection: "strict_orders".into(), generation }).await.unwrap();
     assert_eq!(stats.position, events[poison_at - 1].position);
     assert_eq!(stats.dead_letters, 0);
 
@@ -317,15 +312,16 @@ async fn a_paused_projection_holds_its_events_until_resumed() {
         let sink = sink.clone();
         async move {
             let meta = sink.meta("orders").await.unwrap();
-            if meta.state.as_deref() == Some("paused") { Ok(()) } else { Err(meta) }
+            if meta.state.as_deref() == Some("paused") {
+                Ok(())
+            } else {
+                Err(meta)
+            }
         }
     })
     .await;
     let generation = sink.live_generation("orders").await.unwrap().unwrap_or(1);
-    let target = Target {
-        projection: "orders".into(),
-        generation,
-    };
+    let target = Target { projection: "orders".into(), generation };
     assert_eq!(sink.stats(&target).await.unwrap().events, 0, "nothing applied while paused");
 
     sink.set_meta("orders", MetaField::Paused, None).await.unwrap();
@@ -333,7 +329,11 @@ async fn a_paused_projection_holds_its_events_until_resumed() {
         let (sink, target) = (sink.clone(), target.clone());
         async move {
             let stats = sink.stats(&target).await.unwrap();
-            if stats.position == head { Ok(()) } else { Err(stats) }
+            if stats.position == head {
+                Ok(())
+            } else {
+                Err(stats)
+            }
         }
     })
     .await;

@@ -97,27 +97,16 @@ async fn any_delivery_order_with_duplicates_gives_the_model_of_the_log_in_order(
 }
 
 fn target(generation: u64) -> Target {
-    Target {
-        projection: "conformance".into(),
-        generation,
-    }
+    Target { projection: "conformance".into(), generation }
 }
 
 fn set(key: &str, value: i64) -> Write {
-    Write::SetField {
-        key: key.into(),
-        field: "n".into(),
-        value: json!(value),
-    }
+    Write::SetField { key: key.into(), field: "n".into(), value: json!(value) }
 }
 
 fn guarded(stream: &str, expected: u64, reached: u64, writes: Vec<Write>) -> Batch {
     Batch {
-        guards: vec![StreamGuard {
-            stream_id: stream.into(),
-            expected: Some(expected),
-            reached,
-        }],
+        guards: vec![StreamGuard { stream_id: stream.into(), expected: Some(expected), reached }],
         writes,
         dead_letters: vec![],
         position: Position(reached),
@@ -136,24 +125,14 @@ async fn a_commit_whose_guard_does_not_hold_writes_nothing(backend: Backend) {
     // version: neither writes anything, and the conflict names the stream.
     for stale in [first.clone(), guarded("thing-1", 1, 3, vec![set("a", 99), set("b", 7)])] {
         let outcome = sink.commit(&target(1), &stale).await.unwrap();
-        assert_eq!(
-            outcome,
-            Committed::Conflict {
-                stream_id: "thing-1".into(),
-                actual: 2
-            }
-        );
+        assert_eq!(outcome, Committed::Conflict { stream_id: "thing-1".into(), actual: 2 });
     }
     assert_eq!(sink.dump(&target(1)).await.unwrap(), before);
     assert_eq!(sink.stats(&target(1)).await.unwrap().events, 2);
     assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["n"], json!(1));
 
     // SetMax never goes back.
-    let max = |v| Write::SetMax {
-        key: "a".into(),
-        field: "at".into(),
-        value: v,
-    };
+    let max = |v| Write::SetMax { key: "a".into(), field: "at".into(), value: v };
     sink.commit(&target(1), &guarded("thing-2", 0, 1, vec![max(10)])).await.unwrap();
     sink.commit(&target(1), &guarded("thing-2", 1, 2, vec![max(5)])).await.unwrap();
     assert_eq!(sink.document("conformance", "a").await.unwrap().unwrap()["at"], json!(10));
@@ -202,12 +181,7 @@ async fn pages_walk_an_index_in_placing_order_with_cursors(backend: Backend) {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let query = OrdersQuery {
-                customer_id: customer.clone(),
-                status,
-                first: 7,
-                after,
-            };
+            let query = OrdersQuery { customer_id: customer.clone(), status, first: 7, after };
             let page = orders::orders(&*sink, &query).await.unwrap();
             assert!(page.orders.len() <= 7);
             for order in &page.orders {
@@ -225,9 +199,7 @@ async fn pages_walk_an_index_in_placing_order_with_cursors(backend: Backend) {
             .iter()
             .filter(|(_, c)| customer.as_ref().is_none_or(|customer| c == customer))
             .map(|(id, _)| id.clone())
-            .filter(|id| {
-                status.is_none() || events.iter().any(|e| e.event_type == "OrderShipped" && e.stream_id.id() == id)
-            })
+            .filter(|id| status.is_none() || events.iter().any(|e| e.event_type == "OrderShipped" && e.stream_id.id() == id))
             .collect();
         assert!(!expected.is_empty());
         assert_eq!(seen, expected, "customer {customer:?} status {status:?}");

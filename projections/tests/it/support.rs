@@ -50,10 +50,7 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
         Backend::Redis => {
             let url = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
             let prefix = format!("test_{}", Uuid::new_v4().simple());
-            let config = RedisSinkConfig {
-                key_prefix: prefix.clone(),
-                ..RedisSinkConfig::new(url.clone())
-            };
+            let config = RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(url.clone()) };
             match RedisSink::connect(config).await {
                 Ok(sink) => {
                     let sink = Arc::new(sink);
@@ -81,12 +78,7 @@ pub async fn runner(projection: Arc<dyn Projection>, sink: &Arc<dyn ReadModelSin
 /// The live generation's contents.
 pub async fn live_dump(sink: &dyn ReadModelSink, projection: &str) -> Dump {
     let generation = sink.live_generation(projection).await.unwrap().expect("a live generation");
-    sink.dump(&Target {
-        projection: projection.to_owned(),
-        generation,
-    })
-    .await
-    .unwrap()
+    sink.dump(&Target { projection: projection.to_owned(), generation }).await.unwrap()
 }
 
 /// Feeds `events` to a runner in chunks of `chunk` (a bus without a bus).
@@ -102,9 +94,7 @@ pub async fn feed(runner: &ProjectionRunner, events: &[RecordedEvent], chunk: us
 pub async fn rebuilt(projection: Arc<dyn Projection>, log: Arc<dyn EventReader>) -> Dump {
     let sink: Arc<dyn ReadModelSink> = Arc::new(MemorySink::new());
     let name = projection.name().to_owned();
-    strata_projections::rebuild(projection, sink.clone(), log, Default::default(), &mut |_| {})
-        .await
-        .expect("rebuild into memory");
+    strata_projections::rebuild(projection, sink.clone(), log, Default::default(), &mut |_| {}).await.expect("rebuild into memory");
     live_dump(&*sink, &name).await
 }
 

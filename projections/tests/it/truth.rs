@@ -51,7 +51,10 @@ on_every_sink!(
 
 /// Every view each order has after each prefix of the log (its absence
 /// included): folds the log one event at a time in memory.
-async fn views_of_every_prefix(log: Arc<strata_store::MemoryEventStore>, events: &[RecordedEvent]) -> HashMap<Uuid, Vec<Option<OrderView>>> {
+async fn views_of_every_prefix(
+    log: Arc<strata_store::MemoryEventStore>,
+    events: &[RecordedEvent],
+) -> HashMap<Uuid, Vec<Option<OrderView>>> {
     let (sink, _) = fresh_sink(Backend::Memory).await.unwrap();
     let runner = runner(Arc::new(OrdersProjection), &sink, log).await;
     let mut views: HashMap<Uuid, Vec<Option<OrderView>>> = HashMap::new();
@@ -77,7 +80,10 @@ async fn a_view_fed_by_several_streams_only_ever_shows_what_a_prefix_of_the_log_
     let mut rng = StdRng::seed_from_u64(seed);
     let (log, events) = log_with_orders(seed, 40).await;
     let valid = Arc::new(views_of_every_prefix(log.clone(), &events).await);
-    assert!(valid.values().any(|views| views.iter().flatten().any(|v| v.saga_status == Some(SagaStatus::Aborted))), "the log has undone orders");
+    assert!(
+        valid.values().any(|views| views.iter().flatten().any(|v| v.saga_status == Some(SagaStatus::Aborted))),
+        "the log has undone orders"
+    );
     let reference = {
         let (sink, _) = fresh_sink(Backend::Memory).await.unwrap();
         feed(&runner(Arc::new(OrdersProjection), &sink, log.clone()).await, &events, 64).await;
@@ -106,7 +112,11 @@ async fn a_view_fed_by_several_streams_only_ever_shows_what_a_prefix_of_the_log_
             while !done.load(Ordering::SeqCst) {
                 for id in &ids {
                     let view = orders::order(&*sink, *id).await.unwrap();
-                    assert!(valid[id].contains(&view), "order {id} showed a view no prefix of the log produces (seed {seed}):\n{view:#?}\nvalid:\n{:#?}", valid[id]);
+                    assert!(
+                        valid[id].contains(&view),
+                        "order {id} showed a view no prefix of the log produces (seed {seed}):\n{view:#?}\nvalid:\n{:#?}",
+                        valid[id]
+                    );
                     snapshots.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::task::yield_now().await;
@@ -145,13 +155,25 @@ async fn a_read_model_that_lost_its_data_is_rebuilt_from_the_log_without_waiting
     let store = memory_store();
     let bus = Arc::new(MemoryBus::new());
     let projections: Vec<Arc<dyn Projection>> = vec![Arc::new(OrdersProjection)];
-    append_all(&*store, strata_projections::orders::sample::sample(strata_projections::orders::sample::SampleConfig { seed: 3, orders: 25, ..Default::default() })).await;
+    append_all(
+        &*store,
+        strata_projections::orders::sample::sample(strata_projections::orders::sample::SampleConfig {
+            seed: 3,
+            orders: 25,
+            ..Default::default()
+        }),
+    )
+    .await;
     // One runner: a second one still starting when the data goes could
     // rebuild it as its first build, and a loss it never saw is not counted.
     let pipeline = Pipeline::start(store.clone(), bus.clone(), bus.clone(), &sink, projections, 1);
     let count = |sink: Arc<dyn ReadModelSink>| async move {
         let page = orders::orders(&*sink, &OrdersQuery { first: 100, ..Default::default() }).await.map_err(|e| e.to_string())?;
-        if page.orders.len() == 25 { Ok(()) } else { Err(format!("{} orders", page.orders.len())) }
+        if page.orders.len() == 25 {
+            Ok(())
+        } else {
+            Err(format!("{} orders", page.orders.len()))
+        }
     };
     wait_until(Duration::from_secs(30), || count(sink.clone())).await;
 
@@ -163,7 +185,11 @@ async fn a_read_model_that_lost_its_data_is_rebuilt_from_the_log_without_waiting
         async move {
             count(sink.clone()).await?;
             let meta = sink.meta("orders").await.map_err(|e| e.to_string())?;
-            if meta.losses >= 1 { Ok(()) } else { Err(format!("rebuilt, not yet counted: {meta:?}")) }
+            if meta.losses >= 1 {
+                Ok(())
+            } else {
+                Err(format!("rebuilt, not yet counted: {meta:?}"))
+            }
         }
     })
     .await;
@@ -218,11 +244,21 @@ async fn a_gap_longer_than_the_fill_budget_is_filled_in_bounded_batches() {
     let sku = Sku::parse("SKU-LONG").unwrap();
     let n = FILL_BUDGET * 2 + 10;
     for _ in 0..n {
-        let event = InventoryEvent::from(StockRestocked { sku: sku.clone(), quantity: Quantity::new(1).unwrap(), restocked_at: chrono::Utc::now() });
+        let event = InventoryEvent::from(StockRestocked {
+            sku: sku.clone(),
+            quantity: Quantity::new(1).unwrap(),
+            restocked_at: chrono::Utc::now(),
+        });
         let append = StreamAppend {
             stream_id: StreamId::new("inventory", &sku).unwrap(),
             expected: ExpectedVersion::Any,
-            events: vec![NewEvent { event_id: Uuid::new_v4(), event_type: event.event_type().into(), schema_version: 1, payload: event.to_payload(), metadata: EventMetadata::default() }],
+            events: vec![NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: event.event_type().into(),
+                schema_version: 1,
+                payload: event.to_payload(),
+                metadata: EventMetadata::default(),
+            }],
         };
         store.append(vec![append]).await.unwrap();
     }

@@ -62,11 +62,7 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self {
-            now: Utc::now(),
-            saga: SagaConfig::default(),
-            grace: Duration::seconds(30),
-        }
+        Self { now: Utc::now(), saga: SagaConfig::default(), grace: Duration::seconds(30) }
     }
 }
 
@@ -177,28 +173,65 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
                         InventoryEvent::StockRestocked(restocked) => figures.restocked += u64::from(restocked.quantity.get()),
                         InventoryEvent::StockReserved(reserved) => {
                             if u64::from(reserved.quantity.get()) > state.available() {
-                                violation("stock-conserved", format!("order {} reserved {} with {} available", reserved.order_id, reserved.quantity.get(), state.available()));
+                                violation(
+                                    "stock-conserved",
+                                    format!(
+                                        "order {} reserved {} with {} available",
+                                        reserved.order_id,
+                                        reserved.quantity.get(),
+                                        state.available()
+                                    ),
+                                );
                             }
                         }
                         InventoryEvent::ReservationReleased(released) => {
                             if held(&released.order_id) != released.quantity.get() {
-                                violation("stock-conserved", format!("order {} released {} of a reservation of {}", released.order_id, released.quantity.get(), held(&released.order_id)));
+                                violation(
+                                    "stock-conserved",
+                                    format!(
+                                        "order {} released {} of a reservation of {}",
+                                        released.order_id,
+                                        released.quantity.get(),
+                                        held(&released.order_id)
+                                    ),
+                                );
                             }
                         }
                         InventoryEvent::ReservationCommitted(committed) => {
                             if held(&committed.order_id) != committed.quantity.get() {
-                                violation("stock-conserved", format!("order {} committed {} of a reservation of {}", committed.order_id, committed.quantity.get(), held(&committed.order_id)));
+                                violation(
+                                    "stock-conserved",
+                                    format!(
+                                        "order {} committed {} of a reservation of {}",
+                                        committed.order_id,
+                                        committed.quantity.get(),
+                                        held(&committed.order_id)
+                                    ),
+                                );
                             }
                             figures.shipped += u64::from(committed.quantity.get());
-                            let entry = orders.entry(committed.order_id).or_default().committed.entry(recorded.stream_id.id().to_owned()).or_default();
+                            let entry = orders
+                                .entry(committed.order_id)
+                                .or_default()
+                                .committed
+                                .entry(recorded.stream_id.id().to_owned())
+                                .or_default();
                             entry.0 += u64::from(committed.quantity.get());
                         }
                         InventoryEvent::StockReturned(returned) => {
                             let units = u64::from(returned.quantity.get());
-                            let entry = orders.entry(returned.order_id).or_default().committed.entry(recorded.stream_id.id().to_owned()).or_default();
+                            let entry = orders
+                                .entry(returned.order_id)
+                                .or_default()
+                                .committed
+                                .entry(recorded.stream_id.id().to_owned())
+                                .or_default();
                             entry.1 += units;
                             if entry.1 > entry.0 {
-                                violation("stock-conserved", format!("order {} got {} units back of {} committed", returned.order_id, entry.1, entry.0));
+                                violation(
+                                    "stock-conserved",
+                                    format!("order {} got {} units back of {} committed", returned.order_id, entry.1, entry.0),
+                                );
                             }
                             figures.shipped = figures.shipped.saturating_sub(units);
                             figures.returned += units;
@@ -231,7 +264,10 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
 }
 
 /// Checks conservation per SKU; returns the SKUs each order still holds.
-fn check_stock(report: &mut AuditReport, stock: BTreeMap<String, (<Inventory as Aggregate>::State, StockFigures)>) -> HashMap<Uuid, Vec<String>> {
+fn check_stock(
+    report: &mut AuditReport,
+    stock: BTreeMap<String, (<Inventory as Aggregate>::State, StockFigures)>,
+) -> HashMap<Uuid, Vec<String>> {
     let mut held: HashMap<Uuid, Vec<String>> = HashMap::new();
     for (sku, (state, mut figures)) in stock {
         for order_id in state.reservations.keys() {
@@ -274,7 +310,10 @@ fn check_order(report: &mut AuditReport, config: &AuditConfig, order_id: Uuid, f
             violation("saga-in-flight", format!("placed at {placed_at} and no saga started"));
         }
         (SagaStatus::Running | SagaStatus::Compensating, Some(last_at), _) if last_at + allowed < config.now => {
-            violation("saga-in-flight", format!("saga {:?} with no progress since {last_at} ({})", saga.status, saga.last_error.as_deref().unwrap_or("no error")));
+            violation(
+                "saga-in-flight",
+                format!("saga {:?} with no progress since {last_at} ({})", saga.status, saga.last_error.as_deref().unwrap_or("no error")),
+            );
         }
         (SagaStatus::Stuck, _, _) => {
             violation("saga-stuck", format!("saga parked: {}", saga.stuck.as_deref().unwrap_or("no reason recorded")));
@@ -321,7 +360,14 @@ fn check_order(report: &mut AuditReport, config: &AuditConfig, order_id: Uuid, f
             // step the order names is the saga's.
             let expected = if saga.cancelled { None } else { failed.and_then(fulfilment_step) };
             if facts.order.failed_step.is_some() && facts.order.failed_step != expected {
-                violation("aborted-order-cancelled", format!("saga failed at {:?} but the order names {:?}", failed.map(|s| Fulfilment::STEPS[s].name), facts.order.failed_step));
+                violation(
+                    "aborted-order-cancelled",
+                    format!(
+                        "saga failed at {:?} but the order names {:?}",
+                        failed.map(|s| Fulfilment::STEPS[s].name),
+                        facts.order.failed_step
+                    ),
+                );
             }
             if !saga.cancelled && failed.is_some_and(|step| step > steps::CONFIRM_ORDER) {
                 violation("aborted-order-cancelled", "a step after the pivot failed".into());

@@ -139,7 +139,9 @@ impl Saga for Fulfilment {
                 quantity: i64::from(line.quantity.get()),
                 at,
             }),
-            (steps::RESERVE_STOCK, Phase::Compensation) => each_line(&|line| InventoryCommand::Release { sku: line.sku.clone(), order_id, at }),
+            (steps::RESERVE_STOCK, Phase::Compensation) => {
+                each_line(&|line| InventoryCommand::Release { sku: line.sku.clone(), order_id, at })
+            }
             (steps::AUTHORIZE_PAYMENT, Phase::Action) => vec![FulfilmentCommand::Payment(PaymentCommand::Authorize {
                 order_id,
                 amount_cents: data.total_cents.get() as i64,
@@ -147,16 +149,12 @@ impl Saga for Fulfilment {
                 at,
             })],
             (steps::AUTHORIZE_PAYMENT, Phase::Compensation) => vec![FulfilmentCommand::Payment(PaymentCommand::Void { order_id, at })],
-            (steps::CREATE_SHIPMENT, Phase::Action) => vec![FulfilmentCommand::Shipment(ShipmentCommand::Create {
-                order_id,
-                address: data.shipping_address.clone(),
-                at,
-            })],
-            (steps::CREATE_SHIPMENT, Phase::Compensation) => vec![FulfilmentCommand::Shipment(ShipmentCommand::Cancel {
-                order_id,
-                reason: "order cancelled".into(),
-                at,
-            })],
+            (steps::CREATE_SHIPMENT, Phase::Action) => {
+                vec![FulfilmentCommand::Shipment(ShipmentCommand::Create { order_id, address: data.shipping_address.clone(), at })]
+            }
+            (steps::CREATE_SHIPMENT, Phase::Compensation) => {
+                vec![FulfilmentCommand::Shipment(ShipmentCommand::Cancel { order_id, reason: "order cancelled".into(), at })]
+            }
             (steps::CONFIRM_ORDER, Phase::Action) => vec![FulfilmentCommand::Order(OrderCommand::Confirm { order_id, at })],
             (steps::CAPTURE_PAYMENT, Phase::Action) => vec![FulfilmentCommand::Payment(PaymentCommand::Capture { order_id, at })],
             (steps::CAPTURE_PAYMENT, Phase::Compensation) => vec![FulfilmentCommand::Payment(PaymentCommand::Refund { order_id, at })],

@@ -58,7 +58,12 @@ pub struct FulfilmentServices {
 
 impl FulfilmentServices {
     /// Services writing to `store` as `actor`.
-    pub fn new(store: Arc<dyn EventStore>, snapshots: Option<Arc<dyn SnapshotStore>>, config: HandlerConfig, actor: impl Into<String>) -> Self {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        snapshots: Option<Arc<dyn SnapshotStore>>,
+        config: HandlerConfig,
+        actor: impl Into<String>,
+    ) -> Self {
         Self {
             orders: CommandHandler::new(store.clone(), snapshots.clone(), config.clone()),
             inventory: CommandHandler::new(store.clone(), snapshots.clone(), config.clone()),
@@ -82,7 +87,10 @@ impl FulfilmentServices {
     }
 }
 
-fn classify<A: Aggregate>(result: Result<strata_commands::CommandOutcome, CommandError<A::Error>>, refusal: impl FnOnce(&A::Error) -> Outcome) -> Outcome {
+fn classify<A: Aggregate>(
+    result: Result<strata_commands::CommandOutcome, CommandError<A::Error>>,
+    refusal: impl FnOnce(&A::Error) -> Outcome,
+) -> Outcome {
     match result {
         Ok(_) => Outcome::Done,
         Err(CommandError::Rejected(error)) => refusal(&error),
@@ -119,9 +127,14 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                 };
                 let refunding = matches!(command, PaymentCommand::Refund { .. });
                 let result = self.payments.handle(self.envelope(command_id, correlation_id, command.clone())).await;
-                if let (Some((order_id, at)), Err(CommandError::Rejected(PaymentError::WrongStatus { status: PaymentStatus::Captured, .. }))) = (void_of, &result) {
+                if let (
+                    Some((order_id, at)),
+                    Err(CommandError::Rejected(PaymentError::WrongStatus { status: PaymentStatus::Captured, .. })),
+                ) = (void_of, &result)
+                {
                     let refund_id = Uuid::new_v5(&command_id, b"refund");
-                    let result = self.payments.handle(self.envelope(refund_id, correlation_id, PaymentCommand::Refund { order_id, at })).await;
+                    let result =
+                        self.payments.handle(self.envelope(refund_id, correlation_id, PaymentCommand::Refund { order_id, at })).await;
                     return classify::<Payment>(result, |error| match error {
                         PaymentError::WrongStatus { status: PaymentStatus::Refunded, .. } => Outcome::Done,
                         error => Outcome::Refused(error.to_string()),
@@ -133,7 +146,10 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                     // Nothing captured to refund: the authorization's own
                     // compensation voids (or fences) what is there.
                     PaymentError::NotAuthorized { .. } | PaymentError::WrongStatus { .. } if refunding => Outcome::Done,
-                    PaymentError::WrongStatus { status: PaymentStatus::Voided | PaymentStatus::Refunded | PaymentStatus::Fenced, action: "void" } => Outcome::Done,
+                    PaymentError::WrongStatus {
+                        status: PaymentStatus::Voided | PaymentStatus::Refunded | PaymentStatus::Fenced,
+                        action: "void",
+                    } => Outcome::Done,
                     PaymentError::WrongStatus { status: PaymentStatus::Captured, action: "capture" } => Outcome::Done,
                     error => Outcome::Refused(error.to_string()),
                 })

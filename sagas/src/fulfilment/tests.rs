@@ -37,7 +37,8 @@ fn data(lines: usize) -> FulfilmentData {
 }
 
 fn started(lines: usize) -> SagaState<FulfilmentData> {
-    let event: SagaEvent = SagaStarted { saga_id: Uuid::from_u128(42), data: serde_json::to_value(data(lines)).unwrap(), started_at: t0() }.into();
+    let event: SagaEvent =
+        SagaStarted { saga_id: Uuid::from_u128(42), data: serde_json::to_value(data(lines)).unwrap(), started_at: t0() }.into();
     evolve::<Fulfilment>(SagaState::default(), &event, 1)
 }
 
@@ -74,7 +75,7 @@ fn walk(mut state: SagaState<FulfilmentData>, config: &SagaConfig, mut answer: i
         };
         for event in events {
             let version = state.version + 1;
-        state = evolve::<Fulfilment>(state, &event, version);
+            state = evolve::<Fulfilment>(state, &event, version);
             walk.events.push(event);
         }
     }
@@ -187,13 +188,18 @@ fn transient_failures_beyond_the_bound_fail_the_step() {
 #[test]
 fn no_answer_is_sent_again_until_the_deadline_then_fails_the_step() {
     let config = SagaConfig { max_attempts: 2, ..SagaConfig::default() };
-    let walk = walk(started(1), &config, |name, phase, _| {
-        if name == "AUTHORIZE_PAYMENT" && phase == Phase::Action {
-            Outcome::NoAnswer
-        } else {
-            Outcome::Done
-        }
-    });
+    let walk =
+        walk(
+            started(1),
+            &config,
+            |name, phase, _| {
+                if name == "AUTHORIZE_PAYMENT" && phase == Phase::Action {
+                    Outcome::NoAnswer
+                } else {
+                    Outcome::Done
+                }
+            },
+        );
     let sent = walk.sent.iter().filter(|s| s.0 == "AUTHORIZE_PAYMENT" && s.1 == Phase::Action).count();
     assert!(sent > config.max_attempts as usize, "no answer does not count as an attempt: {sent}");
     let failed_at = walk
@@ -385,12 +391,19 @@ fn a_cancellation_after_the_pivot_while_running_undoes_every_step() {
 fn a_cancellation_of_an_instance_already_undoing_or_over_changes_nothing() {
     let config = SagaConfig::default();
     let failed = walk(started(1), &config, |name, phase, _| {
-        if name == "AUTHORIZE_PAYMENT" && phase == Phase::Action { Outcome::Refused("declined".into()) } else { Outcome::Done }
+        if name == "AUTHORIZE_PAYMENT" && phase == Phase::Action {
+            Outcome::Refused("declined".into())
+        } else {
+            Outcome::Done
+        }
     });
     assert_eq!(failed.state.status, SagaStatus::Aborted);
     assert_eq!(record(failed.state.clone(), cancel_request(t0())).status, SagaStatus::Aborted);
     let mut compensating = advanced(1);
-    compensating = record(compensating, strata_schemas::events::SagaStepFailed { step: "AUTHORIZE_PAYMENT".into(), reason: "declined".into(), at: t0() }.into());
+    compensating = record(
+        compensating,
+        strata_schemas::events::SagaStepFailed { step: "AUTHORIZE_PAYMENT".into(), reason: "declined".into(), at: t0() }.into(),
+    );
     let again = record(compensating.clone(), cancel_request(t0()));
     assert_eq!((again.status, again.cancelled, again.failed.clone()), (SagaStatus::Compensating, false, compensating.failed));
     assert_eq!(record(SagaState::default(), cancel_request(t0())).status, SagaStatus::New);

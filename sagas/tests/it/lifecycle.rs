@@ -74,9 +74,16 @@ async fn an_order_for_a_sku_never_stocked_is_cancelled_at_reserve_stock_at_once_
     assert!(saga_events.len() <= 8, "{} saga events", saga_events.len());
     assert_nothing_held(&world, order_id, &["SKU-0", "SKU-NEVER-STOCKED"]).await;
     // Restocking the SKU later does not let the old reservation in.
-    let inventory: strata_commands::CommandHandler<Inventory> = strata_commands::CommandHandler::new(world.store.clone(), None, Default::default());
+    let inventory: strata_commands::CommandHandler<Inventory> =
+        strata_commands::CommandHandler::new(world.store.clone(), None, Default::default());
     let sku = strata_schemas::values::Sku::parse("SKU-NEVER-STOCKED").unwrap();
-    inventory.handle(Envelope::new(Uuid::new_v4(), strata_commands::inventory::InventoryCommand::Restock { sku: sku.clone(), quantity: 5, at: t0() })).await.unwrap();
+    inventory
+        .handle(Envelope::new(
+            Uuid::new_v4(),
+            strata_commands::inventory::InventoryCommand::Restock { sku: sku.clone(), quantity: 5, at: t0() },
+        ))
+        .await
+        .unwrap();
     let late = strata_commands::inventory::InventoryCommand::Reserve { sku, order_id, quantity: 2, at: t0() };
     assert!(inventory.handle(Envelope::new(Uuid::new_v4(), late)).await.is_err(), "the order's reservation is fenced");
     assert_clean(&world.audit().await);
@@ -130,7 +137,11 @@ async fn cancel_while_waiting_at(step: &'static str, applied: bool) {
     let skus = ["SKU-0", "SKU-1"];
     let (order_id, trigger) = place(&world, place_order(&[("SKU-0", 2), ("SKU-1", 1)], "card")).await;
     let services = Arc::new(HookedServices::new(world.services(), &[order_id], move |name, phase, _| {
-        if name == step && phase == Phase::Action { Intercept::Hold(Outcome::NoAnswer) } else { Intercept::Pass }
+        if name == step && phase == Phase::Action {
+            Intercept::Hold(Outcome::NoAnswer)
+        } else {
+            Intercept::Pass
+        }
     }));
     let orchestrator = world.orchestrator(services.clone());
     assert!(matches!(start_and_drive(&orchestrator, &trigger).await, Driven::Waiting(_)), "waits at {step}");
@@ -168,7 +179,11 @@ async fn a_forward_command_delivered_after_its_compensation_is_refused_and_chang
         let world = World::new(4).await;
         let (order_id, trigger) = place(&world, place_order(&[("SKU-0", 2), ("SKU-1", 1)], "card")).await;
         let services = Arc::new(HookedServices::new(world.services(), &[order_id], move |name, phase, _| {
-            if name == step && phase == Phase::Action { Intercept::Hold(Outcome::NoAnswer) } else { Intercept::Pass }
+            if name == step && phase == Phase::Action {
+                Intercept::Hold(Outcome::NoAnswer)
+            } else {
+                Intercept::Pass
+            }
         }));
         let orchestrator = world.orchestrator(services.clone());
         start_and_drive(&orchestrator, &trigger).await;
@@ -220,7 +235,10 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_until_an_operator_resu
     // The operator fixes the inventory and resumes it.
     services.set_hook(|_, _, _| Intercept::Pass);
     assert!(strata_sagas::resume::<Fulfilment>(&*world.store, order_id, "operator", world.clock.now()).await.unwrap());
-    assert!(!strata_sagas::resume::<Fulfilment>(&*world.store, order_id, "operator", world.clock.now()).await.unwrap(), "only a parked saga resumes");
+    assert!(
+        !strata_sagas::resume::<Fulfilment>(&*world.store, order_id, "operator", world.clock.now()).await.unwrap(),
+        "only a parked saga resumes"
+    );
     let picked = orchestrator.scan_in_flight(true).await.unwrap();
     assert_eq!(picked, vec![order_id], "a resumed saga is picked up at the next sweep");
     assert_eq!(orchestrator.drive(order_id).await.unwrap(), Driven::Finished(SagaStatus::Aborted));

@@ -215,9 +215,17 @@ async fn the_audit_reports_a_leaked_payment_and_a_saga_stuck_past_its_deadline()
     let declined_id: uuid::Uuid = declined.stream_id.id().parse().unwrap();
     let payments: strata_commands::CommandHandler<strata_commands::payments::Payment> =
         strata_commands::CommandHandler::new(world.store.clone(), None, Default::default());
-    let late = strata_commands::payments::PaymentCommand::Authorize { order_id: declined_id, amount_cents: 100, payment_method: "card".into(), at: t0() };
+    let late = strata_commands::payments::PaymentCommand::Authorize {
+        order_id: declined_id,
+        amount_cents: 100,
+        payment_method: "card".into(),
+        at: t0(),
+    };
     let refused = payments.handle(strata_commands::Envelope::new(uuid::Uuid::new_v4(), late)).await;
-    assert!(matches!(refused, Err(strata_commands::CommandError::Rejected(strata_commands::payments::PaymentError::Fenced { .. }))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(strata_commands::CommandError::Rejected(strata_commands::payments::PaymentError::Fenced { .. }))),
+        "{refused:?}"
+    );
     let rogue: strata_schemas::events::PaymentEvent = strata_schemas::events::PaymentAuthorized {
         order_id: declined_id,
         amount_cents: strata_schemas::values::Cents::new(100).unwrap(),

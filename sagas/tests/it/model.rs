@@ -181,7 +181,12 @@ impl Model {
         }
     }
 
-    fn orchestrator(store: &Arc<MemoryEventStore>, clock: &Arc<ManualClock>, services: &Arc<ModelServices>, config: &SagaConfig) -> Orchestrator<Fulfilment> {
+    fn orchestrator(
+        store: &Arc<MemoryEventStore>,
+        clock: &Arc<ManualClock>,
+        services: &Arc<ModelServices>,
+        config: &SagaConfig,
+    ) -> Orchestrator<Fulfilment> {
         let config = OrchestratorConfig { saga: config.clone(), ..OrchestratorConfig::default() };
         Orchestrator::new(store.clone(), store.clone(), services.clone(), clock.clone(), config)
     }
@@ -236,11 +241,15 @@ impl Model {
             Action::Place { lines, method, undeliverable } => {
                 let index = self.placed.len();
                 let order_id = Uuid::new_v5(&Uuid::from_u128(7), format!("model-{index}").as_bytes());
-                let method = ["card", "card", strata_commands::payments::METHOD_DECLINED, strata_commands::payments::METHOD_NO_ANSWER][*method];
+                let method =
+                    ["card", "card", strata_commands::payments::METHOD_DECLINED, strata_commands::payments::METHOD_NO_ANSWER][*method];
                 let place = PlaceOrder {
                     order_id,
                     customer_id: format!("customer-{}", index % 3),
-                    lines: lines.iter().map(|(sku, quantity)| LineInput { sku: SKUS[*sku].into(), quantity: *quantity, unit_price_cents: 250 }).collect(),
+                    lines: lines
+                        .iter()
+                        .map(|(sku, quantity)| LineInput { sku: SKUS[*sku].into(), quantity: *quantity, unit_price_cents: 250 })
+                        .collect(),
                     payment_method: method.into(),
                     shipping_address: AddressInput {
                         name: "Ada".into(),
@@ -369,7 +378,8 @@ impl Model {
             *tally.entry("orchestrator restarts").or_insert(0) += self.crashes;
             *tally.entry("late commands delivered").or_insert(0) += self.late;
         }
-        let config = strata_sagas::fulfilment::AuditConfig { now: self.clock.now(), saga: self.config.clone(), grace: Duration::seconds(30) };
+        let config =
+            strata_sagas::fulfilment::AuditConfig { now: self.clock.now(), saga: self.config.clone(), grace: Duration::seconds(30) };
         let report = strata_sagas::fulfilment::audit(self.store.clone() as Arc<dyn EventReader>, &config).await.unwrap();
         prop_assert!(report.violations.is_empty(), "audit: {:#?}", report.violations);
         Ok(())
@@ -432,6 +442,14 @@ async fn run_case(actions: &[Action], behaviours: Vec<Behaviour>) -> Result<(), 
 #[tokio::test]
 async fn found_by_the_model_a_cancellation_after_completion_whose_undo_lost_a_reply_settles() {
     let actions = [Action::Place { lines: vec![(0, 1)], method: 0, undeliverable: false }, Action::Advance(60), Action::Cancel(0)];
-    let behaviours = vec![Behaviour::LoseReply, Behaviour::Answer, Behaviour::Answer, Behaviour::Answer, Behaviour::Answer, Behaviour::Answer, Behaviour::Answer];
+    let behaviours = vec![
+        Behaviour::LoseReply,
+        Behaviour::Answer,
+        Behaviour::Answer,
+        Behaviour::Answer,
+        Behaviour::Answer,
+        Behaviour::Answer,
+        Behaviour::Answer,
+    ];
     run_case(&actions, behaviours).await.unwrap();
 }

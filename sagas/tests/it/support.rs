@@ -84,10 +84,7 @@ impl Services<FulfilmentCommand> for FaultyServices {
         let mut outcome = self.call(command_id, correlation_id, command).await;
         if self.faults.contains(&Fault::Repeat) {
             let again = self.call(command_id, correlation_id, command).await;
-            assert!(
-                outcome != Outcome::Done || again == Outcome::Done,
-                "a repeated command {part:?} answered {again:?} after Done"
-            );
+            assert!(outcome != Outcome::Done || again == Outcome::Done, "a repeated command {part:?} answered {again:?} after Done");
             outcome = again;
         }
         if self.faults.contains(&Fault::LoseReplies) {
@@ -134,10 +131,7 @@ impl World {
     pub async fn place(&self, index: usize, failures: bool) -> (RecordedEvent, Expected) {
         let (place, expected) = scenario::order(&ScenarioConfig { seed: 7, failures }, index, t0());
         let order_id = place.order_id;
-        self.orders
-            .handle(Envelope::new(Uuid::new_v4(), strata_commands::orders::OrderCommand::Place(place)))
-            .await
-            .unwrap();
+        self.orders.handle(Envelope::new(Uuid::new_v4(), strata_commands::orders::OrderCommand::Place(place))).await.unwrap();
         let stream = StreamId::new("order", order_id).unwrap();
         let events = self.store.read_stream(&stream, ReadStream::forward(10)).await.unwrap();
         (events[0].clone(), expected)
@@ -203,7 +197,11 @@ pub struct HookedServices {
 }
 
 impl HookedServices {
-    pub fn new(inner: FulfilmentServices, saga_ids: &[Uuid], hook: impl Fn(&'static str, Phase, &FulfilmentCommand) -> Intercept + Send + Sync + 'static) -> Self {
+    pub fn new(
+        inner: FulfilmentServices,
+        saga_ids: &[Uuid],
+        hook: impl Fn(&'static str, Phase, &FulfilmentCommand) -> Intercept + Send + Sync + 'static,
+    ) -> Self {
         let mut parts = HashMap::new();
         for saga_id in saga_ids {
             for step in Fulfilment::STEPS {
@@ -254,7 +252,11 @@ impl Services<FulfilmentCommand> for HookedServices {
 impl World {
     /// Cancels an order as its customer would, and hands the cancellation to
     /// the orchestrator as the bus would.
-    pub async fn customer_cancels(&self, orchestrator: &Orchestrator<Fulfilment>, order_id: Uuid) -> Result<(), strata_commands::CommandError<strata_commands::orders::OrderError>> {
+    pub async fn customer_cancels(
+        &self,
+        orchestrator: &Orchestrator<Fulfilment>,
+        order_id: Uuid,
+    ) -> Result<(), strata_commands::CommandError<strata_commands::orders::OrderError>> {
         let command = strata_commands::orders::OrderCommand::Cancel {
             order_id,
             reason: "changed my mind".into(),
