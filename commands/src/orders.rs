@@ -18,7 +18,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use strata_schemas::events::{OrderCancelled, OrderConfirmed, OrderEvent, OrderPlaced, OrderShipped};
-use strata_schemas::values::{Address, Cents, CountryCode, FulfilmentStep, InvalidValue, OrderLine, Quantity, Sku};
+use strata_schemas::values::{check_no_control, Address, Cents, CountryCode, FulfilmentStep, InvalidValue, OrderLine, Quantity, Sku};
 use uuid::Uuid;
 
 use crate::Aggregate;
@@ -193,6 +193,9 @@ pub enum OrderError {
     /// The shipping address breaks a rule.
     #[error("shipping address: {0}")]
     InvalidAddress(InvalidValue),
+    /// A text field holds a control character (U+0000–U+001F, U+007F).
+    #[error(transparent)]
+    InvalidText(InvalidValue),
     /// The cancellation reason is empty or longer than 500 characters.
     #[error("a cancellation needs a reason of 1 to 500 characters")]
     InvalidReason,
@@ -264,6 +267,7 @@ impl Aggregate for Order {
                 if reason.trim().is_empty() || reason.chars().count() > 500 {
                     return Err(OrderError::InvalidReason);
                 }
+                check_no_control("cancellation reason", &reason).map_err(OrderError::InvalidText)?;
                 Ok(vec![OrderCancelled { order_id, reason, failed_step, cancelled_at: at }.into()])
             }
         }
@@ -300,6 +304,7 @@ fn place_order(place: PlaceOrder) -> Result<OrderPlaced, OrderError> {
     if customer_id.trim().is_empty() || customer_id.chars().count() > 128 {
         return Err(OrderError::InvalidCustomer);
     }
+    check_no_control("customer id", &customer_id).map_err(OrderError::InvalidText)?;
     if place.lines.is_empty() {
         return Err(OrderError::EmptyOrder);
     }
@@ -326,6 +331,7 @@ fn place_order(place: PlaceOrder) -> Result<OrderPlaced, OrderError> {
     if payment_method.trim().is_empty() || payment_method.chars().count() > 64 {
         return Err(OrderError::InvalidPaymentMethod);
     }
+    check_no_control("payment method", &payment_method).map_err(OrderError::InvalidText)?;
     let shipping_address = place.shipping_address.parse().map_err(OrderError::InvalidAddress)?;
     Ok(OrderPlaced {
         order_id: place.order_id,
@@ -436,6 +442,44 @@ mod tests {
         given::<Order>([])
             .when(OrderCommand::Place(place(vec![line("SKU-1", 10_000, Cents::MAX as i64)])))
             .then_error(OrderError::TotalTooLarge);
+    }
+
+    #[test]
+    fn control_characters_in_any_text_are_refused_naming_the_field() {
+        let with = |edit: &dyn Fn(&mut PlaceOrder)| {
+            let mut order = place(vec![line("SKU-1", 1, 1)]);
+            edit(&mut order);
+            order
+        };
+        for (order, field) in [
+            (with(&|o| o.customer_id = "c\u{0}x".into()), "customer id"),
+            (with(&|o| o.customer_id = "c\u{7f}".into()), "customer id"),
+            (with(&|o| o.payment_method = "card\r\n".into()), "payment method"),
+            (with(&|o| o.shipping_address.street = "Rue\u{1b}[31m 1".into()), "street"),
+            (with(&|o| o.shipping_address.name = "Ada\tL".into()), "address name"),
+        ] {
+            given::<Order>([]).when(OrderCommand::Place(order)).then_error_matches(|err| {
+                let (OrderError::InvalidText(value) | OrderError::InvalidAddress(value)) = err else { return false };
+                value.field == field && value.reason.contains("control character")
+            });
+        }
+        let placed = OrderPlaced {
+            order_id: id(),
+            customer_id: "c-1".into(),
+            lines: vec![],
+            total_cents: Cents::ZERO,
+            payment_method: "card".into(),
+            shipping_address: address("BE").parse().unwrap(),
+            placed_at: None,
+        };
+        given::<Order>([placed.into()])
+            .when(OrderCommand::Cancel { order_id: id(), reason: "no\u{0}".into(), failed_step: None, at: at() })
+            .then_error_matches(|err| matches!(err, OrderError::InvalidText(value) if value.field == "cancellation reason"));
+        // Text that only looks odd is fine.
+        assert_eq!(
+            given::<Order>([]).when(OrderCommand::Place(with(&|o| o.customer_id = "Zoë 🌱 — c/1".into()))).result().map(|e| e.len()),
+            Ok(1)
+        );
     }
 
     #[test]

@@ -140,8 +140,8 @@ pub enum PaymentError {
     /// Negative or too large amount.
     #[error(transparent)]
     InvalidAmount(InvalidValue),
-    /// Payment method empty or too long.
-    #[error("the payment method must have 1 to 64 characters")]
+    /// Payment method empty, too long, or with a control character.
+    #[error("the payment method must have 1 to 64 characters and no control character")]
     InvalidPaymentMethod,
     /// The gateway declined.
     #[error("payment declined: {reason}")]
@@ -216,7 +216,10 @@ impl Aggregate for Payment {
                     None => {}
                 }
                 let amount = Cents::new(amount_cents).map_err(PaymentError::InvalidAmount)?;
-                if payment_method.trim().is_empty() || payment_method.chars().count() > 64 {
+                if payment_method.trim().is_empty()
+                    || payment_method.chars().count() > 64
+                    || payment_method.chars().any(strata_schemas::values::is_forbidden_control)
+                {
                     return Err(PaymentError::InvalidPaymentMethod);
                 }
                 match gateway_rule(&payment_method, amount) {

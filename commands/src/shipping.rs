@@ -107,8 +107,8 @@ pub enum ShippingError {
         /// The order.
         order_id: Uuid,
     },
-    /// The reason is empty or longer than 500 characters.
-    #[error("a cancellation needs a reason of 1 to 500 characters")]
+    /// The reason is empty, longer than 500 characters, or has a control character.
+    #[error("a cancellation needs a reason of 1 to 500 characters, without control characters")]
     InvalidReason,
 }
 
@@ -148,7 +148,10 @@ impl Aggregate for Shipment {
                 None => Ok(vec![ShipmentFenced { order_id, fenced_at: at }.into()]),
                 Some(ShipmentStatus::Cancelled | ShipmentStatus::Fenced) => Err(ShippingError::AlreadyCancelled { order_id }),
                 Some(ShipmentStatus::Created) => {
-                    if reason.trim().is_empty() || reason.chars().count() > 500 {
+                    if reason.trim().is_empty()
+                        || reason.chars().count() > 500
+                        || reason.chars().any(strata_schemas::values::is_forbidden_control)
+                    {
                         return Err(ShippingError::InvalidReason);
                     }
                     Ok(vec![ShipmentCancelled { order_id, reason, cancelled_at: at }.into()])

@@ -114,6 +114,12 @@ pub(crate) fn prepare(registry: &SchemaRegistry, limits: AppendLimits, request: 
                 source,
             })?;
             check_metadata(&event.metadata)?;
+            // PostgreSQL refuses NUL in jsonb, and one refused row would fail
+            // every append of its group-commit batch: refused here, on every
+            // backend alike.
+            if holds_nul(&event.payload) {
+                return Err(invalid(format!("payload of event {} contains a NUL character (U+0000)", event.event_id)));
+            }
             let payload_json = canonical_json(&event.payload);
             if payload_json.len() > limits.max_payload_bytes {
                 return Err(invalid(format!(
@@ -136,6 +142,16 @@ pub(crate) fn prepare(registry: &SchemaRegistry, limits: AppendLimits, request: 
     Ok(PreparedAppend { streams })
 }
 
+/// Whether a NUL character appears in any string or key of `value`.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(fields) => fields.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
+    }
+}
+
 fn check_metadata(metadata: &EventMetadata) -> Result<(), AppendError> {
     if let Some(traceparent) = &metadata.traceparent {
         if !is_traceparent(traceparent) {
@@ -143,8 +159,8 @@ fn check_metadata(metadata: &EventMetadata) -> Result<(), AppendError> {
         }
     }
     if let Some(actor) = &metadata.actor {
-        if actor.is_empty() || actor.len() > 256 {
-            return Err(invalid("actor must have 1 to 256 bytes"));
+        if actor.is_empty() || actor.len() > 256 || actor.chars().any(char::is_control) {
+            return Err(invalid("actor must have 1 to 256 bytes and no control character"));
         }
     }
     Ok(())

@@ -398,7 +398,38 @@ fn is_retryable(err: &CommitError) -> bool {
     })
 }
 
+/// Commits a batch. When the database refuses the batch as a whole (a row it
+/// will not store: the error came from the server, not from the connection),
+/// each of its appends is committed alone, so an append that fails for its
+/// own data fails alone and the others commit. A lost connection fails the
+/// batch at once (retrying append by append would only wait longer).
 async fn commit_with_retries(shared: &Shared, appends: &[&PreparedAppend]) -> Vec<Result<AppendOutcome, AppendError>> {
+    match commit_together(shared, appends).await {
+        Ok(results) => results,
+        Err(CommitError::Sql(sqlx::Error::Database(error))) if appends.len() > 1 => {
+            tracing::warn!(appends = appends.len(), %error, "the database refused an append batch; committing its appends one by one");
+            let mut alone = Vec::with_capacity(appends.len());
+            for append in appends {
+                alone.extend(commit_together(shared, std::slice::from_ref(append)).await.unwrap_or_else(|err| fail_all(1, err)));
+            }
+            alone
+        }
+        Err(err) => fail_all(appends.len(), err),
+    }
+}
+
+/// Every append of a failed batch fails with its cause.
+fn fail_all(appends: usize, err: CommitError) -> Vec<Result<AppendOutcome, AppendError>> {
+    let err: Arc<dyn std::error::Error + Send + Sync> = match err {
+        CommitError::Sql(err) => Arc::new(err),
+        CommitError::Aborted(reason) => Arc::new(AbortedBatch(reason)),
+    };
+    (0..appends).map(|_| Err(AppendError::Backend(BackendError::new("committing an append", err.clone())))).collect()
+}
+
+/// Commits a batch in one transaction, retrying races (a concurrent writer
+/// creating the same stream, a stored event id) a bounded number of times.
+async fn commit_together(shared: &Shared, appends: &[&PreparedAppend]) -> Result<Vec<Result<AppendOutcome, AppendError>>, CommitError> {
     let mut attempt = 0;
     let mut look_up_ids = false;
     loop {
@@ -408,19 +439,13 @@ async fn commit_with_retries(shared: &Shared, appends: &[&PreparedAppend]) -> Ve
                 if first_position.0 > 0 {
                     shared.wake.send_modify(|n| *n += 1);
                 }
-                return planned.into_iter().map(|planned| planned.resolve(first_position)).collect();
+                return Ok(planned.into_iter().map(|planned| planned.resolve(first_position)).collect());
             }
             Err(err) if attempt < MAX_BATCH_ATTEMPTS && is_retryable(&err) => {
                 look_up_ids = true;
                 tracing::debug!(attempt, "append batch met a stored event id or raced another writer; retrying");
             }
-            Err(err) => {
-                let err: Arc<dyn std::error::Error + Send + Sync> = match err {
-                    CommitError::Sql(err) => Arc::new(err),
-                    CommitError::Aborted(reason) => Arc::new(AbortedBatch(reason)),
-                };
-                return appends.iter().map(|_| Err(AppendError::Backend(BackendError::new("committing an append", err.clone())))).collect();
-            }
+            Err(err) => return Err(err),
         }
     }
 }

@@ -21,6 +21,20 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidValue {
     InvalidValue { field, reason: reason.into() }
 }
 
+/// Whether `c` is a control character text fields refuse (U+0000–U+001F,
+/// U+007F): invisible in logs and views, and NUL is refused by PostgreSQL.
+pub fn is_forbidden_control(c: char) -> bool {
+    c <= '\u{1f}' || c == '\u{7f}'
+}
+
+/// Checks free text: no control characters; `field` names it in the error.
+pub fn check_no_control(field: &'static str, value: &str) -> Result<(), InvalidValue> {
+    match value.chars().find(|c| is_forbidden_control(*c)) {
+        Some(c) => Err(invalid(field, format!("contains the control character U+{:04X}", u32::from(c)))),
+        None => Ok(()),
+    }
+}
+
 /// A stock keeping unit: 1 to 64 characters, upper-case ASCII letters, digits
 /// and `-`, not starting with `-` (e.g. `SKU-42`). Usable as a stream id part.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -239,6 +253,7 @@ impl Address {
             if value.chars().count() > max {
                 return Err(invalid(field, format!("is longer than {max} characters")));
             }
+            check_no_control(field, value)?;
         }
         Ok(())
     }

@@ -31,8 +31,8 @@ const MAX_KEY_LEN: usize = 128;
 
 /// An idempotency key, checked.
 fn check_key(key: &str) -> async_graphql::Result<&str> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(error(Code::Validation, format!("idempotencyKey must have 1 to {MAX_KEY_LEN} characters")));
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(strata_schemas::values::is_forbidden_control) {
+        return Err(error(Code::Validation, format!("idempotencyKey must have 1 to {MAX_KEY_LEN} characters and no control character")));
     }
     Ok(key)
 }

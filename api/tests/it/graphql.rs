@@ -552,6 +552,53 @@ fn serve_prints_a_development_token_per_role_and_refuses_requests_without_one() 
     });
 }
 
+/// Control characters in text are VALIDATION naming the field, before any
+/// write; on PostgreSQL (whose jsonb refuses NUL) they used to fail every
+/// append sharing their group-commit batch.
+async fn hostile_text_is_refused_and_costs_other_writers_nothing(server: &Server) {
+    let head = server.head().await;
+    let hostile = |customer: &str| {
+        let mut input = order_input(customer, "SKU-HOSTILE", "card", None);
+        input["input"]["shippingAddress"]["street"] = json!("Rue 1");
+        input
+    };
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (url, input) = (server.url(), hostile(&format!("c\u{0}{i}")));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "query": PLACE, "variables": input });
+            let response = reqwest::Client::new().post(format!("{url}/graphql")).bearer_auth(CLIENT).json(&body).send().await.unwrap();
+            let body: Value = response.json().await.unwrap();
+            ("hostile", body["errors"][0]["extensions"]["code"].as_str().unwrap_or("none").to_owned(), body.to_string())
+        }));
+    }
+    for i in 0..120 {
+        let url = server.url();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "query": RESTOCK, "variables": { "sku": format!("SKU-BUSY-{}", i % 7), "quantity": 1 } });
+            let response = reqwest::Client::new().post(format!("{url}/graphql")).bearer_auth(OPERATOR).json(&body).send().await.unwrap();
+            let body: Value = response.json().await.unwrap();
+            ("restock", body["errors"][0]["extensions"]["code"].as_str().unwrap_or("none").to_owned(), body.to_string())
+        }));
+    }
+    let mut restocked = 0;
+    for task in tasks {
+        let (kind, code, body) = task.await.unwrap();
+        match kind {
+            "hostile" => {
+                assert_eq!(code, "VALIDATION", "{body}");
+                assert!(body.contains("customer id") && body.contains("control character"), "{body}");
+            }
+            _ => {
+                assert_eq!(code, "none", "a valid restock failed beside hostile input: {body}");
+                restocked += 1;
+            }
+        }
+    }
+    assert_eq!(restocked, 120);
+    assert_eq!(server.head().await, head + 120, "only the restocks wrote");
+}
+
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
 mod distributed {
     use super::*;
@@ -607,6 +654,7 @@ mod distributed {
         assert_eq!((last["status"].as_str(), last["sagaStatus"].as_str()), (Some("CONFIRMED"), Some("COMPLETED")), "{views:?}");
 
         reads_writes_roles_and_audit(&server, "SKU-PG-2").await;
+        hostile_text_is_refused_and_costs_other_writers_nothing(&server).await;
 
         saga.kill().unwrap();
         saga.wait().unwrap();

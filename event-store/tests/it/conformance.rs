@@ -235,6 +235,14 @@ pub async fn malformed_requests_are_refused_and_write_nothing(store: Store) {
     assert!(reason.contains("limit"), "{reason}");
     let too_many: Vec<NewEvent> = (0..=strata_store::MAX_EVENTS_PER_APPEND).map(|_| noted("n")).collect();
     invalid(store.append(to(&s, ExpectedVersion::Any, too_many)).await);
+    // NUL anywhere in a payload (PostgreSQL's jsonb refuses it), or a control
+    // character in the actor, is refused on every backend.
+    let reason = invalid(store.append(to(&s, ExpectedVersion::Any, vec![noted("c\u{0}x")])).await);
+    assert!(reason.contains("NUL"), "{reason}");
+    let mut actor = noted("a");
+    actor.metadata.actor = Some("graphql:\nclient".into());
+    let reason = invalid(store.append(to(&s, ExpectedVersion::Any, vec![actor])).await);
+    assert!(reason.contains("actor"), "{reason}");
     assert_eq!(count_all(&store).await, 0);
 }
 
