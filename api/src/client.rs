@@ -59,6 +59,14 @@ impl GraphQlClient {
         }
     }
 
+    /// The customer a client token acts for (`None` for auditors and
+    /// operators), from the server's `me`.
+    pub async fn customer(&self) -> anyhow::Result<Option<String>> {
+        let me = self.execute("{ me { role subject } }", json!({})).await?;
+        let role = me.pointer("/me/role").and_then(Value::as_str).unwrap_or_default();
+        Ok((role == "CLIENT").then(|| me.pointer("/me/subject").and_then(Value::as_str).unwrap_or_default().to_owned()))
+    }
+
     /// `restock` of an inventory command of the scenario, once per key.
     pub async fn restock(&self, command: &InventoryCommand, idempotency_key: Option<&str>) -> anyhow::Result<()> {
         let InventoryCommand::Restock { sku, quantity, .. } = command else {

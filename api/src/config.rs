@@ -51,6 +51,18 @@ pub struct Overrides {
     /// per role.
     #[arg(long, env = "STRATA_TOKENS", global = true, hide_env_values = true)]
     pub tokens: Option<String>,
+    /// Verify HS256 JWT bearer tokens with this secret (32+ bytes).
+    #[arg(long, env = "STRATA_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Verify RS256/ES256 JWT bearer tokens with the public keys of this JWKS file.
+    #[arg(long, env = "STRATA_JWT_JWKS", global = true)]
+    pub jwt_jwks: Option<PathBuf>,
+    /// The `iss` a JWT must carry.
+    #[arg(long, env = "STRATA_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a JWT must carry.
+    #[arg(long, env = "STRATA_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -68,6 +80,10 @@ struct FileSettings {
     saga_step_deadline: Option<String>,
     saga_park_after: Option<String>,
     tokens: Option<String>,
+    jwt_secret: Option<String>,
+    jwt_jwks: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
 }
 
 /// What a process does (docs/design.md §3, §8).
@@ -129,8 +145,11 @@ pub struct Settings {
     pub saga_step_deadline: Duration,
     /// How long a part that cannot fail is retried before the saga parks.
     pub saga_park_after: Duration,
-    /// The accepted tokens (`None`: development tokens).
+    /// The accepted opaque tokens (`None`: development tokens, unless JWTs
+    /// are configured).
     pub tokens: Option<String>,
+    /// How JWT bearer tokens are verified.
+    pub jwt: crate::auth::JwtSettings,
 }
 
 /// `STRATA_SAGA_STEP_DEADLINE` when nothing is set.
@@ -218,6 +237,12 @@ impl Settings {
                 &overrides.saga_park_after.clone().or(file.saga_park_after).unwrap_or_else(|| DEFAULT_SAGA_PARK_AFTER.to_owned()),
             )?,
             tokens: overrides.tokens.clone().or(file.tokens).filter(|t| !t.trim().is_empty()),
+            jwt: crate::auth::JwtSettings {
+                secret: overrides.jwt_secret.clone().or(file.jwt_secret).filter(|t| !t.is_empty()),
+                jwks: overrides.jwt_jwks.clone().or(file.jwt_jwks),
+                issuer: overrides.jwt_issuer.clone().or(file.jwt_issuer).filter(|t| !t.is_empty()),
+                audience: overrides.jwt_audience.clone().or(file.jwt_audience).filter(|t| !t.is_empty()),
+            },
         })
     }
 }

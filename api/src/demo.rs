@@ -25,8 +25,11 @@ use crate::progress::Progress;
 pub struct DemoConfig {
     /// The server (`http://127.0.0.1:8080`).
     pub url: String,
-    /// A client (or operator) token.
+    /// A client or operator token; a client's orders are all its customer's.
     pub token: String,
+    /// The token that restocks the scenario's SKUs (an operator's); `token`
+    /// when unset.
+    pub operator_token: Option<String>,
     /// Orders placed.
     pub orders: usize,
     /// Orders in flight at once.
@@ -54,17 +57,29 @@ pub async fn demo(config: &DemoConfig) -> anyhow::Result<Value> {
         bail!("--orders must be at least 1");
     }
     let client = GraphQlClient::new(&config.url, &config.token)?;
+    let operator = GraphQlClient::new(&config.url, config.operator_token.as_deref().unwrap_or(&config.token))?;
     for (n, restock) in scenario::restocks(config.orders, chrono::Utc::now()).iter().enumerate() {
-        client.restock(restock, Some(&format!("demo-{}-{}-{n}", config.seed, config.orders))).await?;
+        let restocked = operator.restock(restock, Some(&format!("demo-{}-{}-{n}", config.seed, config.orders))).await;
+        if let Err(error) = restocked {
+            if error.downcast_ref::<crate::client::Refused>().is_some_and(|refused| refused.code == "FORBIDDEN") {
+                bail!("restocking the demo's SKUs needs an operator: pass an operator --token, or --operator-token beside a client's");
+            }
+            return Err(error);
+        }
     }
+    // A client places every order for its own customer.
+    let customer = client.customer().await?;
     let scenario = ScenarioConfig { seed: config.seed, failures: true };
     let progress = Arc::new(Mutex::new((Progress::new("demo", "orders", config.orders as u64), 0_u64)));
     let started = Instant::now();
     let results: Vec<anyhow::Result<Settled>> = futures_util::stream::iter(0..config.orders)
         .map(|index| {
-            let (client, scenario, progress) = (client.clone(), scenario.clone(), progress.clone());
+            let (client, scenario, progress, customer) = (client.clone(), scenario.clone(), progress.clone(), customer.clone());
             async move {
-                let (order, expected) = scenario::order(&scenario, index, chrono::Utc::now());
+                let (mut order, expected) = scenario::order(&scenario, index, chrono::Utc::now());
+                if let Some(customer) = customer {
+                    order.customer_id = customer;
+                }
                 let placing = Instant::now();
                 let (order_id, token) = client.place_order(&order, &format!("demo-{}-{index}", scenario.seed)).await?;
                 let place_ms = placing.elapsed().as_secs_f64() * 1e3;

@@ -159,8 +159,8 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
     let Some(graphql) = &state.graphql else {
         return refuse(StatusCode::NOT_FOUND, Code::NotFound, "this process does not serve GraphQL (STRATA_ROLES has no api)");
     };
-    let role = match graphql.tokens.authenticate(bearer(&headers), chrono::Utc::now()) {
-        Ok(role) => role,
+    let caller = match graphql.tokens.authenticate(bearer(&headers), chrono::Utc::now()) {
+        Ok(caller) => caller,
         Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
     };
     let limits = &graphql.api.limits;
@@ -192,7 +192,7 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
     if let Some(name) = body.operation_name {
         request = request.operation_name(name);
     }
-    request.data = request_data(&graphql.api, role);
+    request.data = request_data(&graphql.api, caller);
     let mut response = match tokio::time::timeout(limits.request_timeout, graphql.schema.execute(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -221,10 +221,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     if !upgrading {
         return Html(GRAPHIQL).into_response();
     }
-    let header_role = match bearer(request.headers()) {
+    let header_caller = match bearer(request.headers()) {
         None => None,
         Some(header) => match graphql.tokens.authenticate(Some(header), chrono::Utc::now()) {
-            Ok(role) => Some(role),
+            Ok(caller) => Some(caller),
             Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
         },
     };
@@ -241,8 +241,8 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         let (schema, api, tokens) = (graphql.schema.clone(), graphql.api.clone(), graphql.tokens.clone());
         GraphQLWebSocket::new(socket, schema, protocol)
             .on_connection_init(move |payload| async move {
-                let role = match header_role {
-                    Some(role) => role,
+                let caller = match header_caller {
+                    Some(caller) => caller,
                     None => {
                         let token = ["Authorization", "authorization"].iter().find_map(|key| payload.get(key).and_then(Value::as_str));
                         tokens
@@ -250,7 +250,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
                             .map_err(|err| crate::graphql::error(Code::Unauthenticated, err.to_string()))?
                     }
                 };
-                Ok(request_data(&api, role))
+                Ok(request_data(&api, caller))
             })
             .serve()
     })

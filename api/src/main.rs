@@ -56,9 +56,14 @@ enum Command {
         /// The server.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// A client token (printed by `strata serve` as `token client: …`).
+        /// An operator token (places orders for the scenario's customers and
+        /// restocks), or a client token (its customer places every order;
+        /// restocking then needs --operator-token).
         #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
         token: String,
+        /// An operator token to restock the scenario's SKUs with, beside a client --token.
+        #[arg(long, env = "STRATA_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
         /// Orders in flight at once.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
@@ -404,10 +409,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
             println!("{}", serde_json::to_string(&result)?);
         }
-        Command::Demo { orders, url, token, concurrency, seed, json } => {
+        Command::Demo { orders, url, token, operator_token, concurrency, seed, json } => {
             let config = strata_api::demo::DemoConfig {
                 url,
                 token,
+                operator_token,
                 orders,
                 concurrency,
                 seed: seed.unwrap_or_else(rand::random),
@@ -463,15 +469,22 @@ fn print_demo(summary: &serde_json::Value) {
 /// The tokens `serve` accepts: the configured ones, else a fresh
 /// development token per role, printed.
 fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
-    if let Some(spec) = &settings.tokens {
-        return Tokens::parse(spec);
-    }
-    let (tokens, printed) = Tokens::development();
-    for (role, token) in printed {
-        println!("token {role}: {token}");
-    }
-    println!("(development tokens, new at every start; set STRATA_TOKENS to configure your own)");
-    Ok(tokens)
+    let tokens = match &settings.tokens {
+        Some(spec) => Tokens::parse(spec)?,
+        None if settings.jwt.enabled() => Tokens::default(),
+        None => {
+            let (tokens, printed) = Tokens::development();
+            for (role, token) in printed {
+                println!("token {role}: {token}");
+            }
+            println!(
+                "(development tokens, new at every start; the client acts for customer {}; set STRATA_TOKENS or STRATA_JWT_* for your own)",
+                strata_api::auth::DEVELOPMENT_CUSTOMER
+            );
+            tokens
+        }
+    };
+    tokens.with_jwt(&settings.jwt)
 }
 
 /// `strata serve`: migrates, starts the roles of this process, serves HTTP

@@ -260,7 +260,7 @@ impl BenchBus {
 pub struct E2eHttpBench {
     /// The server (`http://127.0.0.1:8080`).
     pub url: String,
-    /// A client token.
+    /// An operator token (it restocks the bench's SKUs).
     pub token: String,
     /// Orders placed.
     pub orders: usize,
@@ -279,8 +279,9 @@ pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
     }
     let client = crate::client::GraphQlClient::new(&bench.url, &bench.token)?;
     for restock in scenario::restocks(bench.orders, chrono::Utc::now()) {
-        client.restock(&restock, None).await?;
+        client.restock(&restock, None).await.context("restocking the bench's SKUs (--token must be an operator's)")?;
     }
+    let customer = client.customer().await?;
     let config = ScenarioConfig { seed: rand::random(), failures: false };
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(bench.orders);
@@ -288,7 +289,10 @@ pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
         let due = started + Duration::from_secs_f64(index as f64 / bench.rate);
         tokio::time::sleep_until(due.into()).await;
         let client = client.clone();
-        let (order, _) = scenario::order(&config, index, chrono::Utc::now());
+        let (mut order, _) = scenario::order(&config, index, chrono::Utc::now());
+        if let Some(customer) = &customer {
+            order.customer_id = customer.clone();
+        }
         let key = format!("bench-{}-{index}", config.seed);
         tasks.push(tokio::spawn(async move {
             let (order_id, token) = client.place_order(&order, &key).await?;

@@ -32,7 +32,7 @@ use strata_commands::{CommandHandler, HandlerConfig};
 use strata_projections::ReadModelSink;
 use strata_store::{CheckpointStore, EventStore, SnapshotStore};
 
-use crate::auth::{Permission, Role};
+use crate::auth::Permission;
 
 pub mod mutation;
 pub mod query;
@@ -150,19 +150,14 @@ pub fn sdl() -> String {
 
 /// The per-request data: who calls, and the batch loaders (one per request,
 /// so nothing is cached across requests).
-pub fn request_data(api: &Arc<Api>, role: Role) -> Data {
+pub fn request_data(api: &Arc<Api>, caller: Caller) -> Data {
     let mut data = Data::default();
-    data.insert(Caller { role });
+    data.insert(caller);
     data.insert(DataLoader::new(types::StockLoader { sink: api.read_model.clone() }, tokio::spawn));
     data
 }
 
-/// The authenticated caller of a request.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    /// Its role.
-    pub role: Role,
-}
+pub use crate::auth::Caller;
 
 /// `extensions.code` of every error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,12 +223,24 @@ impl Guard for Needs {
                         Permission::Read => "read",
                         Permission::Write => "send commands",
                         Permission::Audit => "read the log",
-                        Permission::Operate => "operate projections",
+                        Permission::Operate => "operate the warehouse, projections and sagas",
                     }
                 ),
             )),
         }
     }
+}
+
+/// The caller of a request (set by the HTTP layer before any resolver runs).
+pub(crate) fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Caller> {
+    ctx.data_opt::<Caller>().ok_or_else(|| error(Code::Unauthenticated, "missing bearer token"))
+}
+
+/// A client may only see its own customer's orders: another customer's
+/// order is answered as if it did not exist (`NOT_FOUND`), so a client
+/// cannot even learn that an order id is taken.
+pub(crate) fn visible_to(caller: &Caller, customer_id: &str) -> bool {
+    caller.customer().is_none_or(|customer| customer == customer_id)
 }
 
 /// The resolvers' shared state.

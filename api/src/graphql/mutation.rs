@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::query::order_id;
 use super::types::{PlaceOrderInput, PlaceOrderPayload, Written};
-use super::{api, error, internal, Api, Caller, Code, Needs};
+use super::{api, caller, error, internal, Api, Caller, Code, Needs};
 use crate::auth::Permission;
 use crate::projections::ProjectionStatus;
 
@@ -66,9 +66,13 @@ fn inventory_refusal(err: &InventoryError) -> Code {
     }
 }
 
-/// Who the log records as the actor.
+/// Who the log records as the actor: `graphql:<role>[/<subject>]`.
 fn actor(ctx: &Context<'_>) -> String {
-    ctx.data_opt::<Caller>().map_or_else(|| "graphql".to_owned(), |caller| format!("graphql:{}", caller.role))
+    match ctx.data_opt::<Caller>() {
+        Some(Caller { role, subject: Some(subject), .. }) => format!("graphql:{role}/{subject}"),
+        Some(caller) => format!("graphql:{}", caller.role),
+        None => "graphql".to_owned(),
+    }
 }
 
 #[Object]
@@ -78,6 +82,11 @@ impl Mutation {
     async fn place_order(&self, ctx: &Context<'_>, input: PlaceOrderInput) -> async_graphql::Result<PlaceOrderPayload> {
         let api = api(ctx);
         let customer_id = input.customer_id.0;
+        if let Some(customer) = caller(ctx)?.customer() {
+            if customer != customer_id {
+                return Err(error(Code::Forbidden, format!("this client places orders for customer {customer:?} only")));
+            }
+        }
         let (order_id, command_id) = match input.idempotency_key.as_deref().map(check_key).transpose()? {
             Some(key) => {
                 let name = format!("{customer_id}\u{0}{key}");
@@ -122,6 +131,15 @@ impl Mutation {
     async fn cancel_order(&self, ctx: &Context<'_>, order_id: ID, reason: String) -> async_graphql::Result<Written> {
         let api = api(ctx);
         let order_id = self::order_id(&order_id)?;
+        let caller = caller(ctx)?;
+        if let Some(customer) = caller.customer() {
+            // From the log, not the read model: a client's own order it has
+            // just placed may not be projected yet.
+            let state = api.orders.load(&order_id.to_string()).await.map_err(internal)?.state;
+            if state.placed.as_ref().is_none_or(|placed| placed.customer_id != customer) {
+                return Err(error(Code::NotFound, format!("order {order_id} does not exist")));
+            }
+        }
         let command = OrderCommand::Cancel { order_id, reason, failed_step: None, at: Utc::now() };
         let outcome = api
             .orders
@@ -131,9 +149,10 @@ impl Mutation {
         Ok(Written::from(&outcome))
     }
 
-    /// Adds units of a SKU to the warehouse. With an `idempotencyKey`, a
-    /// retried restock (same SKU and key) adds the units once.
-    #[graphql(guard = "Needs(Permission::Write)")]
+    /// Adds units of a SKU to the warehouse (operators). With an
+    /// `idempotencyKey`, a retried restock (same SKU and key) adds the units
+    /// once.
+    #[graphql(guard = "Needs(Permission::Operate)")]
     async fn restock(
         &self,
         ctx: &Context<'_>,

@@ -12,8 +12,8 @@ use strata_schemas::DomainEvent;
 use strata_store::{Position, ReadAll, StreamId};
 use uuid::Uuid;
 
-use super::types::{Event, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, Stock, StuckSaga};
-use super::{api, error, internal, Api, Code, Needs};
+use super::types::{Event, Me, Order, OrderConnection, OrderLine, OrderSnapshot, OrderStatus, PageInfo, Stock, StuckSaga};
+use super::{api, caller, error, internal, visible_to, Api, Code, Needs};
 use crate::audit::{stream_events, StreamQuery};
 use crate::auth::Permission;
 use crate::projections::ProjectionStatus;
@@ -64,14 +64,23 @@ impl Query {
     async fn order(&self, ctx: &Context<'_>, id: ID, wait_for: Option<String>) -> async_graphql::Result<Option<Order>> {
         let order_id = order_id(&id)?;
         let api = api(ctx);
+        let caller = caller(ctx)?;
         await_write(api, "orders", wait_for.as_deref()).await?;
         match orders::order(&*api.read_model, order_id).await.map_err(internal)? {
-            Some(view) => Ok(Some(Order(view))),
-            None => Err(error(Code::NotFound, format!("order {order_id} not found"))),
+            Some(view) if visible_to(caller, &view.customer_id) => Ok(Some(Order(view))),
+            _ => Err(error(Code::NotFound, format!("order {order_id} not found"))),
         }
     }
 
-    /// Orders by customer and status, in placing order, a page at a time.
+    /// Who the token speaks for: its role, and for a client its customer.
+    #[graphql(guard = "Needs(Permission::Read)")]
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let caller = caller(ctx)?;
+        Ok(Me { role: caller.role.as_str().to_uppercase(), subject: caller.subject.clone().map(ID), expires: caller.expires })
+    }
+
+    /// Orders by customer and status, in placing order, a page at a time
+    /// (a client: its own customer's only, the default).
     #[graphql(guard = "Needs(Permission::Read)", complexity = "first.unwrap_or(20).max(1) as usize * child_complexity")]
     async fn orders(
         &self,
@@ -83,6 +92,14 @@ impl Query {
         wait_for: Option<String>,
     ) -> async_graphql::Result<OrderConnection> {
         let api = api(ctx);
+        // A client lists its own customer's orders: by default, and only.
+        let customer_id = match (caller(ctx)?.customer(), customer_id) {
+            (Some(own), None) => Some(ID(own.to_owned())),
+            (Some(own), Some(asked)) if asked.0 != own => {
+                return Err(error(Code::Forbidden, format!("this client lists customer {own:?}'s orders only")));
+            }
+            (_, asked) => asked,
+        };
         let first = first.unwrap_or(20);
         if first < 1 || first as usize > api.limits.max_page {
             return Err(error(Code::Validation, format!("first must be 1 to {}, got {first}", api.limits.max_page)));

@@ -15,7 +15,7 @@ use strata_projections::orders::{self, OrderView};
 
 use super::query::order_id;
 use super::types::Order;
-use super::{api, Needs};
+use super::{api, caller, error, internal, visible_to, Code, Needs};
 use crate::auth::Permission;
 
 /// The root of subscriptions.
@@ -29,28 +29,41 @@ impl Subscription {
     async fn order_updated(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<impl Stream<Item = Order>> {
         let order_id = order_id(&id)?;
         let api = api(ctx).clone();
+        let caller = std::sync::Arc::new(caller(ctx)?.clone());
+        // Another customer's order does not exist for a client.
+        if let Some(view) = orders::order(&*api.read_model, order_id).await.map_err(internal)? {
+            if !visible_to(&caller, &view.customer_id) {
+                return Err(error(Code::NotFound, format!("order {order_id} not found")));
+            }
+        }
         let poll = api.limits.subscription_poll;
         let state = (api, None::<OrderView>, false);
-        Ok(futures_util::stream::unfold(state, move |(api, last, done)| async move {
-            if done {
-                return None;
-            }
-            let mut first = last.is_none();
-            loop {
-                if !first {
-                    tokio::time::sleep(poll).await;
+        Ok(futures_util::stream::unfold(state, move |(api, last, done)| {
+            let caller = caller.clone();
+            async move {
+                if done {
+                    return None;
                 }
-                first = false;
-                let view = match orders::order(&*api.read_model, order_id).await {
-                    Ok(view) => view,
-                    Err(error) => {
-                        tracing::warn!(%order_id, %error, "orderUpdated: reading the read model failed; ending the subscription");
+                let mut first = last.is_none();
+                loop {
+                    if !first {
+                        tokio::time::sleep(poll).await;
+                    }
+                    first = false;
+                    let view = match orders::order(&*api.read_model, order_id).await {
+                        Ok(view) => view,
+                        Err(error) => {
+                            tracing::warn!(%order_id, %error, "orderUpdated: reading the read model failed; ending the subscription");
+                            return None;
+                        }
+                    };
+                    if view.as_ref().is_some_and(|view| !visible_to(&caller, &view.customer_id)) {
                         return None;
                     }
-                };
-                if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
-                    let done = view.is_settled();
-                    return Some((Order(view.clone()), (api, Some(view), done)));
+                    if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
+                        let done = view.is_settled();
+                        return Some((Order(view.clone()), (api, Some(view), done)));
+                    }
                 }
             }
         }))

@@ -405,3 +405,14 @@ impl From<strata_sagas::StuckSaga> for StuckSaga {
         }
     }
 }
+
+/// Who a token speaks for.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Me {
+    /// `CLIENT`, `AUDITOR` or `OPERATOR`.
+    pub role: String,
+    /// A client's customer; an auditor's or operator's name, if its token has one.
+    pub subject: Option<ID>,
+    /// When the token expires, if it does.
+    pub expires: Option<DateTime<Utc>>,
+}

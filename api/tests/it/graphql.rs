@@ -17,16 +17,23 @@ use strata_store::testkit::wait_until;
 use crate::support::{scratch_sqlite, strata, Server};
 
 const CLIENT: &str = "client-token-for-tests-0001";
+/// The customer `CLIENT` acts for.
+const CUSTOMER: &str = "customer-tests";
+/// A second customer's client.
+const OTHER: &str = "other-client-token-for-tests";
+const OTHER_CUSTOMER: &str = "customer-other";
 const AUDITOR: &str = "auditor-token-for-tests-01";
 const OPERATOR: &str = "operator-token-for-tests-1";
 const EXPIRED: &str = "expired-token-for-tests-01";
 
 fn tokens() -> String {
-    format!("client:{CLIENT},auditor:{AUDITOR},operator:{OPERATOR},client:{EXPIRED}@2020-01-01T00:00:00Z")
+    format!(
+        "client/{CUSTOMER}:{CLIENT},client/{OTHER_CUSTOMER}:{OTHER},auditor:{AUDITOR},operator/ops:{OPERATOR},client/{CUSTOMER}:{EXPIRED}@2020-01-01T00:00:00Z"
+    )
 }
 
 fn with_tokens(mut server: Server) -> Server {
-    for (role, token) in [("client", CLIENT), ("auditor", AUDITOR), ("operator", OPERATOR)] {
+    for (role, token) in [("client", CLIENT), ("other", OTHER), ("auditor", AUDITOR), ("operator", OPERATOR)] {
         server.tokens.insert(role.into(), token.into());
     }
     server
@@ -48,7 +55,11 @@ fn order_input(customer: &str, sku: &str, payment: &str, key: Option<&str>) -> V
 }
 
 async fn place(server: &Server, customer: &str, sku: &str, payment: &str) -> (String, String) {
-    let data = server.ok("client", PLACE, order_input(customer, sku, payment, None)).await;
+    place_as(server, "client", customer, sku, payment).await
+}
+
+async fn place_as(server: &Server, role: &str, customer: &str, sku: &str, payment: &str) -> (String, String) {
+    let data = server.ok(role, PLACE, order_input(customer, sku, payment, None)).await;
     (data["placeOrder"]["orderId"].as_str().unwrap().to_owned(), data["placeOrder"]["consistencyToken"].as_str().unwrap().to_owned())
 }
 
@@ -101,11 +112,11 @@ impl Subscription {
             let Message::Text(text) = message else { continue };
             let message: Value = serde_json::from_str(&text).unwrap();
             match message["type"].as_str() {
-                Some("next") => {
-                    assert!(message["payload"].get("errors").is_none(), "{message}");
-                    return Some(message["payload"]["data"]["orderUpdated"].clone());
-                }
-                Some("complete") => return None,
+                // A refused subscription answers its error as a payload.
+                Some("next") if message["payload"].get("errors").is_some() => return None,
+                Some("next") => return Some(message["payload"]["data"]["orderUpdated"].clone()),
+                // A refused subscription (an `error` message) ends it too.
+                Some("complete" | "error") => return None,
                 Some("ping") => self.socket.send(Message::text(json!({ "type": "pong" }).to_string())).await.unwrap(),
                 _ => panic!("unexpected message {message}"),
             }
@@ -125,7 +136,7 @@ impl Subscription {
 /// What both stacks must do the same way; `sku` is fresh. The saga runs.
 async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     // Restock, then read it back at once with the consistency token.
-    let restocked = server.ok("client", RESTOCK, json!({ "sku": sku, "quantity": 10 })).await;
+    let restocked = server.ok("operator", RESTOCK, json!({ "sku": sku, "quantity": 10 })).await;
     let token = restocked["restock"]["consistencyToken"].as_str().unwrap();
     let stock = server
         .ok(
@@ -138,13 +149,13 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
 
     // A retried restock with a key adds the units once.
     let keyed = "mutation($sku: String!) { restock(sku: $sku, quantity: 5, idempotencyKey: \"delivery-1\") { version replayed } }";
-    let first = server.ok("client", keyed, json!({ "sku": sku })).await;
-    let retried = server.ok("client", keyed, json!({ "sku": sku })).await;
+    let first = server.ok("operator", keyed, json!({ "sku": sku })).await;
+    let retried = server.ok("operator", keyed, json!({ "sku": sku })).await;
     assert_eq!((first["restock"]["replayed"].as_bool(), retried["restock"]["replayed"].as_bool()), (Some(false), Some(true)));
     assert_eq!(first["restock"]["version"], retried["restock"]["version"]);
 
     // Idempotent placing: the same key answers the same order and writes once.
-    let customer = format!("customer-{sku}");
+    let customer = CUSTOMER.to_owned();
     let first = server.ok("client", PLACE, order_input(&customer, sku, "card", Some("cart-1"))).await;
     let again = server.ok("client", PLACE, order_input(&customer, sku, "card", Some("cart-1"))).await;
     assert_eq!(first["placeOrder"]["orderId"], again["placeOrder"]["orderId"]);
@@ -192,11 +203,34 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     assert_eq!(seen[0], order_id, "pages come in placing order");
     assert_eq!(seen.iter().collect::<std::collections::HashSet<_>>().len(), 3, "no order twice across pages: {seen:?}");
 
+    // Two customers: a client sees and touches its own customer's orders
+    // only; another customer's order does not exist for it.
+    let me = server.ok("client", "{ me { role subject } }", json!({})).await;
+    assert_eq!(me["me"], json!({ "role": "CLIENT", "subject": CUSTOMER }));
+    let own = server.ok("client", "{ orders(first: 100) { nodes { id customerId } } }", json!({})).await;
+    let own = own["orders"]["nodes"].as_array().unwrap().clone();
+    assert!(own.iter().all(|o| o["customerId"] == CUSTOMER) && own.iter().any(|o| o["id"] == order_id.as_str()), "{own:?}");
+    let head = server.head().await;
+    let cancel = "mutation($id: ID!, $r: String!) { cancelOrder(orderId: $id, reason: $r) { version } }";
+    assert_eq!(server.code("other", ORDER, json!({ "id": order_id })).await, "NOT_FOUND");
+    assert_eq!(server.code("other", cancel, json!({ "id": order_id, "r": "mine now" })).await, "NOT_FOUND");
+    assert_eq!(server.code("other", PLACE, order_input(CUSTOMER, sku, "card", None)).await, "FORBIDDEN");
+    let listed = "query($c: ID!) { orders(customerId: $c) { nodes { id } } }";
+    assert_eq!(server.code("other", listed, json!({ "c": CUSTOMER })).await, "FORBIDDEN");
+    let theirs = server.ok("other", "{ orders { nodes { id } } }", json!({})).await;
+    assert_eq!(theirs["orders"]["nodes"], json!([]), "the other customer has no order");
+    let mut spying = Subscription::open(server, OTHER, &order_id).await.expect("the connection itself is accepted");
+    assert_eq!(spying.next().await, None, "another customer's order cannot be followed");
+    let everyone = server.ok("auditor", listed, json!({ "c": CUSTOMER })).await;
+    assert!(!everyone["orders"]["nodes"].as_array().unwrap().is_empty(), "auditors read every customer's orders");
+    assert_eq!(server.head().await, head, "a refused cross-customer operation wrote to the log");
+
     // Every role refusal, and none of them writes.
     let head = server.head().await;
     for (role, operation, variables) in [
         ("auditor", PLACE, order_input(&customer, sku, "card", None)),
         ("auditor", RESTOCK, json!({ "sku": sku, "quantity": 1 })),
+        ("client", RESTOCK, json!({ "sku": sku, "quantity": 1 })),
         ("auditor", "mutation($id: ID!) { cancelOrder(orderId: $id, reason: \"no\") { version } }", json!({ "id": order_id })),
         ("auditor", "mutation { rebuildProjection(name: \"orders\") { name } }", json!({})),
         ("client", "mutation { pauseProjection(name: \"orders\") { name } }", json!({})),
@@ -225,7 +259,7 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     let events = events["streamEvents"].as_array().unwrap().clone();
     let types: Vec<&str> = events.iter().map(|e| e["eventType"].as_str().unwrap()).collect();
     assert_eq!(types, ["OrderPlaced", "OrderConfirmed"]);
-    assert_eq!(events[0]["metadata"]["actor"], "graphql:client", "{}", events[0]["metadata"]);
+    assert_eq!(events[0]["metadata"]["actor"], format!("graphql:client/{CUSTOMER}"), "{}", events[0]["metadata"]);
     let at = "query($id: ID!, $v: Int, $t: DateTime) { orderAt(id: $id, version: $v, asOf: $t) { version status totalCents events { eventType } } }";
     let v1 = server.ok("auditor", at, json!({ "id": order_id, "v": 1 })).await;
     assert_eq!((v1["orderAt"]["version"].as_u64(), v1["orderAt"]["status"].as_str()), (Some(1), Some("PENDING")));
@@ -259,7 +293,6 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     let stock_query = "query($sku: String!) { stock(sku: $sku) { available } }";
     let available = |data: Value| data["stock"]["available"].as_u64().unwrap();
     let before = available(server.ok("client", stock_query, json!({ "sku": sku })).await);
-    let cancel = "mutation($id: ID!, $r: String!) { cancelOrder(orderId: $id, reason: $r) { version } }";
     let nobody = "00000000-0000-0000-0000-000000000001";
     assert_eq!(server.code("client", cancel, json!({ "id": nobody, "r": "changed my mind" })).await, "NOT_FOUND");
     server.ok("client", cancel, json!({ "id": order_id, "r": "changed my mind" })).await;
@@ -345,8 +378,8 @@ async fn graphql_on_the_embedded_stack() {
 
     // The subscription follows an order whose payment never answers:
     // PENDING while the step retries, then CANCELLED at its 1 s deadline.
-    server.ok("client", RESTOCK, json!({ "sku": "SKU-SUB", "quantity": 5 })).await;
-    let (order_id, _) = place(&server, "customer-sub", "SKU-SUB", "card-no-answer").await;
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-SUB", "quantity": 5 })).await;
+    let (order_id, _) = place(&server, CUSTOMER, "SKU-SUB", "card-no-answer").await;
     let mut subscription = Subscription::open(&server, CLIENT, &order_id).await.expect("subscription accepted");
     let views = subscription.rest().await;
     assert_eq!(views.first().unwrap()["status"], "PENDING", "{views:?}");
@@ -376,9 +409,9 @@ async fn graphql_on_the_embedded_stack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
     let (_scratch, server) = embedded("5s");
-    server.ok("client", RESTOCK, json!({ "sku": "SKU-BAD", "quantity": 5 })).await;
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-BAD", "quantity": 5 })).await;
     let head = server.head().await;
-    let valid = json!({ "query": PLACE, "variables": order_input("c", "SKU-BAD", "card", None) }).to_string();
+    let valid = json!({ "query": PLACE, "variables": order_input(CUSTOMER, "SKU-BAD", "card", None) }).to_string();
 
     // Tokens.
     for (token, says) in
@@ -435,7 +468,7 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
         ("/input/idempotencyKey", json!("")),
         ("/input/lines/0/color", json!("red")),
     ] {
-        let mut variables = order_input("c", "SKU-BAD", "card", None);
+        let mut variables = order_input(CUSTOMER, "SKU-BAD", "card", None);
         *variables.pointer_mut(pointer).unwrap_or(&mut Value::Null) = value.clone();
         if pointer.ends_with("color") {
             variables["input"]["lines"][0]["color"] = value;
@@ -444,7 +477,9 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
     }
     cases.extend(invalid_orders);
     for (query, variables) in cases {
-        let (status, body) = server.graphql(Some(CLIENT), &query, variables.clone()).await;
+        // The operator may restock and place for any customer: only the
+        // input's validity is under test.
+        let (status, body) = server.graphql(Some(OPERATOR), &query, variables.clone()).await;
         assert_eq!(status, 200, "{query} {variables}: {body}");
         let code = body["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("{query} {variables}: no error in {body}"));
         assert!(["VALIDATION", "NOT_FOUND"].contains(&code), "{query} {variables}: {body}");
@@ -458,7 +493,7 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_requests_never_panic_never_5xx_never_write() {
     let (_scratch, server) = embedded("5s");
-    server.ok("client", RESTOCK, json!({ "sku": "SKU-FUZZ", "quantity": 5 })).await;
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-FUZZ", "quantity": 5 })).await;
     let head = server.head().await;
     let seed: u64 = rand::random();
     eprintln!("fuzz seed {seed}");
@@ -468,7 +503,7 @@ async fn fuzzed_requests_never_panic_never_5xx_never_write() {
     let broken_values = [json!(0), json!(-5), json!(1.5), json!("x"), json!(null), json!([]), json!({}), json!(1e300), json!("ß∂ƒ")];
     let garbage = "{}()[]!@#$%^&*<>?/\\\"'|~`:=;+-abcXYZ019\u{0}\u{7f}é漢";
     for round in 0..3_000 {
-        let mut variables = order_input("c", "SKU-FUZZ", "card", None);
+        let mut variables = order_input(CUSTOMER, "SKU-FUZZ", "card", None);
         variables["input"]["lines"][0]["quantity"] = broken_values[rng.random_range(0..broken_values.len())].clone();
         if variables["input"]["lines"][0]["quantity"] == json!(null) {
             variables["input"]["lines"] = json!([]);
@@ -567,7 +602,7 @@ async fn hostile_text_is_refused_and_costs_other_writers_nothing(server: &Server
         let (url, input) = (server.url(), hostile(&format!("c\u{0}{i}")));
         tasks.push(tokio::spawn(async move {
             let body = json!({ "query": PLACE, "variables": input });
-            let response = reqwest::Client::new().post(format!("{url}/graphql")).bearer_auth(CLIENT).json(&body).send().await.unwrap();
+            let response = reqwest::Client::new().post(format!("{url}/graphql")).bearer_auth(OPERATOR).json(&body).send().await.unwrap();
             let body: Value = response.json().await.unwrap();
             ("hostile", body["errors"][0]["extensions"]["code"].as_str().unwrap_or("none").to_owned(), body.to_string())
         }));
@@ -636,11 +671,11 @@ mod distributed {
         let ready: Value = serde_json::from_str(&ready).unwrap();
         assert_eq!(ready["checks"]["bus"], json!({ "backend": "nats", "status": "up" }), "{ready}");
         assert_eq!(ready["checks"]["read_model"]["backend"], "redis", "{ready}");
-        server.ok("client", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
-        let (order_id, token) = place(&server, "customer-pg", "SKU-PG", "card").await;
-        let read = server.ok("client", ORDER, json!({ "id": order_id, "token": token })).await;
+        server.ok("operator", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
+        let (order_id, token) = place_as(&server, "operator", "customer-pg", "SKU-PG", "card").await;
+        let read = server.ok("operator", ORDER, json!({ "id": order_id, "token": token })).await;
         assert_eq!(read["order"]["status"], "PENDING");
-        let mut subscription = Subscription::open(&server, CLIENT, &order_id).await.expect("subscription accepted");
+        let mut subscription = Subscription::open(&server, OPERATOR, &order_id).await.expect("subscription accepted");
         let first = subscription.next().await.unwrap();
         assert_eq!(first["status"], "PENDING");
         assert_eq!(first["sagaStatus"], Value::Null, "no saga runs yet");
@@ -678,6 +713,8 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
         &server.url(),
         "--token",
         CLIENT,
+        "--operator-token",
+        OPERATOR,
     ]));
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stdout)));
     assert_eq!(summary["orders"], 40, "{summary}");
@@ -698,6 +735,8 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
         &server.url(),
         "--token",
         CLIENT,
+        "--operator-token",
+        OPERATOR,
     ]));
     let again: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["confirmed"], 26, "{again}");
@@ -786,7 +825,7 @@ mod batching {
         let schema = schema(api.clone());
         let run = |query: String| {
             let schema = schema.clone();
-            let data = request_data(&api, Role::Client);
+            let data = request_data(&api, strata_api::auth::Caller { role: Role::Operator, subject: None, expires: None });
             async move {
                 let mut request = async_graphql::Request::new(query);
                 request.data = data;
@@ -816,4 +855,64 @@ mod batching {
         assert_eq!(sink.loads.load(Ordering::SeqCst) - loads, 1, "five nested stocks must be one load");
         assert_eq!(sink.documents.load(Ordering::SeqCst) - documents, 0, "no per-item document reads");
     }
+}
+
+/// JWT bearer tokens (HS256 here; RS256/ES256 from a JWKS file are covered
+/// by the auth module's tests): a client JWT acts for its `sub`, and an
+/// expired, wrongly signed, unsigned or incomplete one is 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_clients_act_for_their_subject_and_bad_jwts_are_refused() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &str = "jwt-secret-for-the-tests-of-strata-0001";
+    let scratch = scratch_sqlite();
+    let mut command = strata();
+    command
+        .current_dir(scratch.dir.path())
+        .env("STRATA_JWT_SECRET", SECRET)
+        .env("STRATA_JWT_ISSUER", "https://idp.test")
+        .env("STRATA_TOKENS", format!("operator:{OPERATOR}"));
+    let mut server = Server::start(command);
+    server.tokens.insert("operator".into(), OPERATOR.into());
+    let jwt = |claims: Value, secret: &str| {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    };
+    let exp = (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp();
+    let good = json!({ "sub": "c-jwt", "role": "client", "exp": exp, "iss": "https://idp.test" });
+    server.tokens.insert("jwt".into(), jwt(good.clone(), SECRET));
+    let me = server.ok("jwt", "{ me { role subject } }", json!({})).await;
+    assert_eq!(me["me"], json!({ "role": "CLIENT", "subject": "c-jwt" }));
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-JWT", "quantity": 5 })).await;
+    let placed = server.ok("jwt", PLACE, order_input("c-jwt", "SKU-JWT", "card", None)).await;
+    let order_id = placed["placeOrder"]["orderId"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(30), || async {
+        let (_, read) = server.graphql(Some(server.token("jwt")), ORDER, json!({ "id": order_id })).await;
+        if read["data"]["order"]["sagaStatus"] == "COMPLETED" {
+            Ok(())
+        } else {
+            Err(read.to_string())
+        }
+    })
+    .await;
+    assert_eq!(server.code("jwt", PLACE, order_input("c-other", "SKU-JWT", "card", None)).await, "FORBIDDEN");
+    let head = server.head().await;
+    let mut expired = good.clone();
+    expired["exp"] = json!((chrono::Utc::now() - chrono::Duration::hours(2)).timestamp());
+    let mut no_role = good.clone();
+    no_role.as_object_mut().unwrap().remove("role");
+    let mut other_issuer = good.clone();
+    other_issuer["iss"] = json!("https://evil.test");
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    for (token, says) in [
+        (jwt(expired, SECRET), "token expired"),
+        (jwt(good.clone(), "not-the-secret-of-this-server-at-all-0001"), "invalid token"),
+        (jwt(no_role, SECRET), "invalid token"),
+        (jwt(other_issuer, SECRET), "invalid token"),
+        (format!("{}.{}.", b64(&json!({ "alg": "none" })), b64(&good)), "invalid token"),
+    ] {
+        let (status, body) = server.graphql(Some(&token), PLACE, order_input("c-jwt", "SKU-JWT", "card", None)).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    assert_eq!(server.head().await, head, "a refused token wrote to the log");
 }

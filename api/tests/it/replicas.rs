@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::support::{strata, tail, Role, Server, TestDatabase};
 
 const CLIENT: &str = "client-token-for-replicas-01";
+const OPERATOR: &str = "operator-token-for-replicas-1";
 const ORDERS: usize = 240;
 const MIN_KILLS: usize = 12;
 
@@ -41,7 +42,7 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
         ("STRATA_EVENT_STORE", database.url.clone()),
         ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
         ("STRATA_READ_MODEL", format!("{redis}?key_prefix=test_{id}")),
-        ("STRATA_TOKENS", format!("client:{CLIENT}")),
+        ("STRATA_TOKENS", format!("client/customer-demo:{CLIENT},operator:{OPERATOR}")),
         // Long enough that a step outlives the kills of the replica driving
         // it; the orders whose payment never answers wait this long.
         ("STRATA_SAGA_STEP_DEADLINE", "20s".to_owned()),
@@ -111,6 +112,8 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
         &server.url(),
         "--token",
         CLIENT,
+        "--operator-token",
+        OPERATOR,
     ])
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
