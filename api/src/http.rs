@@ -20,8 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql_axum::GraphQLProtocol;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
@@ -64,13 +63,16 @@ pub struct GraphQl {
     pub api: Arc<Api>,
     /// The accepted tokens.
     pub tokens: Arc<Tokens>,
+    /// The open subscription WebSockets.
+    pub connections: Arc<crate::ws::Connections>,
 }
 
 impl GraphQl {
     /// The endpoint over `api`, accepting `tokens`.
     pub fn new(api: Api, tokens: Tokens) -> Self {
         let api = Arc::new(api);
-        Self { schema: crate::graphql::schema(api.clone()), api, tokens: Arc::new(tokens) }
+        let connections = Arc::new(crate::ws::Connections::new(&api.limits));
+        Self { schema: crate::graphql::schema(api.clone()), api, tokens: Arc::new(tokens), connections }
     }
 }
 
@@ -132,7 +134,7 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
 }
 
 /// A request-level refusal, shaped like a GraphQL response.
-fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
+pub(crate) fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
     let body = json!({ "data": null, "errors": [{ "message": message.into(), "extensions": { "code": code.as_str() } }] });
     (status, Json(body)).into_response()
 }
@@ -221,10 +223,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     if !upgrading {
         return Html(GRAPHIQL).into_response();
     }
-    let header_caller = match bearer(request.headers()) {
+    let header = match bearer(request.headers()) {
         None => None,
         Some(header) => match graphql.tokens.authenticate(Some(header), chrono::Utc::now()) {
-            Ok(caller) => Some(caller),
+            Ok(caller) => Some((header.to_owned(), caller)),
             Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
         },
     };
@@ -237,23 +239,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        let (schema, api, tokens) = (graphql.schema.clone(), graphql.api.clone(), graphql.tokens.clone());
-        GraphQLWebSocket::new(socket, schema, protocol)
-            .on_connection_init(move |payload| async move {
-                let caller = match header_caller {
-                    Some(caller) => caller,
-                    None => {
-                        let token = ["Authorization", "authorization"].iter().find_map(|key| payload.get(key).and_then(Value::as_str));
-                        tokens
-                            .authenticate(token, chrono::Utc::now())
-                            .map_err(|err| crate::graphql::error(Code::Unauthenticated, err.to_string()))?
-                    }
-                };
-                Ok(request_data(&api, caller))
-            })
-            .serve()
-    })
+    crate::ws::upgrade(graphql, header, protocol, upgrade)
 }
 
 /// The GraphiQL page (its scripts come from a CDN into the user's browser;

@@ -13,7 +13,8 @@
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise;
 //! - [`workers`]: the relay, projector, saga and services roles and their backends;
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
-//! - [`sagas`]: `strata sagas …` (stuck, resume).
+//! - [`sagas`]: `strata sagas …` (stuck, resume);
+//! - [`ws`]: the subscriptions' WebSocket and its bounds.
 
 pub mod audit;
 pub mod auth;
@@ -29,3 +30,4 @@ pub mod progress;
 pub mod projections;
 pub mod sagas;
 pub mod workers;
+pub mod ws;

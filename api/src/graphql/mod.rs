@@ -34,6 +34,7 @@ use strata_store::{CheckpointStore, EventStore, SnapshotStore};
 
 use crate::auth::Permission;
 
+mod bounds;
 pub mod mutation;
 pub mod query;
 pub mod subscription;
@@ -65,6 +66,20 @@ pub struct Limits {
     pub max_events: usize,
     /// How often `orderUpdated` looks at the read model.
     pub subscription_poll: Duration,
+    /// Most root fields (aliases included) one operation may select: each
+    /// is a resolver run, and `waitFor` ones wait.
+    pub max_root_fields: usize,
+    /// WebSocket: largest frame and message, in bytes.
+    pub max_ws_message_bytes: usize,
+    /// WebSocket: how long a connection may stay without a valid
+    /// `connection_init` (or a token at the upgrade).
+    pub ws_init_timeout: Duration,
+    /// WebSocket: open connections in this process.
+    pub max_ws_connections: usize,
+    /// WebSocket: open connections per token.
+    pub max_ws_connections_per_token: usize,
+    /// WebSocket: subscriptions open at once on one connection.
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -78,6 +93,12 @@ impl Default for Limits {
             max_page: strata_projections::orders::MAX_PAGE,
             max_events: 1_000,
             subscription_poll: Duration::from_millis(50),
+            max_root_fields: 20,
+            max_ws_message_bytes: 64 * 1024,
+            ws_init_timeout: Duration::from_secs(10),
+            max_ws_connections: 1_024,
+            max_ws_connections_per_token: 16,
+            max_subscriptions_per_connection: 16,
         }
     }
 }
@@ -140,6 +161,7 @@ pub fn schema(api: Arc<Api>) -> StrataSchema {
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(32)
         .limit_directives(8)
+        .extension(bounds::RootFields(limits.max_root_fields))
         .finish()
 }
 
@@ -174,6 +196,9 @@ pub enum Code {
     NotFound,
     /// A bound on time was reached (`waitFor`, the request timeout).
     Timeout,
+    /// Too many requests or connections for this token, address or process;
+    /// try again after the `Retry-After` header's seconds.
+    RateLimited,
     /// Something failed on our side; the message carries a log reference only.
     Internal,
 }
@@ -188,6 +213,7 @@ impl Code {
             Code::Forbidden => "FORBIDDEN",
             Code::NotFound => "NOT_FOUND",
             Code::Timeout => "TIMEOUT",
+            Code::RateLimited => "RATE_LIMITED",
             Code::Internal => "INTERNAL",
         }
     }

@@ -15,3 +15,4 @@ mod replicas;
 #[cfg(all(feature = "postgres", feature = "nats"))]
 mod saga_chaos;
 mod support;
+mod ws;
