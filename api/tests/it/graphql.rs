@@ -441,7 +441,18 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
     }
     // Queries: malformed, unknown fields, too deep, invalid orders.
     let deep = format!("{{ __schema {{ types {}{}  }} }}", "{ ofType ".repeat(30), "{ name }".to_owned() + &"}".repeat(30));
+    // More root fields than the limit (20), directly or through a fragment.
+    let aliases = |n: usize, field: &str| (0..n).map(|i| format!("a{i}: {field}")).collect::<Vec<_>>().join(" ");
+    let twenty = format!("{{ {} }}", aliases(20, "projections { name }"));
+    let (status, body) = server.graphql(Some(CLIENT), &twenty, json!({})).await;
+    assert!(status == 200 && body.get("errors").is_none(), "twenty root fields are allowed: {body}");
+    let order_field =
+        "order(id: \"00000000-0000-0000-0000-000000000001\", waitFor: \"order-00000000-0000-0000-0000-000000000001@9\") { id }";
     let mut cases = vec![
+        (format!("{{ {} }}", aliases(21, "projections { name }")), json!({})),
+        (format!("query {{ ...F }} fragment F on Query {{ {} }}", aliases(21, "projections { name }")), json!({})),
+        (format!("{{ {} }}", aliases(350, order_field)), json!({})),
+        (format!("mutation {{ {} }}", aliases(21, "restock(sku: \"SKU-BAD\", quantity: 1) { version }")), json!({})),
         ("{ projections { name ".to_owned(), json!({})),
         ("{ projections { nme } }".to_owned(), json!({})),
         ("{ order(id: \"not-a-uuid\") { id } }".to_owned(), json!({})),
@@ -543,6 +554,39 @@ async fn fuzzed_requests_never_panic_never_5xx_never_write() {
             "seed {seed} round {round}: {:?} answered {answer}",
             String::from_utf8_lossy(&body)
         );
+    }
+    // Valid orders but for one control character in one text field: each
+    // is refused naming its field.
+    let controls: Vec<char> = ('\u{0}'..='\u{1f}').chain(['\u{7f}']).collect();
+    for round in 0..300 {
+        let mut variables = order_input(CUSTOMER, "SKU-FUZZ", "card", Some("fuzz-key"));
+        let pointer = [
+            "/input/paymentMethod",
+            "/input/idempotencyKey",
+            "/input/shippingAddress/name",
+            "/input/shippingAddress/street",
+            "/input/shippingAddress/city",
+            "/input/shippingAddress/postalCode",
+            "/input/lines/0/sku",
+        ][round % 7];
+        let field = variables.pointer_mut(pointer).unwrap();
+        let mut text: Vec<char> = field.as_str().unwrap().chars().collect();
+        text.insert(rng.random_range(0..=text.len()), controls[rng.random_range(0..controls.len())]);
+        *field = Value::String(text.into_iter().collect());
+        let (status, answer) = server.graphql(Some(CLIENT), PLACE, variables.clone()).await;
+        assert_eq!(status, 200, "seed {seed}: {variables}: {answer}");
+        assert_eq!(answer["errors"][0]["extensions"]["code"], "VALIDATION", "seed {seed}: {variables}: {answer}");
+    }
+    // Alias floods of any size are refused before any resolver runs.
+    for _ in 0..30 {
+        let n = rng.random_range(21..2_000);
+        let fields: Vec<String> = (0..n)
+            .map(|i| format!("a{i}: order(id: \"{}\", waitFor: \"order-{}@7\") {{ id }}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()))
+            .collect();
+        let query = format!("{{ {} }}", fields.join(" "));
+        let (status, answer) = server.post(Some(CLIENT), "application/json", json!({ "query": query }).to_string().into_bytes()).await;
+        assert!(status == 200 || status == 413, "seed {seed}: {n} aliases: HTTP {status}: {answer}");
+        assert_eq!(answer["errors"][0]["extensions"]["code"], "VALIDATION", "seed {seed}: {n} aliases: {answer}");
     }
     let deep_json = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
     let (status, _) = server.post(Some(CLIENT), "application/json", deep_json.into_bytes()).await;
