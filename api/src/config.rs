@@ -63,6 +63,12 @@ pub struct Overrides {
     /// The `aud` a JWT must carry.
     #[arg(long, env = "STRATA_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
+    /// Requests per second per token on `/graphql` (`1000/s`, `600/min`, `off`).
+    #[arg(long, env = "STRATA_RATE_LIMIT", global = true)]
+    pub rate_limit: Option<String>,
+    /// Requests per second per client address, before the token is checked.
+    #[arg(long, env = "STRATA_RATE_LIMIT_IP", global = true)]
+    pub rate_limit_ip: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -84,6 +90,8 @@ struct FileSettings {
     jwt_jwks: Option<PathBuf>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    rate_limit: Option<String>,
+    rate_limit_ip: Option<String>,
 }
 
 /// What a process does (docs/design.md §3, §8).
@@ -150,6 +158,10 @@ pub struct Settings {
     pub tokens: Option<String>,
     /// How JWT bearer tokens are verified.
     pub jwt: crate::auth::JwtSettings,
+    /// Requests per token (`None`: unlimited).
+    pub rate_per_token: Option<governor::Quota>,
+    /// Requests per client address (`None`: unlimited).
+    pub rate_per_ip: Option<governor::Quota>,
 }
 
 /// `STRATA_SAGA_STEP_DEADLINE` when nothing is set.
@@ -243,6 +255,14 @@ impl Settings {
                 issuer: overrides.jwt_issuer.clone().or(file.jwt_issuer).filter(|t| !t.is_empty()),
                 audience: overrides.jwt_audience.clone().or(file.jwt_audience).filter(|t| !t.is_empty()),
             },
+            rate_per_token: match overrides.rate_limit.clone().or(file.rate_limit) {
+                Some(text) => crate::rate::parse_rate("STRATA_RATE_LIMIT", &text)?,
+                None => crate::rate::per_second(crate::rate::DEFAULT_PER_TOKEN),
+            },
+            rate_per_ip: match overrides.rate_limit_ip.clone().or(file.rate_limit_ip) {
+                Some(text) => crate::rate::parse_rate("STRATA_RATE_LIMIT_IP", &text)?,
+                None => crate::rate::per_second(crate::rate::DEFAULT_PER_IP),
+            },
         })
     }
 }
@@ -274,6 +294,29 @@ mod tests {
         assert_eq!(settings.bus, DEFAULT_BUS);
         assert_eq!(settings.read_model, DEFAULT_READ_MODEL);
         assert_eq!(settings.roles, Roles::ALL);
+        assert_eq!(settings.rate_per_token, crate::rate::per_second(crate::rate::DEFAULT_PER_TOKEN));
+        assert_eq!(settings.rate_per_ip, crate::rate::per_second(crate::rate::DEFAULT_PER_IP));
+    }
+
+    #[test]
+    fn rate_limits_come_from_the_file_or_flags_and_turn_off() {
+        let toml = file("rate_limit = \"600/min\"\nrate_limit_ip = \"off\"\n");
+        let from_file = Settings::resolve(&Overrides { config: Some(toml.path().to_owned()), ..Overrides::default() }).unwrap();
+        assert_eq!(from_file.rate_per_token, crate::rate::parse_rate("x", "600/min").unwrap());
+        assert_eq!(from_file.rate_per_ip, None);
+        let from_flag = Settings::resolve(&Overrides {
+            config: Some(toml.path().to_owned()),
+            rate_limit: Some("off".into()),
+            rate_limit_ip: Some("50".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(from_flag.rate_per_token, None);
+        assert_eq!(from_flag.rate_per_ip, crate::rate::per_second(50));
+        let err =
+            Settings::resolve(&Overrides { config: Some(toml.path().to_owned()), rate_limit: Some("lots".into()), ..Overrides::default() })
+                .unwrap_err();
+        assert!(err.to_string().contains("STRATA_RATE_LIMIT"), "{err}");
     }
 
     #[test]

@@ -12,18 +12,21 @@
 //! Every refusal of `POST /graphql` is a GraphQL-shaped JSON body with
 //! `extensions.code`, never a 5xx: no or bad token 401 `UNAUTHENTICATED`,
 //! body over the limit 413, not JSON 415, malformed JSON or unknown keys
-//! 400 (`VALIDATION`); errors inside a well-formed request come with 200.
+//! 400 (`VALIDATION`), over a rate ([`crate::rate`]) 429 `RATE_LIMITED`
+//! with `Retry-After`; errors inside a well-formed request come with 200.
+//! Every answer carries an `x-request-id` (the caller's, or a new UUID) that
+//! also names the request's tracing span.
 //! Built by [`router`] so tests call it in-process; [`run`] serves it on a
 //! listener it is handed until `shutdown` resolves.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql_axum::GraphQLProtocol;
-use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -32,10 +35,12 @@ use serde_json::{json, Value};
 use strata_projections::ReadModelSink;
 use strata_store::{CheckpointStore, EventStore};
 
-use crate::auth::Tokens;
+use crate::auth::{Caller, Tokens};
 use crate::graphql::{request_data, Api, Code, StrataSchema};
 use crate::metrics::{render, Metrics, Sources};
 use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -65,6 +70,8 @@ pub struct GraphQl {
     pub tokens: Arc<Tokens>,
     /// The open subscription WebSockets.
     pub connections: Arc<crate::ws::Connections>,
+    /// Requests per token and per client address.
+    pub rates: Arc<crate::rate::RateLimits>,
 }
 
 impl GraphQl {
@@ -72,7 +79,8 @@ impl GraphQl {
     pub fn new(api: Api, tokens: Tokens) -> Self {
         let api = Arc::new(api);
         let connections = Arc::new(crate::ws::Connections::new(&api.limits));
-        Self { schema: crate::graphql::schema(api.clone()), api, tokens: Arc::new(tokens), connections }
+        let rates = Arc::new(crate::rate::RateLimits::new(api.limits.rate_per_token, api.limits.rate_per_ip));
+        Self { schema: crate::graphql::schema(api.clone()), api, tokens: Arc::new(tokens), connections, rates }
     }
 }
 
@@ -84,6 +92,17 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .with_state(state)
+        // Outermost last: a request gets an `x-request-id` (its own, or a new
+        // UUID), is traced in a span naming it, and the answer echoes it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The span a request is served in: method, path and request id.
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    tracing::info_span!("http", method = %request.method(), path = request.uri().path(), request_id = id)
 }
 
 async fn healthz() -> Json<Value> {
@@ -156,14 +175,51 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
 }
 
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+/// The client's address, when the server was started with it ([`run`] is).
+fn client_ip(request: &Request) -> Option<IpAddr> {
+    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
+/// Takes a request from its address's bucket, when the address is known.
+fn admit_address(graphql: &GraphQl, ip: Option<IpAddr>) -> Result<(), Box<Response>> {
+    match ip {
+        Some(ip) => graphql.rates.check_ip(ip).map_err(|wait| rate_limited(wait, "this address")),
+        None => Ok(()),
+    }
+}
+
+/// Authenticates an `Authorization` header's value, within its token's rate.
+fn admit_token(graphql: &GraphQl, header: Option<&str>) -> Result<Caller, Box<Response>> {
+    let caller = graphql
+        .tokens
+        .authenticate(header, chrono::Utc::now())
+        .map_err(|err| Box::new(refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string())))?;
+    if let Some((_, token)) = header.and_then(|header| header.trim().split_once(' ')) {
+        graphql.rates.check_token(token).map_err(|wait| rate_limited(wait, "this token"))?;
+    }
+    Ok(caller)
+}
+
+/// 429 with `Retry-After`.
+fn rate_limited(wait: Duration, whose: &str) -> Box<Response> {
+    let seconds = crate::rate::retry_after_seconds(wait);
+    let mut response =
+        refuse(StatusCode::TOO_MANY_REQUESTS, Code::RateLimited, format!("too many requests from {whose}; retry in {seconds} s"));
+    response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+    Box::new(response)
+}
+
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
     let started = std::time::Instant::now();
     let Some(graphql) = &state.graphql else {
         return refuse(StatusCode::NOT_FOUND, Code::NotFound, "this process does not serve GraphQL (STRATA_ROLES has no api)");
     };
-    let caller = match graphql.tokens.authenticate(bearer(&headers), chrono::Utc::now()) {
+    let ip = client_ip(&request);
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let caller = match admit_address(graphql, ip).and_then(|()| admit_token(graphql, bearer(&headers))) {
         Ok(caller) => caller,
-        Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
+        Err(refusal) => return *refusal,
     };
     let limits = &graphql.api.limits;
     let json = headers
@@ -223,11 +279,15 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     if !upgrading {
         return Html(GRAPHIQL).into_response();
     }
+    if let Err(refusal) = admit_address(&graphql, client_ip(&request)) {
+        return *refusal;
+    }
+    // A token at the upgrade is checked now; else at `connection_init`.
     let header = match bearer(request.headers()) {
         None => None,
-        Some(header) => match graphql.tokens.authenticate(Some(header), chrono::Utc::now()) {
+        Some(header) => match admit_token(&graphql, Some(header)) {
             Ok(caller) => Some((header.to_owned(), caller)),
-            Err(err) => return refuse(StatusCode::UNAUTHORIZED, Code::Unauthenticated, err.to_string()),
+            Err(refusal) => return *refusal,
         },
     };
     let (mut parts, _) = request.into_parts();
@@ -268,5 +328,5 @@ fn check(
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then
 /// finishes in-flight requests.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
 }

@@ -13,6 +13,7 @@
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise;
 //! - [`workers`]: the relay, projector, saga and services roles and their backends;
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
+//! - [`rate`]: rate limits per token and per client address;
 //! - [`sagas`]: `strata sagas …` (stuck, resume);
 //! - [`ws`]: the subscriptions' WebSocket and its bounds.
 
@@ -28,6 +29,7 @@ pub mod http;
 pub mod metrics;
 pub mod progress;
 pub mod projections;
+pub mod rate;
 pub mod sagas;
 pub mod workers;
 pub mod ws;

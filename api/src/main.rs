@@ -502,7 +502,8 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
             let address = listener.local_addr()?;
             let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
-            let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model.clone(), Limits::default());
+            let limits = Limits { rate_per_token: settings.rate_per_token, rate_per_ip: settings.rate_per_ip, ..Limits::default() };
+            let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model.clone(), limits);
             let graphql = GraphQl::new(api, tokens(settings)?);
             println!("strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)", store.backend_name());
             tracing::info!(%address, backend = store.backend_name(), "serving");

@@ -151,7 +151,8 @@ async fn serve(
         message
     });
 
-    let (api, tokens, per_token) = (graphql.api.clone(), graphql.tokens.clone(), graphql.connections.per_token.clone());
+    let (api, tokens, rates, per_token) =
+        (graphql.api.clone(), graphql.tokens.clone(), graphql.rates.clone(), graphql.connections.per_token.clone());
     let max_per_token = limits.max_ws_connections_per_token;
     let watched = connection.clone();
     let serving = GraphQLWebSocket::new_with_pair(sink, stream, graphql.schema.clone(), protocol)
@@ -161,6 +162,12 @@ async fn serve(
                 None => {
                     let header = ["Authorization", "authorization"].iter().find_map(|key| payload.get(key).and_then(Value::as_str));
                     let caller = tokens.authenticate(header, Utc::now()).map_err(|err| error(Code::Unauthenticated, err.to_string()))?;
+                    if let Some((_, token)) = header.and_then(|header| header.trim().split_once(' ')) {
+                        rates.check_token(token).map_err(|wait| {
+                            let seconds = crate::rate::retry_after_seconds(wait);
+                            error(Code::RateLimited, format!("too many requests from this token; retry in {seconds} s"))
+                        })?;
+                    }
                     (header.unwrap_or_default().to_owned(), caller)
                 }
             };

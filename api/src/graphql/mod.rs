@@ -80,6 +80,10 @@ pub struct Limits {
     pub max_ws_connections_per_token: usize,
     /// WebSocket: subscriptions open at once on one connection.
     pub max_subscriptions_per_connection: usize,
+    /// Requests (POST or upgrade) per token (`None`: unlimited).
+    pub rate_per_token: Option<governor::Quota>,
+    /// Requests per client address, checked before the token (`None`: unlimited).
+    pub rate_per_ip: Option<governor::Quota>,
 }
 
 impl Default for Limits {
@@ -99,6 +103,8 @@ impl Default for Limits {
             max_ws_connections: 1_024,
             max_ws_connections_per_token: 16,
             max_subscriptions_per_connection: 16,
+            rate_per_token: crate::rate::per_second(crate::rate::DEFAULT_PER_TOKEN),
+            rate_per_ip: crate::rate::per_second(crate::rate::DEFAULT_PER_IP),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The subscriptions' WebSocket keeps its bounds: served in-process on port 0
-//! with small limits, and driven by a raw `graphql-transport-ws` client.
+//! The HTTP surface keeps its bounds (the subscriptions' WebSocket, rates,
+//! request ids): served in-process on port 0 with small limits, and driven
+//! by a raw `graphql-transport-ws` client and plain POSTs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,4 +215,103 @@ async fn a_connection_is_closed_when_its_token_expires() {
     // And it cannot come back.
     let mut again = connect(address).await.unwrap();
     assert!(!init(&mut again, EXPIRING).await);
+}
+
+/// POSTs `{ __typename }` with `token`: the status, `Retry-After` and the first error's code.
+async fn post(address: std::net::SocketAddr, token: &str) -> (u16, Option<u64>, Option<String>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().parse().unwrap());
+    let body: Value = response.json().await.unwrap();
+    (status, retry_after, body["errors"][0]["extensions"]["code"].as_str().map(str::to_owned))
+}
+
+/// The reason of the close frame the server ends `socket` with.
+async fn close_reason(socket: &mut Socket) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("closed within 10s") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|frame| frame.reason.to_string()).unwrap_or_default(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_token_has_its_rate_and_an_empty_bucket_answers_429_with_retry_after() {
+    let quota = strata_api::rate::parse_rate("test", "3/min").unwrap();
+    let address = serve(Limits { rate_per_token: quota, rate_per_ip: None, ..limits() }, None).await;
+    for _ in 0..3 {
+        assert_eq!(post(address, CLIENT).await, (200, None, None));
+    }
+    let (status, retry_after, code) = post(address, CLIENT).await;
+    assert_eq!((status, code.as_deref()), (429, Some("RATE_LIMITED")));
+    let retry_after = retry_after.expect("a Retry-After header");
+    assert!((1..=20).contains(&retry_after), "Retry-After: {retry_after}");
+    // The same token is refused at the WebSocket too, at the upgrade and at connection_init…
+    let mut request = format!("ws://{address}/graphql").into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    request.headers_mut().insert("authorization", format!("Bearer {CLIENT}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
+        other => panic!("the upgrade with a throttled token: {:?}", other.map(|_| ())),
+    }
+    let mut socket = connect(address).await.unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {CLIENT}") } });
+    socket.send(Message::text(init.to_string())).await.unwrap();
+    let reason = close_reason(&mut socket).await;
+    assert!(reason.contains("too many requests"), "{reason}");
+    // …while another token keeps its own bucket.
+    assert_eq!(post(address, OTHER).await, (200, None, None));
+}
+
+#[tokio::test]
+async fn each_address_has_its_rate_before_any_token_is_checked() {
+    let quota = strata_api::rate::parse_rate("test", "4/min").unwrap();
+    let address = serve(Limits { rate_per_token: None, rate_per_ip: quota, ..limits() }, None).await;
+    // Guessing tokens spends the address's bucket…
+    for guess in 0..4 {
+        let (status, _, code) = post(address, &format!("guessed-token-{guess:08}")).await;
+        assert_eq!((status, code.as_deref()), (401, Some("UNAUTHENTICATED")));
+    }
+    // …so then even a good token from that address waits, and so does an upgrade.
+    let (status, retry_after, code) = post(address, CLIENT).await;
+    assert_eq!((status, code.as_deref()), (429, Some("RATE_LIMITED")));
+    assert!(retry_after.is_some_and(|seconds| seconds >= 1));
+    assert_eq!(connect(address).await.err(), Some(429));
+}
+
+#[tokio::test]
+async fn without_limits_nothing_is_throttled() {
+    let address = serve(Limits { rate_per_token: None, rate_per_ip: None, ..limits() }, None).await;
+    for _ in 0..50 {
+        assert_eq!(post(address, CLIENT).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_its_own_or_the_callers() {
+    let address = serve(limits(), None).await;
+    let client = reqwest::Client::new();
+    let fresh = client.get(format!("http://{address}/healthz")).send().await.unwrap();
+    let id = fresh.headers().get("x-request-id").expect("a request id").to_str().unwrap().to_owned();
+    uuid::Uuid::parse_str(&id).expect("a new id is a UUID");
+    let refused = client.post(format!("http://{address}/graphql")).json(&json!({ "query": "{ __typename }" })).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(refused.headers().contains_key("x-request-id"), "refusals carry one too");
+    let given = client
+        .post(format!("http://{address}/graphql"))
+        .bearer_auth(CLIENT)
+        .header("x-request-id", "trace-me-42")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers().get("x-request-id").unwrap(), "trace-me-42");
 }
