@@ -2,8 +2,10 @@
 //!
 //! - `audit stream ID [--at-version N | --as-of TIME] [--as-stored] [--json]`
 //!   prints a stream's events with every piece of metadata;
-//! - `audit verify [--stream ID] [--json]` walks the hash chain and exits
-//!   non-zero when a link is broken;
+//! - `audit verify [--stream ID | --anchor FILE] [--json]` walks the hash
+//!   chain, the positions and the stream heads (and checks the anchored
+//!   prefix) and exits non-zero on any problem;
+//! - `audit anchor [--out FILE]` verifies the log and writes its anchor;
 //! - `audit invariants [--json]` checks the order-fulfilment invariants over
 //!   the whole log (`strata_sagas::fulfilment::audit`) and exits non-zero on
 //!   any violation.
@@ -13,7 +15,7 @@ use std::io::Write;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use strata_store::verify::{verify_log, verify_stream, VerifyReport};
+use strata_store::verify::{verify_log, verify_stream, Anchor, LogProblem, VerifyReport};
 use strata_store::{EventReader, Form, ReadStream, RecordedEvent, StreamId};
 
 use crate::progress::Progress;
@@ -101,42 +103,98 @@ pub async fn print_stream(reader: &dyn EventReader, stream_id: &StreamId, query:
     Ok(())
 }
 
+/// Reads an anchor file written by `audit anchor`.
+pub fn read_anchor(path: &std::path::Path) -> anyhow::Result<Anchor> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the anchor {}", path.display()))?;
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("the anchor {} is not JSON", path.display()))?;
+    Anchor::from_json(&value).map_err(|reason| anyhow::anyhow!("the anchor {}: {reason}", path.display()))
+}
+
+async fn verify_whole_log(reader: &dyn EventReader, anchor: Option<&Anchor>) -> anyhow::Result<VerifyReport> {
+    let mut progress = Progress::new("verifying", "events", 0);
+    let report = verify_log(reader, 5_000, anchor, &mut |done, total| progress.set(done.0, total.0)).await?;
+    progress.finish();
+    Ok(report)
+}
+
 /// `audit verify`: walks the chain with progress, prints the report, and
-/// returns whether the log is intact.
-pub async fn verify(reader: &dyn EventReader, stream_id: Option<&StreamId>, as_json: bool) -> anyhow::Result<bool> {
+/// returns whether the log is intact (and holds the anchored prefix).
+pub async fn verify(
+    reader: &dyn EventReader,
+    stream_id: Option<&StreamId>,
+    anchor: Option<&Anchor>,
+    as_json: bool,
+) -> anyhow::Result<bool> {
     let report: VerifyReport = match stream_id {
         Some(stream_id) => verify_stream(reader, stream_id, 1_000).await?,
-        None => {
-            let mut progress = Progress::new("verifying", "events", 0);
-            let report = verify_log(reader, 5_000, &mut |done, total| progress.set(done.0, total.0)).await?;
-            progress.finish();
-            report
-        }
+        None => verify_whole_log(reader, anchor).await?,
     };
     let mut out = std::io::stdout().lock();
     if as_json {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
-    } else {
-        for link in &report.broken {
-            writeln!(
-                out,
-                "BROKEN {} v{}{}: {}",
-                link.stream_id,
-                link.stream_version,
-                link.position.map_or(String::new(), |p| format!(" (position {p})")),
-                serde_json::to_string(&link.problem)?
-            )?;
-        }
+        return Ok(report.is_intact());
+    }
+    for link in &report.broken {
         writeln!(
             out,
-            "{} events in {} streams checked: {}",
-            report.events_checked,
-            report.streams_checked,
-            if report.is_intact() { "chain intact".to_owned() } else { format!("{} broken links", report.broken.len()) }
+            "BROKEN {} v{}{}: {}",
+            link.stream_id,
+            link.stream_version,
+            link.position.map_or(String::new(), |p| format!(" (position {p})")),
+            serde_json::to_string(&link.problem)?
         )?;
     }
+    for problem in &report.log {
+        let line = match problem {
+            LogProblem::Truncated { log_head, last_position } => {
+                format!("TRUNCATED the log head is {log_head} but the last event is at {last_position}")
+            }
+            LogProblem::ShorterThanAnchor { anchored, last_position } => {
+                format!("TRUNCATED the anchor covers positions 1..={anchored} but the log ends at {last_position}")
+            }
+            LogProblem::AnchorMismatch { anchored, expected, found } => {
+                format!("ANCHOR positions 1..={anchored} changed since anchored: digest {found}, anchored {expected}")
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    let problems = report.broken.len() + report.log.len();
+    let anchored = match report.anchor_checked {
+        Some(position) if report.log.is_empty() => format!(", anchored prefix 1..={position} unchanged"),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "{} events in {} streams checked: {}{anchored}",
+        report.events_checked,
+        report.streams_checked,
+        if problems == 0 { "chain intact".to_owned() } else { format!("{problems} problems") }
+    )?;
     Ok(report.is_intact())
+}
+
+/// `audit anchor`: verifies the whole log and, when intact, writes its
+/// anchor as JSON to `out` (or stdout). Returns whether it was written.
+pub async fn anchor(reader: &dyn EventReader, out: Option<&std::path::Path>) -> anyhow::Result<bool> {
+    let report = verify_whole_log(reader, None).await?;
+    if !report.is_intact() {
+        eprintln!(
+            "the log is not intact ({} broken links, {} log problems): not anchoring; run `strata audit verify`",
+            report.broken.len(),
+            report.log.len()
+        );
+        return Ok(false);
+    }
+    let text = serde_json::to_string_pretty(&report.anchor().to_json(Utc::now()))? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing the anchor {}", path.display()))?;
+            eprintln!("anchored positions 1..={} in {}", report.last_position, path.display());
+        }
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(true)
 }
 
 /// `audit invariants`: checks the fulfilment invariants over the whole log,

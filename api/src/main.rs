@@ -95,14 +95,26 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Walk the hash chain and report every broken link (exit 1 if any).
+    /// Walk the hash chain, the positions and the stream heads, and report
+    /// every problem (exit 1 if any).
     Verify {
         /// Only this stream.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "anchor")]
         stream: Option<String>,
+        /// Also prove the log still holds the prefix this anchor file
+        /// (from `audit anchor`) was taken over, unchanged.
+        #[arg(long)]
+        anchor: Option<std::path::PathBuf>,
         /// JSON report.
         #[arg(long)]
         json: bool,
+    },
+    /// Verify the whole log and print its anchor (head position and digest,
+    /// JSON) to keep outside the database; refuses a log that is not intact.
+    Anchor {
+        /// Write the anchor to this file instead of stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Check the order-fulfilment invariants over the whole log: sagas
     /// terminal or within their deadline, stock conserved, no double capture,
@@ -310,10 +322,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let query = StreamQuery { at_version, as_of, as_stored };
             audit::print_stream(backend.store().as_ref(), &stream_id, &query, json).await?;
         }
-        Command::Audit(AuditCommand::Verify { stream, json }) => {
+        Command::Audit(AuditCommand::Verify { stream, anchor, json }) => {
             let stream_id = stream.as_deref().map(StreamId::parse).transpose()?;
+            let anchor = anchor.as_deref().map(audit::read_anchor).transpose()?;
             let backend = open(&settings).await?;
-            if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), json).await? {
+            if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), anchor.as_ref(), json).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Audit(AuditCommand::Anchor { out }) => {
+            let backend = open(&settings).await?;
+            if !audit::anchor(backend.store().as_ref(), out.as_deref()).await? {
                 return Ok(ExitCode::from(1));
             }
         }

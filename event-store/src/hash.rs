@@ -1,12 +1,18 @@
 //! Tamper evidence: the chain hash of an event and the canonical JSON it is
 //! computed over.
 //!
-//! `hash = SHA-256("strata-event-chain-v1" ‖ previous hash ‖ event id ‖ stream id
-//! ‖ stream version ‖ event type ‖ schema version ‖ recorded-at (µs) ‖ canonical
-//! metadata ‖ canonical payload)`, every variable-length field prefixed with its
-//! length. The previous hash of a stream's first event is all zeroes. The global
-//! position is not covered: it is assigned inside the commit's critical section,
-//! after the hash is computed; reordering is caught by the per-stream versions.
+//! `hash = SHA-256("strata-event-chain-v2" ‖ previous hash ‖ global position ‖
+//! event id ‖ stream id ‖ stream version ‖ event type ‖ schema version ‖
+//! recorded-at (µs) ‖ canonical metadata ‖ canonical payload)`, every
+//! variable-length field prefixed with its length: every stored column but the
+//! category, which is the stream id's prefix and checked against it. The
+//! previous hash of a stream's first event is all zeroes. Positions are taken
+//! before the batch is planned (the log head is locked first), so moving an
+//! event to another position breaks its hash.
+//!
+//! Logs written before v2 hold v1 hashes (`"strata-event-chain-v1"`, no
+//! position); [`legacy_chain_hash`] verifies those, and a v1 hash after the
+//! first v2 one in log order is refused (`crate::verify`).
 //!
 //! Canonical JSON sorts object keys and prints numbers the way `serde_json`
 //! does, so a payload that went through PostgreSQL `jsonb` (which reorders keys
@@ -22,6 +28,8 @@ use crate::ChainHash;
 pub struct HashInput<'a> {
     /// Hash of the previous event of the stream ([`ChainHash::GENESIS`] for the first).
     pub previous: &'a ChainHash,
+    /// The event's global position (not covered by v1 hashes).
+    pub position: u64,
     /// The event id.
     pub event_id: &'a uuid::Uuid,
     /// The stream id.
@@ -40,11 +48,36 @@ pub struct HashInput<'a> {
     pub payload_json: &'a str,
 }
 
-/// Computes the chain hash of one event.
+/// Computes the chain hash of one event (v2: the position included).
 pub fn chain_hash(input: HashInput<'_>) -> ChainHash {
+    let mut hasher = Sha256::new();
+    hasher.update(b"strata-event-chain-v2");
+    hasher.update(input.previous.0);
+    hasher.update(input.position.to_be_bytes());
+    content(hasher, &input)
+}
+
+/// The v1 hash of logs written before positions were covered.
+pub fn legacy_chain_hash(input: HashInput<'_>) -> ChainHash {
     let mut hasher = Sha256::new();
     hasher.update(b"strata-event-chain-v1");
     hasher.update(input.previous.0);
+    content(hasher, &input)
+}
+
+/// The running digest of the log up to an event: `SHA-256("strata-log-v1" ‖
+/// digest before it ‖ position ‖ its stored hash)`, from all zeroes. An
+/// anchor keeps it for a position; no prefix of another content has it.
+pub fn log_digest(before: &ChainHash, position: u64, hash: &ChainHash) -> ChainHash {
+    let mut hasher = Sha256::new();
+    hasher.update(b"strata-log-v1");
+    hasher.update(before.0);
+    hasher.update(position.to_be_bytes());
+    hasher.update(hash.0);
+    ChainHash(hasher.finalize().into())
+}
+
+fn content(mut hasher: Sha256, input: &HashInput<'_>) -> ChainHash {
     hasher.update(input.event_id.as_bytes());
     field(&mut hasher, input.stream_id.as_bytes());
     hasher.update(input.stream_version.to_be_bytes());
@@ -128,6 +161,7 @@ mod tests {
         let id = uuid::Uuid::nil();
         let base = HashInput {
             previous: &ChainHash::GENESIS,
+            position: 7,
             event_id: &id,
             stream_id: "order-1",
             stream_version: 1,
@@ -141,6 +175,7 @@ mod tests {
         let previous = ChainHash([1; 32]);
         let variants = [
             HashInput { previous: &previous, ..base },
+            HashInput { position: 8, ..base },
             HashInput { stream_id: "order-2", ..base },
             HashInput { stream_version: 2, ..base },
             HashInput { event_type: "OrderPlacedX", ..base },
@@ -152,5 +187,16 @@ mod tests {
         for variant in variants {
             assert_ne!(chain_hash(variant), reference, "{variant:?}");
         }
+        // v1 ignores the position and differs from v2.
+        assert_eq!(legacy_chain_hash(base), legacy_chain_hash(HashInput { position: 8, ..base }));
+        assert_ne!(legacy_chain_hash(base), reference);
+    }
+
+    #[test]
+    fn the_log_digest_covers_position_hash_and_everything_before() {
+        let a = log_digest(&ChainHash::GENESIS, 1, &ChainHash([1; 32]));
+        assert_ne!(a, log_digest(&ChainHash::GENESIS, 2, &ChainHash([1; 32])));
+        assert_ne!(a, log_digest(&ChainHash::GENESIS, 1, &ChainHash([2; 32])));
+        assert_ne!(log_digest(&a, 2, &ChainHash([3; 32])), log_digest(&ChainHash::GENESIS, 2, &ChainHash([3; 32])));
     }
 }

@@ -176,10 +176,10 @@ impl EventStore for MemoryEventStore {
             .map(|&i| state.rows[i].identity())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| AppendError::InvalidRequest { reason: err.to_string() })?;
-        let mut planner = BatchPlanner::new(heads, stored, chrono::Utc::now());
+        let first_position = Position(state.rows.len() as u64 + 1);
+        let mut planner = BatchPlanner::new(heads, stored, chrono::Utc::now(), first_position);
         let planned = planner.plan(&prepared);
         let (rows, heads) = planner.finish();
-        let first_position = Position(state.rows.len() as u64 + 1);
         for row in rows {
             let index = state.rows.len();
             state.ids.insert(row.event_id, index);

@@ -281,13 +281,21 @@ pub(crate) struct BatchPlanner {
     stored: HashMap<Uuid, StoredIdentity>,
     in_batch: HashMap<Uuid, usize>,
     recorded_at: DateTime<Utc>,
+    first_position: Position,
     rows: Vec<PlannedRow>,
 }
 
 impl BatchPlanner {
     /// `heads`: the stored heads of (at least) every stream the batch touches;
-    /// `stored`: every stored event whose id the batch uses.
-    pub(crate) fn new(heads: HashMap<StreamId, Head>, stored: Vec<StoredIdentity>, recorded_at: DateTime<Utc>) -> Self {
+    /// `stored`: every stored event whose id the batch uses; `first_position`:
+    /// the position the batch's first row will have (the log head is held, so
+    /// the hashes can cover positions).
+    pub(crate) fn new(
+        heads: HashMap<StreamId, Head>,
+        stored: Vec<StoredIdentity>,
+        recorded_at: DateTime<Utc>,
+        first_position: Position,
+    ) -> Self {
         // Microsecond precision: what PostgreSQL keeps, so the hash survives a round trip.
         let recorded_at = DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
         Self {
@@ -296,6 +304,7 @@ impl BatchPlanner {
             stored: stored.into_iter().map(|event| (event.event_id, event)).collect(),
             in_batch: HashMap::new(),
             recorded_at,
+            first_position,
             rows: Vec::new(),
         }
     }
@@ -322,6 +331,7 @@ impl BatchPlanner {
                 let stream_version = head.version + 1;
                 let hash = chain_hash(HashInput {
                     previous: &head.hash,
+                    position: self.first_position.0 + self.rows.len() as u64,
                     event_id: &event.event_id,
                     stream_id: stream.stream_id.as_str(),
                     stream_version,

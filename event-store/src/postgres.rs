@@ -4,16 +4,19 @@
 //! A plain sequence does not give readers a safe order: a transaction that took
 //! position 4 can commit after one that took 5, and a reader that already
 //! delivered 5 would skip 4. Here positions come from the single row of
-//! `strata_log_head`, updated by the statement that inserts the events, which
-//! is the last one before COMMIT (`sql/postgres/insert_events.sql`). The row
-//! lock is held until the transaction ends, so positions are handed out in
-//! commit order (and a rolled-back transaction gives its positions back). A
-//! reader then needs nothing but `WHERE position > $after ORDER BY position`:
-//! if it sees P, everything below P has committed. Only event writers ever
-//! hold that lock, and only for one statement and the commit, so an idle or
-//! long transaction elsewhere in the database never stalls readers; writer
-//! connections also set `idle_in_transaction_session_timeout` so a writer that
-//! hangs between its statements cannot hold the log head for long.
+//! `strata_log_head`, locked by the first statement of an appending
+//! transaction (`sql/postgres/lock_streams.sql`, before the stream heads) and
+//! moved by the statement that inserts the events, the last one before COMMIT
+//! (`sql/postgres/insert_events.sql`). The row lock is held until the
+//! transaction ends, so positions are handed out in commit order (and a
+//! rolled-back transaction gives its positions back); since the batch knows
+//! its positions before it is planned, the chain hashes cover them. A reader
+//! then needs nothing but `WHERE position > $after ORDER BY position`: if it
+//! sees P, everything below P has committed. Only event writers ever hold
+//! that lock, and only for a batch's three statements and its commit, so an
+//! idle or long transaction elsewhere in the database never stalls readers;
+//! writer connections also set `idle_in_transaction_session_timeout` so a
+//! writer that hangs between its statements cannot hold the log head for long.
 //!
 //! # Group commit
 //! That critical section serializes commits, so appends are batched: callers
@@ -468,13 +471,17 @@ async fn commit_batch(shared: &Shared, appends: &[&PreparedAppend], look_up_ids:
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let heads = sqlx::query(sql::LOCK_STREAMS)
-        .bind(&stream_ids)
-        .fetch_all(&mut *tx)
-        .await?
+    let locked_rows = sqlx::query(sql::LOCK_STREAMS).bind(&stream_ids).fetch_all(&mut *tx).await?;
+    let log_position: i64 = match locked_rows.first() {
+        Some(row) => row.try_get("log_position")?,
+        None => return Err(CommitError::Aborted("the log head row is missing".into())),
+    };
+    let heads = locked_rows
         .iter()
+        .filter(|row| row.try_get::<Option<String>, _>("stream_id").is_ok_and(|id| id.is_some()))
         .map(decode_head)
         .collect::<Result<HashMap<_, _>, _>>()?;
+    let first_position = Position(log_position as u64 + 1);
     let locked = started.elapsed();
     run_hook(shared, AppendPhase::StreamsLocked).await?;
     // Reused ids are rare (retries): look them up only when a request
@@ -482,12 +489,12 @@ async fn commit_batch(shared: &Shared, appends: &[&PreparedAppend], look_up_ids:
     // own events) or when the unique key on event_id caught one (`look_up_ids`).
     let recorded_at = Utc::now();
     let mut stored = if look_up_ids { find_events(&mut tx, appends).await? } else { Vec::new() };
-    let mut planner = BatchPlanner::new(heads.clone(), stored.clone(), recorded_at);
+    let mut planner = BatchPlanner::new(heads.clone(), stored.clone(), recorded_at, first_position);
     let mut planned: Vec<Planned> = appends.iter().map(|append| planner.plan(append)).collect();
     let conflicted = planned.iter().any(|planned| matches!(planned, Planned::Failed(AppendError::Conflict { .. })));
     if !look_up_ids && conflicted {
         stored = find_events(&mut tx, appends).await?;
-        planner = BatchPlanner::new(heads, stored, recorded_at);
+        planner = BatchPlanner::new(heads, stored, recorded_at, first_position);
         planned = appends.iter().map(|append| planner.plan(append)).collect();
     }
     let (rows, head_changes) = planner.finish();
@@ -520,6 +527,9 @@ async fn commit_batch(shared: &Shared, appends: &[&PreparedAppend], look_up_ids:
         .await?;
     let base: i64 = written.try_get("base")?;
     let (updated, inserted_heads): (i64, i64) = (written.try_get("updated")?, written.try_get("created")?);
+    if base != log_position {
+        return Err(CommitError::Aborted(format!("the log head moved under its lock: {log_position} then {base}")));
+    }
     if updated != existing.len() as i64 || inserted_heads != created.len() as i64 {
         // The heads were locked, so this cannot happen; refuse to commit if it does.
         return Err(CommitError::Aborted(format!(

@@ -152,7 +152,9 @@ impl SqliteEventStore {
                 row.identity().map_err(|err| AppendError::Backend(BackendError::new("decoding a stored event", err)))
             })
             .collect::<Result<Vec<_>, AppendError>>()?;
-        let mut planner = BatchPlanner::new(heads, stored, Utc::now());
+        // The write lock is held: positions after the head are this append's.
+        let log_head: i64 = sqlx::query_scalar(sql::HEAD_POSITION).fetch_one(&mut *tx).await.map_err(backend("reading the log head"))?;
+        let mut planner = BatchPlanner::new(heads, stored, Utc::now(), Position(log_head as u64 + 1));
         let planned = planner.plan(&append);
         let (rows, head_changes) = planner.finish();
         if rows.is_empty() {
@@ -165,6 +167,12 @@ impl SqliteEventStore {
             .await
             .and_then(|row| row.try_get("base"))
             .map_err(backend("taking positions"))?;
+        if base != log_head {
+            return Err(AppendError::Backend(BackendError::new(
+                "taking positions",
+                format!("the log head moved under the write lock: {log_head} then {base}"),
+            )));
+        }
         for (offset, row) in rows.iter().enumerate() {
             sqlx::query(sql::INSERT_EVENT)
                 .bind(base + 1 + offset as i64)

@@ -1,18 +1,24 @@
 //! Walking the hash chain: recompute every event's hash from its stored
-//! content and the stored hash of the previous event of its stream, and
-//! compare each stream's last hash and version with its recorded head.
+//! content, its position and the stored hash of the previous event of its
+//! stream; check that positions run densely from 1 to the log head; compare
+//! each stream's last hash and version with its recorded head; and, given an
+//! [`Anchor`] kept outside the database, check that the log still holds the
+//! anchored prefix unchanged.
 //!
 //! One tampered payload shows as exactly one broken link (the event whose
 //! content changed); a rewritten hash also breaks the link of the next event;
-//! a deleted tail shows as a head mismatch. The chain proves that the log was
-//! not edited *without recomputing every later hash*; anchoring the stream
-//! heads outside the database is what makes a full rewrite detectable too.
+//! an event moved to another position breaks its hash; a deleted stream or
+//! event leaves a position gap (or, at the end, a log shorter than its head);
+//! a deleted tail shows as a head mismatch. What the chain cannot show alone
+//! is a rewrite that recomputes every later hash and moves every head, or a
+//! cut of the log's last events with the heads rewritten to match: the anchor
+//! shows both, because its digest covers every event of the prefix in order.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::hash::{canonical_json, chain_hash, HashInput};
+use crate::hash::{canonical_json, chain_hash, legacy_chain_hash, log_digest, HashInput};
 use crate::plan::metadata_json;
 use crate::{ChainHash, EventReader, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamId};
 
@@ -41,6 +47,72 @@ pub enum LinkProblem {
         /// Version of the last event found.
         chain_version: u64,
     },
+    /// Positions below this event are missing (a deleted event or stream).
+    PositionGap {
+        /// The position that should come next.
+        expected: u64,
+        /// The position found.
+        found: u64,
+    },
+}
+
+/// What is wrong with the log as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogProblem {
+    /// The log head says more events were written than the log holds.
+    Truncated {
+        /// The recorded log head.
+        log_head: u64,
+        /// The last position found.
+        last_position: u64,
+    },
+    /// The log holds fewer events than an anchor was taken over.
+    ShorterThanAnchor {
+        /// The anchored position.
+        anchored: u64,
+        /// The last position found.
+        last_position: u64,
+    },
+    /// The prefix up to the anchored position is not the one anchored.
+    AnchorMismatch {
+        /// The anchored position.
+        anchored: u64,
+        /// The digest the anchor keeps.
+        expected: String,
+        /// The digest of the log's prefix today.
+        found: String,
+    },
+}
+
+/// The log's head position and the digest of every event up to it
+/// ([`log_digest`]), kept outside the database by an auditor
+/// (`strata audit anchor`); JSON as `{"position": …, "logDigest": "…"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// The last position covered.
+    pub position: Position,
+    /// The digest of positions 1 ..= `position`.
+    pub log_digest: ChainHash,
+}
+
+impl Anchor {
+    /// The anchor as the JSON an auditor keeps (with the time it was taken).
+    pub fn to_json(&self, anchored_at: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+        serde_json::json!({
+            "position": self.position.0,
+            "logDigest": self.log_digest.to_string(),
+            "anchoredAt": anchored_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+    }
+
+    /// Reads an anchor written by [`Anchor::to_json`].
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let position = value["position"].as_u64().ok_or("the anchor has no \"position\" number")?;
+        let digest = value["logDigest"].as_str().ok_or("the anchor has no \"logDigest\" text")?;
+        let log_digest = ChainHash::from_hex(digest).ok_or("the anchor's \"logDigest\" is not 64 hex digits")?;
+        Ok(Self { position: Position(position), log_digest })
+    }
 }
 
 /// One broken link.
@@ -65,12 +137,31 @@ pub struct VerifyReport {
     pub streams_checked: u64,
     /// Every broken link, in log order (head mismatches last).
     pub broken: Vec<BrokenLink>,
+    /// What is wrong with the log as a whole (whole-log verification only).
+    pub log: Vec<LogProblem>,
+    /// The last position checked (whole-log verification only).
+    pub last_position: u64,
+    /// The digest of the log up to `last_position`: what an anchor keeps.
+    #[serde(serialize_with = "as_hex")]
+    pub log_digest: ChainHash,
+    /// The anchored position, when an anchor was checked (and held if nothing
+    /// in `log` says otherwise).
+    pub anchor_checked: Option<u64>,
+}
+
+fn as_hex<S: serde::Serializer>(hash: &ChainHash, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(hash)
 }
 
 impl VerifyReport {
-    /// True when no link is broken.
+    /// True when no link is broken and nothing is wrong with the log.
     pub fn is_intact(&self) -> bool {
-        self.broken.is_empty()
+        self.broken.is_empty() && self.log.is_empty()
+    }
+
+    /// The anchor of what was checked.
+    pub fn anchor(&self) -> Anchor {
+        Anchor { position: Position(self.last_position), log_digest: self.log_digest }
     }
 }
 
@@ -80,22 +171,49 @@ struct Tail {
     hash: ChainHash,
 }
 
-/// Recomputes the hash of `event` given the previous hash of its stream.
-pub fn recompute(previous: &ChainHash, event: &RecordedEvent) -> ChainHash {
-    chain_hash(HashInput {
+/// The fields of `event`'s hash given the previous hash of its stream.
+fn hash_input<'a>(previous: &'a ChainHash, event: &'a RecordedEvent, metadata_json: &'a str, payload_json: &'a str) -> HashInput<'a> {
+    HashInput {
         previous,
+        position: event.position.0,
         event_id: &event.event_id,
         stream_id: event.stream_id.as_str(),
         stream_version: event.stream_version,
         event_type: &event.event_type,
         schema_version: event.schema_version,
         recorded_at_micros: event.recorded_at.timestamp_micros(),
-        metadata_json: &metadata_json(&event.metadata),
-        payload_json: &canonical_json(&event.payload),
-    })
+        metadata_json,
+        payload_json,
+    }
 }
 
-fn check(tails: &mut HashMap<StreamId, Tail>, event: &RecordedEvent, report: &mut VerifyReport) {
+/// Recomputes the (v2) hash of `event` given the previous hash of its stream.
+pub fn recompute(previous: &ChainHash, event: &RecordedEvent) -> ChainHash {
+    chain_hash(hash_input(previous, event, &metadata_json(&event.metadata), &canonical_json(&event.payload)))
+}
+
+/// Whether hashes have been v2 so far: a v1 hash is accepted only before
+/// the first v2 one (a log written before positions were covered).
+#[derive(Default)]
+struct Versions {
+    seen_v2: bool,
+}
+
+impl Versions {
+    /// The hash `event` should have, and whether it has it.
+    fn check(&mut self, previous: &ChainHash, event: &RecordedEvent) -> (ChainHash, bool) {
+        let (metadata, payload) = (metadata_json(&event.metadata), canonical_json(&event.payload));
+        let input = hash_input(previous, event, &metadata, &payload);
+        let computed = chain_hash(input);
+        if computed == event.hash {
+            self.seen_v2 = true;
+            return (computed, true);
+        }
+        (computed, !self.seen_v2 && legacy_chain_hash(input) == event.hash)
+    }
+}
+
+fn check(tails: &mut HashMap<StreamId, Tail>, versions: &mut Versions, event: &RecordedEvent, report: &mut VerifyReport) {
     let tail = tails.get(&event.stream_id).copied().unwrap_or(Tail { version: 0, hash: ChainHash::GENESIS });
     if event.stream_version != tail.version + 1 {
         report.broken.push(BrokenLink {
@@ -105,8 +223,8 @@ fn check(tails: &mut HashMap<StreamId, Tail>, event: &RecordedEvent, report: &mu
             problem: LinkProblem::VersionGap { expected: tail.version + 1, found: event.stream_version },
         });
     }
-    let computed = recompute(&tail.hash, event);
-    if computed != event.hash {
+    let (computed, holds) = versions.check(&tail.hash, event);
+    if !holds {
         report.broken.push(BrokenLink {
             stream_id: event.stream_id.clone(),
             stream_version: event.stream_version,
@@ -132,28 +250,60 @@ fn check_head(tail: Option<Tail>, head_version: u64, head_hash: ChainHash, strea
     report.streams_checked += 1;
 }
 
-/// Verifies the whole log in one pass in position order. `progress` is called
-/// after each page with (last position checked, head position).
+/// Verifies the whole log in one pass in position order, and the anchored
+/// prefix when given an anchor. `progress` is called after each page with
+/// (last position checked, head position).
 pub async fn verify_log(
     reader: &dyn EventReader,
     page_size: usize,
+    anchor: Option<&Anchor>,
     progress: &mut (dyn FnMut(Position, Position) + Send),
 ) -> Result<VerifyReport, ReadError> {
     let head = reader.head_position().await?;
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport { anchor_checked: anchor.map(|anchor| anchor.position.0), ..VerifyReport::default() };
     let mut tails: HashMap<StreamId, Tail> = HashMap::new();
+    let mut versions = Versions::default();
+    let mut digest = ChainHash::GENESIS;
     let mut after = Position::START;
     loop {
         let page = reader.read_all(ReadAll { after, limit: page_size, category: None, form: Form::AsStored }).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for event in &page {
-            check(&mut tails, event, &mut report);
+            let expected = report.last_position + 1;
+            if event.position.0 != expected {
+                report.broken.push(BrokenLink {
+                    stream_id: event.stream_id.clone(),
+                    stream_version: event.stream_version,
+                    position: Some(event.position),
+                    problem: LinkProblem::PositionGap { expected, found: event.position.0 },
+                });
+            }
+            check(&mut tails, &mut versions, event, &mut report);
+            digest = log_digest(&digest, event.position.0, &event.hash);
+            report.last_position = event.position.0;
+            if let Some(anchor) = anchor.filter(|anchor| anchor.position == event.position) {
+                if anchor.log_digest != digest {
+                    report.log.push(LogProblem::AnchorMismatch {
+                        anchored: anchor.position.0,
+                        expected: anchor.log_digest.to_string(),
+                        found: digest.to_string(),
+                    });
+                }
+            }
         }
         progress(after, head.max(after));
-        if after >= head {
+        // Events appended while this runs are not checked against heads read before.
+        if after >= head && anchor.is_none_or(|anchor| after >= anchor.position) {
             break;
         }
+    }
+    report.log_digest = digest;
+    if report.last_position < head.0 {
+        report.log.push(LogProblem::Truncated { log_head: head.0, last_position: report.last_position });
+    }
+    if let Some(anchor) = anchor.filter(|anchor| anchor.position.0 > report.last_position) {
+        report.log.push(LogProblem::ShorterThanAnchor { anchored: anchor.position.0, last_position: report.last_position });
     }
     let mut after_stream: Option<StreamId> = None;
     loop {
@@ -178,6 +328,7 @@ pub async fn verify_log(
 pub async fn verify_stream(reader: &dyn EventReader, stream_id: &StreamId, page_size: usize) -> Result<VerifyReport, ReadError> {
     let mut report = VerifyReport::default();
     let mut tails: HashMap<StreamId, Tail> = HashMap::new();
+    let mut versions = Versions::default();
     let mut from_version = 1;
     loop {
         let page =
@@ -185,11 +336,54 @@ pub async fn verify_stream(reader: &dyn EventReader, stream_id: &StreamId, page_
         let Some(last) = page.last() else { break };
         from_version = last.stream_version + 1;
         for event in &page {
-            check(&mut tails, event, &mut report);
+            check(&mut tails, &mut versions, event, &mut report);
         }
     }
     let head = reader.stream_head(stream_id).await?;
     let (head_version, head_hash) = head.map_or((0, ChainHash::GENESIS), |head| (head.version, head.last_hash));
     check_head(tails.remove(stream_id), head_version, head_hash, stream_id, &mut report);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(stream_version: u64, position: u64) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "Noted".into(),
+            schema_version: 1,
+            stream_id: StreamId::parse("order-1").unwrap(),
+            stream_version,
+            position: Position(position),
+            recorded_at: chrono::Utc::now(),
+            payload: serde_json::json!({ "n": position }),
+            metadata: Default::default(),
+            hash: ChainHash::GENESIS,
+        }
+    }
+
+    fn sealed(previous: &ChainHash, mut event: RecordedEvent, legacy: bool) -> RecordedEvent {
+        let (metadata, payload) = (metadata_json(&event.metadata), canonical_json(&event.payload));
+        let input = hash_input(previous, &event, &metadata, &payload);
+        event.hash = if legacy { legacy_chain_hash(input) } else { chain_hash(input) };
+        event
+    }
+
+    #[test]
+    fn v1_hashes_hold_only_before_the_first_v2_one() {
+        let first = sealed(&ChainHash::GENESIS, event(1, 1), true);
+        let second = sealed(&first.hash, event(2, 2), false);
+        let third = sealed(&second.hash, event(3, 3), true);
+        let mut report = VerifyReport::default();
+        let (mut tails, mut versions) = (HashMap::new(), Versions::default());
+        for event in [&first, &second, &third] {
+            check(&mut tails, &mut versions, event, &mut report);
+        }
+        assert_eq!(report.events_checked, 3);
+        assert_eq!(report.broken.len(), 1, "{report:?}");
+        assert_eq!(report.broken[0].stream_version, 3);
+        assert!(matches!(report.broken[0].problem, LinkProblem::HashMismatch { .. }));
+    }
 }

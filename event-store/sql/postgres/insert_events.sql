@@ -5,10 +5,13 @@
 -- `created` inserts new ones: a concurrent creator of the same stream makes it
 -- fail on strata_streams_pkey, and the committer retries the batch.
 --
--- `head` is the critical section: taking positions from the single
--- strata_log_head row locks it until this transaction ends, so positions are
--- handed out in commit order and a reader that sees position P also sees every
--- committed position below P. The NOTIFY is delivered at commit.
+-- `head` moves the single strata_log_head row, which lock_streams.sql locked
+-- first in this transaction: the batch was planned (and hashed) for the
+-- positions after `base`, and the committer checks that `base` is the
+-- position it locked. The lock is held until this transaction ends, so
+-- positions are handed out in commit order and a reader that sees position P
+-- also sees every committed position below P. The NOTIFY is delivered at
+-- commit.
 WITH updated AS (
     UPDATE strata_streams AS s
     SET version = u.version, last_hash = u.last_hash

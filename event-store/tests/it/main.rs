@@ -10,3 +10,5 @@ mod relay;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod support;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod tamper;

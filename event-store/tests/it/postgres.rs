@@ -246,7 +246,7 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     let (victim, other) = (stream("order"), stream("order"));
     store.append(to(&victim, ExpectedVersion::NoStream, vec![noted("a"), noted("b"), noted("c")])).await.unwrap();
     store.append(to(&other, ExpectedVersion::NoStream, vec![noted("x")])).await.unwrap();
-    assert!(verify_log(&store, 2, &mut |_, _| {}).await.unwrap().is_intact());
+    assert!(verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap().is_intact());
     let mut connection = PgConnection::connect(&database.url).await.unwrap();
     connection
         .execute(
@@ -258,7 +258,7 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
         )
         .await
         .unwrap();
-    let report = verify_log(&store, 2, &mut |_, _| {}).await.unwrap();
+    let report = verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap();
     assert_eq!(report.broken.len(), 1, "{report:?}");
     assert_eq!((&report.broken[0].stream_id, report.broken[0].stream_version), (&victim, 2));
     assert!(matches!(report.broken[0].problem, LinkProblem::HashMismatch { .. }));
@@ -330,4 +330,22 @@ async fn an_append_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
     assert_eq!(stored.len(), 54);
     assert!(stored.iter().all(|event| event.payload["text"] != "poison"));
     database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_tampering_is_reported() {
+    let mut databases = Vec::new();
+    for _ in 0..5 {
+        let Some(database) = fresh_database().await else { return };
+        databases.push(database);
+    }
+    let mut fresh = databases.iter();
+    crate::tamper::every_kind_of_tampering_is_reported(|| {
+        let database = fresh.next().expect("one database per scenario");
+        async move { (store_on(database, |_| {}).await, PgConnection::connect(&database.url).await.unwrap()) }
+    })
+    .await;
+    for database in databases {
+        database.drop_database().await;
+    }
 }

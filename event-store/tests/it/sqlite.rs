@@ -47,7 +47,7 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     let (victim, other) = (stream("order"), stream("order"));
     store.append(to(&victim, ExpectedVersion::NoStream, vec![noted("a"), noted("b"), noted("c")])).await.unwrap();
     store.append(to(&other, ExpectedVersion::NoStream, vec![noted("x")])).await.unwrap();
-    assert!(verify_log(&store, 100, &mut |_, _| {}).await.unwrap().is_intact());
+    assert!(verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap().is_intact());
 
     let mut connection = SqliteConnection::connect(&url).await.unwrap();
     connection
@@ -57,7 +57,7 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
         )
         .await
         .unwrap();
-    let report = verify_log(&store, 100, &mut |_, _| {}).await.unwrap();
+    let report = verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap();
     assert_eq!(report.broken.len(), 1, "{report:?}");
     assert_eq!(report.broken[0].stream_id, victim);
     assert_eq!(report.broken[0].stream_version, 2);
@@ -67,7 +67,7 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
 
     // Deleting the tail is caught by the stream head.
     connection.execute(format!("DELETE FROM strata_events WHERE stream_id = '{other}'").as_str()).await.unwrap();
-    let report = verify_log(&store, 100, &mut |_, _| {}).await.unwrap();
+    let report = verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap();
     assert!(
         report
             .broken
@@ -77,4 +77,22 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     );
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn every_kind_of_tampering_is_reported() {
+    let mut dirs = Vec::new();
+    crate::tamper::every_kind_of_tampering_is_reported(|| {
+        let (url, dir) = temp_url();
+        dirs.push(dir);
+        async move {
+            let store = SqliteEventStore::connect(SqliteConfig::new(&url), registry()).await.unwrap();
+            store.migrate().await.unwrap();
+            (store, SqliteConnection::connect(&url).await.unwrap())
+        }
+    })
+    .await;
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1,0 +1,138 @@
+//! Tampering with plain SQL, each kind on a fresh log, on every SQL backend:
+//! what `audit verify` reports with and without an anchor taken before.
+
+use std::future::Future;
+
+use strata_store::verify::{verify_log, Anchor, LinkProblem, LogProblem, VerifyReport};
+use strata_store::{EventReader, EventStore, ExpectedVersion, StreamId};
+
+use crate::support::{noted, stream, to};
+
+/// A connection that runs a tampering statement.
+pub trait Sql {
+    fn run(&mut self, statement: String) -> impl Future<Output = ()> + Send;
+}
+
+#[cfg(feature = "sqlite")]
+impl Sql for sqlx::SqliteConnection {
+    async fn run(&mut self, statement: String) {
+        sqlx::Executor::execute(self, statement.as_str()).await.unwrap_or_else(|err| panic!("{statement}: {err}"));
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Sql for sqlx::PgConnection {
+    async fn run(&mut self, statement: String) {
+        sqlx::Executor::execute(self, statement.as_str()).await.unwrap_or_else(|err| panic!("{statement}: {err}"));
+    }
+}
+
+/// Three streams: `a` at positions 1..=3, `b` at 4..=6, `c` at 7..=8.
+async fn three_streams(store: &(impl EventStore + EventReader)) -> [StreamId; 3] {
+    let streams = [stream("order"), stream("order"), stream("payment")];
+    for (s, n) in streams.iter().zip([3, 3, 2]) {
+        let events = (0..n).map(|i| noted(&format!("{s} {i}"))).collect();
+        store.append(to(s, ExpectedVersion::NoStream, events)).await.unwrap();
+    }
+    streams
+}
+
+async fn verify(store: &(impl EventStore + EventReader), anchor: Option<&Anchor>) -> VerifyReport {
+    verify_log(store, 3, anchor, &mut |_, _| {}).await.unwrap()
+}
+
+/// Runs every scenario; `open` gives a fresh, migrated, empty log and a
+/// connection to its database.
+pub async fn every_kind_of_tampering_is_reported<S, C, F, Fut>(mut open: F)
+where
+    S: EventStore + EventReader,
+    C: Sql,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (S, C)>,
+{
+    // A clean log anchors, and the anchor still holds after later appends.
+    let (store, _) = open().await;
+    let [a, ..] = three_streams(&store).await;
+    let clean = verify(&store, None).await;
+    assert!(clean.is_intact(), "{clean:?}");
+    let anchor = clean.anchor();
+    assert_eq!(anchor.position.0, 8);
+    let json = anchor.to_json(chrono::Utc::now());
+    assert_eq!(Anchor::from_json(&json).unwrap(), anchor);
+    store.append(to(&a, ExpectedVersion::Exact(3), vec![noted("later")])).await.unwrap();
+    let later = verify(&store, Some(&anchor)).await;
+    assert!(later.is_intact() && later.anchor_checked == Some(8), "{later:?}");
+    assert_ne!(later.anchor(), anchor, "the digest moves with the log");
+
+    // A stream deleted in the middle, events and head: a position gap.
+    let (store, mut sql) = open().await;
+    let [_, b, c] = three_streams(&store).await;
+    sql.run(format!("DELETE FROM strata_events WHERE stream_id = '{b}'")).await;
+    sql.run(format!("DELETE FROM strata_streams WHERE stream_id = '{b}'")).await;
+    let report = verify(&store, None).await;
+    assert!(
+        report.broken.iter().any(|link| link.stream_id == c
+            && link.position.map(|p| p.0) == Some(7)
+            && link.problem == LinkProblem::PositionGap { expected: 4, found: 7 }),
+        "{report:?}"
+    );
+
+    // The last stream deleted and the log head moved back to match: only an
+    // anchor taken before shows it.
+    let (store, mut sql) = open().await;
+    let [_, _, c] = three_streams(&store).await;
+    let anchor = verify(&store, None).await.anchor();
+    sql.run(format!("DELETE FROM strata_events WHERE stream_id = '{c}'")).await;
+    sql.run(format!("DELETE FROM strata_streams WHERE stream_id = '{c}'")).await;
+    sql.run("UPDATE strata_log_head SET position = 6".into()).await;
+    assert!(verify(&store, None).await.is_intact(), "no trace without an anchor");
+    let report = verify(&store, Some(&anchor)).await;
+    assert_eq!(report.log, vec![LogProblem::ShorterThanAnchor { anchored: 8, last_position: 6 }], "{report:?}");
+
+    // Two events of different streams swapped between positions (each
+    // stream keeps its order): both hashes break, and the anchor.
+    let (store, mut sql) = open().await;
+    let [a, b, _] = three_streams(&store).await;
+    let anchor = verify(&store, None).await.anchor();
+    sql.run("UPDATE strata_events SET position = -3 WHERE position = 3".into()).await;
+    sql.run("UPDATE strata_events SET position = 3 WHERE position = 4".into()).await;
+    sql.run("UPDATE strata_events SET position = 4 WHERE position = -3".into()).await;
+    let report = verify(&store, Some(&anchor)).await;
+    let mismatched: Vec<(StreamId, u64)> = report
+        .broken
+        .iter()
+        .filter(|link| matches!(link.problem, LinkProblem::HashMismatch { .. }))
+        .map(|link| (link.stream_id.clone(), link.stream_version))
+        .collect();
+    assert_eq!(mismatched, vec![(b.clone(), 1), (a.clone(), 3)], "{report:?}");
+    assert!(matches!(report.log.as_slice(), [LogProblem::AnchorMismatch { anchored: 8, .. }]), "{report:?}");
+
+    // The last event cut: the log head says more was written…
+    let (store, mut sql) = open().await;
+    let [_, _, c] = three_streams(&store).await;
+    let anchor = verify(&store, None).await.anchor();
+    sql.run("DELETE FROM strata_events WHERE position = 8".into()).await;
+    let report = verify(&store, None).await;
+    assert!(report.log.contains(&LogProblem::Truncated { log_head: 8, last_position: 7 }), "{report:?}");
+    assert!(
+        report
+            .broken
+            .iter()
+            .any(|link| link.stream_id == c && link.problem == LinkProblem::HeadMismatch { head_version: 2, chain_version: 1 }),
+        "{report:?}"
+    );
+    // …and with its stream head and the log head rewritten to match, the
+    // chain is consistent again: the anchor is what shows the cut.
+    sql.run(format!(
+        "UPDATE strata_streams SET version = 1, \
+         last_hash = (SELECT hash FROM strata_events WHERE stream_id = '{c}' AND stream_version = 1) WHERE stream_id = '{c}'"
+    ))
+    .await;
+    sql.run("UPDATE strata_log_head SET position = 7".into()).await;
+    assert!(verify(&store, None).await.is_intact());
+    let report = verify(&store, Some(&anchor)).await;
+    assert_eq!(report.log, vec![LogProblem::ShorterThanAnchor { anchored: 8, last_position: 7 }], "{report:?}");
+    // A forged anchor (another digest) does not hold either.
+    let forged = Anchor { position: strata_store::Position(7), log_digest: strata_store::ChainHash([7; 32]) };
+    assert!(matches!(verify(&store, Some(&forged)).await.log.as_slice(), [LogProblem::AnchorMismatch { anchored: 7, .. }]));
+}
