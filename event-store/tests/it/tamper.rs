@@ -28,7 +28,7 @@ impl Sql for sqlx::PgConnection {
 }
 
 /// Three streams: `a` at positions 1..=3, `b` at 4..=6, `c` at 7..=8.
-async fn three_streams(store: &(impl EventStore)) -> [StreamId; 3] {
+async fn three_streams(store: &impl EventStore) -> [StreamId; 3] {
     let streams = [stream("order"), stream("order"), stream("payment")];
     for (s, n) in streams.iter().zip([3, 3, 2]) {
         let events = (0..n).map(|i| noted(&format!("{s} {i}"))).collect();
@@ -37,7 +37,7 @@ async fn three_streams(store: &(impl EventStore)) -> [StreamId; 3] {
     streams
 }
 
-async fn verify(store: &(impl EventStore), anchor: Option<&Anchor>) -> VerifyReport {
+async fn verify(store: &impl EventStore, anchor: Option<&Anchor>) -> VerifyReport {
     verify_log(store, 3, anchor, &mut |_, _| {}).await.unwrap()
 }
 
