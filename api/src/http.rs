@@ -251,6 +251,8 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         request = request.operation_name(name);
     }
     request.data = request_data(&graphql.api, caller);
+    // Every waitFor of this request shares one deadline.
+    request.data.insert(crate::graphql::query::WaitBudget::default());
     let mut response = match tokio::time::timeout(limits.request_timeout, graphql.schema.execute(request)).await {
         Ok(response) => response,
         Err(_) => {

@@ -7,6 +7,7 @@
 //! - [`http`]: the axum app (`router()`) and `run(listener, shutdown)`;
 //! - [`graphql`]: the GraphQL schema (queries, mutations, subscription) over the commands and read models;
 //! - [`auth`]: bearer tokens and roles;
+//! - [`changes`]: `waitFor` and `orderUpdated` woken by the read models' changes;
 //! - [`client`]: a small GraphQL client for `strata demo` and `bench e2e --url`;
 //! - [`metrics`]: `/metrics` (Prometheus text) and the store decorator that counts appends;
 //! - [`audit`], [`bench`]: the CLI commands that do real work;
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod bench;
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -123,6 +123,8 @@ pub struct Api {
     pub inventory: CommandHandler<Inventory>,
     /// Request bounds.
     pub limits: Limits,
+    /// Readers waiting for the read models, woken by their changes.
+    pub changes: Arc<crate::changes::Changes>,
     /// Projections this process is rebuilding.
     rebuilding: Mutex<HashSet<String>>,
 }
@@ -141,6 +143,7 @@ impl Api {
             orders: CommandHandler::new(store.clone(), snapshots.clone(), HandlerConfig::default()),
             inventory: CommandHandler::new(store.clone(), snapshots, HandlerConfig::default()),
             store,
+            changes: crate::changes::Changes::new(read_model.clone()),
             read_model,
             limits,
             rebuilding: Mutex::new(HashSet::new()),

@@ -27,11 +27,19 @@ pub(crate) fn order_id(id: &ID) -> async_graphql::Result<Uuid> {
     id.parse::<Uuid>().map_err(|_| error(Code::Validation, format!("{:?} is not an order id (a UUID)", id.as_str())))
 }
 
+/// The deadline every `waitFor` of one HTTP request shares: the first wait
+/// starts it, `Limits::read_your_writes_wait` later all of them time out, so
+/// a request's waiting is bounded as a whole, however many fields it has.
+#[derive(Debug, Default)]
+pub struct WaitBudget(std::sync::OnceLock<Instant>);
+
 /// Waits until the read model `projection` has applied the write a
-/// `consistencyToken` names (`<streamId>@<version>`), polling with a growing
-/// pause, at most `Limits::read_your_writes_wait`.
-pub(crate) async fn await_write(api: &Api, projection: &str, token: Option<&str>) -> async_graphql::Result<()> {
+/// `consistencyToken` names (`<streamId>@<version>`): woken by the read
+/// models' changes ([`crate::changes`]), within the request's [`WaitBudget`]
+/// (or `Limits::read_your_writes_wait` without one).
+pub(crate) async fn await_write(ctx: &Context<'_>, projection: &str, token: Option<&str>) -> async_graphql::Result<()> {
     let Some(token) = token else { return Ok(()) };
+    let api = api(ctx);
     let parsed = token.rsplit_once('@').and_then(|(stream, version)| Some((StreamId::parse(stream).ok()?, version.parse::<u64>().ok()?)));
     let Some((stream_id, version)) = parsed else {
         return Err(error(Code::Validation, format!("waitFor: {token:?} is not a consistency token (the consistencyToken of a mutation)")));
@@ -40,20 +48,23 @@ pub(crate) async fn await_write(api: &Api, projection: &str, token: Option<&str>
     if !follows {
         return Err(error(Code::Validation, format!("waitFor: the {projection} read model does not follow stream {stream_id}")));
     }
-    let deadline = Instant::now() + api.limits.read_your_writes_wait;
-    let mut pause = Duration::from_millis(1);
+    let wait = api.limits.read_your_writes_wait;
+    let deadline = match ctx.data_opt::<WaitBudget>() {
+        Some(budget) => *budget.0.get_or_init(|| Instant::now() + wait),
+        None => Instant::now() + wait,
+    };
+    let watch = api.changes.watch(projection, strata_projections::sink::stream_key(stream_id.as_str()));
     loop {
+        let seen = watch.seen();
         if orders::has_applied(&*api.read_model, projection, stream_id.as_str(), version).await.map_err(internal)? {
             return Ok(());
         }
-        if Instant::now() >= deadline {
-            return Err(error(
-                Code::Timeout,
-                format!("the {projection} read model had not applied {token} after {:?}; try again", api.limits.read_your_writes_wait),
-            ));
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(error(Code::Timeout, format!("the {projection} read model had not applied {token} after {wait:?}; try again")));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(5));
+        let pause = api.changes.pause(Duration::from_millis(5)).min(deadline - now);
+        let _ = tokio::time::timeout(pause, watch.changed_since(seen)).await;
     }
 }
 
@@ -65,7 +76,7 @@ impl Query {
         let order_id = order_id(&id)?;
         let api = api(ctx);
         let caller = caller(ctx)?;
-        await_write(api, "orders", wait_for.as_deref()).await?;
+        await_write(ctx, "orders", wait_for.as_deref()).await?;
         match orders::order(&*api.read_model, order_id).await.map_err(internal)? {
             Some(view) if visible_to(caller, &view.customer_id) => Ok(Some(Order(view))),
             _ => Err(error(Code::NotFound, format!("order {order_id} not found"))),
@@ -108,7 +119,7 @@ impl Query {
             Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| error(Code::Validation, format!("after: {cursor:?} is not a cursor")))?),
             None => None,
         };
-        await_write(api, "orders", wait_for.as_deref()).await?;
+        await_write(ctx, "orders", wait_for.as_deref()).await?;
         let query = OrdersQuery { customer_id: customer_id.map(|id| id.0), status: status.map(Into::into), first: first as usize, after };
         let page = orders::orders(&*api.read_model, &query).await.map_err(internal)?;
         let end_cursor = page.orders.last().map(|order| order.cursor.to_string());
@@ -122,7 +133,7 @@ impl Query {
     #[graphql(guard = "Needs(Permission::Read)")]
     async fn stock(&self, ctx: &Context<'_>, sku: String, wait_for: Option<String>) -> async_graphql::Result<Option<Stock>> {
         let api = api(ctx);
-        await_write(api, "stock", wait_for.as_deref()).await?;
+        await_write(ctx, "stock", wait_for.as_deref()).await?;
         match orders::stock(&*api.read_model, &sku).await.map_err(internal)? {
             Some(view) => Ok(Some(Stock::new(sku, view))),
             None => Err(error(Code::NotFound, format!("no stock of sku {sku:?}"))),

@@ -1,8 +1,10 @@
 //! `orderUpdated(id)`: the order's view each time it changes.
 //!
-//! The read models may live in another process (Redis), so the stream
-//! looks at the order's view every `Limits::subscription_poll` and sends it
-//! when it differs from the last one sent. The first view is sent as soon
+//! The read models may live in another process (Redis): the stream looks at
+//! the order's view when the read models say its document changed
+//! ([`crate::changes`]; every `Limits::subscription_poll` while their change
+//! feed is down) and sends it when it differs from the last one sent. The
+//! first view is sent as soon
 //! as the order exists (subscribing right after `placeOrder` is fine); the
 //! stream ends after the view that settles the order ([`OrderView::is_settled`]:
 //! shipped, undone, or completed and still confirmed — a confirmed order's
@@ -12,6 +14,7 @@
 use async_graphql::{Context, Subscription as SubscriptionRoot, ID};
 use futures_util::Stream;
 use strata_projections::orders::{self, OrderView};
+use strata_projections::sink::document_key;
 
 use super::query::order_id;
 use super::types::Order;
@@ -37,9 +40,10 @@ impl Subscription {
             }
         }
         let poll = api.limits.subscription_poll;
-        let state = (api, None::<OrderView>, false);
-        Ok(futures_util::stream::unfold(state, move |(api, last, done)| {
-            let caller = caller.clone();
+        let watch = std::sync::Arc::new(api.changes.watch("orders", document_key(&orders::order_key(order_id))));
+        let state = (api, None::<OrderView>, false, 0);
+        Ok(futures_util::stream::unfold(state, move |(api, last, done, mut seen)| {
+            let (caller, watch) = (caller.clone(), watch.clone());
             async move {
                 if done {
                     return None;
@@ -47,9 +51,11 @@ impl Subscription {
                 let mut first = last.is_none();
                 loop {
                     if !first {
-                        tokio::time::sleep(poll).await;
+                        let _ = tokio::time::timeout(api.changes.pause(poll), watch.changed_since(seen)).await;
                     }
                     first = false;
+                    // Noted before the look: a change after it ends the next wait.
+                    seen = watch.seen();
                     let view = match orders::order(&*api.read_model, order_id).await {
                         Ok(view) => view,
                         Err(error) => {
@@ -62,7 +68,7 @@ impl Subscription {
                     }
                     if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
                         let done = view.is_settled();
-                        return Some((Order(view.clone()), (api, Some(view), done)));
+                        return Some((Order(view.clone()), (api, Some(view), done, seen)));
                     }
                 }
             }

@@ -15,4 +15,5 @@ mod replicas;
 #[cfg(all(feature = "postgres", feature = "nats"))]
 mod saga_chaos;
 mod support;
+mod waiting;
 mod ws;

@@ -122,7 +122,8 @@ fn decode<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, Ap
     T::deserialize(&event.payload).map_err(|e| ApplyError::new(format!("{} payload does not decode: {e}", event.event_type)))
 }
 
-fn order_key(order_id: Uuid) -> String {
+/// The document key of an order's view.
+pub fn order_key(order_id: Uuid) -> String {
     format!("order:{order_id}")
 }
 

@@ -8,15 +8,27 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use strata_store::Position;
 
-use super::{Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError, Target};
+use super::{
+    Batch, Change, ChangeFeed, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError,
+    Target,
+};
 use crate::projection::{apply_to_document, Document, Write};
 
 /// Read models in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemorySink {
     projections: RwLock<HashMap<String, ProjectionData>>,
+    /// What commits to live generations changed, for waiting readers.
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        Self { projections: RwLock::default(), changes: tokio::sync::broadcast::channel(1_024).0 }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +166,7 @@ impl ReadModelSink for MemorySink {
     }
 
     async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
-        Ok(self.write(projection, |data| {
+        let switched = self.write(projection, |data| {
             let rebuilding = MetaField::Rebuilding.as_str();
             if data.meta.get(rebuilding) != Some(&generation.to_string()) || !data.generations.contains_key(&generation) {
                 return false;
@@ -162,7 +174,24 @@ impl ReadModelSink for MemorySink {
             data.meta.remove(rebuilding);
             data.live = Some(generation);
             true
-        }))
+        });
+        if switched {
+            let _ = self.changes.send(Change::Everything);
+        }
+        Ok(switched)
+    }
+
+    async fn changes(&self) -> Result<Option<ChangeFeed>, SinkError> {
+        // A reader that fell behind by more than the channel holds looks again at everything.
+        let feed = futures_util::stream::unfold(self.changes.subscribe(), |mut receiver| async move {
+            match receiver.recv().await {
+                Ok(change) => Some((change, receiver)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((Change::Everything, receiver)),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        // Like every feed, it starts by telling readers to look once more.
+        Ok(Some(Box::pin(futures_util::stream::once(async { Change::Everything }).chain(feed))))
     }
 
     async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
@@ -197,7 +226,8 @@ impl ReadModelSink for MemorySink {
     }
 
     async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
-        Ok(self.write(&target.projection, |data| {
+        let mut live = false;
+        let committed = self.write(&target.projection, |data| {
             let rebuilding = data.meta.get(MetaField::Rebuilding.as_str()).and_then(|g| g.parse::<u64>().ok());
             if data.live != Some(target.generation) && rebuilding != Some(target.generation) {
                 return if data.live.is_none() { Committed::Lost } else { Committed::Retired };
@@ -225,8 +255,13 @@ impl ReadModelSink for MemorySink {
             }
             generation.position = generation.position.max(batch.position);
             generation.events += batch.events;
+            live = data.live == Some(target.generation);
             Committed::Done
-        }))
+        });
+        if live && self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Change::of(&target.projection, batch));
+        }
+        Ok(committed)
     }
 
     async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {

@@ -329,4 +329,81 @@ pub trait ReadModelSink: Send + Sync {
 
     /// Everything in a generation.
     async fn dump(&self, target: &Target) -> Result<Dump, SinkError>;
+
+    /// What live generations change from now on, by every process using this
+    /// backend, so readers wait for a change instead of polling; `None` when
+    /// the backend cannot tell. At most once: a feed may miss changes while
+    /// it reconnects, and says so with [`Change::Everything`].
+    async fn changes(&self) -> Result<Option<ChangeFeed>, SinkError> {
+        Ok(None)
+    }
+}
+
+/// The changes a backend reports ([`ReadModelSink::changes`]); it ends when
+/// its connection does.
+pub type ChangeFeed = std::pin::Pin<Box<dyn futures_util::Stream<Item = Change> + Send>>;
+
+/// A change to what readers see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A commit to `projection`'s live generation moved these keys:
+    /// [`stream_key`]s of its streams and [`document_key`]s of its documents.
+    Applied {
+        /// The projection.
+        projection: String,
+        /// What moved.
+        keys: Vec<String>,
+    },
+    /// Anything may have changed (a switch to a rebuilt generation, or
+    /// changes missed while the feed reconnected): readers look again.
+    Everything,
+}
+
+/// The key of a stream's applied version in a [`Change::Applied`].
+pub fn stream_key(stream_id: &str) -> String {
+    format!("s:{stream_id}")
+}
+
+/// The key of a document in a [`Change::Applied`].
+pub fn document_key(key: &str) -> String {
+    format!("d:{key}")
+}
+
+impl Change {
+    /// What a committed `batch` changes in `projection` (its streams and the
+    /// documents it writes).
+    pub fn of(projection: &str, batch: &Batch) -> Self {
+        let mut keys: Vec<String> = batch.guards.iter().map(|guard| stream_key(&guard.stream_id)).collect();
+        let mut documents: Vec<&str> = batch
+            .writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::SetField { key, .. } | Write::SetMax { key, .. } | Write::DeleteDocument { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        documents.sort_unstable();
+        documents.dedup();
+        keys.extend(documents.into_iter().map(document_key));
+        Self::Applied { projection: projection.to_owned(), keys }
+    }
+
+    /// One line per key after the projection's name (Redis pub/sub payload).
+    pub fn to_text(&self) -> String {
+        match self {
+            Change::Applied { projection, keys } => {
+                std::iter::once(projection.as_str()).chain(keys.iter().map(String::as_str)).collect::<Vec<_>>().join("\n")
+            }
+            Change::Everything => String::new(),
+        }
+    }
+
+    /// Reads [`Change::to_text`]; an empty text is [`Change::Everything`].
+    pub fn from_text(text: &str) -> Self {
+        let mut lines = text.split('\n');
+        match lines.next().filter(|projection| !projection.is_empty()) {
+            Some(projection) => Change::Applied { projection: projection.to_owned(), keys: lines.map(str::to_owned).collect() },
+            None => Change::Everything,
+        }
+    }
 }

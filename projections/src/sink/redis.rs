@@ -28,6 +28,14 @@
 //! generation switch or drop never shows a reader half a model. Batches are
 //! sent on one multiplexed connection, so concurrent commits pipeline.
 //!
+//! # Changes
+//! A commit to a live generation also PUBLISHes, inside its script, what it
+//! moved to `<prefix>:changes` ([`Change::to_text`]: the projection, then one
+//! `s:<stream>` or `d:<document>` per line); a switch publishes an empty
+//! message (everything). [`ReadModelSink::changes`] subscribes on a
+//! connection of its own, so readers in any process wake on a commit instead
+//! of polling.
+//!
 //! # Loss
 //! Redis may lose data: restarted without persistence, flushed, or keys
 //! evicted under `maxmemory` with an `allkeys-*` policy. A missing live
@@ -42,12 +50,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script, Value as RedisValue};
 use serde_json::Value;
 use strata_store::Position;
 
-use super::{Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError, Target};
+use super::{
+    Batch, Change, ChangeFeed, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError,
+    Target,
+};
 use crate::projection::{Document, Write};
 
 /// Where the Redis sink connects and which keys it uses.
@@ -155,6 +167,8 @@ end
 local position = tonumber(ARGV[i])
 if position > tonumber(redis.call('HGET', stats, 'position') or '0') then redis.call('HSET', stats, 'position', ARGV[i]) end
 redis.call('HINCRBY', stats, 'events', ARGV[i + 1])
+-- Readers waiting for these streams or documents are told (live generation only).
+if live == generation then redis.call('PUBLISH', ARGV[i + 2], ARGV[i + 3]) end
 return {1}
 "#;
 
@@ -204,6 +218,7 @@ if redis.call('HGET', ARGV[1] .. 'meta', 'rebuilding') ~= ARGV[2] then return 0 
 if redis.call('EXISTS', ARGV[1] .. 'g' .. ARGV[2] .. ':marker') == 0 then return 0 end
 redis.call('SET', ARGV[1] .. 'live', ARGV[2])
 redis.call('HDEL', ARGV[1] .. 'meta', 'rebuilding')
+redis.call('PUBLISH', ARGV[3], '')
 return 1
 "#;
 
@@ -271,6 +286,11 @@ impl RedisSink {
             }
         }
         SinkError::backend(context, error)
+    }
+
+    /// The pub/sub channel of [`Change`]s: `<prefix>:changes`.
+    fn channel(&self) -> String {
+        format!("{}:changes", self.key_prefix)
     }
 
     /// `{<prefix>:<projection>}:`
@@ -392,7 +412,7 @@ impl ReadModelSink for RedisSink {
     async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
         let mut connection = self.connection();
         let mut invocation = self.switch_live.prepare_invoke();
-        invocation.arg(self.root(projection)).arg(generation);
+        invocation.arg(self.root(projection)).arg(generation).arg(self.channel());
         match invocation.invoke_async::<i64>(&mut connection).await {
             Ok(switched) => Ok(switched == 1),
             Err(e) => Err(self.fail("switching the live generation", e).await),
@@ -470,7 +490,7 @@ impl ReadModelSink for RedisSink {
                 .arg(format!("{:020}:{}", letter.position, letter.event_id))
                 .arg(json);
         }
-        invocation.arg(batch.position.0).arg(batch.events);
+        invocation.arg(batch.position.0).arg(batch.events).arg(self.channel()).arg(Change::of(&target.projection, batch).to_text());
         let mut connection = self.connection();
         let reply: Vec<RedisValue> = match invocation.invoke_async(&mut connection).await {
             Ok(reply) => reply,
@@ -582,6 +602,15 @@ impl ReadModelSink for RedisSink {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fail("writing projection state", e).await),
         }
+    }
+
+    async fn changes(&self) -> Result<Option<ChangeFeed>, SinkError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(|e| SinkError::backend("subscribing to changes", e))?;
+        pubsub.subscribe(self.channel()).await.map_err(|e| SinkError::backend("subscribing to changes", e))?;
+        // Subscribed: anything committed before is already readable, so
+        // readers look once more, then follow the messages.
+        let messages = pubsub.into_on_message().map(|message| Change::from_text(&message.get_payload::<String>().unwrap_or_default()));
+        Ok(Some(Box::pin(futures_util::stream::once(async { Change::Everything }).chain(messages))))
     }
 
     async fn dump(&self, target: &Target) -> Result<Dump, SinkError> {

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use strata_projections::orders::{self, OrdersProjection, OrdersQuery, StockProjection};
-use strata_projections::sink::{Batch, Committed, MetaField, StreamGuard, Target};
+use strata_projections::sink::{document_key, stream_key, Batch, Change, Committed, MetaField, StreamGuard, Target};
 use strata_projections::{Projection, Write};
 use strata_store::Position;
 
@@ -38,6 +38,7 @@ on_every_sink!(
     queries_follow_the_live_pointer_and_retired_generations_refuse_commits,
     pages_walk_an_index_in_placing_order_with_cursors,
     meta_fields_are_set_one_at_a_time,
+    commits_to_the_live_generation_and_switches_are_announced,
 );
 
 fn projections() -> Vec<Arc<dyn Projection>> {
@@ -220,5 +221,42 @@ async fn meta_fields_are_set_one_at_a_time(backend: Backend) {
     let meta = sink.meta("conformance").await.unwrap();
     assert!(!meta.paused);
     assert_eq!(meta.state.as_deref(), Some("running"), "other fields untouched");
+    cleanup.run().await;
+}
+
+async fn next_change(feed: &mut strata_projections::sink::ChangeFeed) -> Change {
+    tokio::time::timeout(std::time::Duration::from_secs(10), futures_util::StreamExt::next(feed))
+        .await
+        .expect("a change within 10 s")
+        .expect("the feed is open")
+}
+
+async fn commits_to_the_live_generation_and_switches_are_announced(backend: Backend) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    assert_eq!(sink.init_live("conformance", 1).await.unwrap(), 1);
+    let mut feed = sink.changes().await.unwrap().expect("every sink has a change feed");
+    assert_eq!(next_change(&mut feed).await, Change::Everything, "a feed starts by telling readers to look");
+    sink.commit(&target(1), &guarded("s-1", 0, 1, vec![set("a", 1), set("b", 1), set("a", 2)])).await.unwrap();
+    let applied = |stream: &str, documents: &[&str]| Change::Applied {
+        projection: "conformance".into(),
+        keys: std::iter::once(stream_key(stream)).chain(documents.iter().map(|key| document_key(key))).collect(),
+    };
+    assert_eq!(next_change(&mut feed).await, applied("s-1", &["a", "b"]));
+    // A refused commit and one into a generation being rebuilt are silent:
+    // the next change is the following live commit.
+    assert!(matches!(sink.commit(&target(1), &guarded("s-1", 0, 1, vec![set("a", 3)])).await.unwrap(), Committed::Conflict { .. }));
+    let next = sink.new_generation("conformance").await.unwrap();
+    sink.set_meta("conformance", MetaField::Rebuilding, Some(next.to_string())).await.unwrap();
+    assert_eq!(sink.commit(&target(next), &guarded("s-9", 0, 1, vec![set("z", 1)])).await.unwrap(), Committed::Done);
+    sink.commit(&target(1), &guarded("s-2", 0, 1, vec![set("c", 1)])).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, applied("s-2", &["c"]));
+    assert!(sink.switch_live("conformance", next).await.unwrap());
+    assert_eq!(next_change(&mut feed).await, Change::Everything, "a switch changes everything");
+    // Another reader of the same backend hears the same.
+    let mut other = sink.changes().await.unwrap().unwrap();
+    assert_eq!(next_change(&mut other).await, Change::Everything);
+    sink.commit(&target(next), &guarded("s-3", 0, 1, vec![])).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, applied("s-3", &[]));
+    assert_eq!(next_change(&mut other).await, applied("s-3", &[]));
     cleanup.run().await;
 }
