@@ -14,6 +14,12 @@
 //! `Limits::subscription_poll`; while it is up, every [`SAFETY_NET`] in case
 //! a message was lost anyway. A thousand waiting requests cost a thousand
 //! entries in a map, not a thousand polls.
+//!
+//! Waiters look at the read model through [`Changes::look`], at most
+//! [`CONCURRENT_LOOKS`] at a time: a burst of thousands of waiting fields
+//! (a flood of aliased `waitFor`s arriving together, or a switch waking
+//! everyone) then queues here instead of in front of every other query on
+//! the read model's connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +31,10 @@ use strata_projections::sink::{Change, ReadModelSink};
 use tokio::sync::Notify;
 
 /// How often a waiter looks again while the feed is up.
-pub const SAFETY_NET: Duration = Duration::from_secs(1);
+pub const SAFETY_NET: Duration = Duration::from_secs(5);
+
+/// Waiters looking at the read model at once, per process.
+pub const CONCURRENT_LOOKS: usize = 16;
 
 type Key = (String, String);
 
@@ -35,6 +44,7 @@ pub struct Changes {
     waiters: Mutex<HashMap<Key, Waiting>>,
     connected: AtomicBool,
     listening: Once,
+    looks: tokio::sync::Semaphore,
 }
 
 struct Waiting {
@@ -104,7 +114,13 @@ impl Drop for Watch {
 impl Changes {
     /// Waiters on `sink`'s feed (followed from the first watch on).
     pub fn new(sink: Arc<dyn ReadModelSink>) -> Arc<Self> {
-        Arc::new(Self { sink, waiters: Mutex::default(), connected: AtomicBool::new(false), listening: Once::new() })
+        Arc::new(Self {
+            sink,
+            waiters: Mutex::default(),
+            connected: AtomicBool::new(false),
+            listening: Once::new(),
+            looks: tokio::sync::Semaphore::new(CONCURRENT_LOOKS),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Waiting>> {
@@ -124,6 +140,14 @@ impl Changes {
         let changed = waiting.changed.clone();
         drop(waiters);
         Watch { changes: self.clone(), key, changed }
+    }
+
+    /// Runs a waiter's look at the read model, at most [`CONCURRENT_LOOKS`]
+    /// at once.
+    pub async fn look<T>(&self, look: impl std::future::Future<Output = T>) -> T {
+        // The semaphore is never closed.
+        let _permit = self.looks.acquire().await.ok();
+        look.await
     }
 
     /// Whether the feed is up (waiters then rely on it).

@@ -262,6 +262,34 @@ enum BenchCommand {
         #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// A probe query's latency idle and while attackers hold thousands of
+    /// `waitFor` fields open, through a running server's GraphQL.
+    Flood {
+        /// The server.
+        #[arg(long)]
+        url: String,
+        /// An operator token of that server.
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The attackers' token (default: --token).
+        #[arg(long)]
+        attacker_token: Option<String>,
+        /// Attacking requests kept open at once.
+        #[arg(long, default_value_t = 300)]
+        attackers: usize,
+        /// Aliased waiting fields per attacking request (the server allows 20 root fields).
+        #[arg(long, default_value_t = 20)]
+        aliases: usize,
+        /// Probe queries per second.
+        #[arg(long, default_value_t = 200.0)]
+        probe_rate: f64,
+        /// Seconds of probing per phase.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Idle/attack pairs.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The command path (load, decide, append) vs raw appends of the same events.
     Commands {
         /// Aggregates the commands spread over (1 = one hot aggregate).
@@ -427,6 +455,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token = token.context("--url needs --token (or STRATA_TOKEN): a client token of that server")?;
             let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
             println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Bench(BenchCommand::Flood { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs }) => {
+            let bench = bench::FloodBench { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs };
+            println!("{}", serde_json::to_string(&bench::flood(&bench).await?)?);
         }
         Command::Demo { orders, url, token, operator_token, concurrency, seed, json } => {
             let config = strata_api::demo::DemoConfig {

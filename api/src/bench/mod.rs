@@ -4,7 +4,9 @@
 //! - `bench append` (this module): appends through Strata vs the same rows by
 //!   plain INSERTs;
 //! - `bench commands` ([`commands`]): the command path (load, decide, append)
-//!   vs raw appends of the same events.
+//!   vs raw appends of the same events;
+//! - `bench flood --url` ([`flood`]): a probe query's latency idle and while
+//!   thousands of `waitFor` fields wait.
 //!
 //! The benchmark never writes into the configured log: on PostgreSQL it
 //! creates a scratch database on the same server (dropped afterwards), on
@@ -26,6 +28,7 @@ use crate::backend::{registry, scheme, Scheme};
 
 mod commands;
 mod e2e;
+mod flood;
 #[cfg(feature = "redis")]
 mod project;
 #[cfg(feature = "redis")]
@@ -34,6 +37,7 @@ mod rebuild;
 mod relay;
 pub use commands::{commands, CommandsBench};
 pub use e2e::{e2e, e2e_http, E2eBench, E2eHttpBench};
+pub use flood::{flood, FloodBench};
 #[cfg(feature = "redis")]
 pub use project::{project, ProjectBench};
 #[cfg(feature = "redis")]

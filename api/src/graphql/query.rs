@@ -56,7 +56,8 @@ pub(crate) async fn await_write(ctx: &Context<'_>, projection: &str, token: Opti
     let watch = api.changes.watch(projection, strata_projections::sink::stream_key(stream_id.as_str()));
     loop {
         let seen = watch.seen();
-        if orders::has_applied(&*api.read_model, projection, stream_id.as_str(), version).await.map_err(internal)? {
+        let look = orders::has_applied(&*api.read_model, projection, stream_id.as_str(), version);
+        if api.changes.look(look).await.map_err(internal)? {
             return Ok(());
         }
         let now = Instant::now();

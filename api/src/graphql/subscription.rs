@@ -56,7 +56,7 @@ impl Subscription {
                     first = false;
                     // Noted before the look: a change after it ends the next wait.
                     seen = watch.seen();
-                    let view = match orders::order(&*api.read_model, order_id).await {
+                    let view = match api.changes.look(orders::order(&*api.read_model, order_id)).await {
                         Ok(view) => view,
                         Err(error) => {
                             tracing::warn!(%order_id, %error, "orderUpdated: reading the read model failed; ending the subscription");

@@ -968,3 +968,20 @@ async fn jwt_clients_act_for_their_subject_and_bad_jwts_are_refused() {
     }
     assert_eq!(server.head().await, head, "a refused token wrote to the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_flood_probes_idle_and_under_waiting_requests() {
+    let (_scratch, server) = embedded("5s");
+    let output = strata()
+        .args(["bench", "flood", "--url", &server.url(), "--token", OPERATOR, "--attacker-token", CLIENT])
+        .args(["--attackers", "4", "--aliases", "3", "--duration", "0.5", "--runs", "1"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((result["bench"].as_str(), result["waiting_fields"].as_u64()), (Some("flood"), Some(12)), "{result}");
+    let run = &result["runs"][0];
+    assert!(run["idle"]["queries"].as_u64().unwrap() > 0 && run["attack"]["queries"].as_u64().unwrap() > 0, "{result}");
+    assert!(run["attack_requests"].as_u64().unwrap() >= 4, "{result}");
+    assert!(result["p99_ratio"].as_f64().unwrap() > 0.0, "{result}");
+}

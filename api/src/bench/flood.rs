@@ -1,0 +1,154 @@
+//! `strata bench flood --url`: what a flood of waiting requests does to
+//! everyone else. A probe sends `stock(sku)` queries at a steady
+//! `--probe-rate` (one at a time; a late one is sent at once) and records
+//! their latency, first with the server idle, then while attackers
+//! keep requests open, each with `--aliases` `order(id, waitFor: …)` fields
+//! for writes that never come (each waits out the server's `waitFor`
+//! bound, then sends again). Reports the probe's p50/p99 idle and under
+//! attack per run, and the median ratio of the p99s.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use strata_commands::inventory::InventoryCommand;
+use strata_schemas::values::Sku;
+
+use super::{machine, median, round};
+use crate::client::{GraphQlClient, Refused};
+
+/// What `bench flood` measures.
+#[derive(Debug, Clone)]
+pub struct FloodBench {
+    /// The server (`http://127.0.0.1:8080`).
+    pub url: String,
+    /// An operator token (it restocks the probe's SKU and sends the probe).
+    pub token: String,
+    /// The attackers' token (default: `token`).
+    pub attacker_token: Option<String>,
+    /// Requests the attackers keep open at once.
+    pub attackers: usize,
+    /// Aliased waiting fields per attacking request.
+    pub aliases: usize,
+    /// Probe queries per second.
+    pub probe_rate: f64,
+    /// Seconds of probing per phase.
+    pub duration: f64,
+    /// Idle/attack pairs (medians are reported).
+    pub runs: usize,
+}
+
+const PROBE: &str = "query($sku: String!) { stock(sku: $sku) { available } }";
+
+/// Probes at `rate` per second for `duration`; the latencies in ms.
+async fn probe(client: &GraphQlClient, sku: &str, rate: f64, duration: Duration) -> anyhow::Result<Vec<f64>> {
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while started.elapsed() < duration {
+        let due = started + Duration::from_secs_f64(latencies.len() as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let sent = Instant::now();
+        client.execute(PROBE, json!({ "sku": sku })).await.context("a probe query failed")?;
+        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(latencies)
+}
+
+fn percentile(latencies: &mut [f64], p: f64) -> f64 {
+    latencies.sort_by(f64::total_cmp);
+    latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+}
+
+/// `bench flood --url`.
+pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
+    let positive = |x: f64| !x.is_nan() && x > 0.0;
+    if bench.attackers == 0 || bench.aliases == 0 || bench.runs == 0 || !positive(bench.duration) || !positive(bench.probe_rate) {
+        bail!("--attackers, --aliases, --probe-rate, --duration and --runs must be positive");
+    }
+    let client = GraphQlClient::new(&bench.url, &bench.token)?;
+    let sku = format!("SKU-FLOOD-{}", rand::random::<u32>());
+    client
+        .restock(&InventoryCommand::Restock { sku: Sku::parse(&sku)?, quantity: 1_000, at: chrono::Utc::now() }, None)
+        .await
+        .context("restocking the probe's SKU (--token must be an operator's)")?;
+    // The restock reaches the read model through the relay and the bus.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = client.execute(PROBE, json!({ "sku": sku })).await {
+        if Instant::now() > deadline {
+            return Err(err.context("the probe's SKU never became readable"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attacker = GraphQlClient::new(&bench.url, bench.attacker_token.as_deref().unwrap_or(&bench.token))?;
+    let duration = Duration::from_secs_f64(bench.duration);
+    let mut runs = Vec::with_capacity(bench.runs);
+    let (mut ratios, mut idle_p99s, mut attack_p99s) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..bench.runs {
+        if run > 0 {
+            // Let the previous run's aborted requests end on the server (they
+            // wait out its waitFor bound, 5 s by default) before probing idle.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        let mut idle = probe(&client, &sku, bench.probe_rate, duration).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, timed_out) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let attackers: Vec<_> = (0..bench.attackers)
+            .map(|_| {
+                let (attacker, stop, sent, timed_out) = (attacker.clone(), stop.clone(), sent.clone(), timed_out.clone());
+                let aliases = bench.aliases;
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let order = uuid::Uuid::new_v4();
+                        let fields: String = (0..aliases)
+                            .map(|i| format!("a{i}: order(id: \"{order}\", waitFor: \"order-{order}@{}\") {{ status }} ", 1_000_000 + i))
+                            .collect();
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if let Err(err) = attacker.execute(&format!("{{ {fields} }}"), json!({})).await {
+                            if err.downcast_ref::<Refused>().is_some_and(|refused| refused.code == "TIMEOUT") {
+                                timed_out.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                // Anything else (a refusal, a limit) would make the attack cheaper than it looks.
+                                tracing::warn!(%err, "an attacking request was answered otherwise than TIMEOUT");
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Let every attacker's request arrive before measuring.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let attacked = probe(&client, &sku, bench.probe_rate, duration).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in attackers {
+            task.abort();
+        }
+        let mut attacked = attacked?;
+        let (idle_p99, attack_p99) = (percentile(&mut idle, 0.99), percentile(&mut attacked, 0.99));
+        ratios.push(attack_p99 / idle_p99);
+        idle_p99s.push(idle_p99);
+        attack_p99s.push(attack_p99);
+        runs.push(json!({
+            "idle": { "queries": idle.len(), "p50_ms": round(percentile(&mut idle, 0.5), 2), "p99_ms": round(idle_p99, 2) },
+            "attack": { "queries": attacked.len(), "p50_ms": round(percentile(&mut attacked, 0.5), 2), "p99_ms": round(attack_p99, 2) },
+            "attack_requests": sent.load(Ordering::Relaxed),
+            "attack_requests_timed_out": timed_out.load(Ordering::Relaxed),
+            "p99_ratio": round(attack_p99 / idle_p99, 2),
+        }));
+    }
+    Ok(json!({
+        "bench": "flood",
+        "url": bench.url,
+        "attackers": bench.attackers,
+        "aliases": bench.aliases,
+        "waiting_fields": bench.attackers * bench.aliases,
+        "probe_rate": bench.probe_rate,
+        "duration_s": bench.duration,
+        "idle_p99_ms": round(median(idle_p99s), 2),
+        "attack_p99_ms": round(median(attack_p99s), 2),
+        "p99_ratio": round(median(ratios), 2),
+        "runs": runs,
+        "machine": machine(),
+    }))
+}
