@@ -795,84 +795,22 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
 }
 
 mod batching {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use async_trait::async_trait;
     use serde_json::{json, Value};
     use strata_api::auth::Role;
     use strata_api::graphql::{request_data, schema, Api, Limits};
-    use strata_projections::sink::{Batch, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, Target};
-    use strata_projections::{Document, MemorySink, ReadModelSink, SinkError};
     use strata_store::MemoryEventStore;
 
-    /// A memory sink that counts the reads queries make.
-    struct Counting {
-        inner: MemorySink,
-        loads: AtomicUsize,
-        documents: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl ReadModelSink for Counting {
-        fn backend_name(&self) -> &'static str {
-            "counting"
-        }
-        async fn ping(&self) -> Result<(), SinkError> {
-            self.inner.ping().await
-        }
-        async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
-            self.inner.live_generation(projection).await
-        }
-        async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
-            self.inner.new_generation(projection).await
-        }
-        async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
-            self.inner.switch_live(projection, generation).await
-        }
-        async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
-            self.inner.init_live(projection, generation).await
-        }
-        async fn drop_generation(&self, target: &Target) -> Result<(), SinkError> {
-            self.inner.drop_generation(target).await
-        }
-        async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError> {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            self.inner.load(target, streams, documents).await
-        }
-        async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
-            self.inner.commit(target, batch).await
-        }
-        async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {
-            self.documents.fetch_add(1, Ordering::SeqCst);
-            self.inner.document(projection, key).await
-        }
-        async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError> {
-            self.inner.page(projection, index, after, limit).await
-        }
-        async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
-            self.inner.stats(target).await
-        }
-        async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError> {
-            self.inner.dead_letters(target, limit).await
-        }
-        async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
-            self.inner.meta(projection).await
-        }
-        async fn set_meta(&self, projection: &str, field: MetaField, value: Option<String>) -> Result<(), SinkError> {
-            self.inner.set_meta(projection, field, value).await
-        }
-        async fn dump(&self, target: &Target) -> Result<Dump, SinkError> {
-            self.inner.dump(target).await
-        }
-    }
+    use crate::support::CountingSink;
 
     /// Five orders of five SKUs: one `orders` query with `lines { stock }`
     /// reads every SKU's stock in one batched load, not one read per line.
     #[tokio::test]
     async fn nested_stock_of_a_page_of_orders_is_loaded_in_one_batch() {
         let store = Arc::new(MemoryEventStore::new(strata_api::backend::registry().unwrap()));
-        let sink = Arc::new(Counting { inner: MemorySink::new(), loads: AtomicUsize::new(0), documents: AtomicUsize::new(0) });
+        let sink = Arc::new(CountingSink::default());
         let api = Arc::new(Api::new(store.clone(), None, store.clone(), sink.clone(), Limits::default()));
         let schema = schema(api.clone());
         let run = |query: String| {

@@ -220,3 +220,82 @@ pub async fn drop_scratch_backends(nats: &str, redis: Option<&str>, id: &str) {
         strata_projections::RedisSink::connect(config).await.unwrap().delete_all().await.unwrap();
     }
 }
+
+/// A memory sink that counts the reads made of it: `load` (stream versions
+/// and documents of a batch, what `waitFor` and the DataLoader use) and
+/// single `document` reads.
+#[derive(Default)]
+pub struct CountingSink {
+    pub inner: strata_projections::MemorySink,
+    pub loads: std::sync::atomic::AtomicUsize,
+    pub documents: std::sync::atomic::AtomicUsize,
+}
+
+mod counting {
+    use std::sync::atomic::Ordering;
+
+    use async_trait::async_trait;
+    use strata_projections::sink::{
+        Batch, ChangeFeed, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, Target,
+    };
+    use strata_projections::{Document, ReadModelSink, SinkError};
+
+    use super::CountingSink;
+
+    #[async_trait]
+    impl ReadModelSink for CountingSink {
+        fn backend_name(&self) -> &'static str {
+            "counting"
+        }
+        async fn ping(&self) -> Result<(), SinkError> {
+            self.inner.ping().await
+        }
+        async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
+            self.inner.live_generation(projection).await
+        }
+        async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
+            self.inner.new_generation(projection).await
+        }
+        async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
+            self.inner.switch_live(projection, generation).await
+        }
+        async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
+            self.inner.init_live(projection, generation).await
+        }
+        async fn drop_generation(&self, target: &Target) -> Result<(), SinkError> {
+            self.inner.drop_generation(target).await
+        }
+        async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.inner.load(target, streams, documents).await
+        }
+        async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
+            self.inner.commit(target, batch).await
+        }
+        async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {
+            self.documents.fetch_add(1, Ordering::SeqCst);
+            self.inner.document(projection, key).await
+        }
+        async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError> {
+            self.inner.page(projection, index, after, limit).await
+        }
+        async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
+            self.inner.stats(target).await
+        }
+        async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError> {
+            self.inner.dead_letters(target, limit).await
+        }
+        async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
+            self.inner.meta(projection).await
+        }
+        async fn set_meta(&self, projection: &str, field: MetaField, value: Option<String>) -> Result<(), SinkError> {
+            self.inner.set_meta(projection, field, value).await
+        }
+        async fn dump(&self, target: &Target) -> Result<Dump, SinkError> {
+            self.inner.dump(target).await
+        }
+        async fn changes(&self) -> Result<Option<ChangeFeed>, SinkError> {
+            self.inner.changes().await
+        }
+    }
+}

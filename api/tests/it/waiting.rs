@@ -3,91 +3,27 @@
 //! they start, when woken, and at the safety net), not hundreds of times a
 //! second; the write wakes them all at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{json, Value};
 use strata_api::auth::Tokens;
 use strata_api::backend::registry;
 use strata_api::graphql::{Api, Limits};
 use strata_api::http::{run, AppState, GraphQl};
-use strata_projections::sink::{
-    Batch, ChangeFeed, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError, Target,
-};
-use strata_projections::{Document, MemorySink};
+use strata_projections::sink::{Batch, Target};
+use strata_projections::ReadModelSink;
 use strata_store::MemoryEventStore;
 use tokio::net::TcpListener;
 
-/// A memory sink that counts how often readers look at stream versions.
-#[derive(Default)]
-struct Counting {
-    inner: MemorySink,
-    loads: AtomicU64,
-}
-
-#[async_trait]
-impl ReadModelSink for Counting {
-    fn backend_name(&self) -> &'static str {
-        "counting"
-    }
-    async fn ping(&self) -> Result<(), SinkError> {
-        self.inner.ping().await
-    }
-    async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
-        self.inner.live_generation(projection).await
-    }
-    async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
-        self.inner.new_generation(projection).await
-    }
-    async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
-        self.inner.switch_live(projection, generation).await
-    }
-    async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
-        self.inner.init_live(projection, generation).await
-    }
-    async fn drop_generation(&self, target: &Target) -> Result<(), SinkError> {
-        self.inner.drop_generation(target).await
-    }
-    async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError> {
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        self.inner.load(target, streams, documents).await
-    }
-    async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
-        self.inner.commit(target, batch).await
-    }
-    async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {
-        self.inner.document(projection, key).await
-    }
-    async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError> {
-        self.inner.page(projection, index, after, limit).await
-    }
-    async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
-        self.inner.stats(target).await
-    }
-    async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError> {
-        self.inner.dead_letters(target, limit).await
-    }
-    async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
-        self.inner.meta(projection).await
-    }
-    async fn set_meta(&self, projection: &str, field: MetaField, value: Option<String>) -> Result<(), SinkError> {
-        self.inner.set_meta(projection, field, value).await
-    }
-    async fn dump(&self, target: &Target) -> Result<Dump, SinkError> {
-        self.inner.dump(target).await
-    }
-    async fn changes(&self) -> Result<Option<ChangeFeed>, SinkError> {
-        self.inner.changes().await
-    }
-}
+use crate::support::CountingSink;
 
 const CLIENT: &str = "waiting-client-token-01";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_waiting_fields_look_a_few_times_each_and_wake_on_the_write() {
-    let sink = Arc::new(Counting::default());
+    let sink = Arc::new(CountingSink::default());
     let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
     let limits = Limits { read_your_writes_wait: Duration::from_secs(3), rate_per_token: None, rate_per_ip: None, ..Limits::default() };
     let api = Api::new(store.clone(), None, store.clone(), sink.clone(), limits);
