@@ -515,6 +515,24 @@ mod tests {
     }
 
     #[test]
+    fn an_audience_when_configured_is_required_and_must_match() {
+        let settings = JwtSettings { secret: Some(SECRET.into()), audience: Some("strata".into()), ..JwtSettings::default() };
+        let tokens = Tokens::default().with_jwt(&settings).unwrap();
+        let now = Utc::now();
+        let good = json!({ "sub": "ann", "role": "operator", "exp": in_an_hour(), "aud": "strata" });
+        assert_eq!(role(tokens.check(&hs256(good.clone(), SECRET), now)), Ok(Role::Operator));
+        let mut listed = good.clone();
+        listed["aud"] = json!(["billing", "strata"]);
+        assert_eq!(role(tokens.check(&hs256(listed, SECRET), now)), Ok(Role::Operator), "one of several audiences");
+        let mut other = good.clone();
+        other["aud"] = json!("billing");
+        assert_eq!(role(tokens.check(&hs256(other, SECRET), now)), Err(AuthError::Invalid));
+        let mut none = good;
+        none.as_object_mut().unwrap().remove("aud");
+        assert_eq!(role(tokens.check(&hs256(none, SECRET), now)), Err(AuthError::Invalid));
+    }
+
+    #[test]
     fn es256_jwts_verify_against_a_jwks_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwks.json");
