@@ -67,17 +67,19 @@ impl GraphQlClient {
         Ok((role == "CLIENT").then(|| me.pointer("/me/subject").and_then(Value::as_str).unwrap_or_default().to_owned()))
     }
 
-    /// `restock` of an inventory command of the scenario, once per key.
-    pub async fn restock(&self, command: &InventoryCommand, idempotency_key: Option<&str>) -> anyhow::Result<()> {
+    /// `restock` of an inventory command of the scenario, once per key; its
+    /// consistency token (for `waitFor`).
+    pub async fn restock(&self, command: &InventoryCommand, idempotency_key: Option<&str>) -> anyhow::Result<String> {
         let InventoryCommand::Restock { sku, quantity, .. } = command else {
             bail!("only restocks go through restock");
         };
-        self.execute(
-            "mutation($sku: String!, $quantity: Int!, $key: String) { restock(sku: $sku, quantity: $quantity, idempotencyKey: $key) { version } }",
-            json!({ "sku": sku.as_str(), "quantity": quantity, "key": idempotency_key }),
-        )
-        .await?;
-        Ok(())
+        let data = self
+            .execute(
+                "mutation($sku: String!, $quantity: Int!, $key: String) { restock(sku: $sku, quantity: $quantity, idempotencyKey: $key) { consistencyToken } }",
+                json!({ "sku": sku.as_str(), "quantity": quantity, "key": idempotency_key }),
+            )
+            .await?;
+        data["restock"]["consistencyToken"].as_str().map(str::to_owned).context("the restock answered no consistencyToken")
     }
 
     /// `placeOrder` with `idempotency_key`; the order id and its consistency token.

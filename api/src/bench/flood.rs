@@ -69,18 +69,18 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
     }
     let client = GraphQlClient::new(&bench.url, &bench.token)?;
     let sku = format!("SKU-FLOOD-{}", rand::random::<u32>());
-    client
+    let restocked = client
         .restock(&InventoryCommand::Restock { sku: Sku::parse(&sku)?, quantity: 1_000, at: chrono::Utc::now() }, None)
         .await
         .context("restocking the probe's SKU (--token must be an operator's)")?;
     // The restock reaches the read model through the relay and the bus.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(err) = client.execute(PROBE, json!({ "sku": sku })).await {
-        if Instant::now() > deadline {
-            return Err(err.context("the probe's SKU never became readable"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    client
+        .execute(
+            "query($sku: String!, $token: String) { stock(sku: $sku, waitFor: $token) { available } }",
+            json!({ "sku": sku, "token": restocked }),
+        )
+        .await
+        .context("the probe's SKU never became readable")?;
     let attacker = GraphQlClient::new(&bench.url, bench.attacker_token.as_deref().unwrap_or(&bench.token))?;
     let duration = Duration::from_secs_f64(bench.duration);
     let mut runs = Vec::with_capacity(bench.runs);
