@@ -151,3 +151,79 @@ pub async fn jetstream() -> Option<(crate::bus::JetStreamBus, Cleanup)> {
         }
     }
 }
+
+/// Kafka for tests: a real broker when `STRATA_TEST_KAFKA=host:port` is set,
+/// else librdkafka's mock cluster (a Kafka-protocol endpoint on a loopback
+/// port, in this process, that child processes can reach too). Each bus gets
+/// a topic prefix of its own.
+#[cfg(feature = "kafka")]
+pub mod kafka {
+    use super::Cleanup;
+    use crate::bus::{KafkaBus, KafkaConfig};
+
+    /// A Kafka endpoint for a test.
+    pub struct TestKafka {
+        /// `host:port` of the broker(s).
+        pub brokers: String,
+        mock: bool,
+    }
+
+    impl std::fmt::Debug for TestKafka {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TestKafka").field("brokers", &self.brokers).field("mock", &self.mock).finish()
+        }
+    }
+
+    impl TestKafka {
+        /// `STRATA_TEST_KAFKA`, or a new mock cluster of one broker.
+        pub fn start() -> Self {
+            if let Ok(brokers) = std::env::var("STRATA_TEST_KAFKA") {
+                return Self { brokers, mock: false };
+            }
+            // The cluster lives until the test process exits: clients still
+            // connected to a destroyed mock block when they close.
+            let cluster = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster starts");
+            let brokers = cluster.bootstrap_servers();
+            std::mem::forget(cluster);
+            Self { brokers, mock: true }
+        }
+
+        /// Settings with a fresh topic prefix (`test_<uuid>`); on the mock
+        /// cluster topics are auto-created (it has no CreateTopics).
+        pub fn config(&self) -> KafkaConfig {
+            KafkaConfig {
+                topic_prefix: format!("test_{}", uuid::Uuid::new_v4().simple()),
+                create_topics: !self.mock,
+                ..KafkaConfig::new(self.brokers.clone())
+            }
+        }
+
+        /// `kafka://brokers?topic_prefix=…` for a child process.
+        pub fn url(&self, config: &KafkaConfig) -> String {
+            format!("kafka://{}?topic_prefix={}&create_topics={}", self.brokers, config.topic_prefix, config.create_topics)
+        }
+    }
+
+    /// A Kafka bus with a topic prefix of its own on a [`TestKafka`]; the
+    /// cleanup deletes its topics (a real broker) and stops the mock.
+    pub async fn bus() -> Option<(KafkaBus, Cleanup)> {
+        let kafka = TestKafka::start();
+        let config = kafka.config();
+        match KafkaBus::connect(config).await {
+            Ok(bus) => {
+                let teardown = bus.clone();
+                let cleanup = Cleanup::new(move || async move {
+                    // The mock has no DeleteTopics (and stays until the process exits).
+                    if !kafka.mock {
+                        teardown.delete_topics().await;
+                    }
+                });
+                Some((bus, cleanup))
+            }
+            Err(err) => {
+                super::report_unreachable("Kafka", &kafka.brokers, "unset STRATA_TEST_KAFKA to use the mock cluster", &err);
+                None
+            }
+        }
+    }
+}

@@ -6,9 +6,10 @@
 //! - **Durable publish.** `publish` returns only when the bus has stored every
 //!   event, in the order given; an error means some may not be stored, and
 //!   publishing the same events again is safe.
-//! - **Dedupe.** The event id is the message id: publishing an event the bus
-//!   already holds stores nothing and reports `duplicate` (JetStream: within
-//!   its duplicate window; in process: always).
+//! - **Dedupe.** Publishing an event the bus already holds stores nothing
+//!   and reports `duplicate` (JetStream: the event id is the message id,
+//!   within its duplicate window; Kafka: by position, below; in process:
+//!   always).
 //! - **At least once, explicitly acked.** Every delivery carries an
 //!   [`Delivery::ack`]; a delivery not acked within the subscription's
 //!   `ack_wait` (or nacked) is delivered again, with a higher
@@ -17,12 +18,19 @@
 //! - **Consumer groups.** Subscribers with the same group share the work:
 //!   each message goes to one member at a time. Each group gets every message.
 //!   The group remembers its progress across restarts (durable).
-//! - **Order.** A group receives messages in publish order; redeliveries can
-//!   come after later messages. Per-stream order under redelivery is the
-//!   consumer's concern (it knows each event's stream version).
+//! - **Order.** A group receives each stream's messages in publish order
+//!   (the in-process bus and JetStream keep the publish order across streams
+//!   too; Kafka keeps it per partition, and a stream is in one partition);
+//!   redeliveries can come after later messages. Per-stream order under
+//!   redelivery is the consumer's concern (it knows each event's stream
+//!   version).
+//! - **Dedupe on Kafka** is by log position per partition (see
+//!   [`kafka`]): publishers there must publish in position order, as the
+//!   relay does.
 //!
-//! Subjects: `<prefix>.<category>.<stream id token>`, so a subscription can
-//! follow one category.
+//! Subjects: `<prefix>.<category>.<stream id token>` (Kafka: topic
+//! `<prefix>.<category>`, key = stream id), so a subscription can follow one
+//! category.
 //!
 //! Beside events, the bus carries requests ([`Requester`] / [`Responder`]):
 //! commands a saga sends to services in another process. A request is not
@@ -44,10 +52,14 @@ use uuid::Uuid;
 
 use crate::{ChainHash, EventMetadata, Position, RecordedEvent, StreamId};
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
 
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaBus, KafkaConfig};
 pub use memory::MemoryBus;
 #[cfg(feature = "nats")]
 pub use nats::{JetStreamBus, JetStreamConfig};
@@ -82,7 +94,7 @@ pub enum BusError {
 }
 
 impl BusError {
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Backend { context, source: source.into() }
     }
@@ -236,7 +248,7 @@ impl fmt::Debug for IncomingRequest {
 }
 
 impl IncomingRequest {
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
     pub(crate) fn new(payload: Vec<u8>, reply: Option<Reply>) -> Self {
         Self { payload, reply }
     }
@@ -279,7 +291,7 @@ pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
 
 /// The wire form of an event on the bus (JSON), for the networked backends.
 #[derive(Debug, Serialize, Deserialize)]
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct WireEvent {
     event_id: Uuid,
@@ -294,7 +306,7 @@ pub(crate) struct WireEvent {
     hash: String,
 }
 
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
 impl WireEvent {
     pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
         // Borrowed, so encoding copies nothing but the output bytes.
@@ -346,7 +358,7 @@ impl WireEvent {
     }
 }
 
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
 fn decode_hash(hex: &str) -> Option<ChainHash> {
     if hex.len() != 64 {
         return None;

@@ -1,0 +1,1080 @@
+//! [`KafkaBus`]: the bus on Apache Kafka (feature `kafka`, librdkafka through
+//! `rdkafka`).
+//!
+//! # Layout
+//!
+//! - **Topics.** One per category, `<prefix>.<category>`, created on first
+//!   use by the admin client with the configured partitions and replication
+//!   (or, with [`KafkaConfig::create_topics`] off, left to exist already or
+//!   to the broker's auto-creation: librdkafka's mock cluster has no
+//!   CreateTopics).
+//! - **Records.** Key = the stream id, partition = Kafka's own murmur2 hash
+//!   of the key modulo the topic's partitions (what a Java producer would
+//!   pick), so one stream stays in one partition, in order. Value = the same
+//!   JSON as on JetStream; headers `strata-event-id`, `strata-event-type`,
+//!   `strata-position` and `traceparent` (when the event has one).
+//! - **Publishing.** An idempotent producer (`enable.idempotence`,
+//!   `acks=all`): retries never reorder or double a record within a partition.
+//! - **Dedupe by position.** Kafka keeps no message ids, so the bus keeps, per
+//!   partition, the highest log position it holds, learnt from the
+//!   partition's last record on first use and from every acknowledgement
+//!   after; an event at or below it is a duplicate and is not sent. This
+//!   holds because the relay publishes in log position order (and a stream
+//!   is in one partition). A publish waits for the records an abandoned
+//!   publish (a relay task killed mid-batch) left in flight before deciding.
+//!
+//! # Consumer groups
+//!
+//! A [`Subscription`] group is the Kafka group `<prefix>.<group>`. Offsets
+//! are committed only up to the first delivery not yet acked in each
+//! partition (auto commit off), so a member killed at any instant leaves its
+//! partitions to another member from the last handled record. A nack, or a
+//! delivery left unacked beyond `ack_wait`, seeks its partition back to it:
+//! it and everything after it in that partition come again. On a rebalance
+//! the revoked partitions' progress is committed before they move, and their
+//! in-flight deliveries are forgotten (their acks change nothing; the new
+//! owner delivers them again). Members of a group share work by partition,
+//! so per-stream order holds without two members handling one stream.
+//!
+//! # Requests
+//!
+//! A service's requests go to `<prefix>_rpc.<service>` (consumer group
+//! `<prefix>_rpc.<service>.responders`, so each request reaches one
+//! responder); each requesting process reads answers from its own topic
+//! `<prefix>_reply.<uuid>`, matched by the `strata-correlation-id` header. A
+//! request carries its deadline (`strata-deadline`, Unix milliseconds): a
+//! responder skips one that expired while no responder was running.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot, Notify};
+use uuid::Uuid;
+
+use super::{BusError, Delivery, IncomingRequest, Published, Publisher, Requester, Responder, Settlement, Subscriber, Subscription};
+use super::{Reply, WireEvent};
+use crate::RecordedEvent;
+
+/// Header names on every event record.
+pub mod headers {
+    /// The event id (text).
+    pub const EVENT_ID: &str = "strata-event-id";
+    /// The event type.
+    pub const EVENT_TYPE: &str = "strata-event-type";
+    /// The global log position (decimal text).
+    pub const POSITION: &str = "strata-position";
+    /// W3C trace context of the command that wrote the event.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Matches an answer to its request.
+    pub const CORRELATION_ID: &str = "strata-correlation-id";
+    /// The topic a request's answer goes to.
+    pub const REPLY_TO: &str = "strata-reply-to";
+    /// When a request stops mattering (Unix milliseconds).
+    pub const DEADLINE: &str = "strata-deadline";
+}
+
+/// Where the bus lives and how its topics are made.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:9092[,host2:9092]`.
+    pub brokers: String,
+    /// Topic (and group) prefix: letters, digits, `-`, `_`.
+    pub topic_prefix: String,
+    /// Partitions of a topic the bus creates.
+    pub partitions: i32,
+    /// Replication factor of a topic the bus creates.
+    pub replication: i32,
+    /// Create missing topics with the admin client (`false`: they exist
+    /// already, or the broker creates them on first use, as librdkafka's
+    /// mock cluster does, which has no CreateTopics).
+    pub create_topics: bool,
+}
+
+impl KafkaConfig {
+    /// Prefix `strata`, 4 partitions, replication 1.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self { brokers: brokers.into(), topic_prefix: "strata".into(), partitions: 4, replication: 1, create_topics: true }
+    }
+
+    fn check(&self) -> Result<(), BusError> {
+        let prefix_ok = !self.topic_prefix.is_empty()
+            && self.topic_prefix.len() <= 100
+            && self.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let invalid = |reason: String| BusError::backend("configuring Kafka", reason);
+        if !prefix_ok {
+            return Err(invalid(format!("topic prefix {:?} must be 1 to 100 letters, digits, '-' or '_'", self.topic_prefix)));
+        }
+        if self.partitions < 1 || self.replication < 1 {
+            return Err(invalid("partitions and replication must be at least 1".into()));
+        }
+        if self.brokers.trim().is_empty() {
+            return Err(invalid("no brokers given".into()));
+        }
+        Ok(())
+    }
+
+    /// The client settings every connection of the bus shares.
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers).set("socket.nagle.disable", "true");
+        config
+    }
+
+    /// The producer settings (the bench's raw baseline uses the same).
+    pub fn producer_settings(&self) -> ClientConfig {
+        let mut config = self.client();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", "30000");
+        config
+    }
+
+    /// The topic of a category.
+    pub fn topic(&self, category: &str) -> String {
+        format!("{}.{category}", self.topic_prefix)
+    }
+}
+
+/// Kafka's default partitioner (murmur2 of the key, as the Java client):
+/// the partition of `key` among `partitions`.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    let hash = murmur2(key) & 0x7fff_ffff;
+    (hash % partitions.max(1) as u32) as i32
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+type PartitionKey = (String, i32);
+
+/// What the producer's delivery callback shares with the bus.
+#[derive(Default)]
+struct Acked {
+    /// Per partition, the highest position the bus holds.
+    heads: Mutex<HashMap<PartitionKey, u64>>,
+    /// Event records sent and not yet acknowledged (or failed).
+    in_flight: AtomicUsize,
+    settled: Notify,
+}
+
+/// One record's way back from the delivery callback.
+struct Sent {
+    position: Option<u64>,
+    done: oneshot::Sender<Result<(), KafkaError>>,
+}
+
+struct ProducerEvents(Arc<Acked>);
+
+impl ClientContext for ProducerEvents {}
+
+impl ProducerContext for ProducerEvents {
+    type DeliveryOpaque = Box<Sent>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
+        let outcome = match result {
+            Ok(message) => {
+                if let Some(position) = sent.position {
+                    let mut heads = self.0.heads.lock().unwrap_or_else(|p| p.into_inner());
+                    let head = heads.entry((message.topic().to_owned(), message.partition())).or_default();
+                    *head = (*head).max(position);
+                }
+                Ok(())
+            }
+            Err((error, _)) => Err(error.clone()),
+        };
+        if sent.position.is_some() && self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.settled.notify_waiters();
+        }
+        let _ = sent.done.send(outcome);
+    }
+}
+
+/// The Kafka bus. Cloning shares the producer and the admin client.
+#[derive(Clone)]
+pub struct KafkaBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: KafkaConfig,
+    producer: ThreadedProducer<ProducerEvents>,
+    admin: AdminClient<DefaultClientContext>,
+    acked: Arc<Acked>,
+    /// Topics known to exist, with their partition counts.
+    topics: tokio::sync::Mutex<HashMap<String, i32>>,
+    /// Partitions whose last record has been read (their head is known).
+    tails_known: Mutex<HashSet<PartitionKey>>,
+    /// Serializes publishes so dedupe decisions see each other's acks.
+    publishing: tokio::sync::Mutex<()>,
+    replies: tokio::sync::OnceCell<Arc<Replies>>,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus").field("config", &self.inner.config).finish()
+    }
+}
+
+fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> BusError {
+    move |error| BusError::backend(context, error)
+}
+
+/// How long a metadata or admin call may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KafkaBus {
+    /// Creates the producer and admin client and checks that a broker answers.
+    pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
+        config.check()?;
+        let acked = Arc::new(Acked::default());
+        let producer: ThreadedProducer<ProducerEvents> =
+            config.producer_settings().create_with_context(ProducerEvents(acked.clone())).map_err(kafka("creating the Kafka producer"))?;
+        let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(kafka("creating the Kafka admin client"))?;
+        let bus = Self {
+            inner: Arc::new(Inner {
+                config,
+                producer,
+                admin,
+                acked,
+                topics: tokio::sync::Mutex::new(HashMap::new()),
+                tails_known: Mutex::new(HashSet::new()),
+                publishing: tokio::sync::Mutex::new(()),
+                replies: tokio::sync::OnceCell::new(),
+            }),
+        };
+        bus.ping().await?;
+        Ok(bus)
+    }
+
+    /// Deletes every topic of this bus's prefix (tests, teardown); a broker
+    /// without DeleteTopics keeps them.
+    pub async fn delete_topics(&self) {
+        let prefix = &self.inner.config.topic_prefix;
+        let inner = self.inner.clone();
+        let listed = tokio::task::spawn_blocking(move || inner.producer.client().fetch_metadata(None, ADMIN_TIMEOUT)).await;
+        let Ok(Ok(metadata)) = listed else { return };
+        let mine: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|topic| topic.name().to_owned())
+            .filter(|name| [".", "_rpc.", "_reply."].iter().any(|tail| name.starts_with(&format!("{prefix}{tail}"))))
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = mine.iter().map(String::as_str).collect();
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        if let Err(error) = self.inner.admin.delete_topics(&names, &options).await {
+            tracing::debug!(%error, "deleting topics failed");
+        }
+    }
+
+    /// The settings this bus was opened with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    /// Makes sure `topic` exists and returns its partition count.
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32, BusError> {
+        let mut topics = self.inner.topics.lock().await;
+        if let Some(&count) = topics.get(topic) {
+            return Ok(count);
+        }
+        if self.inner.config.create_topics {
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.inner.config.replication));
+            let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+            let results = self.inner.admin.create_topics([&new], &options).await.map_err(kafka("creating a Kafka topic"))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => return Err(BusError::backend("creating a Kafka topic", KafkaError::AdminOp(code))),
+                }
+            }
+        }
+        // Otherwise the topic exists, or the broker creates it on this metadata request.
+        let count = self.partition_count(topic).await?;
+        topics.insert(topic.to_owned(), count);
+        Ok(count)
+    }
+
+    /// Reads the topic's partition count from metadata, waiting for a new
+    /// topic's leaders to be known.
+    async fn partition_count(&self, topic: &str) -> Result<i32, BusError> {
+        let deadline = Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let inner = self.inner.clone();
+            let name = topic.to_owned();
+            let metadata = tokio::task::spawn_blocking(move || {
+                let metadata = inner.producer.client().fetch_metadata(Some(&name), Duration::from_secs(5))?;
+                Ok::<_, KafkaError>(
+                    metadata.topics().first().map(|t| (t.error(), t.partitions().iter().all(|p| p.leader() >= 0), t.partitions().len())),
+                )
+            })
+            .await
+            .map_err(|join| BusError::backend("reading Kafka metadata", join))?
+            .map_err(kafka("reading Kafka metadata"))?;
+            match metadata {
+                Some((None, true, count)) if count > 0 => return Ok(count as i32),
+                other if Instant::now() >= deadline => {
+                    return Err(BusError::backend("reading Kafka metadata", format!("topic {topic} is not ready: {other:?}")))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Learns the highest position held by each partition not seen yet,
+    /// from its last record.
+    async fn learn_tails(&self, partitions: Vec<PartitionKey>) -> Result<(), BusError> {
+        let unknown: Vec<PartitionKey> = {
+            let known = self.inner.tails_known.lock().unwrap_or_else(|p| p.into_inner());
+            partitions.into_iter().filter(|key| !known.contains(key)).collect()
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let config = self.inner.config.clone();
+        let wanted = unknown.clone();
+        let heads = tokio::task::spawn_blocking(move || read_tails(&config, &wanted))
+            .await
+            .map_err(|join| BusError::backend("reading the last records", join))??;
+        let mut held = self.inner.acked.heads.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, position) in heads {
+            let head = held.entry(key).or_default();
+            *head = (*head).max(position);
+        }
+        drop(held);
+        self.inner.tails_known.lock().unwrap_or_else(|p| p.into_inner()).extend(unknown);
+        Ok(())
+    }
+
+    /// Waits until no event record of an earlier (abandoned) publish is in flight.
+    async fn settle_in_flight(&self) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(35);
+        loop {
+            let settled = self.inner.acked.settled.notified();
+            if self.inner.acked.in_flight.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return Err(BusError::backend("publishing to Kafka", "records of an earlier publish are still in flight"));
+            }
+        }
+    }
+
+    /// Sends one record; waits while the producer's queue is full.
+    async fn send(&self, record: Record<'_>, sent: Box<Sent>) -> Result<(), BusError> {
+        let mut sent = sent;
+        loop {
+            let mut base = BaseRecord::with_opaque_to(record.topic, sent).key(record.key).payload(record.payload);
+            if let Some(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            if let Some(headers) = &record.headers {
+                base = base.headers(headers.clone());
+            }
+            match self.inner.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    sent = back.delivery_opaque;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => return Err(BusError::backend("producing to Kafka", error)),
+            }
+        }
+    }
+}
+
+struct Record<'a> {
+    topic: &'a str,
+    partition: Option<i32>,
+    key: &'a [u8],
+    payload: &'a [u8],
+    headers: Option<OwnedHeaders>,
+}
+
+/// Reads the last record of each partition (blocking) and returns the
+/// position header of those that have one.
+fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<(PartitionKey, u64)>, BusError> {
+    let consumer: BaseConsumer = config
+        .client()
+        .set("group.id", format!("{}.tail-reader", config.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(kafka("creating the tail reader"))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut waiting = HashSet::new();
+    for (topic, partition) in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *partition, ADMIN_TIMEOUT).map_err(kafka("reading watermarks"))?;
+        if high > low {
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(high - 1)).map_err(kafka("assigning a partition"))?;
+            waiting.insert((topic.clone(), *partition));
+        }
+    }
+    let mut heads = Vec::new();
+    if waiting.is_empty() {
+        return Ok(heads);
+    }
+    consumer.assign(&assignment).map_err(kafka("assigning partitions"))?;
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    while !waiting.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(BusError::backend("reading the last records", format!("{} partitions did not answer", waiting.len())));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let key = (message.topic().to_owned(), message.partition());
+                if waiting.remove(&key) {
+                    if let Some(position) = header(&message, headers::POSITION).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()) {
+                        heads.push((key, position));
+                    }
+                }
+            }
+            Some(Err(error)) => tracing::debug!(%error, "reading a partition's last record"),
+            None => {}
+        }
+    }
+    Ok(heads)
+}
+
+fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
+}
+
+fn event_headers(event: &RecordedEvent) -> OwnedHeaders {
+    let id = event.event_id.to_string();
+    let position = event.position.0.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(4)
+        .insert(Header { key: headers::EVENT_ID, value: Some(id.as_bytes()) })
+        .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_bytes()) })
+        .insert(Header { key: headers::POSITION, value: Some(position.as_bytes()) });
+    if let Some(traceparent) = &event.metadata.traceparent {
+        headers = headers.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_bytes()) });
+    }
+    headers
+}
+
+#[async_trait]
+impl Publisher for KafkaBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.producer.client().fetch_metadata(None, Duration::from_secs(5)).map(|_| ()))
+            .await
+            .map_err(|join| BusError::backend("reaching Kafka", join))?
+            .map_err(kafka("reaching Kafka"))
+    }
+
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError> {
+        let _one_at_a_time = self.inner.publishing.lock().await;
+        self.settle_in_flight().await?;
+        // Where each event goes.
+        let mut routes = Vec::with_capacity(events.len());
+        for event in events {
+            let topic = self.inner.config.topic(event.stream_id.category());
+            let partitions = self.ensure_topic(&topic, self.inner.config.partitions).await?;
+            let partition = partition_of(event.stream_id.as_str().as_bytes(), partitions);
+            routes.push((topic, partition));
+        }
+        let mut touched: Vec<PartitionKey> = routes.clone();
+        touched.sort();
+        touched.dedup();
+        self.learn_tails(touched).await?;
+        // Decide duplicates against what the bus holds and what this call sends.
+        let mut heads: HashMap<PartitionKey, u64> = {
+            let held = self.inner.acked.heads.lock().unwrap_or_else(|p| p.into_inner());
+            routes.iter().map(|key| (key.clone(), held.get(key).copied().unwrap_or(0))).collect()
+        };
+        let mut published = Vec::with_capacity(events.len());
+        let mut waits = Vec::with_capacity(events.len());
+        for (event, route) in events.iter().zip(&routes) {
+            let head = heads.get_mut(route).expect("every route has a head");
+            if event.position.0 <= *head {
+                published.push(Published { duplicate: true });
+                continue;
+            }
+            *head = event.position.0;
+            published.push(Published { duplicate: false });
+            let (done, wait) = oneshot::channel();
+            let payload = WireEvent::encode(event);
+            self.inner.acked.in_flight.fetch_add(1, Ordering::AcqRel);
+            let record = Record {
+                topic: &route.0,
+                partition: Some(route.1),
+                key: event.stream_id.as_str().as_bytes(),
+                payload: &payload,
+                headers: Some(event_headers(event)),
+            };
+            if let Err(error) = self.send(record, Box::new(Sent { position: Some(event.position.0), done })).await {
+                self.inner.acked.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(error);
+            }
+            waits.push(wait);
+        }
+        for wait in waits {
+            match wait.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(BusError::backend("waiting for a Kafka acknowledgement", error)),
+                Err(_) => return Err(BusError::backend("waiting for a Kafka acknowledgement", "the producer dropped the record")),
+            }
+        }
+        Ok(published)
+    }
+}
+
+/// Per-partition bookkeeping of a consumer group member.
+#[derive(Default)]
+struct Tracker {
+    partitions: HashMap<PartitionKey, Track>,
+}
+
+#[derive(Default)]
+struct Track {
+    /// Delivered offsets, acked or not, above the committed one.
+    pending: BTreeMap<i64, Slot>,
+    /// How often each offset was delivered while this member held the partition.
+    deliveries: HashMap<i64, u64>,
+    /// The next offset to commit, once it moved.
+    commit: Option<i64>,
+}
+
+struct Slot {
+    acked: bool,
+    since: Instant,
+}
+
+impl Tracker {
+    fn delivered(&mut self, key: PartitionKey, offset: i64) -> u64 {
+        let track = self.partitions.entry(key).or_default();
+        let count = track.deliveries.entry(offset).or_default();
+        *count += 1;
+        track.pending.insert(offset, Slot { acked: false, since: Instant::now() });
+        *count
+    }
+
+    /// Marks an offset handled; true if the partition's commit point moved.
+    fn ack(&mut self, key: &PartitionKey, offset: i64) -> bool {
+        let Some(track) = self.partitions.get_mut(key) else { return false };
+        let Some(slot) = track.pending.get_mut(&offset) else { return false };
+        slot.acked = true;
+        let mut moved = false;
+        while let Some(entry) = track.pending.first_entry() {
+            if !entry.get().acked {
+                break;
+            }
+            let (offset, _) = entry.remove_entry();
+            track.commit = Some(offset + 1);
+            moved = true;
+        }
+        if moved {
+            let commit = track.commit.unwrap_or(0);
+            track.deliveries.retain(|&offset, _| offset >= commit);
+        }
+        moved
+    }
+
+    /// Forgets `offset` and everything after it in the partition (they come
+    /// again after a seek); true if the partition is still tracked.
+    fn rewind(&mut self, key: &PartitionKey, offset: i64) -> bool {
+        let Some(track) = self.partitions.get_mut(key) else { return false };
+        let _ = track.pending.split_off(&offset);
+        true
+    }
+
+    /// The first unacked delivery of each partition older than `ack_wait`.
+    fn expired(&self, ack_wait: Duration) -> Vec<(PartitionKey, i64)> {
+        let now = Instant::now();
+        self.partitions
+            .iter()
+            .filter_map(|(key, track)| {
+                let (&offset, slot) = track.pending.iter().find(|(_, slot)| !slot.acked)?;
+                (now.duration_since(slot.since) >= ack_wait).then(|| (key.clone(), offset))
+            })
+            .collect()
+    }
+
+    fn commits(&self, only: Option<&HashSet<PartitionKey>>) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), track) in &self.partitions {
+            if only.is_some_and(|only| !only.contains(&(topic.clone(), *partition))) {
+                continue;
+            }
+            if let Some(commit) = track.commit {
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(commit));
+            }
+        }
+        list
+    }
+}
+
+/// Commits what is done before partitions move to another member.
+struct GroupEvents {
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl ClientContext for GroupEvents {}
+
+impl ConsumerContext for GroupEvents {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let revoked: HashSet<PartitionKey> =
+            revoked.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect();
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let commits = tracker.commits(Some(&revoked));
+        if commits.count() > 0 {
+            if let Err(error) = consumer.commit(&commits, CommitMode::Sync) {
+                tracing::warn!(%error, "committing revoked partitions failed; their records will come again");
+            }
+        }
+        tracker.partitions.retain(|key, _| !revoked.contains(key));
+    }
+}
+
+type Settle = (PartitionKey, i64, Settlement);
+
+/// Is this consumer error one librdkafka recovers from by itself?
+fn transient(error: &KafkaError) -> bool {
+    match error.rdkafka_error_code() {
+        Some(code) => {
+            !matches!(code, RDKafkaErrorCode::Fatal | RDKafkaErrorCode::InvalidGroupId | RDKafkaErrorCode::GroupAuthorizationFailed)
+        }
+        None => true,
+    }
+}
+
+/// A group member's loop: takes records off Kafka, hands them out, and
+/// turns acks and nacks into commits and seeks.
+async fn consume(
+    consumer: StreamConsumer<GroupEvents>,
+    tracker: Arc<Mutex<Tracker>>,
+    deliveries: mpsc::Sender<Result<Delivery, BusError>>,
+    settle: mpsc::UnboundedSender<Settle>,
+    mut settled: mpsc::UnboundedReceiver<Settle>,
+    ack_wait: Duration,
+) {
+    let mut check = tokio::time::interval((ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = deliveries.closed() => return,
+            message = consumer.recv() => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) if transient(&error) => {
+                        tracing::debug!(%error, "Kafka consumer error (librdkafka recovers)");
+                        continue;
+                    }
+                    Err(error) => {
+                        let _ = deliveries.send(Err(BusError::backend("consuming from Kafka", error))).await;
+                        return;
+                    }
+                };
+                let key = (message.topic().to_owned(), message.partition());
+                let offset = message.offset();
+                let name = format!("{}/{}@{}", key.0, key.1, offset);
+                let decoded = WireEvent::decode(&name, message.payload().unwrap_or_default());
+                drop(message);
+                let event = match decoded {
+                    Ok(event) => event,
+                    Err(error) => {
+                        let _ = deliveries.send(Err(error)).await;
+                        return;
+                    }
+                };
+                let count = tracker.lock().unwrap_or_else(|p| p.into_inner()).delivered(key.clone(), offset);
+                let settle = settle.clone();
+                let delivery = Delivery::new(event, count, Box::new(move |settlement| {
+                    Box::pin(async move {
+                        settle
+                            .send((key, offset, settlement))
+                            .map_err(|_| BusError::backend("acknowledging a Kafka record", "the subscription has ended"))
+                    })
+                }));
+                if deliveries.send(Ok(delivery)).await.is_err() {
+                    return;
+                }
+            }
+            Some(first) = settled.recv() => {
+                // Take every settlement that is ready, then commit once.
+                let mut batch = vec![first];
+                while let Ok(next) = settled.try_recv() {
+                    batch.push(next);
+                }
+                let mut rewind = Vec::new();
+                let mut moved = false;
+                {
+                    let mut tracker = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    for (key, offset, settlement) in batch {
+                        match settlement {
+                            Settlement::Ack => moved |= tracker.ack(&key, offset),
+                            Settlement::Nack => {
+                                if tracker.rewind(&key, offset) {
+                                    rewind.push((key, offset));
+                                }
+                            }
+                        }
+                    }
+                }
+                if moved {
+                    let commits = tracker.lock().unwrap_or_else(|p| p.into_inner()).commits(None);
+                    if let Err(error) = consumer.commit(&commits, CommitMode::Async) {
+                        tracing::debug!(%error, "committing offsets failed; records will come again");
+                    }
+                }
+                seek(&consumer, &tracker, rewind);
+            }
+            _ = check.tick() => {
+                let expired = tracker.lock().unwrap_or_else(|p| p.into_inner()).expired(ack_wait);
+                if !expired.is_empty() {
+                    {
+                        let mut tracker = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                        for (key, offset) in &expired {
+                            tracker.rewind(key, *offset);
+                        }
+                    }
+                    seek(&consumer, &tracker, expired);
+                }
+            }
+        }
+    }
+}
+
+/// Seeks each partition back to the lowest offset asked for.
+fn seek(consumer: &StreamConsumer<GroupEvents>, tracker: &Arc<Mutex<Tracker>>, rewind: Vec<(PartitionKey, i64)>) {
+    let mut lowest: HashMap<PartitionKey, i64> = HashMap::new();
+    for (key, offset) in rewind {
+        let entry = lowest.entry(key).or_insert(offset);
+        *entry = (*entry).min(offset);
+    }
+    for ((topic, partition), offset) in lowest {
+        if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+            // The partition moved away meanwhile: its new owner starts at the commit.
+            tracing::debug!(%topic, partition, offset, %error, "seeking back failed");
+            tracker.lock().unwrap_or_else(|p| p.into_inner()).partitions.remove(&(topic, partition));
+        }
+    }
+}
+
+/// A stream over a channel's receiver.
+fn receiver_stream<T: Send + 'static>(receiver: mpsc::Receiver<T>) -> BoxStream<'static, T> {
+    futures_util::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) }).boxed()
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars().flat_map(|c| if c.is_ascii_alphanumeric() || c == '_' { vec![c] } else { vec!['\\', c] }).collect()
+}
+
+#[async_trait]
+impl Subscriber for KafkaBus {
+    async fn subscribe(&self, subscription: Subscription) -> Result<BoxStream<'static, Result<Delivery, BusError>>, BusError> {
+        subscription.check()?;
+        let config = &self.inner.config;
+        let topic = match &subscription.category {
+            Some(category) => {
+                let topic = config.topic(category);
+                self.ensure_topic(&topic, config.partitions).await?;
+                topic
+            }
+            // Every category, present and future (metadata is refreshed every second).
+            None => format!("^{}\\..+", regex_escape(&config.topic_prefix)),
+        };
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let consumer: StreamConsumer<GroupEvents> = config
+            .client()
+            .set("group.id", format!("{}.{}", config.topic_prefix, subscription.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "100")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(GroupEvents { tracker: tracker.clone() })
+            .map_err(kafka("creating a Kafka consumer"))?;
+        consumer.subscribe(&[&topic]).map_err(kafka("subscribing to Kafka topics"))?;
+        let (deliveries, receiver) = mpsc::channel(256);
+        let (settle, settled) = mpsc::unbounded_channel();
+        tokio::spawn(consume(consumer, tracker, deliveries, settle, settled, subscription.ack_wait));
+        Ok(receiver_stream(receiver))
+    }
+}
+
+/// The requesting side of a process: its reply topic and who waits for what.
+struct Replies {
+    topic: String,
+    waiting: Mutex<HashMap<Uuid, oneshot::Sender<Vec<u8>>>>,
+}
+
+impl KafkaBus {
+    async fn replies(&self) -> Result<Arc<Replies>, BusError> {
+        self.inner
+            .replies
+            .get_or_try_init(|| async {
+                let topic = format!("{}_reply.{}", self.inner.config.topic_prefix, Uuid::new_v4().simple());
+                self.ensure_topic(&topic, 1).await?;
+                let consumer: StreamConsumer = self
+                    .inner
+                    .config
+                    .client()
+                    .set("group.id", topic.clone())
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "20")
+                    .create()
+                    .map_err(kafka("creating the reply reader"))?;
+                let mut assignment = TopicPartitionList::new();
+                assignment.add_partition_offset(&topic, 0, Offset::Beginning).map_err(kafka("assigning the reply topic"))?;
+                consumer.assign(&assignment).map_err(kafka("assigning the reply topic"))?;
+                let replies = Arc::new(Replies { topic, waiting: Mutex::new(HashMap::new()) });
+                let weak = Arc::downgrade(&replies);
+                tokio::spawn(async move {
+                    loop {
+                        let message = match consumer.recv().await {
+                            Ok(message) => message,
+                            Err(error) => {
+                                tracing::debug!(%error, "reading answers");
+                                continue;
+                            }
+                        };
+                        let Some(replies) = weak.upgrade() else { return };
+                        let id = header(&message, headers::CORRELATION_ID).and_then(|v| Uuid::try_parse_ascii(v).ok());
+                        if let Some(id) = id {
+                            let waiter = replies.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(message.payload().unwrap_or_default().to_vec());
+                            }
+                        }
+                    }
+                });
+                Ok(replies)
+            })
+            .await
+            .cloned()
+    }
+
+    fn request_topic(&self, service: &str) -> String {
+        format!("{}_rpc.{service}", self.inner.config.topic_prefix)
+    }
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn check_service(service: &str) -> Result<(), BusError> {
+    if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(BusError::InvalidSubscription { reason: format!("service {service:?} must be letters, digits, '-' or '_'") });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Requester for KafkaBus {
+    async fn request(&self, service: &str, payload: Vec<u8>, timeout: Duration) -> Result<Option<Vec<u8>>, BusError> {
+        check_service(service)?;
+        let replies = self.replies().await?;
+        let topic = self.request_topic(service);
+        self.ensure_topic(&topic, self.inner.config.partitions).await?;
+        let id = Uuid::new_v4();
+        let (answer, wait) = oneshot::channel();
+        replies.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, answer);
+        let forget = || replies.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let correlation = id.to_string();
+        let deadline = unix_millis(SystemTime::now() + timeout).to_string();
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header { key: headers::CORRELATION_ID, value: Some(correlation.as_bytes()) })
+            .insert(Header { key: headers::REPLY_TO, value: Some(replies.topic.as_bytes()) })
+            .insert(Header { key: headers::DEADLINE, value: Some(deadline.as_bytes()) });
+        let (done, sent) = oneshot::channel();
+        let record = Record { topic: &topic, partition: None, key: correlation.as_bytes(), payload: &payload, headers: Some(headers) };
+        if let Err(error) = self.send(record, Box::new(Sent { position: None, done })).await {
+            forget();
+            return Err(error);
+        }
+        let outcome = tokio::time::timeout(timeout, async {
+            match sent.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(BusError::backend("sending a request", error)),
+                Err(_) => return Err(BusError::backend("sending a request", "the producer dropped the record")),
+            }
+            Ok(wait.await.ok())
+        })
+        .await;
+        forget();
+        match outcome {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(error),
+            // No answer in time: the service may be down, or slow; the caller retries.
+            Err(_elapsed) => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Responder for KafkaBus {
+    async fn serve(&self, service: &str) -> Result<BoxStream<'static, IncomingRequest>, BusError> {
+        check_service(service)?;
+        let topic = self.request_topic(service);
+        self.ensure_topic(&topic, self.inner.config.partitions).await?;
+        let consumer: StreamConsumer = self
+            .inner
+            .config
+            .client()
+            .set("group.id", format!("{topic}.responders"))
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "20")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .map_err(kafka("creating a request reader"))?;
+        consumer.subscribe(&[&topic]).map_err(kafka("subscribing to requests"))?;
+        let (requests, receiver) = mpsc::channel(256);
+        let bus = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = requests.closed() => return,
+                    message = consumer.recv() => message,
+                };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) if transient(&error) => {
+                        tracing::debug!(%error, "reading requests");
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "reading requests failed; serve again to go on");
+                        return;
+                    }
+                };
+                let text = |name| header(&message, name).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned);
+                let deadline = text(headers::DEADLINE).and_then(|v| v.parse::<u64>().ok());
+                if deadline.is_some_and(|deadline| deadline < unix_millis(SystemTime::now())) {
+                    tracing::debug!("skipping a request whose requester stopped waiting");
+                    continue;
+                }
+                let (correlation, reply_to) = (text(headers::CORRELATION_ID), text(headers::REPLY_TO));
+                let payload = message.payload().unwrap_or_default().to_vec();
+                drop(message);
+                let reply = match (correlation, reply_to) {
+                    (Some(correlation), Some(reply_to)) => {
+                        let bus = bus.clone();
+                        Some(Box::new(move |answer: Vec<u8>| -> futures_util::future::BoxFuture<'static, Result<(), BusError>> {
+                            Box::pin(async move {
+                                let headers = OwnedHeaders::new_with_capacity(1)
+                                    .insert(Header { key: headers::CORRELATION_ID, value: Some(correlation.as_bytes()) });
+                                let (done, sent) = oneshot::channel();
+                                let record = Record {
+                                    topic: &reply_to,
+                                    partition: Some(0),
+                                    key: correlation.as_bytes(),
+                                    payload: &answer,
+                                    headers: Some(headers),
+                                };
+                                bus.send(record, Box::new(Sent { position: None, done })).await?;
+                                match sent.await {
+                                    Ok(Ok(())) => Ok(()),
+                                    Ok(Err(error)) => Err(BusError::backend("answering a request", error)),
+                                    Err(_) => Err(BusError::backend("answering a request", "the producer dropped the record")),
+                                }
+                            })
+                        }) as Reply)
+                    }
+                    _ => None,
+                };
+                if requests.send(IncomingRequest::new(payload, reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(receiver_stream(receiver))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Vectors from Kafka's own tests of `Utils.murmur2`.
+        assert_eq!(murmur2(b"21") as i32, -973_932_308);
+        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
+        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
+    }
+
+    #[test]
+    fn a_stream_always_lands_in_one_partition() {
+        let first = partition_of(b"order-42", 8);
+        assert!((0..8).contains(&first));
+        assert!((0..100).all(|_| partition_of(b"order-42", 8) == first));
+        let spread: HashSet<i32> = (0..200).map(|i| partition_of(format!("order-{i}").as_bytes(), 8)).collect();
+        assert_eq!(spread.len(), 8, "200 streams reach every partition");
+    }
+
+    #[test]
+    fn acks_commit_only_a_contiguous_prefix_and_a_nack_rewinds() {
+        let mut tracker = Tracker::default();
+        let key = ("t".to_owned(), 0);
+        for offset in 0..4 {
+            assert_eq!(tracker.delivered(key.clone(), offset), 1);
+        }
+        assert!(!tracker.ack(&key, 1), "offset 0 is not done yet");
+        assert!(tracker.ack(&key, 0));
+        assert_eq!(tracker.partitions[&key].commit, Some(2));
+        assert!(tracker.rewind(&key, 2));
+        assert!(!tracker.ack(&key, 3), "a rewound offset's late ack changes nothing");
+        assert_eq!(tracker.delivered(key.clone(), 2), 2, "the second delivery of offset 2");
+        assert!(tracker.ack(&key, 2));
+        assert_eq!(tracker.partitions[&key].commit, Some(3));
+        assert!(tracker.expired(Duration::ZERO).is_empty());
+        tracker.delivered(key.clone(), 3);
+        assert_eq!(tracker.expired(Duration::ZERO), vec![(key, 3)]);
+    }
+}
