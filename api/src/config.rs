@@ -30,7 +30,7 @@ pub struct Overrides {
     /// HTTP listen address.
     #[arg(long, env = "STRATA_LISTEN", global = true)]
     pub listen: Option<String>,
-    /// The bus: `memory` or `nats://HOST:4222`.
+    /// The bus: `memory`, `nats://HOST:4222` or `kafka://HOST:9092`.
     #[arg(long, env = "STRATA_BUS", global = true)]
     pub bus: Option<String>,
     /// Read models: `memory` or `redis://HOST:6379`.
@@ -143,7 +143,7 @@ pub struct Settings {
     pub event_store: String,
     /// HTTP listen address.
     pub listen: SocketAddr,
-    /// The bus URL (`memory` or `nats://…`).
+    /// The bus URL (`memory`, `nats://…` or `kafka://…`).
     pub bus: String,
     /// The read-model URL (`memory` or `redis://…`).
     pub read_model: String,
@@ -204,8 +204,8 @@ impl Settings {
         let listen: SocketAddr =
             listen.parse().with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
         let bus = overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned());
-        if bus != "memory" && !bus.starts_with("nats://") {
-            bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory or nats://HOST:4222");
+        if bus != "memory" && !bus.starts_with("nats://") && !bus.starts_with("kafka://") {
+            bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092");
         }
         let read_model = overrides.read_model.clone().or(file.read_model).unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned());
         if read_model != "memory" && !read_model.starts_with("redis://") {
@@ -214,13 +214,13 @@ impl Settings {
         let roles = overrides.roles.clone().or(file.roles).unwrap_or_else(|| DEFAULT_ROLES.to_owned());
         let roles = Roles::parse(&roles)?;
         if bus == "memory" && roles.relay != roles.projector {
-            bail!("STRATA_ROLES: with STRATA_BUS=memory the relay and the projector must run in the same process (the bus is in-process); use nats://… to split them");
+            bail!("STRATA_ROLES: with STRATA_BUS=memory the relay and the projector must run in the same process (the bus is in-process); use nats://… or kafka://… to split them");
         }
         if bus == "memory" && roles.saga && !roles.relay {
-            bail!("STRATA_ROLES: with STRATA_BUS=memory the saga role must run with the relay (the bus is in-process); use nats://… to split them");
+            bail!("STRATA_ROLES: with STRATA_BUS=memory the saga role must run with the relay (the bus is in-process); use nats://… or kafka://… to split them");
         }
         if bus == "memory" && roles.saga != roles.services {
-            bail!("STRATA_ROLES: with STRATA_BUS=memory the saga and services roles must run in the same process (the bus is in-process); use nats://… to split them");
+            bail!("STRATA_ROLES: with STRATA_BUS=memory the saga and services roles must run in the same process (the bus is in-process); use nats://… or kafka://… to split them");
         }
         if read_model == "memory" && roles.api != roles.projector {
             bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… to split them");

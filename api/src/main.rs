@@ -566,7 +566,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                     checkpoints: backend.checkpoints(),
                     metrics: strata_api::metrics::process_metrics(),
                     graphql: Some(graphql),
-                    bus: bus.as_ref().map(|bus| (if settings.bus == "memory" { "memory" } else { "nats" }, bus.publisher.clone())),
+                    bus: bus.as_ref().map(|bus| (strata_api::workers::bus_backend(&settings.bus), bus.publisher.clone())),
                 },
                 shutdown_signal(),
             )

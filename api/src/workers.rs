@@ -41,6 +41,17 @@ pub struct Bus {
     pub responder: Option<Arc<dyn Responder>>,
 }
 
+/// The backend a `STRATA_BUS` URL names: `memory`, `nats` or `kafka`.
+pub fn bus_backend(url: &str) -> &'static str {
+    if url.starts_with("kafka://") {
+        "kafka"
+    } else if url.starts_with("nats://") {
+        "nats"
+    } else {
+        "memory"
+    }
+}
+
 /// Splits `url?a=1&b=2` into the URL and its parameters, refusing any not in
 /// `known` (Strata's own options, removed before the client sees the URL).
 fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(&'a str, Vec<(&'a str, &'a str)>)> {
@@ -60,7 +71,9 @@ fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(
 
 /// Connects to the bus `STRATA_BUS` names. `nats://HOST:4222` may carry
 /// `?stream=NAME&subject_prefix=PREFIX` (default `STRATA` and `strata`), so
-/// several deployments (or tests) can share one NATS.
+/// several deployments (or tests) can share one NATS;
+/// `kafka://HOST:9092[,HOST2:9092]` may carry `?topic_prefix=P&partitions=N&
+/// replication=R&create_topics=false` (default `strata`, 4, 1, true).
 pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     if url == "memory" {
         let bus = Arc::new(MemoryBus::new());
@@ -80,7 +93,36 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
         let bus = Arc::new(JetStreamBus::connect(config).await.with_context(|| format!("connecting to NATS JetStream at {url}"))?);
         return Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) });
     }
-    bail!("STRATA_BUS: unsupported bus {url:?}; expected memory or nats://HOST:4222")
+    #[cfg(feature = "kafka")]
+    if url.starts_with("kafka://") {
+        let bus = Arc::new(
+            strata_store::bus::KafkaBus::connect(kafka_config(url)?).await.with_context(|| format!("connecting to Kafka at {url}"))?,
+        );
+        return Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) });
+    }
+    bail!("STRATA_BUS: unsupported bus {url:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092")
+}
+
+/// The Kafka settings of `kafka://HOST:9092[,HOST2:9092][?topic_prefix=P&
+/// partitions=N&replication=R&create_topics=false]`.
+#[cfg(feature = "kafka")]
+pub fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig> {
+    let Some(rest) = url.strip_prefix("kafka://") else { bail!("STRATA_BUS: {url:?} is not a kafka:// URL") };
+    let (brokers, pairs) = options("STRATA_BUS", rest, &["topic_prefix", "partitions", "replication", "create_topics"])?;
+    let mut config = strata_store::bus::KafkaConfig::new(brokers);
+    for (key, value) in pairs {
+        let number = || value.parse::<i32>().with_context(|| format!("STRATA_BUS: {key} must be a number, not {value:?}"));
+        match key {
+            "topic_prefix" => config.topic_prefix = value.to_owned(),
+            "partitions" => config.partitions = number()?,
+            "replication" => config.replication = number()?,
+            _ => {
+                config.create_topics =
+                    value.parse().with_context(|| format!("STRATA_BUS: create_topics must be true or false, not {value:?}"))?
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// Connects to the read models `STRATA_READ_MODEL` names. `redis://…` may
@@ -189,7 +231,7 @@ impl Workers {
                 Arc::new(fulfilment_services(backend))
             } else {
                 let Some(requester) = bus.requester.clone() else {
-                    bail!("the saga role without the services role needs a bus that carries commands (nats://…)");
+                    bail!("the saga role without the services role needs a bus that carries commands (nats://… or kafka://…)");
                 };
                 Arc::new(RemoteServices::new(requester, fulfilment::SERVICES, COMMAND_TIMEOUT))
             };
@@ -208,7 +250,7 @@ impl Workers {
             tasks.push(("saga fulfilment".to_owned(), task));
         } else if settings.roles.services {
             let Some(responder) = bus.and_then(|bus| bus.responder.clone()) else {
-                bail!("the services role without the saga role needs a bus that carries commands (nats://…)");
+                bail!("the services role without the saga role needs a bus that carries commands (nats://… or kafka://…)");
             };
             let services: Arc<dyn Services<FulfilmentCommand>> = Arc::new(fulfilment_services(backend));
             let stop = stop.clone();

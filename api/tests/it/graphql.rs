@@ -699,17 +699,32 @@ mod distributed {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn graphql_on_postgres_jetstream_redis() {
         let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-        let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
-        let Some(database) = TestDatabase::create().await else { return };
         if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
             report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
             return;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
+        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", &id).await;
+        crate::support::drop_scratch_backends(&nats, None, &id).await;
+    }
+
+    /// The same on PostgreSQL + Kafka + Redis (librdkafka's mock cluster in
+    /// this process, or `STRATA_TEST_KAFKA`): no NATS at all.
+    #[cfg(feature = "kafka")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graphql_on_postgres_kafka_redis() {
+        let kafka = strata_store::testkit::kafka::TestKafka::start();
+        let config = kafka.config();
+        distributed(&kafka.url(&config), "kafka", &config.topic_prefix).await;
+    }
+
+    async fn distributed(bus: &str, backend: &str, id: &str) {
+        let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+        let Some(database) = TestDatabase::create().await else { return };
         let env = |command: &mut std::process::Command| {
             command
                 .env("STRATA_EVENT_STORE", &database.url)
-                .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
+                .env("STRATA_BUS", bus)
                 .env("STRATA_READ_MODEL", format!("{redis}?key_prefix=test_{id}"))
                 .env("STRATA_TOKENS", tokens());
         };
@@ -721,7 +736,7 @@ mod distributed {
         let (status, ready) = crate::support::get(server.address, "/readyz").await;
         assert_eq!(status, 200, "{ready}");
         let ready: Value = serde_json::from_str(&ready).unwrap();
-        assert_eq!(ready["checks"]["bus"], json!({ "backend": "nats", "status": "up" }), "{ready}");
+        assert_eq!(ready["checks"]["bus"], json!({ "backend": backend, "status": "up" }), "{ready}");
         assert_eq!(ready["checks"]["read_model"]["backend"], "redis", "{ready}");
         server.ok("operator", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
         let (order_id, token) = place_as(&server, "operator", "customer-pg", "SKU-PG", "card").await;
@@ -746,7 +761,7 @@ mod distributed {
         saga.kill().unwrap();
         saga.wait().unwrap();
         drop(server);
-        crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
+        crate::support::drop_scratch_redis(&redis, id).await;
         database.drop_database().await;
     }
 }

@@ -1,4 +1,5 @@
-//! Chaos test of the saga with the real binary on PostgreSQL + JetStream: a
+//! Chaos test of the saga with the real binary on PostgreSQL + JetStream
+//! (and the same on PostgreSQL + Kafka): a
 //! relay process, two saga worker replicas sharing the consumer group, and a
 //! services process answering their commands over NATS; the test places a
 //! thousand orders of every branch while SIGKILLing a saga worker (at least
@@ -32,10 +33,27 @@ const STEP_DEADLINE: &str = "60s";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_rules_dictate() {
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
     }
+    let id = Uuid::new_v4().simple().to_string();
+    let bus = format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}");
+    chaos(&bus).await;
+    crate::support::drop_scratch_backends(&nats, None, &id).await;
+}
+
+/// The same on Kafka (librdkafka's mock cluster in this process, reached by
+/// the child processes over loopback, or `STRATA_TEST_KAFKA`): triggers
+/// through the consumer group, the services' commands as Kafka requests.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_saga_workers_at_random_moments_on_kafka_still_ends_every_order_as_its_rules_dictate() {
+    let kafka = strata_store::testkit::kafka::TestKafka::start();
+    chaos(&kafka.url(&kafka.config())).await;
+}
+
+async fn chaos(bus: &str) {
+    let Some(database) = TestDatabase::create().await else { return };
     let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
     let store = PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap();
     store.migrate().await.unwrap();
@@ -44,7 +62,6 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
     let seed: u64 = rand::rng().random();
     println!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let id = Uuid::new_v4().simple().to_string();
     let dir = tempfile::tempdir().unwrap();
     // Steps may take 60 s: long enough for a step to outlive many kills of
     // the worker driving it or of the services answering it, so only the
@@ -53,7 +70,7 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
     // unanswered that long — the wall-clock deadline doing its job.)
     let env = vec![
         ("STRATA_EVENT_STORE", database.url.clone()),
-        ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
+        ("STRATA_BUS", bus.to_owned()),
         ("STRATA_SAGA_STEP_DEADLINE", STEP_DEADLINE.to_owned()),
     ];
     let mut relay = Role { name: "relay", env: env.clone(), log: dir.path().join("relay.log"), child: None, starts: 0 };
@@ -170,6 +187,5 @@ async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_ru
         worker.kill();
     }
     relay.kill();
-    crate::support::drop_scratch_backends(&nats, None, &id).await;
     database.drop_database().await;
 }

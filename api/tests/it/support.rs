@@ -213,12 +213,21 @@ impl Drop for Server {
 pub async fn drop_scratch_backends(nats: &str, redis: Option<&str>, id: &str) {
     let client = async_nats::connect(nats).await.unwrap();
     let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    #[cfg(feature = "redis")]
     if let Some(redis) = redis {
+        drop_scratch_redis(redis, id).await;
+    }
+}
+
+/// Removes the Redis keys of a distributed test (prefix `test_<id>`).
+pub async fn drop_scratch_redis(redis: &str, id: &str) {
+    #[cfg(feature = "redis")]
+    {
         let config =
             strata_projections::RedisSinkConfig { key_prefix: format!("test_{id}"), ..strata_projections::RedisSinkConfig::new(redis) };
         strata_projections::RedisSink::connect(config).await.unwrap().delete_all().await.unwrap();
     }
+    #[cfg(not(feature = "redis"))]
+    let _ = (redis, id);
 }
 
 /// A memory sink that counts the reads made of it: `load` (stream versions
