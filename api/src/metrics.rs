@@ -127,6 +127,12 @@ impl EventReader for MeteredStore {
     fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
         self.inner.subscribe(request)
     }
+    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<strata_store::StoredEvent>, ReadError> {
+        self.inner.read_all_stored(request).await
+    }
+    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<strata_store::StoredEvent, ReadError>> {
+        self.inner.subscribe_stored(request)
+    }
     async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
         self.inner.read_event(event_id, form).await
     }

@@ -45,7 +45,7 @@ pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{EventReader, EventStore, Subscribe};
 pub use types::{
     validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form, InvalidStreamId, NewEvent, Position,
-    ReadAll, ReadStream, RecordedEvent, StreamAppend, StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
+    ReadAll, ReadStream, RecordedEvent, StoredEvent, StreamAppend, StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
 };
 
 #[cfg(feature = "postgres")]

@@ -54,7 +54,7 @@ use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAp
 use crate::subscription::{follow, PageReader};
 use crate::{
     AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll,
-    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
+    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamAppend, StreamHead, StreamId, Subscribe,
 };
 
 const NOTIFY_CHANNEL: &str = "strata_events";
@@ -245,15 +245,30 @@ impl PostgresEventStore {
         });
     }
 
-    async fn page(shared: &Shared, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+    async fn rows(shared: &Shared, request: &ReadAll) -> Result<Vec<PgRow>, ReadError> {
         let after = i64::try_from(request.after.0).unwrap_or(i64::MAX);
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let rows = match &request.category {
+        match &request.category {
             None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&shared.pool).await,
             Some(category) => sqlx::query(sql::READ_CATEGORY).bind(after).bind(limit).bind(category).fetch_all(&shared.pool).await,
         }
-        .map_err(backend("reading the global log"))?;
-        decode_rows(&rows, &shared.registry, request.form)
+        .map_err(|err| ReadError::Backend(backend("reading the global log")(err)))
+    }
+
+    async fn page(shared: &Shared, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+        decode_rows(&Self::rows(shared, &request).await?, &shared.registry, request.form)
+    }
+
+    async fn page_stored(shared: &Shared, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
+        Self::rows(shared, &request)
+            .await?
+            .iter()
+            .map(|row| {
+                decode_stored(row)
+                    .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
+                    .into_stored(&shared.registry)
+            })
+            .collect()
     }
 }
 
@@ -653,6 +668,26 @@ impl EventReader for PostgresEventStore {
             Box::pin(async move { Self::page(&shared, page).await })
         });
         // Keep the store (committers, listener) alive as long as a subscriber reads.
+        let keep_alive = self.clone();
+        let stream = follow(read, wake, request);
+        Box::pin(futures_util::StreamExt::map(stream, move |item| {
+            let _ = &keep_alive;
+            item
+        }))
+    }
+
+    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
+        Self::page_stored(&self.inner.shared, request).await
+    }
+
+    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
+        self.start_listener();
+        let shared = self.inner.shared.clone();
+        let wake = shared.wake.subscribe();
+        let read: PageReader<StoredEvent> = Arc::new(move |page| {
+            let shared = shared.clone();
+            Box::pin(async move { Self::page_stored(&shared, page).await })
+        });
         let keep_alive = self.clone();
         let stream = follow(read, wake, request);
         Box::pin(futures_util::StreamExt::map(stream, move |item| {

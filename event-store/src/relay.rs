@@ -12,7 +12,10 @@
 //!   tolerate redelivery anyway.
 //! - **Order.** Events go out in global position order, a batch at a time,
 //!   with the whole batch's acks in flight together.
-//! - Events go out as the latest schema version ([`crate::Form::Latest`]).
+//! - Events go out as the latest schema version ([`crate::Form::Latest`]),
+//!   as stored: the relay reads payload and metadata as the log's JSON text
+//!   ([`EventReader::read_all_stored`]) and the bus writes that text into its
+//!   messages unparsed; only a payload of an older schema version is upcast.
 //!
 //! Exactly one relay is active per log: [`Relay::run_while_leader`] works only
 //! while it holds the lease named after its checkpoint, and stops when the
@@ -25,7 +28,7 @@ use futures_util::StreamExt;
 
 use crate::bus::{BusError, Publisher};
 use crate::lease::Lease;
-use crate::{BackendError, CheckpointStore, EventReader, ReadAll, ReadError, RecordedEvent, Subscribe};
+use crate::{BackendError, CheckpointStore, EventReader, ReadAll, ReadError, StoredEvent, Subscribe};
 
 /// How a relay runs.
 #[derive(Debug, Clone)]
@@ -94,7 +97,7 @@ impl Relay {
     /// Publishes the next batch after the checkpoint, then moves the checkpoint.
     pub async fn step(&self) -> Result<Step, RelayError> {
         let after = self.checkpoints.load_checkpoint(&self.config.name).await?;
-        let events = self.reader.read_all(ReadAll::after(after, self.config.batch_size.max(1))).await?;
+        let events = self.reader.read_all_stored(ReadAll::after(after, self.config.batch_size.max(1))).await?;
         if events.is_empty() {
             return Ok(Step::Idle);
         }
@@ -113,7 +116,7 @@ impl Relay {
         let reader = self.reader.clone();
         let reading = tokio::spawn(async move {
             loop {
-                let events = reader.read_all(ReadAll::after(after, batch_size)).await?;
+                let events = reader.read_all_stored(ReadAll::after(after, batch_size)).await?;
                 let Some(last) = events.last().map(|event| event.position) else {
                     return Ok::<(), ReadError>(());
                 };
@@ -162,7 +165,7 @@ impl Relay {
         let batch_size = self.config.batch_size.max(1);
         let mut batches = self
             .reader
-            .subscribe(Subscribe { batch_size, poll_every: self.config.poll_every, ..Subscribe::after(after) })
+            .subscribe_stored(Subscribe { batch_size, poll_every: self.config.poll_every, ..Subscribe::after(after) })
             .ready_chunks(batch_size);
         tokio::pin!(shutdown);
         loop {
@@ -177,7 +180,7 @@ impl Relay {
     }
 
     /// Publishes a batch and only then moves the checkpoint past it.
-    async fn publish_batch(&self, events: &[RecordedEvent]) -> Result<(), RelayError> {
+    async fn publish_batch(&self, events: &[StoredEvent]) -> Result<(), RelayError> {
         let Some(last) = events.last().map(|event| event.position) else {
             return Ok(());
         };

@@ -27,7 +27,7 @@ use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
     AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll,
-    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
+    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamAppend, StreamHead, StreamId, Subscribe,
 };
 
 mod sql {
@@ -114,15 +114,30 @@ impl SqliteEventStore {
             .map_err(|err| BackendError::new("migrating the SQLite schema", err))
     }
 
-    async fn page(inner: &Inner, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+    async fn rows(inner: &Inner, request: &ReadAll) -> Result<Vec<SqliteRow>, ReadError> {
         let after = i64::try_from(request.after.0).unwrap_or(i64::MAX);
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let rows = match &request.category {
+        match &request.category {
             None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&inner.readers).await,
             Some(category) => sqlx::query(sql::READ_CATEGORY).bind(after).bind(limit).bind(category).fetch_all(&inner.readers).await,
         }
-        .map_err(backend("reading the global log"))?;
-        decode_rows(&rows, &inner.registry, request.form)
+        .map_err(|err| ReadError::Backend(backend("reading the global log")(err)))
+    }
+
+    async fn page(inner: &Inner, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+        decode_rows(&Self::rows(inner, &request).await?, &inner.registry, request.form)
+    }
+
+    async fn page_stored(inner: &Inner, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
+        Self::rows(inner, &request)
+            .await?
+            .iter()
+            .map(|row| {
+                decode_stored(row)
+                    .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
+                    .into_stored(&inner.registry)
+            })
+            .collect()
     }
 
     async fn append_once(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
@@ -281,6 +296,20 @@ impl EventReader for SqliteEventStore {
         let read: PageReader = Arc::new(move |page| {
             let inner = inner.clone();
             Box::pin(async move { Self::page(&inner, page).await })
+        });
+        follow(read, wake, request)
+    }
+
+    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
+        Self::page_stored(&self.inner, request).await
+    }
+
+    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
+        let inner = self.inner.clone();
+        let wake = inner.wake.subscribe();
+        let read: PageReader<StoredEvent> = Arc::new(move |page| {
+            let inner = inner.clone();
+            Box::pin(async move { Self::page_stored(&inner, page).await })
         });
         follow(read, wake, request)
     }

@@ -33,7 +33,8 @@ use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
 use crate::{
-    AppendError, AppendOutcome, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamAppend, StreamHead, StreamId,
+    AppendError, AppendOutcome, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StoredEvent, StreamAppend, StreamHead,
+    StreamId,
 };
 
 /// Where a subscription starts and what it follows.
@@ -76,6 +77,18 @@ pub trait EventReader: Send + Sync {
     /// notification delays an event by that much at most. Each event is
     /// delivered once, in position order. The stream ends after an error.
     fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>>;
+
+    /// Reads a page of the global log as stored text ([`StoredEvent`]), for
+    /// the relay. The SQL backends hand over the stored JSON text unparsed;
+    /// the default reads whole events and writes them out again.
+    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
+        Ok(self.read_all(request).await?.iter().map(StoredEvent::from).collect())
+    }
+
+    /// [`EventReader::subscribe`] as stored text, for the relay.
+    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
+        Box::pin(futures_util::StreamExt::map(self.subscribe(request), |item| item.map(|event| StoredEvent::from(&event))))
+    }
 
     /// One event by id, `None` if no event has that id. The command handler
     /// uses it to tell whether a command id was already applied.

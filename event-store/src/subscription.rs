@@ -18,30 +18,47 @@ use std::sync::Arc;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 
-use crate::{Form, Position, ReadAll, ReadError, RecordedEvent, Subscribe};
+use crate::{Form, Position, ReadAll, ReadError, RecordedEvent, StoredEvent, Subscribe};
 
-pub(crate) type PageFuture = Pin<Box<dyn Future<Output = Result<Vec<RecordedEvent>, ReadError>> + Send>>;
+pub(crate) type PageFuture<T = RecordedEvent> = Pin<Box<dyn Future<Output = Result<Vec<T>, ReadError>> + Send>>;
 
-/// Reads one page of the global log; the backend's `read_all`.
-pub(crate) type PageReader = Arc<dyn Fn(ReadAll) -> PageFuture + Send + Sync>;
+/// Reads one page of the global log; the backend's `read_all` (or `read_all_stored`).
+pub(crate) type PageReader<T = RecordedEvent> = Arc<dyn Fn(ReadAll) -> PageFuture<T> + Send + Sync>;
 
-struct State {
-    read: PageReader,
+/// What a page holds: something with a log position.
+pub(crate) trait Positioned: Send + 'static {
+    fn position(&self) -> Position;
+}
+
+impl Positioned for RecordedEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+impl Positioned for StoredEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+struct State<T> {
+    read: PageReader<T>,
     wake: watch::Receiver<u64>,
     after: Position,
     category: Option<String>,
     batch_size: usize,
     poll_every: std::time::Duration,
-    buffer: VecDeque<RecordedEvent>,
+    buffer: VecDeque<T>,
     done: bool,
 }
 
 /// Builds the subscription stream over a backend's page reader and wake-up channel.
-pub(crate) fn follow(
-    read: PageReader,
+pub(crate) fn follow<T: Positioned>(
+    read: PageReader<T>,
     wake: watch::Receiver<u64>,
     request: Subscribe,
-) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
+) -> BoxStream<'static, Result<T, ReadError>> {
     let state = State {
         read,
         wake,
@@ -66,7 +83,7 @@ pub(crate) fn follow(
                     .await;
             match page {
                 Ok(page) if !page.is_empty() => {
-                    state.after = page.last().map_or(state.after, |event| event.position);
+                    state.after = page.last().map_or(state.after, Positioned::position);
                     state.buffer.extend(page);
                 }
                 Ok(_) => {

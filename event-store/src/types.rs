@@ -315,6 +315,79 @@ pub struct RecordedEvent {
     pub hash: ChainHash,
 }
 
+/// An event as the log stores it: payload and metadata as their stored JSON
+/// text, never parsed. The relay reads these and puts them on the bus as
+/// they are (see [`crate::bus`]); a payload of an older schema version is
+/// upcast (parsed, upcast, written again) so the bus always carries the
+/// latest version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The event's unique id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// The schema version of `payload` (the latest one).
+    pub schema_version: u32,
+    /// The stream it belongs to.
+    pub stream_id: StreamId,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its position in the global log.
+    pub position: Position,
+    /// When the store recorded it.
+    pub recorded_at: DateTime<Utc>,
+    /// The payload's JSON text.
+    pub payload: String,
+    /// The metadata's JSON text ([`EventMetadata`]).
+    pub metadata: String,
+    /// The chain hash stored with the event.
+    pub hash: ChainHash,
+}
+
+impl From<&RecordedEvent> for StoredEvent {
+    fn from(event: &RecordedEvent) -> Self {
+        Self {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            position: event.position,
+            recorded_at: event.recorded_at,
+            payload: serde_json::to_string(&event.payload).expect("JSON values serialize"),
+            metadata: serde_json::to_string(&event.metadata).expect("metadata serializes"),
+            hash: event.hash,
+        }
+    }
+}
+
+impl StoredEvent {
+    /// Parses payload and metadata into a [`RecordedEvent`].
+    pub fn decode(&self) -> Result<RecordedEvent, serde_json::Error> {
+        Ok(RecordedEvent {
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            stream_id: self.stream_id.clone(),
+            stream_version: self.stream_version,
+            position: self.position,
+            recorded_at: self.recorded_at,
+            payload: serde_json::from_str(&self.payload)?,
+            metadata: serde_json::from_str(&self.metadata)?,
+            hash: self.hash,
+        })
+    }
+
+    /// The metadata's `traceparent`, read without building the whole metadata.
+    pub fn traceparent(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Trace {
+            traceparent: Option<String>,
+        }
+        serde_json::from_str::<Trace>(&self.metadata).ok()?.traceparent
+    }
+}
+
 /// How payloads are returned by reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Form {

@@ -64,9 +64,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
+use super::{encode_stored, Reply, WireEvent};
 use super::{BusError, Delivery, IncomingRequest, Published, Publisher, Requester, Responder, Settlement, Subscriber, Subscription};
-use super::{Reply, WireEvent};
-use crate::RecordedEvent;
+use crate::StoredEvent;
 
 /// Header names on every event record.
 pub mod headers {
@@ -318,6 +318,14 @@ impl KafkaBus {
         &self.inner.config
     }
 
+    /// Makes sure the topic of `category` exists (creating it as the bus
+    /// would) and returns its name and partition count.
+    pub async fn category_topic(&self, category: &str) -> Result<(String, i32), BusError> {
+        let topic = self.inner.config.topic(category);
+        let partitions = self.ensure_topic(&topic, self.inner.config.partitions).await?;
+        Ok((topic, partitions))
+    }
+
     /// Makes sure `topic` exists and returns its partition count.
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32, BusError> {
         let mut topics = self.inner.topics.lock().await;
@@ -485,14 +493,15 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
     message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
 
-fn event_headers(event: &RecordedEvent) -> OwnedHeaders {
+/// The headers of an event's record.
+pub fn event_headers(event: &StoredEvent) -> OwnedHeaders {
     let id = event.event_id.to_string();
     let position = event.position.0.to_string();
     let mut headers = OwnedHeaders::new_with_capacity(4)
         .insert(Header { key: headers::EVENT_ID, value: Some(id.as_bytes()) })
         .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_bytes()) })
         .insert(Header { key: headers::POSITION, value: Some(position.as_bytes()) });
-    if let Some(traceparent) = &event.metadata.traceparent {
+    if let Some(traceparent) = &event.traceparent() {
         headers = headers.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_bytes()) });
     }
     headers
@@ -508,7 +517,7 @@ impl Publisher for KafkaBus {
             .map_err(kafka("reaching Kafka"))
     }
 
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError> {
+    async fn publish(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError> {
         let _one_at_a_time = self.inner.publishing.lock().await;
         self.settle_in_flight().await?;
         // Where each event goes.
@@ -539,7 +548,7 @@ impl Publisher for KafkaBus {
             *head = event.position.0;
             published.push(Published { duplicate: false });
             let (done, wait) = oneshot::channel();
-            let payload = WireEvent::encode(event);
+            let payload = encode_stored(event);
             self.inner.acked.in_flight.fetch_add(1, Ordering::AcqRel);
             let record = Record {
                 topic: &route.0,

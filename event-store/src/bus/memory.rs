@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription};
-use crate::RecordedEvent;
+use crate::{RecordedEvent, StoredEvent};
 
 #[derive(Default)]
 struct Group {
@@ -113,14 +113,21 @@ impl Inner {
 
 #[async_trait]
 impl Publisher for MemoryBus {
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError> {
+    async fn publish(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError> {
+        // In process, consumers take events whole: parse once, here.
+        let events = events
+            .iter()
+            .map(|event| {
+                event.decode().map_err(|error| BusError::Malformed { message: event.event_id.to_string(), reason: error.to_string() })
+            })
+            .collect::<Result<Vec<RecordedEvent>, BusError>>()?;
         let mut state = self.inner.state();
         let published = events
-            .iter()
+            .into_iter()
             .map(|event| {
                 let duplicate = !state.ids.insert(event.event_id);
                 if !duplicate {
-                    state.messages.push(event.clone());
+                    state.messages.push(event);
                 }
                 Published { duplicate }
             })

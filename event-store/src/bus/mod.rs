@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{ChainHash, EventMetadata, Position, RecordedEvent, StreamId};
+use crate::{ChainHash, EventMetadata, Position, RecordedEvent, StoredEvent, StreamId};
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -194,8 +194,10 @@ impl Delivery {
 #[async_trait]
 pub trait Publisher: Send + Sync {
     /// Publishes events in order, with many acknowledgements in flight; returns
-    /// once the bus stored (or deduplicated) every one.
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError>;
+    /// once the bus stored (or deduplicated) every one. The events travel as
+    /// stored: their payload and metadata text is written into the message
+    /// as it is ([`encode_stored`]), never parsed and encoded again.
+    async fn publish(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError>;
 
     /// Checks that the bus answers (for `/readyz`); in-process buses always do.
     async fn ping(&self) -> Result<(), BusError> {
@@ -289,6 +291,37 @@ pub fn encode_event(event: &RecordedEvent) -> Vec<u8> {
     WireEvent::encode(event)
 }
 
+/// The bytes a stored event travels as: the same JSON as [`encode_event`],
+/// written around the stored payload and metadata text without parsing it.
+pub fn encode_stored(event: &StoredEvent) -> Vec<u8> {
+    fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+        serde_json::to_writer(&mut *out, value).expect("scalars serialize");
+    }
+    let mut out = Vec::with_capacity(320 + event.event_type.len() + event.payload.len() + event.metadata.len());
+    out.extend_from_slice(b"{\"eventId\":");
+    put(&mut out, &event.event_id);
+    out.extend_from_slice(b",\"eventType\":");
+    put(&mut out, event.event_type.as_str());
+    out.extend_from_slice(b",\"schemaVersion\":");
+    put(&mut out, &event.schema_version);
+    out.extend_from_slice(b",\"streamId\":");
+    put(&mut out, event.stream_id.as_str());
+    out.extend_from_slice(b",\"streamVersion\":");
+    put(&mut out, &event.stream_version);
+    out.extend_from_slice(b",\"position\":");
+    put(&mut out, &event.position);
+    out.extend_from_slice(b",\"recordedAt\":");
+    put(&mut out, &event.recorded_at);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(event.payload.as_bytes());
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(event.metadata.as_bytes());
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(event.hash.to_string().as_bytes());
+    out.extend_from_slice(b"\"}");
+    out
+}
+
 /// The wire form of an event on the bus (JSON), for the networked backends.
 #[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
@@ -373,6 +406,27 @@ fn decode_hash(hex: &str) -> Option<ChainHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_travels_as_the_same_bytes_as_an_encoded_event() {
+        let event = RecordedEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "Noted \"quoted\"".into(),
+            schema_version: 2,
+            stream_id: StreamId::parse("order-a.b").unwrap(),
+            stream_version: 3,
+            position: Position(41),
+            recorded_at: DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap(),
+            payload: serde_json::json!({ "text": "é\u{1}", "n": [1, 2.5, null] }),
+            metadata: EventMetadata { traceparent: Some("00-ab-cd-01".into()), actor: Some("ann".into()), ..EventMetadata::default() },
+            hash: ChainHash([9; 32]),
+        };
+        let stored = StoredEvent::from(&event);
+        assert_eq!(encode_stored(&stored), encode_event(&event));
+        assert_eq!(WireEvent::decode("m", &encode_stored(&stored)).unwrap(), event);
+        assert_eq!(stored.traceparent().as_deref(), Some("00-ab-cd-01"));
+        assert_eq!(stored.decode().unwrap(), event);
+    }
 
     #[test]
     fn subjects_escape_what_a_nats_token_cannot_hold() {

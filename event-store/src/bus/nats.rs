@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+use super::{encode_stored, subject, BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription, WireEvent};
 use super::{request_subject, IncomingRequest, Requester, Responder};
-use super::{subject, BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription, WireEvent};
-use crate::RecordedEvent;
+use crate::StoredEvent;
 
 /// Where the bus lives.
 #[derive(Debug, Clone)]
@@ -89,12 +89,12 @@ impl Publisher for JetStreamBus {
         }
     }
 
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Published>, BusError> {
+    async fn publish(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError> {
         // Send every message first, then collect the acks: many in flight.
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let message =
-                jetstream::message::PublishMessage::build().payload(WireEvent::encode(event).into()).message_id(event.event_id.to_string());
+                jetstream::message::PublishMessage::build().payload(encode_stored(event).into()).message_id(event.event_id.to_string());
             let ack = self
                 .context
                 .send_publish(subject(&self.config.subject_prefix, &event.stream_id), message)

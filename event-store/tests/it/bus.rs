@@ -11,7 +11,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::json;
 use strata_store::bus::{BusError, Delivery, MemoryBus, Publisher, Requester, Responder, Subscriber, Subscription};
-use strata_store::{ChainHash, EventMetadata, Position, RecordedEvent, StreamId};
+use strata_store::{ChainHash, EventMetadata, Position, RecordedEvent, StoredEvent, StreamId};
 use uuid::Uuid;
 
 use crate::support::Cleanup;
@@ -81,6 +81,11 @@ fn assert_same_per_stream(received: &[RecordedEvent], published: &[RecordedEvent
     assert_eq!(per_stream(received), per_stream(published), "every field survives the bus, in publish order per stream");
 }
 
+/// Events as the relay hands them to the bus.
+fn stored(events: &[RecordedEvent]) -> Vec<StoredEvent> {
+    events.iter().map(StoredEvent::from).collect()
+}
+
 fn subscription(group: &str) -> Subscription {
     Subscription { ack_wait: Duration::from_secs(1), ..Subscription::group(group) }
 }
@@ -105,7 +110,7 @@ async fn take_acked(deliveries: &mut Deliveries, count: usize) -> Vec<RecordedEv
 
 pub async fn a_group_receives_published_events_in_order(bus: Shared) {
     let published = events("order", 20);
-    let outcome = bus.publish(&published).await.unwrap();
+    let outcome = bus.publish(&stored(&published)).await.unwrap();
     assert!(outcome.iter().all(|p| !p.duplicate));
     let mut deliveries = bus.subscribe(subscription("readers")).await.unwrap();
     let received = take_acked(&mut deliveries, 20).await;
@@ -114,10 +119,10 @@ pub async fn a_group_receives_published_events_in_order(bus: Shared) {
 
 pub async fn a_duplicate_event_id_is_stored_once(bus: Shared) {
     let e = events("order", 4);
-    bus.publish(&e[..2]).await.unwrap();
-    let again = bus.publish(&[e[1].clone(), e[2].clone()]).await.unwrap();
+    bus.publish(&stored(&e[..2])).await.unwrap();
+    let again = bus.publish(&stored(&[e[1].clone(), e[2].clone()])).await.unwrap();
     assert_eq!(again.iter().map(|p| p.duplicate).collect::<Vec<_>>(), vec![true, false]);
-    bus.publish(&e[3..]).await.unwrap();
+    bus.publish(&stored(&e[3..])).await.unwrap();
     let mut deliveries = bus.subscribe(subscription("readers")).await.unwrap();
     let received = take_acked(&mut deliveries, 4).await;
     assert_same_per_stream(&received, &e);
@@ -126,7 +131,7 @@ pub async fn a_duplicate_event_id_is_stored_once(bus: Shared) {
 
 pub async fn an_unacked_delivery_is_redelivered_after_ack_wait_and_a_nack_at_once(bus: Shared) {
     let e = events("order", 2);
-    bus.publish(&e).await.unwrap();
+    bus.publish(&stored(&e)).await.unwrap();
     let mut deliveries = bus.subscribe(subscription("readers")).await.unwrap();
     let first = next(&mut deliveries).await;
     assert_eq!(first.delivery_count, 1);
@@ -149,7 +154,7 @@ pub async fn an_unacked_delivery_is_redelivered_after_ack_wait_and_a_nack_at_onc
 
 pub async fn groups_each_get_everything_and_members_share_their_groups_work(bus: Shared) {
     let e = events("order", 30);
-    bus.publish(&e).await.unwrap();
+    bus.publish(&stored(&e)).await.unwrap();
     let mut other_group = bus.subscribe(subscription("audit")).await.unwrap();
     assert_same_per_stream(&take_acked(&mut other_group, 30).await, &e);
 
@@ -171,7 +176,7 @@ pub async fn a_group_follows_only_its_category(bus: Shared) {
     let orders = events("order", 3);
     let stock = events("inventory", 3);
     let mixed: Vec<RecordedEvent> = orders.iter().zip(&stock).flat_map(|(o, s)| [o.clone(), s.clone()]).collect();
-    bus.publish(&mixed).await.unwrap();
+    bus.publish(&stored(&mixed)).await.unwrap();
     let only_stock = Subscription { category: Some("inventory".into()), ..subscription("stock") };
     let mut deliveries = bus.subscribe(only_stock).await.unwrap();
     assert_same_per_stream(&take_acked(&mut deliveries, 3).await, &stock);
@@ -181,7 +186,7 @@ pub async fn a_group_follows_only_its_category(bus: Shared) {
 
 pub async fn a_resubscribed_group_resumes_after_what_it_acked(bus: Shared) {
     let e = events("order", 10);
-    bus.publish(&e).await.unwrap();
+    bus.publish(&stored(&e)).await.unwrap();
     let mut first = bus.subscribe(subscription("readers")).await.unwrap();
     let acked: HashSet<Uuid> = take_acked(&mut first, 5).await.iter().map(|e| e.event_id).collect();
     drop(first);

@@ -229,7 +229,7 @@ mod postgres_kafka {
         let bus: Arc<dyn Bus> = Arc::new(kafka.clone());
         append_many(&store, 6, 20).await;
         relay(&store, &bus).catch_up().await.unwrap();
-        let log = store.read_all(ReadAll::after(Position::START, 1_000)).await.unwrap();
+        let log = store.read_all_stored(ReadAll::after(Position::START, 1_000)).await.unwrap();
         let again = strata_store::bus::KafkaBus::connect(kafka.config().clone()).await.unwrap();
         let outcome = again.publish(&log).await.unwrap();
         assert!(outcome.iter().all(|p| p.duplicate), "a restarted publisher sent an event the bus held");

@@ -289,7 +289,7 @@ async fn under_the_stop_policy_a_poison_event_stops_the_projection_before_it() {
 
     // The worker loop reports it and stops.
     let bus = Arc::new(MemoryBus::new());
-    bus.publish(&events).await.unwrap();
+    bus.publish(&events.iter().map(strata_store::StoredEvent::from).collect::<Vec<_>>()).await.unwrap();
     let (_shutdown, stop) = watch::channel(false);
     let error = runner.run(bus, stop).await.expect_err("the runner stops");
     assert!(error.to_string().contains("stopped at event"), "{error}");
