@@ -1,7 +1,7 @@
 //! `strata bench e2e`: order placed → order confirmed, through the whole
 //! pipeline in one process: the command handler appends `OrderPlaced` to a
-//! scratch log, the relay puts it on the bus (in process, or a fresh
-//! JetStream stream), the saga orchestrator takes it from its consumer group
+//! scratch log, the relay puts it on the bus (in process, a fresh JetStream
+//! stream or a fresh Kafka topic prefix), the saga orchestrator takes it from its consumer group
 //! and drives reserve → authorize → ship → confirm → capture → commit
 //! through the services. Orders are sent open-loop at `--rate` (each at its
 //! scheduled time, whatever the backlog, so a slow pipeline shows as
@@ -34,7 +34,8 @@ use super::{machine, open_scratch, round, Scratch};
 pub struct E2eBench {
     /// Where the scratch log goes (only the server or directory is used).
     pub event_store_url: String,
-    /// `memory` or `nats://HOST:4222` (a fresh stream is used).
+    /// `memory`, `nats://HOST:4222` (a fresh stream is used) or
+    /// `kafka://HOST:9092` / `kafka://mock` (a fresh topic prefix).
     pub bus_url: String,
     /// Orders placed.
     pub orders: usize,
@@ -243,7 +244,27 @@ impl BenchBus {
             let shared = Arc::new(bus.clone());
             return Ok(Self { publisher: shared.clone(), subscriber: shared, name: "nats", jetstream: Some(bus) });
         }
-        bail!("bench e2e needs STRATA_BUS=memory or nats://HOST:4222 (got {url:?})")
+        #[cfg(feature = "kafka")]
+        if url.starts_with("kafka://") {
+            let config = strata_store::bus::KafkaConfig {
+                topic_prefix: format!("benche2e{}", Uuid::new_v4().simple()),
+                ..super::kafka_config(url)?
+            };
+            let bus =
+                Arc::new(strata_store::bus::KafkaBus::connect(config).await.with_context(|| format!("connecting to Kafka at {url}"))?);
+            // Topics made up front: their creation is not the pipeline's steady cost.
+            for category in ["order", "inventory", "payment", "shipment", "fulfilment"] {
+                bus.category_topic(category).await?;
+            }
+            return Ok(Self {
+                publisher: bus.clone(),
+                subscriber: bus,
+                name: "kafka",
+                #[cfg(feature = "nats")]
+                jetstream: None,
+            });
+        }
+        bail!("bench e2e needs STRATA_BUS=memory, nats://HOST:4222 or kafka://HOST:9092 (or kafka://mock) (got {url:?})")
     }
 
     async fn remove(self) -> anyhow::Result<()> {

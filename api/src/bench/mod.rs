@@ -542,3 +542,20 @@ async fn insert_baseline(baseline: &Baseline, rows: Vec<Row>) -> anyhow::Result<
     }
     Ok(())
 }
+
+/// The Kafka settings of a bench's `STRATA_BUS`; `kafka://mock` starts
+/// librdkafka's mock cluster in this process (a Kafka-protocol broker in
+/// memory: ratios measured on it mean something, absolute rates are not a
+/// real broker's).
+#[cfg(feature = "kafka")]
+pub(crate) fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig> {
+    if url == "kafka://mock" {
+        // Lives until the process exits (clients of a destroyed mock block on close).
+        let cluster = rdkafka::mocking::MockCluster::new(1).map_err(|e| anyhow::anyhow!("starting librdkafka's mock cluster: {e}"))?;
+        let config =
+            strata_store::bus::KafkaConfig { create_topics: false, ..strata_store::bus::KafkaConfig::new(cluster.bootstrap_servers()) };
+        std::mem::forget(cluster);
+        return Ok(config);
+    }
+    crate::workers::kafka_config(url)
+}

@@ -66,14 +66,7 @@ impl Target {
         }
         #[cfg(feature = "kafka")]
         {
-            if url == "kafka://mock" {
-                // Lives until the process exits (clients of a destroyed mock block on close).
-                let cluster = rdkafka::mocking::MockCluster::new(1).context("starting librdkafka's mock cluster")?;
-                let config = KafkaConfig { create_topics: false, ..KafkaConfig::new(cluster.bootstrap_servers()) };
-                std::mem::forget(cluster);
-                return Ok(Self::Kafka(config));
-            }
-            Ok(Self::Kafka(crate::workers::kafka_config(url)?))
+            Ok(Self::Kafka(super::kafka_config(url)?))
         }
         #[cfg(not(feature = "kafka"))]
         bail!("this strata was built without the kafka feature")

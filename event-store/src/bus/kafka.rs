@@ -138,6 +138,9 @@ impl KafkaConfig {
         let mut config = self.client();
         config
             .set("enable.idempotence", "true")
+            // A failure that could leave a gap in a partition is fatal
+            // instead: dedupe by position relies on gapless partitions.
+            .set("enable.gapless.guarantee", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
@@ -578,10 +581,13 @@ impl Publisher for KafkaBus {
 #[derive(Default)]
 struct Tracker {
     partitions: HashMap<PartitionKey, Track>,
+    /// Bumped for every partition this member starts tracking, so that
+    /// deliveries and acks from before a rebalance are told apart.
+    generations: u64,
 }
 
-#[derive(Default)]
 struct Track {
+    generation: u64,
     /// Delivered offsets, acked or not, above the committed one.
     pending: BTreeMap<i64, Slot>,
     /// How often each offset was delivered while this member held the partition.
@@ -595,19 +601,42 @@ struct Slot {
     since: Instant,
 }
 
+/// Which partition, offset and tenure a delivery belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ticket {
+    key: PartitionKey,
+    offset: i64,
+    generation: u64,
+}
+
 impl Tracker {
-    fn delivered(&mut self, key: PartitionKey, offset: i64) -> u64 {
-        let track = self.partitions.entry(key).or_default();
+    /// Records a delivery; returns its ticket and how often it was delivered.
+    fn delivered(&mut self, key: PartitionKey, offset: i64) -> (Ticket, u64) {
+        if !self.partitions.contains_key(&key) {
+            self.generations += 1;
+            let track = Track { generation: self.generations, pending: BTreeMap::new(), deliveries: HashMap::new(), commit: None };
+            self.partitions.insert(key.clone(), track);
+        }
+        let track = self.partitions.get_mut(&key).expect("just inserted");
         let count = track.deliveries.entry(offset).or_default();
         *count += 1;
         track.pending.insert(offset, Slot { acked: false, since: Instant::now() });
-        *count
+        (Ticket { key, offset, generation: track.generation }, *count)
     }
 
-    /// Marks an offset handled; true if the partition's commit point moved.
-    fn ack(&mut self, key: &PartitionKey, offset: i64) -> bool {
-        let Some(track) = self.partitions.get_mut(key) else { return false };
-        let Some(slot) = track.pending.get_mut(&offset) else { return false };
+    fn track(&mut self, ticket: &Ticket) -> Option<&mut Track> {
+        self.partitions.get_mut(&ticket.key).filter(|track| track.generation == ticket.generation)
+    }
+
+    /// Is the ticket's partition still this member's, in the same tenure?
+    fn owns(&self, ticket: &Ticket) -> bool {
+        self.partitions.get(&ticket.key).is_some_and(|track| track.generation == ticket.generation)
+    }
+
+    /// Marks a delivery handled; true if the partition's commit point moved.
+    fn ack(&mut self, ticket: &Ticket) -> bool {
+        let Some(track) = self.track(ticket) else { return false };
+        let Some(slot) = track.pending.get_mut(&ticket.offset) else { return false };
         slot.acked = true;
         let mut moved = false;
         while let Some(entry) = track.pending.first_entry() {
@@ -625,24 +654,30 @@ impl Tracker {
         moved
     }
 
-    /// Forgets `offset` and everything after it in the partition (they come
-    /// again after a seek); true if the partition is still tracked.
-    fn rewind(&mut self, key: &PartitionKey, offset: i64) -> bool {
-        let Some(track) = self.partitions.get_mut(key) else { return false };
+    /// Forgets the ticket's offset and everything after it in the partition
+    /// (they come again after a seek); true if the partition is still tracked.
+    fn rewind(&mut self, ticket: &Ticket) -> bool {
+        let offset = ticket.offset;
+        let Some(track) = self.track(ticket) else { return false };
         let _ = track.pending.split_off(&offset);
         true
     }
 
     /// The first unacked delivery of each partition older than `ack_wait`.
-    fn expired(&self, ack_wait: Duration) -> Vec<(PartitionKey, i64)> {
+    fn expired(&self, ack_wait: Duration) -> Vec<Ticket> {
         let now = Instant::now();
         self.partitions
             .iter()
             .filter_map(|(key, track)| {
                 let (&offset, slot) = track.pending.iter().find(|(_, slot)| !slot.acked)?;
-                (now.duration_since(slot.since) >= ack_wait).then(|| (key.clone(), offset))
+                (now.duration_since(slot.since) >= ack_wait).then(|| Ticket { key: key.clone(), offset, generation: track.generation })
             })
             .collect()
+    }
+
+    /// Are deliveries of these partitions still being handled?
+    fn busy(&self, partitions: &HashSet<PartitionKey>) -> bool {
+        partitions.iter().any(|key| self.partitions.get(key).is_some_and(|track| track.pending.values().any(|slot| !slot.acked)))
     }
 
     fn commits(&self, only: Option<&HashSet<PartitionKey>>) -> TopicPartitionList {
@@ -662,6 +697,8 @@ impl Tracker {
 /// Commits what is done before partitions move to another member.
 struct GroupEvents {
     tracker: Arc<Mutex<Tracker>>,
+    /// How long a revoke waits for deliveries of its partitions in hand.
+    drain: Duration,
 }
 
 impl ClientContext for GroupEvents {}
@@ -671,6 +708,12 @@ impl ConsumerContext for GroupEvents {
         let Rebalance::Revoke(revoked) = rebalance else { return };
         let revoked: HashSet<PartitionKey> =
             revoked.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect();
+        // Let the deliveries in hand finish (acks update the tracker directly),
+        // so that the next owner does not do them again; bounded.
+        let until = Instant::now() + self.drain;
+        while Instant::now() < until && self.tracker.lock().unwrap_or_else(|p| p.into_inner()).busy(&revoked) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         let commits = tracker.commits(Some(&revoked));
         if commits.count() > 0 {
@@ -678,11 +721,19 @@ impl ConsumerContext for GroupEvents {
                 tracing::warn!(%error, "committing revoked partitions failed; their records will come again");
             }
         }
+        // Deliveries of these partitions not yet handed out are dropped
+        // (`owns`), and late acks change nothing: the new owner has them.
         tracker.partitions.retain(|key, _| !revoked.contains(key));
     }
 }
 
-type Settle = (PartitionKey, i64, Settlement);
+/// What a delivery's settlement asks of the member's loop.
+enum Signal {
+    /// A commit point moved.
+    Commit,
+    /// Deliver from this offset again.
+    Rewind(Ticket),
+}
 
 /// Is this consumer error one librdkafka recovers from by itself?
 fn transient(error: &KafkaError) -> bool {
@@ -694,20 +745,53 @@ fn transient(error: &KafkaError) -> bool {
     }
 }
 
+type Handed = (Option<Ticket>, Result<Delivery, BusError>);
+
 /// A group member's loop: takes records off Kafka, hands them out, and
 /// turns acks and nacks into commits and seeks.
 async fn consume(
     consumer: StreamConsumer<GroupEvents>,
     tracker: Arc<Mutex<Tracker>>,
-    deliveries: mpsc::Sender<Result<Delivery, BusError>>,
-    settle: mpsc::UnboundedSender<Settle>,
-    mut settled: mpsc::UnboundedReceiver<Settle>,
+    deliveries: mpsc::Sender<Handed>,
+    signal: mpsc::UnboundedSender<Signal>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
     ack_wait: Duration,
 ) {
     let mut check = tokio::time::interval((ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Settlements first: acks sent just before the stream was dropped still commit.
+            biased;
+            Some(first) = signals.recv() => {
+                // Take every signal that is ready, then commit once.
+                let mut batch = vec![first];
+                while let Ok(next) = signals.try_recv() {
+                    batch.push(next);
+                }
+                let mut rewind = Vec::new();
+                let mut commit = false;
+                {
+                    let mut tracker = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    for signal in batch {
+                        match signal {
+                            Signal::Commit => commit = true,
+                            Signal::Rewind(ticket) => {
+                                if tracker.rewind(&ticket) {
+                                    rewind.push(ticket);
+                                }
+                            }
+                        }
+                    }
+                }
+                if commit {
+                    let commits = tracker.lock().unwrap_or_else(|p| p.into_inner()).commits(None);
+                    if let Err(error) = consumer.commit(&commits, CommitMode::Async) {
+                        tracing::debug!(%error, "committing offsets failed; records will come again");
+                    }
+                }
+                seek(&consumer, &tracker, rewind);
+            }
             () = deliveries.closed() => return,
             message = consumer.recv() => {
                 let message = match message {
@@ -717,7 +801,7 @@ async fn consume(
                         continue;
                     }
                     Err(error) => {
-                        let _ = deliveries.send(Err(BusError::backend("consuming from Kafka", error))).await;
+                        let _ = deliveries.send((None, Err(BusError::backend("consuming from Kafka", error)))).await;
                         return;
                     }
                 };
@@ -729,59 +813,38 @@ async fn consume(
                 let event = match decoded {
                     Ok(event) => event,
                     Err(error) => {
-                        let _ = deliveries.send(Err(error)).await;
+                        let _ = deliveries.send((None, Err(error))).await;
                         return;
                     }
                 };
-                let count = tracker.lock().unwrap_or_else(|p| p.into_inner()).delivered(key.clone(), offset);
-                let settle = settle.clone();
+                let (ticket, count) = tracker.lock().unwrap_or_else(|p| p.into_inner()).delivered(key, offset);
+                let (signal, tracker, handed) = (signal.clone(), tracker.clone(), ticket.clone());
                 let delivery = Delivery::new(event, count, Box::new(move |settlement| {
                     Box::pin(async move {
-                        settle
-                            .send((key, offset, settlement))
-                            .map_err(|_| BusError::backend("acknowledging a Kafka record", "the subscription has ended"))
+                        let message = match settlement {
+                            Settlement::Ack => {
+                                let moved = tracker.lock().unwrap_or_else(|p| p.into_inner()).ack(&ticket);
+                                if !moved {
+                                    return Ok(());
+                                }
+                                Signal::Commit
+                            }
+                            Settlement::Nack => Signal::Rewind(ticket),
+                        };
+                        signal.send(message).map_err(|_| BusError::backend("acknowledging a Kafka record", "the subscription has ended"))
                     })
                 }));
-                if deliveries.send(Ok(delivery)).await.is_err() {
+                if deliveries.send((Some(handed), Ok(delivery))).await.is_err() {
                     return;
                 }
-            }
-            Some(first) = settled.recv() => {
-                // Take every settlement that is ready, then commit once.
-                let mut batch = vec![first];
-                while let Ok(next) = settled.try_recv() {
-                    batch.push(next);
-                }
-                let mut rewind = Vec::new();
-                let mut moved = false;
-                {
-                    let mut tracker = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                    for (key, offset, settlement) in batch {
-                        match settlement {
-                            Settlement::Ack => moved |= tracker.ack(&key, offset),
-                            Settlement::Nack => {
-                                if tracker.rewind(&key, offset) {
-                                    rewind.push((key, offset));
-                                }
-                            }
-                        }
-                    }
-                }
-                if moved {
-                    let commits = tracker.lock().unwrap_or_else(|p| p.into_inner()).commits(None);
-                    if let Err(error) = consumer.commit(&commits, CommitMode::Async) {
-                        tracing::debug!(%error, "committing offsets failed; records will come again");
-                    }
-                }
-                seek(&consumer, &tracker, rewind);
             }
             _ = check.tick() => {
                 let expired = tracker.lock().unwrap_or_else(|p| p.into_inner()).expired(ack_wait);
                 if !expired.is_empty() {
                     {
                         let mut tracker = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                        for (key, offset) in &expired {
-                            tracker.rewind(key, *offset);
+                        for ticket in &expired {
+                            tracker.rewind(ticket);
                         }
                     }
                     seek(&consumer, &tracker, expired);
@@ -792,11 +855,11 @@ async fn consume(
 }
 
 /// Seeks each partition back to the lowest offset asked for.
-fn seek(consumer: &StreamConsumer<GroupEvents>, tracker: &Arc<Mutex<Tracker>>, rewind: Vec<(PartitionKey, i64)>) {
+fn seek(consumer: &StreamConsumer<GroupEvents>, tracker: &Arc<Mutex<Tracker>>, rewind: Vec<Ticket>) {
     let mut lowest: HashMap<PartitionKey, i64> = HashMap::new();
-    for (key, offset) in rewind {
-        let entry = lowest.entry(key).or_insert(offset);
-        *entry = (*entry).min(offset);
+    for ticket in rewind {
+        let entry = lowest.entry(ticket.key).or_insert(ticket.offset);
+        *entry = (*entry).min(ticket.offset);
     }
     for ((topic, partition), offset) in lowest {
         if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
@@ -831,6 +894,7 @@ impl Subscriber for KafkaBus {
             None => format!("^{}\\..+", regex_escape(&config.topic_prefix)),
         };
         let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let drain = subscription.ack_wait.min(Duration::from_secs(3));
         let consumer: StreamConsumer<GroupEvents> = config
             .client()
             .set("group.id", format!("{}.{}", config.topic_prefix, subscription.group))
@@ -839,15 +903,22 @@ impl Subscriber for KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("topic.metadata.refresh.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .create_with_context(GroupEvents { tracker: tracker.clone() })
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create_with_context(GroupEvents { tracker: tracker.clone(), drain })
             .map_err(kafka("creating a Kafka consumer"))?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to Kafka topics"))?;
-        let (deliveries, receiver) = mpsc::channel(256);
-        let (settle, settled) = mpsc::unbounded_channel();
-        tokio::spawn(consume(consumer, tracker, deliveries, settle, settled, subscription.ack_wait));
-        Ok(receiver_stream(receiver))
+        let (deliveries, receiver) = mpsc::channel(64);
+        let (signal, signals) = mpsc::unbounded_channel();
+        tokio::spawn(consume(consumer, tracker.clone(), deliveries, signal, signals, subscription.ack_wait));
+        // A delivery whose partition moved to another member while it waited
+        // here is not handed out: the new owner delivers it.
+        Ok(receiver_stream(receiver)
+            .filter_map(move |(ticket, delivery)| {
+                let current = ticket.is_none_or(|ticket| tracker.lock().unwrap_or_else(|p| p.into_inner()).owns(&ticket));
+                std::future::ready(current.then_some(delivery))
+            })
+            .boxed())
     }
 }
 
@@ -975,8 +1046,8 @@ impl Responder for KafkaBus {
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "20")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
             .create()
             .map_err(kafka("creating a request reader"))?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to requests"))?;
@@ -1071,19 +1142,30 @@ mod tests {
     fn acks_commit_only_a_contiguous_prefix_and_a_nack_rewinds() {
         let mut tracker = Tracker::default();
         let key = ("t".to_owned(), 0);
-        for offset in 0..4 {
-            assert_eq!(tracker.delivered(key.clone(), offset), 1);
-        }
-        assert!(!tracker.ack(&key, 1), "offset 0 is not done yet");
-        assert!(tracker.ack(&key, 0));
+        let tickets: Vec<Ticket> = (0..4)
+            .map(|offset| {
+                let (ticket, count) = tracker.delivered(key.clone(), offset);
+                assert_eq!(count, 1);
+                ticket
+            })
+            .collect();
+        assert!(!tracker.ack(&tickets[1]), "offset 0 is not done yet");
+        assert!(tracker.ack(&tickets[0]));
         assert_eq!(tracker.partitions[&key].commit, Some(2));
-        assert!(tracker.rewind(&key, 2));
-        assert!(!tracker.ack(&key, 3), "a rewound offset's late ack changes nothing");
-        assert_eq!(tracker.delivered(key.clone(), 2), 2, "the second delivery of offset 2");
-        assert!(tracker.ack(&key, 2));
+        assert!(tracker.rewind(&tickets[2]));
+        assert!(!tracker.ack(&tickets[3]), "a rewound offset's late ack changes nothing");
+        let (again, count) = tracker.delivered(key.clone(), 2);
+        assert_eq!(count, 2, "the second delivery of offset 2");
+        assert!(tracker.ack(&again));
         assert_eq!(tracker.partitions[&key].commit, Some(3));
         assert!(tracker.expired(Duration::ZERO).is_empty());
-        tracker.delivered(key.clone(), 3);
-        assert_eq!(tracker.expired(Duration::ZERO), vec![(key, 3)]);
+        let (late, _) = tracker.delivered(key.clone(), 3);
+        assert_eq!(tracker.expired(Duration::ZERO), vec![late.clone()]);
+        assert!(tracker.busy(&HashSet::from([key.clone()])));
+        // The partition moves away and comes back: old tickets are stale.
+        tracker.partitions.clear();
+        let (fresh, _) = tracker.delivered(key.clone(), 3);
+        assert!(!tracker.owns(&late) && tracker.owns(&fresh));
+        assert!(!tracker.ack(&late), "an ack from an earlier tenure changes nothing");
     }
 }

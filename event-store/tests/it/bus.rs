@@ -227,18 +227,19 @@ async fn responder(bus: &dyn Responder, service: &str, name: &'static str, silen
 }
 
 /// Requests until both responders of a service answered (members of a
-/// group join at their own pace): each answer is to its request and comes
-/// from one of the service's responders.
+/// group join at their own pace, and a Kafka group pauses while it
+/// rebalances): each answer is to its request and comes from one of the
+/// service's responders.
 pub async fn each_request_is_answered_once_by_one_of_the_services_responders<B: Requester + Responder>(bus: &B) {
     responder(bus, "stock", "first", false).await;
     responder(bus, "stock", "second", false).await;
     responder(bus, "billing", "other", false).await;
     let mut answered_by = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut i = 0;
     while answered_by.len() < 2 || i < 40 {
         assert!(tokio::time::Instant::now() < deadline, "after {i} requests only {answered_by:?} answered");
-        let answer = bus.request("stock", format!("r{i}").into_bytes(), Duration::from_secs(10)).await.unwrap().expect("an answer");
+        let answer = bus.request("stock", format!("r{i}").into_bytes(), Duration::from_secs(30)).await.unwrap().expect("an answer");
         let answer = String::from_utf8(answer).unwrap();
         let (name, echoed) = answer.split_once(':').unwrap();
         assert_eq!(echoed, format!("r{i}"), "the answer is to this request");

@@ -151,6 +151,25 @@ async fn replicas_on_jetstream_and_redis_build_the_same_model_as_a_rebuild() {
     bus_cleanup.run().await;
 }
 
+/// Two replicas sharing a Kafka consumer group (partitions split between
+/// them; librdkafka's mock cluster or `STRATA_TEST_KAFKA`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_kafka_and_redis_build_the_same_model_as_a_rebuild() {
+    let Some((bus, bus_cleanup)) = strata_store::testkit::kafka::bus().await else { return };
+    let Some((sink, cleanup)) = fresh_sink(Backend::Redis).await else { return };
+    let store = memory_store();
+    let bus = Arc::new(bus);
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), bus.clone(), &sink, orders::projections(), 2);
+    for seed in 0..3 {
+        append_all(&*store, sample(SampleConfig { seed: 17 + seed, orders: 50, ..SampleConfig::default() })).await;
+    }
+    live_equals_rebuild(&store, &sink, Arc::new(OrdersProjection)).await;
+    live_equals_rebuild(&store, &sink, Arc::new(StockProjection)).await;
+    pipeline.stop().await;
+    cleanup.run().await;
+    bus_cleanup.run().await;
+}
+
 fn confirmed_without_placing(order_id: Uuid) -> StreamAppend {
     StreamAppend {
         stream_id: StreamId::new("order", order_id).unwrap(),
