@@ -73,7 +73,8 @@ fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(
 /// `?stream=NAME&subject_prefix=PREFIX` (default `STRATA` and `strata`), so
 /// several deployments (or tests) can share one NATS;
 /// `kafka://HOST:9092[,HOST2:9092]` may carry `?topic_prefix=P&partitions=N&
-/// replication=R&create_topics=false` (default `strata`, 4, 1, true).
+/// replication=R&create_topics=false&fetch_wait_ms=M` (default `strata`, 4,
+/// 1, true, 100).
 pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     if url == "memory" {
         let bus = Arc::new(MemoryBus::new());
@@ -104,11 +105,11 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
 }
 
 /// The Kafka settings of `kafka://HOST:9092[,HOST2:9092][?topic_prefix=P&
-/// partitions=N&replication=R&create_topics=false]`.
+/// partitions=N&replication=R&create_topics=false&fetch_wait_ms=100]`.
 #[cfg(feature = "kafka")]
 pub fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig> {
     let Some(rest) = url.strip_prefix("kafka://") else { bail!("STRATA_BUS: {url:?} is not a kafka:// URL") };
-    let (brokers, pairs) = options("STRATA_BUS", rest, &["topic_prefix", "partitions", "replication", "create_topics"])?;
+    let (brokers, pairs) = options("STRATA_BUS", rest, &["topic_prefix", "partitions", "replication", "create_topics", "fetch_wait_ms"])?;
     let mut config = strata_store::bus::KafkaConfig::new(brokers);
     for (key, value) in pairs {
         let number = || value.parse::<i32>().with_context(|| format!("STRATA_BUS: {key} must be a number, not {value:?}"));
@@ -116,6 +117,7 @@ pub fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig>
             "topic_prefix" => config.topic_prefix = value.to_owned(),
             "partitions" => config.partitions = number()?,
             "replication" => config.replication = number()?,
+            "fetch_wait_ms" => config.fetch_wait = std::time::Duration::from_millis(u64::try_from(number()?.max(1)).unwrap_or(1)),
             _ => {
                 config.create_topics =
                     value.parse().with_context(|| format!("STRATA_BUS: create_topics must be true or false, not {value:?}"))?

@@ -28,7 +28,10 @@ use futures_util::StreamExt;
 
 use crate::bus::{BusError, Publisher};
 use crate::lease::Lease;
-use crate::{BackendError, CheckpointStore, EventReader, ReadAll, ReadError, StoredEvent, Subscribe};
+use crate::{BackendError, CheckpointStore, EventReader, Position, ReadAll, ReadError, StoredEvent, Subscribe};
+
+/// A page of the log being read.
+type PageRead = tokio::task::JoinHandle<Result<Vec<StoredEvent>, ReadError>>;
 
 /// How a relay runs.
 #[derive(Debug, Clone)]
@@ -115,11 +118,32 @@ impl Relay {
         let (batches, mut ready) = tokio::sync::mpsc::channel(2);
         let reader = self.reader.clone();
         let reading = tokio::spawn(async move {
+            // Two pages in flight: positions are dense, so the page after a
+            // full one starts where it ends and can be read at the same
+            // time. A page that is short or not dense (an old log with gaps)
+            // discards the read ahead of it, and reading goes on after it.
+            let read = |after: Position| {
+                let reader = reader.clone();
+                tokio::spawn(async move { reader.read_all_stored(ReadAll::after(after, batch_size)).await })
+            };
+            let step = batch_size as u64;
+            let mut ahead: std::collections::VecDeque<(Position, PageRead)> = std::collections::VecDeque::new();
             loop {
-                let events = reader.read_all_stored(ReadAll::after(after, batch_size)).await?;
+                while ahead.len() < 2 {
+                    let start = ahead.back().map_or(after, |(start, _)| Position(start.0 + step));
+                    ahead.push_back((start, read(start)));
+                }
+                let (start, page) = ahead.pop_front().expect("two pages in flight");
+                let events = match page.await {
+                    Ok(result) => result?,
+                    Err(join) => std::panic::resume_unwind(join.into_panic()),
+                };
                 let Some(last) = events.last().map(|event| event.position) else {
                     return Ok::<(), ReadError>(());
                 };
+                if events.len() < batch_size || last.0 != start.0 + step {
+                    ahead.clear();
+                }
                 after = last;
                 if batches.send(events).await.is_err() {
                     return Ok(());

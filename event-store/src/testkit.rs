@@ -194,13 +194,21 @@ pub mod kafka {
             KafkaConfig {
                 topic_prefix: format!("test_{}", uuid::Uuid::new_v4().simple()),
                 create_topics: !self.mock,
+                // The mock holds every fetch for its full wait, even when records arrive.
+                fetch_wait: std::time::Duration::from_millis(if self.mock { 5 } else { 100 }),
                 ..KafkaConfig::new(self.brokers.clone())
             }
         }
 
         /// `kafka://brokers?topic_prefix=…` for a child process.
         pub fn url(&self, config: &KafkaConfig) -> String {
-            format!("kafka://{}?topic_prefix={}&create_topics={}", self.brokers, config.topic_prefix, config.create_topics)
+            format!(
+                "kafka://{}?topic_prefix={}&create_topics={}&fetch_wait_ms={}",
+                self.brokers,
+                config.topic_prefix,
+                config.create_topics,
+                config.fetch_wait.as_millis()
+            )
         }
     }
 

@@ -97,6 +97,11 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of a topic the bus creates.
     pub replication: i32,
+    /// The longest a fetch waits at the broker for new records
+    /// (`fetch.wait.max.ms`). A broker answers as soon as records arrive, so
+    /// this only bounds idle polling; librdkafka's mock cluster always waits
+    /// it out, so tests and `kafka://mock` benches use a few milliseconds.
+    pub fetch_wait: Duration,
     /// Create missing topics with the admin client (`false`: they exist
     /// already, or the broker creates them on first use, as librdkafka's
     /// mock cluster does, which has no CreateTopics).
@@ -106,7 +111,14 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// Prefix `strata`, 4 partitions, replication 1.
     pub fn new(brokers: impl Into<String>) -> Self {
-        Self { brokers: brokers.into(), topic_prefix: "strata".into(), partitions: 4, replication: 1, create_topics: true }
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: "strata".into(),
+            partitions: 4,
+            replication: 1,
+            fetch_wait: Duration::from_millis(100),
+            create_topics: true,
+        }
     }
 
     fn check(&self) -> Result<(), BusError> {
@@ -902,7 +914,7 @@ impl Subscriber for KafkaBus {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("topic.metadata.refresh.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .create_with_context(GroupEvents { tracker: tracker.clone(), drain })
@@ -941,7 +953,7 @@ impl KafkaBus {
                     .client()
                     .set("group.id", topic.clone())
                     .set("enable.auto.commit", "false")
-                    .set("fetch.wait.max.ms", "20")
+                    .set("fetch.wait.max.ms", self.inner.config.fetch_wait.min(Duration::from_millis(20)).as_millis().to_string())
                     .create()
                     .map_err(kafka("creating the reply reader"))?;
                 let mut assignment = TopicPartitionList::new();
@@ -1045,7 +1057,7 @@ impl Responder for KafkaBus {
             .set("group.id", format!("{topic}.responders"))
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "20")
+            .set("fetch.wait.max.ms", self.inner.config.fetch_wait.min(Duration::from_millis(20)).as_millis().to_string())
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .create()
