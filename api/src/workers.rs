@@ -41,6 +41,16 @@ pub struct Bus {
     pub responder: Option<Arc<dyn Responder>>,
 }
 
+/// The categories of the reference domain's streams (the command handlers'
+/// aggregates and the fulfilment saga).
+pub const DOMAIN_CATEGORIES: [&str; 5] = [
+    <strata_commands::orders::Order as strata_commands::Aggregate>::CATEGORY,
+    <strata_commands::inventory::Inventory as strata_commands::Aggregate>::CATEGORY,
+    <strata_commands::payments::Payment as strata_commands::Aggregate>::CATEGORY,
+    <strata_commands::shipping::Shipment as strata_commands::Aggregate>::CATEGORY,
+    fulfilment::CATEGORY,
+];
+
 /// The backend a `STRATA_BUS` URL names: `memory`, `nats` or `kafka`.
 pub fn bus_backend(url: &str) -> &'static str {
     if url.starts_with("kafka://") {
@@ -99,6 +109,12 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
         let bus = Arc::new(
             strata_store::bus::KafkaBus::connect(kafka_config(url)?).await.with_context(|| format!("connecting to Kafka at {url}"))?,
         );
+        // The domain's topics exist before any group subscribes: a topic
+        // that appears later costs every group following all categories a
+        // rebalance.
+        for category in DOMAIN_CATEGORIES {
+            bus.category_topic(category).await.with_context(|| format!("creating the Kafka topic of {category}"))?;
+        }
         return Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) });
     }
     bail!("STRATA_BUS: unsupported bus {url:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092")

@@ -263,7 +263,7 @@ impl BenchBus {
             let bus =
                 Arc::new(strata_store::bus::KafkaBus::connect(config).await.with_context(|| format!("connecting to Kafka at {url}"))?);
             // Topics made up front: their creation is not the pipeline's steady cost.
-            for category in ["order", "inventory", "payment", "shipment", "fulfilment"] {
+            for category in crate::workers::DOMAIN_CATEGORIES {
                 bus.category_topic(category).await?;
             }
             return Ok(Self {

@@ -738,7 +738,23 @@ mod distributed {
         let ready: Value = serde_json::from_str(&ready).unwrap();
         assert_eq!(ready["checks"]["bus"], json!({ "backend": backend, "status": "up" }), "{ready}");
         assert_eq!(ready["checks"]["read_model"]["backend"], "redis", "{ready}");
-        server.ok("operator", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
+        let restocked = server.ok("operator", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
+        // The projectors are live once the restock is read back (a Kafka
+        // consumer group's first join alone takes ~3 s).
+        let token = restocked["restock"]["consistencyToken"].as_str().unwrap().to_owned();
+        strata_store::testkit::wait_until(Duration::from_secs(60), || {
+            let (server, token) = (&server, token.clone());
+            async move {
+                let query = "query($t: String) { stock(sku: \"SKU-PG\", waitFor: $t) { onHand } }";
+                let (_, body) = server.graphql(Some(server.token("operator")), query, json!({ "t": token })).await;
+                if body["data"]["stock"]["onHand"] == 10 {
+                    Ok(())
+                } else {
+                    Err(body)
+                }
+            }
+        })
+        .await;
         let (order_id, token) = place_as(&server, "operator", "customer-pg", "SKU-PG", "card").await;
         let read = server.ok("operator", ORDER, json!({ "id": order_id, "token": token })).await;
         assert_eq!(read["order"]["status"], "PENDING");
