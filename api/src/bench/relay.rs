@@ -215,10 +215,10 @@ impl Raw {
                 url.clone(),
                 log.iter()
                     .map(|event| {
-                        let decoded = event.decode().expect("the log's own text parses");
-                        (strata_store::bus::subject("benchraw", &event.stream_id), event.event_id.to_string(), encode_event(&decoded))
+                        let decoded = event.decode().with_context(|| format!("decoding event {} of the scratch log", event.position))?;
+                        Ok((strata_store::bus::subject("benchraw", &event.stream_id), event.event_id.to_string(), encode_event(&decoded)))
                     })
-                    .collect(),
+                    .collect::<anyhow::Result<_>>()?,
             )),
             #[cfg(feature = "kafka")]
             Target::Kafka(config) => Ok(Self::Kafka(

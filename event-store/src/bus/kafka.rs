@@ -558,7 +558,7 @@ impl Publisher for KafkaBus {
         let mut published = Vec::with_capacity(events.len());
         let mut waits = Vec::with_capacity(events.len());
         for (event, route) in events.iter().zip(&routes) {
-            let head = heads.get_mut(route).expect("every route has a head");
+            let head = heads.entry(route.clone()).or_default();
             if event.position.0 <= *head {
                 published.push(Published { duplicate: true });
                 continue;
@@ -627,12 +627,11 @@ struct Ticket {
 impl Tracker {
     /// Records a delivery; returns its ticket and how often it was delivered.
     fn delivered(&mut self, key: PartitionKey, offset: i64) -> (Ticket, u64) {
-        if !self.partitions.contains_key(&key) {
-            self.generations += 1;
-            let track = Track { generation: self.generations, pending: BTreeMap::new(), deliveries: HashMap::new(), commit: None };
-            self.partitions.insert(key.clone(), track);
-        }
-        let track = self.partitions.get_mut(&key).expect("just inserted");
+        let generations = &mut self.generations;
+        let track = self.partitions.entry(key.clone()).or_insert_with(|| {
+            *generations += 1;
+            Track { generation: *generations, pending: BTreeMap::new(), deliveries: HashMap::new(), commit: None }
+        });
         let count = track.deliveries.entry(offset).or_default();
         *count += 1;
         track.pending.insert(offset, Slot { acked: false, since: Instant::now() });
