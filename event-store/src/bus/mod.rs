@@ -17,7 +17,10 @@
 //!   (projections do, by committing the position with the read model).
 //! - **Consumer groups.** Subscribers with the same group share the work:
 //!   each message goes to one member at a time. Each group gets every message.
-//!   The group remembers its progress across restarts (durable).
+//!   The group remembers its progress across restarts (durable). On Kafka an
+//!   ack that reaches a member after a rebalance moved the record's
+//!   partition to another member does not count: the new owner delivers
+//!   the record again (at least once, as everywhere).
 //! - **Order.** A group receives each stream's messages in publish order
 //!   (the in-process bus and JetStream keep the publish order across streams
 //!   too; Kafka keeps it per partition, and a stream is in one partition);
