@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use crate::hash::{canonical_json, chain_hash, HashInput};
 use crate::{
-    AppendError, AppendOutcome, ChainHash, EventMetadata, ExpectedVersion, Form, Position, ReadError, RecordedEvent, StoredEvent,
-    StreamAppend, StreamAppended, StreamId,
+    AppendError, AppendOutcome, ChainHash, EventMetadata, ExpectedVersion, Form, Position, ReadError, RecordedEvent, StreamAppend,
+    StreamAppended, StreamId,
 };
 
 /// Largest accepted payload, as canonical JSON bytes.
@@ -505,14 +505,15 @@ impl StoredRow {
     /// The row as stored text, for the relay: nothing is parsed unless the
     /// payload is of an older schema version than the latest (then it is
     /// upcast, as [`Form::Latest`] reads do).
-    pub(crate) fn into_stored(self, registry: &SchemaRegistry) -> Result<StoredEvent, ReadError> {
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn into_stored(self, registry: &SchemaRegistry) -> Result<crate::StoredEvent, ReadError> {
         let schema_version = u32::try_from(self.schema_version).unwrap_or(0);
         if registry.latest_version(&self.event_type).ok() != Some(schema_version) {
-            return self.decode(registry, Form::Latest).map(|event| StoredEvent::from(&event));
+            return self.decode(registry, Form::Latest).map(|event| crate::StoredEvent::from(&event));
         }
         let position = Position(u64::try_from(self.position).unwrap_or(0));
         let corrupt = |reason: String| ReadError::Corrupt { position, reason };
-        Ok(StoredEvent {
+        Ok(crate::StoredEvent {
             event_id: self.event_id,
             stream_id: StreamId::parse(&self.stream_id).map_err(|err| corrupt(err.to_string()))?,
             stream_version: u64::try_from(self.stream_version).map_err(|_| corrupt("stream version out of range".into()))?,

@@ -137,17 +137,7 @@ async fn three_replicas_sharing_a_group_build_the_same_model_as_a_rebuild() {
 #[tokio::test]
 async fn replicas_on_jetstream_and_redis_build_the_same_model_as_a_rebuild() {
     let Some((bus, bus_cleanup)) = test_jetstream().await else { return };
-    let Some((sink, cleanup)) = fresh_sink(Backend::Redis).await else { return };
-    let store = memory_store();
-    let bus = Arc::new(bus);
-    let pipeline = Pipeline::start(store.clone(), bus.clone(), bus.clone(), &sink, orders::projections(), 2);
-    for seed in 0..3 {
-        append_all(&*store, sample(SampleConfig { seed: 7 + seed, orders: 50, ..SampleConfig::default() })).await;
-    }
-    live_equals_rebuild(&store, &sink, Arc::new(OrdersProjection)).await;
-    live_equals_rebuild(&store, &sink, Arc::new(StockProjection)).await;
-    pipeline.stop().await;
-    cleanup.run().await;
+    replicas_on_redis_equal_a_rebuild(Arc::new(bus), 7).await;
     bus_cleanup.run().await;
 }
 
@@ -156,18 +146,23 @@ async fn replicas_on_jetstream_and_redis_build_the_same_model_as_a_rebuild() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_kafka_and_redis_build_the_same_model_as_a_rebuild() {
     let Some((bus, bus_cleanup)) = strata_store::testkit::kafka::bus().await else { return };
+    replicas_on_redis_equal_a_rebuild(Arc::new(bus), 17).await;
+    bus_cleanup.run().await;
+}
+
+/// Two projector replicas on `bus` and Redis follow three sample traffics
+/// (seeds from `seed`) and end equal to a rebuild from the log.
+async fn replicas_on_redis_equal_a_rebuild<B: Publisher + Subscriber + 'static>(bus: Arc<B>, seed: u64) {
     let Some((sink, cleanup)) = fresh_sink(Backend::Redis).await else { return };
     let store = memory_store();
-    let bus = Arc::new(bus);
-    let pipeline = Pipeline::start(store.clone(), bus.clone(), bus.clone(), &sink, orders::projections(), 2);
-    for seed in 0..3 {
-        append_all(&*store, sample(SampleConfig { seed: 17 + seed, orders: 50, ..SampleConfig::default() })).await;
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), bus, &sink, orders::projections(), 2);
+    for offset in 0..3 {
+        append_all(&*store, sample(SampleConfig { seed: seed + offset, orders: 50, ..SampleConfig::default() })).await;
     }
     live_equals_rebuild(&store, &sink, Arc::new(OrdersProjection)).await;
     live_equals_rebuild(&store, &sink, Arc::new(StockProjection)).await;
     pipeline.stop().await;
     cleanup.run().await;
-    bus_cleanup.run().await;
 }
 
 fn confirmed_without_placing(order_id: Uuid) -> StreamAppend {
