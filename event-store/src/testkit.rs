@@ -72,6 +72,35 @@ impl Cleanup {
     }
 }
 
+/// MongoDB for read-model tests: `STRATA_TEST_MONGO` (a real replica set,
+/// e.g. `mongodb://127.0.0.1:27017/?replicaSet=rs0`), else the
+/// `nx-27017` server `.ci/run` starts on port 27018.
+pub mod mongo {
+    /// The server's URL without a database.
+    pub fn base_url() -> String {
+        super::service_url("STRATA_TEST_MONGO", "mongodb://127.0.0.1:27018/?directConnection=true")
+    }
+
+    /// How to start the server when it is down.
+    pub const HOW_TO_START: &str = "python3 -m venv .venv-mongo && .venv-mongo/bin/pip install nx-27017 && .venv-mongo/bin/nx-27017 --db memory --host 127.0.0.1 -p 27018 &";
+
+    /// The URL of `database` on the test server (one database per test).
+    pub fn url(database: &str) -> String {
+        let base = base_url();
+        let (address, options) = base.split_once('?').map_or((base.as_str(), None), |(a, o)| (a, Some(o)));
+        let address = address.trim_end_matches('/');
+        match options {
+            Some(options) => format!("{address}/{database}?{options}"),
+            None => format!("{address}/{database}"),
+        }
+    }
+
+    /// A database name of one's own: `test_<uuid>`.
+    pub fn fresh_database() -> String {
+        format!("test_{}", uuid::Uuid::new_v4().simple())
+    }
+}
+
 /// Fresh PostgreSQL databases, one per test.
 #[cfg(feature = "postgres")]
 pub mod postgres {

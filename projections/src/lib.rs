@@ -19,5 +19,7 @@ pub use projection::{ApplyError, Document, PoisonPolicy, Projection, Write};
 pub use rebuild::{ensure_live, rebuild, RebuildConfig, RebuildError, RebuildProgress, RebuildReport};
 pub use runner::{Handled, ProjectionRunner, RunnerConfig, RunnerError};
 pub use sink::{MemorySink, ReadModelSink, SinkError};
+#[cfg(feature = "mongo")]
+pub use sink::{MongoSink, MongoSinkConfig};
 #[cfg(feature = "redis")]
 pub use sink::{RedisSink, RedisSinkConfig};

@@ -43,10 +43,14 @@ use uuid::Uuid;
 use crate::projection::{Document, Write};
 
 mod memory;
+#[cfg(feature = "mongo")]
+mod mongo;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use memory::MemorySink;
+#[cfg(feature = "mongo")]
+pub use mongo::{MongoSink, MongoSinkConfig};
 #[cfg(feature = "redis")]
 pub use redis::{RedisSink, RedisSinkConfig};
 
@@ -74,7 +78,7 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "mongo")), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Backend { context, source: source.into() }
     }

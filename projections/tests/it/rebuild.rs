@@ -103,6 +103,11 @@ async fn a_rebuild_while_readers_query_never_shows_a_missing_or_partial_order_in
     rebuild_while_querying(Backend::Redis).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_while_readers_query_never_shows_a_missing_or_partial_order_in_mongo() {
+    rebuild_while_querying(Backend::Mongo).await;
+}
+
 async fn unfinished_rebuild(backend: Backend) {
     let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
     let (log, events) = crate::support::log_with_orders(31, 20).await;
@@ -128,6 +133,11 @@ async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_memory() {
 #[tokio::test]
 async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_redis() {
     unfinished_rebuild(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn a_rebuild_drops_the_generation_of_an_unfinished_one_in_mongo() {
+    unfinished_rebuild(Backend::Mongo).await;
 }
 
 /// Orders, slowly (a rebuild of it takes long enough to be overtaken).
@@ -193,4 +203,9 @@ async fn a_newer_rebuild_supersedes_a_running_one_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_rebuild_supersedes_a_running_one_in_redis() {
     superseded_rebuild(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_rebuild_supersedes_a_running_one_in_mongo() {
+    superseded_rebuild(Backend::Mongo).await;
 }

@@ -130,14 +130,24 @@ async fn events_flow_from_the_log_through_the_bus_into_redis_read_models() {
 }
 
 #[tokio::test]
+async fn events_flow_from_the_log_through_the_bus_into_mongo_read_models() {
+    end_to_end(Backend::Mongo, 1, 1).await;
+}
+
+#[tokio::test]
 async fn three_replicas_sharing_a_group_build_the_same_model_as_a_rebuild() {
     end_to_end(Backend::Redis, 3, 4).await;
 }
 
 #[tokio::test]
+async fn three_replicas_sharing_a_group_build_the_same_model_as_a_rebuild_in_mongo() {
+    end_to_end(Backend::Mongo, 3, 4).await;
+}
+
+#[tokio::test]
 async fn replicas_on_jetstream_and_redis_build_the_same_model_as_a_rebuild() {
     let Some((bus, bus_cleanup)) = test_jetstream().await else { return };
-    replicas_on_redis_equal_a_rebuild(Arc::new(bus), 7).await;
+    replicas_equal_a_rebuild(Backend::Redis, Arc::new(bus), 7).await;
     bus_cleanup.run().await;
 }
 
@@ -146,14 +156,21 @@ async fn replicas_on_jetstream_and_redis_build_the_same_model_as_a_rebuild() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_kafka_and_redis_build_the_same_model_as_a_rebuild() {
     let Some((bus, bus_cleanup)) = strata_store::testkit::kafka::bus().await else { return };
-    replicas_on_redis_equal_a_rebuild(Arc::new(bus), 17).await;
+    replicas_equal_a_rebuild(Backend::Redis, Arc::new(bus), 17).await;
     bus_cleanup.run().await;
 }
 
-/// Two projector replicas on `bus` and Redis follow three sample traffics
-/// (seeds from `seed`) and end equal to a rebuild from the log.
-async fn replicas_on_redis_equal_a_rebuild<B: Publisher + Subscriber + 'static>(bus: Arc<B>, seed: u64) {
-    let Some((sink, cleanup)) = fresh_sink(Backend::Redis).await else { return };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_kafka_and_mongo_build_the_same_model_as_a_rebuild() {
+    let Some((bus, bus_cleanup)) = strata_store::testkit::kafka::bus().await else { return };
+    replicas_equal_a_rebuild(Backend::Mongo, Arc::new(bus), 27).await;
+    bus_cleanup.run().await;
+}
+
+/// Two projector replicas on `bus` and `backend` follow three sample
+/// traffics (seeds from `seed`) and end equal to a rebuild from the log.
+async fn replicas_equal_a_rebuild<B: Publisher + Subscriber + 'static>(backend: Backend, bus: Arc<B>, seed: u64) {
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
     let store = memory_store();
     let pipeline = Pipeline::start(store.clone(), bus.clone(), bus, &sink, orders::projections(), 2);
     for offset in 0..3 {
@@ -247,6 +264,11 @@ async fn a_poison_event_is_parked_with_the_rest_of_its_stream_in_memory() {
 #[tokio::test]
 async fn a_poison_event_is_parked_with_the_rest_of_its_stream_in_redis() {
     poison(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_parked_with_the_rest_of_its_stream_in_mongo() {
+    poison(Backend::Mongo).await;
 }
 
 /// Orders, but stopping on a poison event.

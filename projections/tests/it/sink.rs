@@ -1,5 +1,5 @@
-//! The sink conformance suite: every case runs on the memory sink and on
-//! Redis, and Redis models are compared with memory ones.
+//! The sink conformance suite: every case runs on the memory sink, on Redis
+//! and on MongoDB, and their models are compared with memory ones.
 
 use std::sync::Arc;
 
@@ -26,6 +26,12 @@ macro_rules! on_every_sink {
             $(#[tokio::test]
             async fn $case() {
                 super::$case(crate::support::Backend::Redis).await;
+            })*
+        }
+        mod mongo {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(crate::support::Backend::Mongo).await;
             })*
         }
     };

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use strata_projections::orders::sample::{sample, SampleConfig};
 use strata_projections::sink::{Dump, Target};
-use strata_projections::{MemorySink, Projection, ProjectionRunner, ReadModelSink, RedisSink, RedisSinkConfig, RunnerConfig};
+use strata_projections::{
+    MemorySink, MongoSink, MongoSinkConfig, Projection, ProjectionRunner, ReadModelSink, RedisSink, RedisSinkConfig, RunnerConfig,
+};
 use strata_schemas::catalog;
 use strata_store::testkit::{report_unreachable, service_url};
 use strata_store::{EventReader, EventStore, MemoryEventStore, ReadAll, RecordedEvent, StreamAppend};
@@ -40,6 +42,25 @@ pub async fn read_log(store: &dyn EventReader) -> Vec<RecordedEvent> {
 pub enum Backend {
     Memory,
     Redis,
+    Mongo,
+}
+
+/// A Mongo sink on a database of its own (dropped by the cleanup); `None`
+/// (loudly) when the server is down outside CI.
+pub async fn fresh_mongo() -> Option<(Arc<MongoSink>, Cleanup)> {
+    use strata_store::testkit::mongo;
+    let url = mongo::url(&mongo::fresh_database());
+    match MongoSink::connect(MongoSinkConfig::new(url.clone())).await {
+        Ok(sink) => {
+            let sink = Arc::new(sink);
+            let teardown = sink.clone();
+            Some((sink, Cleanup::new(move || async move { teardown.drop_database().await.expect("drop the test database") })))
+        }
+        Err(err) => {
+            report_unreachable("MongoDB", &url, mongo::HOW_TO_START, &err);
+            None
+        }
+    }
 }
 
 /// A fresh, empty sink of `backend` (Redis: its own key prefix, deleted by
@@ -63,6 +84,10 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
                     None
                 }
             }
+        }
+        Backend::Mongo => {
+            let (sink, cleanup) = fresh_mongo().await?;
+            Some((sink, cleanup))
         }
     }
 }
@@ -159,6 +184,16 @@ pub async fn fresh_wipeable_sink(backend: Backend) -> Option<(Arc<dyn ReadModelS
                     None
                 }
             }
+        }
+        Backend::Mongo => {
+            // Dropping the database is what a new, empty server looks like.
+            let (sink, cleanup) = fresh_mongo().await?;
+            let wiped = sink.clone();
+            let wipe: Wipe = Arc::new(move || {
+                let wiped = wiped.clone();
+                Box::pin(async move { wiped.drop_database().await.expect("wipe the test database") })
+            });
+            Some((sink, wipe, cleanup))
         }
     }
 }

@@ -39,6 +39,12 @@ macro_rules! on_every_sink {
                 super::$case(crate::support::Backend::Redis).await;
             })*
         }
+        mod mongo {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$case(crate::support::Backend::Mongo).await;
+            })*
+        }
     };
 }
 

@@ -1,0 +1,1162 @@
+//! [`MongoSink`]: read models in MongoDB (feature `mongo`).
+//!
+//! # Layout
+//! One database (the URL's path, default `strata`). One control collection
+//! and one collection per projection generation:
+//!
+//! | collection | `_id` | holds |
+//! |---|---|---|
+//! | `strata_projections` | projection name | `live`, `next`, `rebuilding` (numbers) and the operator state in `m` (paused, state, lastError, rate, losses) |
+//! | `strata_<projection>_g<N>` | `#gen` | the generation's marker: `state` (`reserved`, `rebuilding`, `live`, `retired`), `seq` (commits), `position`, `events`, `dead` |
+//! | | `d:<key>` | a read-model document, its fields in `f` |
+//! | | `i:<len>:<index>:<member>` | an index entry: `ix` (index), `m` (member), `s` (score); the sink creates the index `{ix: 1, s: 1, m: 1}` that pages walk |
+//! | | `s:<stream>` | a stream's applied version `v`, and `p`, the version it is parked from |
+//! | | `x:<position>:<event id>` | a dead letter |
+//! | | `c:<seq mod 1024>` | what commit `seq` changed (for waiting readers) |
+//!
+//! Field names are stored with `%`, `.`, `$` and NUL escaped as `%25`, `%2E`,
+//! `%24`, `%00`, at every depth, so any JSON object is a valid document.
+//! Integers are stored as 64-bit integers, other numbers as doubles (an
+//! unsigned integer above `i64::MAX` becomes a double).
+//!
+//! # Atomicity
+//! A commit is one multi-document transaction (MongoDB needs a replica set
+//! for that; a single node can be a one-member replica set): it reads the
+//! generation's marker and the batch's stream versions, checks every guard,
+//! then sends every write of the batch (documents, index entries, stream
+//! versions, dead letters, the marker's counters, the change entry) as one
+//! unordered `update` command, plus one `delete` command when the batch
+//! removes something, and commits. A batch's writes are first folded per
+//! document (the last value of each field, the greatest of each `SetMax`, a
+//! delete followed by sets as a replacement), so their order within the
+//! command does not matter; a rebuild's batches go through the same path.
+//! Two commits to one generation write its marker, so MongoDB lets one
+//! through and aborts the other with a transient error, which is retried; a
+//! switch writes the old generation's marker too, so a commit planned against
+//! the old generation either lands before the switch or finds it retired. A
+//! refused commit (guard, retired, lost) ends its transaction with a commit
+//! of nothing, never an abort. Commits from one process take turns (one
+//! transaction at a time per sink), which MongoDB would impose per
+//! projection anyway.
+//!
+//! Queries (a document, an index page) read the live pointer and the
+//! generation through one snapshot session, so a reader sees one commit of
+//! one generation, never half of two.
+//!
+//! # Changes
+//! MongoDB change streams are not used (a MongoDB-compatible server may lack
+//! them, and they need a connection per watcher). Each commit to a live
+//! generation writes what it moved into slot `c:<seq mod 1024>` of the
+//! generation; [`ReadModelSink::changes`] polls every projection's live
+//! generation every 25 ms for new commit numbers and reads their slots (one
+//! poller per process, shared by every waiting reader). A generation switch,
+//! or a gap longer than the ring, is reported as "everything".
+//!
+//! # What it does not use
+//! No change streams, no `$addToSet`, no `$project` of `_id`, no aggregation:
+//! finds, `update` and `delete` commands, `$set`, `$max`, `$min`, `$inc`,
+//! `$setOnInsert` and `$unset` only, so MongoDB-compatible servers that lack
+//! those work too.
+//!
+//! # Loss
+//! A missing `#gen` marker (a dropped database or collection, a new server)
+//! is a lost generation, as on Redis: [`ReadModelSink::live_generation`]
+//! answers `None` and commits answer [`Committed::Lost`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Document as BsonDocument};
+use mongodb::error::{Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
+use serde_json::{Map, Number, Value};
+use strata_store::Position;
+
+use super::{
+    Batch, Change, ChangeFeed, Committed, DeadLetter, Dump, GenerationStats, IndexEntry, Loaded, Meta, MetaField, ReadModelSink, SinkError,
+    Target,
+};
+use crate::projection::{Document, Write};
+
+/// Where the Mongo sink connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoSinkConfig {
+    /// `mongodb://host:27017/DB[?replicaSet=rs0]`.
+    pub url: String,
+    /// The database; `None`: the URL's path, else `strata`.
+    pub database: Option<String>,
+}
+
+impl MongoSinkConfig {
+    /// The database named in the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), database: None }
+    }
+}
+
+/// Read models in MongoDB.
+pub struct MongoSink {
+    client: Client,
+    database: Database,
+    projections: Collection<BsonDocument>,
+    /// One transaction at a time from this process (see "Atomicity").
+    transactions: tokio::sync::Mutex<()>,
+    /// Whether the server takes snapshot sessions for queries.
+    snapshots: bool,
+}
+
+impl std::fmt::Debug for MongoSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoSink").field("database", &self.database.name()).finish_non_exhaustive()
+    }
+}
+
+/// Slots of the change ring per generation.
+const CHANGE_SLOTS: u64 = 1_024;
+/// How often the change feed looks for commits.
+const CHANGE_POLL: Duration = Duration::from_millis(25);
+/// Transient transaction errors retried before a commit gives up.
+const TRANSACTION_ATTEMPTS: u32 = 20;
+/// Largest `update` command sent at once (MongoDB's limit is 16 MiB).
+const COMMAND_BYTES: usize = 8 << 20;
+
+const LIVE: &str = "live";
+const REBUILDING: &str = "rebuilding";
+const RESERVED: &str = "reserved";
+const RETIRED: &str = "retired";
+
+fn backend(context: &'static str) -> impl FnOnce(MongoError) -> SinkError {
+    move |e| SinkError::backend(context, e)
+}
+
+fn malformed(key: impl Into<String>, reason: impl Into<String>) -> SinkError {
+    SinkError::Malformed { key: key.into(), reason: reason.into() }
+}
+
+impl MongoSink {
+    /// Connects (and checks the connection with a ping).
+    pub async fn connect(config: MongoSinkConfig) -> Result<Self, SinkError> {
+        let mut options = ClientOptions::parse(&config.url).await.map_err(backend("parsing the mongodb url"))?;
+        options.app_name.get_or_insert_with(|| "strata".to_owned());
+        options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+        options.connect_timeout.get_or_insert(Duration::from_secs(5));
+        let name = config.database.clone().or_else(|| options.default_database.clone()).unwrap_or_else(|| "strata".to_owned());
+        let client = Client::with_options(options).map_err(backend("configuring the mongodb client"))?;
+        let database = client.database(&name);
+        let projections = database.collection("strata_projections");
+        let mut sink = Self { client, database, projections, transactions: tokio::sync::Mutex::new(()), snapshots: false };
+        sink.ping().await?;
+        sink.snapshots = sink.snapshot_reads_work().await;
+        if !sink.snapshots {
+            tracing::warn!("the MongoDB server refuses snapshot sessions: a query may read two commits of a generation (MongoDB 5.0+ replica sets take them)");
+        }
+        Ok(sink)
+    }
+
+    async fn snapshot_reads_work(&self) -> bool {
+        let Ok(mut session) = self.client.start_session().snapshot(true).await else { return false };
+        self.projections.find_one(doc! { "_id": "#probe" }).session(&mut session).await.is_ok()
+    }
+
+    /// The database this sink uses.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Drops the whole database (scratch databases of tests and benches).
+    pub async fn drop_database(&self) -> Result<(), SinkError> {
+        self.database.drop().await.map_err(backend("dropping the database"))
+    }
+
+    /// The collection of one generation: `strata_<projection>_g<N>`.
+    pub fn generation_collection(&self, target: &Target) -> Collection<BsonDocument> {
+        self.database.collection(&collection_name(&target.projection, target.generation))
+    }
+
+    fn generation(&self, projection: &str, generation: u64) -> Collection<BsonDocument> {
+        self.database.collection(&collection_name(projection, generation))
+    }
+
+    async fn session(&self, snapshot: bool) -> Result<ClientSession, SinkError> {
+        let start = self.client.start_session();
+        let start = if snapshot && self.snapshots { start.snapshot(true) } else { start };
+        start.await.map_err(backend("starting a session"))
+    }
+
+    async fn projection_doc(&self, projection: &str, session: Option<&mut ClientSession>) -> Result<Option<BsonDocument>, SinkError> {
+        let find = self.projections.find_one(doc! { "_id": projection });
+        let found = match session {
+            Some(session) => find.session(session).await,
+            None => find.await,
+        };
+        found.map_err(backend("reading the projection's pointer"))
+    }
+
+    /// Runs `work` in a transaction, retrying transient failures (write
+    /// conflicts) and commits whose outcome is unknown.
+    async fn transaction<T, F>(&self, context: &'static str, mut work: F) -> Result<T, SinkError>
+    where
+        F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>>,
+    {
+        let _turn = self.transactions.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut session = self.session(false).await?;
+            session.start_transaction().await.map_err(backend(context))?;
+            let outcome = match work(&mut session).await {
+                Ok(value) => commit_transaction(&mut session).await.map(|()| value),
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    Err(e)
+                }
+            };
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempt < TRANSACTION_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) * 5)).await;
+                }
+                Err(e) => return Err(SinkError::backend(context, e)),
+            }
+        }
+    }
+
+    async fn ensure_query_index(&self, projection: &str, generation: u64) -> Result<(), SinkError> {
+        let model = IndexModel::builder().keys(doc! { "ix": 1, "s": 1, "m": 1 }).build();
+        self.generation(projection, generation).create_index(model).await.map_err(backend("creating the index of index entries"))?;
+        Ok(())
+    }
+
+    async fn poll_changes(&self, known: &mut HashMap<String, (u64, u64)>, out: &mut Vec<Change>) -> Result<(), SinkError> {
+        let pointers: Vec<BsonDocument> = self
+            .projections
+            .find(doc! { "live": { "$exists": true } })
+            .await
+            .map_err(backend("polling changes"))?
+            .try_collect()
+            .await
+            .map_err(backend("polling changes"))?;
+        let mut everything = false;
+        for pointer in pointers {
+            let (Ok(projection), Some(live)) = (pointer.get_str("_id"), number(pointer.get("live"))) else { continue };
+            let collection = self.generation(projection, live);
+            let Some(marker) = collection.find_one(doc! { "_id": "#gen" }).await.map_err(backend("polling changes"))? else { continue };
+            let seq = number(marker.get("seq")).unwrap_or(0);
+            let last = match known.get(projection) {
+                Some(&(generation, last)) if generation == live && last <= seq => last,
+                _ => {
+                    everything = true;
+                    known.insert(projection.to_owned(), (live, seq));
+                    continue;
+                }
+            };
+            if seq == last {
+                continue;
+            }
+            if seq - last > CHANGE_SLOTS / 2 {
+                everything = true;
+                known.insert(projection.to_owned(), (live, seq));
+                continue;
+            }
+            let slots: Vec<Bson> = (last + 1..=seq).map(|n| Bson::String(change_id(n))).collect();
+            let mut entries: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            let mut cursor = collection.find(doc! { "_id": { "$in": slots } }).await.map_err(backend("polling changes"))?;
+            while let Some(entry) = cursor.try_next().await.map_err(backend("polling changes"))? {
+                let Some(n) = number(entry.get("seq")) else { continue };
+                let keys = entry
+                    .get_array("keys")
+                    .map(|keys| keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                entries.insert(n, keys);
+            }
+            if (last + 1..=seq).any(|n| !entries.contains_key(&n)) {
+                everything = true;
+            } else {
+                out.extend(entries.into_values().map(|keys| Change::Applied { projection: projection.to_owned(), keys }));
+            }
+            known.insert(projection.to_owned(), (live, seq));
+        }
+        if everything {
+            out.clear();
+            out.push(Change::Everything);
+        }
+        Ok(())
+    }
+}
+
+/// A transaction's first operation: a write to the document it is about
+/// (`tries` counts them), so that concurrent transactions on it conflict at
+/// once rather than at their end, and so that servers that begin a
+/// transaction only with its first write (nx-27017 ignores `startTransaction`
+/// on a find) really begin it before the reads.
+async fn claim(collection: &Collection<BsonDocument>, id: &str, create: bool, session: &mut ClientSession) -> Result<(), MongoError> {
+    collection.update_one(doc! { "_id": id }, doc! { "$inc": { "tries": 1_i64 } }).upsert(create).session(session).await?;
+    Ok(())
+}
+
+async fn commit_transaction(session: &mut ClientSession) -> Result<(), MongoError> {
+    loop {
+        match session.commit_transaction().await {
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `strata_<projection>_g<N>`
+fn collection_name(projection: &str, generation: u64) -> String {
+    format!("strata_{projection}_g{generation}")
+}
+
+fn change_id(seq: u64) -> String {
+    format!("c:{}", seq % CHANGE_SLOTS)
+}
+
+fn document_id(key: &str) -> String {
+    format!("d:{key}")
+}
+
+fn stream_id(stream: &str) -> String {
+    format!("s:{stream}")
+}
+
+fn entry_id(index: &str, member: &str) -> String {
+    format!("i:{}:{index}:{member}", index.len())
+}
+
+fn dead_id(letter: &DeadLetter) -> String {
+    format!("x:{:020}:{}", letter.position, letter.event_id)
+}
+
+/// A stored number as `u64` (integers of any width, or whole doubles).
+fn number(value: Option<&Bson>) -> Option<u64> {
+    match value? {
+        Bson::Int32(n) => u64::try_from(*n).ok(),
+        Bson::Int64(n) => u64::try_from(*n).ok(),
+        Bson::Double(n) if n.fract() == 0.0 && *n >= 0.0 => Some(*n as u64),
+        _ => None,
+    }
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Escapes a field name so that MongoDB takes it as one plain name.
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '.' => out.push_str("%2E"),
+            '$' => out.push_str("%24"),
+            '\0' => out.push_str("%00"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn unescape(name: &str) -> String {
+    if !name.contains('%') {
+        return name.to_owned();
+    }
+    name.replace("%2E", ".").replace("%24", "$").replace("%00", "\0").replace("%25", "%")
+}
+
+/// JSON to BSON (see "Layout" for numbers and names).
+fn to_bson(value: &Value) -> Bson {
+    match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Bson::Int64(i),
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(items) => Bson::Array(items.iter().map(to_bson).collect()),
+        Value::Object(fields) => Bson::Document(fields.iter().map(|(k, v)| (escape(k), to_bson(v))).collect()),
+    }
+}
+
+fn to_json(value: &Bson) -> Value {
+    match value {
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Boolean(b) => Value::Bool(*b),
+        Bson::Int32(i) => Value::from(*i),
+        Bson::Int64(i) => Value::from(*i),
+        Bson::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Bson::String(s) => Value::String(s.clone()),
+        Bson::Array(items) => Value::Array(items.iter().map(to_json).collect()),
+        Bson::Document(fields) => Value::Object(fields.iter().map(|(k, v)| (unescape(k), to_json(v))).collect::<Map<_, _>>()),
+        other => other.clone().into_relaxed_extjson(),
+    }
+}
+
+/// A stored read-model document (`None` without fields, as on Redis).
+fn parse_document(stored: &BsonDocument) -> Option<Document> {
+    let fields = stored.get_document("f").ok()?;
+    if fields.is_empty() {
+        return None;
+    }
+    Some(fields.iter().map(|(k, v)| (unescape(k), to_json(v))).collect())
+}
+
+/// What a batch does to one document, its writes folded.
+#[derive(Default)]
+struct Folded {
+    /// A delete came first: the stored fields go.
+    replace: bool,
+    set: BTreeMap<String, Value>,
+    max: BTreeMap<String, i64>,
+}
+
+impl Folded {
+    fn apply(&mut self, write: &Write) {
+        match write {
+            Write::SetField { field, value, .. } => {
+                self.max.remove(field);
+                self.set.insert(field.clone(), value.clone());
+            }
+            Write::SetMax { field, value, .. } => match self.set.get(field) {
+                // Set earlier in this batch: decide here, as the memory sink does.
+                Some(current) => {
+                    if current.as_i64().is_none_or(|current| *value > current) {
+                        self.set.insert(field.clone(), Value::from(*value));
+                    }
+                }
+                None if self.replace => {
+                    self.set.insert(field.clone(), Value::from(*value));
+                }
+                None => {
+                    let max = self.max.entry(field.clone()).or_insert(*value);
+                    *max = (*max).max(*value);
+                }
+            },
+            Write::DeleteDocument { .. } => {
+                *self = Folded { replace: true, ..Folded::default() };
+            }
+            Write::IndexAdd { .. } | Write::IndexRemove { .. } => {}
+        }
+    }
+}
+
+/// The writes of one commit as `update` statements and `delete` ids.
+#[derive(Default)]
+struct Statements {
+    updates: Vec<BsonDocument>,
+    deletes: Vec<String>,
+}
+
+impl Statements {
+    fn upsert(&mut self, id: String, update: impl Into<Bson>) {
+        self.updates.push(doc! { "q": { "_id": id }, "u": update.into(), "upsert": true });
+    }
+
+    /// Folds `writes`; `existing` holds the documents with a `SetMax` that
+    /// exist already (a `$max` is sent only to those: nx-27017 mis-applies
+    /// `$max` on a dotted path when an upsert inserts).
+    fn fold(&mut self, writes: &[Write], existing: &HashSet<String>) {
+        let mut documents: Vec<(&str, Folded)> = Vec::new();
+        let mut positions: HashMap<&str, usize> = HashMap::new();
+        let mut entries: Vec<((&str, &str), Option<i64>)> = Vec::new();
+        let mut entry_positions: HashMap<(&str, &str), usize> = HashMap::new();
+        for write in writes {
+            match write {
+                Write::SetField { key, .. } | Write::SetMax { key, .. } | Write::DeleteDocument { key } => {
+                    let at = *positions.entry(key).or_insert_with(|| {
+                        documents.push((key, Folded::default()));
+                        documents.len() - 1
+                    });
+                    documents[at].1.apply(write);
+                }
+                Write::IndexAdd { index, score, member } => {
+                    let at = *entry_positions.entry((index, member)).or_insert_with(|| {
+                        entries.push(((index, member), None));
+                        entries.len() - 1
+                    });
+                    entries[at].1 = Some(*score);
+                }
+                Write::IndexRemove { index, member } => {
+                    let at = *entry_positions.entry((index, member)).or_insert_with(|| {
+                        entries.push(((index, member), None));
+                        entries.len() - 1
+                    });
+                    entries[at].1 = None;
+                }
+            }
+        }
+        for (key, folded) in documents {
+            let id = document_id(key);
+            if folded.replace {
+                if folded.set.is_empty() && folded.max.is_empty() {
+                    self.deletes.push(id);
+                } else {
+                    let fields: BsonDocument = folded
+                        .set
+                        .iter()
+                        .map(|(field, value)| (escape(field), to_bson(value)))
+                        .chain(folded.max.iter().map(|(field, value)| (escape(field), Bson::Int64(*value))))
+                        .collect();
+                    self.upsert(id.clone(), doc! { "_id": id, "f": fields });
+                }
+                continue;
+            }
+            let mut set: BsonDocument = folded.set.iter().map(|(field, value)| (format!("f.{}", escape(field)), to_bson(value))).collect();
+            let mut update = BsonDocument::new();
+            if !folded.max.is_empty() && existing.contains(&id) {
+                let max: BsonDocument =
+                    folded.max.iter().map(|(field, value)| (format!("f.{}", escape(field)), Bson::Int64(*value))).collect();
+                update.insert("$max", max);
+            } else {
+                // A new document: its greatest value is the value.
+                set.extend(folded.max.iter().map(|(field, value)| (format!("f.{}", escape(field)), Bson::Int64(*value))));
+            }
+            if !set.is_empty() {
+                update.insert("$set", set);
+            }
+            self.upsert(id, update);
+        }
+        for ((index, member), score) in entries {
+            let id = entry_id(index, member);
+            match score {
+                Some(score) => self.upsert(id, doc! { "$set": { "ix": index, "m": member, "s": score } }),
+                None => self.deletes.push(id),
+            }
+        }
+    }
+}
+
+/// Sends `updates` as unordered `update` commands of at most
+/// [`COMMAND_BYTES`] each; any write error fails the whole.
+async fn run_updates(
+    database: &Database,
+    collection: &str,
+    updates: Vec<BsonDocument>,
+    session: &mut ClientSession,
+) -> Result<(), MongoError> {
+    let mut chunk: Vec<Bson> = Vec::new();
+    let mut bytes = 0;
+    let mut pending = updates.into_iter().peekable();
+    while let Some(update) = pending.next() {
+        let mut raw = Vec::new();
+        bytes += update.to_writer(&mut raw).map_or(0, |()| raw.len());
+        chunk.push(Bson::Document(update));
+        if bytes >= COMMAND_BYTES || chunk.len() >= 50_000 || pending.peek().is_none() {
+            let command = doc! { "update": collection, "updates": std::mem::take(&mut chunk), "ordered": false };
+            check_write_reply(database.run_command(command).session(&mut *session).await?)?;
+            bytes = 0;
+        }
+    }
+    Ok(())
+}
+
+async fn run_deletes(database: &Database, collection: &str, ids: Vec<String>, session: &mut ClientSession) -> Result<(), MongoError> {
+    for ids in ids.chunks(50_000) {
+        let deletes: Vec<Bson> = ids.iter().map(|id| Bson::Document(doc! { "q": { "_id": id }, "limit": 1 })).collect();
+        let command = doc! { "delete": collection, "deletes": deletes, "ordered": false };
+        check_write_reply(database.run_command(command).session(&mut *session).await?)?;
+    }
+    Ok(())
+}
+
+/// A dead letter as stored: its JSON fields.
+fn dead_letter_document(letter: &DeadLetter) -> Bson {
+    to_bson(&serde_json::to_value(letter).unwrap_or_default())
+}
+
+/// `update`/`delete` answer `ok: 1` with `writeErrors` when statements fail.
+fn check_write_reply(reply: BsonDocument) -> Result<(), MongoError> {
+    match reply.get_array("writeErrors") {
+        Ok(errors) if !errors.is_empty() => {
+            let first = errors[0].as_document().cloned().unwrap_or_default();
+            let message = format!("{} write error(s), first: {}", errors.len(), first);
+            Err(MongoError::custom(message))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What a commit found and decided inside its transaction.
+enum Outcome {
+    Refused(Committed),
+    Done,
+}
+
+#[async_trait]
+impl ReadModelSink for MongoSink {
+    fn backend_name(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        self.database.run_command(doc! { "ping": 1 }).await.map_err(backend("pinging mongodb"))?;
+        Ok(())
+    }
+
+    async fn live_generation(&self, projection: &str) -> Result<Option<u64>, SinkError> {
+        let Some(pointer) = self.projection_doc(projection, None).await? else { return Ok(None) };
+        let Some(live) = number(pointer.get("live")) else { return Ok(None) };
+        let marker =
+            self.generation(projection, live).find_one(doc! { "_id": "#gen" }).await.map_err(backend("reading a generation marker"))?;
+        Ok(marker.map(|_| live))
+    }
+
+    async fn new_generation(&self, projection: &str) -> Result<u64, SinkError> {
+        loop {
+            let pointer = self.projection_doc(projection, None).await?.unwrap_or_default();
+            let next = number(pointer.get("next"));
+            let generation = next.unwrap_or(0).max(number(pointer.get("live")).unwrap_or(0)) + 1;
+            // Compare-and-set on `next`, so concurrent callers get distinct numbers.
+            let reserved = match (pointer.is_empty(), next) {
+                (true, _) => match self.projections.insert_one(doc! { "_id": projection, "next": signed(generation) }).await {
+                    Ok(_) => true,
+                    Err(e) if is_duplicate_key(&e) => false,
+                    Err(e) => return Err(SinkError::backend("reserving a generation", e)),
+                },
+                (false, next) => {
+                    let filter = match next {
+                        Some(next) => doc! { "_id": projection, "next": signed(next) },
+                        None => doc! { "_id": projection, "next": { "$exists": false } },
+                    };
+                    let update = self.projections.update_one(filter, doc! { "$set": { "next": signed(generation) } }).await;
+                    update.map_err(backend("reserving a generation"))?.matched_count == 1
+                }
+            };
+            if !reserved {
+                continue;
+            }
+            let marker = doc! { "_id": "#gen", "state": RESERVED, "seq": 0_i64, "position": 0_i64, "events": 0_i64, "dead": 0_i64 };
+            self.generation(projection, generation).insert_one(marker).await.map_err(backend("writing a generation marker"))?;
+            self.ensure_query_index(projection, generation).await?;
+            return Ok(generation);
+        }
+    }
+
+    async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
+        let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
+        self.transaction("switching the live generation", move |session| {
+            let (projections, database, name) = (projections.clone(), database.clone(), name.clone());
+            Box::pin(async move {
+                claim(&projections, &name, false, session).await?;
+                let Some(pointer) = projections.find_one(doc! { "_id": &name }).session(&mut *session).await? else { return Ok(false) };
+                if number(pointer.get("rebuilding")) != Some(generation) {
+                    return Ok(false);
+                }
+                let next = database.collection::<BsonDocument>(&collection_name(&name, generation));
+                let moved = next.update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": LIVE } }).session(&mut *session).await?;
+                if moved.matched_count == 0 {
+                    return Ok(false);
+                }
+                if let Some(old) = number(pointer.get("live")).filter(|old| *old != generation) {
+                    let old = database.collection::<BsonDocument>(&collection_name(&name, old));
+                    old.update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": RETIRED } }).session(&mut *session).await?;
+                }
+                projections
+                    .update_one(doc! { "_id": &name }, doc! { "$set": { "live": signed(generation) }, "$unset": { "rebuilding": "" } })
+                    .session(&mut *session)
+                    .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
+        let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
+        let live = self
+            .transaction("initialising the live generation", move |session| {
+                let (projections, database, name) = (projections.clone(), database.clone(), name.clone());
+                Box::pin(async move {
+                    claim(&projections, &name, true, session).await?;
+                    let pointer = projections.find_one(doc! { "_id": &name }).session(&mut *session).await?;
+                    if let Some(live) = pointer.as_ref().and_then(|p| number(p.get("live"))) {
+                        return Ok(live);
+                    }
+                    let next = pointer.as_ref().and_then(|p| number(p.get("next"))).unwrap_or(0).max(generation);
+                    projections
+                        .update_one(doc! { "_id": &name }, doc! { "$set": { "live": signed(generation), "next": signed(next) } })
+                        .upsert(true)
+                        .session(&mut *session)
+                        .await?;
+                    let marker = database.collection::<BsonDocument>(&collection_name(&name, generation));
+                    let counters = doc! { "seq": 0_i64, "position": 0_i64, "events": 0_i64, "dead": 0_i64 };
+                    marker
+                        .update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": LIVE }, "$setOnInsert": counters })
+                        .upsert(true)
+                        .session(&mut *session)
+                        .await?;
+                    Ok(generation)
+                })
+            })
+            .await?;
+        if live == generation {
+            self.ensure_query_index(projection, generation).await?;
+        }
+        Ok(live)
+    }
+
+    async fn drop_generation(&self, target: &Target) -> Result<(), SinkError> {
+        let pointer = self.projection_doc(&target.projection, None).await?;
+        if pointer.as_ref().and_then(|p| number(p.get("live"))) == Some(target.generation) {
+            return Ok(());
+        }
+        self.generation_collection(target).drop().await.map_err(backend("dropping a generation"))
+    }
+
+    async fn load(&self, target: &Target, streams: &[String], documents: &[String]) -> Result<Loaded, SinkError> {
+        if streams.is_empty() && documents.is_empty() {
+            return Ok(Loaded::default());
+        }
+        let ids: Vec<String> = streams.iter().map(|s| stream_id(s)).chain(documents.iter().map(|d| document_id(d))).collect();
+        let mut found: HashMap<String, BsonDocument> = HashMap::with_capacity(ids.len());
+        let mut cursor = self
+            .generation_collection(target)
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(backend("loading stream versions and documents"))?;
+        while let Some(stored) = cursor.try_next().await.map_err(backend("loading stream versions and documents"))? {
+            if let Ok(id) = stored.get_str("_id") {
+                found.insert(id.to_owned(), stored.clone());
+            }
+        }
+        let mut loaded = Loaded::default();
+        for stream in streams {
+            let stored = found.get(&stream_id(stream));
+            loaded.stream_versions.push(stored.and_then(|s| number(s.get("v"))).unwrap_or(0));
+            loaded.parked_from.push(stored.and_then(|s| number(s.get("p"))));
+        }
+        for key in documents {
+            loaded.documents.push(found.get(&document_id(key)).and_then(parse_document));
+        }
+        Ok(loaded)
+    }
+
+    async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError> {
+        let collection = collection_name(&target.projection, target.generation);
+        // Documents that take a `$max`: whether they exist is read in the transaction.
+        let max_documents: Vec<String> = batch
+            .writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::SetMax { key, .. } => Some(document_id(key)),
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let writes = std::sync::Arc::new(batch.writes.clone());
+        let change = Change::of(&target.projection, batch);
+        let (database, projections, generation, projection) =
+            (self.database.clone(), self.projections.clone(), target.generation, target.projection.clone());
+        // What the transaction needs of the batch, owned: it may run again.
+        let batch = std::sync::Arc::new(Batch {
+            guards: batch.guards.clone(),
+            writes: Vec::new(),
+            dead_letters: batch.dead_letters.clone(),
+            position: batch.position,
+            events: batch.events,
+        });
+        let outcome = self
+            .transaction("committing a batch", move |session| {
+                let (database, projections, collection, projection) = (database.clone(), projections.clone(), collection.clone(), projection.clone());
+                let (writes, max_documents, change, batch) = (writes.clone(), max_documents.clone(), change.clone(), batch.clone());
+                Box::pin(async move {
+                    let generation_docs = database.collection::<BsonDocument>(&collection);
+                    claim(&generation_docs, "#gen", false, session).await?;
+                    // One read: the marker, every guarded stream, every dead letter.
+                    let mut ids: Vec<String> = vec!["#gen".to_owned()];
+                    ids.extend(batch.guards.iter().map(|g| stream_id(&g.stream_id)));
+                    ids.extend(batch.dead_letters.iter().map(dead_id));
+                    ids.extend(max_documents.iter().cloned());
+                    let mut found: HashMap<String, BsonDocument> = HashMap::new();
+                    let mut cursor = generation_docs.find(doc! { "_id": { "$in": ids } }).session(&mut *session).await?;
+                    let mut stream = cursor.stream(&mut *session);
+                    while let Some(stored) = stream.next().await {
+                        let stored = stored?;
+                        if let Ok(id) = stored.get_str("_id") {
+                            found.insert(id.to_owned(), stored.clone());
+                        }
+                    }
+                    drop(stream);
+                    let Some(marker) = found.get("#gen") else {
+                        // Gone: dropped after a switch (retired), or lost.
+                        let pointer = projections.find_one(doc! { "_id": &projection }).session(&mut *session).await?;
+                        let live = pointer.as_ref().and_then(|p| number(p.get("live")));
+                        let rebuilding = pointer.as_ref().and_then(|p| number(p.get("rebuilding")));
+                        let refused = match live {
+                            Some(live) if live != generation && rebuilding != Some(generation) => Committed::Retired,
+                            _ => Committed::Lost,
+                        };
+                        return Ok(Outcome::Refused(refused));
+                    };
+                    let state = marker.get_str("state").unwrap_or(RESERVED).to_owned();
+                    let seq = number(marker.get("seq")).unwrap_or(0) + 1;
+                    if state != LIVE && state != REBUILDING {
+                        return Ok(Outcome::Refused(Committed::Retired));
+                    }
+                    for guard in &batch.guards {
+                        let Some(expected) = guard.expected else { continue };
+                        let actual = found.get(&stream_id(&guard.stream_id)).and_then(|s| number(s.get("v"))).unwrap_or(0);
+                        if actual != expected {
+                            return Ok(Outcome::Refused(Committed::Conflict { stream_id: guard.stream_id.clone(), actual }));
+                        }
+                    }
+                    let existing: HashSet<String> = max_documents.iter().filter(|id| found.contains_key(*id)).cloned().collect();
+                    let mut statements = Statements::default();
+                    statements.fold(&writes, &existing);
+                    let Statements { mut updates, deletes } = statements;
+                    let mut parked: HashMap<&str, u64> = HashMap::new();
+                    for letter in &batch.dead_letters {
+                        let from = parked.entry(&letter.stream_id).or_insert(letter.stream_version);
+                        *from = (*from).min(letter.stream_version);
+                    }
+                    let mut guarded: HashSet<&str> = HashSet::new();
+                    for guard in &batch.guards {
+                        guarded.insert(&guard.stream_id);
+                        let mut update = doc! { "$set": { "v": signed(guard.reached) } };
+                        if let Some(from) = parked.get(guard.stream_id.as_str()) {
+                            update.insert("$min", doc! { "p": signed(*from) });
+                        }
+                        updates.push(doc! { "q": { "_id": stream_id(&guard.stream_id) }, "u": update, "upsert": true });
+                    }
+                    for (stream, from) in &parked {
+                        if !guarded.contains(stream) {
+                            updates.push(doc! { "q": { "_id": stream_id(stream) }, "u": { "$min": { "p": signed(*from) } }, "upsert": true });
+                        }
+                    }
+                    let mut new_dead = 0_i64;
+                    for letter in &batch.dead_letters {
+                        let id = dead_id(letter);
+                        if found.contains_key(&id) {
+                            continue;
+                        }
+                        new_dead += 1;
+                        updates.push(doc! { "q": { "_id": &id }, "u": { "$setOnInsert": dead_letter_document(letter) }, "upsert": true });
+                        found.insert(id, BsonDocument::new());
+                    }
+                    let position = signed(batch.position.0);
+                    updates.push(doc! {
+                        "q": { "_id": "#gen" },
+                        "u": { "$set": { "seq": signed(seq) }, "$inc": { "events": signed(batch.events), "dead": new_dead }, "$max": { "position": position } },
+                    });
+                    let live = state == LIVE;
+                    if live {
+                        let keys = match change {
+                            Change::Applied { keys, .. } => keys,
+                            Change::Everything => Vec::new(),
+                        };
+                        // Replacements name their `_id` (nx-27017 does not take it from the query).
+                        let id = change_id(seq);
+                        updates.push(doc! { "q": { "_id": &id }, "u": { "_id": &id, "seq": signed(seq), "keys": keys }, "upsert": true });
+                    }
+                    run_updates(&database, &collection, updates, session).await?;
+                    if !deletes.is_empty() {
+                        run_deletes(&database, &collection, deletes, session).await?;
+                    }
+                    Ok(Outcome::Done)
+                })
+            })
+            .await?;
+        Ok(match outcome {
+            Outcome::Refused(refused) => refused,
+            Outcome::Done => Committed::Done,
+        })
+    }
+
+    async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {
+        let mut session = self.session(true).await?;
+        let Some(pointer) = self.projection_doc(projection, Some(&mut session)).await? else { return Ok(None) };
+        let Some(live) = number(pointer.get("live")) else { return Ok(None) };
+        let id = document_id(key);
+        let mut cursor = self
+            .generation(projection, live)
+            .find(doc! { "_id": { "$in": ["#gen", &id] } })
+            .session(&mut session)
+            .await
+            .map_err(backend("reading a document"))?;
+        let (mut marker, mut document) = (false, None);
+        while let Some(stored) = cursor.next(&mut session).await {
+            let stored = stored.map_err(backend("reading a document"))?;
+            match stored.get_str("_id") {
+                Ok("#gen") => marker = true,
+                Ok(_) => document = parse_document(&stored),
+                Err(_) => {}
+            }
+        }
+        Ok(if marker { document } else { None })
+    }
+
+    async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError> {
+        let mut session = self.session(true).await?;
+        let Some(pointer) = self.projection_doc(projection, Some(&mut session)).await? else { return Ok(Vec::new()) };
+        let Some(live) = number(pointer.get("live")) else { return Ok(Vec::new()) };
+        let collection = self.generation(projection, live);
+        let marker = collection.find_one(doc! { "_id": "#gen" }).session(&mut session).await.map_err(backend("reading an index page"))?;
+        if marker.is_none() {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(after) => doc! { "ix": index, "s": { "$gt": after } },
+            None => doc! { "ix": index },
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut cursor = collection
+            .find(filter)
+            .sort(doc! { "s": 1, "m": 1 })
+            .limit(limit)
+            .session(&mut session)
+            .await
+            .map_err(backend("reading an index page"))?;
+        let mut entries: Vec<(i64, String)> = Vec::new();
+        while let Some(stored) = cursor.next(&mut session).await {
+            let stored = stored.map_err(backend("reading an index page"))?;
+            let member = stored.get_str("m").map_err(|e| malformed(format!("index {index}"), e.to_string()))?.to_owned();
+            let score = match stored.get("s") {
+                Some(Bson::Int64(s)) => *s,
+                Some(Bson::Int32(s)) => i64::from(*s),
+                Some(Bson::Double(s)) => *s as i64,
+                _ => return Err(malformed(format!("index {index} member {member}"), "score is not a number")),
+            };
+            entries.push((score, member));
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = entries.iter().map(|(_, member)| document_id(member)).collect();
+        let mut documents: HashMap<String, Document> = HashMap::new();
+        let mut cursor =
+            collection.find(doc! { "_id": { "$in": ids } }).session(&mut session).await.map_err(backend("reading an index page"))?;
+        while let Some(stored) = cursor.next(&mut session).await {
+            let stored = stored.map_err(backend("reading an index page"))?;
+            if let (Ok(id), Some(document)) = (stored.get_str("_id"), parse_document(&stored)) {
+                documents.insert(id[2..].to_owned(), document);
+            }
+        }
+        Ok(entries.into_iter().map(|(score, key)| IndexEntry { score, document: documents.remove(&key), key }).collect())
+    }
+
+    async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
+        let marker =
+            self.generation_collection(target).find_one(doc! { "_id": "#gen" }).await.map_err(backend("reading generation stats"))?;
+        let marker = marker.unwrap_or_default();
+        Ok(GenerationStats {
+            position: Position(number(marker.get("position")).unwrap_or(0)),
+            events: number(marker.get("events")).unwrap_or(0),
+            dead_letters: number(marker.get("dead")).unwrap_or(0),
+        })
+    }
+
+    async fn dead_letters(&self, target: &Target, limit: usize) -> Result<Vec<DeadLetter>, SinkError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let stored: Vec<BsonDocument> = self
+            .generation_collection(target)
+            .find(doc! { "_id": { "$gte": "x:", "$lt": "x;" } })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await
+            .map_err(backend("reading dead letters"))?
+            .try_collect()
+            .await
+            .map_err(backend("reading dead letters"))?;
+        stored
+            .into_iter()
+            .map(|mut letter| {
+                let id = letter.remove("_id").unwrap_or(Bson::Null);
+                serde_json::from_value(to_json(&Bson::Document(letter))).map_err(|e| malformed(format!("dead letter {id}"), e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn meta(&self, projection: &str) -> Result<Meta, SinkError> {
+        let pointer = self.projection_doc(projection, None).await?.unwrap_or_default();
+        let fields = pointer.get_document("m").cloned().unwrap_or_default();
+        let texts: Vec<(String, String)> = fields.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect();
+        let mut meta = Meta::from_fields(texts.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        meta.rebuilding = number(pointer.get("rebuilding"));
+        Ok(meta)
+    }
+
+    async fn set_meta(&self, projection: &str, field: MetaField, value: Option<String>) -> Result<(), SinkError> {
+        if field != MetaField::Rebuilding {
+            let path = format!("m.{}", field.as_str());
+            let update = match value {
+                Some(value) => doc! { "$set": { path: value } },
+                None => doc! { "$unset": { path: "" } },
+            };
+            self.projections
+                .update_one(doc! { "_id": projection }, update)
+                .upsert(true)
+                .await
+                .map_err(backend("writing projection state"))?;
+            return Ok(());
+        }
+        // The rebuilding mark decides which generation takes commits besides
+        // the live one: the pointer and the generations' states move together.
+        let generation = match value {
+            Some(value) => Some(value.parse::<u64>().map_err(|e| malformed("rebuilding", e.to_string()))?),
+            None => None,
+        };
+        let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
+        self.transaction("marking a rebuild", move |session| {
+            let (projections, database, name) = (projections.clone(), database.clone(), name.clone());
+            Box::pin(async move {
+                claim(&projections, &name, true, session).await?;
+                let pointer = projections.find_one(doc! { "_id": &name }).session(&mut *session).await?;
+                let previous = pointer.as_ref().and_then(|p| number(p.get("rebuilding")));
+                if let Some(previous) = previous.filter(|p| Some(*p) != generation) {
+                    let old = database.collection::<BsonDocument>(&collection_name(&name, previous));
+                    old.update_one(doc! { "_id": "#gen", "state": REBUILDING }, doc! { "$set": { "state": RESERVED } })
+                        .session(&mut *session)
+                        .await?;
+                }
+                let update = match generation {
+                    Some(generation) => {
+                        let next = database.collection::<BsonDocument>(&collection_name(&name, generation));
+                        next.update_one(doc! { "_id": "#gen", "state": RESERVED }, doc! { "$set": { "state": REBUILDING } })
+                            .session(&mut *session)
+                            .await?;
+                        doc! { "$set": { "rebuilding": signed(generation) } }
+                    }
+                    None => doc! { "$unset": { "rebuilding": "" } },
+                };
+                projections.update_one(doc! { "_id": &name }, update).upsert(true).session(&mut *session).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn changes(&self) -> Result<Option<ChangeFeed>, SinkError> {
+        struct Poll {
+            sink: MongoSink,
+            known: HashMap<String, (u64, u64)>,
+            pending: std::collections::VecDeque<Change>,
+            started: bool,
+            failing: bool,
+        }
+        // A client of its own (the pool is shared by clones), so dropping the
+        // feed ends its polling.
+        let sink = MongoSink {
+            client: self.client.clone(),
+            database: self.database.clone(),
+            projections: self.projections.clone(),
+            transactions: tokio::sync::Mutex::new(()),
+            snapshots: self.snapshots,
+        };
+        let state = Poll { sink, known: HashMap::new(), pending: Default::default(), started: false, failing: false };
+        let feed = futures_util::stream::unfold(state, |mut state| async move {
+            loop {
+                if let Some(change) = state.pending.pop_front() {
+                    return Some((change, state));
+                }
+                if state.started {
+                    tokio::time::sleep(if state.failing { Duration::from_millis(250) } else { CHANGE_POLL }).await;
+                }
+                let mut changes = Vec::new();
+                match state.sink.poll_changes(&mut state.known, &mut changes).await {
+                    Ok(()) => {
+                        if !state.started || state.failing {
+                            // Readers look once when the feed (re)starts.
+                            changes = vec![Change::Everything];
+                        }
+                        state.started = true;
+                        state.failing = false;
+                        state.pending.extend(changes);
+                    }
+                    Err(e) => {
+                        if !state.failing {
+                            tracing::warn!(error = %e, "mongodb change polling failed; readers fall back to their safety net until it answers");
+                        }
+                        state.started = true;
+                        state.failing = true;
+                    }
+                }
+            }
+        });
+        Ok(Some(Box::pin(feed)))
+    }
+
+    async fn dump(&self, target: &Target) -> Result<Dump, SinkError> {
+        let mut dump = Dump::default();
+        let mut cursor = self.generation_collection(target).find(doc! {}).await.map_err(backend("dumping a generation"))?;
+        while let Some(stored) = cursor.try_next().await.map_err(backend("dumping a generation"))? {
+            let Ok(id) = stored.get_str("_id") else { continue };
+            if let Some(key) = id.strip_prefix("d:") {
+                if let Some(document) = parse_document(&stored) {
+                    dump.documents.insert(key.to_owned(), document);
+                }
+            } else if id.starts_with("i:") {
+                let (Ok(index), Ok(member)) = (stored.get_str("ix"), stored.get_str("m")) else { continue };
+                let score = match stored.get("s") {
+                    Some(Bson::Int64(s)) => *s,
+                    Some(Bson::Int32(s)) => i64::from(*s),
+                    _ => continue,
+                };
+                dump.indexes.entry(index.to_owned()).or_default().push((score, member.to_owned()));
+            } else if let Some(stream) = id.strip_prefix("s:") {
+                if let Some(version) = number(stored.get("v")) {
+                    dump.stream_versions.insert(stream.to_owned(), version);
+                }
+            }
+        }
+        for entries in dump.indexes.values_mut() {
+            entries.sort();
+        }
+        Ok(dump)
+    }
+}
+
+fn is_duplicate_key(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == 11000,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn field_names_and_values_round_trip() {
+        let value = json!({"a.b": 1, "$x": [1, 2.5, null, "s", {"%": true, "n\u{0}ul": -3}], "plain": {"deep.er": "v"}});
+        assert_eq!(to_json(&to_bson(&value)), value);
+        assert_eq!(escape("a.b$c%d\0"), "a%2Eb%24c%25d%00");
+        assert_eq!(unescape(&escape("%2E.")), "%2E.");
+    }
+
+    #[test]
+    fn a_batch_folds_to_one_statement_per_document_and_entry() {
+        let writes = vec![
+            Write::SetField { key: "a".into(), field: "n".into(), value: json!(1) },
+            Write::SetMax { key: "a".into(), field: "at".into(), value: 5 },
+            Write::SetMax { key: "a".into(), field: "at".into(), value: 3 },
+            Write::SetField { key: "a".into(), field: "n".into(), value: json!(2) },
+            Write::DeleteDocument { key: "b".into() },
+            Write::SetMax { key: "b".into(), field: "at".into(), value: 1 },
+            Write::DeleteDocument { key: "c".into() },
+            Write::IndexAdd { index: "i".into(), score: 1, member: "a".into() },
+            Write::IndexRemove { index: "i".into(), member: "a".into() },
+            Write::IndexAdd { index: "i".into(), score: 2, member: "b".into() },
+            Write::IndexAdd { index: "i".into(), score: 3, member: "b".into() },
+        ];
+        let mut statements = Statements::default();
+        statements.fold(&writes, &HashSet::from(["d:a".to_owned()]));
+        assert_eq!(
+            statements.updates,
+            vec![
+                doc! { "q": { "_id": "d:a" }, "u": { "$max": { "f.at": 5_i64 }, "$set": { "f.n": 2_i64 } }, "upsert": true },
+                doc! { "q": { "_id": "d:b" }, "u": { "_id": "d:b", "f": { "at": 1_i64 } }, "upsert": true },
+                doc! { "q": { "_id": "i:1:i:b" }, "u": { "$set": { "ix": "i", "m": "b", "s": 3_i64 } }, "upsert": true },
+            ]
+        );
+        assert_eq!(statements.deletes, vec!["d:c".to_owned(), "i:1:i:a".to_owned()]);
+    }
+}
