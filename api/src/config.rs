@@ -145,7 +145,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The bus URL (`memory`, `nats://…` or `kafka://…`).
     pub bus: String,
-    /// The read-model URL (`memory` or `redis://…`).
+    /// The read-model URL (`memory`, `redis://…` or `mongodb://…`).
     pub read_model: String,
     /// What this process does.
     pub roles: Roles,
@@ -208,8 +208,10 @@ impl Settings {
             bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092");
         }
         let read_model = overrides.read_model.clone().or(file.read_model).unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned());
-        if read_model != "memory" && !read_model.starts_with("redis://") {
-            bail!("STRATA_READ_MODEL: unsupported read model {read_model:?}; expected memory or redis://HOST:6379");
+        if read_model != "memory" && !read_model.starts_with("redis://") && !read_model.starts_with("mongodb://") {
+            bail!(
+                "STRATA_READ_MODEL: unsupported read model {read_model:?}; expected memory, redis://HOST:6379 or mongodb://HOST:27017/DB"
+            );
         }
         let roles = overrides.roles.clone().or(file.roles).unwrap_or_else(|| DEFAULT_ROLES.to_owned());
         let roles = Roles::parse(&roles)?;
@@ -223,7 +225,7 @@ impl Settings {
             bail!("STRATA_ROLES: with STRATA_BUS=memory the saga and services roles must run in the same process (the bus is in-process); use nats://… or kafka://… to split them");
         }
         if read_model == "memory" && roles.api != roles.projector {
-            bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… to split them");
+            bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… or mongodb://… to split them");
         }
         // An embedded log wakes its subscribers (the relay) only in the
         // process that wrote: another process's commits would wait for the
@@ -336,12 +338,14 @@ mod tests {
         assert!(split.roles.relay && !split.roles.projector && !split.roles.api);
         let saga_apart = with("saga", "nats://127.0.0.1:4222", "memory").unwrap();
         assert!(saga_apart.roles.saga && !saga_apart.roles.services);
+        let mongo = with("api", "kafka://127.0.0.1:9092", "mongodb://127.0.0.1:27017/strata?replicaSet=rs0").unwrap();
+        assert_eq!(mongo.read_model, "mongodb://127.0.0.1:27017/strata?replicaSet=rs0");
         let both = with("api, projector", "nats://127.0.0.1:4222", "memory").unwrap();
         assert!(both.roles.api && both.roles.projector && !both.roles.relay);
         for (roles, bus, read_model, says) in [
             ("relay,cook", "memory", "memory", "unknown role \"cook\""),
             ("relay", "memory", "memory", "STRATA_BUS=memory"),
-            ("api,relay,projector", "nats://h:4222", "mongodb://h/db", "STRATA_READ_MODEL"),
+            ("api,relay,projector", "nats://h:4222", "mongodb+srv://h/db", "STRATA_READ_MODEL"),
             ("api", "nats://h:4222", "memory", "STRATA_READ_MODEL=memory"),
             ("relay,projector,saga", "memory", "memory", "saga and services roles must run in the same process"),
             ("saga", "memory", "memory", "the saga role must run with the relay"),

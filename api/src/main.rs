@@ -216,7 +216,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// The orders projection into Redis vs raw pipelined Redis writes of the same keys.
+    /// The orders projection into Redis or MongoDB vs raw writes of the same keys (STRATA_READ_MODEL).
     #[cfg(feature = "redis")]
     Project {
         /// Sample events projected per run.
@@ -232,7 +232,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         runs: usize,
     },
-    /// Rebuild of the orders projection from a scratch log into Redis.
+    /// Rebuild of the orders projection from a scratch log into Redis or MongoDB (STRATA_READ_MODEL).
     #[cfg(feature = "redis")]
     Rebuild {
         /// Sample events in the scratch log.
@@ -387,7 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let backend = open(&settings).await?;
             let sink = open_read_model(&settings.read_model).await?;
             if sink.backend_name() == "memory" {
-                eprintln!("note: STRATA_READ_MODEL=memory: this process sees its own empty read models; point it at redis://… to operate a running server's");
+                eprintln!("note: STRATA_READ_MODEL=memory: this process sees its own empty read models; point it at redis://… or mongodb://… to operate a running server's");
             }
             let log = backend.reader();
             match command {

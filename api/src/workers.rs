@@ -144,7 +144,8 @@ pub fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig>
 }
 
 /// Connects to the read models `STRATA_READ_MODEL` names. `redis://…` may
-/// carry `?key_prefix=PREFIX` (default `strata`).
+/// carry `?key_prefix=PREFIX` (default `strata`); `mongodb://HOST/DB?…` takes
+/// the driver's own options (`replicaSet`, `directConnection`, `tls`, …).
 pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>> {
     if url == "memory" {
         return Ok(Arc::new(strata_projections::MemorySink::new()));
@@ -159,7 +160,23 @@ pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>
         let sink = strata_projections::RedisSink::connect(config).await.with_context(|| format!("connecting to Redis at {url}"))?;
         return Ok(Arc::new(sink));
     }
-    bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory or redis://HOST:6379")
+    #[cfg(feature = "mongo")]
+    if url.starts_with("mongodb://") {
+        let config = strata_projections::MongoSinkConfig::new(url);
+        let sink = strata_projections::MongoSink::connect(config).await.with_context(|| format!("connecting to MongoDB at {url}"))?;
+        return Ok(Arc::new(sink));
+    }
+    bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory, redis://HOST:6379 or mongodb://HOST:27017/DB (this build has: {})", read_models_built())
+}
+
+/// The read-model backends compiled into this binary.
+fn read_models_built() -> &'static str {
+    match (cfg!(feature = "redis"), cfg!(feature = "mongo")) {
+        (true, true) => "memory, redis, mongodb",
+        (true, false) => "memory, redis",
+        (false, true) => "memory, mongodb",
+        (false, false) => "memory",
+    }
 }
 
 /// Builds a projection from the log if it has no live generation (waiting

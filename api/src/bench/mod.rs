@@ -29,6 +29,8 @@ use crate::backend::{registry, scheme, Scheme};
 mod commands;
 mod e2e;
 mod flood;
+#[cfg(all(feature = "redis", feature = "mongo"))]
+mod mongo;
 #[cfg(feature = "redis")]
 mod project;
 #[cfg(feature = "redis")]

@@ -1,8 +1,10 @@
 //! `strata bench project`: the `orders` projection committing sample traffic
-//! into Redis (plan, one guarded script per batch with its checkpoint), next
-//! to raw pipelined Redis writes of the same keys (the same field, index and
-//! stream-version writes as plain HSET/ZADD/ZREM, no guards, no reads), in
-//! the same process; runs alternate which goes first. Both split the events
+//! into Redis (plan, one guarded script per batch with its checkpoint) or
+//! MongoDB (plan, one transaction per batch), next to raw writes of the same
+//! keys in the same process (Redis: the same field, index and stream-version
+//! writes as plain pipelined HSET/ZADD/ZREM; MongoDB: the same writes as
+//! upserts in one unordered `update` command per batch; no guards, no reads,
+//! no transaction); runs alternate which goes first. Both split the events
 //! over `workers` by stream, as replicas of a worker would.
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use crate::backend::registry;
 /// Parameters of `bench project`.
 #[derive(Debug, Clone)]
 pub struct ProjectBench {
-    /// `redis://…`
+    /// `redis://…` or `mongodb://…`
     pub read_model_url: String,
     /// Sample events projected per run.
     pub events: usize,
@@ -39,9 +41,7 @@ pub struct ProjectBench {
 
 /// Runs `bench project` and returns its JSON result.
 pub async fn project(bench: &ProjectBench) -> anyhow::Result<Value> {
-    if !bench.read_model_url.starts_with("redis://") {
-        bail!("bench project needs STRATA_READ_MODEL=redis://HOST:6379");
-    }
+    let backend = read_model_backend(&bench.read_model_url)?;
     if bench.events == 0 || bench.batch_size == 0 || bench.workers == 0 || bench.runs == 0 {
         bail!("--events, --batch-size, --workers and --runs must be at least 1");
     }
@@ -64,7 +64,7 @@ pub async fn project(bench: &ProjectBench) -> anyhow::Result<Value> {
             (measure_strata(bench, &store, &shares).await?, raw)
         };
         let rate = |seconds: f64| events.len() as f64 / seconds.max(1e-9);
-        eprintln!("run {}: projection {:.0} events/s, raw redis {:.0} events/s", run + 1, rate(strata), rate(raw));
+        eprintln!("run {}: projection {:.0} events/s, raw {backend} {:.0} events/s", run + 1, rate(strata), rate(raw));
         runs.push((rate(strata), rate(raw)));
     }
     let strata = median(runs.iter().map(|r| r.0).collect());
@@ -72,14 +72,14 @@ pub async fn project(bench: &ProjectBench) -> anyhow::Result<Value> {
     let ratio = median(runs.iter().map(|r| r.0 / r.1).collect());
     Ok(json!({
         "bench": "project",
-        "backend": "redis",
+        "backend": backend,
         "projection": "orders",
         "events": events.len(),
         "batch_size": bench.batch_size,
         "workers": bench.workers,
         "runs": bench.runs,
         "events_per_s": round(strata, 0),
-        "baseline": { "bench": "raw_redis_pipeline", "events_per_s": round(raw, 0) },
+        "baseline": { "bench": if backend == "redis" { "raw_redis_pipeline" } else { "raw_mongo_bulk_update" }, "events_per_s": round(raw, 0) },
         "ratio": round(ratio, 3),
         "machine": machine(),
     }))
@@ -111,7 +111,53 @@ fn planned_writes(events: &[RecordedEvent]) -> anyhow::Result<Vec<Vec<Write>>> {
     Ok(all)
 }
 
-type Share = Vec<(RecordedEvent, Vec<Write>)>;
+/// `redis` or `mongodb`, from the read-model URL (what this build supports).
+pub(crate) fn read_model_backend(url: &str) -> anyhow::Result<&'static str> {
+    if url.starts_with("redis://") {
+        return Ok("redis");
+    }
+    if cfg!(all(feature = "redis", feature = "mongo")) && url.starts_with("mongodb://") {
+        return Ok("mongodb");
+    }
+    bail!("this bench needs STRATA_READ_MODEL=redis://HOST:6379 or mongodb://HOST:27017/ (a scratch database or key prefix is used and removed)")
+}
+
+/// A sink on a scratch key prefix or database, removed afterwards.
+pub(crate) enum ScratchSink {
+    Redis(Arc<RedisSink>),
+    #[cfg(all(feature = "redis", feature = "mongo"))]
+    Mongo(Arc<strata_projections::MongoSink>),
+}
+
+impl ScratchSink {
+    pub(crate) async fn open(url: &str) -> anyhow::Result<Self> {
+        #[cfg(all(feature = "redis", feature = "mongo"))]
+        if url.starts_with("mongodb://") {
+            return Ok(Self::Mongo(super::mongo::scratch_sink(url).await?));
+        }
+        let prefix = format!("bench_{}", Uuid::new_v4().simple());
+        Ok(Self::Redis(Arc::new(scratch_sink(url, &prefix).await?)))
+    }
+
+    pub(crate) fn sink(&self) -> Arc<dyn ReadModelSink> {
+        match self {
+            Self::Redis(sink) => sink.clone(),
+            #[cfg(all(feature = "redis", feature = "mongo"))]
+            Self::Mongo(sink) => sink.clone(),
+        }
+    }
+
+    pub(crate) async fn remove(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(sink) => sink.delete_all().await?,
+            #[cfg(all(feature = "redis", feature = "mongo"))]
+            Self::Mongo(sink) => sink.drop_database().await?,
+        }
+        Ok(())
+    }
+}
+
+pub(crate) type Share = Vec<(RecordedEvent, Vec<Write>)>;
 
 /// Splits the events over workers by stream, keeping each stream's order.
 fn split(events: &[RecordedEvent], writes: &[Vec<Write>], workers: usize) -> Arc<Vec<Share>> {
@@ -125,9 +171,8 @@ fn split(events: &[RecordedEvent], writes: &[Vec<Write>], workers: usize) -> Arc
 }
 
 async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, shares: &Arc<Vec<Share>>) -> anyhow::Result<f64> {
-    let prefix = format!("bench_{}", Uuid::new_v4().simple());
-    let redis = Arc::new(scratch_sink(&bench.read_model_url, &prefix).await?);
-    let sink: Arc<dyn ReadModelSink> = redis.clone();
+    let scratch = ScratchSink::open(&bench.read_model_url).await?;
+    let sink = scratch.sink();
     let log: Arc<dyn EventReader> = store.clone();
     // The events as deliveries would hold them, copied before the clock starts.
     let inputs: Vec<Vec<RecordedEvent>> = shares.iter().map(|share| share.iter().map(|(e, _)| e.clone()).collect()).collect();
@@ -160,11 +205,15 @@ async fn measure_strata(bench: &ProjectBench, store: &Arc<MemoryEventStore>, sha
     if stats.events != expected as u64 {
         bail!("the projection committed {} of {expected} events", stats.events);
     }
-    redis.delete_all().await?;
+    scratch.remove().await?;
     Ok(seconds)
 }
 
 async fn measure_raw(bench: &ProjectBench, shares: &Arc<Vec<Share>>) -> anyhow::Result<f64> {
+    #[cfg(all(feature = "redis", feature = "mongo"))]
+    if bench.read_model_url.starts_with("mongodb://") {
+        return super::mongo::raw_writes(&bench.read_model_url, shares, bench.batch_size).await;
+    }
     let prefix = format!("bench_{}", Uuid::new_v4().simple());
     let client = redis::Client::open(bench.read_model_url.as_str())?;
     let connection = client.get_multiplexed_async_connection().await?;

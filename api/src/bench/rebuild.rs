@@ -1,9 +1,12 @@
 //! `strata bench rebuild`: the `orders` projection rebuilt from a scratch log
 //! of `events` sample events (PostgreSQL or SQLite) into a fresh Redis key
-//! prefix: seconds, events/s, and the process's resident memory before and at
-//! its peak during the rebuild (sampled every 50 ms), to show it is streamed.
-//! The baseline is reading the same log alone, in the same batches (the
-//! floor under any rebuild); `ratio` is the rebuild's rate over that.
+//! prefix or MongoDB database: seconds, events/s, and the process's resident
+//! memory before and at its peak during the rebuild (sampled every 50 ms), to
+//! show it is streamed. The baseline is reading the same log alone, in the
+//! same batches (the floor under any rebuild); `ratio` is the rebuild's rate
+//! over that. On MongoDB a second baseline, `raw_write`, inserts the rebuilt
+//! model's documents into an empty collection in unordered batches (the floor
+//! for writing that model), and `write_ratio` compares the two.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,9 +18,8 @@ use strata_projections::orders::sample::Sample;
 use strata_projections::orders::OrdersProjection;
 use strata_projections::{rebuild as rebuild_projection, ReadModelSink, RebuildConfig};
 use strata_store::{EventReader, StreamAppend};
-use uuid::Uuid;
 
-use super::project::{sample_config, scratch_sink};
+use super::project::{read_model_backend, sample_config, ScratchSink};
 use super::{machine, median, open_scratch, round, Scratch};
 use crate::progress::Progress;
 
@@ -26,7 +28,7 @@ use crate::progress::Progress;
 pub struct RebuildBench {
     /// Where the scratch log is created (`postgres://…` or `sqlite://…`).
     pub event_store_url: String,
-    /// `redis://…`
+    /// `redis://…` or `mongodb://…`
     pub read_model_url: String,
     /// Sample events in the scratch log.
     pub events: usize,
@@ -38,9 +40,7 @@ pub struct RebuildBench {
 
 /// Runs `bench rebuild` and returns its JSON result.
 pub async fn rebuild(bench: &RebuildBench) -> anyhow::Result<Value> {
-    if !bench.read_model_url.starts_with("redis://") {
-        bail!("bench rebuild needs STRATA_READ_MODEL=redis://HOST:6379");
-    }
+    read_model_backend(&bench.read_model_url)?;
     if bench.events == 0 || bench.batch_size == 0 || bench.runs == 0 {
         bail!("--events, --batch-size and --runs must be at least 1");
     }
@@ -93,6 +93,7 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
     let mut peaks = Vec::new();
     let mut before = Vec::new();
     let mut reads = Vec::new();
+    let mut raw_writes: Vec<f64> = Vec::new();
     for run in 0..bench.runs {
         // The floor: reading (and decoding) the log alone, in the same batches.
         let started = std::time::Instant::now();
@@ -110,9 +111,8 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         }
         reads.push(read_seconds);
 
-        let prefix = format!("bench_{}", Uuid::new_v4().simple());
-        let redis = Arc::new(scratch_sink(&bench.read_model_url, &prefix).await?);
-        let sink: Arc<dyn ReadModelSink> = redis.clone();
+        let sink_scratch = ScratchSink::open(&bench.read_model_url).await?;
+        let sink: Arc<dyn ReadModelSink> = sink_scratch.sink();
         let start_rss = resident_bytes();
         let peak = Arc::new(AtomicU64::new(start_rss));
         let sampler = {
@@ -126,9 +126,10 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         };
         let config = RebuildConfig { batch_size: bench.batch_size, ..RebuildConfig::default() };
         let mut progress = Progress::new("rebuild", "positions", 0);
-        let report =
-            rebuild_projection(Arc::new(OrdersProjection), sink, reader.clone(), config, &mut |p| progress.set(p.position.0, p.head.0))
-                .await?;
+        let report = rebuild_projection(Arc::new(OrdersProjection), sink.clone(), reader.clone(), config, &mut |p| {
+            progress.set(p.position.0, p.head.0)
+        })
+        .await?;
         progress.finish();
         sampler.abort();
         if report.events != bench.events as u64 {
@@ -147,15 +148,24 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         seconds.push(report.seconds);
         peaks.push(peak as f64 / 1e6);
         before.push(start_rss as f64 / 1e6);
-        redis.delete_all().await?;
+        #[cfg(all(feature = "redis", feature = "mongo"))]
+        if matches!(sink_scratch, ScratchSink::Mongo(_)) {
+            let generation = sink.live_generation("orders").await?.unwrap_or(0);
+            let dump = sink.dump(&strata_projections::sink::Target { projection: "orders".into(), generation }).await?;
+            let (raw_seconds, written) = super::mongo::raw_inserts(&bench.read_model_url, &dump, bench.batch_size).await?;
+            eprintln!("run {}: raw inserts of the rebuilt model ({written} documents) {raw_seconds:.2} s", run + 1);
+            raw_writes.push(raw_seconds);
+        }
+        sink_scratch.remove().await?;
     }
     let median_seconds = median(seconds.clone());
     let read_seconds = median(reads.clone());
     let ratio = median(reads.iter().zip(&seconds).map(|(read, rebuild)| read / rebuild).collect());
-    Ok(json!({
+    let read_model = read_model_backend(&bench.read_model_url)?;
+    let mut result = json!({
         "bench": "rebuild",
         "backend": backend,
-        "read_model": "redis",
+        "read_model": read_model,
         "projection": "orders",
         "events": bench.events,
         "batch_size": bench.batch_size,
@@ -167,5 +177,11 @@ async fn run_all(bench: &RebuildBench, scratch: &Scratch) -> anyhow::Result<Valu
         "baseline": { "bench": "read_log", "seconds": round(read_seconds, 2), "events_per_s": round(bench.events as f64 / read_seconds.max(1e-9), 0) },
         "ratio": round(ratio, 3),
         "machine": machine(),
-    }))
+    });
+    if !raw_writes.is_empty() {
+        let write_ratio = median(raw_writes.iter().zip(&seconds).map(|(raw, rebuild)| raw / rebuild).collect());
+        result["raw_write"] = json!({ "bench": "raw_mongo_insert_of_the_model", "seconds": round(median(raw_writes), 2) });
+        result["write_ratio"] = json!(round(write_ratio, 3));
+    }
+    Ok(result)
 }

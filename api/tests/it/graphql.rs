@@ -704,8 +704,39 @@ mod distributed {
             return;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", &id).await;
+        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", ReadModel::Redis, &id).await;
         crate::support::drop_scratch_backends(&nats, None, &id).await;
+    }
+
+    /// The same on PostgreSQL + JetStream + MongoDB (nx-27017, or
+    /// `STRATA_TEST_MONGO`).
+    #[cfg(feature = "mongo")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graphql_on_postgres_jetstream_mongo() {
+        let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+        if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
+            report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            return;
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", ReadModel::Mongo, &id).await;
+        crate::support::drop_scratch_backends(&nats, None, &id).await;
+    }
+
+    /// PostgreSQL + Kafka + MongoDB: neither NATS nor Redis.
+    #[cfg(all(feature = "kafka", feature = "mongo"))]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graphql_on_postgres_kafka_mongo() {
+        let kafka = strata_store::testkit::kafka::TestKafka::start();
+        let config = kafka.config();
+        distributed(&kafka.url(&config), "kafka", ReadModel::Mongo, &config.topic_prefix).await;
+    }
+
+    #[derive(Clone, Copy)]
+    enum ReadModel {
+        Redis,
+        #[cfg_attr(not(feature = "mongo"), allow(dead_code))]
+        Mongo,
     }
 
     /// The same on PostgreSQL + Kafka + Redis (librdkafka's mock cluster in
@@ -715,17 +746,22 @@ mod distributed {
     async fn graphql_on_postgres_kafka_redis() {
         let kafka = strata_store::testkit::kafka::TestKafka::start();
         let config = kafka.config();
-        distributed(&kafka.url(&config), "kafka", &config.topic_prefix).await;
+        distributed(&kafka.url(&config), "kafka", ReadModel::Redis, &config.topic_prefix).await;
     }
 
-    async fn distributed(bus: &str, backend: &str, id: &str) {
+    async fn distributed(bus: &str, backend: &str, read_model: ReadModel, id: &str) {
         let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+        let mongo = strata_store::testkit::mongo::url(&format!("test_{id}"));
+        let (read_model_url, read_model_backend) = match read_model {
+            ReadModel::Redis => (format!("{redis}?key_prefix=test_{id}"), "redis"),
+            ReadModel::Mongo => (mongo.clone(), "mongodb"),
+        };
         let Some(database) = TestDatabase::create().await else { return };
         let env = |command: &mut std::process::Command| {
             command
                 .env("STRATA_EVENT_STORE", &database.url)
                 .env("STRATA_BUS", bus)
-                .env("STRATA_READ_MODEL", format!("{redis}?key_prefix=test_{id}"))
+                .env("STRATA_READ_MODEL", &read_model_url)
                 .env("STRATA_TOKENS", tokens());
         };
         let mut command = strata();
@@ -737,7 +773,7 @@ mod distributed {
         assert_eq!(status, 200, "{ready}");
         let ready: Value = serde_json::from_str(&ready).unwrap();
         assert_eq!(ready["checks"]["bus"], json!({ "backend": backend, "status": "up" }), "{ready}");
-        assert_eq!(ready["checks"]["read_model"]["backend"], "redis", "{ready}");
+        assert_eq!(ready["checks"]["read_model"]["backend"], read_model_backend, "{ready}");
         let restocked = server.ok("operator", RESTOCK, json!({ "sku": "SKU-PG", "quantity": 10 })).await;
         // The projectors are live once the restock is read back (a Kafka
         // consumer group's first join alone takes ~3 s).
@@ -777,7 +813,10 @@ mod distributed {
         saga.kill().unwrap();
         saga.wait().unwrap();
         drop(server);
-        crate::support::drop_scratch_redis(&redis, id).await;
+        match read_model {
+            ReadModel::Redis => crate::support::drop_scratch_redis(&redis, id).await,
+            ReadModel::Mongo => crate::support::drop_scratch_mongo(&mongo).await,
+        }
         database.drop_database().await;
     }
 }

@@ -1,7 +1,8 @@
 //! Kill tests with the real binary: a relay process and two projector
-//! replicas (PostgreSQL → JetStream → Redis) are SIGKILLed at seeded random moments
-//! while a writer appends several thousand events; after the last restart the
-//! Redis read models must equal models rebuilt from the log from scratch.
+//! replicas (PostgreSQL → JetStream → Redis, and → MongoDB) are SIGKILLed at
+//! seeded random moments while a writer appends several thousand events;
+//! after the last restart the read models must equal models rebuilt from the
+//! log from scratch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,22 +18,50 @@ use uuid::Uuid;
 
 use crate::support::{tail, Role, TestDatabase};
 
-async fn redis_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
+async fn live_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
     let generation = sink.live_generation(projection).await.ok()??;
     sink.dump(&Target { projection: projection.to_owned(), generation }).await.ok()
 }
 
+/// The kill tests take turns: each starts three processes and a writer.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_doubles_nothing() {
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
-    let Some(database) = TestDatabase::create().await else { return };
     let id = Uuid::new_v4().simple().to_string();
     let prefix = format!("test_{id}");
     let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
         Ok(sink) => Arc::new(sink),
         Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
     };
+    kill_and_compare(sink.clone(), &format!("{redis}?key_prefix={prefix}"), &id).await;
+    sink.delete_all().await.unwrap();
+}
+
+/// The same with MongoDB read models (nx-27017, or `STRATA_TEST_MONGO`).
+#[cfg(feature = "mongo")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_relay_and_projector_replicas_writing_to_mongo_loses_and_doubles_nothing() {
+    use strata_projections::{MongoSink, MongoSinkConfig};
+    use strata_store::testkit::mongo;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let id = Uuid::new_v4().simple().to_string();
+    let url = mongo::url(&format!("test_{id}"));
+    let sink = match MongoSink::connect(MongoSinkConfig::new(url.clone())).await {
+        Ok(sink) => Arc::new(sink),
+        Err(err) => return report_unreachable("MongoDB", &url, mongo::HOW_TO_START, &err),
+    };
+    kill_and_compare(sink.clone(), &url, &id).await;
+    sink.drop_database().await.unwrap();
+}
+
+/// Runs the relay and two projectors into `read_model_url` (which `sink`
+/// reads) under kills, then compares with a rebuild.
+async fn kill_and_compare(sink: Arc<dyn ReadModelSink>, read_model_url: &str, id: &str) {
+    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
     }
@@ -47,7 +76,7 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     let env = vec![
         ("STRATA_EVENT_STORE", database.url.clone()),
         ("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")),
-        ("STRATA_READ_MODEL", format!("{redis}?key_prefix={prefix}")),
+        ("STRATA_READ_MODEL", read_model_url.to_owned()),
     ];
     // One relay and two projector replicas sharing the consumer groups.
     let mut roles = [
@@ -97,14 +126,14 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     for projection in orders::projections() {
         let fresh: Arc<dyn ReadModelSink> = Arc::new(MemorySink::new());
         strata_projections::rebuild(projection.clone(), fresh.clone(), log.clone(), Default::default(), &mut |_| {}).await.unwrap();
-        let expected = redis_dump(&*fresh, projection.name()).await.unwrap();
+        let expected = live_dump(&*fresh, projection.name()).await.unwrap();
         assert!(!expected.documents.is_empty());
         let name = projection.name().to_owned();
         let sink = sink.clone();
         wait_until(Duration::from_secs(90), move || {
             let (sink, expected, name) = (sink.clone(), expected.clone(), name.clone());
             async move {
-                match redis_dump(&*sink, &name).await {
+                match live_dump(&*sink, &name).await {
                     Some(live) if live == expected => Ok(()),
                     Some(live) => Err(format!(
                         "{name}: {} of {} documents, {} of {} streams (seed {seed})",
@@ -127,6 +156,5 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     // Clean up what the test made.
     let client = async_nats::connect(&nats).await.unwrap();
     let _ = async_nats::jetstream::new(client).delete_stream(format!("TEST_{id}")).await;
-    sink.delete_all().await.unwrap();
     database.drop_database().await;
 }

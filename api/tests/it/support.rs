@@ -230,6 +230,14 @@ pub async fn drop_scratch_redis(redis: &str, id: &str) {
     let _ = (redis, id);
 }
 
+/// Drops the MongoDB database of a distributed test.
+pub async fn drop_scratch_mongo(url: &str) {
+    #[cfg(feature = "mongo")]
+    strata_projections::MongoSink::connect(strata_projections::MongoSinkConfig::new(url)).await.unwrap().drop_database().await.unwrap();
+    #[cfg(not(feature = "mongo"))]
+    let _ = url;
+}
+
 /// A memory sink that counts the reads made of it: `load` (stream versions
 /// and documents of a batch, what `waitFor` and the DataLoader use) and
 /// single `document` reads.

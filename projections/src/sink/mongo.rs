@@ -35,9 +35,28 @@
 //! switch writes the old generation's marker too, so a commit planned against
 //! the old generation either lands before the switch or finds it retired. A
 //! refused commit (guard, retired, lost) ends its transaction with a commit
-//! of nothing, never an abort. Commits from one process take turns (one
-//! transaction at a time per sink), which MongoDB would impose per
-//! projection anyway.
+//! of nothing, never an abort. Every transaction begins with a write to the
+//! document it is about (the marker, or the projection's pointer), so
+//! concurrent ones conflict at once rather than at their end. Commits from
+//! one process take turns (one transaction at a time per sink), which
+//! MongoDB would impose per projection anyway.
+//!
+//! # Servers without isolation
+//! A server that is not a replica set member (no `setName` in its `hello`,
+//! and not a `mongos`) cannot run MongoDB transactions at all; a
+//! MongoDB-compatible server that accepts them there may not isolate them
+//! (nx-27017, the test server here, runs every session on one SQLite
+//! connection: one session's commit or abort ends the others'). On such a
+//! server every transaction first takes a lease on the whole database (a
+//! document `#lease` in `strata_projections` whose `until` has passed,
+//! set to now + 5 s, cleared after the transaction), so transactions from
+//! every process take turns; a process killed while holding it stalls the
+//! others for up to 5 s. And because a commit's writes are one command sent
+//! after its reads, a process killed mid-commit leaves either nothing or
+//! the whole batch, which a redelivery then finds applied. On a replica set
+//! none of this applies: transactions are isolated, and two commits to one
+//! generation conflict on its marker, so MongoDB lets one through and the
+//! other is retried.
 //!
 //! Queries (a document, an index page) read the live pointer and the
 //! generation through one snapshot session, so a reader sees one commit of
@@ -106,6 +125,9 @@ pub struct MongoSink {
     transactions: tokio::sync::Mutex<()>,
     /// Whether the server takes snapshot sessions for queries.
     snapshots: bool,
+    /// Whether transactions take turns through the database lease (a server
+    /// that is not a replica set member; see "Servers without isolation").
+    serialized: bool,
 }
 
 impl std::fmt::Debug for MongoSink {
@@ -120,6 +142,9 @@ const CHANGE_SLOTS: u64 = 1_024;
 const CHANGE_POLL: Duration = Duration::from_millis(25);
 /// Transient transaction errors retried before a commit gives up.
 const TRANSACTION_ATTEMPTS: u32 = 20;
+/// How long the database lease lasts (a process killed mid-transaction
+/// holds it that long; see "Servers without isolation").
+const LEASE_MILLIS: i64 = 5_000;
 /// Largest `update` command sent at once (MongoDB's limit is 16 MiB).
 const COMMAND_BYTES: usize = 8 << 20;
 
@@ -147,8 +172,16 @@ impl MongoSink {
         let client = Client::with_options(options).map_err(backend("configuring the mongodb client"))?;
         let database = client.database(&name);
         let projections = database.collection("strata_projections");
-        let mut sink = Self { client, database, projections, transactions: tokio::sync::Mutex::new(()), snapshots: false };
+        let mut sink =
+            Self { client, database, projections, transactions: tokio::sync::Mutex::new(()), snapshots: false, serialized: false };
         sink.ping().await?;
+        let hello = sink.database.run_command(doc! { "hello": 1 }).await.map_err(backend("asking the server what it is"))?;
+        sink.serialized = hello.get_str("setName").is_err() && hello.get_str("msg") != Ok("isdbgrid");
+        if sink.serialized {
+            tracing::info!(
+                "the MongoDB server is not a replica set member: read-model transactions from every process take turns through a lease"
+            );
+        }
         sink.snapshots = sink.snapshot_reads_work().await;
         if !sink.snapshots {
             tracing::warn!("the MongoDB server refuses snapshot sessions: a query may read two commits of a generation (MongoDB 5.0+ replica sets take them)");
@@ -202,6 +235,18 @@ impl MongoSink {
         F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>>,
     {
         let _turn = self.transactions.lock().await;
+        let lease = self.lease().await?;
+        let outcome = self.transaction_turn(context, &mut work).await;
+        if let Some(owner) = lease {
+            self.release(&owner).await;
+        }
+        outcome
+    }
+
+    async fn transaction_turn<T, F>(&self, context: &'static str, work: &mut F) -> Result<T, SinkError>
+    where
+        F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -221,6 +266,43 @@ impl MongoSink {
                 }
                 Err(e) => return Err(SinkError::backend(context, e)),
             }
+        }
+    }
+
+    /// Takes the database lease when transactions must take turns.
+    async fn lease(&self) -> Result<Option<String>, SinkError> {
+        if !self.serialized {
+            return Ok(None);
+        }
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let started = std::time::Instant::now();
+        loop {
+            let now = now_millis();
+            let taken = self
+                .projections
+                .update_one(
+                    doc! { "_id": "#lease", "until": { "$lt": now } },
+                    doc! { "$set": { "until": now + LEASE_MILLIS, "owner": &owner } },
+                )
+                .upsert(true)
+                .await;
+            match taken {
+                Ok(taken) if taken.matched_count == 1 || taken.upserted_id.is_some() => return Ok(Some(owner)),
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(SinkError::backend("taking the database lease", e)),
+            }
+            if started.elapsed() > Duration::from_millis(LEASE_MILLIS as u64 * 12) {
+                return Err(SinkError::backend("taking the database lease", "another process held it for over a minute"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn release(&self, owner: &str) {
+        let released = self.projections.update_one(doc! { "_id": "#lease", "owner": owner }, doc! { "$set": { "until": 0_i64 } }).await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "releasing the database lease failed; it expires by itself");
         }
     }
 
@@ -339,6 +421,10 @@ fn number(value: Option<&Bson>) -> Option<u64> {
         Bson::Double(n) if n.fract() == 0.0 && *n >= 0.0 => Some(*n as u64),
         _ => None,
     }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn signed(value: u64) -> i64 {
@@ -761,13 +847,13 @@ impl ReadModelSink for MongoSink {
             events: batch.events,
         });
         let outcome = self
-            .transaction("committing a batch", move |session| {
+            .transaction("committing a batch", |session| {
                 let (database, projections, collection, projection) = (database.clone(), projections.clone(), collection.clone(), projection.clone());
                 let (writes, max_documents, change, batch) = (writes.clone(), max_documents.clone(), change.clone(), batch.clone());
                 Box::pin(async move {
                     let generation_docs = database.collection::<BsonDocument>(&collection);
                     claim(&generation_docs, "#gen", false, session).await?;
-                    // One read: the marker, every guarded stream, every dead letter.
+                    // One read: the marker, every guarded stream, dead letter and `$max`ed document.
                     let mut ids: Vec<String> = vec!["#gen".to_owned()];
                     ids.extend(batch.guards.iter().map(|g| stream_id(&g.stream_id)));
                     ids.extend(batch.dead_letters.iter().map(dead_id));
@@ -795,15 +881,17 @@ impl ReadModelSink for MongoSink {
                     };
                     let state = marker.get_str("state").unwrap_or(RESERVED).to_owned();
                     let seq = number(marker.get("seq")).unwrap_or(0) + 1;
-                    if state != LIVE && state != REBUILDING {
-                        return Ok(Outcome::Refused(Committed::Retired));
-                    }
-                    for guard in &batch.guards {
-                        let Some(expected) = guard.expected else { continue };
-                        let actual = found.get(&stream_id(&guard.stream_id)).and_then(|s| number(s.get("v"))).unwrap_or(0);
-                        if actual != expected {
-                            return Ok(Outcome::Refused(Committed::Conflict { stream_id: guard.stream_id.clone(), actual }));
-                        }
+                    let refused = if state != LIVE && state != REBUILDING {
+                        Some(Committed::Retired)
+                    } else {
+                        batch.guards.iter().find_map(|guard| {
+                            let expected = guard.expected?;
+                            let actual = found.get(&stream_id(&guard.stream_id)).and_then(|s| number(s.get("v"))).unwrap_or(0);
+                            (actual != expected).then(|| Committed::Conflict { stream_id: guard.stream_id.clone(), actual })
+                        })
+                    };
+                    if let Some(refused) = refused {
+                        return Ok(Outcome::Refused(refused));
                     }
                     let existing: HashSet<String> = max_documents.iter().filter(|id| found.contains_key(*id)).cloned().collect();
                     let mut statements = Statements::default();
@@ -1046,6 +1134,7 @@ impl ReadModelSink for MongoSink {
             projections: self.projections.clone(),
             transactions: tokio::sync::Mutex::new(()),
             snapshots: self.snapshots,
+            serialized: self.serialized,
         };
         let state = Poll { sink, known: HashMap::new(), pending: Default::default(), started: false, failing: false };
         let feed = futures_util::stream::unfold(state, |mut state| async move {

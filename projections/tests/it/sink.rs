@@ -266,3 +266,35 @@ async fn commits_to_the_live_generation_and_switches_are_announced(backend: Back
     assert_eq!(next_change(&mut other).await, applied("s-3", &[]));
     cleanup.run().await;
 }
+
+/// Two sinks on one MongoDB database, as two processes would have (each
+/// with its own client and in-process turn-taking), race to commit the same
+/// stream's next version 100 times: each time exactly one commit lands, and
+/// the model and the counters show exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_racing_on_mongo_commit_each_version_once() {
+    use strata_projections::{MongoSink, MongoSinkConfig, ReadModelSink};
+    let Some((first, cleanup)) = crate::support::fresh_mongo().await else { return };
+    let url = strata_store::testkit::mongo::url(first.database().name());
+    let second = std::sync::Arc::new(MongoSink::connect(MongoSinkConfig::new(url)).await.unwrap());
+    assert_eq!(first.init_live("conformance", 1).await.unwrap(), 1);
+    let mut landed = 0;
+    for version in 0..100_u64 {
+        let batch = |who: i64| guarded("s-1", version, version + 1, vec![set("a", who), set(&format!("v{version}"), who)]);
+        let (at, one, two) = (target(1), batch(1), batch(2));
+        let (a, b) = tokio::join!(first.commit(&at, &one), second.commit(&at, &two));
+        let outcomes = [a.unwrap(), b.unwrap()];
+        let done = outcomes.iter().filter(|o| **o == Committed::Done).count();
+        assert_eq!(done, 1, "version {version}: {outcomes:?}");
+        assert!(
+            outcomes.contains(&Committed::Conflict { stream_id: "s-1".into(), actual: version + 1 }),
+            "version {version}: {outcomes:?}"
+        );
+        landed += 1;
+    }
+    let dump = first.dump(&target(1)).await.unwrap();
+    assert_eq!(dump.stream_versions["s-1"], 100);
+    assert_eq!(dump.documents.len(), 101, "one document per version, and `a`");
+    assert_eq!(first.stats(&target(1)).await.unwrap().events, landed);
+    cleanup.run().await;
+}
