@@ -32,8 +32,10 @@ fn json_to_bson(value: &serde_json::Value) -> anyhow::Result<Bson> {
 }
 
 /// The raw projection baseline: every worker sends, per batch of its share,
-/// one unordered `update` command holding an upsert per write and per
-/// event's stream version. Returns seconds.
+/// one unordered `update` command holding the same folded upserts a commit
+/// sends (one per document and index entry) and one per stream's version:
+/// what a commit writes, without its transaction, reads and guards.
+/// Returns seconds.
 pub(crate) async fn raw_writes(url: &str, shares: &Arc<Vec<Share>>, batch_size: usize) -> anyhow::Result<f64> {
     let database = scratch_database(url).await?;
     let started = Instant::now();
@@ -42,36 +44,23 @@ pub(crate) async fn raw_writes(url: &str, shares: &Arc<Vec<Share>>, batch_size: 
         let (shares, database) = (shares.clone(), database.clone());
         tasks.push(tokio::spawn(async move {
             for chunk in shares[worker].chunks(batch_size) {
-                let mut updates: Vec<Bson> = Vec::new();
-                for (event, writes) in chunk {
-                    for write in writes {
-                        let statement = match write {
-                            Write::SetField { key, field, value } => {
-                                doc! { "q": { "_id": format!("d:{key}") }, "u": { "$set": { format!("f.{field}"): json_to_bson(value)? } }, "upsert": true }
-                            }
-                            Write::SetMax { key, field, value } => {
-                                doc! { "q": { "_id": format!("d:{key}") }, "u": { "$set": { format!("f.{field}"): *value } }, "upsert": true }
-                            }
-                            Write::DeleteDocument { key } => {
-                                doc! { "q": { "_id": format!("d:{key}") }, "u": { "_id": format!("d:{key}"), "f": {} }, "upsert": true }
-                            }
-                            Write::IndexAdd { index, score, member } => {
-                                let id = format!("i:{index}:{member}");
-                                doc! { "q": { "_id": &id }, "u": { "$set": { "ix": index, "m": member, "s": *score } }, "upsert": true }
-                            }
-                            Write::IndexRemove { index, member } => {
-                                let id = format!("i:{index}:{member}");
-                                doc! { "q": { "_id": &id }, "u": { "$set": { "s": -1_i64 } }, "upsert": true }
-                            }
-                        };
-                        updates.push(Bson::Document(statement));
-                    }
-                    let stream = format!("s:{}", event.stream_id.as_str());
-                    let version = i64::try_from(event.stream_version)?;
-                    updates.push(Bson::Document(doc! { "q": { "_id": stream }, "u": { "$set": { "v": version } }, "upsert": true }));
+                // The documents a commit writes for this batch, folded the
+                // same way, and each stream's version.
+                let writes: Vec<Write> = chunk.iter().flat_map(|(_, writes)| writes.iter().cloned()).collect();
+                let (statements, deletes) = MongoSink::statements(&writes);
+                let mut versions: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+                for (event, _) in chunk {
+                    versions.insert(event.stream_id.as_str(), event.stream_version);
                 }
-                if !updates.is_empty() {
-                    database.run_command(doc! { "update": "raw", "updates": updates, "ordered": false }).await?;
+                let mut updates: Vec<Bson> = statements.into_iter().map(Bson::Document).collect();
+                for (stream, version) in versions {
+                    let version = i64::try_from(version)?;
+                    updates.push(Bson::Document(doc! { "q": { "_id": format!("s:{stream}") }, "u": { "$set": { "v": version } }, "upsert": true }));
+                }
+                database.run_command(doc! { "update": "raw", "updates": updates, "ordered": false }).await?;
+                if !deletes.is_empty() {
+                    let deletes: Vec<Bson> = deletes.into_iter().map(|id| Bson::Document(doc! { "q": { "_id": id }, "limit": 1 })).collect();
+                    database.run_command(doc! { "delete": "raw", "deletes": deletes, "ordered": false }).await?;
                 }
             }
             Ok::<_, anyhow::Error>(())

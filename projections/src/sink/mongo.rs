@@ -194,6 +194,15 @@ impl MongoSink {
         self.projections.find_one(doc! { "_id": "#probe" }).session(&mut session).await.is_ok()
     }
 
+    /// The `update` statements (`{q, u, upsert}`) and the `_id`s to delete
+    /// that a commit sends for `writes`, folded per document and index entry,
+    /// as if no document existed yet: for raw baselines and tools.
+    pub fn statements(writes: &[Write]) -> (Vec<BsonDocument>, Vec<String>) {
+        let mut statements = Statements::default();
+        statements.fold(writes, &HashSet::new());
+        (statements.updates, statements.deletes)
+    }
+
     /// The database this sink uses.
     pub fn database(&self) -> &Database {
         &self.database
@@ -855,7 +864,8 @@ impl ReadModelSink for MongoSink {
                     claim(&generation_docs, "#gen", false, session).await?;
                     // One read: the marker, every guarded stream, dead letter and `$max`ed document.
                     let mut ids: Vec<String> = vec!["#gen".to_owned()];
-                    ids.extend(batch.guards.iter().map(|g| stream_id(&g.stream_id)));
+                    // (A guard without an expected version, a rebuild's, checks nothing.)
+                    ids.extend(batch.guards.iter().filter(|g| g.expected.is_some()).map(|g| stream_id(&g.stream_id)));
                     ids.extend(batch.dead_letters.iter().map(dead_id));
                     ids.extend(max_documents.iter().cloned());
                     let mut found: HashMap<String, BsonDocument> = HashMap::new();
