@@ -64,6 +64,7 @@ pub fn bus_backend(url: &str) -> &'static str {
 
 /// Splits `url?a=1&b=2` into the URL and its parameters, refusing any not in
 /// `known` (Strata's own options, removed before the client sees the URL).
+#[cfg_attr(not(any(feature = "nats", feature = "kafka", feature = "redis")), allow(dead_code))]
 fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(&'a str, Vec<(&'a str, &'a str)>)> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url, Vec::new()));

@@ -55,11 +55,14 @@ pub(crate) async fn raw_writes(url: &str, shares: &Arc<Vec<Share>>, batch_size: 
                 let mut updates: Vec<Bson> = statements.into_iter().map(Bson::Document).collect();
                 for (stream, version) in versions {
                     let version = i64::try_from(version)?;
-                    updates.push(Bson::Document(doc! { "q": { "_id": format!("s:{stream}") }, "u": { "$set": { "v": version } }, "upsert": true }));
+                    updates.push(Bson::Document(
+                        doc! { "q": { "_id": format!("s:{stream}") }, "u": { "$set": { "v": version } }, "upsert": true },
+                    ));
                 }
                 database.run_command(doc! { "update": "raw", "updates": updates, "ordered": false }).await?;
                 if !deletes.is_empty() {
-                    let deletes: Vec<Bson> = deletes.into_iter().map(|id| Bson::Document(doc! { "q": { "_id": id }, "limit": 1 })).collect();
+                    let deletes: Vec<Bson> =
+                        deletes.into_iter().map(|id| Bson::Document(doc! { "q": { "_id": id }, "limit": 1 })).collect();
                     database.run_command(doc! { "delete": "raw", "deletes": deletes, "ordered": false }).await?;
                 }
             }
