@@ -698,14 +698,7 @@ mod distributed {
     /// and then CONFIRMED.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn graphql_on_postgres_jetstream_redis() {
-        let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-        if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-            report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
-            return;
-        }
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", ReadModel::Redis, &id).await;
-        crate::support::drop_scratch_backends(&nats, None, &id).await;
+        on_jetstream(ReadModel::Redis).await;
     }
 
     /// The same on PostgreSQL + JetStream + MongoDB (nx-27017, or
@@ -713,13 +706,18 @@ mod distributed {
     #[cfg(feature = "mongo")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn graphql_on_postgres_jetstream_mongo() {
+        on_jetstream(ReadModel::Mongo).await;
+    }
+
+    /// [`distributed`] on a JetStream stream of its own.
+    async fn on_jetstream(read_model: ReadModel) {
         let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
         if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
             report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
             return;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", ReadModel::Mongo, &id).await;
+        distributed(&format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), "nats", read_model, &id).await;
         crate::support::drop_scratch_backends(&nats, None, &id).await;
     }
 

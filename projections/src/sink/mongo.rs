@@ -293,16 +293,24 @@ impl MongoSink {
                     doc! { "_id": "#lease", "until": { "$lt": now } },
                     doc! { "$set": { "until": now + LEASE_MILLIS, "owner": &owner } },
                 )
-                .upsert(true)
                 .await;
-            match taken {
-                Ok(taken) if taken.matched_count == 1 || taken.upserted_id.is_some() => return Ok(Some(owner)),
-                Ok(_) => {}
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(SinkError::backend("taking the database lease", e)),
-            }
+            let failure = match taken {
+                Ok(taken) if taken.matched_count == 1 => return Ok(Some(owner)),
+                // Held by another, or not there yet (a new or wiped
+                // database): create it if missing, then try again. Two
+                // processes creating it at once may see an error (nx-27017
+                // answers "Failed to get last row id."): also try again.
+                Ok(_) => self
+                    .projections
+                    .update_one(doc! { "_id": "#lease" }, doc! { "$setOnInsert": { "until": 0_i64 } })
+                    .upsert(true)
+                    .await
+                    .err(),
+                Err(e) => Some(e),
+            };
             if started.elapsed() > Duration::from_millis(LEASE_MILLIS as u64 * 12) {
-                return Err(SinkError::backend("taking the database lease", "another process held it for over a minute"));
+                let why = failure.map_or_else(|| "another process held it for over a minute".to_owned(), |e| e.to_string());
+                return Err(SinkError::backend("taking the database lease", why));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
