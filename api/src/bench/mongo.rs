@@ -47,7 +47,7 @@ pub(crate) async fn raw_writes(url: &str, shares: &Arc<Vec<Share>>, batch_size: 
                 // The documents a commit writes for this batch, folded the
                 // same way, and each stream's version.
                 let writes: Vec<Write> = chunk.iter().flat_map(|(_, writes)| writes.iter().cloned()).collect();
-                let (statements, deletes) = MongoSink::statements(&writes);
+                let statements = MongoSink::statements(&writes);
                 let mut versions: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
                 for (event, _) in chunk {
                     versions.insert(event.stream_id.as_str(), event.stream_version);
@@ -60,11 +60,6 @@ pub(crate) async fn raw_writes(url: &str, shares: &Arc<Vec<Share>>, batch_size: 
                     ));
                 }
                 database.run_command(doc! { "update": "raw", "updates": updates, "ordered": false }).await?;
-                if !deletes.is_empty() {
-                    let deletes: Vec<Bson> =
-                        deletes.into_iter().map(|id| Bson::Document(doc! { "q": { "_id": id }, "limit": 1 })).collect();
-                    database.run_command(doc! { "delete": "raw", "deletes": deletes, "ordered": false }).await?;
-                }
             }
             Ok::<_, anyhow::Error>(())
         }));

@@ -69,7 +69,8 @@ async fn kill_and_compare(sink: Arc<dyn ReadModelSink>, read_model_url: &str, id
     let store = PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap();
     store.migrate().await.unwrap();
 
-    let seed: u64 = rand::rng().random();
+    // Replay a run with STRATA_KILL_SEED=<the printed seed>.
+    let seed: u64 = std::env::var("STRATA_KILL_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| rand::rng().random());
     println!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,8 @@
 //! |---|---|---|
 //! | `strata_projections` | projection name | `live`, `next`, `rebuilding` (numbers) and the operator state in `m` (paused, state, lastError, rate, losses) |
 //! | `strata_<projection>_g<N>` | `#gen` | the generation's marker: `state` (`reserved`, `rebuilding`, `live`, `retired`), `seq` (commits), `position`, `events`, `dead` |
-//! | | `d:<key>` | a read-model document, its fields in `f` |
-//! | | `i:<len>:<index>:<member>` | an index entry: `ix` (index), `m` (member), `s` (score); the sink creates the index `{ix: 1, s: 1, m: 1}` that pages walk |
+//! | | `d:<key>` | a read-model document, its fields in `f` (none: deleted) |
+//! | | `i:<len>:<index>:<member>` | an index entry: `ix` (index), `m` (member), `s` (score), none of them once removed; the sink creates the index `{ix: 1, s: 1, m: 1}` that pages walk |
 //! | | `s:<stream>` | a stream's applied version `v`, and `p`, the version it is parked from |
 //! | | `x:<position>:<event id>` | a dead letter |
 //! | | `c:<seq mod 1024>` | what commit `seq` changed (for waiting readers) |
@@ -25,8 +25,10 @@
 //! generation's marker and the batch's stream versions, checks every guard,
 //! then sends every write of the batch (documents, index entries, stream
 //! versions, dead letters, the marker's counters, the change entry) as one
-//! unordered `update` command, plus one `delete` command when the batch
-//! removes something, and commits. A batch's writes are first folded per
+//! unordered `update` command, and commits. Removals are updates too: a
+//! deleted document keeps its `_id` without fields, an entry removed from an
+//! index keeps its `_id` without `ix` (readers and dumps see neither; a
+//! rebuild's generation starts without them). A batch's writes are first folded per
 //! document (the last value of each field, the greatest of each `SetMax`, a
 //! delete followed by sets as a replacement), so their order within the
 //! command does not matter; a rebuild's batches go through the same path.
@@ -73,7 +75,7 @@
 //!
 //! # What it does not use
 //! No change streams, no `$addToSet`, no `$project` of `_id`, no aggregation:
-//! finds, `update` and `delete` commands, `$set`, `$max`, `$min`, `$inc`,
+//! finds, `update` commands, `$set`, `$max`, `$min`, `$inc`,
 //! `$setOnInsert` and `$unset` only, so MongoDB-compatible servers that lack
 //! those work too.
 //!
@@ -194,13 +196,13 @@ impl MongoSink {
         self.projections.find_one(doc! { "_id": "#probe" }).session(&mut session).await.is_ok()
     }
 
-    /// The `update` statements (`{q, u, upsert}`) and the `_id`s to delete
-    /// that a commit sends for `writes`, folded per document and index entry,
-    /// as if no document existed yet: for raw baselines and tools.
-    pub fn statements(writes: &[Write]) -> (Vec<BsonDocument>, Vec<String>) {
+    /// The `update` statements (`{q, u, upsert}`) a commit sends for
+    /// `writes`, folded per document and index entry, as if no document
+    /// existed yet: for raw baselines and tools.
+    pub fn statements(writes: &[Write]) -> Vec<BsonDocument> {
         let mut statements = Statements::default();
         statements.fold(writes, &HashSet::new());
-        (statements.updates, statements.deletes)
+        statements.updates
     }
 
     /// The database this sink uses.
@@ -547,11 +549,12 @@ impl Folded {
     }
 }
 
-/// The writes of one commit as `update` statements and `delete` ids.
+/// The writes of one commit as `update` statements. A removal is an update
+/// too (`$unset` of the document's fields, or of the entry's index fields),
+/// so a whole batch is one command.
 #[derive(Default)]
 struct Statements {
     updates: Vec<BsonDocument>,
-    deletes: Vec<String>,
 }
 
 impl Statements {
@@ -596,7 +599,8 @@ impl Statements {
             let id = document_id(key);
             if folded.replace {
                 if folded.set.is_empty() && folded.max.is_empty() {
-                    self.deletes.push(id);
+                    // Gone: a document without fields is no document.
+                    self.updates.push(doc! { "q": { "_id": id }, "u": { "$unset": { "f": "" } } });
                 } else {
                     let fields: BsonDocument = folded
                         .set
@@ -627,7 +631,8 @@ impl Statements {
             let id = entry_id(index, member);
             match score {
                 Some(score) => self.upsert(id, doc! { "$set": { "ix": index, "m": member, "s": score } }),
-                None => self.deletes.push(id),
+                // Out of the index: an entry without `ix` is in none.
+                None => self.updates.push(doc! { "q": { "_id": id }, "u": { "$unset": { "ix": "", "m": "", "s": "" } } }),
             }
         }
     }
@@ -657,21 +662,12 @@ async fn run_updates(
     Ok(())
 }
 
-async fn run_deletes(database: &Database, collection: &str, ids: Vec<String>, session: &mut ClientSession) -> Result<(), MongoError> {
-    for ids in ids.chunks(50_000) {
-        let deletes: Vec<Bson> = ids.iter().map(|id| Bson::Document(doc! { "q": { "_id": id }, "limit": 1 })).collect();
-        let command = doc! { "delete": collection, "deletes": deletes, "ordered": false };
-        check_write_reply(database.run_command(command).session(&mut *session).await?)?;
-    }
-    Ok(())
-}
-
 /// A dead letter as stored: its JSON fields.
 fn dead_letter_document(letter: &DeadLetter) -> Bson {
     to_bson(&serde_json::to_value(letter).unwrap_or_default())
 }
 
-/// `update`/`delete` answer `ok: 1` with `writeErrors` when statements fail.
+/// `update` answers `ok: 1` with `writeErrors` when statements fail.
 fn check_write_reply(reply: BsonDocument) -> Result<(), MongoError> {
     match reply.get_array("writeErrors") {
         Ok(errors) if !errors.is_empty() => {
@@ -750,18 +746,21 @@ impl ReadModelSink for MongoSink {
                     return Ok(false);
                 }
                 let next = database.collection::<BsonDocument>(&collection_name(&name, generation));
-                let moved = next.update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": LIVE } }).session(&mut *session).await?;
-                if moved.matched_count == 0 {
+                if next.find_one(doc! { "_id": "#gen" }).session(&mut *session).await?.is_none() {
                     return Ok(false);
                 }
-                if let Some(old) = number(pointer.get("live")).filter(|old| *old != generation) {
-                    let old = database.collection::<BsonDocument>(&collection_name(&name, old));
-                    old.update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": RETIRED } }).session(&mut *session).await?;
-                }
+                // The pointer first: on a server that does not isolate
+                // transactions, a process killed after it leaves readers on
+                // the new generation, whose state still takes commits.
                 projections
                     .update_one(doc! { "_id": &name }, doc! { "$set": { "live": signed(generation) }, "$unset": { "rebuilding": "" } })
                     .session(&mut *session)
                     .await?;
+                next.update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": LIVE } }).session(&mut *session).await?;
+                if let Some(old) = number(pointer.get("live")).filter(|old| *old != generation) {
+                    let old = database.collection::<BsonDocument>(&collection_name(&name, old));
+                    old.update_one(doc! { "_id": "#gen" }, doc! { "$set": { "state": RETIRED } }).session(&mut *session).await?;
+                }
                 Ok(true)
             })
         })
@@ -914,7 +913,7 @@ impl ReadModelSink for MongoSink {
                     let existing: HashSet<String> = max_documents.iter().filter(|id| found.contains_key(*id)).cloned().collect();
                     let mut statements = Statements::default();
                     statements.fold(&writes, &existing);
-                    let Statements { mut updates, deletes } = statements;
+                    let Statements { mut updates } = statements;
                     let mut parked: HashMap<&str, u64> = HashMap::new();
                     for letter in &batch.dead_letters {
                         let from = parked.entry(&letter.stream_id).or_insert(letter.stream_version);
@@ -960,9 +959,6 @@ impl ReadModelSink for MongoSink {
                         updates.push(doc! { "q": { "_id": &id }, "u": { "_id": &id, "seq": signed(seq), "keys": keys }, "upsert": true });
                     }
                     run_updates(&database, &collection, updates, session).await?;
-                    if !deletes.is_empty() {
-                        run_deletes(&database, &collection, deletes, session).await?;
-                    }
                     Ok(Outcome::Done)
                 })
             })
@@ -1261,9 +1257,10 @@ mod tests {
             vec![
                 doc! { "q": { "_id": "d:a" }, "u": { "$max": { "f.at": 5_i64 }, "$set": { "f.n": 2_i64 } }, "upsert": true },
                 doc! { "q": { "_id": "d:b" }, "u": { "_id": "d:b", "f": { "at": 1_i64 } }, "upsert": true },
+                doc! { "q": { "_id": "d:c" }, "u": { "$unset": { "f": "" } } },
+                doc! { "q": { "_id": "i:1:i:a" }, "u": { "$unset": { "ix": "", "m": "", "s": "" } } },
                 doc! { "q": { "_id": "i:1:i:b" }, "u": { "$set": { "ix": "i", "m": "b", "s": 3_i64 } }, "upsert": true },
             ]
         );
-        assert_eq!(statements.deletes, vec!["d:c".to_owned(), "i:1:i:a".to_owned()]);
     }
 }
