@@ -25,13 +25,14 @@
 //! generation's marker and the batch's stream versions, checks every guard,
 //! then sends every write of the batch (documents, index entries, stream
 //! versions, dead letters, the marker's counters, the change entry) as one
-//! unordered `update` command, and commits. Removals are updates too: a
-//! deleted document keeps its `_id` without fields, an entry removed from an
-//! index keeps its `_id` without `ix` (readers and dumps see neither; a
-//! rebuild's generation starts without them). A batch's writes are first folded per
-//! document (the last value of each field, the greatest of each `SetMax`, a
-//! delete followed by sets as a replacement), so their order within the
-//! command does not matter; a rebuild's batches go through the same path.
+//! unordered `update` command (several only past 8 MiB of statements), and
+//! commits. Removals are updates too: a deleted document keeps its `_id`
+//! without fields, an entry removed from an index keeps its `_id` without
+//! `ix` (readers and dumps see neither; a rebuild's generation starts
+//! without them). A batch's writes are first folded per document (the last
+//! value of each field, the greatest of each `SetMax`, a delete followed by
+//! sets as a replacement), so their order within the command does not
+//! matter; a rebuild's batches go through the same path.
 //! Two commits to one generation write its marker, so MongoDB lets one
 //! through and aborts the other with a transient error, which is retried; a
 //! switch writes the old generation's marker too, so a commit planned against
@@ -53,7 +54,8 @@
 //! document `#lease` in `strata_projections` whose `until` has passed,
 //! set to now + 5 s, cleared after the transaction), so transactions from
 //! every process take turns; a process killed while holding it stalls the
-//! others for up to 5 s. And because a commit's writes are one command sent
+//! others for up to 5 s (the lease is not renewed: a transaction longer
+//! than 5 s on such a server could overlap the next). And because a commit's writes are one command sent
 //! after its reads, a process killed mid-commit leaves either nothing or
 //! the whole batch, which a redelivery then finds applied. On a replica set
 //! none of this applies: transactions are isolated, and two commits to one
