@@ -371,3 +371,38 @@ async fn bench_project_and_rebuild_print_rates_next_to_their_baselines() {
     assert!(result["seconds"].as_f64().unwrap() > 0.0, "{result}");
     assert!(result["rss_peak_mb"].as_f64().unwrap() >= result["rss_before_mb"].as_f64().unwrap(), "{result}");
 }
+
+/// `serve`'s log on stderr (not a terminal here), as text and as JSON, until
+/// it listens; returns what it wrote.
+fn serve_log(format: Option<&str>) -> String {
+    let scratch = scratch_sqlite();
+    let log = scratch.dir.path().join("stderr.log");
+    let mut command = strata();
+    command.current_dir(scratch.dir.path()).env("RUST_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
+    if let Some(format) = format {
+        command.env("STRATA_LOG_FORMAT", format);
+    }
+    let server = crate::support::Server::start(command);
+    drop(server);
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_are_one_json_object_per_line_in_json() {
+    let text = serve_log(None);
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log written to a file: {text:?}");
+
+    let json = serve_log(Some("json"));
+    let lines: Vec<&str> = json.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let object: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
+        assert!(object["level"].is_string() && object["timestamp"].is_string() && object["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|line| line.contains("\"level\":\"INFO\"")), "{json}");
+
+    let refused = strata().env("STRATA_LOG_FORMAT", "xml").arg("migrate").output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("STRATA_LOG_FORMAT"), "{refused:?}");
+}
