@@ -418,6 +418,11 @@ fn change_id(seq: u64) -> String {
     format!("c:{}", seq % CHANGE_SLOTS)
 }
 
+/// A stored document's string `_id`.
+fn stored_id(stored: &BsonDocument) -> Option<String> {
+    stored.get_str("_id").ok().map(str::to_owned)
+}
+
 fn document_id(key: &str) -> String {
     format!("d:{key}")
 }
@@ -823,8 +828,8 @@ impl ReadModelSink for MongoSink {
             .await
             .map_err(backend("loading stream versions and documents"))?;
         while let Some(stored) = cursor.try_next().await.map_err(backend("loading stream versions and documents"))? {
-            if let Ok(id) = stored.get_str("_id") {
-                found.insert(id.to_owned(), stored.clone());
+            if let Some(id) = stored_id(&stored) {
+                found.insert(id, stored);
             }
         }
         let mut loaded = Loaded::default();
@@ -882,8 +887,8 @@ impl ReadModelSink for MongoSink {
                     let mut stream = cursor.stream(&mut *session);
                     while let Some(stored) = stream.next().await {
                         let stored = stored?;
-                        if let Ok(id) = stored.get_str("_id") {
-                            found.insert(id.to_owned(), stored.clone());
+                        if let Some(id) = stored_id(&stored) {
+                            found.insert(id, stored);
                         }
                     }
                     drop(stream);
