@@ -102,7 +102,10 @@ pub fn router(state: AppState) -> Router {
 /// The span a request is served in: method, path and request id.
 fn request_span(request: &Request) -> tracing::Span {
     let id = request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or_default();
-    tracing::info_span!("http", method = %request.method(), path = request.uri().path(), request_id = id)
+    let span = tracing::info_span!("http", method = %request.method(), path = request.uri().path(), request_id = id);
+    // A caller's W3C trace context makes the request part of its trace.
+    strata_store::trace::follow(&span, request.headers().get("traceparent").and_then(|value| value.to_str().ok()));
+    span
 }
 
 async fn healthz() -> Json<Value> {

@@ -16,6 +16,7 @@
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
 //! - [`rate`]: rate limits per token and per client address;
 //! - [`sagas`]: `strata sagas …` (stuck, resume);
+//! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces (`OTEL_*`);
 //! - [`ws`]: the subscriptions' WebSocket and its bounds.
 
 pub mod audit;
@@ -33,5 +34,6 @@ pub mod progress;
 pub mod projections;
 pub mod rate;
 pub mod sagas;
+pub mod telemetry;
 pub mod workers;
 pub mod ws;

@@ -309,29 +309,16 @@ enum BenchCommand {
 
 /// Logs to stderr: `STRATA_LOG_FORMAT=text` (the default; colour only when
 /// stderr is a terminal) or `json` (one object per line); `RUST_LOG` filters.
-fn init_logging() -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    let filter =
-        || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let format = std::env::var("STRATA_LOG_FORMAT").unwrap_or_default();
-    match format.as_str() {
-        "" | "text" => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
-        "json" => tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::io::stderr).with_current_span(true).init(),
-        other => anyhow::bail!("STRATA_LOG_FORMAT: unsupported log format {other:?}; expected text or json"),
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = init_logging() {
-        eprintln!("error: {err}");
-        return ExitCode::FAILURE;
-    }
+    // Dropped last: flushes the spans still queued for export.
+    let _telemetry = match strata_api::telemetry::init() {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

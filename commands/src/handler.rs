@@ -64,8 +64,9 @@ use uuid::Uuid;
 use crate::Aggregate;
 
 /// Supplies the W3C `traceparent` of the current span, when there is one.
-/// The composition root installs one backed by its tracing setup; the handler
-/// has no tracing backend of its own.
+/// The default, [`strata_store::trace::current`], reads the `command` span's
+/// context from the OpenTelemetry layer the composition root installs (and
+/// gives `None` without one).
 pub type TraceparentSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// How a handler behaves. `HandlerConfig::default()` suits most aggregates.
@@ -86,7 +87,13 @@ pub struct HandlerConfig {
 
 impl Default for HandlerConfig {
     fn default() -> Self {
-        Self { max_attempts: 20, snapshot_every: Some(100), page_size: 1_000, traceparent: None, cache_capacity: 10_000 }
+        Self {
+            max_attempts: 20,
+            snapshot_every: Some(100),
+            page_size: 1_000,
+            traceparent: Some(Arc::new(strata_store::trace::current)),
+            cache_capacity: 10_000,
+        }
     }
 }
 
@@ -332,7 +339,7 @@ impl<A: Aggregate> CommandHandler<A> {
             attempts += 1;
             let (loaded, from_cache) = match cached.take() {
                 Some(loaded) => (loaded, true),
-                None => (self.load_stream(&stream_id).await?, false),
+                None => (self.load_stream(&stream_id).instrument(tracing::info_span!("load")).await?, false),
             };
             let events = match A::decide(&loaded.state, envelope.command.clone()) {
                 Ok(events) if !events.is_empty() => events,
@@ -378,7 +385,7 @@ impl<A: Aggregate> CommandHandler<A> {
                 version => ExpectedVersion::Exact(version),
             };
             let request = vec![StreamAppend { stream_id: stream_id.clone(), expected, events: new_events }];
-            match self.store.append(request).await {
+            match self.store.append(request).instrument(tracing::info_span!("append", events = events.len())).await {
                 Ok(outcome) => {
                     tracing::Span::current().record("attempts", attempts);
                     if outcome.replayed {

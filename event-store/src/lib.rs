@@ -24,6 +24,7 @@ pub mod relay;
 mod snapshot;
 mod store;
 mod subscription;
+pub mod trace;
 mod types;
 pub mod verify;
 

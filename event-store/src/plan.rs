@@ -525,6 +525,7 @@ impl StoredRow {
             schema_version,
             payload: self.payload_json,
             metadata: self.metadata_json,
+            bus_traceparent: None,
         })
     }
 

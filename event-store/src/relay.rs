@@ -104,8 +104,9 @@ impl Relay {
         if events.is_empty() {
             return Ok(Step::Idle);
         }
-        self.publish_batch(&events).await?;
-        Ok(Step::Processed(events.len()))
+        let count = events.len();
+        self.publish_batch(events).await?;
+        Ok(Step::Processed(count))
     }
 
     /// Relays everything up to the log's current end, reading the next batch
@@ -152,8 +153,8 @@ impl Relay {
         });
         let mut relayed = 0;
         while let Some(events) = ready.recv().await {
-            self.publish_batch(&events).await?;
             relayed += events.len();
+            self.publish_batch(events).await?;
         }
         match reading.await {
             Ok(result) => result?,
@@ -199,16 +200,31 @@ impl Relay {
             };
             let Some(batch) = batch else { return Ok(()) };
             let events = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
-            self.publish_batch(&events).await?;
+            self.publish_batch(events).await?;
         }
     }
 
     /// Publishes a batch and only then moves the checkpoint past it.
-    async fn publish_batch(&self, events: &[StoredEvent]) -> Result<(), RelayError> {
+    ///
+    /// An event stored with a `traceparent` is published in a `relay.publish`
+    /// span, a child of the span that appended it, and travels under that
+    /// span's context (so a consumer's span is the relay's child). The spans
+    /// last as long as the batch's publish.
+    async fn publish_batch(&self, mut events: Vec<StoredEvent>) -> Result<(), RelayError> {
         let Some(last) = events.last().map(|event| event.position) else {
             return Ok(());
         };
-        self.publisher.publish(events).await?;
+        let mut spans = Vec::new();
+        for event in &mut events {
+            if let Some(parent) = event.traceparent() {
+                let span = tracing::info_span!("relay.publish", stream_id = %event.stream_id, position = %event.position, event_type = %event.event_type);
+                crate::trace::follow(&span, Some(&parent));
+                event.bus_traceparent = crate::trace::of(&span);
+                spans.push(span);
+            }
+        }
+        self.publisher.publish(&events).await?;
+        drop(spans);
         self.checkpoints.save_checkpoint(&self.config.name, last).await?;
         tracing::debug!(events = events.len(), position = %last, "relayed");
         Ok(())

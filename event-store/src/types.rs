@@ -342,6 +342,10 @@ pub struct StoredEvent {
     pub metadata: String,
     /// The chain hash stored with the event.
     pub hash: ChainHash,
+    /// The W3C `traceparent` the event travels under on the bus (its
+    /// `traceparent` header), when it differs from the one in its metadata:
+    /// the relay sets it to its publish span. Not stored in the log.
+    pub bus_traceparent: Option<String>,
 }
 
 impl From<&RecordedEvent> for StoredEvent {
@@ -357,6 +361,7 @@ impl From<&RecordedEvent> for StoredEvent {
             payload: serde_json::to_string(&event.payload).expect("JSON values serialize"),
             metadata: serde_json::to_string(&event.metadata).expect("metadata serializes"),
             hash: event.hash,
+            bus_traceparent: None,
         }
     }
 }
@@ -385,6 +390,12 @@ impl StoredEvent {
             traceparent: Option<String>,
         }
         serde_json::from_str::<Trace>(&self.metadata).ok()?.traceparent
+    }
+
+    /// The `traceparent` header of its bus message: [`Self::bus_traceparent`],
+    /// else the metadata's.
+    pub fn header_traceparent(&self) -> Option<String> {
+        self.bus_traceparent.clone().or_else(|| self.traceparent())
     }
 }
 

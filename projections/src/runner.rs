@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use strata_store::bus::{Delivery, Subscriber, Subscription};
 use strata_store::{EventReader, RecordedEvent};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::apply::{PlanError, Planner, RetryPolicy};
 use crate::projection::Projection;
@@ -335,9 +336,16 @@ impl ProjectionRunner {
     }
 
     /// Handles a chunk of deliveries and acks what was committed.
+    ///
+    /// The chunk is applied in one `projection.apply` span linked to the
+    /// trace of each event in it (a batch has no single parent).
     async fn settle(&self, deliveries: Vec<Delivery>) -> Result<(Handled, Option<PlanError>), RunnerError> {
         let events: Vec<RecordedEvent> = deliveries.iter().map(|d| d.event.clone()).collect();
-        let (covered, handled, stopped) = match self.handle(&events).await {
+        let span = tracing::info_span!("projection.apply", projection = self.projection.name(), events = events.len());
+        for delivery in &deliveries {
+            strata_store::trace::link(&span, delivery.traceparent.as_deref());
+        }
+        let (covered, handled, stopped) = match self.handle(&events).instrument(span).await {
             Ok(done) => done,
             Err(error) => {
                 // Give them back now rather than after the ack timeout.

@@ -63,6 +63,7 @@ use strata_store::{
     ReadStream, RecordedEvent, StreamAppend, StreamId,
 };
 use tokio::sync::{watch, Notify, Semaphore};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::saga::{Clock, Outcome, Saga, SagaConfig, Services};
@@ -323,6 +324,7 @@ impl<S: Saga> Orchestrator<S> {
             correlation_id: Some(saga_id),
             causation_id: causation,
             actor: Some(self.config.actor.clone()),
+            traceparent: strata_store::trace::current(),
             ..EventMetadata::default()
         };
         let events = events
@@ -386,7 +388,16 @@ impl<S: Saga> Orchestrator<S> {
                 Next::Finished | Next::WaitUntil(_) => (Vec::new(), None),
                 Next::Record(events) => (events, None),
                 Next::Send(request) => {
-                    let outcome = self.execute(saga_id, &request).await;
+                    let span = tracing::info_span!(
+                        "saga.step",
+                        saga = S::CATEGORY,
+                        %saga_id,
+                        step = S::STEPS[request.step].name,
+                        phase = request.phase.as_str(),
+                        outcome = tracing::field::Empty,
+                    );
+                    let outcome = self.execute(saga_id, &request).instrument(span.clone()).await;
+                    span.record("outcome", tracing::field::debug(&outcome));
                     if outcome != Outcome::Done {
                         tracing::debug!(%saga_id, step = S::STEPS[request.step].name, phase = request.phase.as_str(), ?outcome, "step attempt did not succeed");
                     }
@@ -541,7 +552,17 @@ impl<S: Saga> Orchestrator<S> {
 
     /// Handles one trigger delivery: start (or record a cancellation), drive,
     /// then ack (nack on error).
+    ///
+    /// Runs in a `saga.trigger` span, the child of the trace context the
+    /// trigger travelled under, so the steps join the order's trace.
     pub async fn handle(&self, delivery: Delivery) {
+        let span = tracing::info_span!(
+            "saga.trigger",
+            saga = S::CATEGORY,
+            event_type = %delivery.event.event_type,
+            stream_id = %delivery.event.stream_id,
+        );
+        strata_store::trace::follow(&span, delivery.traceparent.as_deref());
         let result = async {
             if let Some((saga_id, reason)) = S::cancel_request(&delivery.event) {
                 return self.cancel(saga_id, &reason, Some(delivery.event.event_id)).await.map(|_| None);
@@ -551,6 +572,7 @@ impl<S: Saga> Orchestrator<S> {
                 None => Ok(None),
             }
         }
+        .instrument(span)
         .await;
         let settled = match result {
             Ok(_) => delivery.ack().await,

@@ -11,8 +11,9 @@
 //!   answers — except `NoAnswer`, which is not answered, exactly as a service
 //!   that does not reply.
 //!
-//! Wire format: JSON `{"commandId", "correlationId", "command"}`; the answer
-//! is the outcome as JSON.
+//! Wire format: JSON `{"commandId", "correlationId", "command", "traceparent"?}`
+//! (the W3C trace context of the saga step, when traced); the answer is the
+//! outcome as JSON.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use strata_store::bus::{IncomingRequest, Requester, Responder};
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::saga::{Outcome, Services};
@@ -35,6 +37,9 @@ struct WireCommand<C> {
     command_id: Uuid,
     correlation_id: Uuid,
     command: C,
+    /// The saga step's trace context: the service's span is its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 /// The services of another process, reached through the bus.
@@ -55,7 +60,7 @@ impl<C> RemoteServices<C> {
 #[async_trait]
 impl<C: Serialize + Send + Sync + 'static> Services<C> for RemoteServices<C> {
     async fn execute(&self, command_id: Uuid, correlation_id: Uuid, command: &C) -> Outcome {
-        let wire = WireCommand { command_id, correlation_id, command };
+        let wire = WireCommand { command_id, correlation_id, command, traceparent: strata_store::trace::current() };
         let payload = match serde_json::to_vec(&wire) {
             Ok(payload) => payload,
             Err(error) => return Outcome::Refused(format!("the command does not serialize: {error}")),
@@ -110,7 +115,11 @@ pub async fn serve<C: DeserializeOwned + Send + Sync + 'static>(
 
 async fn answer<C: DeserializeOwned>(request: IncomingRequest, services: &dyn Services<C>) {
     let outcome = match serde_json::from_slice::<WireCommand<C>>(&request.payload) {
-        Ok(wire) => services.execute(wire.command_id, wire.correlation_id, &wire.command).await,
+        Ok(wire) => {
+            let span = tracing::info_span!("service.command", command_id = %wire.command_id, correlation_id = %wire.correlation_id);
+            strata_store::trace::follow(&span, wire.traceparent.as_deref());
+            services.execute(wire.command_id, wire.correlation_id, &wire.command).instrument(span).await
+        }
         Err(error) => Outcome::Refused(format!("malformed command request: {error}")),
     };
     if outcome == Outcome::NoAnswer {

@@ -23,28 +23,28 @@ const CUSTOMER: &str = "customer-tests";
 const OTHER: &str = "other-client-token-for-tests";
 const OTHER_CUSTOMER: &str = "customer-other";
 const AUDITOR: &str = "auditor-token-for-tests-01";
-const OPERATOR: &str = "operator-token-for-tests-1";
+pub(crate) const OPERATOR: &str = "operator-token-for-tests-1";
 const EXPIRED: &str = "expired-token-for-tests-01";
 
-fn tokens() -> String {
+pub(crate) fn tokens() -> String {
     format!(
         "client/{CUSTOMER}:{CLIENT},client/{OTHER_CUSTOMER}:{OTHER},auditor:{AUDITOR},operator/ops:{OPERATOR},client/{CUSTOMER}:{EXPIRED}@2020-01-01T00:00:00Z"
     )
 }
 
-fn with_tokens(mut server: Server) -> Server {
+pub(crate) fn with_tokens(mut server: Server) -> Server {
     for (role, token) in [("client", CLIENT), ("other", OTHER), ("auditor", AUDITOR), ("operator", OPERATOR)] {
         server.tokens.insert(role.into(), token.into());
     }
     server
 }
 
-const PLACE: &str = "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken written { streamId version position replayed } } }";
-const RESTOCK: &str =
+pub(crate) const PLACE: &str = "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken written { streamId version position replayed } } }";
+pub(crate) const RESTOCK: &str =
     "mutation($sku: String!, $quantity: Int!) { restock(sku: $sku, quantity: $quantity) { streamId version consistencyToken } }";
-const ORDER: &str = "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { id customerId status totalCents failedStep cancelReason sagaStatus sagaReason cursor lines { sku quantity unitPriceCents stock { available } } steps { step status retries lastError } } }";
+pub(crate) const ORDER: &str = "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { id customerId status totalCents failedStep cancelReason sagaStatus sagaReason cursor lines { sku quantity unitPriceCents stock { available } } steps { step status retries lastError } } }";
 
-fn order_input(customer: &str, sku: &str, payment: &str, key: Option<&str>) -> Value {
+pub(crate) fn order_input(customer: &str, sku: &str, payment: &str, key: Option<&str>) -> Value {
     json!({ "input": {
         "customerId": customer,
         "paymentMethod": payment,

@@ -15,5 +15,7 @@ mod replicas;
 #[cfg(all(feature = "postgres", feature = "nats"))]
 mod saga_chaos;
 mod support;
+#[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
+mod traces;
 mod waiting;
 mod ws;

@@ -79,8 +79,9 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "strata-event-type";
     /// The global log position (decimal text).
     pub const POSITION: &str = "strata-position";
-    /// W3C trace context of the command that wrote the event.
-    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace context of the relay's publish span (else of the command
+    /// that wrote the event).
+    pub const TRACEPARENT: &str = super::super::TRACEPARENT_HEADER;
     /// Matches an answer to its request.
     pub const CORRELATION_ID: &str = "strata-correlation-id";
     /// The topic a request's answer goes to.
@@ -519,7 +520,7 @@ pub fn event_headers(event: &StoredEvent) -> OwnedHeaders {
         .insert(Header { key: headers::EVENT_ID, value: Some(id.as_bytes()) })
         .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_bytes()) })
         .insert(Header { key: headers::POSITION, value: Some(position.as_bytes()) });
-    if let Some(traceparent) = &event.traceparent() {
+    if let Some(traceparent) = &event.header_traceparent() {
         headers = headers.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_bytes()) });
     }
     headers
@@ -820,6 +821,9 @@ async fn consume(
                 let offset = message.offset();
                 let name = format!("{}/{}@{}", key.0, key.1, offset);
                 let decoded = WireEvent::decode(&name, message.payload().unwrap_or_default());
+                let header = message.headers().and_then(|headers| {
+                    headers.iter().find(|header| header.key == headers::TRACEPARENT).and_then(|header| header.value).and_then(|value| std::str::from_utf8(value).ok()).map(str::to_owned)
+                });
                 drop(message);
                 let event = match decoded {
                     Ok(event) => event,
@@ -844,7 +848,7 @@ async fn consume(
                         };
                         signal.send(message).map_err(|_| BusError::backend("acknowledging a Kafka record", "the subscription has ended"))
                     })
-                }));
+                })).traced(header);
                 if deliveries.send((Some(handed), Ok(delivery))).await.is_err() {
                     return;
                 }

@@ -157,12 +157,20 @@ pub(crate) enum Settlement {
     Nack,
 }
 
+/// The message header that carries the W3C trace context of an event on a
+/// networked bus (NATS and Kafka headers).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 /// One message handed to a subscriber.
 pub struct Delivery {
     /// The event.
     pub event: RecordedEvent,
     /// 1 for the first delivery, more for redeliveries.
     pub delivery_count: u64,
+    /// The trace context the message travelled under (its `traceparent`
+    /// header: the relay's publish span), else the event's own; a consumer's
+    /// span is its child.
+    pub traceparent: Option<String>,
     settle: Settle,
 }
 
@@ -179,7 +187,17 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     pub(crate) fn new(event: RecordedEvent, delivery_count: u64, settle: Settle) -> Self {
-        Self { event, delivery_count, settle }
+        let traceparent = event.metadata.traceparent.clone();
+        Self { event, delivery_count, traceparent, settle }
+    }
+
+    /// The delivery with the trace context of its message header, when it had one.
+    #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
+    pub(crate) fn traced(mut self, header: Option<String>) -> Self {
+        if header.is_some() {
+            self.traceparent = header;
+        }
+        self
     }
 
     /// The message is handled: the group will not see it again.

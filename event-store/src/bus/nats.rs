@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
 use super::{encode_stored, subject, BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription, WireEvent};
-use super::{request_subject, IncomingRequest, Requester, Responder};
+use super::{request_subject, IncomingRequest, Requester, Responder, TRACEPARENT_HEADER as TRACEPARENT};
 use crate::StoredEvent;
 
 /// Where the bus lives.
@@ -93,8 +93,11 @@ impl Publisher for JetStreamBus {
         // Send every message first, then collect the acks: many in flight.
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let message =
+            let mut message =
                 jetstream::message::PublishMessage::build().payload(encode_stored(event).into()).message_id(event.event_id.to_string());
+            if let Some(traceparent) = event.header_traceparent() {
+                message = message.header(TRACEPARENT, traceparent.as_str());
+            }
             let ack = self
                 .context
                 .send_publish(subject(&self.config.subject_prefix, &event.stream_id), message)
@@ -141,6 +144,7 @@ impl Subscriber for JetStreamBus {
                 .map(|info| info.delivered.max(1) as u64)
                 .map_err(|err| BusError::backend("reading message metadata", err))?;
             let event = WireEvent::decode(message.subject.as_str(), &message.payload)?;
+            let header = message.headers.as_ref().and_then(|headers| headers.get(TRACEPARENT)).map(|value| value.as_str().to_owned());
             Ok(Delivery::new(
                 event,
                 delivery_count,
@@ -158,7 +162,8 @@ impl Subscriber for JetStreamBus {
                         result.map_err(|err| BusError::backend("acknowledging a message", err))
                     })
                 }),
-            ))
+            )
+            .traced(header))
         });
         // The stream ends after its first error (the contract).
         let mut failed = false;
