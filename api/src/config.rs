@@ -112,6 +112,16 @@ pub struct Roles {
     pub services: bool,
 }
 
+impl std::fmt::Display for Roles {
+    /// The comma list [`Roles::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names =
+            [("api", self.api), ("relay", self.relay), ("projector", self.projector), ("saga", self.saga), ("services", self.services)];
+        let on: Vec<&str> = names.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+        f.write_str(&on.join(","))
+    }
+}
+
 impl Roles {
     /// Every role.
     pub const ALL: Roles = Roles { api: true, relay: true, projector: true, saga: true, services: true };
@@ -143,6 +153,10 @@ pub struct Settings {
     pub event_store: String,
     /// HTTP listen address.
     pub listen: SocketAddr,
+    /// True when the listen address was configured (flag, environment or
+    /// file): then a process without the api role serves `/healthz`,
+    /// `/readyz` and `/metrics` there too.
+    pub listen_configured: bool,
     /// The bus URL (`memory`, `nats://…` or `kafka://…`).
     pub bus: String,
     /// The read-model URL (`memory`, `redis://…` or `mongodb://…`).
@@ -200,7 +214,9 @@ impl Settings {
         };
         let file = read_file(&path, explicit)?;
         let event_store = overrides.event_store.clone().or(file.event_store).unwrap_or_else(|| DEFAULT_EVENT_STORE.to_owned());
-        let listen = overrides.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let configured_listen = overrides.listen.clone().or(file.listen);
+        let listen_configured = configured_listen.is_some();
+        let listen = configured_listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr =
             listen.parse().with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
         let bus = overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned());
@@ -242,6 +258,7 @@ impl Settings {
         Ok(Self {
             event_store,
             listen,
+            listen_configured,
             bus,
             read_model,
             roles,

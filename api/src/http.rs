@@ -157,6 +157,7 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
 
 /// A request-level refusal, shaped like a GraphQL response.
 pub(crate) fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
+    metrics::counter!("strata_graphql_errors_total", "code" => code.as_str()).increment(1);
     let body = json!({ "data": null, "errors": [{ "message": message.into(), "extensions": { "code": code.as_str() } }] });
     (status, Json(body)).into_response()
 }
@@ -260,7 +261,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Ok(response) => response,
         Err(_) => {
             let message = format!("the request took longer than {:?}; a mutation may or may not have been applied", limits.request_timeout);
-            state.metrics.observe_graphql(started, 1);
+            state.metrics.observe_graphql(started, []); // refuse() counts the error
             return refuse(StatusCode::OK, Code::Timeout, message);
         }
     };
@@ -271,7 +272,19 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
             extensions.set("code", Code::Validation.as_str());
         }
     }
-    state.metrics.observe_graphql(started, response.errors.len());
+    let codes = response.errors.iter().map(|error| {
+        error
+            .extensions
+            .as_ref()
+            .and_then(|extensions| extensions.get("code"))
+            .and_then(|code| match code {
+                async_graphql::Value::String(code) => Some(code.as_str()),
+                async_graphql::Value::Enum(code) => Some(code.as_str()),
+                _ => None,
+            })
+            .unwrap_or("UNKNOWN")
+    });
+    state.metrics.observe_graphql(started, codes);
     Json(response).into_response()
 }
 

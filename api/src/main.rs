@@ -552,31 +552,42 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
     let mut workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone()).await?;
     let store = backend.store();
+    strata_api::metrics::install_global(&roles.to_string());
     let serving = async {
-        if roles.api {
+        // The api role serves GraphQL; any process serves its health and
+        // metrics when given an address (compose scrapes every role).
+        if roles.api || settings.listen_configured {
             let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
             let address = listener.local_addr()?;
-            let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
-            let limits = Limits { rate_per_token: settings.rate_per_token, rate_per_ip: settings.rate_per_ip, ..Limits::default() };
-            let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model.clone(), limits);
-            let graphql = GraphQl::new(api, tokens(settings)?);
-            println!("strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)", store.backend_name());
-            tracing::info!(%address, backend = store.backend_name(), "serving");
+            let graphql = if roles.api {
+                let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
+                let limits = Limits { rate_per_token: settings.rate_per_token, rate_per_ip: settings.rate_per_ip, ..Limits::default() };
+                let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model, limits);
+                println!(
+                    "strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)",
+                    store.backend_name()
+                );
+                Some(GraphQl::new(api, tokens(settings)?))
+            } else {
+                println!("strata running {roles} (event store: {}; health and metrics on http://{address})", store.backend_name());
+                None
+            };
+            tracing::info!(%address, backend = store.backend_name(), %roles, "serving");
             http::run(
                 listener,
                 AppState {
                     event_store: store.clone(),
-                    read_model: Some(read_model),
+                    read_model: read_model.clone(),
                     checkpoints: backend.checkpoints(),
                     metrics: strata_api::metrics::process_metrics(),
-                    graphql: Some(graphql),
+                    graphql,
                     bus: bus.as_ref().map(|bus| (strata_api::workers::bus_backend(&settings.bus), bus.publisher.clone())),
                 },
                 shutdown_signal(),
             )
             .await?;
         } else {
-            println!("strata running {:?} (event store: {})", roles, store.backend_name());
+            println!("strata running {roles} (event store: {})", store.backend_name());
             shutdown_signal().await;
         }
         Ok::<_, anyhow::Error>(())

@@ -223,7 +223,10 @@ impl Relay {
                 spans.push(span);
             }
         }
+        let started = std::time::Instant::now();
         self.publisher.publish(&events).await?;
+        metrics::histogram!("strata_bus_publish_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("strata_bus_published_total").increment(events.len() as u64);
         drop(spans);
         self.checkpoints.save_checkpoint(&self.config.name, last).await?;
         tracing::debug!(events = events.len(), position = %last, "relayed");

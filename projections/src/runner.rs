@@ -349,10 +349,14 @@ impl ProjectionRunner {
             Ok(done) => done,
             Err(error) => {
                 // Give them back now rather than after the ack timeout.
+                metrics::counter!("strata_bus_consumed_total", "group" => Self::group(self.projection.name()), "result" => "nacked")
+                    .increment(deliveries.len() as u64);
                 let _ = futures_util::future::join_all(deliveries.into_iter().map(Delivery::nack)).await;
                 return Err(error);
             }
         };
+        metrics::counter!("strata_bus_consumed_total", "group" => Self::group(self.projection.name()), "result" => "acked")
+            .increment(covered as u64);
         let acks = deliveries.into_iter().take(covered).map(Delivery::ack);
         for result in futures_util::future::join_all(acks).await {
             // A lost ack means a redelivery, which the guards make harmless.

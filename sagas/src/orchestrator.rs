@@ -396,8 +396,20 @@ impl<S: Saga> Orchestrator<S> {
                         phase = request.phase.as_str(),
                         outcome = tracing::field::Empty,
                     );
+                    let started = std::time::Instant::now();
                     let outcome = self.execute(saga_id, &request).instrument(span.clone()).await;
                     span.record("outcome", tracing::field::debug(&outcome));
+                    let (step, phase) = (S::STEPS[request.step].name, request.phase.as_str());
+                    metrics::histogram!("strata_saga_step_seconds", "saga" => S::CATEGORY, "step" => step, "phase" => phase)
+                        .record(started.elapsed().as_secs_f64());
+                    let result = match outcome {
+                        Outcome::Done => "done",
+                        Outcome::Refused(_) => "refused",
+                        Outcome::Transient(_) => "transient",
+                        Outcome::NoAnswer => "no_answer",
+                    };
+                    metrics::counter!("strata_saga_steps_total", "saga" => S::CATEGORY, "step" => step, "phase" => phase, "outcome" => result)
+                        .increment(1);
                     if outcome != Outcome::Done {
                         tracing::debug!(%saga_id, step = S::STEPS[request.step].name, phase = request.phase.as_str(), ?outcome, "step attempt did not succeed");
                     }
@@ -574,6 +586,8 @@ impl<S: Saga> Orchestrator<S> {
         }
         .instrument(span)
         .await;
+        let acked = if result.is_ok() { "acked" } else { "nacked" };
+        metrics::counter!("strata_bus_consumed_total", "group" => format!("saga-{}", S::CATEGORY), "result" => acked).increment(1);
         let settled = match result {
             Ok(_) => delivery.ack().await,
             Err(error) => {

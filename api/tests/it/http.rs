@@ -90,7 +90,14 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     }
     let head = events + 1;
 
-    let state = AppState { event_store: metered, read_model: Some(read_model), checkpoints: store, metrics, graphql: None, bus: None };
+    let state = AppState {
+        event_store: metered,
+        read_model: Some(read_model),
+        checkpoints: store,
+        metrics: metrics.clone(),
+        graphql: None,
+        bus: None,
+    };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/metrics").await;
     assert_eq!(status, 200, "{body}");
@@ -105,6 +112,15 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     assert_eq!(value("strata_sagas{state=\"running\"} "), "1");
     assert_eq!(value("strata_sagas{state=\"compensating\"} "), "0");
     assert!(body.contains("# TYPE strata_append_seconds histogram"), "{body}");
+    assert!(body.contains("# HELP strata_events_appended_total Events appended by this process."), "{body}");
+    let resident: f64 = value("process_resident_memory_bytes ").parse().unwrap();
+    assert!(resident > 1e6, "{body}");
+    assert!(value("process_open_fds ").parse::<f64>().unwrap() >= 3.0, "{body}");
+    // GraphQL errors are counted by code.
+    metrics.observe_graphql(std::time::Instant::now(), ["VALIDATION", "FORBIDDEN", "VALIDATION"]);
+    let (_, body) = get(address, "/metrics").await;
+    assert!(body.contains("strata_graphql_errors_total{code=\"VALIDATION\"} 2"), "{body}");
+    assert!(body.contains("strata_graphql_errors_total{code=\"FORBIDDEN\"} 1"), "{body}");
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -120,11 +120,16 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ];
     let logs = tempfile::tempdir().unwrap();
+    // Each worker process also serves its health and metrics on a port of its own.
+    let mut ports = Vec::new();
     let mut roles: Vec<Role> = [("relay,projector", "strata-relay-projector"), ("saga", "strata-saga"), ("services", "strata-services")]
         .into_iter()
         .map(|(roles, service)| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            ports.push(port);
             let mut env = env.clone();
             env.push(("OTEL_SERVICE_NAME", service.into()));
+            env.push(("STRATA_LISTEN", port.to_string()));
             Role { name: roles, env, log: logs.path().join(format!("{service}.log")), child: None, starts: 0 }
         })
         .collect();
@@ -214,6 +219,36 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         .unwrap_or_else(|| panic!("no service command under a step: {trace:#?}"));
     assert!(child(&trace, "strata-services", "command", &[served]).is_some(), "the service's command is not its child: {trace:#?}");
     assert!(trace.iter().all(|span| span.span_id != span.parent), "{trace:#?}");
+
+    // The workers' /metrics: the bus traffic and the saga's steps, counted
+    // through the metrics crate in the process that did them.
+    let scrape = |address| async move {
+        let (status, body) = crate::support::get(address, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let value = |body: &str, prefix: &str| -> f64 {
+        body.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
+    };
+    let relay = scrape(ports[0]).await;
+    assert!(value(&relay, "strata_bus_published_total ") >= 4.0, "{relay}");
+    assert!(value(&relay, "strata_bus_consumed_total{group=\"projection-orders\",result=\"acked\"}") >= 1.0, "{relay}");
+    assert!(relay.contains("strata_build_info{version=\"") && relay.contains("roles=\"relay,projector\"} 1"), "{relay}");
+    let saga = scrape(ports[1]).await;
+    assert!(
+        value(&saga, "strata_saga_steps_total{saga=\"fulfilment\",step=\"RESERVE_STOCK\",phase=\"action\",outcome=\"done\"}") >= 1.0,
+        "{saga}"
+    );
+    assert!(value(&saga, "strata_saga_step_seconds_count{saga=\"fulfilment\",step=\"RESERVE_STOCK\",phase=\"action\"}") >= 1.0, "{saga}");
+    let services = scrape(ports[2]).await;
+    assert!(value(&services, "strata_events_appended_total ") >= 3.0, "{services}");
+    let (status, ready) = crate::support::get(ports[2], "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let (status, _) = crate::support::get(ports[2], "/graphql").await;
+    assert_eq!(status, 404, "no GraphQL without the api role");
 
     drop(roles);
     drop(server);
