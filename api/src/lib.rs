@@ -16,6 +16,7 @@
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
 //! - [`rate`]: rate limits per token and per client address;
 //! - [`sagas`]: `strata sagas …` (stuck, resume);
+//! - [`topology`]: `strata topology`, every role as local processes, restarted when they exit;
 //! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces (`OTEL_*`);
 //! - [`ws`]: the subscriptions' WebSocket and its bounds.
 
@@ -35,5 +36,6 @@ pub mod projections;
 pub mod rate;
 pub mod sagas;
 pub mod telemetry;
+pub mod topology;
 pub mod workers;
 pub mod ws;

@@ -47,6 +47,23 @@ enum Command {
     /// Measure throughput and latency; prints one JSON object per result.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run every role as separate local processes (with replicas), starting
+    /// again any that exits or is killed; Ctrl-C stops them all.
+    Topology {
+        /// Processes with the api role.
+        #[arg(long, default_value_t = 1)]
+        api: usize,
+        /// Processes of each worker role (relay, projector, saga, services).
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// The first process's HTTP port (api first, then the workers' health
+        /// and metrics ports, one each).
+        #[arg(long, default_value_t = 8080)]
+        base_port: u16,
+        /// Where each process's log goes.
+        #[arg(long, default_value = "strata-topology-logs")]
+        logs: std::path::PathBuf,
+    },
     /// Drive a running server through GraphQL with orders that confirm and
     /// orders that compensate; print a summary.
     Demo {
@@ -463,6 +480,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Flood { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs }) => {
             let bench = bench::FloodBench { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs };
             println!("{}", serde_json::to_string(&bench::flood(&bench).await?)?);
+        }
+        Command::Topology { api, replicas, base_port, logs } => {
+            let config = strata_api::topology::TopologyConfig { api, replicas, base_port, logs };
+            strata_api::topology::run(&config, shutdown_signal()).await?;
         }
         Command::Demo { orders, url, token, operator_token, concurrency, seed, json } => {
             let config = strata_api::demo::DemoConfig {

@@ -23,8 +23,9 @@ async fn live_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
     sink.dump(&Target { projection: projection.to_owned(), generation }).await.ok()
 }
 
-/// The kill tests take turns: each starts three processes and a writer.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The kill tests (and the topology test) take turns: each starts several
+/// processes and a writer.
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_doubles_nothing() {

@@ -16,6 +16,8 @@ mod replicas;
 mod saga_chaos;
 mod support;
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
+mod topology;
+#[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
 mod traces;
 mod waiting;
 mod ws;
