@@ -145,6 +145,7 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("strata_events_appended_total", "Events appended by this process."),
     ("strata_append_failures_total", "Appends refused or failed in this process."),
     ("strata_append_seconds", "Latency of appends by this process."),
+    ("strata_orders_placed_total", "Orders placed through this process's GraphQL API (a replayed placement does not count)."),
     ("strata_graphql_request_seconds", "Latency of GraphQL requests served by this process."),
     ("strata_graphql_errors_total", "Errors in GraphQL responses of this process, by code."),
     ("strata_bus_published_total", "Events the relay of this process put on the bus."),

@@ -32,6 +32,28 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 mod json;
 
+/// The environment variables read here (besides the `strata` flags' own,
+/// [`crate::config::Overrides`]); the compose test checks against both.
+pub const ENVIRONMENT: &[&str] = &[
+    "RUST_LOG",
+    "STRATA_LOG_FORMAT",
+    "STRATA_TRACE_FILTER",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+];
+
 /// Flushes and stops the trace exporter when dropped (at the end of `main`).
 #[must_use = "dropping it stops the exporter"]
 pub struct Telemetry {

@@ -119,6 +119,9 @@ impl Mutation {
         let outcome =
             api.orders.handle(Envelope::new(command_id, command).by(actor(ctx))).await.map_err(|err| command_error(err, order_refusal))?;
         let written = Written::from(&outcome);
+        if !written.replayed {
+            metrics::counter!("strata_orders_placed_total").increment(1);
+        }
         Ok(PlaceOrderPayload { order_id: ID(order_id.to_string()), consistency_token: written.consistency_token.clone(), written })
     }
 

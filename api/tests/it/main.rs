@@ -4,6 +4,7 @@
 #![allow(missing_docs, unreachable_pub)]
 
 mod cli;
+mod compose;
 mod graphql;
 mod http;
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]

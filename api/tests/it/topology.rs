@@ -150,9 +150,9 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
                 let mut n = 0usize;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
-                    let sku = if n % 5 == 0 {
+                    let sku = if n.is_multiple_of(5) {
                         "SKU-NEVER"
-                    } else if n % 2 == 0 {
+                    } else if n.is_multiple_of(2) {
                         "SKU-T1"
                     } else {
                         "SKU-T2"
