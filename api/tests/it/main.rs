@@ -5,6 +5,7 @@
 
 mod cli;
 mod compose;
+mod graphiql;
 mod graphql;
 mod http;
 #[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
