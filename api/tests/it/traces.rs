@@ -134,7 +134,14 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         })
         .collect();
     let mut api = strata();
-    api.envs(env.iter().map(|(key, value)| (*key, value.as_str()))).env("STRATA_ROLES", "api").env("OTEL_SERVICE_NAME", "strata-api");
+    // Its log in JSON, with tower-http's request events (inside the http span).
+    let api_log = logs.path().join("strata-api.log");
+    api.envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        .env("STRATA_ROLES", "api")
+        .env("OTEL_SERVICE_NAME", "strata-api")
+        .env("STRATA_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,tower_http=debug")
+        .stderr(std::fs::File::create(&api_log).unwrap());
     let server = with_tokens(Server::start(api));
     roles.iter_mut().for_each(Role::start);
 
@@ -219,6 +226,16 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         .unwrap_or_else(|| panic!("no service command under a step: {trace:#?}"));
     assert!(child(&trace, "strata-services", "command", &[served]).is_some(), "the service's command is not its child: {trace:#?}");
     assert!(trace.iter().all(|span| span.span_id != span.parent), "{trace:#?}");
+
+    // The api's JSON log lines written inside the request carry its trace and span ids.
+    let log = std::fs::read_to_string(&api_log).unwrap();
+    let in_request = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["trace_id"] == trace_id.as_str())
+        .unwrap_or_else(|| panic!("no log line with trace id {trace_id}:\n{log}"));
+    assert_eq!(in_request["span_id"], http.span_id.as_str(), "{in_request}");
+    assert_eq!(in_request["span"]["name"], "http", "{in_request}");
 
     // The workers' /metrics: the bus traffic and the saga's steps, counted
     // through the metrics crate in the process that did them.
