@@ -101,6 +101,7 @@ pub fn init() -> anyhow::Result<Telemetry> {
         None => None,
     };
     tracing_subscriber::registry().with(logs).with(traces).try_init().context("installing the tracing subscriber")?;
+    strata_store::trace::set_exporting(provider.is_some());
     Ok(Telemetry { provider })
 }
 

@@ -11,13 +11,31 @@
 //! A `traceparent` is `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`;
 //! anything else is ignored (a consumer never fails on a foreign header).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Says whether this process exports traces (the composition root sets it
+/// with the OpenTelemetry layer); per-event trace work is skipped when not.
+pub fn set_exporting(exporting: bool) {
+    EXPORTING.store(exporting, Ordering::Relaxed);
+}
+
+/// True when this process exports traces.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// The `traceparent` of the current span, when an OpenTelemetry layer records
 /// it (otherwise `None`).
 pub fn current() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
     of(&Span::current())
 }
 

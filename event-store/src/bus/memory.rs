@@ -26,9 +26,12 @@ struct Group {
     nacked: VecDeque<usize>,
 }
 
+/// An event with the trace context it was published under.
+type Message = (RecordedEvent, Option<String>);
+
 #[derive(Default)]
 struct State {
-    messages: Vec<RecordedEvent>,
+    messages: Vec<Message>,
     ids: HashSet<Uuid>,
     groups: HashMap<String, Group>,
 }
@@ -58,7 +61,7 @@ impl Inner {
     }
 
     /// The next delivery of a group, or the time to look again.
-    fn next(&self, name: &str, ack_wait: std::time::Duration) -> Result<(RecordedEvent, u64, usize), Option<Instant>> {
+    fn next(&self, name: &str, ack_wait: std::time::Duration) -> Result<(Message, u64, usize), Option<Instant>> {
         let now = Instant::now();
         let mut state = self.state();
         let State { messages, groups, .. } = &mut *state;
@@ -82,10 +85,10 @@ impl Inner {
         while group.next < messages.len() {
             let sequence = group.next;
             group.next += 1;
-            let event = &messages[sequence];
-            if group.category.as_deref().is_none_or(|category| event.stream_id.category() == category) {
+            let message = &messages[sequence];
+            if group.category.as_deref().is_none_or(|category| message.0.stream_id.category() == category) {
                 group.in_flight.insert(sequence, (1, now + ack_wait));
-                return Ok((event.clone(), 1, sequence));
+                return Ok((message.clone(), 1, sequence));
             }
         }
         Err(group.in_flight.values().map(|(_, deadline)| *deadline).min())
@@ -118,16 +121,19 @@ impl Publisher for MemoryBus {
         let events = events
             .iter()
             .map(|event| {
-                event.decode().map_err(|error| BusError::Malformed { message: event.event_id.to_string(), reason: error.to_string() })
+                let decoded = event
+                    .decode()
+                    .map_err(|error| BusError::Malformed { message: event.event_id.to_string(), reason: error.to_string() })?;
+                Ok((decoded, event.bus_traceparent.clone()))
             })
-            .collect::<Result<Vec<RecordedEvent>, BusError>>()?;
+            .collect::<Result<Vec<Message>, BusError>>()?;
         let mut state = self.inner.state();
         let published = events
             .into_iter()
-            .map(|event| {
-                let duplicate = !state.ids.insert(event.event_id);
+            .map(|message| {
+                let duplicate = !state.ids.insert(message.0.event_id);
                 if !duplicate {
-                    state.messages.push(event);
+                    state.messages.push(message);
                 }
                 Published { duplicate }
             })
@@ -164,7 +170,7 @@ impl Subscriber for MemoryBus {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 match inner.next(&subscription.group, subscription.ack_wait) {
-                    Ok((event, delivery_count, sequence)) => {
+                    Ok(((event, traceparent), delivery_count, sequence)) => {
                         let settle_inner = inner.clone();
                         let group = subscription.group.clone();
                         let delivery = Delivery::new(
@@ -176,7 +182,8 @@ impl Subscriber for MemoryBus {
                                     Ok(())
                                 })
                             }),
-                        );
+                        )
+                        .traced(traceparent);
                         return Some((Ok(delivery), (inner, subscription)));
                     }
                     Err(Some(deadline)) => {

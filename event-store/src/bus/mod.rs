@@ -192,7 +192,6 @@ impl Delivery {
     }
 
     /// The delivery with the trace context of its message header, when it had one.
-    #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
     pub(crate) fn traced(mut self, header: Option<String>) -> Self {
         if header.is_some() {
             self.traceparent = header;

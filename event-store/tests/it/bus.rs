@@ -31,6 +31,7 @@ macro_rules! bus_suite {
             groups_each_get_everything_and_members_share_their_groups_work,
             a_group_follows_only_its_category,
             a_resubscribed_group_resumes_after_what_it_acked,
+            a_delivery_carries_the_trace_context_it_was_published_under,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {
@@ -115,6 +116,29 @@ pub async fn a_group_receives_published_events_in_order(bus: Shared) {
     let mut deliveries = bus.subscribe(subscription("readers")).await.unwrap();
     let received = take_acked(&mut deliveries, 20).await;
     assert_same_per_stream(&received, &published);
+}
+
+/// The relay publishes an event under its publish span's context (the
+/// message's `traceparent` header); without one the event's own travels.
+pub async fn a_delivery_carries_the_trace_context_it_was_published_under(bus: Shared) {
+    let (appended, published_under) =
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01");
+    let mut events = events("traced", 3);
+    events[0].metadata.traceparent = Some(appended.into());
+    events[1].metadata.traceparent = Some(appended.into());
+    let mut stored = stored(&events);
+    stored[0].bus_traceparent = Some(published_under.into());
+    bus.publish(&stored).await.unwrap();
+    let mut deliveries = bus.subscribe(subscription("tracers")).await.unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let delivery = next(&mut deliveries).await;
+        seen.insert(delivery.event.event_id, delivery.traceparent.clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(seen[&events[0].event_id].as_deref(), Some(published_under), "the header's context");
+    assert_eq!(seen[&events[1].event_id].as_deref(), Some(appended), "the event's own");
+    assert_eq!(seen[&events[2].event_id], None, "an untraced event has none");
 }
 
 pub async fn a_duplicate_event_id_is_stored_once(bus: Shared) {
@@ -325,6 +349,7 @@ mod kafka {
         groups_each_get_everything_and_members_share_their_groups_work_at_least_once,
         a_group_follows_only_its_category,
         a_resubscribed_group_resumes_after_what_it_acked,
+        a_delivery_carries_the_trace_context_it_was_published_under,
     );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
