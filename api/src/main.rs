@@ -584,11 +584,13 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                 let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
                 let limits = Limits { rate_per_token: settings.rate_per_token, rate_per_ip: settings.rate_per_ip, ..Limits::default() };
                 let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model, limits);
+                // The development tokens are printed before the listening line.
+                let graphql = GraphQl::new(api, tokens(settings)?);
                 println!(
                     "strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)",
                     store.backend_name()
                 );
-                Some(GraphQl::new(api, tokens(settings)?))
+                Some(graphql)
             } else {
                 println!("strata running {roles} (event store: {}; health and metrics on http://{address})", store.backend_name());
                 None
