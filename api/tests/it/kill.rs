@@ -23,13 +23,9 @@ async fn live_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
     sink.dump(&Target { projection: projection.to_owned(), generation }).await.ok()
 }
 
-/// The kill tests (and the topology test) take turns: each starts several
-/// processes and a writer.
-pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_doubles_nothing() {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     let id = Uuid::new_v4().simple().to_string();
     let prefix = format!("test_{id}");
@@ -47,7 +43,7 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
 async fn killing_the_relay_and_projector_replicas_writing_to_mongo_loses_and_doubles_nothing() {
     use strata_projections::{MongoSink, MongoSinkConfig};
     use strata_store::testkit::mongo;
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
     let id = Uuid::new_v4().simple().to_string();
     let url = mongo::url(&format!("test_{id}"));
     let sink = match MongoSink::connect(MongoSinkConfig::new(url.clone())).await {

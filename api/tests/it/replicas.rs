@@ -27,6 +27,7 @@ const MIN_KILLS: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_and_no_view_is_torn() {
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     let Some(database) = TestDatabase::create().await else { return };

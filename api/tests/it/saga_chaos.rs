@@ -52,12 +52,8 @@ async fn killing_saga_workers_at_random_moments_on_kafka_still_ends_every_order_
     chaos(&kafka.url(&kafka.config())).await;
 }
 
-/// One chaos run at a time: each starts four `strata` processes with their
-/// own connection pools, and two at once exhaust PostgreSQL's connections.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn chaos(bus: &str) {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = crate::support::MANY_PROCESSES.lock().await;
     let Some(database) = TestDatabase::create().await else { return };
     let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
     let store = PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap();

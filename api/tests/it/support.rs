@@ -62,6 +62,11 @@ pub fn scratch_sqlite() -> ScratchSqlite {
 
 pub use strata_store::testkit::postgres::TestDatabase;
 
+/// The tests that start many `strata` processes (kill, saga chaos, replicas,
+/// topology, traces) take turns: each process has its own PostgreSQL pool,
+/// and two such tests at once exhaust the server's connections.
+pub static MANY_PROCESSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `strata serve` process with some roles, its log appended to a file,
 /// that a test can SIGKILL and start again.
 pub struct Role {

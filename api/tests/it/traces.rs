@@ -101,6 +101,7 @@ fn child<'a>(trace: &'a [Received], service: &str, name: &str, parents: &[&Recei
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
