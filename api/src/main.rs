@@ -324,8 +324,6 @@ enum BenchCommand {
     },
 }
 
-/// Logs to stderr: `STRATA_LOG_FORMAT=text` (the default; colour only when
-/// stderr is a terminal) or `json` (one object per line); `RUST_LOG` filters.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Dropped last: flushes the spans still queued for export.
