@@ -343,7 +343,23 @@ impl<S: Saga> Orchestrator<S> {
 
     /// Drives an instance as far as it can go now: sends what is due,
     /// records outcomes, and stops at a timer or a terminal state.
+    ///
+    /// Driven by an event, it runs in that event's span. Driven by a timer or
+    /// the recovery scan (a retry, a deadline, a restart), it runs in a
+    /// `saga.drive` span, the child of the span that started the instance
+    /// (the `traceparent` of its first event), so the order's trace goes on.
     pub async fn drive(&self, saga_id: Uuid) -> Result<Driven, SagaError> {
+        if strata_store::trace::exporting() && strata_store::trace::current().is_none() {
+            let span = tracing::info_span!("saga.drive", saga = S::CATEGORY, %saga_id);
+            let started = self.store.read_stream(&Self::stream_id(saga_id), ReadStream::forward(1)).await.ok();
+            let parent = started.and_then(|events| events.into_iter().next()).and_then(|first| first.metadata.traceparent);
+            strata_store::trace::follow(&span, parent.as_deref());
+            return self.drive_in_turn(saga_id).instrument(span).await;
+        }
+        self.drive_in_turn(saga_id).await
+    }
+
+    async fn drive_in_turn(&self, saga_id: Uuid) -> Result<Driven, SagaError> {
         let turn = self.turn(saga_id);
         let result = {
             let _held = turn.lock().await;

@@ -99,6 +99,33 @@ fn child<'a>(trace: &'a [Received], service: &str, name: &str, parents: &[&Recei
     trace.iter().find(|span| span.service == service && span.name == name && parents.iter().any(|parent| parent.span_id == span.parent))
 }
 
+/// Places an order under a new trace (the caller's span `caller_span`) and
+/// waits until it is `status`; returns the trace id.
+async fn place_traced(server: &Server, caller_span: &str, payment: &str, status: &str) -> String {
+    let trace_id = hex(&uuid::Uuid::new_v4().into_bytes());
+    let response = reqwest::Client::new()
+        .post(format!("{}/graphql", server.url()))
+        .bearer_auth(server.token("operator"))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&json!({ "query": PLACE, "variables": order_input("customer-trace", "SKU-TRACE", payment, None) }))
+        .send()
+        .await
+        .unwrap();
+    let placed: Value = response.json().await.unwrap();
+    let order_id = placed["data"]["placeOrder"]["orderId"].as_str().unwrap_or_else(|| panic!("{placed}")).to_owned();
+    let token = placed["data"]["placeOrder"]["consistencyToken"].clone();
+    wait_until(Duration::from_secs(60), || async {
+        let data = server.ok("operator", ORDER, json!({ "id": order_id, "token": token })).await;
+        if data["order"]["status"] == status {
+            Ok(())
+        } else {
+            Err(data["order"].clone())
+        }
+    })
+    .await;
+    trace_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
@@ -119,6 +146,8 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         ("STRATA_TOKENS", tokens()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        // Longer than one unanswered request (2 s), so a retry waits for a timer.
+        ("STRATA_SAGA_STEP_DEADLINE", "3s".into()),
     ];
     let logs = tempfile::tempdir().unwrap();
     // Each worker process also serves its health and metrics on a port of its own.
@@ -148,28 +177,8 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
 
     server.ok("operator", RESTOCK, json!({ "sku": "SKU-TRACE", "quantity": 5 })).await;
     // The order is placed under the test's own trace context.
-    let trace_id = hex(&uuid::Uuid::new_v4().into_bytes());
     let caller_span = "00f067aa0ba902b7";
-    let response = reqwest::Client::new()
-        .post(format!("{}/graphql", server.url()))
-        .bearer_auth(server.token("operator"))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&json!({ "query": PLACE, "variables": order_input("customer-trace", "SKU-TRACE", "card", None) }))
-        .send()
-        .await
-        .unwrap();
-    let placed: Value = response.json().await.unwrap();
-    let order_id = placed["data"]["placeOrder"]["orderId"].as_str().unwrap_or_else(|| panic!("{placed}")).to_owned();
-    let token = placed["data"]["placeOrder"]["consistencyToken"].clone();
-    wait_until(Duration::from_secs(60), || async {
-        let data = server.ok("operator", ORDER, json!({ "id": order_id, "token": token })).await;
-        if data["order"]["status"] == "CONFIRMED" {
-            Ok(())
-        } else {
-            Err(data["order"].clone())
-        }
-    })
-    .await;
+    let trace_id = place_traced(&server, caller_span, "card", "CONFIRMED").await;
 
     // Every process exports its part of the order's trace; the links between
     // them are parent links, except the projection's batch (a link).
@@ -237,6 +246,26 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         .unwrap_or_else(|| panic!("no log line with trace id {trace_id}:\n{log}"));
     assert_eq!(in_request["span_id"], http.span_id.as_str(), "{in_request}");
     assert_eq!(in_request["span"]["name"], "http", "{in_request}");
+
+    // A payment that never answers: the saga retries on a timer, then undoes
+    // the order after the step's deadline; that work, driven by timers and
+    // not by an event, stays in the order's trace (saga.drive under the trigger).
+    let unanswered = place_traced(&server, caller_span, "card-no-answer", "CANCELLED").await;
+    wait_until(Duration::from_secs(30), || async {
+        let trace: Vec<Received> = receiver.spans().into_iter().filter(|span| span.trace_id == unanswered).collect();
+        let triggers: Vec<&Received> = trace.iter().filter(|span| span.name == "saga.trigger").collect();
+        let drives: Vec<&Received> =
+            trace.iter().filter(|span| span.name == "saga.drive" && triggers.iter().any(|t| t.span_id == span.parent)).collect();
+        let steps_in_drives =
+            trace.iter().filter(|span| span.name == "saga.step" && drives.iter().any(|d| d.span_id == span.parent)).count();
+        let served = trace.iter().any(|span| span.name == "service.command" && span.service == "strata-services");
+        if !drives.is_empty() && steps_in_drives > 0 && served {
+            Ok(())
+        } else {
+            Err(format!("{} timer drives under a trigger, {steps_in_drives} steps in them: {trace:#?}", drives.len()))
+        }
+    })
+    .await;
 
     // The workers' /metrics: the bus traffic and the saga's steps, counted
     // through the metrics crate in the process that did them.
