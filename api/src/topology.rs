@@ -43,6 +43,8 @@ struct Process {
     role: &'static str,
     address: SocketAddr,
     child: Option<Child>,
+    /// The running process's id (a reaped child no longer tells it).
+    pid: u32,
     started: Instant,
     /// Quick exits in a row (each doubles the wait before the next start).
     failures: u32,
@@ -65,6 +67,7 @@ pub async fn run(config: &TopologyConfig, shutdown: impl std::future::Future<Out
                 role,
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
                 child: None,
+                pid: 0,
                 started: Instant::now(),
                 failures: 0,
             });
@@ -94,7 +97,7 @@ pub async fn run(config: &TopologyConfig, shutdown: impl std::future::Future<Out
                 None => None,
             };
             if let Some(status) = exited {
-                let pid = process.child.as_ref().and_then(Child::id).unwrap_or_default();
+                let pid = process.pid;
                 process.child = None;
                 let quick = process.started.elapsed() < Duration::from_secs(2);
                 process.failures = if quick { process.failures + 1 } else { 0 };
@@ -124,7 +127,8 @@ fn start(exe: &std::path::Path, config: &TopologyConfig, process: &mut Process) 
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", process.name))?;
-    println!("started {} pid {} http://{} log {}", process.name, child.id().unwrap_or_default(), process.address, log_path.display());
+    process.pid = child.id().unwrap_or_default();
+    println!("started {} pid {} http://{} log {}", process.name, process.pid, process.address, log_path.display());
     process.child = Some(child);
     process.started = Instant::now();
     Ok(())

@@ -34,6 +34,8 @@ struct Supervisor {
     child: std::process::Child,
     /// Current pid of each process, by name (`api-1`, `relay-2`, …).
     pids: Arc<Mutex<HashMap<String, u32>>>,
+    /// The exits it reported: (name, pid).
+    exits: Arc<Mutex<Vec<(String, u32)>>>,
     up: Arc<AtomicBool>,
 }
 
@@ -110,8 +112,8 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
         .stdout(std::process::Stdio::piped());
     let mut child = command.spawn().expect("start strata topology");
     let stdout = child.stdout.take().unwrap();
-    let supervisor = Supervisor { child, pids: Arc::default(), up: Arc::default() };
-    let (pids, up) = (supervisor.pids.clone(), supervisor.up.clone());
+    let supervisor = Supervisor { child, pids: Arc::default(), exits: Arc::default(), up: Arc::default() };
+    let (pids, exits, up) = (supervisor.pids.clone(), supervisor.exits.clone(), supervisor.up.clone());
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -119,6 +121,7 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
                 ["started", name, "pid", pid, ..] => {
                     pids.lock().unwrap().insert((*name).to_owned(), pid.parse().unwrap_or_default());
                 }
+                ["exited", name, "pid", pid, ..] => exits.lock().unwrap().push(((*name).to_owned(), pid.parse().unwrap_or_default())),
                 ["topology", "up:", ..] => up.store(true, Ordering::SeqCst),
                 _ => {}
             }
@@ -185,9 +188,11 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
         let status = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
         assert!(status.success(), "{name} (pid {pid}) was not running: the supervisor had not started it again");
         *killed.entry(role).or_default() += 1;
-        // Wait for the supervisor to start it again before the next kill.
+        // Wait for the supervisor to report the exit and start it again
+        // before the next kill.
         wait_until(Duration::from_secs(30), || async {
-            if supervisor.pids.lock().unwrap()[&name] != pid {
+            let reported = supervisor.exits.lock().unwrap().contains(&(name.clone(), pid));
+            if reported && supervisor.pids.lock().unwrap()[&name] != pid {
                 Ok(())
             } else {
                 Err(format!("{name} not started again"))
