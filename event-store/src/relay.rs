@@ -215,8 +215,9 @@ impl Relay {
             return Ok(());
         };
         let mut spans = Vec::new();
-        for event in events.iter_mut().filter(|_| crate::trace::exporting()) {
-            if let Some(parent) = event.traceparent() {
+        if crate::trace::exporting() {
+            for event in &mut events {
+                let Some(parent) = event.traceparent() else { continue };
                 let span = tracing::info_span!("relay.publish", stream_id = %event.stream_id, position = %event.position, event_type = %event.event_type);
                 crate::trace::follow(&span, Some(&parent));
                 event.bus_traceparent = crate::trace::of(&span);
