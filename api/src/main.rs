@@ -213,7 +213,7 @@ enum BenchCommand {
         /// Runs (medians are reported; Strata and baseline alternate first).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// One transaction per append on PostgreSQL.
+        /// One transaction per append (no group commit).
         #[arg(long)]
         no_group_commit: bool,
         /// Committer tasks of PostgreSQL group commit.

@@ -15,6 +15,8 @@
 
 pub mod bus;
 mod checkpoint;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod commit;
 mod error;
 pub mod hash;
 pub mod lease;

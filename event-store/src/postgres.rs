@@ -46,10 +46,11 @@ use futures_util::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 use strata_schemas::SchemaRegistry;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::commit::{commit_or_split, AbortedBatch, BatchFailure, BatchWriter, GroupCommit};
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
@@ -153,15 +154,10 @@ const LISTENER_SILENCE: Duration = Duration::from_secs(15);
 /// The payload of a heartbeat (a position in every other notification).
 const HEARTBEAT: &str = "heartbeat";
 
-struct Pending {
-    append: PreparedAppend,
-    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
-}
-
 struct Inner {
     shared: Arc<Shared>,
     limits: AppendLimits,
-    queue: Option<mpsc::Sender<Pending>>,
+    group_commit: Option<GroupCommit>,
     listener: Once,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -210,19 +206,20 @@ impl PostgresEventStore {
             wake: watch::channel(0).0,
             last_heard: std::sync::Mutex::new(None),
         });
-        let mut tasks = Vec::new();
-        let queue = if config.group_commit {
-            let (sender, receiver) = mpsc::channel::<Pending>(8_192);
-            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-            for _ in 0..config.committers.max(1) {
-                tasks.push(tokio::spawn(run_committer(shared.clone(), receiver.clone(), config.max_batch_events.max(1))));
-            }
-            Some(sender)
+        let (group_commit, tasks) = if config.group_commit {
+            let (group_commit, tasks) = GroupCommit::start(shared.clone(), config.committers, config.max_batch_events);
+            (Some(group_commit), tasks)
         } else {
-            None
+            (None, Vec::new())
         };
         Ok(Self {
-            inner: Arc::new(Inner { shared, limits: AppendLimits::default(), queue, listener: Once::new(), tasks: Mutex::new(tasks) }),
+            inner: Arc::new(Inner {
+                shared,
+                limits: AppendLimits::default(),
+                group_commit,
+                listener: Once::new(),
+                tasks: Mutex::new(tasks),
+            }),
         })
     }
 
@@ -359,44 +356,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run_committer(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>, max_batch_events: usize) {
-    loop {
-        let batch = {
-            let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else { return };
-            let mut n_events = first.append.n_events();
-            let mut batch = vec![first];
-            // Callers answered by the previous batch resubmit within a few
-            // scheduler turns: yield until the queue stops growing, so the
-            // first of them does not go alone in a transaction of its own.
-            for _ in 0..4 {
-                let before = batch.len();
-                while n_events < max_batch_events {
-                    match queue.try_recv() {
-                        Ok(next) => {
-                            n_events += next.append.n_events();
-                            batch.push(next);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if n_events >= max_batch_events || (batch.len() == before && before > 1) {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            batch
-        };
-        let appends: Vec<&PreparedAppend> = batch.iter().map(|pending| &pending.append).collect();
-        let results = commit_with_retries(&shared, &appends).await;
-        for (pending, result) in batch.into_iter().zip(results) {
-            // The caller may have gone away (timeout, cancellation); its
-            // append still committed, and a retry will be replayed.
-            let _ = pending.reply.send(result);
-        }
-    }
-}
-
 enum CommitError {
     Sql(sqlx::Error),
     Aborted(String),
@@ -416,33 +375,20 @@ fn is_retryable(err: &CommitError) -> bool {
     })
 }
 
-/// Commits a batch. When the database refuses the batch as a whole (a row it
-/// will not store: the error came from the server, not from the connection),
-/// each of its appends is committed alone, so an append that fails for its
-/// own data fails alone and the others commit. A lost connection fails the
-/// batch at once (retrying append by append would only wait longer).
-async fn commit_with_retries(shared: &Shared, appends: &[&PreparedAppend]) -> Vec<Result<AppendOutcome, AppendError>> {
-    match commit_together(shared, appends).await {
-        Ok(results) => results,
-        Err(CommitError::Sql(sqlx::Error::Database(error))) if appends.len() > 1 => {
-            tracing::warn!(appends = appends.len(), %error, "the database refused an append batch; committing its appends one by one");
-            let mut alone = Vec::with_capacity(appends.len());
-            for append in appends {
-                alone.extend(commit_together(shared, std::slice::from_ref(append)).await.unwrap_or_else(|err| fail_all(1, err)));
-            }
-            alone
-        }
-        Err(err) => fail_all(appends.len(), err),
+impl BatchWriter for Shared {
+    fn commit_together<'a>(
+        &'a self,
+        appends: &'a [&'a PreparedAppend],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Result<AppendOutcome, AppendError>>, BatchFailure>> + Send + 'a>> {
+        Box::pin(async move {
+            commit_together(self, appends).await.map_err(|err| match err {
+                CommitError::Sql(err) => {
+                    BatchFailure { refused_by_database: matches!(err, sqlx::Error::Database(_)), error: Arc::new(err) }
+                }
+                CommitError::Aborted(reason) => BatchFailure { error: Arc::new(AbortedBatch(reason)), refused_by_database: false },
+            })
+        })
     }
-}
-
-/// Every append of a failed batch fails with its cause.
-fn fail_all(appends: usize, err: CommitError) -> Vec<Result<AppendOutcome, AppendError>> {
-    let err: Arc<dyn std::error::Error + Send + Sync> = match err {
-        CommitError::Sql(err) => Arc::new(err),
-        CommitError::Aborted(reason) => Arc::new(AbortedBatch(reason)),
-    };
-    (0..appends).map(|_| Err(AppendError::Backend(BackendError::new("committing an append", err.clone())))).collect()
 }
 
 /// Commits a batch in one transaction, retrying races (a concurrent writer
@@ -467,10 +413,6 @@ async fn commit_together(shared: &Shared, appends: &[&PreparedAppend]) -> Result
         }
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("append batch aborted: {0}")]
-struct AbortedBatch(String);
 
 /// One transaction for the whole batch: BEGIN, lock the heads, (look up
 /// reused ids), plan, one write statement, COMMIT. Returns each request's
@@ -747,13 +689,9 @@ impl EventReader for PostgresEventStore {
 impl EventStore for PostgresEventStore {
     async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
         let append = prepare(&self.inner.shared.registry, self.inner.limits, request)?;
-        match &self.inner.queue {
-            Some(queue) => {
-                let (reply, answer) = oneshot::channel();
-                queue.send(Pending { append, reply }).await.map_err(|_| AppendError::Closed)?;
-                answer.await.map_err(|_| AppendError::Closed)?
-            }
-            None => commit_with_retries(&self.inner.shared, &[&append]).await.pop().unwrap_or(Err(AppendError::Closed)),
+        match &self.inner.group_commit {
+            Some(group_commit) => group_commit.append(append).await,
+            None => commit_or_split(self.inner.shared.as_ref(), &[&append]).await.pop().unwrap_or(Err(AppendError::Closed)),
         }
     }
 }

@@ -60,9 +60,9 @@ pub struct AppendBench {
     pub duration: Duration,
     /// Runs; Strata and the baseline alternate which goes first.
     pub runs: usize,
-    /// PostgreSQL group commit on or off.
+    /// Group commit on or off.
     pub group_commit: bool,
-    /// PostgreSQL committer tasks (group commit).
+    /// PostgreSQL committer tasks (group commit; SQLite always has one).
     pub committers: usize,
 }
 
@@ -281,7 +281,9 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
             (Arc::new(store), Baseline::Postgres(pool), "postgres")
         }
         Scratch::Sqlite { url, .. } => {
-            let store = strata_store::SqliteEventStore::connect(strata_store::SqliteConfig::new(url.clone()), registry).await?;
+            let mut config = strata_store::SqliteConfig::new(url.clone());
+            config.group_commit = bench.group_commit;
+            let store = strata_store::SqliteEventStore::connect(config, registry).await?;
             store.migrate().await?;
             let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
