@@ -5,7 +5,8 @@
 //! (append), held as `Arc<dyn …>`. Backends, picked by the composition root:
 //!
 //! - [`MemoryEventStore`]: in-process, for unit tests and the embedded demo;
-//! - `SqliteEventStore` (feature `sqlite`, default): the embedded default, one file;
+//! - `SqliteEventStore` (feature `sqlite`, default): the embedded default, one
+//!   file, durable commits with group commit (see `sqlite` module docs);
 //! - `PostgresEventStore` (feature `postgres`): the production log, with group
 //!   commit and a gap-safe global order (see `postgres` module docs).
 //!

@@ -349,7 +349,7 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
     object.insert("events_per_append".into(), json!(bench.events_per_append));
     object.insert("duration_s".into(), json!(bench.duration.as_secs_f64()));
     object.insert("runs".into(), json!(bench.runs));
-    object.insert("group_commit".into(), json!(backend == "postgres" && bench.group_commit));
+    object.insert("group_commit".into(), json!(bench.group_commit));
     if backend == "postgres" && bench.group_commit {
         object.insert("committers".into(), json!(bench.committers));
     }
