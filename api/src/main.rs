@@ -271,6 +271,9 @@ enum BenchCommand {
         /// Orders per second offered.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
+        /// Saga instances driven at once (in-process run only).
+        #[arg(long, default_value_t = strata_sagas::OrchestratorConfig::default().concurrency)]
+        saga_concurrency: usize,
         /// Drive this running server through GraphQL instead (mutation →
         /// order readable in the read model).
         #[arg(long)]
@@ -470,7 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             println!("{}", serde_json::to_string(&result)?);
         }
-        Command::Bench(BenchCommand::E2e { orders, rate, url: Some(url), token }) => {
+        Command::Bench(BenchCommand::E2e { orders, rate, url: Some(url), token, .. }) => {
             let token = token.context("--url needs --token (or STRATA_TOKEN): a client token of that server")?;
             let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
             println!("{}", serde_json::to_string(&result)?);
@@ -503,10 +506,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Bench(BenchCommand::E2e { orders, rate, url: None, .. }) => {
-            let result =
-                bench::e2e(&bench::E2eBench { event_store_url: settings.event_store.clone(), bus_url: settings.bus.clone(), orders, rate })
-                    .await?;
+        Command::Bench(BenchCommand::E2e { orders, rate, saga_concurrency, url: None, .. }) => {
+            let result = bench::e2e(&bench::E2eBench {
+                event_store_url: settings.event_store.clone(),
+                bus_url: settings.bus.clone(),
+                orders,
+                rate,
+                saga_concurrency,
+            })
+            .await?;
             println!("{}", serde_json::to_string(&result)?);
         }
         Command::Bench(BenchCommand::Commands { aggregates, writers, duration, runs }) => {

@@ -16,7 +16,9 @@
 //! that lock, and only for a batch's three statements and its commit, so an
 //! idle or long transaction elsewhere in the database never stalls readers;
 //! writer connections also set `idle_in_transaction_session_timeout` so a
-//! writer that hangs between its statements cannot hold the log head for long.
+//! writer that hangs between its statements cannot hold the log head for long,
+//! and turn JIT off and plans generic, so the locked section never becomes a
+//! sequential scan or a compilation (see `connect`).
 //!
 //! # Group commit
 //! That critical section serializes commits, so appends are batched: callers
@@ -192,7 +194,14 @@ impl PostgresEventStore {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|connection, _| {
                 Box::pin(async move {
-                    connection.execute("SET idle_in_transaction_session_timeout = '10s'").await?;
+                    // Every statement here is short and keyed: no JIT (it once spent
+                    // 86 ms compiling one lock of 300 stream heads) and generic plans
+                    // (a custom plan for a large array of stream ids turned the
+                    // locked lookup into a sequential scan while the log head was
+                    // held). Measured in BENCHMARKS.md "Issue 19".
+                    connection
+                        .execute("SET idle_in_transaction_session_timeout = '10s'; SET jit = off; SET plan_cache_mode = force_generic_plan")
+                        .await?;
                     Ok(())
                 })
             })

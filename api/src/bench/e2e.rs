@@ -42,6 +42,8 @@ pub struct E2eBench {
     pub orders: usize,
     /// Orders per second offered.
     pub rate: f64,
+    /// Saga instances driven at once.
+    pub saga_concurrency: usize,
 }
 
 /// Runs `bench e2e` and returns its JSON result.
@@ -113,7 +115,7 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
             store.clone(),
             Arc::new(services),
             Arc::new(SystemClock),
-            OrchestratorConfig::default(),
+            OrchestratorConfig { concurrency: bench.saga_concurrency, ..OrchestratorConfig::default() },
         ));
         tokio::spawn(orchestrator.run(bus.subscriber.clone(), fulfilment::TRIGGER_CATEGORY, stopped.clone()))
     };
@@ -169,6 +171,7 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
         "bus": bus_name,
         "orders": bench.orders,
         "rate": bench.rate,
+        "saga_concurrency": bench.saga_concurrency,
         "offered_orders_per_s": round(bench.orders as f64 / offered_seconds, 1),
         "orders_per_s": round(bench.orders as f64 / seconds, 1),
         "p50_ms": round(percentile(0.50), 1),
