@@ -34,7 +34,31 @@ pub(crate) struct BatchFailure {
 /// A batch given up before COMMIT, for a reason of Strata's (not the database's).
 #[derive(Debug, thiserror::Error)]
 #[error("append batch aborted: {0}")]
-pub(crate) struct AbortedBatch(pub(crate) String);
+struct AbortedBatch(String);
+
+/// How a SQL backend's batch transaction fails, before it becomes a
+/// [`BatchFailure`].
+pub(crate) enum CommitError {
+    /// The driver or the database failed.
+    Sql(sqlx::Error),
+    /// Strata gave the batch up before COMMIT.
+    Aborted(String),
+}
+
+impl From<sqlx::Error> for CommitError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Sql(err)
+    }
+}
+
+impl From<CommitError> for BatchFailure {
+    fn from(err: CommitError) -> Self {
+        match err {
+            CommitError::Sql(err) => Self { refused_by_database: matches!(err, sqlx::Error::Database(_)), error: Arc::new(err) },
+            CommitError::Aborted(reason) => Self { error: Arc::new(AbortedBatch(reason)), refused_by_database: false },
+        }
+    }
+}
 
 type Results = Vec<Result<AppendOutcome, AppendError>>;
 

@@ -52,7 +52,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::commit::{commit_or_split, AbortedBatch, BatchFailure, BatchWriter, GroupCommit};
+use crate::commit::{commit_or_split, BatchFailure, BatchWriter, CommitError, GroupCommit};
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
@@ -365,17 +365,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-enum CommitError {
-    Sql(sqlx::Error),
-    Aborted(String),
-}
-
-impl From<sqlx::Error> for CommitError {
-    fn from(err: sqlx::Error) -> Self {
-        Self::Sql(err)
-    }
-}
-
 fn is_retryable(err: &CommitError) -> bool {
     let CommitError::Sql(err) = err else { return false };
     err.as_database_error().is_some_and(|db| {
@@ -389,14 +378,7 @@ impl BatchWriter for Shared {
         &'a self,
         appends: &'a [&'a PreparedAppend],
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Result<AppendOutcome, AppendError>>, BatchFailure>> + Send + 'a>> {
-        Box::pin(async move {
-            commit_together(self, appends).await.map_err(|err| match err {
-                CommitError::Sql(err) => {
-                    BatchFailure { refused_by_database: matches!(err, sqlx::Error::Database(_)), error: Arc::new(err) }
-                }
-                CommitError::Aborted(reason) => BatchFailure { error: Arc::new(AbortedBatch(reason)), refused_by_database: false },
-            })
-        })
+        Box::pin(async move { commit_together(self, appends).await.map_err(BatchFailure::from) })
     }
 }
 

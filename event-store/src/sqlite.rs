@@ -39,7 +39,7 @@ use strata_schemas::SchemaRegistry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::commit::{commit_or_split, AbortedBatch, BatchFailure, BatchWriter, GroupCommit};
+use crate::commit::{commit_or_split, BatchFailure, BatchWriter, CommitError, GroupCommit};
 use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
 use crate::subscription::{follow, PageReader};
 use crate::{
@@ -207,10 +207,7 @@ impl BatchWriter for Writer {
         appends: &'a [&'a PreparedAppend],
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Result<AppendOutcome, AppendError>>, BatchFailure>> + Send + 'a>> {
         Box::pin(async move {
-            let (planned, first_position) = self.write_batch_with_retries(appends).await.map_err(|err| match err {
-                BatchError::Sql(err) => BatchFailure { refused_by_database: matches!(err, sqlx::Error::Database(_)), error: Arc::new(err) },
-                BatchError::Aborted(reason) => BatchFailure { error: Arc::new(AbortedBatch(reason)), refused_by_database: false },
-            })?;
+            let (planned, first_position) = self.write_batch_with_retries(appends).await.map_err(BatchFailure::from)?;
             if first_position.0 > 0 {
                 self.wake.send_modify(|n| *n += 1);
             }
@@ -219,24 +216,13 @@ impl BatchWriter for Writer {
     }
 }
 
-enum BatchError {
-    Sql(sqlx::Error),
-    Aborted(String),
-}
-
-impl From<sqlx::Error> for BatchError {
-    fn from(err: sqlx::Error) -> Self {
-        Self::Sql(err)
-    }
-}
-
 impl Writer {
     /// [`Writer::write_batch`], once more with the reused ids looked up when
     /// the unique key on event_id refused a row the planner did not know was
     /// stored.
-    async fn write_batch_with_retries(&self, appends: &[&PreparedAppend]) -> Result<(Vec<Planned>, Position), BatchError> {
+    async fn write_batch_with_retries(&self, appends: &[&PreparedAppend]) -> Result<(Vec<Planned>, Position), CommitError> {
         match self.write_batch(appends, false).await {
-            Err(BatchError::Sql(sqlx::Error::Database(error))) if error.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+            Err(CommitError::Sql(sqlx::Error::Database(error))) if error.kind() == sqlx::error::ErrorKind::UniqueViolation => {
                 tracing::debug!(%error, "append batch met a stored event id; retrying with the ids looked up");
                 self.write_batch(appends, true).await
             }
@@ -251,7 +237,7 @@ impl Writer {
     /// SQLite, were the cost), commit (one fsync). Returns each request's decision
     /// and the position of the batch's first row (`0` when nothing was
     /// written).
-    async fn write_batch(&self, appends: &[&PreparedAppend], look_up_ids: bool) -> Result<(Vec<Planned>, Position), BatchError> {
+    async fn write_batch(&self, appends: &[&PreparedAppend], look_up_ids: bool) -> Result<(Vec<Planned>, Position), CommitError> {
         let started = std::time::Instant::now();
         let mut connection = self.pool.acquire().await?;
         let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
@@ -261,7 +247,7 @@ impl Writer {
             sqlx::query(sql::LOCK_STREAMS).bind(serde_json::to_string(&stream_ids).unwrap_or_default()).fetch_all(&mut *tx).await?;
         let log_head: i64 = match locked_rows.first() {
             Some(row) => row.try_get("log_position")?,
-            None => return Err(BatchError::Aborted("the log head row is missing".into())),
+            None => return Err(CommitError::Aborted("the log head row is missing".into())),
         };
         let heads = locked_rows
             .iter()
@@ -291,7 +277,7 @@ impl Writer {
         }
         let base: i64 = sqlx::query(sql::TAKE_POSITIONS).bind(rows.len() as i64).fetch_one(&mut *tx).await?.try_get("base")?;
         if base != log_head {
-            return Err(BatchError::Aborted(format!("the log head moved under the write lock: {log_head} then {base}")));
+            return Err(CommitError::Aborted(format!("the log head moved under the write lock: {log_head} then {base}")));
         }
         let taken = started.elapsed();
         let mut inserted = 0;
@@ -332,7 +318,7 @@ impl Writer {
             .await?
             .rows_affected();
         if inserted != rows.len() as u64 || moved != head_changes.len() as u64 {
-            return Err(BatchError::Aborted(format!(
+            return Err(CommitError::Aborted(format!(
                 "wrote {inserted} of {} rows and {moved} of {} stream heads",
                 rows.len(),
                 head_changes.len()
