@@ -189,10 +189,21 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
         let services: std::collections::BTreeSet<&str> = trace.iter().map(|span| span.service.as_str()).collect();
         let linked = spans.iter().any(|span| span.name == "projection.apply" && span.links.contains(&trace_id));
         let service_command = trace.iter().any(|span| span.service == "strata-services" && span.name == "command");
-        if expected.iter().all(|service| services.contains(service)) && linked && service_command {
+        // Spans are exported when they end, a batch at a time per process: a
+        // saga trigger covers the whole drive, so its children (and the
+        // publishes of the saga's records) can arrive before it. Wait until
+        // no span received points at a parent not received yet.
+        let dangling = trace
+            .iter()
+            .filter(|span| span.parent != caller_span && !trace.iter().any(|other| other.span_id == span.parent))
+            .count();
+        if expected.iter().all(|service| services.contains(service)) && linked && service_command && dangling == 0 {
             Ok(trace)
         } else {
-            Err(format!("the trace so far has {services:?}, a linked projection batch: {linked}; {} spans received", spans.len()))
+            Err(format!(
+                "the trace so far has {services:?}, a linked projection batch: {linked}, {dangling} spans whose parent has not arrived; {} spans received",
+                spans.len()
+            ))
         }
     })
     .await;
