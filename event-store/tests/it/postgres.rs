@@ -306,29 +306,7 @@ async fn an_append_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
         .execute("ALTER TABLE strata_events ADD CONSTRAINT refuse_poison CHECK ((payload->>'text') IS DISTINCT FROM 'poison')")
         .await
         .unwrap();
-    let appends: Vec<_> = (0..60)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let text = if i % 10 == 3 { "poison".to_owned() } else { format!("fine {i}") };
-                (text.clone(), store.append(to(&stream("order"), ExpectedVersion::NoStream, vec![noted(&text)])).await)
-            })
-        })
-        .collect();
-    let (mut committed, mut refused) = (0, 0);
-    for task in appends {
-        let (text, result) = task.await.unwrap();
-        match (text.as_str(), result) {
-            ("poison", Err(AppendError::Backend(_))) => refused += 1,
-            ("poison", other) => panic!("the poison append was not refused: {other:?}"),
-            (_, Ok(_)) => committed += 1,
-            (text, Err(err)) => panic!("{text} failed with its batch: {err}"),
-        }
-    }
-    assert_eq!((committed, refused), (54, 6));
-    let stored = store.read_all(ReadAll::after(Position::START, 1_000)).await.unwrap();
-    assert_eq!(stored.len(), 54);
-    assert!(stored.iter().all(|event| event.payload["text"] != "poison"));
+    crate::support::poison_appends_fail_alone(store).await;
     database.drop_database().await;
 }
 

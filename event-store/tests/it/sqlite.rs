@@ -107,28 +107,7 @@ async fn an_append_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
         )
         .await
         .unwrap();
-    let tasks: Vec<_> = (0..60)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let text = if i % 10 == 3 { "poison".to_owned() } else { format!("fine {i}") };
-                (text.clone(), store.append(to(&stream("order"), ExpectedVersion::NoStream, vec![noted(&text)])).await)
-            })
-        })
-        .collect();
-    let (mut committed, mut refused) = (0, 0);
-    for task in tasks {
-        match task.await.unwrap() {
-            (text, Err(AppendError::Backend(_))) if text == "poison" => refused += 1,
-            (text, other) if text == "poison" => panic!("the poison append was not refused: {other:?}"),
-            (_, Ok(_)) => committed += 1,
-            (text, Err(err)) => panic!("{text} failed with its batch: {err}"),
-        }
-    }
-    assert_eq!((committed, refused), (54, 6));
-    let stored = store.read_all(ReadAll::after(Position::START, 1_000)).await.unwrap();
-    assert_eq!(stored.len(), 54);
-    assert!(stored.iter().all(|event| event.payload["text"] != "poison"));
+    crate::support::poison_appends_fail_alone(store).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -65,6 +65,41 @@ pub fn to(stream_id: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>
 
 pub use strata_store::testkit::wait_until;
 
+/// Sixty concurrent single-event appends, six of them with the text
+/// `poison` that the backend under test was set up to refuse below every
+/// validation: each poison append fails alone with a backend error, the 54
+/// others (sharing its group-commit batches) commit, and nothing poisoned is
+/// stored.
+pub async fn poison_appends_fail_alone<S>(store: S)
+where
+    S: strata_store::EventStore + strata_store::EventReader + Clone + 'static,
+{
+    use strata_store::{AppendError, Position, ReadAll};
+    let appends: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let text = if i % 10 == 3 { "poison".to_owned() } else { format!("fine {i}") };
+                (text.clone(), store.append(to(&stream("order"), ExpectedVersion::NoStream, vec![noted(&text)])).await)
+            })
+        })
+        .collect();
+    let (mut committed, mut refused) = (0, 0);
+    for task in appends {
+        let (text, result) = task.await.unwrap();
+        match (text.as_str(), result) {
+            ("poison", Err(AppendError::Backend(_))) => refused += 1,
+            ("poison", other) => panic!("the poison append was not refused: {other:?}"),
+            (_, Ok(_)) => committed += 1,
+            (text, Err(err)) => panic!("{text} failed with its batch: {err}"),
+        }
+    }
+    assert_eq!((committed, refused), (54, 6));
+    let stored = store.read_all(ReadAll::after(Position::START, 1_000)).await.unwrap();
+    assert_eq!(stored.len(), 54);
+    assert!(stored.iter().all(|event| event.payload["text"] != "poison"));
+}
+
 #[cfg(feature = "postgres")]
 pub mod postgres {
     pub use strata_store::testkit::postgres::TestDatabase;
