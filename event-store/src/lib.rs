@@ -38,6 +38,8 @@ pub mod testkit;
 mod migrate;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_backend;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

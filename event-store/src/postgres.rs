@@ -42,23 +42,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::stream::BoxStream;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Executor, Row};
 use strata_schemas::SchemaRegistry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::commit::{commit_or_split, BatchFailure, BatchWriter, CommitError, GroupCommit};
-use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
-use crate::subscription::{follow, PageReader};
-use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll,
-    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamAppend, StreamHead, StreamId, Subscribe,
-};
+use crate::commit::{BatchFailure, BatchWriter, CommitError, GroupCommit};
+use crate::plan::{AppendLimits, BatchPlanner, Planned, PreparedAppend};
+use crate::sql_backend::{sql_backend_impls, Queries, SqlBackend};
+use crate::{AppendError, AppendOutcome, BackendError, Position};
 
 const NOTIFY_CHANNEL: &str = "strata_events";
 const MAX_BATCH_ATTEMPTS: usize = 5;
@@ -67,19 +62,6 @@ mod sql {
     pub(super) const LOCK_STREAMS: &str = include_str!("../sql/postgres/lock_streams.sql");
     pub(super) const FIND_EVENTS: &str = include_str!("../sql/postgres/find_events.sql");
     pub(super) const INSERT_EVENTS: &str = include_str!("../sql/postgres/insert_events.sql");
-    pub(super) const READ_STREAM_FORWARD: &str = include_str!("../sql/postgres/read_stream_forward.sql");
-    pub(super) const READ_STREAM_BACKWARD: &str = include_str!("../sql/postgres/read_stream_backward.sql");
-    pub(super) const READ_ALL: &str = include_str!("../sql/postgres/read_all.sql");
-    pub(super) const READ_CATEGORY: &str = include_str!("../sql/postgres/read_category.sql");
-    pub(super) const STREAM_HEAD: &str = include_str!("../sql/postgres/stream_head.sql");
-    pub(super) const STREAM_HEADS: &str = include_str!("../sql/postgres/stream_heads.sql");
-    pub(super) const HEAD_POSITION: &str = include_str!("../sql/postgres/head_position.sql");
-    pub(super) const CATEGORIES: &str = include_str!("../sql/postgres/categories.sql");
-    pub(super) const READ_EVENT: &str = include_str!("../sql/postgres/read_event.sql");
-    pub(super) const LOAD_SNAPSHOT: &str = include_str!("../sql/postgres/load_snapshot.sql");
-    pub(super) const SAVE_SNAPSHOT: &str = include_str!("../sql/postgres/save_snapshot.sql");
-    pub(super) const LOAD_CHECKPOINT: &str = include_str!("../sql/postgres/load_checkpoint.sql");
-    pub(super) const SAVE_CHECKPOINT: &str = include_str!("../sql/postgres/save_checkpoint.sql");
 }
 
 /// Where an append transaction is, for fault injection.
@@ -179,10 +161,6 @@ pub struct PostgresEventStore {
     inner: Arc<Inner>,
 }
 
-fn backend(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
-    move |err| BackendError::new(context, err)
-}
-
 impl PostgresEventStore {
     /// Connects (lazily: the pool opens connections on demand) and starts the
     /// committers. Does not migrate; call [`PostgresEventStore::migrate`].
@@ -207,7 +185,7 @@ impl PostgresEventStore {
             })
             .connect_with(options)
             .await
-            .map_err(backend("connecting to PostgreSQL"))?;
+            .map_err(|err| BackendError::new("connecting to PostgreSQL", err))?;
         let shared = Arc::new(Shared {
             pool,
             registry,
@@ -249,32 +227,6 @@ impl PostgresEventStore {
             let task = tokio::spawn(listen(pool, shared));
             self.inner.tasks.lock().unwrap_or_else(|poison| poison.into_inner()).push(task);
         });
-    }
-
-    async fn rows(shared: &Shared, request: &ReadAll) -> Result<Vec<PgRow>, ReadError> {
-        let after = i64::try_from(request.after.0).unwrap_or(i64::MAX);
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        match &request.category {
-            None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&shared.pool).await,
-            Some(category) => sqlx::query(sql::READ_CATEGORY).bind(after).bind(limit).bind(category).fetch_all(&shared.pool).await,
-        }
-        .map_err(|err| ReadError::Backend(backend("reading the global log")(err)))
-    }
-
-    async fn page(shared: &Shared, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
-        decode_rows(&Self::rows(shared, &request).await?, &shared.registry, request.form)
-    }
-
-    async fn page_stored(shared: &Shared, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
-        Self::rows(shared, &request)
-            .await?
-            .iter()
-            .map(|row| {
-                decode_stored(row)
-                    .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
-                    .into_stored(&shared.registry)
-            })
-            .collect()
     }
 }
 
@@ -522,148 +474,55 @@ async fn run_hook(shared: &Shared, phase: AppendPhase) -> Result<(), CommitError
     }
 }
 
-fn decode_head(row: &PgRow) -> Result<(StreamId, Head), sqlx::Error> {
-    let stream_id: String = row.try_get("stream_id")?;
-    let stream_id = StreamId::parse(&stream_id).map_err(|err| sqlx::Error::Decode(err.into()))?;
-    let version: i64 = row.try_get("version")?;
-    let hash: Vec<u8> = row.try_get("last_hash")?;
-    let hash = ChainHash::from_slice(&hash).ok_or_else(|| sqlx::Error::Decode("stream hash is not 32 bytes".into()))?;
-    Ok((stream_id, Head { version: version as u64, hash }))
-}
+impl SqlBackend for PostgresEventStore {
+    type Db = sqlx::Postgres;
+    type Time = DateTime<Utc>;
+    type SmallInt = i32;
+    const NAME: &'static str = "postgres";
+    const PINGING: &'static str = "pinging PostgreSQL";
+    const QUERIES: Queries = Queries {
+        read_event: include_str!("../sql/postgres/read_event.sql"),
+        read_stream_forward: include_str!("../sql/postgres/read_stream_forward.sql"),
+        read_stream_backward: include_str!("../sql/postgres/read_stream_backward.sql"),
+        read_all: include_str!("../sql/postgres/read_all.sql"),
+        read_category: include_str!("../sql/postgres/read_category.sql"),
+        stream_head: include_str!("../sql/postgres/stream_head.sql"),
+        stream_heads: include_str!("../sql/postgres/stream_heads.sql"),
+        head_position: include_str!("../sql/postgres/head_position.sql"),
+        categories: include_str!("../sql/postgres/categories.sql"),
+        load_snapshot: include_str!("../sql/postgres/load_snapshot.sql"),
+        save_snapshot: include_str!("../sql/postgres/save_snapshot.sql"),
+        load_checkpoint: include_str!("../sql/postgres/load_checkpoint.sql"),
+        save_checkpoint: include_str!("../sql/postgres/save_checkpoint.sql"),
+    };
 
-fn decode_stored(row: &PgRow) -> Result<StoredRow, sqlx::Error> {
-    let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-    Ok(StoredRow {
-        position: row.try_get("position")?,
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: row.try_get("stream_version")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: i64::from(row.try_get::<i32, _>("schema_version")?),
-        payload_json: row.try_get("payload")?,
-        metadata_json: row.try_get("metadata")?,
-        recorded_at_micros: recorded_at.timestamp_micros(),
-        hash: row.try_get("hash")?,
-    })
-}
-
-fn decode_rows(rows: &[PgRow], registry: &SchemaRegistry, form: crate::Form) -> Result<Vec<RecordedEvent>, ReadError> {
-    rows.iter()
-        .map(|row| {
-            decode_stored(row).map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?.decode(registry, form)
-        })
-        .collect()
-}
-
-fn decode_stream_head(row: &PgRow) -> Result<StreamHead, ReadError> {
-    let (stream_id, head) = decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
-    Ok(StreamHead { stream_id, version: head.version, last_hash: head.hash })
-}
-
-#[async_trait]
-impl EventReader for PostgresEventStore {
-    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
-        let row = sqlx::query(sql::READ_EVENT)
-            .bind(event_id)
-            .fetch_optional(&self.inner.shared.pool)
-            .await
-            .map_err(backend("reading an event by id"))?;
-        Ok(decode_rows(row.as_slice(), &self.inner.shared.registry, form)?.pop())
+    fn readers(&self) -> &PgPool {
+        &self.inner.shared.pool
     }
 
-    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
-        let from = i64::try_from(request.from_version).unwrap_or(i64::MAX);
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let query = match request.direction {
-            Direction::Forward => sql::READ_STREAM_FORWARD,
-            Direction::Backward => sql::READ_STREAM_BACKWARD,
-        };
-        let rows = sqlx::query(query)
-            .bind(stream_id.as_str())
-            .bind(from)
-            .bind(limit)
-            .fetch_all(&self.inner.shared.pool)
-            .await
-            .map_err(backend("reading a stream"))?;
-        decode_rows(&rows, &self.inner.shared.registry, request.form)
+    fn writers(&self) -> &PgPool {
+        &self.inner.shared.pool
     }
 
-    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
-        Self::page(&self.inner.shared, request).await
+    fn registry(&self) -> &SchemaRegistry {
+        &self.inner.shared.registry
     }
 
-    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
+    fn limits(&self) -> AppendLimits {
+        self.inner.limits
+    }
+
+    fn group_commit(&self) -> Option<&GroupCommit> {
+        self.inner.group_commit.as_ref()
+    }
+
+    fn batch_writer(&self) -> &dyn BatchWriter {
+        self.inner.shared.as_ref()
+    }
+
+    fn wake(&self) -> watch::Receiver<u64> {
         self.start_listener();
-        let shared = self.inner.shared.clone();
-        let wake = shared.wake.subscribe();
-        let read: PageReader = Arc::new(move |page| {
-            let shared = shared.clone();
-            Box::pin(async move { Self::page(&shared, page).await })
-        });
-        // Keep the store (committers, listener) alive as long as a subscriber reads.
-        let keep_alive = self.clone();
-        let stream = follow(read, wake, request);
-        Box::pin(futures_util::StreamExt::map(stream, move |item| {
-            let _ = &keep_alive;
-            item
-        }))
-    }
-
-    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
-        Self::page_stored(&self.inner.shared, request).await
-    }
-
-    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
-        self.start_listener();
-        let shared = self.inner.shared.clone();
-        let wake = shared.wake.subscribe();
-        let read: PageReader<StoredEvent> = Arc::new(move |page| {
-            let shared = shared.clone();
-            Box::pin(async move { Self::page_stored(&shared, page).await })
-        });
-        let keep_alive = self.clone();
-        let stream = follow(read, wake, request);
-        Box::pin(futures_util::StreamExt::map(stream, move |item| {
-            let _ = &keep_alive;
-            item
-        }))
-    }
-
-    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
-        let row = sqlx::query(sql::STREAM_HEAD)
-            .bind(stream_id.as_str())
-            .fetch_optional(&self.inner.shared.pool)
-            .await
-            .map_err(backend("reading a stream head"))?;
-        row.as_ref().map(decode_stream_head).transpose()
-    }
-
-    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
-        let rows = sqlx::query(sql::STREAM_HEADS)
-            .bind(after.map_or("", StreamId::as_str))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.shared.pool)
-            .await
-            .map_err(backend("listing streams"))?;
-        rows.iter().map(decode_stream_head).collect()
-    }
-
-    async fn head_position(&self) -> Result<Position, ReadError> {
-        let position: i64 =
-            sqlx::query_scalar(sql::HEAD_POSITION).fetch_one(&self.inner.shared.pool).await.map_err(backend("reading the log head"))?;
-        Ok(Position(position as u64))
-    }
-
-    async fn categories(&self) -> Result<Vec<String>, ReadError> {
-        sqlx::query_scalar(sql::CATEGORIES)
-            .fetch_all(&self.inner.shared.pool)
-            .await
-            .map_err(|err| ReadError::Backend(BackendError::new("listing categories", err)))
-    }
-
-    async fn ping(&self) -> Result<(), ReadError> {
-        sqlx::query("SELECT 1").execute(&self.inner.shared.pool).await.map_err(backend("pinging PostgreSQL"))?;
-        Ok(())
+        self.inner.shared.wake.subscribe()
     }
 
     fn listener_silence(&self) -> Option<Duration> {
@@ -671,79 +530,22 @@ impl EventReader for PostgresEventStore {
         last_heard.map(|at| at.elapsed())
     }
 
-    fn backend_name(&self) -> &'static str {
-        "postgres"
+    fn micros(time: DateTime<Utc>) -> i64 {
+        time.timestamp_micros()
+    }
+
+    fn time(at: DateTime<Utc>) -> DateTime<Utc> {
+        at
+    }
+
+    fn widen(value: i32) -> i64 {
+        i64::from(value)
+    }
+
+    fn narrow(value: u32) -> i32 {
+        i32::try_from(value).unwrap_or(i32::MAX)
     }
 }
 
-#[async_trait]
-impl EventStore for PostgresEventStore {
-    async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
-        let append = prepare(&self.inner.shared.registry, self.inner.limits, request)?;
-        match &self.inner.group_commit {
-            Some(group_commit) => group_commit.append(append).await,
-            None => commit_or_split(self.inner.shared.as_ref(), &[&append]).await.pop().unwrap_or(Err(AppendError::Closed)),
-        }
-    }
-}
-
-#[async_trait]
-impl SnapshotStore for PostgresEventStore {
-    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, ReadError> {
-        let Some(row) = sqlx::query(sql::LOAD_SNAPSHOT)
-            .bind(stream_id.as_str())
-            .fetch_optional(&self.inner.shared.pool)
-            .await
-            .map_err(backend("reading a snapshot"))?
-        else {
-            return Ok(None);
-        };
-        let decode = || -> Result<Snapshot, Box<dyn std::error::Error + Send + Sync>> {
-            let state: String = row.try_get("state")?;
-            Ok(Snapshot {
-                stream_id: stream_id.clone(),
-                snapshot_version: u32::try_from(row.try_get::<i32, _>("snapshot_version")?)?,
-                stream_version: u64::try_from(row.try_get::<i64, _>("stream_version")?)?,
-                state: serde_json::from_str(&state)?,
-                taken_at: row.try_get("taken_at")?,
-            })
-        };
-        decode().map(Some).map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
-    }
-
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {
-        sqlx::query(sql::SAVE_SNAPSHOT)
-            .bind(snapshot.stream_id.as_str())
-            .bind(i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX))
-            .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
-            .bind(snapshot.state.to_string())
-            .bind(snapshot.taken_at)
-            .execute(&self.inner.shared.pool)
-            .await
-            .map_err(backend("saving a snapshot"))?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl CheckpointStore for PostgresEventStore {
-    async fn load_checkpoint(&self, name: &str) -> Result<Position, ReadError> {
-        let position: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
-            .bind(name)
-            .fetch_optional(&self.inner.shared.pool)
-            .await
-            .map_err(backend("reading a checkpoint"))?;
-        Ok(Position(position.map_or(0, |position| position.max(0) as u64)))
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), BackendError> {
-        sqlx::query(sql::SAVE_CHECKPOINT)
-            .bind(name)
-            .bind(i64::try_from(position.0).unwrap_or(i64::MAX))
-            .bind(chrono::Utc::now())
-            .execute(&self.inner.shared.pool)
-            .await
-            .map_err(backend("saving a checkpoint"))?;
-        Ok(())
-    }
-}
+sql_backend_impls!(PostgresEventStore, sqlx::postgres::PgRow);
+use shared::{decode_head, decode_stored};

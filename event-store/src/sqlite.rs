@@ -30,22 +30,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::Utc;
-use futures_util::stream::BoxStream;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row};
 use strata_schemas::SchemaRegistry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::commit::{commit_or_split, BatchFailure, BatchWriter, CommitError, GroupCommit};
-use crate::plan::{prepare, AppendLimits, BatchPlanner, Head, Planned, PreparedAppend, StoredRow};
-use crate::subscription::{follow, PageReader};
-use crate::{
-    AppendError, AppendOutcome, BackendError, ChainHash, CheckpointStore, Direction, EventReader, EventStore, Form, Position, ReadAll,
-    ReadError, ReadStream, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamAppend, StreamHead, StreamId, Subscribe,
-};
+use crate::commit::{BatchFailure, BatchWriter, CommitError, GroupCommit};
+use crate::plan::{AppendLimits, BatchPlanner, Planned, PreparedAppend};
+use crate::sql_backend::{sql_backend_impls, Queries, SqlBackend};
+use crate::{AppendError, AppendOutcome, BackendError, Position, StreamId};
 
 mod sql {
     pub(super) const LOCK_STREAMS: &str = include_str!("../sql/sqlite/lock_streams.sql");
@@ -53,19 +48,6 @@ mod sql {
     pub(super) const TAKE_POSITIONS: &str = include_str!("../sql/sqlite/take_positions.sql");
     pub(super) const INSERT_EVENTS: &str = include_str!("../sql/sqlite/insert_events.sql");
     pub(super) const UPSERT_STREAMS: &str = include_str!("../sql/sqlite/upsert_streams.sql");
-    pub(super) const READ_STREAM_FORWARD: &str = include_str!("../sql/sqlite/read_stream_forward.sql");
-    pub(super) const READ_STREAM_BACKWARD: &str = include_str!("../sql/sqlite/read_stream_backward.sql");
-    pub(super) const READ_ALL: &str = include_str!("../sql/sqlite/read_all.sql");
-    pub(super) const READ_CATEGORY: &str = include_str!("../sql/sqlite/read_category.sql");
-    pub(super) const STREAM_HEAD: &str = include_str!("../sql/sqlite/stream_head.sql");
-    pub(super) const STREAM_HEADS: &str = include_str!("../sql/sqlite/stream_heads.sql");
-    pub(super) const HEAD_POSITION: &str = include_str!("../sql/sqlite/head_position.sql");
-    pub(super) const CATEGORIES: &str = include_str!("../sql/sqlite/categories.sql");
-    pub(super) const READ_EVENT: &str = include_str!("../sql/sqlite/read_event.sql");
-    pub(super) const LOAD_SNAPSHOT: &str = include_str!("../sql/sqlite/load_snapshot.sql");
-    pub(super) const SAVE_SNAPSHOT: &str = include_str!("../sql/sqlite/save_snapshot.sql");
-    pub(super) const LOAD_CHECKPOINT: &str = include_str!("../sql/sqlite/load_checkpoint.sql");
-    pub(super) const SAVE_CHECKPOINT: &str = include_str!("../sql/sqlite/save_checkpoint.sql");
 }
 
 /// Where the file is and how many reader connections to keep.
@@ -111,10 +93,6 @@ pub struct SqliteEventStore {
     inner: Arc<Inner>,
 }
 
-fn backend(context: &'static str) -> impl FnOnce(sqlx::Error) -> BackendError {
-    move |err| BackendError::new(context, err)
-}
-
 impl SqliteEventStore {
     /// Opens (creating if needed) the file. Does not migrate; call
     /// [`SqliteEventStore::migrate`].
@@ -127,13 +105,16 @@ impl SqliteEventStore {
             .busy_timeout(Duration::from_secs(10))
             // Room for every INSERT shape (`ROWS_PER_INSERT`) beside the other statements.
             .statement_cache_capacity(ROWS_PER_INSERT + 64);
-        let writer =
-            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(backend("opening the SQLite file"))?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|err| BackendError::new("opening the SQLite file", err))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.readers.max(1))
             .connect_with(options.read_only(false))
             .await
-            .map_err(backend("opening the SQLite file"))?;
+            .map_err(|err| BackendError::new("opening the SQLite file", err))?;
         let writer = Arc::new(Writer { pool: writer, wake: watch::channel(0).0 });
         let (group_commit, committers) = if config.group_commit {
             // One committer: SQLite has one writer at a time anyway.
@@ -152,32 +133,6 @@ impl SqliteEventStore {
             .run(&self.inner.writer.pool)
             .await
             .map_err(|err| BackendError::new("migrating the SQLite schema", err))
-    }
-
-    async fn rows(inner: &Inner, request: &ReadAll) -> Result<Vec<SqliteRow>, ReadError> {
-        let after = i64::try_from(request.after.0).unwrap_or(i64::MAX);
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        match &request.category {
-            None => sqlx::query(sql::READ_ALL).bind(after).bind(limit).fetch_all(&inner.readers).await,
-            Some(category) => sqlx::query(sql::READ_CATEGORY).bind(after).bind(limit).bind(category).fetch_all(&inner.readers).await,
-        }
-        .map_err(|err| ReadError::Backend(backend("reading the global log")(err)))
-    }
-
-    async fn page(inner: &Inner, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
-        decode_rows(&Self::rows(inner, &request).await?, &inner.registry, request.form)
-    }
-
-    async fn page_stored(inner: &Inner, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
-        Self::rows(inner, &request)
-            .await?
-            .iter()
-            .map(|row| {
-                decode_stored(row)
-                    .map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?
-                    .into_stored(&inner.registry)
-            })
-            .collect()
     }
 }
 
@@ -355,207 +310,72 @@ async fn find_events(
         .collect()
 }
 
-fn decode_head(row: &SqliteRow) -> Result<(StreamId, Head), sqlx::Error> {
-    let stream_id: String = row.try_get("stream_id")?;
-    let stream_id = StreamId::parse(&stream_id).map_err(|err| sqlx::Error::Decode(err.into()))?;
-    let version: i64 = row.try_get("version")?;
-    let hash: Vec<u8> = row.try_get("last_hash")?;
-    let hash = ChainHash::from_slice(&hash).ok_or_else(|| sqlx::Error::Decode("stream hash is not 32 bytes".into()))?;
-    Ok((stream_id, Head { version: version as u64, hash }))
-}
+impl SqlBackend for SqliteEventStore {
+    type Db = sqlx::Sqlite;
+    type Time = i64;
+    type SmallInt = i64;
+    const NAME: &'static str = "sqlite";
+    const PINGING: &'static str = "pinging SQLite";
+    const QUERIES: Queries = Queries {
+        read_event: include_str!("../sql/sqlite/read_event.sql"),
+        read_stream_forward: include_str!("../sql/sqlite/read_stream_forward.sql"),
+        read_stream_backward: include_str!("../sql/sqlite/read_stream_backward.sql"),
+        read_all: include_str!("../sql/sqlite/read_all.sql"),
+        read_category: include_str!("../sql/sqlite/read_category.sql"),
+        stream_head: include_str!("../sql/sqlite/stream_head.sql"),
+        stream_heads: include_str!("../sql/sqlite/stream_heads.sql"),
+        head_position: include_str!("../sql/sqlite/head_position.sql"),
+        categories: include_str!("../sql/sqlite/categories.sql"),
+        load_snapshot: include_str!("../sql/sqlite/load_snapshot.sql"),
+        save_snapshot: include_str!("../sql/sqlite/save_snapshot.sql"),
+        load_checkpoint: include_str!("../sql/sqlite/load_checkpoint.sql"),
+        save_checkpoint: include_str!("../sql/sqlite/save_checkpoint.sql"),
+    };
 
-fn decode_stored(row: &SqliteRow) -> Result<StoredRow, sqlx::Error> {
-    Ok(StoredRow {
-        position: row.try_get("position")?,
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: row.try_get("stream_version")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        payload_json: row.try_get("payload")?,
-        metadata_json: row.try_get("metadata")?,
-        recorded_at_micros: row.try_get("recorded_at")?,
-        hash: row.try_get("hash")?,
-    })
-}
-
-fn decode_rows(rows: &[SqliteRow], registry: &SchemaRegistry, form: Form) -> Result<Vec<RecordedEvent>, ReadError> {
-    rows.iter()
-        .map(|row| {
-            decode_stored(row).map_err(|err| ReadError::Backend(BackendError::new("decoding an event row", err)))?.decode(registry, form)
-        })
-        .collect()
-}
-
-fn decode_stream_head(row: &SqliteRow) -> Result<StreamHead, ReadError> {
-    let (stream_id, head) = decode_head(row).map_err(|err| ReadError::Backend(BackendError::new("decoding a stream head", err)))?;
-    Ok(StreamHead { stream_id, version: head.version, last_hash: head.hash })
-}
-
-#[async_trait]
-impl EventReader for SqliteEventStore {
-    async fn read_event(&self, event_id: uuid::Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
-        let row = sqlx::query(sql::READ_EVENT)
-            .bind(event_id)
-            .fetch_optional(&self.inner.readers)
-            .await
-            .map_err(backend("reading an event by id"))?;
-        Ok(decode_rows(row.as_slice(), &self.inner.registry, form)?.pop())
+    fn readers(&self) -> &SqlitePool {
+        &self.inner.readers
     }
 
-    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
-        let from = i64::try_from(request.from_version).unwrap_or(i64::MAX);
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let query = match request.direction {
-            Direction::Forward => sql::READ_STREAM_FORWARD,
-            Direction::Backward => sql::READ_STREAM_BACKWARD,
-        };
-        let rows = sqlx::query(query)
-            .bind(stream_id.as_str())
-            .bind(from)
-            .bind(limit)
-            .fetch_all(&self.inner.readers)
-            .await
-            .map_err(backend("reading a stream"))?;
-        decode_rows(&rows, &self.inner.registry, request.form)
+    fn writers(&self) -> &SqlitePool {
+        &self.inner.writer.pool
     }
 
-    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
-        Self::page(&self.inner, request).await
+    fn registry(&self) -> &SchemaRegistry {
+        &self.inner.registry
     }
 
-    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
-        let inner = self.inner.clone();
-        let wake = inner.writer.wake.subscribe();
-        let read: PageReader = Arc::new(move |page| {
-            let inner = inner.clone();
-            Box::pin(async move { Self::page(&inner, page).await })
-        });
-        follow(read, wake, request)
+    fn limits(&self) -> AppendLimits {
+        self.inner.limits
     }
 
-    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<StoredEvent>, ReadError> {
-        Self::page_stored(&self.inner, request).await
+    fn group_commit(&self) -> Option<&GroupCommit> {
+        self.inner.group_commit.as_ref()
     }
 
-    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<StoredEvent, ReadError>> {
-        let inner = self.inner.clone();
-        let wake = inner.writer.wake.subscribe();
-        let read: PageReader<StoredEvent> = Arc::new(move |page| {
-            let inner = inner.clone();
-            Box::pin(async move { Self::page_stored(&inner, page).await })
-        });
-        follow(read, wake, request)
+    fn batch_writer(&self) -> &dyn BatchWriter {
+        self.inner.writer.as_ref()
     }
 
-    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
-        let row = sqlx::query(sql::STREAM_HEAD)
-            .bind(stream_id.as_str())
-            .fetch_optional(&self.inner.readers)
-            .await
-            .map_err(backend("reading a stream head"))?;
-        row.as_ref().map(decode_stream_head).transpose()
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.inner.writer.wake.subscribe()
     }
 
-    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
-        let rows = sqlx::query(sql::STREAM_HEADS)
-            .bind(after.map_or("", StreamId::as_str))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.readers)
-            .await
-            .map_err(backend("listing streams"))?;
-        rows.iter().map(decode_stream_head).collect()
+    fn micros(time: i64) -> i64 {
+        time
     }
 
-    async fn head_position(&self) -> Result<Position, ReadError> {
-        let position: i64 =
-            sqlx::query_scalar(sql::HEAD_POSITION).fetch_one(&self.inner.readers).await.map_err(backend("reading the log head"))?;
-        Ok(Position(position as u64))
+    fn time(at: chrono::DateTime<Utc>) -> i64 {
+        at.timestamp_micros()
     }
 
-    async fn categories(&self) -> Result<Vec<String>, ReadError> {
-        Ok(sqlx::query_scalar(sql::CATEGORIES).fetch_all(&self.inner.readers).await.map_err(backend("listing categories"))?)
+    fn widen(value: i64) -> i64 {
+        value
     }
 
-    async fn ping(&self) -> Result<(), ReadError> {
-        sqlx::query("SELECT 1").execute(&self.inner.readers).await.map_err(backend("pinging SQLite"))?;
-        Ok(())
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "sqlite"
+    fn narrow(value: u32) -> i64 {
+        i64::from(value)
     }
 }
 
-#[async_trait]
-impl EventStore for SqliteEventStore {
-    async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
-        let append = prepare(&self.inner.registry, self.inner.limits, request)?;
-        match &self.inner.group_commit {
-            Some(group_commit) => group_commit.append(append).await,
-            None => commit_or_split(self.inner.writer.as_ref(), &[&append]).await.pop().unwrap_or(Err(AppendError::Closed)),
-        }
-    }
-}
-
-#[async_trait]
-impl SnapshotStore for SqliteEventStore {
-    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, ReadError> {
-        let Some(row) = sqlx::query(sql::LOAD_SNAPSHOT)
-            .bind(stream_id.as_str())
-            .fetch_optional(&self.inner.readers)
-            .await
-            .map_err(backend("reading a snapshot"))?
-        else {
-            return Ok(None);
-        };
-        let decode = || -> Result<Snapshot, Box<dyn std::error::Error + Send + Sync>> {
-            let state: String = row.try_get("state")?;
-            let taken_at: i64 = row.try_get("taken_at")?;
-            Ok(Snapshot {
-                stream_id: stream_id.clone(),
-                snapshot_version: u32::try_from(row.try_get::<i64, _>("snapshot_version")?)?,
-                stream_version: u64::try_from(row.try_get::<i64, _>("stream_version")?)?,
-                state: serde_json::from_str(&state)?,
-                taken_at: chrono::DateTime::from_timestamp_micros(taken_at).ok_or("snapshot time out of range")?,
-            })
-        };
-        decode().map(Some).map_err(|err| ReadError::Backend(BackendError::new("decoding a snapshot", err)))
-    }
-
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), BackendError> {
-        sqlx::query(sql::SAVE_SNAPSHOT)
-            .bind(snapshot.stream_id.as_str())
-            .bind(i64::from(snapshot.snapshot_version))
-            .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
-            .bind(snapshot.state.to_string())
-            .bind(snapshot.taken_at.timestamp_micros())
-            .execute(&self.inner.writer.pool)
-            .await
-            .map_err(backend("saving a snapshot"))?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl CheckpointStore for SqliteEventStore {
-    async fn load_checkpoint(&self, name: &str) -> Result<Position, ReadError> {
-        let position: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
-            .bind(name)
-            .fetch_optional(&self.inner.readers)
-            .await
-            .map_err(backend("reading a checkpoint"))?;
-        Ok(Position(position.map_or(0, |position| position.max(0) as u64)))
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), BackendError> {
-        sqlx::query(sql::SAVE_CHECKPOINT)
-            .bind(name)
-            .bind(i64::try_from(position.0).unwrap_or(i64::MAX))
-            .bind(chrono::Utc::now().timestamp_micros())
-            .execute(&self.inner.writer.pool)
-            .await
-            .map_err(backend("saving a checkpoint"))?;
-        Ok(())
-    }
-}
+sql_backend_impls!(SqliteEventStore, sqlx::sqlite::SqliteRow);
+use shared::{decode_head, decode_stored};
