@@ -17,6 +17,10 @@
 //! delivered them in and however many replicas apply them: a replica that
 //! gets a later event first catches up from the log, and the stream guards
 //! make the replica that applies the same events second write nothing.
+//! Each related stream is read once per batch, all of them a few at a time
+//! before planning ([`RelatedRead`] says why one read serves every event of
+//! the batch): a read per event, one after the other, made the live
+//! projection fall behind at 500 orders/s (BENCHMARKS.md, issue 19).
 //!
 //! **Bounded fills.** Fills read the log in pages, and one batch fills at
 //! most [`FILL_BUDGET`] events per source; past that, the batch covers what
@@ -34,6 +38,9 @@ pub const FILL_BUDGET: usize = 2_000;
 
 /// Events read from the log per page while filling.
 const FILL_PAGE: usize = 500;
+
+/// Related streams read from the log at once while a batch is planned.
+const RELATED_READS_AT_ONCE: usize = 8;
 
 use crate::projection::{apply_to_document, ApplyError, Document, PoisonPolicy, Projection, Write};
 use crate::sink::{Batch, DeadLetter, ReadModelSink, SinkError, StreamGuard, Target};
@@ -141,11 +148,46 @@ struct Work<'c> {
     /// Per related stream: it has no unapplied event below this position
     /// (established by a read of the log in this batch).
     checked: HashMap<String, Position>,
+    /// Per related stream: its events after the version the read model had
+    /// when the batch began, up to the batch's last position, read once per
+    /// batch ([`RelatedRead`]).
+    related: HashMap<String, RelatedRead>,
+    /// The batch's last position.
+    horizon: Position,
     documents: HashMap<String, Option<Document>>,
     /// Writes to documents not loaded yet, applied when they are.
     pending: HashMap<String, Vec<Write>>,
     batch: Batch,
     carry: Option<&'c Carry>,
+}
+
+/// A related stream's events read from the log for one batch: those after
+/// the version the read model had, up to the batch's last position (or the
+/// fill budget), and the position below which that list is complete (`read_after`).
+///
+/// One read serves every event of the batch: the batch's events were all
+/// committed before it, and anything committed after it lands above them all
+/// (positions follow commit order), so the events of the stream below any
+/// of the batch's positions are all in it.
+struct RelatedRead {
+    events: Vec<RecordedEvent>,
+    bound: Position,
+}
+
+impl RelatedRead {
+    /// What `read_after(stream, reached, |e| e.position < before)` would
+    /// answer: the events above `reached` below `before`, and the position
+    /// of the first one not below it (or the read's own bound).
+    fn below(&self, reached: u64, before: Position) -> (Vec<RecordedEvent>, Position) {
+        let mut missing = Vec::new();
+        for event in self.events.iter().filter(|e| e.stream_version > reached) {
+            if event.position >= before {
+                return (missing, event.position);
+            }
+            missing.push(event.clone());
+        }
+        (missing, self.bound)
+    }
 }
 
 impl Planner<'_> {
@@ -164,6 +206,8 @@ impl Planner<'_> {
             target: target.clone(),
             streams: HashMap::new(),
             checked: HashMap::new(),
+            related: HashMap::new(),
+            horizon: events.iter().map(|e| e.position).max().unwrap_or(Position::START),
             documents: HashMap::new(),
             pending: HashMap::new(),
             batch: Batch::default(),
@@ -227,6 +271,10 @@ impl Planner<'_> {
                 }
                 work.documents.insert(key, document);
             }
+        }
+
+        if !self.log_order {
+            self.read_related(&mut work, events).await?;
         }
 
         let mut covered = 0;
@@ -307,7 +355,11 @@ impl Planner<'_> {
                 continue;
             }
             let reached = work.streams.get(key).map_or(0, |s| s.reached);
-            let (missing, bound) = self.read_after(&related, reached, |e| e.position < event.position).await?;
+            if !work.related.contains_key(key) {
+                let read = self.read_related_stream(&related, reached, work.horizon).await?;
+                work.related.insert(key.to_owned(), read);
+            }
+            let (missing, bound) = work.related[key].below(reached, event.position);
             complete_below = complete_below.min(bound);
             work.checked.insert(key.to_owned(), bound);
             due.extend(missing);
@@ -321,6 +373,42 @@ impl Planner<'_> {
         }
         self.one(work, event).await?;
         Ok(Flow::Applied)
+    }
+
+    /// Reads every related stream of the batch's events from the log, a few
+    /// at a time, before planning: one round trip per stream per batch, not
+    /// one per event, and not one after the other.
+    async fn read_related(&self, work: &mut Work<'_>, events: &[RecordedEvent]) -> Result<(), PlanError> {
+        use futures_util::stream::{StreamExt, TryStreamExt};
+        let horizon = work.horizon;
+        let mut wanted: Vec<(StreamId, u64)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for event in events.iter().filter(|e| self.follows(e)) {
+            for related in self.projection.related_streams(event) {
+                if !work.related.contains_key(related.as_str()) && seen.insert(related.clone()) {
+                    let reached = work.streams.get(related.as_str()).map_or(0, |s| s.reached);
+                    wanted.push((related, reached));
+                }
+            }
+        }
+        let reads: Vec<(StreamId, RelatedRead)> = futures_util::stream::iter(wanted)
+            .map(|(stream, reached)| async move {
+                let read = self.read_related_stream(&stream, reached, horizon).await?;
+                Ok::<_, PlanError>((stream, read))
+            })
+            .buffer_unordered(RELATED_READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (stream, read) in reads {
+            work.related.insert(stream.as_str().to_owned(), read);
+        }
+        Ok(())
+    }
+
+    /// `stream`'s events after version `reached`, up to position `horizon`.
+    async fn read_related_stream(&self, stream: &StreamId, reached: u64, horizon: Position) -> Result<RelatedRead, PlanError> {
+        let (events, bound) = self.read_after(stream, reached, |e| e.position <= horizon).await?;
+        Ok(RelatedRead { events, bound })
     }
 
     /// The events of `stream` after version `reached` while `wanted` holds

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::BoxStream;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,7 +20,10 @@ use strata_schemas::events::{InventoryEvent, StockRestocked};
 use strata_schemas::values::{Quantity, Sku};
 use strata_schemas::DomainEvent;
 use strata_store::bus::MemoryBus;
-use strata_store::{EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend, StreamId};
+use strata_store::{
+    EventMetadata, EventStore, ExpectedVersion, Form, NewEvent, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamAppend,
+    StreamHead, StreamId, Subscribe,
+};
 use uuid::Uuid;
 
 use crate::runner::{live_equals_rebuild, Pipeline};
@@ -289,4 +293,68 @@ async fn a_projection_has_seen_the_events_it_does_not_follow_so_its_lag_ends_at_
     assert_ne!(events.last().unwrap().stream_id.category(), "inventory", "the log ends with events stock does not follow");
     let stats = sink.stats(&Target { projection: "stock".into(), generation: 1 }).await.unwrap();
     assert_eq!(stats.position, events.last().unwrap().position);
+}
+
+/// The log, counting the stream reads the planner makes.
+struct CountingLog {
+    log: Arc<strata_store::MemoryEventStore>,
+    stream_reads: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl strata_store::EventReader for CountingLog {
+    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.stream_reads.fetch_add(1, Ordering::SeqCst);
+        self.log.read_stream(stream_id, request).await
+    }
+    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.log.read_all(request).await
+    }
+    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
+        self.log.subscribe(request)
+    }
+    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
+        self.log.read_event(event_id, form).await
+    }
+    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
+        self.log.stream_head(stream_id).await
+    }
+    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
+        self.log.stream_heads(after, limit).await
+    }
+    async fn head_position(&self) -> Result<Position, ReadError> {
+        self.log.head_position().await
+    }
+    async fn categories(&self) -> Result<Vec<String>, ReadError> {
+        self.log.categories().await
+    }
+    async fn ping(&self) -> Result<(), ReadError> {
+        self.log.ping().await
+    }
+    fn backend_name(&self) -> &'static str {
+        "counting"
+    }
+}
+
+#[tokio::test]
+async fn a_batch_reads_each_related_stream_from_the_log_once_and_ends_with_the_model_of_the_log() {
+    let (log, events) = log_with_orders(21, 30).await;
+    let reference = {
+        let (sink, _) = fresh_sink(Backend::Memory).await.unwrap();
+        feed(&runner(Arc::new(OrdersProjection), &sink, log.clone()).await, &events, 1).await;
+        live_dump(&*sink, "orders").await
+    };
+    let counting = Arc::new(CountingLog { log, stream_reads: AtomicUsize::new(0) });
+    let (sink, _) = fresh_sink(Backend::Memory).await.unwrap();
+    let batched = runner(Arc::new(OrdersProjection), &sink, counting.clone()).await;
+    // Each order's events and its saga's, interleaved, in one batch: every
+    // event has a related stream to check before it is applied.
+    let followed: Vec<RecordedEvent> =
+        events.iter().filter(|e| matches!(e.stream_id.category(), "order" | "fulfilment")).cloned().collect();
+    let related: std::collections::HashSet<&str> = followed.iter().map(|e| e.stream_id.as_str()).collect();
+    assert!(followed.len() > 2 * related.len(), "streams of several events each: {} events, {} streams", followed.len(), related.len());
+    feed(&batched, &events, events.len()).await;
+    let reads = counting.stream_reads.load(Ordering::SeqCst);
+    assert!(reads <= related.len(), "{reads} stream reads for {} related streams ({} events)", related.len(), followed.len());
+    assert_eq!(live_dump(&*sink, "orders").await, reference, "one batch ends with the model of the log");
 }
