@@ -26,12 +26,16 @@ use futures_util::StreamExt;
 use strata_store::bus::{Delivery, Subscriber, Subscription};
 use strata_store::{EventReader, RecordedEvent};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::apply::{PlanError, Planner, RetryPolicy};
 use crate::projection::Projection;
 use crate::rebuild::{ensure_live, RebuildConfig, RebuildError};
 use crate::sink::{Committed, MetaField, ReadModelSink, SinkError, Target};
+
+/// How long a stopping runner waits for its acks still in flight.
+pub const ACK_DRAIN: Duration = Duration::from_secs(5);
 
 /// How a runner works.
 #[derive(Debug, Clone)]
@@ -256,7 +260,32 @@ impl ProjectionRunner {
     /// Follows the bus until `shutdown` turns true or the projection stops on
     /// a poison event. Backend failures are retried with backoff (deliveries
     /// stay unacked and come back).
-    pub async fn run(&self, subscriber: Arc<dyn Subscriber>, mut shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+    ///
+    /// Acks travel in the background (on JetStream each is a round trip to
+    /// the server): the next chunk is planned while the last one's acks are
+    /// in flight. Those still in flight at the end are awaited for at most
+    /// [`ACK_DRAIN`]; an ack lost anyway is a redelivery, which the stream
+    /// guards make harmless.
+    pub async fn run(&self, subscriber: Arc<dyn Subscriber>, shutdown: watch::Receiver<bool>) -> Result<(), RunnerError> {
+        let mut acks = JoinSet::new();
+        let result = self.follow(subscriber, shutdown, &mut acks).await;
+        let drained = tokio::time::timeout(ACK_DRAIN, async { while acks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                projection = self.projection.name(),
+                pending = acks.len(),
+                "acks still in flight at the end; they will be redelivered"
+            );
+        }
+        result
+    }
+
+    async fn follow(
+        &self,
+        subscriber: Arc<dyn Subscriber>,
+        mut shutdown: watch::Receiver<bool>,
+        acks: &mut JoinSet<()>,
+    ) -> Result<(), RunnerError> {
         let name = self.projection.name().to_owned();
         let mut backoff = Duration::from_millis(50);
         let mut report = Report::new(self.config.report_every);
@@ -304,7 +333,7 @@ impl ProjectionRunner {
                 if self.wait_while_paused(&name, &mut shutdown).await {
                     return Ok(());
                 }
-                match self.settle(deliveries).await {
+                match self.settle(deliveries, acks).await {
                     Ok((handled, stopped)) => {
                         backoff = Duration::from_millis(50);
                         if let Some(rate) = report.count(handled.events) {
@@ -335,11 +364,12 @@ impl ProjectionRunner {
         }
     }
 
-    /// Handles a chunk of deliveries and acks what was committed.
+    /// Handles a chunk of deliveries and acks what was committed (in a task
+    /// of `acks`).
     ///
     /// The chunk is applied in one `projection.apply` span linked to the
     /// trace of each event in it (a batch has no single parent).
-    async fn settle(&self, deliveries: Vec<Delivery>) -> Result<(Handled, Option<PlanError>), RunnerError> {
+    async fn settle(&self, deliveries: Vec<Delivery>, acks: &mut JoinSet<()>) -> Result<(Handled, Option<PlanError>), RunnerError> {
         let events: Vec<RecordedEvent> = deliveries.iter().map(|d| d.event.clone()).collect();
         let span = tracing::info_span!("projection.apply", projection = self.projection.name(), events = events.len());
         for delivery in &deliveries {
@@ -357,13 +387,16 @@ impl ProjectionRunner {
         };
         metrics::counter!("strata_bus_consumed_total", "group" => Self::group(self.projection.name()), "result" => "acked")
             .increment(covered as u64);
-        let acks = deliveries.into_iter().take(covered).map(Delivery::ack);
-        for result in futures_util::future::join_all(acks).await {
-            // A lost ack means a redelivery, which the guards make harmless.
-            if let Err(error) = result {
-                tracing::debug!(%error, "ack failed; the event will be redelivered and skipped");
+        while acks.try_join_next().is_some() {}
+        let settled: Vec<Delivery> = deliveries.into_iter().take(covered).collect();
+        acks.spawn(async move {
+            for result in futures_util::future::join_all(settled.into_iter().map(Delivery::ack)).await {
+                // A lost ack means a redelivery, which the guards make harmless.
+                if let Err(error) = result {
+                    tracing::debug!(%error, "ack failed; the event will be redelivered and skipped");
+                }
             }
-        }
+        });
         Ok((handled, stopped))
     }
 
