@@ -376,3 +376,37 @@ async fn a_paused_projection_holds_its_events_until_resumed() {
     assert_eq!(sink.meta("orders").await.unwrap().state.as_deref(), Some("running"));
     pipeline.stop().await;
 }
+
+/// Acks travel in the background while the runner plans its next chunk; a
+/// stopped runner has sent them all: its group resumes after everything it
+/// applied, with the first event appended after the stop.
+#[tokio::test]
+async fn a_stopped_runner_has_acked_everything_it_applied() {
+    let Some((sink, cleanup)) = fresh_sink(Backend::Memory).await else { return };
+    let store = memory_store();
+    let bus = Arc::new(MemoryBus::new());
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), bus.clone(), &sink, vec![Arc::new(OrdersProjection)], 1);
+    append_all(&*store, sample(SampleConfig { seed: 5, orders: 40, ..SampleConfig::default() })).await;
+    live_equals_rebuild(&store, &sink, Arc::new(OrdersProjection)).await;
+    pipeline.stop().await;
+
+    let stopped_at = store.head_position().await.unwrap();
+    append_all(&*store, sample(SampleConfig { seed: 6, orders: 1, ..SampleConfig::default() })).await;
+    let later = store.read_all_stored(strata_store::ReadAll::after(stopped_at, 1_000)).await.unwrap();
+    assert!(!later.is_empty());
+    bus.publish(&later).await.unwrap();
+    let group = strata_store::bus::Subscription::group(ProjectionRunner::group("orders"));
+    let mut deliveries = bus.subscribe(group).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut deliveries))
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the subscription is open")
+        .unwrap();
+    assert!(
+        first.event.position > stopped_at,
+        "an event the stopped runner applied came back (position {} <= {}): its ack was never sent",
+        first.event.position,
+        stopped_at
+    );
+    cleanup.run().await;
+}
