@@ -484,6 +484,7 @@ impl SqlBackend for PostgresEventStore {
         read_event: include_str!("../sql/postgres/read_event.sql"),
         read_stream_forward: include_str!("../sql/postgres/read_stream_forward.sql"),
         read_stream_backward: include_str!("../sql/postgres/read_stream_backward.sql"),
+        read_streams: include_str!("../sql/postgres/read_streams.sql"),
         read_all: include_str!("../sql/postgres/read_all.sql"),
         read_category: include_str!("../sql/postgres/read_category.sql"),
         stream_head: include_str!("../sql/postgres/stream_head.sql"),

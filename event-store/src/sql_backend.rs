@@ -21,6 +21,7 @@ pub(crate) struct Queries {
     pub(crate) read_event: &'static str,
     pub(crate) read_stream_forward: &'static str,
     pub(crate) read_stream_backward: &'static str,
+    pub(crate) read_streams: &'static str,
     pub(crate) read_all: &'static str,
     pub(crate) read_category: &'static str,
     pub(crate) stream_head: &'static str,
@@ -195,6 +196,28 @@ macro_rules! sql_backend_impls {
                         .await
                         .map_err(backend("reading a stream"))?;
                     decode_rows(&rows, self.registry(), request.form)
+                }
+
+                async fn read_streams(&self, after: &[(StreamId, u64)], until: Position, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+                    if after.is_empty() || limit == 0 {
+                        return Ok(Vec::new());
+                    }
+                    // One query for every stream: the list travels as JSON, the
+                    // one array both dialects can take apart.
+                    let wanted: Vec<serde_json::Value> = after
+                        .iter()
+                        .map(|(stream_id, version)| {
+                            serde_json::json!({ "stream_id": stream_id.as_str(), "after": i64::try_from(*version).unwrap_or(i64::MAX) })
+                        })
+                        .collect();
+                    let rows = sqlx::query(Self::QUERIES.read_streams)
+                        .bind(serde_json::Value::Array(wanted).to_string())
+                        .bind(i64::try_from(until.0).unwrap_or(i64::MAX))
+                        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                        .fetch_all(self.readers())
+                        .await
+                        .map_err(backend("reading several streams"))?;
+                    decode_rows(&rows, self.registry(), Form::Latest)
                 }
 
                 async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {

@@ -320,6 +320,7 @@ impl SqlBackend for SqliteEventStore {
         read_event: include_str!("../sql/sqlite/read_event.sql"),
         read_stream_forward: include_str!("../sql/sqlite/read_stream_forward.sql"),
         read_stream_backward: include_str!("../sql/sqlite/read_stream_backward.sql"),
+        read_streams: include_str!("../sql/sqlite/read_streams.sql"),
         read_all: include_str!("../sql/sqlite/read_all.sql"),
         read_category: include_str!("../sql/sqlite/read_category.sql"),
         stream_head: include_str!("../sql/sqlite/stream_head.sql"),

@@ -67,6 +67,34 @@ pub trait EventReader: Send + Sync {
     /// Reads a page of one stream. An absent stream reads as empty.
     async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError>;
 
+    /// Reads several streams at once: the events of each `(stream, version)`
+    /// after that version, at or below `until`, in position order, at most
+    /// `limit` in all (upcast). The SQL backends answer in one query; this
+    /// default reads the streams one after the other.
+    async fn read_streams(&self, after: &[(StreamId, u64)], until: Position, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        let mut events = Vec::new();
+        for (stream_id, version) in after {
+            let mut from = version.saturating_add(1);
+            loop {
+                let mut request = ReadStream::forward(limit.max(1));
+                request.from_version = from;
+                let page = self.read_stream(stream_id, request).await?;
+                let full = page.len() >= limit.max(1);
+                let Some(last) = page.last().map(|e| e.stream_version) else { break };
+                let past = page.iter().any(|e| e.position > until);
+                events.extend(page.into_iter().filter(|e| e.position <= until));
+                // Positions grow with versions: past `until`, the rest is too.
+                if !full || past {
+                    break;
+                }
+                from = last + 1;
+            }
+        }
+        events.sort_by_key(|e| e.position);
+        events.truncate(limit);
+        Ok(events)
+    }
+
     /// Reads a page of the global log in position order.
     async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError>;
 

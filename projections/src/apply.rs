@@ -17,10 +17,10 @@
 //! delivered them in and however many replicas apply them: a replica that
 //! gets a later event first catches up from the log, and the stream guards
 //! make the replica that applies the same events second write nothing.
-//! Each related stream is read once per batch, all of them a few at a time
-//! before planning ([`RelatedRead`] says why one read serves every event of
-//! the batch): a read per event, one after the other, made the live
-//! projection fall behind at 500 orders/s (BENCHMARKS.md, issue 19).
+//! The related streams of a whole batch are read once, in one query, before
+//! planning ([`RelatedRead`] says why one read serves every event of the
+//! batch): a read per event, one after the other, made the live projection
+//! fall behind at 500 orders/s (BENCHMARKS.md, issue 19).
 //!
 //! **Bounded fills.** Fills read the log in pages, and one batch fills at
 //! most [`FILL_BUDGET`] events per source; past that, the batch covers what
@@ -39,8 +39,9 @@ pub const FILL_BUDGET: usize = 2_000;
 /// Events read from the log per page while filling.
 const FILL_PAGE: usize = 500;
 
-/// Related streams read from the log at once while a batch is planned.
-const RELATED_READS_AT_ONCE: usize = 8;
+/// Related streams read from the log at once while a batch is planned, when
+/// they are too long to read in one query.
+const RELATED_READS_AT_ONCE: usize = 4;
 
 use crate::projection::{apply_to_document, ApplyError, Document, PoisonPolicy, Projection, Write};
 use crate::sink::{Batch, DeadLetter, ReadModelSink, SinkError, StreamGuard, Target};
@@ -375,9 +376,11 @@ impl Planner<'_> {
         Ok(Flow::Applied)
     }
 
-    /// Reads every related stream of the batch's events from the log, a few
-    /// at a time, before planning: one round trip per stream per batch, not
-    /// one per event, and not one after the other.
+    /// Reads every related stream of the batch's events from the log before
+    /// planning, in one query (`EventReader::read_streams`): one round trip
+    /// per batch, not one per event. When that answers [`FILL_BUDGET`]
+    /// events (long streams), each stream is read on its own instead, a few
+    /// at a time, within the budget per stream.
     async fn read_related(&self, work: &mut Work<'_>, events: &[RecordedEvent]) -> Result<(), PlanError> {
         use futures_util::stream::{StreamExt, TryStreamExt};
         let horizon = work.horizon;
@@ -390,6 +393,25 @@ impl Planner<'_> {
                     wanted.push((related, reached));
                 }
             }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let read = self.log.read_streams(&wanted, horizon, FILL_BUDGET).await?;
+        if read.len() < FILL_BUDGET {
+            // Everything of those streams at or below the horizon: complete
+            // below the position after it.
+            let mut by_stream: HashMap<String, RelatedRead> = wanted
+                .iter()
+                .map(|(stream, _)| (stream.as_str().to_owned(), RelatedRead { events: Vec::new(), bound: Position(horizon.0 + 1) }))
+                .collect();
+            for event in read {
+                if let Some(related) = by_stream.get_mut(event.stream_id.as_str()) {
+                    related.events.push(event);
+                }
+            }
+            work.related.extend(by_stream);
+            return Ok(());
         }
         let reads: Vec<(StreamId, RelatedRead)> = futures_util::stream::iter(wanted)
             .map(|(stream, reached)| async move {

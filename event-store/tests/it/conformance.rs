@@ -32,6 +32,7 @@ macro_rules! conformance_suite {
             malformed_requests_are_refused_and_write_nothing,
             read_stream_forward_and_backward_from_a_version,
             read_all_pages_in_position_order_and_filters_by_category,
+            several_streams_read_at_once_after_their_versions_up_to_a_position,
             every_metadata_field_round_trips,
             old_versions_are_upcast_on_read_and_kept_as_stored_for_audit,
             subscription_catches_up_then_receives_live_events_once_in_order,
@@ -268,6 +269,33 @@ pub async fn read_stream_forward_and_backward_from_a_version(store: Store) {
         .collect();
     assert_eq!(versions, (1..=10).collect::<Vec<_>>());
     assert!(store.read_stream(&stream("order"), ReadStream::forward(10)).await.unwrap().is_empty());
+}
+
+pub async fn several_streams_read_at_once_after_their_versions_up_to_a_position(store: Store) {
+    let (a, b, c, absent) = (stream("order"), stream("fulfilment"), stream("order"), stream("order"));
+    for i in 0..4 {
+        for s in [&a, &b, &c] {
+            store.append(to(s, ExpectedVersion::Any, vec![noted(&format!("{}{i}", s.category()))])).await.unwrap();
+        }
+    }
+    let head = store.head_position().await.unwrap();
+    // Every stream's events after its version, in position order, never above `until`.
+    let wanted = [(a.clone(), 1), (b.clone(), 0), (absent.clone(), 0)];
+    let until = store.read_stream(&b, ReadStream { from_version: 3, ..ReadStream::forward(1) }).await.unwrap()[0].position;
+    let read = store.read_streams(&wanted, until, 100).await.unwrap();
+    let got: Vec<(String, u64)> = read.iter().map(|e| (e.stream_id.to_string(), e.stream_version)).collect();
+    let (a_id, b_id) = (a.to_string(), b.to_string());
+    assert_eq!(got, [(b_id.clone(), 1), (a_id.clone(), 2), (b_id.clone(), 2), (a_id.clone(), 3), (b_id.clone(), 3)]);
+    assert!(read.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(read[0].payload["text"], "fulfilment0", "events are read whole and upcast");
+    // The limit counts events of all streams; nothing wanted reads nothing.
+    let all = [(a.clone(), 0), (b.clone(), 0), (c.clone(), 0)];
+    assert_eq!(store.read_streams(&all, head, 100).await.unwrap().len(), 12);
+    let limited = store.read_streams(&all, head, 5).await.unwrap();
+    assert_eq!(limited.len(), 5);
+    assert!(limited.windows(2).all(|w| w[0].position < w[1].position));
+    assert!(store.read_streams(&[], head, 100).await.unwrap().is_empty());
+    assert!(store.read_streams(&[(a, 4)], head, 100).await.unwrap().is_empty());
 }
 
 pub async fn read_all_pages_in_position_order_and_filters_by_category(store: Store) {
