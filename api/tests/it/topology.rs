@@ -245,7 +245,8 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
 
     let audit = |args: &[&str]| {
         let output = strata().args(args).env("STRATA_EVENT_STORE", &database.url).env("STRATA_SAGA_STEP_DEADLINE", "20s").output().unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+        // stderr too: an audit that cannot run (no connection left) says why there.
+        (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
     };
     let (ok, report) = audit(&["audit", "invariants"]);
     assert!(ok && report.contains("every invariant holds"), "seed {seed}: {report}");
