@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use strata_sagas::fulfilment::scenario::{self, Expected, ScenarioConfig};
 use tokio::sync::Mutex;
 
+use crate::bench::Latency;
 use crate::client::GraphQlClient;
 use crate::progress::Progress;
 
@@ -140,18 +141,14 @@ fn summary(config: &DemoConfig, settled: &[Settled], seconds: f64) -> Value {
             confirmed += 1;
         }
     }
-    let percentiles = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        let at = |p: f64| values.get(((values.len() as f64 * p).ceil() as usize).clamp(1, values.len().max(1)) - 1).copied().unwrap_or(0.0);
-        json!({ "p50_ms": crate::bench::round(at(0.5), 1), "p99_ms": crate::bench::round(at(0.99), 1) })
-    };
+    let percentiles = |values: Vec<f64>| Latency::of(values).map_or(json!({ "p50_ms": 0.0, "p99_ms": 0.0 }), |l| Value::Object(l.json()));
     json!({
         "demo": config.url,
         "orders": settled.len(),
         "confirmed": confirmed,
         "cancelled": cancelled,
         "unexpected": unexpected,
-        "seconds": crate::bench::round(seconds, 2),
+        "seconds": crate::bench::kit::round(seconds, 2),
         "place": percentiles(settled.iter().map(|o| o.place_ms).collect()),
         "settle": percentiles(settled.iter().map(|o| o.settle_ms).collect()),
     })

@@ -14,10 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::Utc;
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::Value;
 use strata_commands::inventory::{Inventory, InventoryCommand};
 use strata_commands::{CommandHandler, Envelope, HandlerConfig};
 use strata_schemas::values::Sku;
@@ -25,7 +25,7 @@ use strata_schemas::DomainEvent;
 use strata_store::{EventMetadata, ExpectedVersion, NewEvent, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use super::{drive, machine, median, open_scratch, round, Figures, Scratch, ScratchStore};
+use super::kit::{alternate, drive, open_scratch, Report, Scratch, ScratchStore, Summary};
 
 /// Parameters of `bench commands`.
 #[derive(Debug, Clone)]
@@ -47,15 +47,7 @@ pub async fn commands(bench: &CommandsBench) -> anyhow::Result<Value> {
     if bench.aggregates == 0 || bench.writers == 0 || bench.runs == 0 {
         bail!("--aggregates, --writers and --runs must be at least 1");
     }
-    let scratch = Scratch::create(&bench.event_store_url).await?;
-    let result = run_all(bench, &scratch).await;
-    scratch.remove().await?;
-    result
-}
-
-struct CommandFigures {
-    figures: Figures,
-    retries: u64,
+    Scratch::around(&bench.event_store_url, async |scratch| run_all(bench, scratch).await).await
 }
 
 async fn run_all(bench: &CommandsBench, scratch: &Scratch) -> anyhow::Result<Value> {
@@ -66,79 +58,24 @@ async fn run_all(bench: &CommandsBench, scratch: &Scratch) -> anyhow::Result<Val
         Ok(Arc::new((0..bench.aggregates).map(|i| Sku::parse(&format!("{prefix}-{i}"))).collect::<Result<_, _>>()?))
     };
     let handler = CommandHandler::<Inventory>::new(store.clone(), Some(store.clone()), HandlerConfig::default());
-    let mut runs = Vec::new();
-    for run in 0..bench.runs {
-        let (command_skus, append_skus) = (skus(format!("C{run}"))?, skus(format!("A{run}"))?);
-        let (commands, appends) = if run % 2 == 0 {
-            let commands = measure_commands(bench, &handler, &command_skus).await?;
-            (commands, measure_appends(bench, store.clone(), &append_skus).await?)
-        } else {
-            let appends = measure_appends(bench, store.clone(), &append_skus).await?;
-            (measure_commands(bench, &handler, &command_skus).await?, appends)
-        };
-        eprintln!(
-            "run {}: commands {:.0}/s (p99 {:.2} ms, {:.3} retries per command), appends {:.0}/s (p99 {:.2} ms)",
-            run + 1,
-            commands.figures.events_per_s(),
-            commands.figures.p99_ms,
-            retry_rate(&commands),
-            appends.events_per_s(),
-            appends.p99_ms
-        );
-        runs.push((commands, appends));
-    }
-    let summary = |all: Vec<Figures>, rate_key: &str| {
-        json!({
-            "seconds": round(median(all.iter().map(|f| f.seconds).collect()), 3),
-            rate_key: round(median(all.iter().map(Figures::events_per_s).collect()), 0),
-            "p50_ms": round(median(all.iter().map(|f| f.p50_ms).collect()), 3),
-            "p95_ms": round(median(all.iter().map(|f| f.p95_ms).collect()), 3),
-            "p99_ms": round(median(all.iter().map(|f| f.p99_ms).collect()), 3),
-        })
-    };
-    let mut object = serde_json::Map::new();
-    object.insert("bench".into(), json!("commands"));
-    object.insert("backend".into(), json!(backend));
-    object.insert("aggregates".into(), json!(bench.aggregates));
-    object.insert("writers".into(), json!(bench.writers));
-    object.insert("duration_s".into(), json!(bench.duration.as_secs_f64()));
-    object.insert("runs".into(), json!(bench.runs));
-    let main = summary(runs.iter().map(|(c, _)| c.figures).collect(), "commands_per_s");
-    object.extend(main.as_object().context("object")?.clone());
-    object.insert("conflict_retry_rate".into(), json!(round(median(runs.iter().map(|(c, _)| retry_rate(c)).collect()), 4)));
-    object.insert("baseline".into(), summary(runs.iter().map(|(_, a)| *a).collect(), "events_per_s"));
-    let ratios: Vec<f64> = runs.iter().map(|(c, a)| c.figures.events_per_s() / a.events_per_s().max(1e-9)).collect();
-    object.insert("ratio".into(), json!(round(median(ratios.clone()), 3)));
-    object.insert(
-        "per_run".into(),
-        Value::Array(
-            runs.iter()
-                .zip(&ratios)
-                .map(|((c, a), ratio)| {
-                    json!({
-                        "commands_per_s": round(c.figures.events_per_s(), 0),
-                        "conflict_retry_rate": round(retry_rate(c), 4),
-                        "events_per_s": round(a.events_per_s(), 0),
-                        "ratio": round(*ratio, 3),
-                    })
-                })
-                .collect(),
-        ),
-    );
-    object.insert("machine".into(), machine());
-    Ok(Value::Object(object))
+    let comparison = alternate(
+        bench.runs,
+        async |run| measure_commands(bench, &handler, &skus(format!("C{run}"))?).await,
+        async |run| measure_appends(bench, store.clone(), &skus(format!("A{run}"))?).await,
+    )
+    .await?;
+    Ok(Report::new("commands")
+        .with("backend", backend)
+        .with("aggregates", bench.aggregates)
+        .with("writers", bench.writers)
+        .with("duration_s", bench.duration.as_secs_f64())
+        .with("runs", bench.runs)
+        .compared(&comparison, Some("raw_appends"))
+        .finish())
 }
 
-/// Conflict retries per command.
-fn retry_rate(commands: &CommandFigures) -> f64 {
-    commands.retries as f64 / (commands.figures.appends.max(1)) as f64
-}
-
-async fn measure_commands(
-    bench: &CommandsBench,
-    handler: &CommandHandler<Inventory>,
-    skus: &Arc<Vec<Sku>>,
-) -> anyhow::Result<CommandFigures> {
+/// Commands through the handler; `conflict_retry_rate` is the retries per command.
+async fn measure_commands(bench: &CommandsBench, handler: &CommandHandler<Inventory>, skus: &Arc<Vec<Sku>>) -> anyhow::Result<Summary> {
     let (handler, skus) = (handler.clone(), skus.clone());
     let (latencies, retries, seconds) = drive(
         bench.writers,
@@ -157,10 +94,11 @@ async fn measure_commands(
         },
     )
     .await?;
-    Ok(CommandFigures { figures: Figures::from_latencies(latencies, 1, seconds), retries })
+    let commands = latencies.len().max(1) as f64;
+    Ok(Summary::of_calls("commands", 1, &latencies, seconds).with("conflict_retry_rate", retries as f64 / commands))
 }
 
-async fn measure_appends(bench: &CommandsBench, store: Arc<dyn ScratchStore>, skus: &Arc<Vec<Sku>>) -> anyhow::Result<Figures> {
+async fn measure_appends(bench: &CommandsBench, store: Arc<dyn ScratchStore>, skus: &Arc<Vec<Sku>>) -> anyhow::Result<Summary> {
     let skus = skus.clone();
     let (latencies, _, seconds) = drive(
         bench.writers,
@@ -197,5 +135,5 @@ async fn measure_appends(bench: &CommandsBench, store: Arc<dyn ScratchStore>, sk
         },
     )
     .await?;
-    Ok(Figures::from_latencies(latencies, 1, seconds))
+    Ok(Summary::of_calls("events", 1, &latencies, seconds))
 }

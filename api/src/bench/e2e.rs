@@ -28,7 +28,7 @@ use strata_store::{EventReader, Subscribe};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{machine, open_scratch, round, Scratch};
+use super::kit::{open_scratch, round, Latency, Report, Scratch, Summary};
 
 /// Parameters of `bench e2e`.
 #[derive(Debug, Clone)]
@@ -51,10 +51,7 @@ pub async fn e2e(bench: &E2eBench) -> anyhow::Result<Value> {
     if bench.orders == 0 || bench.rate.is_nan() || bench.rate <= 0.0 {
         bail!("--orders and --rate must be positive");
     }
-    let scratch = Scratch::create(&bench.event_store_url).await?;
-    let result = run(bench, &scratch).await;
-    scratch.remove().await?;
-    result
+    Scratch::around(&bench.event_store_url, async |scratch| run(bench, scratch).await).await
 }
 
 async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
@@ -157,31 +154,23 @@ async fn run(bench: &E2eBench, scratch: &Scratch) -> anyhow::Result<Value> {
     bus.remove().await?;
 
     let stages = stages(&*store).await?;
-    let mut latencies: Vec<f64> = sent
+    let latencies: Vec<f64> = sent
         .iter()
         .filter_map(|(order_id, sent)| confirmed.get(order_id).map(|at| at.duration_since(*sent).as_secs_f64() * 1_000.0))
         .collect();
-    latencies.sort_by(f64::total_cmp);
     let last = confirmed.values().max().copied().unwrap_or(started);
     let seconds = last.duration_since(started).as_secs_f64();
-    let percentile = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
-    Ok(json!({
-        "bench": "e2e",
-        "backend": backend,
-        "bus": bus_name,
-        "orders": bench.orders,
-        "rate": bench.rate,
-        "saga_concurrency": bench.saga_concurrency,
-        "offered_orders_per_s": round(bench.orders as f64 / offered_seconds, 1),
-        "orders_per_s": round(bench.orders as f64 / seconds, 1),
-        "p50_ms": round(percentile(0.50), 1),
-        "p95_ms": round(percentile(0.95), 1),
-        "p99_ms": round(percentile(0.99), 1),
-        "max_ms": round(latencies.last().copied().unwrap_or(0.0), 1),
-        "seconds": round(seconds, 3),
-        "stages": stages,
-        "machine": machine(),
-    }))
+    let summary = Summary::new("orders", bench.orders as u64, seconds).timed(Latency::of(latencies));
+    Ok(Report::new("e2e")
+        .with("backend", backend)
+        .with("bus", bus_name)
+        .with("orders", bench.orders)
+        .with("rate", bench.rate)
+        .with("saga_concurrency", bench.saga_concurrency)
+        .with("offered_orders_per_s", round(bench.orders as f64 / offered_seconds, 1))
+        .summary(&[summary])
+        .with("stages", stages)
+        .finish())
 }
 
 /// Where the time goes, from the log's own timestamps: placed → saga
@@ -208,13 +197,11 @@ async fn stages(reader: &dyn EventReader) -> anyhow::Result<Value> {
         }
     }
     let between = |from: &HashMap<String, chrono::DateTime<chrono::Utc>>, to: &HashMap<String, chrono::DateTime<chrono::Utc>>| {
-        let mut ms: Vec<f64> = from
+        let ms: Vec<f64> = from
             .iter()
             .filter_map(|(id, at)| to.get(id).map(|end| (*end - *at).num_microseconds().unwrap_or(0) as f64 / 1_000.0))
             .collect();
-        ms.sort_by(f64::total_cmp);
-        let at = |p: f64| ms.get(((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len().max(1)) - 1).copied().unwrap_or(0.0);
-        json!({ "p50_ms": round(at(0.5), 1), "p99_ms": round(at(0.99), 1) })
+        Latency::of(ms).map_or(Value::Null, |latency| Value::Object(latency.json()))
     };
     Ok(json!({
         "placed_to_saga_started": between(&placed, &started),
@@ -348,26 +335,16 @@ pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
         visible.push(seen.as_secs_f64() * 1e3);
         last = last.max(at);
     }
-    let figures = |mut ms: Vec<f64>| {
-        ms.sort_by(f64::total_cmp);
-        let at = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
-        json!({ "p50_ms": round(at(0.5), 1), "p95_ms": round(at(0.95), 1), "p99_ms": round(at(0.99), 1), "max_ms": round(ms[ms.len() - 1], 1) })
-    };
     let seconds = last.duration_since(started).as_secs_f64();
-    let mut result = json!({
-        "bench": "e2e",
-        "via": "graphql",
-        "url": bench.url,
-        "orders": bench.orders,
-        "rate": bench.rate,
-        "offered_orders_per_s": round(bench.orders as f64 / offered_seconds, 1),
-        "orders_per_s": round(bench.orders as f64 / seconds, 1),
-        "seconds": round(seconds, 3),
-        "mutation": figures(placed),
-        "machine": machine(),
-    });
-    if let (Some(result), Value::Object(visible)) = (result.as_object_mut(), figures(visible)) {
-        result.extend(visible);
-    }
-    Ok(result)
+    let mutation = Latency::of(placed).map_or(Value::Null, |latency| Value::Object(latency.json()));
+    let summary = Summary::new("orders", bench.orders as u64, seconds).timed(Latency::of(visible));
+    Ok(Report::new("e2e")
+        .with("via", "graphql")
+        .with("url", bench.url.as_str())
+        .with("orders", bench.orders)
+        .with("rate", bench.rate)
+        .with("offered_orders_per_s", round(bench.orders as f64 / offered_seconds, 1))
+        .summary(&[summary])
+        .with("mutation", mutation)
+        .finish())
 }

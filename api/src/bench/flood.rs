@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use strata_commands::inventory::InventoryCommand;
 use strata_schemas::values::Sku;
 
-use super::{machine, median, round};
+use super::kit::{machine, median, round, Latency};
 use crate::client::{GraphQlClient, Refused};
 
 /// What `bench flood` measures.
@@ -56,11 +56,6 @@ async fn probe(client: &GraphQlClient, sku: &str, rate: f64, duration: Duration)
     Ok(latencies)
 }
 
-fn percentile(latencies: &mut [f64], p: f64) -> f64 {
-    latencies.sort_by(f64::total_cmp);
-    latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
-}
-
 /// `bench flood --url`.
 pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
     let positive = |x: f64| !x.is_nan() && x > 0.0;
@@ -91,7 +86,7 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
             // wait out its waitFor bound, 5 s by default) before probing idle.
             tokio::time::sleep(Duration::from_secs(6)).await;
         }
-        let mut idle = probe(&client, &sku, bench.probe_rate, duration).await?;
+        let idle = probe(&client, &sku, bench.probe_rate, duration).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let (sent, timed_out) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let attackers: Vec<_> = (0..bench.attackers)
@@ -124,14 +119,16 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
         for task in attackers {
             task.abort();
         }
-        let mut attacked = attacked?;
-        let (idle_p99, attack_p99) = (percentile(&mut idle, 0.99), percentile(&mut attacked, 0.99));
+        let attacked = attacked?;
+        let (queries, attack_queries) = (idle.len(), attacked.len());
+        let (idle, attacked) = (Latency::of(idle).context("no idle probe")?, Latency::of(attacked).context("no probe under attack")?);
+        let (idle_p99, attack_p99) = (idle.p99_ms, attacked.p99_ms);
         ratios.push(attack_p99 / idle_p99);
         idle_p99s.push(idle_p99);
         attack_p99s.push(attack_p99);
         runs.push(json!({
-            "idle": { "queries": idle.len(), "p50_ms": round(percentile(&mut idle, 0.5), 2), "p99_ms": round(idle_p99, 2) },
-            "attack": { "queries": attacked.len(), "p50_ms": round(percentile(&mut attacked, 0.5), 2), "p99_ms": round(attack_p99, 2) },
+            "idle": { "queries": queries, "p50_ms": round(idle.p50_ms, 2), "p99_ms": round(idle_p99, 2) },
+            "attack": { "queries": attack_queries, "p50_ms": round(attacked.p50_ms, 2), "p99_ms": round(attack_p99, 2) },
             "attack_requests": sent.load(Ordering::Relaxed),
             "attack_requests_timed_out": timed_out.load(Ordering::Relaxed),
             "p99_ratio": round(attack_p99 / idle_p99, 2),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 use strata_projections::orders::sample::{requests, Sample, SampleConfig};
 use strata_projections::orders::OrdersProjection;
 use strata_projections::sink::Target;
@@ -21,7 +21,7 @@ use strata_projections::{Document, Projection, ProjectionRunner, ReadModelSink, 
 use strata_store::{EventReader, EventStore, MemoryEventStore, Position, ReadAll, RecordedEvent};
 use uuid::Uuid;
 
-use super::{machine, median, round};
+use super::kit::{alternate, Report, Summary};
 use crate::backend::registry;
 
 /// Parameters of `bench project`.
@@ -54,35 +54,23 @@ pub async fn project(bench: &ProjectBench) -> anyhow::Result<Value> {
     let writes = planned_writes(&events)?;
     let shares = split(&events, &writes, bench.workers);
 
-    let mut runs = Vec::new();
-    for run in 0..bench.runs {
-        let (strata, raw) = if run % 2 == 0 {
-            let strata = measure_strata(bench, &store, &shares).await?;
-            (strata, measure_raw(bench, &shares).await?)
-        } else {
-            let raw = measure_raw(bench, &shares).await?;
-            (measure_strata(bench, &store, &shares).await?, raw)
-        };
-        let rate = |seconds: f64| events.len() as f64 / seconds.max(1e-9);
-        eprintln!("run {}: projection {:.0} events/s, raw {backend} {:.0} events/s", run + 1, rate(strata), rate(raw));
-        runs.push((rate(strata), rate(raw)));
-    }
-    let strata = median(runs.iter().map(|r| r.0).collect());
-    let raw = median(runs.iter().map(|r| r.1).collect());
-    let ratio = median(runs.iter().map(|r| r.0 / r.1).collect());
-    Ok(json!({
-        "bench": "project",
-        "backend": backend,
-        "projection": "orders",
-        "events": events.len(),
-        "batch_size": bench.batch_size,
-        "workers": bench.workers,
-        "runs": bench.runs,
-        "events_per_s": round(strata, 0),
-        "baseline": { "bench": if backend == "redis" { "raw_redis_pipeline" } else { "raw_mongo_bulk_update" }, "events_per_s": round(raw, 0) },
-        "ratio": round(ratio, 3),
-        "machine": machine(),
-    }))
+    let count = events.len() as u64;
+    let comparison = alternate(
+        bench.runs,
+        async |_| Ok(Summary::new("events", count, measure_strata(bench, &store, &shares).await?)),
+        async |_| Ok(Summary::new("events", count, measure_raw(bench, &shares).await?)),
+    )
+    .await?;
+    let baseline = if backend == "redis" { "raw_redis_pipeline" } else { "raw_mongo_bulk_update" };
+    Ok(Report::new("project")
+        .with("backend", backend)
+        .with("projection", "orders")
+        .with("events", events.len())
+        .with("batch_size", bench.batch_size)
+        .with("workers", bench.workers)
+        .with("runs", bench.runs)
+        .compared(&comparison, Some(baseline))
+        .finish())
 }
 
 pub(crate) fn sample_config(events: usize) -> SampleConfig {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 use strata_store::bus::{encode_event, JetStreamBus, JetStreamConfig, Publisher};
 #[cfg(feature = "kafka")]
 use strata_store::bus::{KafkaBus, KafkaConfig};
@@ -21,7 +21,8 @@ use strata_store::relay::{Relay, RelayConfig};
 use strata_store::{ExpectedVersion, Position, ReadAll, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use super::{machine, median, new_event, open_scratch, order_placed_payload, round, Scratch, ScratchStore};
+use super::kit::{alternate, open_scratch, Report, Scratch, ScratchStore, Summary};
+use super::{new_event, order_placed_payload};
 
 /// Parameters of `bench relay`.
 #[derive(Debug, Clone)]
@@ -46,10 +47,7 @@ pub async fn relay(bench: &RelayBench) -> anyhow::Result<Value> {
     if bench.events == 0 || bench.batch_size == 0 || bench.runs == 0 {
         bail!("--events, --batch-size and --runs must be at least 1");
     }
-    let scratch = Scratch::create(&bench.event_store_url).await?;
-    let result = run_all(bench, &scratch).await;
-    scratch.remove().await?;
-    result
+    Scratch::around(&bench.event_store_url, async |scratch| run_all(bench, scratch).await).await
 }
 
 /// Where the bench publishes.
@@ -87,39 +85,21 @@ async fn run_all(bench: &RelayBench, scratch: &Scratch) -> anyhow::Result<Value>
     fill(&store, bench.events).await?;
     let log = store.read_all_stored(ReadAll::after(Position::START, bench.events)).await?;
     let raw = Raw::prepare(&target, &log).await?;
-    let mut runs = Vec::new();
-    for run in 0..bench.runs {
-        let (relayed, raw) = if run % 2 == 0 {
-            let relayed = measure_relay(bench, &target, &store, run).await?;
-            (relayed, raw.measure(bench).await?)
-        } else {
-            let raw = raw.measure(bench).await?;
-            (measure_relay(bench, &target, &store, run).await?, raw)
-        };
-        let rate = |seconds: f64| bench.events as f64 / seconds.max(1e-9);
-        eprintln!("run {}: relay {:.0} events/s, raw {} {:.0} events/s", run + 1, rate(relayed), raw_name(&target), rate(raw));
-        runs.push((rate(relayed), rate(raw), relayed, raw));
-    }
-    let ratios: Vec<f64> = runs.iter().map(|(relay, raw, _, _)| relay / raw.max(1e-9)).collect();
-    Ok(json!({
-        "bench": "relay",
-        "backend": backend,
-        "bus": target.name(),
-        "events": bench.events,
-        "batch_size": bench.batch_size,
-        "runs": bench.runs,
-        "events_per_s": round(median(runs.iter().map(|r| r.0).collect()), 0),
-        "seconds": round(median(runs.iter().map(|r| r.2).collect()), 3),
-        "baseline": {
-            "events_per_s": round(median(runs.iter().map(|r| r.1).collect()), 0),
-            "seconds": round(median(runs.iter().map(|r| r.3).collect()), 3),
-        },
-        "ratio": round(median(ratios.clone()), 3),
-        "per_run": runs.iter().zip(&ratios).map(|((relay, raw, _, _), ratio)| json!({
-            "events_per_s": round(*relay, 0), "baseline_events_per_s": round(*raw, 0), "ratio": round(*ratio, 3),
-        })).collect::<Vec<_>>(),
-        "machine": machine(),
-    }))
+    let events = bench.events as u64;
+    let comparison = alternate(
+        bench.runs,
+        async |run| Ok(Summary::new("events", events, measure_relay(bench, &target, &store, run).await?)),
+        async |_| Ok(Summary::new("events", events, raw.measure(bench).await?)),
+    )
+    .await?;
+    Ok(Report::new("relay")
+        .with("backend", backend)
+        .with("bus", target.name())
+        .with("events", bench.events)
+        .with("batch_size", bench.batch_size)
+        .with("runs", bench.runs)
+        .compared(&comparison, Some(raw_name(&target)))
+        .finish())
 }
 
 /// Appends `count` OrderPlaced events, up to 100 per append, 10 per stream.
@@ -147,9 +127,9 @@ async fn fill(store: &Arc<dyn ScratchStore>, count: usize) -> anyhow::Result<()>
 
 fn raw_name(target: &Target) -> &'static str {
     match target {
-        Target::Nats(_) => "publish",
+        Target::Nats(_) => "raw_publish",
         #[cfg(feature = "kafka")]
-        Target::Kafka(_) => "produce",
+        Target::Kafka(_) => "raw_produce",
     }
 }
 
