@@ -173,12 +173,20 @@ impl PostgresEventStore {
             .after_connect(|connection, _| {
                 Box::pin(async move {
                     // Every statement here is short and keyed: no JIT (it once spent
-                    // 86 ms compiling one lock of 300 stream heads) and generic plans
+                    // 86 ms compiling one lock of 300 stream heads), generic plans
                     // (a custom plan for a large array of stream ids turned the
                     // locked lookup into a sequential scan while the log head was
-                    // held). Measured in BENCHMARKS.md "Issue 19".
+                    // held), and no sequential scans: a generic plan is made once
+                    // per connection, often while `strata_streams` is nearly empty,
+                    // and a scan chosen then stayed for the connection's life, a
+                    // scan of every stream head per batch under the log head's
+                    // lock. Every statement has a key to use. Measured in
+                    // BENCHMARKS.md "Issue 19".
                     connection
-                        .execute("SET idle_in_transaction_session_timeout = '10s'; SET jit = off; SET plan_cache_mode = force_generic_plan")
+                        .execute(
+                            "SET idle_in_transaction_session_timeout = '10s'; SET jit = off; \
+                             SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off",
+                        )
                         .await?;
                     Ok(())
                 })

@@ -327,3 +327,69 @@ async fn every_kind_of_tampering_is_reported() {
         database.drop_database().await;
     }
 }
+
+/// The statements of a commit stay on the primary keys as the log grows
+/// from nothing: their plans are made once per connection (generic plans),
+/// often while `strata_streams` is empty, and a sequential scan chosen
+/// then was kept for the connection's life — under the log head's lock, a
+/// scan of every stream head per batch. Counted by PostgreSQL itself
+/// (`pg_stat_user_tables`, flushed when a connection ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_never_scan_every_stream_head_however_small_the_log_was_when_their_plans_were_made() {
+    let Some(database) = fresh_database().await else { return };
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&database.url).await.unwrap();
+    // Migrating scans the new tables (building their indexes): counted apart.
+    drop(store_on(&database, |_| {}).await);
+    let (migrated, _) = scans_of_stream_heads(&admin).await;
+
+    let mut config = PostgresConfig::new(&database.url);
+    config.max_connections = 2;
+    let store = PostgresEventStore::connect(config, registry()).await.unwrap();
+    // Plans made on a log of three streams.
+    for stream_id in (0..3).map(|_| stream("order")) {
+        store.append(to(&stream_id, ExpectedVersion::NoStream, vec![noted("first")])).await.unwrap();
+    }
+    // Then 3,000 streams, and batches that move 50 existing heads each.
+    let streams: Vec<_> = (0..3_000).map(|_| stream("order")).collect();
+    for chunk in streams.chunks(100) {
+        let appends = chunk.iter().flat_map(|s| to(s, ExpectedVersion::NoStream, vec![noted("created")])).collect();
+        store.append(appends).await.unwrap();
+    }
+    for chunk in streams.chunks(50).take(20) {
+        let appends = chunk.iter().flat_map(|s| to(s, ExpectedVersion::Exact(1), vec![noted("moved")])).collect();
+        store.append(appends).await.unwrap();
+    }
+    assert_eq!(store.head_position().await.unwrap(), Position(3 + 3_000 + 1_000));
+    drop(store);
+
+    let (scans, lookups) = scans_of_stream_heads(&admin).await;
+    assert!(lookups >= 20, "the heads were not looked up by key ({lookups} index scans): the statistics were not flushed");
+    assert_eq!(scans - migrated, 0, "appends scanned every stream head {} times", scans - migrated);
+    admin.close().await;
+    database.drop_database().await;
+}
+
+/// Sequential and index scans of `strata_streams` so far, once every other
+/// connection to the database has ended (a backend flushes its statistics
+/// when it exits).
+async fn scans_of_stream_heads(admin: &sqlx::PgPool) -> (i64, i64) {
+    wait_until(Duration::from_secs(10), || async {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        .fetch_one(admin)
+        .await
+        .unwrap();
+        if others == 0 {
+            Ok(())
+        } else {
+            Err(others)
+        }
+    })
+    .await;
+    sqlx::query_as("SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'strata_streams'")
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
