@@ -328,19 +328,21 @@ async fn every_kind_of_tampering_is_reported() {
     }
 }
 
-/// The statements of a commit stay on the primary keys as the log grows
-/// from nothing: their plans are made once per connection (generic plans),
-/// often while `strata_streams` is empty, and a sequential scan chosen
-/// then was kept for the connection's life — under the log head's lock, a
-/// scan of every stream head per batch. Counted by PostgreSQL itself
-/// (`pg_stat_user_tables`, flushed when a connection ends).
+/// A commit's statements and a projection's read of related streams stay
+/// on their keys as the log grows from nothing. Plans are made once per
+/// connection (generic plans), often while the tables are nearly empty: a
+/// sequential scan of `strata_streams` chosen then was kept for the
+/// connection's life (under the log head's lock, every stream head scanned
+/// per batch), and the related-streams read became a scan of the log up to
+/// its position. Counted by PostgreSQL itself (`pg_stat_user_tables`,
+/// flushed when a connection ends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_never_scan_every_stream_head_however_small_the_log_was_when_their_plans_were_made() {
+async fn appends_and_related_reads_stay_on_their_keys_however_small_the_log_was_when_their_plans_were_made() {
     let Some(database) = fresh_database().await else { return };
     let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&database.url).await.unwrap();
     // Migrating scans the new tables (building their indexes): counted apart.
     drop(store_on(&database, |_| {}).await);
-    let (migrated, _) = scans_of_stream_heads(&admin).await;
+    let migrated = table_scans(&admin).await;
 
     let mut config = PostgresConfig::new(&database.url);
     config.max_connections = 2;
@@ -359,20 +361,35 @@ async fn appends_never_scan_every_stream_head_however_small_the_log_was_when_the
         let appends = chunk.iter().flat_map(|s| to(s, ExpectedVersion::Exact(1), vec![noted("moved")])).collect();
         store.append(appends).await.unwrap();
     }
-    assert_eq!(store.head_position().await.unwrap(), Position(3 + 3_000 + 1_000));
+    let head = store.head_position().await.unwrap();
+    assert_eq!(head, Position(3 + 3_000 + 1_000));
+    // A projection's read of a batch's related streams: ten streams of two
+    // events each, five times.
+    let wanted: Vec<_> = streams.iter().take(10).map(|s| (s.clone(), 0)).collect();
+    for _ in 0..5 {
+        let read = store.read_streams(&wanted, head, 1_000).await.unwrap();
+        assert_eq!(read.len(), 20);
+        assert!(read.windows(2).all(|pair| pair[0].position < pair[1].position));
+    }
     drop(store);
 
-    let (scans, lookups) = scans_of_stream_heads(&admin).await;
-    assert!(lookups >= 20, "the heads were not looked up by key ({lookups} index scans): the statistics were not flushed");
-    assert_eq!(scans - migrated, 0, "appends scanned every stream head {} times", scans - migrated);
+    let scans = table_scans(&admin).await;
+    let (streams_scanned, streams_looked_up, _) = scans["strata_streams"];
+    assert!(
+        streams_looked_up >= 20,
+        "the heads were not looked up by key ({streams_looked_up} index scans): the statistics were not flushed"
+    );
+    assert_eq!(streams_scanned - migrated["strata_streams"].0, 0, "appends scanned every stream head");
+    let (_, _, events_read) = scans["strata_events"];
+    assert_eq!(events_read - migrated["strata_events"].2, 100, "reading ten streams five times fetched other events of the log");
     admin.close().await;
     database.drop_database().await;
 }
 
-/// Sequential and index scans of `strata_streams` so far, once every other
-/// connection to the database has ended (a backend flushes its statistics
-/// when it exits).
-async fn scans_of_stream_heads(admin: &sqlx::PgPool) -> (i64, i64) {
+/// Per table so far: sequential scans, index scans, and rows read by
+/// either; once every other connection to the database has ended (a
+/// backend flushes its statistics when it exits).
+async fn table_scans(admin: &sqlx::PgPool) -> std::collections::HashMap<String, (i64, i64, i64)> {
     wait_until(Duration::from_secs(10), || async {
         let others: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
@@ -388,8 +405,11 @@ async fn scans_of_stream_heads(admin: &sqlx::PgPool) -> (i64, i64) {
         }
     })
     .await;
-    sqlx::query_as("SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'strata_streams'")
-        .fetch_one(admin)
-        .await
-        .unwrap()
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, seq_scan, coalesce(idx_scan, 0), seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(table, seq, idx, read)| (table, (seq, idx, read))).collect()
 }
