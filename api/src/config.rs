@@ -46,6 +46,10 @@ pub struct Overrides {
     /// retried before the saga is parked as stuck for an operator: `60s`.
     #[arg(long, env = "STRATA_SAGA_PARK_AFTER", global = true)]
     pub saga_park_after: Option<String>,
+    /// The longest pause before a failed worker is started again: `30s`
+    /// (pauses start at 250 ms and double up to it, jittered).
+    #[arg(long, env = "STRATA_WORKER_BACKOFF_MAX", global = true)]
+    pub worker_backoff_max: Option<String>,
     /// Accepted bearer tokens: `role:token[@RFC3339 expiry],…` (roles
     /// client, auditor, operator). Unset: `serve` prints a development token
     /// per role.
@@ -85,6 +89,7 @@ struct FileSettings {
     roles: Option<String>,
     saga_step_deadline: Option<String>,
     saga_park_after: Option<String>,
+    worker_backoff_max: Option<String>,
     tokens: Option<String>,
     jwt_secret: Option<String>,
     jwt_jwks: Option<PathBuf>,
@@ -94,7 +99,7 @@ struct FileSettings {
     rate_limit_ip: Option<String>,
 }
 
-/// What a process does (docs/design.md §3, §8).
+/// What a process does (docs/design.md §3, §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
     /// Serves HTTP (GraphQL, health, metrics).
@@ -167,6 +172,8 @@ pub struct Settings {
     pub saga_step_deadline: Duration,
     /// How long a part that cannot fail is retried before the saga parks.
     pub saga_park_after: Duration,
+    /// The longest pause before a failed worker is started again.
+    pub worker_backoff_max: Duration,
     /// The accepted opaque tokens (`None`: development tokens, unless JWTs
     /// are configured).
     pub tokens: Option<String>,
@@ -182,6 +189,8 @@ pub struct Settings {
 pub const DEFAULT_SAGA_STEP_DEADLINE: &str = "5s";
 /// `STRATA_SAGA_PARK_AFTER` when nothing is set.
 pub const DEFAULT_SAGA_PARK_AFTER: &str = "60s";
+/// `STRATA_WORKER_BACKOFF_MAX` when nothing is set.
+pub const DEFAULT_WORKER_BACKOFF_MAX: &str = "30s";
 
 /// Parses `1500ms`, `5s` or `5` (seconds); 100 ms to one hour.
 fn parse_deadline(text: &str) -> anyhow::Result<Duration> {
@@ -206,6 +215,11 @@ fn parse_duration(variable: &str, text: &str) -> anyhow::Result<Duration> {
 }
 
 impl Settings {
+    /// How the supervisor pauses between a worker's attempts.
+    pub fn worker_backoff(&self) -> crate::supervisor::Backoff {
+        crate::supervisor::Backoff { max: self.worker_backoff_max, ..crate::supervisor::Backoff::default() }
+    }
+
     /// Merges flags/env over the file over the defaults, and validates.
     pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
         let (path, explicit) = match &overrides.config {
@@ -266,6 +280,10 @@ impl Settings {
             saga_park_after: parse_duration(
                 "STRATA_SAGA_PARK_AFTER",
                 &overrides.saga_park_after.clone().or(file.saga_park_after).unwrap_or_else(|| DEFAULT_SAGA_PARK_AFTER.to_owned()),
+            )?,
+            worker_backoff_max: parse_duration(
+                "STRATA_WORKER_BACKOFF_MAX",
+                &overrides.worker_backoff_max.clone().or(file.worker_backoff_max).unwrap_or_else(|| DEFAULT_WORKER_BACKOFF_MAX.to_owned()),
             )?,
             tokens: overrides.tokens.clone().or(file.tokens).filter(|t| !t.trim().is_empty()),
             jwt: crate::auth::JwtSettings {

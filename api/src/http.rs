@@ -5,7 +5,8 @@
 //! `GET /healthz` (the process is up), `GET /readyz` (the event store and,
 //! when this process has them, the bus and the read models answer; the
 //! event store's commit listener, when there is one, heard from the database
-//! within 30 s) and `GET /metrics`
+//! within 30 s; every supervised worker of the process is up, listed under
+//! `checks.workers.<name>`) and `GET /metrics`
 //! (Prometheus, see [`crate::metrics`]). `/healthz`, `/readyz`, `/metrics`
 //! and the GraphiQL page carry no data and need no token.
 //!
@@ -57,6 +58,9 @@ pub struct AppState {
     pub graphql: Option<GraphQl>,
     /// The bus, when this process has one: its name (`memory`, `nats`) and publisher.
     pub bus: Option<(&'static str, Arc<dyn strata_store::bus::Publisher>)>,
+    /// The states of this process's supervised workers (relay, projections,
+    /// saga, services), when it runs any.
+    pub workers: Option<Arc<crate::supervisor::WorkerHealth>>,
 }
 
 /// The GraphQL endpoint's parts.
@@ -139,6 +143,15 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if let Some((name, bus)) = &state.bus {
         let ping = tokio::time::timeout(Duration::from_secs(2), bus.ping()).await;
         ready &= check(&mut checks, "bus", name, ping.map(|r| r.map_err(|e| e.to_string())));
+    }
+    if let Some(workers) = &state.workers {
+        // A worker restarting after a failure makes the process unavailable:
+        // it must not look healthy with a role gone.
+        if !workers.all_up() {
+            ready = false;
+            tracing::warn!(workers = %workers.to_json(), "readiness: a worker is not up");
+        }
+        checks.insert("workers".to_owned(), workers.to_json());
     }
     let status = if ready { "ready" } else { "unavailable" };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -16,6 +16,7 @@
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
 //! - [`rate`]: rate limits per token and per client address;
 //! - [`sagas`]: `strata sagas …` (stuck, resume);
+//! - [`supervisor`]: every worker restarted with capped, jittered backoff when it fails; their states for `/readyz`;
 //! - [`topology`]: `strata topology`, every role as local processes, restarted when they exit;
 //! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces (`OTEL_*`);
 //! - [`ws`]: the subscriptions' WebSocket and its bounds.
@@ -35,6 +36,7 @@ pub mod progress;
 pub mod projections;
 pub mod rate;
 pub mod sagas;
+pub mod supervisor;
 pub mod telemetry;
 pub mod topology;
 pub mod workers;

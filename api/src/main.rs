@@ -577,7 +577,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let roles = settings.roles;
     let bus = if roles.relay || roles.projector || roles.saga || roles.services { Some(open_bus(&settings.bus).await?) } else { None };
     let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
-    let mut workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone()).await?;
+    let workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone(), settings.worker_backoff())?;
     let store = backend.store();
     strata_api::metrics::install_global(&roles.to_string());
     let serving = async {
@@ -611,6 +611,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                     metrics: strata_api::metrics::process_metrics(),
                     graphql,
                     bus: bus.as_ref().map(|bus| (strata_api::workers::bus_backend(&settings.bus), bus.publisher.clone())),
+                    workers: Some(workers.health()),
                 },
                 shutdown_signal(),
             )
@@ -621,20 +622,11 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     };
-    tokio::pin!(serving);
-    loop {
-        tokio::select! {
-            result = &mut serving => {
-                result?;
-                break;
-            }
-            (worker, result) = workers.first_exit() => match result {
-                Ok(()) => tracing::info!(%worker, "worker finished"),
-                Err(error) => tracing::error!(%worker, "worker stopped: {error:#}"),
-            },
-        }
-    }
+    // The workers run under their supervisor, restarted when they fail;
+    // `/readyz` shows each one.
+    let served = serving.await;
     workers.stop().await;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! The roles of a process (docs/design.md §3, §8) and their backends: the bus from
+//! The roles of a process (docs/design.md §3, §9) and their backends: the bus from
 //! `STRATA_BUS`, the read models from `STRATA_READ_MODEL`, then the relay
 //! (under a lease, so one is active among replicas) and one projection runner
-//! per projection. The api role is served by `main`.
+//! per projection. The api role is served by `main`. Each worker runs under
+//! the [`Supervisor`] (docs/design.md §8): one that fails is started again.
 //!
 //! A projection without a live generation (always the case for in-memory read
 //! models, and for a fresh Redis) is first built from the log, then follows
@@ -15,6 +16,9 @@
 
 use std::sync::Arc;
 
+use crate::backend::EventStoreBackend;
+use crate::config::Settings;
+use crate::supervisor::{Backoff, Supervisor, WorkerHealth};
 use anyhow::{bail, Context};
 use strata_commands::HandlerConfig;
 use strata_projections::{ensure_live, orders, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
@@ -23,11 +27,6 @@ use strata_sagas::remote::RemoteServices;
 use strata_sagas::{Orchestrator, OrchestratorConfig, Services, SystemClock};
 use strata_store::bus::{MemoryBus, Publisher, Requester, Responder, Subscriber};
 use strata_store::relay::{Relay, RelayConfig};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-use crate::backend::EventStoreBackend;
-use crate::config::Settings;
 
 /// Both ends of the bus.
 pub struct Bus {
@@ -219,47 +218,56 @@ fn fulfilment_services(backend: &EventStoreBackend) -> FulfilmentServices {
     FulfilmentServices::new(backend.store(), Some(backend.snapshots()), HandlerConfig::default(), "saga:fulfilment")
 }
 
-/// The running workers of a process.
+/// The running workers of a process, each under the [`Supervisor`]: one
+/// that ends with an error is started again (docs/design.md §8).
 pub struct Workers {
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+    supervisor: Supervisor,
 }
 
 impl Workers {
-    /// Starts the relay and projector roles that `settings` asks for.
-    pub async fn start(
+    /// Starts the relay, projector, saga and services roles that `settings`
+    /// asks for, each under supervision, pausing between attempts as
+    /// `backoff` says.
+    pub fn start(
         settings: &Settings,
         backend: &EventStoreBackend,
         bus: Option<&Bus>,
         read_model: Option<Arc<dyn ReadModelSink>>,
+        backoff: Backoff,
     ) -> anyhow::Result<Self> {
-        let (shutdown, stop) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut supervisor = Supervisor::new(backoff);
         if settings.roles.projector {
             let (Some(bus), Some(sink)) = (bus, read_model) else {
                 bail!("the projector role needs a bus and a read model");
             };
             for projection in orders::projections() {
                 let name = projection.name().to_owned();
-                build_if_missing(projection.clone(), sink.clone(), backend).await?;
-                let runner = ProjectionRunner::new(projection, sink.clone(), backend.reader(), RunnerConfig::default());
-                let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
-                let task = tokio::spawn(async move { runner.run(subscriber, stop).await.map_err(anyhow::Error::from) });
-                tasks.push((format!("projection {name}"), task));
+                let (sink, subscriber, backend) = (sink.clone(), bus.subscriber.clone(), backend.clone());
+                supervisor.spawn(format!("projection-{name}"), move |stop| {
+                    let (projection, sink, subscriber, backend) = (projection.clone(), sink.clone(), subscriber.clone(), backend.clone());
+                    Box::pin(async move {
+                        // In the attempt: a read model that is down at start
+                        // is built when it is back.
+                        build_if_missing(projection.clone(), sink.clone(), &backend).await?;
+                        let runner = ProjectionRunner::new(projection, sink, backend.reader(), RunnerConfig::default());
+                        runner.run(subscriber, stop).await.map_err(anyhow::Error::from)
+                    })
+                });
             }
         }
         if settings.roles.relay {
             let Some(bus) = bus else { bail!("the relay role needs a bus") };
-            let relay = Relay::new(backend.reader(), backend.checkpoints(), bus.publisher.clone(), RelayConfig::default());
+            let relay = Arc::new(Relay::new(backend.reader(), backend.checkpoints(), bus.publisher.clone(), RelayConfig::default()));
             let lease = backend.lease(&settings.event_store)?;
-            let mut stop = stop.clone();
-            let task = tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                };
-                relay.run_while_leader(lease.as_ref(), shutdown).await.map_err(anyhow::Error::from)
+            supervisor.spawn("relay", move |mut stop| {
+                let (relay, lease) = (relay.clone(), lease.clone());
+                Box::pin(async move {
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    relay.run_while_leader(lease.as_ref(), shutdown).await.map_err(anyhow::Error::from)
+                })
             });
-            tasks.push(("relay".to_owned(), task));
         }
         if settings.roles.saga {
             let Some(bus) = bus else { bail!("the saga role needs a bus") };
@@ -278,48 +286,33 @@ impl Workers {
                 Arc::new(SystemClock),
                 orchestrator_config(settings),
             ));
-            let (subscriber, stop) = (bus.subscriber.clone(), stop.clone());
-            let task =
-                tokio::spawn(
-                    async move { orchestrator.run(subscriber, fulfilment::TRIGGER_CATEGORY, stop).await.map_err(anyhow::Error::from) },
-                );
-            tasks.push(("saga fulfilment".to_owned(), task));
+            let subscriber = bus.subscriber.clone();
+            supervisor.spawn("saga-fulfilment", move |stop| {
+                let (orchestrator, subscriber) = (orchestrator.clone(), subscriber.clone());
+                Box::pin(async move { orchestrator.run(subscriber, fulfilment::TRIGGER_CATEGORY, stop).await.map_err(anyhow::Error::from) })
+            });
         } else if settings.roles.services {
             let Some(responder) = bus.and_then(|bus| bus.responder.clone()) else {
                 bail!("the services role without the saga role needs a bus that carries commands (nats://… or kafka://…)");
             };
             let services: Arc<dyn Services<FulfilmentCommand>> = Arc::new(fulfilment_services(backend));
-            let stop = stop.clone();
-            let task = tokio::spawn(async move {
-                strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 256, stop).await.map_err(anyhow::Error::from)
+            supervisor.spawn("services", move |stop| {
+                let (responder, services) = (responder.clone(), services.clone());
+                Box::pin(async move {
+                    strata_sagas::remote::serve(responder, fulfilment::SERVICES, services, 256, stop).await.map_err(anyhow::Error::from)
+                })
             });
-            tasks.push(("services".to_owned(), task));
         }
-        Ok(Self { shutdown, tasks })
+        Ok(Self { supervisor })
     }
 
-    /// Resolves when a worker ends on its own (an error, or a projection
-    /// stopped on a poison event); returns its name and result.
-    pub async fn first_exit(&mut self) -> (String, anyhow::Result<()>) {
-        if self.tasks.is_empty() {
-            return std::future::pending().await;
-        }
-        let handles = self.tasks.iter_mut().map(|(_, task)| task);
-        let (result, index, _) = futures_util::future::select_all(handles).await;
-        let (name, _) = self.tasks.remove(index);
-        let result = result.unwrap_or_else(|join| Err(anyhow::anyhow!("worker panicked: {join}")));
-        (name, result)
+    /// The workers' states, for `/readyz`.
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        self.supervisor.health()
     }
 
     /// Asks every worker to stop and waits for them.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for (name, task) in self.tasks {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(worker = %name, "stopped with an error: {error:#}"),
-                Err(join) => tracing::warn!(worker = %name, "panicked: {join}"),
-            }
-        }
+        self.supervisor.stop().await;
     }
 }

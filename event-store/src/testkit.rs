@@ -3,6 +3,8 @@
 //! failure in CI when a service is down, fresh PostgreSQL databases, a
 //! JetStream stream of one's own, and [`wait_until`] instead of sleeps.
 
+pub mod proxy;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

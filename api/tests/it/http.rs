@@ -36,6 +36,7 @@ async fn healthz_and_readyz_answer_when_the_store_is_up() {
         metrics: Default::default(),
         graphql: None,
         bus: None,
+        workers: None,
     };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/healthz").await;
@@ -97,6 +98,7 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
         metrics: metrics.clone(),
         graphql: None,
         bus: None,
+        workers: None,
     };
     let (address, stop, server) = serve(state).await;
     let (status, body) = get(address, "/metrics").await;
@@ -138,6 +140,7 @@ async fn readyz_reports_unavailable_when_postgres_goes_away() {
         metrics: Default::default(),
         graphql: None,
         bus: None,
+        workers: None,
     };
     let (address, stop, server) = serve(state).await;
     assert_eq!(get(address, "/readyz").await.0, 200);

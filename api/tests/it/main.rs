@@ -5,6 +5,8 @@
 
 mod cli;
 mod compose;
+#[cfg(all(feature = "postgres", feature = "nats", feature = "redis"))]
+mod faults;
 mod graphiql;
 mod graphql;
 mod http;

@@ -34,6 +34,7 @@ async fn a_thousand_waiting_fields_look_a_few_times_each_and_wake_on_the_write()
         metrics: Default::default(),
         graphql: Some(GraphQl::new(api, Tokens::parse(&format!("client/c-1:{CLIENT}")).unwrap())),
         bus: None,
+        workers: None,
     };
     sink.init_live("orders", 1).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

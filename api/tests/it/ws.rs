@@ -49,6 +49,7 @@ async fn serve(limits: Limits, expiring: Option<(&str, chrono::DateTime<chrono::
         metrics: Default::default(),
         graphql: Some(GraphQl::new(api, tokens)),
         bus: None,
+        workers: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

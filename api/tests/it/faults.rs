@@ -1,0 +1,223 @@
+//! Fault injection with the real binary: one `strata serve` with every role
+//! on PostgreSQL + JetStream + Redis, one of the three reached through a
+//! [`FaultProxy`]. Orders are placed around a cut of that backend that lasts
+//! longer than its client timeouts (JetStream's 5 s publish ack, the
+//! PostgreSQL pool's 10 s acquire); then the backend comes back and, with
+//! no restart of Strata by hand, every order settles as its rules say (each
+//! view equal to its replay), `/readyz` was unavailable during the cut and
+//! is ready after, the failed workers' restarts were counted, and `strata
+//! audit invariants` holds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use strata_store::testkit::proxy::{Fault, FaultProxy};
+use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use uuid::Uuid;
+
+use crate::graphql::{order_input, PLACE, RESTOCK};
+use crate::support::{get, strata, Server, TestDatabase};
+
+const OPERATOR: &str = "operator-token-for-faults-01";
+const AUDITOR: &str = "auditor-token-for-faults-001";
+/// Longer than every client timeout of the backend cut.
+const CUT: Duration = Duration::from_secs(12);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Postgres,
+    Nats,
+    Redis,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_cut_while_orders_are_placed_every_order_settles_once_it_is_back() {
+    orders_settle_around_a_cut(Cut::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_while_sagas_run_every_order_settles_once_it_is_back() {
+    orders_settle_around_a_cut(Cut::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cut_while_orders_are_placed_every_view_catches_up_once_it_is_back() {
+    orders_settle_around_a_cut(Cut::Redis).await;
+}
+
+/// `host:port` of a URL like `scheme://[user@]host:port[/path][?query]`.
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+const VIEW: &str = "query($id: ID!) { order(id: $id) { status sagaStatus customerId totalCents cancelReason failedStep lines { sku quantity unitPriceCents } } orderAt(id: $id) { status customerId totalCents cancelReason failedStep lines { sku quantity unitPriceCents } } }";
+
+/// Whether `order` is confirmed with its saga completed, and its view
+/// equals its replay; the view when not.
+async fn confirmed(server: &Server, order: &str) -> Result<(), Value> {
+    let (status, body) = server.graphql(Some(AUDITOR), VIEW, json!({ "id": order })).await;
+    if status != 200 || body.get("errors").is_some() {
+        return Err(body);
+    }
+    let (view, replay) = (&body["data"]["order"], &body["data"]["orderAt"]);
+    let settled = view["status"] == "CONFIRMED" && view["sagaStatus"] == "COMPLETED";
+    let mut compared = view.clone();
+    compared.as_object_mut().map(|fields| fields.remove("sagaStatus"));
+    if settled && compared == *replay {
+        Ok(())
+    } else {
+        Err(body["data"].clone())
+    }
+}
+
+async fn place(server: &Server, n: usize) -> String {
+    let input = order_input(&format!("customer-{}", n % 3), "SKU-F1", "card", Some(&format!("faults-{n}")));
+    let data = server.ok("operator", PLACE, input).await;
+    data["placeOrder"]["orderId"].as_str().expect("an order id").to_owned()
+}
+
+/// The value of a counter with these labels in `/metrics` (0 when absent).
+async fn counter(server: &Server, series: &str) -> f64 {
+    let (status, body) = get(server.address, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines().find_map(|line| line.strip_prefix(series)).and_then(|value| value.trim().parse().ok()).unwrap_or(0.0)
+}
+
+async fn orders_settle_around_a_cut(cut: Cut) {
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
+    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let Some(database) = TestDatabase::create().await else { return };
+    if let Err(err) = tokio::net::TcpStream::connect(authority(&nats)).await {
+        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+    }
+    if let Err(err) = tokio::net::TcpStream::connect(authority(&redis)).await {
+        return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
+    }
+    let id = Uuid::new_v4().simple().to_string();
+    let mut urls =
+        [database.url.clone(), format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), format!("{redis}?key_prefix=test_{id}")];
+    let cut_url = &mut urls[match cut {
+        Cut::Postgres => 0,
+        Cut::Nats => 1,
+        Cut::Redis => 2,
+    }];
+    let upstream = authority(cut_url);
+    let proxy = FaultProxy::start(upstream.clone()).await.unwrap();
+    *cut_url = cut_url.replacen(&upstream, &proxy.address().to_string(), 1);
+    let [store_url, bus_url, read_model_url] = urls;
+
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let mut command = strata();
+    command
+        .env("STRATA_EVENT_STORE", &store_url)
+        .env("STRATA_BUS", &bus_url)
+        .env("STRATA_READ_MODEL", &read_model_url)
+        .env("STRATA_TOKENS", format!("operator:{OPERATOR},auditor:{AUDITOR}"))
+        // The orders confirm whatever the cut delays (no step deadline is
+        // reached), and restarts come quickly.
+        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
+        .env("STRATA_SAGA_PARK_AFTER", "600s")
+        .env("STRATA_WORKER_BACKOFF_MAX", "2s")
+        .env("RUST_LOG", "warn,sqlx=error")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut server = Server::start(command);
+    server.tokens.insert("operator".into(), OPERATOR.into());
+    server.tokens.insert("auditor".into(), AUDITOR.into());
+    let context = |what: &str| format!("{cut:?} cut: {what}\n--- serve log\n{}", crate::support::tail(&log));
+
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-F1", "quantity": 10_000 })).await;
+    let mut orders: Vec<String> = Vec::new();
+    for n in 0..5 {
+        orders.push(place(&server, n).await);
+    }
+    for order in &orders {
+        wait_until(Duration::from_secs(30), || confirmed(&server, order)).await;
+    }
+    let (status, body) = get(server.address, "/readyz").await;
+    assert_eq!(status, 200, "{}", context(&body));
+
+    // The cut. PostgreSQL: with sagas in flight (placing needs it). The
+    // others: orders placed during the cut (the log takes them).
+    let cut_at = Instant::now();
+    if cut == Cut::Postgres {
+        for n in 5..15 {
+            orders.push(place(&server, n).await);
+        }
+        proxy.set(Fault::Refuse);
+    } else {
+        proxy.set(Fault::Refuse);
+        for n in 5..15 {
+            orders.push(place(&server, n).await);
+        }
+    }
+    let dependency = match cut {
+        Cut::Postgres => "event_store",
+        Cut::Nats => "bus",
+        Cut::Redis => "read_model",
+    };
+    let unready = wait_until(CUT, || async {
+        let (status, body) = get(server.address, "/readyz").await;
+        let body: Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 503 && body["checks"][dependency]["status"] == "down" {
+            Ok(body)
+        } else {
+            Err((status, body))
+        }
+    })
+    .await;
+    assert_eq!(unready["status"], "unavailable", "{unready}");
+    while cut_at.elapsed() < CUT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.set(Fault::None);
+
+    // Back: everything settles with no restart of Strata by hand.
+    let deadline = Duration::from_secs(90);
+    for order in &orders {
+        let started = Instant::now();
+        loop {
+            match confirmed(&server, order).await {
+                Ok(()) => break,
+                Err(view) if started.elapsed() > deadline => panic!("{}", context(&format!("order {order} did not settle: {view}"))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    let ready = wait_until(Duration::from_secs(30), || async {
+        let (status, body) = get(server.address, "/readyz").await;
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    for worker in ["relay", "projection-orders", "projection-stock", "saga-fulfilment"] {
+        assert_eq!(ready["checks"]["workers"][worker]["status"], "up", "{}", context(&ready.to_string()));
+    }
+    if cut == Cut::Nats {
+        // JetStream's publish acks timed out: the relay failed and was restarted.
+        let restarts = counter(&server, "strata_worker_restarts_total{worker=\"relay\"}").await;
+        assert!(restarts >= 1.0, "{}", context(&format!("relay restarts: {restarts}")));
+        assert!(ready["checks"]["workers"]["relay"]["restarts"].as_u64() >= Some(1), "{ready}");
+    }
+
+    let audit = strata()
+        .args(["audit", "invariants"])
+        .env("STRATA_EVENT_STORE", &database.url)
+        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&audit.stdout), String::from_utf8_lossy(&audit.stderr));
+    assert!(audit.status.success() && report.contains("every invariant holds"), "{}", context(&report));
+
+    drop(server);
+    drop(proxy);
+    crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
+    database.drop_database().await;
+}
