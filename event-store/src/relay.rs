@@ -175,7 +175,10 @@ impl Relay {
             tracing::info!(relay = %self.config.name, "holding the relay lease");
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                () = guard.lost() => tracing::warn!(relay = %self.config.name, "relay lease lost; stopping"),
+                () = guard.lost() => {
+                    tracing::warn!(relay = %self.config.name, "relay lease lost; stopping");
+                    self.publisher.abandon().await;
+                }
                 result = self.run(std::future::pending()) => return result,
             }
         }

@@ -161,7 +161,14 @@ impl KafkaConfig {
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")
-            .set("message.timeout.ms", "30000");
+            // No record may be abandoned behind a later one: librdkafka's
+            // gapless guarantee does not cover `message.timeout.ms`, so a
+            // timed-out record 2 could be followed by a delivered record 3,
+            // and dedupe by position would then take 2 as published. With
+            // no timeout a record waits for its broker however long it is
+            // away; every other failure that could leave a gap is fatal
+            // (the producer is then rebuilt and the tails read again).
+            .set("message.timeout.ms", "0");
         config
     }
 
@@ -260,7 +267,8 @@ pub struct KafkaBus {
 
 struct Inner {
     config: KafkaConfig,
-    producer: ThreadedProducer<ProducerEvents>,
+    /// Replaced by a new one after a fatal error ([`KafkaBus::renew_if_fatal`]).
+    producer: std::sync::RwLock<Arc<ThreadedProducer<ProducerEvents>>>,
     admin: AdminClient<DefaultClientContext>,
     acked: Arc<Acked>,
     /// Topics known to exist, with their partition counts.
@@ -290,13 +298,12 @@ impl KafkaBus {
     pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
         config.check()?;
         let acked = Arc::new(Acked::default());
-        let producer: ThreadedProducer<ProducerEvents> =
-            config.producer_settings().create_with_context(ProducerEvents(acked.clone())).map_err(kafka("creating the Kafka producer"))?;
+        let producer = new_producer(&config, &acked)?;
         let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(kafka("creating the Kafka admin client"))?;
         let bus = Self {
             inner: Arc::new(Inner {
                 config,
-                producer,
+                producer: std::sync::RwLock::new(producer),
                 admin,
                 acked,
                 topics: tokio::sync::Mutex::new(HashMap::new()),
@@ -309,12 +316,48 @@ impl KafkaBus {
         Ok(bus)
     }
 
+    /// The producer now in use.
+    fn producer(&self) -> Arc<ThreadedProducer<ProducerEvents>> {
+        self.inner.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// After a fatal producer error (the idempotent producer cannot go on
+    /// without risking a gap or a duplicate), every later send would fail:
+    /// the producer is replaced by a new one (a new producer id) and the
+    /// partitions' heads are read again from their last records. Returns the
+    /// fatal error that was found, if any.
+    fn renew_if_fatal(&self) -> Option<String> {
+        let mut producer = self.inner.producer.write().unwrap_or_else(|p| p.into_inner());
+        let (code, reason) = producer.client().fatal_error()?;
+        let fatal = format!("{reason} ({code:?})");
+        metrics::counter!("strata_kafka_producer_renewals_total").increment(1);
+        match new_producer(&self.inner.config, &self.inner.acked) {
+            Ok(renewed) => {
+                tracing::error!(error = %fatal, "the Kafka producer failed fatally; replaced by a new one");
+                *producer = renewed;
+            }
+            Err(error) => tracing::error!(error = %fatal, %error, "the Kafka producer failed fatally and could not be replaced yet"),
+        }
+        drop(producer);
+        self.forget_heads();
+        Some(fatal)
+    }
+
+    /// Forgets every partition's head, so that the next publish reads them
+    /// again from the partitions' last records (after a failed publish, or
+    /// when the relay lost its lease: what this process believed may no
+    /// longer be what the broker holds).
+    fn forget_heads(&self) {
+        self.inner.tails_known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inner.acked.heads.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Deletes every topic of this bus's prefix (tests, teardown); a broker
     /// without DeleteTopics keeps them.
     pub async fn delete_topics(&self) {
         let prefix = &self.inner.config.topic_prefix;
-        let inner = self.inner.clone();
-        let listed = tokio::task::spawn_blocking(move || inner.producer.client().fetch_metadata(None, ADMIN_TIMEOUT)).await;
+        let producer = self.producer();
+        let listed = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, ADMIN_TIMEOUT)).await;
         let Ok(Ok(metadata)) = listed else { return };
         let mine: Vec<String> = metadata
             .topics()
@@ -373,10 +416,10 @@ impl KafkaBus {
     async fn partition_count(&self, topic: &str) -> Result<i32, BusError> {
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         loop {
-            let inner = self.inner.clone();
+            let producer = self.producer();
             let name = topic.to_owned();
             let metadata = tokio::task::spawn_blocking(move || {
-                let metadata = inner.producer.client().fetch_metadata(Some(&name), Duration::from_secs(5))?;
+                let metadata = producer.client().fetch_metadata(Some(&name), Duration::from_secs(5))?;
                 Ok::<_, KafkaError>(
                     metadata.topics().first().map(|t| (t.error(), t.partitions().iter().all(|p| p.leader() >= 0), t.partitions().len())),
                 )
@@ -436,6 +479,7 @@ impl KafkaBus {
     /// Sends one record; waits while the producer's queue is full.
     async fn send(&self, record: Record<'_>, sent: Box<Sent>) -> Result<(), BusError> {
         let mut sent = sent;
+        let producer = self.producer();
         loop {
             let mut base = BaseRecord::with_opaque_to(record.topic, sent).key(record.key).payload(record.payload);
             if let Some(partition) = record.partition {
@@ -444,13 +488,16 @@ impl KafkaBus {
             if let Some(headers) = &record.headers {
                 base = base.headers(headers.clone());
             }
-            match self.inner.producer.send(base) {
+            match producer.send(base) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     sent = back.delivery_opaque;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((error, _)) => return Err(BusError::backend("producing to Kafka", error)),
+                Err((error, _)) => {
+                    self.renew_if_fatal();
+                    return Err(BusError::backend("producing to Kafka", error));
+                }
             }
         }
     }
@@ -508,6 +555,13 @@ fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<(
     Ok(heads)
 }
 
+/// A producer with the bus's settings whose acknowledgements update `acked`.
+fn new_producer(config: &KafkaConfig, acked: &Arc<Acked>) -> Result<Arc<ThreadedProducer<ProducerEvents>>, BusError> {
+    let producer: ThreadedProducer<ProducerEvents> =
+        config.producer_settings().create_with_context(ProducerEvents(acked.clone())).map_err(kafka("creating the Kafka producer"))?;
+    Ok(Arc::new(producer))
+}
+
 fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
     message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
@@ -529,8 +583,11 @@ pub fn event_headers(event: &StoredEvent) -> OwnedHeaders {
 #[async_trait]
 impl Publisher for KafkaBus {
     async fn ping(&self) -> Result<(), BusError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.producer.client().fetch_metadata(None, Duration::from_secs(5)).map(|_| ()))
+        if let Some(fatal) = self.renew_if_fatal() {
+            return Err(BusError::backend("reaching Kafka", format!("the producer had failed fatally and was replaced: {fatal}")));
+        }
+        let producer = self.producer();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(5)).map(|_| ()))
             .await
             .map_err(|join| BusError::backend("reaching Kafka", join))?
             .map_err(kafka("reaching Kafka"))
@@ -538,6 +595,30 @@ impl Publisher for KafkaBus {
 
     async fn publish(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError> {
         let _one_at_a_time = self.inner.publishing.lock().await;
+        let result = self.publish_in_order(events).await;
+        if result.is_err() {
+            // What failed may have left the partitions otherwise than this
+            // process believes; the next publish reads their tails again.
+            self.renew_if_fatal();
+            self.forget_heads();
+        }
+        result
+    }
+
+    async fn abandon(&self) {
+        // A relay that lost its lease must not deliver what it still has
+        // queued behind the new leader's records. Records already sent to
+        // a broker cannot be called back; they are duplicates the readers'
+        // stream guards skip.
+        let producer = self.producer();
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+        self.forget_heads();
+    }
+}
+
+impl KafkaBus {
+    /// [`Publisher::publish`] under the publishing lock.
+    async fn publish_in_order(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError> {
         self.settle_in_flight().await?;
         // Where each event goes.
         let mut routes = Vec::with_capacity(events.len());

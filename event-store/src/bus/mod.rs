@@ -223,6 +223,11 @@ pub trait Publisher: Send + Sync {
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
+
+    /// Drops what this publisher still holds queued and not yet sent, and
+    /// forgets what it learnt of the bus: its relay lost the lease, and a
+    /// new leader publishes now. Buses that queue nothing do nothing.
+    async fn abandon(&self) {}
 }
 
 /// Taking events off the bus (projection workers and sagas hold one).
