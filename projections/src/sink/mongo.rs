@@ -86,14 +86,16 @@
 //! is a lost generation, as on Redis: [`ReadModelSink::live_generation`]
 //! answers `None` and commits answer [`Committed::Lost`].
 
+mod retry;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document as BsonDocument};
-use mongodb::error::{Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
-use mongodb::options::ClientOptions;
+use mongodb::error::{Error as MongoError, ErrorKind};
+use mongodb::options::{Acknowledgment, ClientOptions, DatabaseOptions, ReadConcern, TransactionOptions, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Number, Value};
 use strata_store::Position;
@@ -125,8 +127,9 @@ pub struct MongoSink {
     client: Client,
     database: Database,
     projections: Collection<BsonDocument>,
-    /// One transaction at a time from this process (see "Atomicity").
-    transactions: tokio::sync::Mutex<()>,
+    /// Transactions of this process take turns per generation (and all
+    /// together on a server without isolation; see "Atomicity").
+    turns: Turns,
     /// Whether the server takes snapshot sessions for queries.
     snapshots: bool,
     /// Whether transactions take turns through the database lease (a server
@@ -144,8 +147,9 @@ impl std::fmt::Debug for MongoSink {
 const CHANGE_SLOTS: u64 = 1_024;
 /// How often the change feed looks for commits.
 const CHANGE_POLL: Duration = Duration::from_millis(25);
-/// Transient transaction errors retried before a commit gives up.
-const TRANSACTION_ATTEMPTS: u32 = 20;
+/// How long a commit may wait for a majority of the replica set to have it
+/// (`wtimeout`), and for the commit itself (`maxCommitTimeMS`).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the database lease lasts (a process killed mid-transaction
 /// holds it that long; see "Servers without isolation").
 const LEASE_MILLIS: i64 = 5_000;
@@ -176,12 +180,20 @@ impl MongoSink {
         let client = Client::with_options(options).map_err(backend("configuring the mongodb client"))?;
         let database = client.database(&name);
         let projections = database.collection("strata_projections");
-        let mut sink =
-            Self { client, database, projections, transactions: tokio::sync::Mutex::new(()), snapshots: false, serialized: false };
+        let mut sink = Self { client, database, projections, turns: Turns::default(), snapshots: false, serialized: false };
         sink.ping().await?;
         let hello = sink.database.run_command(doc! { "hello": 1 }).await.map_err(backend("asking the server what it is"))?;
         sink.serialized = hello.get_str("setName").is_err() && hello.get_str("msg") != Ok("isdbgrid");
         if sink.serialized {
+            // A real standalone mongod refuses transactions; a server that
+            // takes them without a replica set (a MongoDB-compatible one)
+            // goes on with the lease below.
+            sink.probe_transaction().await.map_err(|e| {
+                SinkError::backend(
+                    "checking that the server runs transactions",
+                    format!("replica set required: {e} (a standalone mongod cannot run multi-document transactions; start it as a one-member replica set, `mongod --replSet rs0` then `rs.initiate()`, and name it in the URL: `?replicaSet=rs0`)"),
+                )
+            })?;
             tracing::info!(
                 "the MongoDB server is not a replica set member: read-model transactions from every process take turns through a lease"
             );
@@ -191,6 +203,25 @@ impl MongoSink {
             tracing::warn!("the MongoDB server refuses snapshot sessions: a query may read two commits of a generation (MongoDB 5.0+ replica sets take them)");
         }
         Ok(sink)
+    }
+
+    /// One transaction that writes a probe document, as commits do.
+    async fn probe_transaction(&self) -> Result<(), MongoError> {
+        let mut session = self.client.start_session().await?;
+        session.start_transaction().with_options(transaction_options()).await?;
+        let written = self
+            .projections
+            .update_one(doc! { "_id": "#probe" }, doc! { "$inc": { "tries": 1_i64 } })
+            .upsert(true)
+            .session(&mut session)
+            .await;
+        match written {
+            Ok(_) => session.commit_transaction().await,
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                Err(e)
+            }
+        }
     }
 
     async fn snapshot_reads_work(&self) -> bool {
@@ -243,11 +274,16 @@ impl MongoSink {
 
     /// Runs `work` in a transaction, retrying transient failures (write
     /// conflicts) and commits whose outcome is unknown.
-    async fn transaction<T, F>(&self, context: &'static str, mut work: F) -> Result<T, SinkError>
+    async fn transaction<T, F>(&self, context: &'static str, about: &str, mut work: F) -> Result<T, SinkError>
     where
-        F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>>,
+        T: Send,
+        F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>> + Send,
     {
-        let _turn = self.transactions.lock().await;
+        // Two transactions of this process on one generation would conflict
+        // on its marker (one is retried); on a server without isolation
+        // every transaction must wait for the others.
+        let turn = self.turns.of(if self.serialized { "" } else { about });
+        let _turn = turn.lock().await;
         let lease = self.lease().await?;
         let outcome = self.transaction_turn(context, &mut work).await;
         if let Some(owner) = lease {
@@ -256,30 +292,20 @@ impl MongoSink {
         outcome
     }
 
+    /// One transaction by the drivers' retry rules ([`retry`]): within a
+    /// deadline, a transient error runs it again, an unknown commit result
+    /// commits again.
     async fn transaction_turn<T, F>(&self, context: &'static str, work: &mut F) -> Result<T, SinkError>
     where
-        F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>>,
+        T: Send,
+        F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>> + Send,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut session = self.session(false).await?;
-            session.start_transaction().await.map_err(backend(context))?;
-            let outcome = match work(&mut session).await {
-                Ok(value) => commit_transaction(&mut session).await.map(|()| value),
-                Err(e) => {
-                    let _ = session.abort_transaction().await;
-                    Err(e)
-                }
-            };
-            match outcome {
-                Ok(value) => return Ok(value),
-                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempt < TRANSACTION_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) * 5)).await;
-                }
-                Err(e) => return Err(SinkError::backend(context, e)),
-            }
-        }
+        let mut transaction = MongoTransaction { client: &self.client, session: None, work };
+        retry::run(&mut transaction, retry::RetryPolicy::default()).await.map_err(|gave_up| {
+            let retry::GaveUp { error, transactions, commits } = gave_up;
+            tracing::warn!(%error, transactions, commits, "a read-model transaction was given up");
+            SinkError::backend(context, error)
+        })
     }
 
     /// Takes the database lease when transactions must take turns.
@@ -400,11 +426,71 @@ async fn claim(collection: &Collection<BsonDocument>, id: &str, create: bool, se
     Ok(())
 }
 
-async fn commit_transaction(session: &mut ClientSession) -> Result<(), MongoError> {
-    loop {
-        match session.commit_transaction().await {
-            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-            other => return other,
+/// Every transaction reads a snapshot and commits to a majority of the
+/// replica set: a commit acknowledged by one member alone could be rolled
+/// back at a failover while the batch's events are acked on the bus (lost
+/// for good). The commit waits at most [`COMMIT_TIMEOUT`] for the majority
+/// (an unknown result, committed again) and runs at most as long.
+fn transaction_options() -> TransactionOptions {
+    TransactionOptions::builder()
+        .read_concern(ReadConcern::snapshot())
+        .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).w_timeout(COMMIT_TIMEOUT).build())
+        .max_commit_time(COMMIT_TIMEOUT)
+        .build()
+}
+
+/// A transaction on a session of its own, for [`retry::run`].
+struct MongoTransaction<'a, F> {
+    client: &'a Client,
+    session: Option<ClientSession>,
+    work: &'a mut F,
+}
+
+#[async_trait]
+impl<T, F> retry::Transaction for MongoTransaction<'_, F>
+where
+    T: Send,
+    F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>> + Send,
+{
+    type Value = T;
+    type Error = MongoError;
+
+    async fn begin(&mut self) -> Result<(), MongoError> {
+        let session = self.session.insert(self.client.start_session().await?);
+        session.start_transaction().with_options(transaction_options()).await
+    }
+
+    async fn work(&mut self) -> Result<T, MongoError> {
+        match self.session.as_mut() {
+            Some(session) => (self.work)(session).await,
+            None => Err(MongoError::custom("no session")),
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), MongoError> {
+        match self.session.as_mut() {
+            Some(session) => session.commit_transaction().await,
+            None => Err(MongoError::custom("no session")),
+        }
+    }
+
+    async fn abort(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.abort_transaction().await;
+        }
+    }
+}
+
+impl retry::Classify for MongoError {
+    fn has_label(&self, label: &str) -> bool {
+        self.contains_label(label)
+    }
+
+    fn code(&self) -> Option<i32> {
+        match &*self.kind {
+            ErrorKind::Command(command) => Some(command.code),
+            ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+            _ => None,
         }
     }
 }
@@ -686,6 +772,21 @@ fn check_write_reply(reply: BsonDocument) -> Result<(), MongoError> {
     }
 }
 
+/// One lock per thing transactions are about, made on first use.
+#[derive(Default)]
+struct Turns(std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+impl Turns {
+    fn of(&self, about: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget the locks nobody holds or waits for (old generations).
+        if turns.len() > 64 {
+            turns.retain(|_, turn| std::sync::Arc::strong_count(turn) > 1);
+        }
+        turns.entry(about.to_owned()).or_default().clone()
+    }
+}
+
 /// What a commit found and decided inside its transaction.
 enum Outcome {
     Refused(Committed),
@@ -744,7 +845,7 @@ impl ReadModelSink for MongoSink {
 
     async fn switch_live(&self, projection: &str, generation: u64) -> Result<bool, SinkError> {
         let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
-        self.transaction("switching the live generation", move |session| {
+        self.transaction("switching the live generation", projection, move |session| {
             let (projections, database, name) = (projections.clone(), database.clone(), name.clone());
             Box::pin(async move {
                 claim(&projections, &name, false, session).await?;
@@ -777,7 +878,7 @@ impl ReadModelSink for MongoSink {
     async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
         let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
         let live = self
-            .transaction("initialising the live generation", move |session| {
+            .transaction("initialising the live generation", projection, move |session| {
                 let (projections, database, name) = (projections.clone(), database.clone(), name.clone());
                 Box::pin(async move {
                     claim(&projections, &name, true, session).await?;
@@ -870,7 +971,7 @@ impl ReadModelSink for MongoSink {
             events: batch.events,
         });
         let outcome = self
-            .transaction("committing a batch", |session| {
+            .transaction("committing a batch", &collection, |session| {
                 let (database, projections, collection, projection) = (database.clone(), projections.clone(), collection.clone(), projection.clone());
                 let (writes, max_documents, change, batch) = (writes.clone(), max_documents.clone(), change.clone(), batch.clone());
                 Box::pin(async move {
@@ -1110,7 +1211,7 @@ impl ReadModelSink for MongoSink {
             None => None,
         };
         let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
-        self.transaction("marking a rebuild", move |session| {
+        self.transaction("marking a rebuild", projection, move |session| {
             let (projections, database, name) = (projections.clone(), database.clone(), name.clone());
             Box::pin(async move {
                 claim(&projections, &name, true, session).await?;
@@ -1149,11 +1250,16 @@ impl ReadModelSink for MongoSink {
         }
         // A client of its own (the pool is shared by clones), so dropping the
         // feed ends its polling.
+        // It reads with majority read concern: the queries read majority
+        // snapshots, so a waiter woken by a commit not yet on a majority
+        // would look and not find it.
+        let majority = DatabaseOptions::builder().read_concern(ReadConcern::majority()).build();
+        let database = self.client.database_with_options(self.database.name(), majority);
         let sink = MongoSink {
             client: self.client.clone(),
-            database: self.database.clone(),
-            projections: self.projections.clone(),
-            transactions: tokio::sync::Mutex::new(()),
+            projections: database.collection("strata_projections"),
+            database,
+            turns: Turns::default(),
             snapshots: self.snapshots,
             serialized: self.serialized,
         };
