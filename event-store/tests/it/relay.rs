@@ -40,11 +40,14 @@ async fn append_many(store: &Arc<dyn Backend>, streams: usize, per_stream: usize
     }
 }
 
-/// Reads the group until it has every id of the log; fails on an id seen twice.
+/// Reads the group until it has every id of the log; fails on an id seen
+/// twice, and on a stream's events out of their order (every bus keeps
+/// per-stream order, so after dedupe each stream's versions come 1, 2, 3…).
 async fn drain(bus: &Arc<dyn Bus>, expected: &HashSet<Uuid>) {
     let subscriber: Arc<dyn Subscriber> = bus.clone();
     let mut deliveries = subscriber.subscribe(Subscription::group("check")).await.unwrap();
     let mut seen = HashSet::new();
+    let mut versions: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
     while seen.len() < expected.len() {
         let delivery = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
             .await
@@ -53,6 +56,9 @@ async fn drain(bus: &Arc<dyn Bus>, expected: &HashSet<Uuid>) {
             .unwrap();
         assert!(expected.contains(&delivery.event.event_id), "an event not in the log: {delivery:?}");
         assert!(seen.insert(delivery.event.event_id), "an event reached the bus twice: {delivery:?}");
+        let last = versions.entry(delivery.event.stream_id.clone()).or_default();
+        assert_eq!(delivery.event.stream_version, *last + 1, "out of its stream's order: {delivery:?}");
+        *last += 1;
         delivery.ack().await.unwrap();
     }
 }
@@ -331,6 +337,117 @@ mod postgres_kafka {
         assert!(outcome.iter().all(|p| p.duplicate), "a restarted publisher sent an event the bus held");
         drain(&bus, &log_ids(&store).await).await;
         cleanup.run().await;
+    }
+}
+
+/// The Kafka bus under the faults librdkafka's mock cluster can cause:
+/// every broker down while the relay publishes, and a fatal producer error.
+#[cfg(all(feature = "postgres", feature = "kafka"))]
+mod kafka_faults {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use strata_store::bus::{KafkaBus, KafkaConfig};
+    use strata_store::testkit::postgres::TestDatabase;
+    use strata_store::{PostgresConfig, PostgresEventStore};
+
+    use super::*;
+    use crate::support::registry;
+
+    struct Setup {
+        store: Arc<dyn Backend>,
+        kafka: KafkaBus,
+        bus: Arc<dyn Bus>,
+        /// Kept for the whole test process: clients of a destroyed mock block when they close.
+        cluster: &'static MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        database: TestDatabase,
+    }
+
+    async fn setup() -> Option<Setup> {
+        let database = TestDatabase::create().await?;
+        let store = PostgresEventStore::connect(PostgresConfig::new(&database.url), registry()).await.unwrap();
+        store.migrate().await.unwrap();
+        let cluster: &'static MockCluster<'static, _> = Box::leak(Box::new(MockCluster::new(1).expect("librdkafka's mock cluster starts")));
+        let config = KafkaConfig {
+            topic_prefix: format!("test_{}", Uuid::new_v4().simple()),
+            create_topics: false,
+            fetch_wait: Duration::from_millis(5),
+            ..KafkaConfig::new(cluster.bootstrap_servers())
+        };
+        let kafka = KafkaBus::connect(config).await.unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(kafka.clone());
+        Some(Setup { store: Arc::new(store), kafka, bus, cluster, database })
+    }
+
+    /// Runs the relay as its supervisor would (again after each failure)
+    /// until its checkpoint reaches the log's head; returns the failures.
+    async fn relay_until_caught_up(setup: &Setup) -> Vec<String> {
+        let relay = relay(&setup.store, &setup.bus);
+        let mut failures = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match relay.catch_up().await {
+                Ok(_) if setup.store.load_checkpoint("relay").await.unwrap() >= setup.store.head_position().await.unwrap() => {
+                    return failures;
+                }
+                Ok(_) => {}
+                Err(error) => failures.push(error.to_string()),
+            }
+            assert!(std::time::Instant::now() < deadline, "the relay did not catch up; failures: {failures:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// With no message timeout, records wait for the broker however long it
+    /// is away: none is abandoned behind a later one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_broker_down_while_the_relay_publishes_loses_reorders_and_doubles_nothing() {
+        let Some(setup) = setup().await else { return };
+        append_many(&setup.store, 4, 25).await;
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        setup.cluster.broker_down(1).unwrap();
+        let relaying = tokio::spawn({
+            let (store, bus) = (setup.store.clone(), setup.bus.clone());
+            async move {
+                append_many(&store, 4, 25).await;
+                relay(&store, &bus).catch_up().await
+            }
+        });
+        // Down: nothing is acknowledged, and the bus says so.
+        strata_store::testkit::wait_until(Duration::from_secs(20), || async {
+            match setup.kafka.ping().await {
+                Err(error) => Ok(error),
+                Ok(()) => Err("the bus still answers"),
+            }
+        })
+        .await;
+        let before = setup.store.load_checkpoint("relay").await.unwrap();
+        assert!(before < setup.store.head_position().await.unwrap(), "nothing can be acknowledged while every broker is down");
+        setup.cluster.broker_up(1).unwrap();
+        // The publish that waited goes through once the broker is back.
+        let relayed = tokio::time::timeout(Duration::from_secs(60), relaying).await.expect("the waiting publish completes").unwrap();
+        assert!(relayed.is_ok(), "{relayed:?}");
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        drain(&setup.bus, &log_ids(&setup.store).await).await;
+        setup.database.drop_database().await;
+    }
+
+    /// A produce answered with an error the idempotent producer cannot go
+    /// on from: the bus replaces its producer, reads the partitions' tails
+    /// again, and the relay's next attempt puts the rest on the bus, each
+    /// event once and in its stream's order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_producer_error_is_survived_by_a_new_producer_and_nothing_is_lost_or_doubled() {
+        let Some(setup) = setup().await else { return };
+        append_many(&setup.store, 4, 25).await;
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        setup.cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER]);
+        append_many(&setup.store, 4, 25).await;
+        let failures = relay_until_caught_up(&setup).await;
+        assert!(!failures.is_empty(), "the injected error failed no publish");
+        setup.kafka.ping().await.expect("the renewed producer answers");
+        drain(&setup.bus, &log_ids(&setup.store).await).await;
+        println!("failures before the new producer went through: {failures:?}");
+        setup.database.drop_database().await;
     }
 }
 
