@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use strata_schemas::SchemaRegistry;
 use strata_store::lease::{Lease, MemoryLease};
-use strata_store::{CheckpointStore, EventReader, EventStore, MemoryEventStore, SnapshotStore, SqliteConfig, SqliteEventStore};
+use strata_store::{
+    AppendLimits, CheckpointStore, EventReader, EventStore, MemoryEventStore, SnapshotStore, SqliteConfig, SqliteEventStore,
+};
 
 /// An opened event store, by backend.
 #[derive(Clone)]
@@ -50,20 +52,24 @@ pub fn scheme(url: &str) -> anyhow::Result<Scheme> {
 }
 
 impl EventStoreBackend {
-    /// Connects to the store the URL names (does not migrate).
-    pub async fn open(url: &str, registry: Arc<SchemaRegistry>) -> anyhow::Result<Self> {
+    /// Connects to the store the URL names (does not migrate), taking
+    /// appends within `limits`.
+    pub async fn open(url: &str, registry: Arc<SchemaRegistry>, limits: AppendLimits) -> anyhow::Result<Self> {
         match scheme(url)? {
-            Scheme::Memory => Ok(Self::Memory(MemoryEventStore::new(registry))),
+            Scheme::Memory => Ok(Self::Memory(MemoryEventStore::with_limits(registry, limits))),
             Scheme::Sqlite => Ok(Self::Sqlite(
-                SqliteEventStore::connect(SqliteConfig::new(url), registry)
+                SqliteEventStore::connect(SqliteConfig { limits, ..SqliteConfig::new(url) }, registry)
                     .await
                     .with_context(|| format!("opening the SQLite event store {url}"))?,
             )),
             #[cfg(feature = "postgres")]
             Scheme::Postgres => Ok(Self::Postgres(
-                strata_store::PostgresEventStore::connect(strata_store::PostgresConfig::new(url), registry)
-                    .await
-                    .context("connecting to the PostgreSQL event store")?,
+                strata_store::PostgresEventStore::connect(
+                    strata_store::PostgresConfig { limits, ..strata_store::PostgresConfig::new(url) },
+                    registry,
+                )
+                .await
+                .context("connecting to the PostgreSQL event store")?,
             )),
             #[cfg(not(feature = "postgres"))]
             Scheme::Postgres => bail!("this strata binary was built without the `postgres` feature"),

@@ -50,6 +50,11 @@ pub struct Overrides {
     /// (pauses start at 250 ms and double up to it, jittered).
     #[arg(long, env = "STRATA_WORKER_BACKOFF_MAX", global = true)]
     pub worker_backoff_max: Option<String>,
+    /// The largest event as it travels (stored size plus its bus envelope):
+    /// `1MiB`, `512KiB`, `2097152`. Appends over it are refused; every bus
+    /// is configured (Kafka) or checked (NATS) to carry it.
+    #[arg(long, env = "STRATA_MAX_EVENT_BYTES", global = true)]
+    pub max_event_bytes: Option<String>,
     /// Accepted bearer tokens: `role:token[@RFC3339 expiry],…` (roles
     /// client, auditor, operator). Unset: `serve` prints a development token
     /// per role.
@@ -90,6 +95,7 @@ struct FileSettings {
     saga_step_deadline: Option<String>,
     saga_park_after: Option<String>,
     worker_backoff_max: Option<String>,
+    max_event_bytes: Option<String>,
     tokens: Option<String>,
     jwt_secret: Option<String>,
     jwt_jwks: Option<PathBuf>,
@@ -174,6 +180,8 @@ pub struct Settings {
     pub saga_park_after: Duration,
     /// The longest pause before a failed worker is started again.
     pub worker_backoff_max: Duration,
+    /// What one append may hold (the event size bound every bus carries).
+    pub append_limits: strata_store::AppendLimits,
     /// The accepted opaque tokens (`None`: development tokens, unless JWTs
     /// are configured).
     pub tokens: Option<String>,
@@ -212,6 +220,25 @@ fn parse_duration(variable: &str, text: &str) -> anyhow::Result<Duration> {
         .filter(|ms| (100.0..=3_600_000.0).contains(ms))
         .with_context(|| format!("{variable}: {text:?} is not a duration from 100ms to 3600s, like 5s or 1500ms"))?;
     Ok(Duration::from_millis(millis as u64))
+}
+
+/// Parses `1MiB`, `512KiB` or a number of bytes for `variable`; 64 KiB to 64 MiB.
+fn parse_bytes(variable: &str, text: &str) -> anyhow::Result<usize> {
+    let text = text.trim();
+    let (number, unit) = if let Some(number) = text.strip_suffix("MiB") {
+        (number, 1 << 20)
+    } else if let Some(number) = text.strip_suffix("KiB") {
+        (number, 1 << 10)
+    } else {
+        (text, 1)
+    };
+    number
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|bytes| ((64 << 10)..=(64 << 20)).contains(bytes))
+        .with_context(|| format!("{variable}: {text:?} is not a size from 64KiB to 64MiB, like 1MiB, 512KiB or 1048576"))
 }
 
 impl Settings {
@@ -285,6 +312,13 @@ impl Settings {
                 "STRATA_WORKER_BACKOFF_MAX",
                 &overrides.worker_backoff_max.clone().or(file.worker_backoff_max).unwrap_or_else(|| DEFAULT_WORKER_BACKOFF_MAX.to_owned()),
             )?,
+            append_limits: strata_store::AppendLimits {
+                max_event_bytes: match overrides.max_event_bytes.clone().or(file.max_event_bytes) {
+                    Some(text) => parse_bytes("STRATA_MAX_EVENT_BYTES", &text)?,
+                    None => strata_store::MAX_EVENT_BYTES,
+                },
+                ..strata_store::AppendLimits::default()
+            },
             tokens: overrides.tokens.clone().or(file.tokens).filter(|t| !t.trim().is_empty()),
             jwt: crate::auth::JwtSettings {
                 secret: overrides.jwt_secret.clone().or(file.jwt_secret).filter(|t| !t.is_empty()),
@@ -333,6 +367,31 @@ mod tests {
         assert_eq!(settings.roles, Roles::ALL);
         assert_eq!(settings.rate_per_token, crate::rate::per_second(crate::rate::DEFAULT_PER_TOKEN));
         assert_eq!(settings.rate_per_ip, crate::rate::per_second(crate::rate::DEFAULT_PER_IP));
+    }
+
+    #[test]
+    fn the_event_size_bound_and_the_worker_backoff_are_parsed_and_bounded() {
+        let toml = file("max_event_bytes = \"512KiB\"\nworker_backoff_max = \"5s\"\n");
+        let with = |max_event_bytes: Option<&str>| {
+            Settings::resolve(&Overrides {
+                config: Some(toml.path().to_owned()),
+                max_event_bytes: max_event_bytes.map(str::to_owned),
+                ..Overrides::default()
+            })
+        };
+        let from_file = with(None).unwrap();
+        assert_eq!(from_file.append_limits.max_event_bytes, 512 << 10);
+        assert_eq!(from_file.worker_backoff().max, Duration::from_secs(5));
+        assert_eq!(with(Some("2MiB")).unwrap().append_limits.max_event_bytes, 2 << 20);
+        assert_eq!(with(Some("1048576")).unwrap().append_limits.max_event_bytes, 1 << 20);
+        for bad in ["1KiB", "65MiB", "lots", "-1", ""] {
+            let err = with(Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("STRATA_MAX_EVENT_BYTES"), "{bad}: {err}");
+        }
+        let empty = file("");
+        let defaults = Settings::resolve(&Overrides { config: Some(empty.path().to_owned()), ..Overrides::default() }).unwrap();
+        assert_eq!(defaults.append_limits, strata_store::AppendLimits::default());
+        assert_eq!(defaults.worker_backoff(), crate::supervisor::Backoff::default());
     }
 
     #[test]

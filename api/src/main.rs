@@ -354,7 +354,7 @@ fn main() -> ExitCode {
 }
 
 async fn open(settings: &Settings) -> anyhow::Result<EventStoreBackend> {
-    EventStoreBackend::open(&settings.event_store, registry()?).await
+    EventStoreBackend::open(&settings.event_store, registry()?, settings.append_limits).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -575,7 +575,11 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let backend = open(settings).await?;
     backend.migrate().await.context("migrating the event store")?;
     let roles = settings.roles;
-    let bus = if roles.relay || roles.projector || roles.saga || roles.services { Some(open_bus(&settings.bus).await?) } else { None };
+    let bus = if roles.relay || roles.projector || roles.saga || roles.services {
+        Some(open_bus(&settings.bus, settings.append_limits.max_record_bytes()).await?)
+    } else {
+        None
+    };
     let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
     let workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone(), settings.worker_backoff())?;
     let store = backend.store();

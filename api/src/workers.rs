@@ -85,7 +85,12 @@ fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(
 /// `kafka://HOST:9092[,HOST2:9092]` may carry `?topic_prefix=P&partitions=N&
 /// replication=R&create_topics=false&fetch_wait_ms=M` (default `strata`, 4,
 /// 1, true, 100).
-pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
+///
+/// Every bus carries records of up to `max_record_bytes`
+/// ([`strata_store::AppendLimits::max_record_bytes`]): Kafka's producer and
+/// new topics are configured so, a NATS server with a smaller `max_payload`
+/// is refused.
+pub async fn open_bus(url: &str, max_record_bytes: usize) -> anyhow::Result<Bus> {
     if url == "memory" {
         let bus = Arc::new(MemoryBus::new());
         return Ok(Bus { publisher: bus.clone(), subscriber: bus, requester: None, responder: None });
@@ -94,7 +99,7 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     if url.starts_with("nats://") {
         use strata_store::bus::{JetStreamBus, JetStreamConfig};
         let (base, pairs) = options("STRATA_BUS", url, &["stream", "subject_prefix"])?;
-        let mut config = JetStreamConfig::new(base);
+        let mut config = JetStreamConfig { max_record_bytes, ..JetStreamConfig::new(base) };
         for (key, value) in pairs {
             match key {
                 "stream" => config.stream_name = value.to_owned(),
@@ -107,7 +112,9 @@ pub async fn open_bus(url: &str) -> anyhow::Result<Bus> {
     #[cfg(feature = "kafka")]
     if url.starts_with("kafka://") {
         let bus = Arc::new(
-            strata_store::bus::KafkaBus::connect(kafka_config(url)?).await.with_context(|| format!("connecting to Kafka at {url}"))?,
+            strata_store::bus::KafkaBus::connect(strata_store::bus::KafkaConfig { max_record_bytes, ..kafka_config(url)? })
+                .await
+                .with_context(|| format!("connecting to Kafka at {url}"))?,
         );
         // The domain's topics exist before any group subscribes: a topic
         // that appears later costs every group following all categories a

@@ -46,7 +46,7 @@ mod sqlite;
 pub use checkpoint::CheckpointStore;
 pub use error::{AppendError, BackendError, ReadError};
 pub use memory::MemoryEventStore;
-pub use plan::{AppendLimits, MAX_EVENTS_PER_APPEND, MAX_PAYLOAD_BYTES};
+pub use plan::{stored_bytes, AppendLimits, MAX_EVENTS_PER_APPEND, MAX_EVENT_BYTES, RECORD_OVERHEAD_BYTES};
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{EventReader, EventStore, Subscribe};
 pub use types::{

@@ -44,14 +44,12 @@ pub struct MemoryEventStore {
 impl MemoryEventStore {
     /// An empty log validating against `registry`.
     pub fn new(registry: Arc<SchemaRegistry>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                registry,
-                limits: AppendLimits::default(),
-                state: Mutex::new(State::default()),
-                wake: watch::channel(0).0,
-            }),
-        }
+        Self::with_limits(registry, AppendLimits::default())
+    }
+
+    /// An empty log validating against `registry`, taking appends within `limits`.
+    pub fn with_limits(registry: Arc<SchemaRegistry>, limits: AppendLimits) -> Self {
+        Self { inner: Arc::new(Inner { registry, limits, state: Mutex::new(State::default()), wake: watch::channel(0).0 }) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

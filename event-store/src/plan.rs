@@ -22,23 +22,46 @@ use crate::{
     StreamAppended, StreamId,
 };
 
-/// Largest accepted payload, as canonical JSON bytes.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Largest accepted event as it travels: its stored size (payload and
+/// metadata as canonical JSON, event type and stream id) plus
+/// [`RECORD_OVERHEAD_BYTES`] for its bus envelope: 1 MiB unless configured
+/// (`STRATA_MAX_EVENT_BYTES`), which is NATS's default `max_payload`.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// The most a bus record adds to an event's stored size: its envelope
+/// (event id, position, version, hash, times, JSON keys) and headers
+/// (message id, type, position, trace context, log identity). A bus that
+/// carries records of `max_event_bytes` carries every event the store accepts.
+pub const RECORD_OVERHEAD_BYTES: usize = 4 << 10;
 /// Most events accepted in one append call.
 pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
 
 /// Size limits of one append call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendLimits {
-    /// Largest payload in canonical JSON bytes.
-    pub max_payload_bytes: usize,
+    /// Largest event as it travels: its stored size (payload and metadata
+    /// as canonical JSON, event type and stream id) plus
+    /// [`RECORD_OVERHEAD_BYTES`].
+    pub max_event_bytes: usize,
     /// Most events in one call.
     pub max_events: usize,
 }
 
 impl Default for AppendLimits {
     fn default() -> Self {
-        Self { max_payload_bytes: MAX_PAYLOAD_BYTES, max_events: MAX_EVENTS_PER_APPEND }
+        Self { max_event_bytes: MAX_EVENT_BYTES, max_events: MAX_EVENTS_PER_APPEND }
+    }
+}
+
+impl AppendLimits {
+    /// The largest bus record (envelope and headers included) an accepted
+    /// event can become: what every bus must carry.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// The largest stored size an accepted event may have.
+    pub fn max_stored_bytes(&self) -> usize {
+        self.max_event_bytes.saturating_sub(RECORD_OVERHEAD_BYTES)
     }
 }
 
@@ -121,12 +144,15 @@ pub(crate) fn prepare(registry: &SchemaRegistry, limits: AppendLimits, request: 
                 return Err(invalid(format!("payload of event {} contains a NUL character (U+0000)", event.event_id)));
             }
             let payload_json = canonical_json(&event.payload);
-            if payload_json.len() > limits.max_payload_bytes {
+            let metadata_json = metadata_json(&event.metadata);
+            // Every bus is configured to carry an event of this size (its
+            // record adds at most RECORD_OVERHEAD_BYTES), so an accepted
+            // event can never be refused by the bus and stall the relay.
+            let stored = stored_size(&payload_json, &metadata_json, &event.event_type, &stream.stream_id);
+            if stored > limits.max_stored_bytes() {
                 return Err(invalid(format!(
-                    "payload of event {} is {} bytes, the limit is {}",
-                    event.event_id,
-                    payload_json.len(),
-                    limits.max_payload_bytes
+                    "event {} is {stored} bytes stored (payload, metadata, type and stream id); with its bus envelope (up to {RECORD_OVERHEAD_BYTES} bytes) that is over the limit of {} (STRATA_MAX_EVENT_BYTES)",
+                    event.event_id, limits.max_event_bytes
                 )));
             }
             events.push(PreparedEvent {
@@ -134,7 +160,7 @@ pub(crate) fn prepare(registry: &SchemaRegistry, limits: AppendLimits, request: 
                 event_type: event.event_type,
                 schema_version: event.schema_version,
                 payload_json,
-                metadata_json: metadata_json(&event.metadata),
+                metadata_json,
             });
         }
         streams.push(PreparedStream { stream_id: stream.stream_id, expected: stream.expected, events });
@@ -177,6 +203,16 @@ fn is_traceparent(value: &str) -> bool {
         && hex(parts[2], 16)
         && parts[2].bytes().any(|b| b != b'0')
         && hex(parts[3], 2)
+}
+
+/// An event's stored size in `stream_id`, as [`AppendLimits`] counts it:
+/// payload and metadata as canonical JSON, event type and stream id.
+pub fn stored_bytes(stream_id: &StreamId, event: &crate::NewEvent) -> usize {
+    stored_size(&canonical_json(&event.payload), &metadata_json(&event.metadata), &event.event_type, stream_id)
+}
+
+fn stored_size(payload_json: &str, metadata_json: &str, event_type: &str, stream_id: &StreamId) -> usize {
+    payload_json.len() + metadata_json.len() + event_type.len() + stream_id.as_str().len()
 }
 
 pub(crate) fn metadata_json(metadata: &EventMetadata) -> String {

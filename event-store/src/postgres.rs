@@ -92,6 +92,8 @@ pub struct PostgresConfig {
     pub max_batch_events: usize,
     /// Fault injection inside append transactions (tests only).
     pub hook: Option<AppendHook>,
+    /// What one append may hold.
+    pub limits: AppendLimits,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -110,7 +112,15 @@ impl PostgresConfig {
     /// Defaults for `url`: 16 connections, group commit with 1 committer
     /// (measured faster than 2 on two cores: commits are serialized anyway).
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), max_connections: 16, group_commit: true, committers: 1, max_batch_events: 2_000, hook: None }
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            group_commit: true,
+            committers: 1,
+            max_batch_events: 2_000,
+            hook: None,
+            limits: AppendLimits::default(),
+        }
     }
 }
 
@@ -207,15 +217,7 @@ impl PostgresEventStore {
         } else {
             (None, Vec::new())
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                shared,
-                limits: AppendLimits::default(),
-                group_commit,
-                listener: Once::new(),
-                tasks: Mutex::new(tasks),
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { shared, limits: config.limits, group_commit, listener: Once::new(), tasks: Mutex::new(tasks) }) })
     }
 
     /// Applies the embedded migrations (idempotent; concurrent callers are

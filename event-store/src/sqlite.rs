@@ -61,12 +61,14 @@ pub struct SqliteConfig {
     pub group_commit: bool,
     /// Most events one batch takes from the queue.
     pub max_batch_events: usize,
+    /// What one append may hold.
+    pub limits: AppendLimits,
 }
 
 impl SqliteConfig {
     /// Defaults for `url`: 4 readers, group commit of up to 2,000 events.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), readers: 4, group_commit: true, max_batch_events: 2_000 }
+        Self { url: url.into(), readers: 4, group_commit: true, max_batch_events: 2_000, limits: AppendLimits::default() }
     }
 }
 
@@ -123,7 +125,7 @@ impl SqliteEventStore {
         } else {
             (None, Vec::new())
         };
-        Ok(Self { inner: Arc::new(Inner { writer, readers, registry, limits: AppendLimits::default(), group_commit, committers }) })
+        Ok(Self { inner: Arc::new(Inner { writer, readers, registry, limits: config.limits, group_commit, committers }) })
     }
 
     /// Applies the embedded migrations (idempotent).

@@ -27,7 +27,7 @@ fn order_placed_v1(order_id: Uuid) -> NewEvent {
 /// Seeds two orders through the library, then audits them through the binary.
 async fn audit_round_trip(url: &str, tamper: &str) {
     run_ok(strata().args(["migrate", "--event-store", url]));
-    let backend = EventStoreBackend::open(url, registry().unwrap()).await.unwrap();
+    let backend = EventStoreBackend::open(url, registry().unwrap(), Default::default()).await.unwrap();
     let order_id = Uuid::new_v4();
     let stream_id = StreamId::new("order", order_id).unwrap();
     let other = StreamId::new("order", Uuid::new_v4()).unwrap();
@@ -241,7 +241,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     };
     let scratch = scratch_sqlite();
     run_ok(strata().args(["migrate", "--event-store", &scratch.url]));
-    let backend = EventStoreBackend::open(&scratch.url, registry().unwrap()).await.unwrap();
+    let backend = EventStoreBackend::open(&scratch.url, registry().unwrap(), Default::default()).await.unwrap();
     for request in requests(sample(SampleConfig { orders: 30, ..SampleConfig::default() }), 50) {
         backend.store().append(request).await.unwrap();
     }

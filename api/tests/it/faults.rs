@@ -221,3 +221,35 @@ async fn orders_settle_around_a_cut(cut: Cut) {
     crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
     database.drop_database().await;
 }
+
+/// A NATS server whose `max_payload` cannot carry the largest event the
+/// store accepts is refused when the bus is opened (as `serve` opens it),
+/// naming both sizes; with a bound that fits, the same server is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_too_small_for_the_event_size_bound_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:{port}\nmax_payload: 262144\njetstream {{ store_dir: \"{}\" }}\n", dir.path().join("js").display()),
+    )
+    .unwrap();
+    let mut nats = match std::process::Command::new("nats-server").arg("-c").arg(&config).stderr(std::process::Stdio::null()).spawn() {
+        Ok(nats) => nats,
+        Err(err) => return report_unreachable("nats-server (the binary)", "PATH", "apt-get install nats-server", &err),
+    };
+    wait_until(Duration::from_secs(10), || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await }).await;
+    let bus = format!("nats://127.0.0.1:{port}");
+    let refused =
+        strata_api::workers::open_bus(&bus, strata_store::AppendLimits::default().max_record_bytes()).await.err().expect("refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("262144") && message.contains(&(1 << 20).to_string()) && message.contains("STRATA_MAX_EVENT_BYTES"),
+        "{message}"
+    );
+    let fits = strata_store::AppendLimits { max_event_bytes: 256 << 10, ..strata_store::AppendLimits::default() };
+    assert!(strata_api::workers::open_bus(&bus, fits.max_record_bytes()).await.is_ok());
+    let _ = nats.kill();
+    let _ = nats.wait();
+}

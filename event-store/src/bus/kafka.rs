@@ -110,6 +110,11 @@ pub struct KafkaConfig {
     /// already, or the broker creates them on first use, as librdkafka's
     /// mock cluster does, which has no CreateTopics).
     pub create_topics: bool,
+    /// The largest record the bus must carry: the store's largest event
+    /// plus its envelope ([`crate::AppendLimits::max_record_bytes`]). The
+    /// producer's `message.max.bytes` and the `max.message.bytes` of the
+    /// topics the bus creates are set from it.
+    pub max_record_bytes: usize,
 }
 
 impl KafkaConfig {
@@ -122,7 +127,14 @@ impl KafkaConfig {
             replication: 1,
             fetch_wait: Duration::from_millis(100),
             create_topics: true,
+            max_record_bytes: crate::AppendLimits::default().max_record_bytes(),
         }
+    }
+
+    /// The size limit of produce requests and topics: the largest record
+    /// with room for Kafka's framing.
+    fn max_message_bytes(&self) -> String {
+        (self.max_record_bytes + KAFKA_FRAMING_BYTES).to_string()
     }
 
     fn check(&self) -> Result<(), BusError> {
@@ -161,6 +173,9 @@ impl KafkaConfig {
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")
+            // Every event the store accepts fits (librdkafka refuses a
+            // larger record locally, on every retry).
+            .set("message.max.bytes", self.max_message_bytes())
             // No record may be abandoned behind a later one: librdkafka's
             // gapless guarantee does not cover `message.timeout.ms`, so a
             // timed-out record 2 could be followed by a delivered record 3,
@@ -290,6 +305,9 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> BusError {
     move |error| BusError::backend(context, error)
 }
 
+/// Room for Kafka's record batch and request framing around one record.
+const KAFKA_FRAMING_BYTES: usize = 64 << 10;
+
 /// How long a metadata or admin call may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -395,7 +413,9 @@ impl KafkaBus {
             return Ok(count);
         }
         if self.inner.config.create_topics {
-            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.inner.config.replication));
+            let max_message_bytes = self.inner.config.max_message_bytes();
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.inner.config.replication))
+                .set("max.message.bytes", &max_message_bytes);
             let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
             let results = self.inner.admin.create_topics([&new], &options).await.map_err(kafka("creating a Kafka topic"))?;
             for result in results {

@@ -28,12 +28,22 @@ pub struct JetStreamConfig {
     pub subject_prefix: String,
     /// How long the server remembers message ids for dedupe.
     pub duplicate_window: Duration,
+    /// The largest message the bus must carry: the store's largest event
+    /// plus its envelope ([`crate::AppendLimits::max_record_bytes`]);
+    /// a server whose `max_payload` is smaller is refused at connect.
+    pub max_record_bytes: usize,
 }
 
 impl JetStreamConfig {
     /// Stream `STRATA` on subjects `strata.>`, a two-minute duplicate window.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), stream_name: "STRATA".into(), subject_prefix: "strata".into(), duplicate_window: Duration::from_secs(120) }
+        Self {
+            url: url.into(),
+            stream_name: "STRATA".into(),
+            subject_prefix: "strata".into(),
+            duplicate_window: Duration::from_secs(120),
+            max_record_bytes: crate::AppendLimits::default().max_record_bytes(),
+        }
     }
 }
 
@@ -56,6 +66,17 @@ impl JetStreamBus {
     /// Connects and creates the stream if it does not exist.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
         let client = async_nats::connect(config.url.as_str()).await.map_err(|err| BusError::backend("connecting to NATS", err))?;
+        // The limit covers payload and headers, as the record bound does.
+        let max_payload = client.server_info().max_payload;
+        if max_payload < config.max_record_bytes {
+            return Err(BusError::backend(
+                "checking the NATS server's max_payload",
+                format!(
+                    "it is {max_payload} bytes, but an event the store accepts can need {} (STRATA_MAX_EVENT_BYTES plus the envelope): raise max_payload in the server's configuration or lower STRATA_MAX_EVENT_BYTES",
+                    config.max_record_bytes
+                ),
+            ));
+        }
         let context = jetstream::new(client.clone());
         let stream = context
             .get_or_create_stream(stream::Config {

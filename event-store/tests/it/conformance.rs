@@ -30,6 +30,7 @@ macro_rules! conformance_suite {
             invalid_payload_is_refused_naming_the_field_and_writes_nothing,
             unknown_event_type_or_version_is_refused,
             malformed_requests_are_refused_and_write_nothing,
+            an_event_at_the_size_limit_is_stored_and_read_back_whole,
             read_stream_forward_and_backward_from_a_version,
             read_all_pages_in_position_order_and_filters_by_category,
             several_streams_read_at_once_after_their_versions_up_to_a_position,
@@ -230,10 +231,11 @@ pub async fn malformed_requests_are_refused_and_write_nothing(store: Store) {
     traced.metadata.traceparent = Some("not-a-traceparent".into());
     let reason = invalid(store.append(to(&s, ExpectedVersion::Any, vec![traced])).await);
     assert!(reason.contains("traceparent"), "{reason}");
-    let mut big = noted("");
-    big.payload = json!({ "text": "x".repeat(strata_store::MAX_PAYLOAD_BYTES + 1) });
+    // One byte over what the bus can carry with the event's envelope.
+    let limit = strata_store::AppendLimits::default().max_stored_bytes();
+    let big = crate::support::noted_of_size(&s, limit + 1);
     let reason = invalid(store.append(to(&s, ExpectedVersion::Any, vec![big])).await);
-    assert!(reason.contains("limit"), "{reason}");
+    assert!(reason.contains("STRATA_MAX_EVENT_BYTES"), "{reason}");
     let too_many: Vec<NewEvent> = (0..=strata_store::MAX_EVENTS_PER_APPEND).map(|_| noted("n")).collect();
     invalid(store.append(to(&s, ExpectedVersion::Any, too_many)).await);
     // NUL anywhere in a payload (PostgreSQL's jsonb refuses it), or a control
@@ -245,6 +247,16 @@ pub async fn malformed_requests_are_refused_and_write_nothing(store: Store) {
     let reason = invalid(store.append(to(&s, ExpectedVersion::Any, vec![actor])).await);
     assert!(reason.contains("actor"), "{reason}");
     assert_eq!(count_all(&store).await, 0);
+}
+
+pub async fn an_event_at_the_size_limit_is_stored_and_read_back_whole(store: Store) {
+    let s = stream("order");
+    let limit = strata_store::AppendLimits::default().max_stored_bytes();
+    let event = crate::support::noted_of_size(&s, limit);
+    store.append(to(&s, ExpectedVersion::NoStream, vec![event.clone()])).await.unwrap();
+    let read = store.read_all(ReadAll::after(Position::START, 10)).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].payload, event.payload);
 }
 
 pub async fn read_stream_forward_and_backward_from_a_version(store: Store) {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::conformance::Backend;
-use crate::support::{noted, stream, to, Cleanup};
+use crate::support::{noted, noted_of_size_with, stream, to, Cleanup};
 
 fn relay(store: &Arc<dyn Backend>, bus: &Arc<dyn Bus>) -> Relay {
     let publisher: Arc<dyn Publisher> = bus.clone();
@@ -119,6 +119,32 @@ pub async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing(store: A
     let expected = log_ids(&store).await;
     assert_eq!(expected.len(), 2_000);
     drain(&bus, &expected).await;
+}
+
+/// The largest event the store accepts crosses the bus whole: every bus is
+/// configured (Kafka) or checked (NATS's `max_payload`) to carry it.
+pub async fn an_event_at_the_size_limit_crosses_the_bus(store: Arc<dyn Backend>, bus: Arc<dyn Bus>) {
+    let s = stream("order");
+    let limit = strata_store::AppendLimits::default().max_stored_bytes();
+    // Traced and correlated: the largest headers a record gets.
+    let metadata = strata_store::EventMetadata {
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        correlation_id: Some(Uuid::new_v4()),
+        causation_id: Some(Uuid::new_v4()),
+        actor: Some("test".into()),
+        ..strata_store::EventMetadata::default()
+    };
+    let big = noted_of_size_with(&s, limit, metadata);
+    store.append(to(&s, ExpectedVersion::NoStream, vec![big.clone(), noted("after")])).await.unwrap();
+    let relay = relay(&store, &bus);
+    tokio::time::timeout(Duration::from_secs(30), relay.catch_up()).await.expect("the relay is not stuck").unwrap();
+    let subscriber: Arc<dyn Subscriber> = bus.clone();
+    let mut deliveries = subscriber.subscribe(Subscription::group("big")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(15), deliveries.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((first.event.event_id, &first.event.payload), (big.event_id, &big.payload));
+    first.ack().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(15), deliveries.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(second.event.payload, serde_json::json!({ "text": "after" }), "the event behind the big one came too");
 }
 
 /// A log with holes in its positions (an old PostgreSQL log from before
@@ -239,6 +265,11 @@ mod memory {
         let (store, bus) = open();
         super::a_relay_killed_at_random_moments_loses_and_doubles_nothing(store, bus).await;
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_at_the_size_limit_crosses_the_bus() {
+        let (store, bus) = open();
+        super::an_event_at_the_size_limit_crosses_the_bus(store, bus).await;
+    }
 }
 
 #[cfg(all(feature = "postgres", feature = "nats"))]
@@ -277,6 +308,12 @@ mod postgres_jetstream {
     async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing() {
         let Some((store, bus, cleanup, _)) = open().await else { return };
         super::a_relay_killed_at_random_moments_loses_and_doubles_nothing(store, bus).await;
+        cleanup.run().await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_at_the_size_limit_crosses_the_bus() {
+        let Some((store, bus, cleanup, _)) = open().await else { return };
+        super::an_event_at_the_size_limit_crosses_the_bus(store, bus).await;
         cleanup.run().await;
     }
 }
@@ -320,6 +357,13 @@ mod postgres_kafka {
     async fn a_relay_killed_at_random_moments_loses_and_doubles_nothing() {
         let Some((store, bus, cleanup)) = open().await else { return };
         super::a_relay_killed_at_random_moments_loses_and_doubles_nothing(store, bus).await;
+        cleanup.run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_at_the_size_limit_crosses_the_bus() {
+        let Some((store, bus, cleanup)) = open().await else { return };
+        super::an_event_at_the_size_limit_crosses_the_bus(store, bus).await;
         cleanup.run().await;
     }
 

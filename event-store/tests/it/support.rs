@@ -59,6 +59,21 @@ pub fn noted(text: &str) -> NewEvent {
     }
 }
 
+/// A `Noted` event whose stored size in `stream_id` is exactly `bytes`.
+pub fn noted_of_size(stream_id: &StreamId, bytes: usize) -> NewEvent {
+    noted_of_size_with(stream_id, bytes, EventMetadata::default())
+}
+
+/// The same with `metadata` (counted in the size).
+pub fn noted_of_size_with(stream_id: &StreamId, bytes: usize, metadata: EventMetadata) -> NewEvent {
+    let mut event = noted("");
+    event.metadata = metadata;
+    let empty = strata_store::stored_bytes(stream_id, &event);
+    event.payload = json!({ "text": "x".repeat(bytes - empty) });
+    assert_eq!(strata_store::stored_bytes(stream_id, &event), bytes);
+    event
+}
+
 pub fn to(stream_id: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Vec<StreamAppend> {
     vec![StreamAppend { stream_id: stream_id.clone(), expected, events }]
 }
