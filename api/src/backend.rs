@@ -76,6 +76,16 @@ impl EventStoreBackend {
         }
     }
 
+    /// Raises the log's epoch after a restore (docs/design.md §8); the new identity.
+    pub async fn raise_epoch(&self) -> anyhow::Result<strata_store::LogIdentity> {
+        match self {
+            Self::Memory(_) => bail!("the in-memory log keeps nothing: there is no restore to mark"),
+            Self::Sqlite(store) => Ok(store.raise_epoch().await?),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => Ok(store.raise_epoch().await?),
+        }
+    }
+
     /// Applies the schema migrations (nothing to do in memory).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {

@@ -34,7 +34,14 @@ enum Command {
     /// Migrate the event store and serve HTTP (the default).
     Serve,
     /// Apply the event store's schema migrations and exit.
-    Migrate,
+    Migrate {
+        /// After restoring the database from a backup: raise the log's
+        /// epoch, so that the bus's records of the old epoch are no longer
+        /// taken as this log's (the relay publishes again from its
+        /// checkpoint; readers skip what they had).
+        #[arg(long)]
+        new_epoch: bool,
+    },
     /// Read and check the log as an auditor.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -361,10 +368,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(&cli.overrides)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&settings).await?,
-        Command::Migrate => {
+        Command::Migrate { new_epoch } => {
             let backend = open(&settings).await?;
             backend.migrate().await.context("migrating the event store")?;
             println!("event store migrated ({})", backend.store().backend_name());
+            if new_epoch {
+                println!("log identity now {}", backend.raise_epoch().await?);
+            }
         }
         Command::Audit(AuditCommand::Stream { id, at_version, as_of, as_stored, json }) => {
             let stream_id = StreamId::parse(&id)?;

@@ -244,6 +244,9 @@ impl EventReader for MeteredStore {
     async fn categories(&self) -> Result<Vec<String>, ReadError> {
         self.inner.categories().await
     }
+    async fn log_identity(&self) -> Result<strata_store::LogIdentity, ReadError> {
+        self.inner.log_identity().await
+    }
     async fn ping(&self) -> Result<(), ReadError> {
         self.inner.ping().await
     }

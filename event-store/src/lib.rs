@@ -50,8 +50,8 @@ pub use plan::{stored_bytes, AppendLimits, MAX_EVENTS_PER_APPEND, MAX_EVENT_BYTE
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use store::{EventReader, EventStore, Subscribe};
 pub use types::{
-    validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form, InvalidStreamId, NewEvent, Position,
-    ReadAll, ReadStream, RecordedEvent, StoredEvent, StreamAppend, StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
+    validate_category, AppendOutcome, ChainHash, Direction, EventMetadata, ExpectedVersion, Form, InvalidStreamId, LogIdentity, NewEvent,
+    Position, ReadAll, ReadStream, RecordedEvent, StoredEvent, StreamAppend, StreamAppended, StreamHead, StreamId, MAX_STREAM_ID_LEN,
 };
 
 #[cfg(feature = "postgres")]

@@ -31,6 +31,8 @@ struct State {
 struct Inner {
     registry: Arc<SchemaRegistry>,
     limits: AppendLimits,
+    /// New for every log: it keeps nothing.
+    identity: crate::LogIdentity,
     state: Mutex<State>,
     wake: watch::Sender<u64>,
 }
@@ -49,7 +51,15 @@ impl MemoryEventStore {
 
     /// An empty log validating against `registry`, taking appends within `limits`.
     pub fn with_limits(registry: Arc<SchemaRegistry>, limits: AppendLimits) -> Self {
-        Self { inner: Arc::new(Inner { registry, limits, state: Mutex::new(State::default()), wake: watch::channel(0).0 }) }
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                limits,
+                identity: crate::LogIdentity::new_random(),
+                state: Mutex::new(State::default()),
+                wake: watch::channel(0).0,
+            }),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -152,6 +162,10 @@ impl EventReader for MemoryEventStore {
 
     async fn ping(&self) -> Result<(), ReadError> {
         Ok(())
+    }
+
+    async fn log_identity(&self) -> Result<crate::LogIdentity, ReadError> {
+        Ok(self.inner.identity.clone())
     }
 
     fn backend_name(&self) -> &'static str {

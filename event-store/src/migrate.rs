@@ -17,6 +17,7 @@ pub(crate) const POSTGRES: Embedded = Embedded(&[
     (1, "event log", include_str!("../migrations/postgres/0001_event_log.sql")),
     (2, "snapshots", include_str!("../migrations/postgres/0002_snapshots.sql")),
     (3, "checkpoints", include_str!("../migrations/postgres/0003_checkpoints.sql")),
+    (4, "log identity", include_str!("../migrations/postgres/0004_log_identity.sql")),
 ]);
 
 #[cfg(feature = "sqlite")]
@@ -24,6 +25,7 @@ pub(crate) const SQLITE: Embedded = Embedded(&[
     (1, "event log", include_str!("../migrations/sqlite/0001_event_log.sql")),
     (2, "snapshots", include_str!("../migrations/sqlite/0002_snapshots.sql")),
     (3, "checkpoints", include_str!("../migrations/sqlite/0003_checkpoints.sql")),
+    (4, "log identity", include_str!("../migrations/sqlite/0004_log_identity.sql")),
 ]);
 
 impl<'s> MigrationSource<'s> for Embedded {

@@ -500,6 +500,8 @@ impl SqlBackend for PostgresEventStore {
         stream_head: include_str!("../sql/postgres/stream_head.sql"),
         stream_heads: include_str!("../sql/postgres/stream_heads.sql"),
         head_position: include_str!("../sql/postgres/head_position.sql"),
+        log_identity: include_str!("../sql/postgres/log_identity.sql"),
+        raise_epoch: include_str!("../sql/postgres/raise_epoch.sql"),
         categories: include_str!("../sql/postgres/categories.sql"),
         load_snapshot: include_str!("../sql/postgres/load_snapshot.sql"),
         save_snapshot: include_str!("../sql/postgres/save_snapshot.sql"),

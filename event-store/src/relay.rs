@@ -84,6 +84,8 @@ pub struct Relay {
     checkpoints: Arc<dyn CheckpointStore>,
     publisher: Arc<dyn Publisher>,
     config: RelayConfig,
+    /// Set once the publisher is bound to this log ([`Publisher::bind_log`]).
+    bound: tokio::sync::OnceCell<()>,
 }
 
 impl Relay {
@@ -94,7 +96,7 @@ impl Relay {
         publisher: Arc<dyn Publisher>,
         config: RelayConfig,
     ) -> Self {
-        Self { reader, checkpoints, publisher, config }
+        Self { reader, checkpoints, publisher, config, bound: tokio::sync::OnceCell::new() }
     }
 
     /// Publishes the next batch after the checkpoint, then moves the checkpoint.
@@ -227,6 +229,14 @@ impl Relay {
                 spans.push(span);
             }
         }
+        self.bound
+            .get_or_try_init(|| async {
+                let identity = self.reader.log_identity().await?;
+                tracing::info!(relay = %self.config.name, log = %identity, "publishing this log");
+                self.publisher.bind_log(&crate::bus::BoundLog { identity, reader: self.reader.clone() }).await?;
+                Ok::<_, RelayError>(())
+            })
+            .await?;
         let started = std::time::Instant::now();
         self.publisher.publish(&events).await?;
         metrics::histogram!("strata_bus_publish_seconds").record(started.elapsed().as_secs_f64());

@@ -32,6 +32,8 @@ pub(crate) struct Queries {
     pub(crate) save_snapshot: &'static str,
     pub(crate) load_checkpoint: &'static str,
     pub(crate) save_checkpoint: &'static str,
+    pub(crate) log_identity: &'static str,
+    pub(crate) raise_epoch: &'static str,
 }
 
 /// The parts of a SQL backend that differ by driver.
@@ -275,6 +277,14 @@ macro_rules! sql_backend_impls {
                     Ok(())
                 }
 
+                async fn log_identity(&self) -> Result<$crate::LogIdentity, ReadError> {
+                    let (id, epoch): (String, i64) = sqlx::query_as(Self::QUERIES.log_identity)
+                        .fetch_one(self.readers())
+                        .await
+                        .map_err(backend("reading the log's identity (migrated?)"))?;
+                    Ok($crate::LogIdentity { id, epoch: epoch as u64 })
+                }
+
                 fn listener_silence(&self) -> Option<std::time::Duration> {
                     $crate::sql_backend::SqlBackend::listener_silence(self)
                 }
@@ -356,6 +366,19 @@ macro_rules! sql_backend_impls {
                         .await
                         .map_err(backend("saving a checkpoint"))?;
                     Ok(())
+                }
+            }
+
+            impl Backend {
+                /// Raises the log's epoch, after the database was restored
+                /// from a backup: the bus's records of the old epoch are then
+                /// no longer taken as what this log published (the relay
+                /// publishes again from its checkpoint; consumers' stream
+                /// guards skip what they had). Returns the new identity.
+                pub async fn raise_epoch(&self) -> Result<$crate::LogIdentity, BackendError> {
+                    let (id, epoch): (String, i64) =
+                        sqlx::query_as(Self::QUERIES.raise_epoch).fetch_one(self.writers()).await.map_err(|err| BackendError::new("raising the log's epoch", err))?;
+                    Ok($crate::LogIdentity { id, epoch: epoch as u64 })
                 }
             }
         }

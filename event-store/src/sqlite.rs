@@ -328,6 +328,8 @@ impl SqlBackend for SqliteEventStore {
         stream_head: include_str!("../sql/sqlite/stream_head.sql"),
         stream_heads: include_str!("../sql/sqlite/stream_heads.sql"),
         head_position: include_str!("../sql/sqlite/head_position.sql"),
+        log_identity: include_str!("../sql/sqlite/log_identity.sql"),
+        raise_epoch: include_str!("../sql/sqlite/raise_epoch.sql"),
         categories: include_str!("../sql/sqlite/categories.sql"),
         load_snapshot: include_str!("../sql/sqlite/load_snapshot.sql"),
         save_snapshot: include_str!("../sql/sqlite/save_snapshot.sql"),

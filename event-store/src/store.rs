@@ -134,6 +134,9 @@ pub trait EventReader: Send + Sync {
     /// Every category that has at least one stream, sorted.
     async fn categories(&self) -> Result<Vec<String>, ReadError>;
 
+    /// Which log this is ([`crate::LogIdentity`]).
+    async fn log_identity(&self) -> Result<crate::LogIdentity, ReadError>;
+
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), ReadError>;
 

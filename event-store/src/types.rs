@@ -467,6 +467,40 @@ impl ReadAll {
     }
 }
 
+/// Which log this is: an id made when the log was first migrated, and an
+/// epoch raised after each restore from a backup (docs/design.md §8). The
+/// relay stamps it on every bus record (`strata-log-id: <id>/<epoch>`), so
+/// a bus holding another log's records is recognised instead of trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LogIdentity {
+    /// 32 hex digits, made once.
+    pub id: String,
+    /// Raised by `strata migrate --new-epoch` after a restore.
+    pub epoch: u64,
+}
+
+impl LogIdentity {
+    /// A new identity at epoch 0 (a log that keeps nothing, like the in-memory one).
+    pub fn new_random() -> Self {
+        Self { id: Uuid::new_v4().simple().to_string(), epoch: 0 }
+    }
+
+    /// Parses `<id>/<epoch>`, the header form.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (id, epoch) = text.split_once('/')?;
+        let id_ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        id_ok.then_some(())?;
+        Some(Self { id: id.to_owned(), epoch: epoch.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for LogIdentity {
+    /// `<id>/<epoch>`, the header form.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.id, self.epoch)
+    }
+}
+
 /// The current head of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamHead {

@@ -79,6 +79,8 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "strata-event-type";
     /// The global log position (decimal text).
     pub const POSITION: &str = "strata-position";
+    /// The log that wrote the record (`<id>/<epoch>`).
+    pub const LOG_ID: &str = super::super::LOG_ID_HEADER;
     /// W3C trace context of the relay's publish span (else of the command
     /// that wrote the event).
     pub const TRACEPARENT: &str = super::super::TRACEPARENT_HEADER;
@@ -290,6 +292,8 @@ struct Inner {
     topics: tokio::sync::Mutex<HashMap<String, i32>>,
     /// Partitions whose last record has been read (their head is known).
     tails_known: Mutex<HashSet<PartitionKey>>,
+    /// The log this bus publishes ([`Publisher::bind_log`]).
+    log: std::sync::RwLock<Option<super::BoundLog>>,
     /// Serializes publishes so dedupe decisions see each other's acks.
     publishing: tokio::sync::Mutex<()>,
     replies: tokio::sync::OnceCell<Arc<Replies>>,
@@ -326,12 +330,18 @@ impl KafkaBus {
                 acked,
                 topics: tokio::sync::Mutex::new(HashMap::new()),
                 tails_known: Mutex::new(HashSet::new()),
+                log: std::sync::RwLock::new(None),
                 publishing: tokio::sync::Mutex::new(()),
                 replies: tokio::sync::OnceCell::new(),
             }),
         };
         bus.ping().await?;
         Ok(bus)
+    }
+
+    /// The log this bus publishes, once bound.
+    fn bound(&self) -> Option<super::BoundLog> {
+        self.inner.log.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The producer now in use.
@@ -469,9 +479,29 @@ impl KafkaBus {
         }
         let config = self.inner.config.clone();
         let wanted = unknown.clone();
-        let heads = tokio::task::spawn_blocking(move || read_tails(&config, &wanted))
+        let tails = tokio::task::spawn_blocking(move || read_tails(&config, &wanted))
             .await
             .map_err(|join| BusError::backend("reading the last records", join))??;
+        // A tail's position is ours to trust only if this log wrote it, and
+        // holds the same event there.
+        let log = self.bound();
+        let mut heads = Vec::with_capacity(tails.len());
+        for tail in tails {
+            let provenance = match &log {
+                Some(log) => {
+                    let place = format!("Kafka partition {}/{}", tail.key.0, tail.key.1);
+                    let origin =
+                        super::RecordOrigin { place: &place, log: tail.log.as_ref(), event_id: tail.event_id, position: tail.position };
+                    log.judge(&origin).await?
+                }
+                None => super::Provenance::Ours,
+            };
+            if provenance == super::Provenance::Ours {
+                heads.push((tail.key, tail.position));
+            } else {
+                tracing::warn!(topic = %tail.key.0, partition = tail.key.1, "the partition's last record is from before this log's last restore; publishing again from the checkpoint");
+            }
+        }
         let mut held = self.inner.acked.heads.lock().unwrap_or_else(|p| p.into_inner());
         for (key, position) in heads {
             let head = held.entry(key).or_default();
@@ -531,9 +561,19 @@ struct Record<'a> {
     headers: Option<OwnedHeaders>,
 }
 
+/// A partition's last record, as far as dedupe is concerned.
+struct Tail {
+    key: PartitionKey,
+    position: u64,
+    /// The log that wrote it (`None`: written before logs had identities).
+    log: Option<crate::LogIdentity>,
+    /// Its event id.
+    event_id: Option<Uuid>,
+}
+
 /// Reads the last record of each partition (blocking) and returns the
 /// position header of those that have one.
-fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<(PartitionKey, u64)>, BusError> {
+fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<Tail>, BusError> {
     let consumer: BaseConsumer = config
         .client()
         .set("group.id", format!("{}.tail-reader", config.topic_prefix))
@@ -564,7 +604,9 @@ fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<(
                 let key = (message.topic().to_owned(), message.partition());
                 if waiting.remove(&key) {
                     if let Some(position) = header(&message, headers::POSITION).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()) {
-                        heads.push((key, position));
+                        let log = header(&message, headers::LOG_ID).and_then(|v| crate::LogIdentity::parse(std::str::from_utf8(v).ok()?));
+                        let event_id = header(&message, headers::EVENT_ID).and_then(|v| Uuid::try_parse_ascii(v).ok());
+                        heads.push(Tail { key, position, log, event_id });
                     }
                 }
             }
@@ -586,14 +628,17 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
     message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
 
-/// The headers of an event's record.
-pub fn event_headers(event: &StoredEvent) -> OwnedHeaders {
+/// The headers of an event's record, naming the log that wrote it when known.
+pub fn event_headers(event: &StoredEvent, log: Option<&crate::LogIdentity>) -> OwnedHeaders {
     let id = event.event_id.to_string();
     let position = event.position.0.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(4)
+    let mut headers = OwnedHeaders::new_with_capacity(5)
         .insert(Header { key: headers::EVENT_ID, value: Some(id.as_bytes()) })
         .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_bytes()) })
         .insert(Header { key: headers::POSITION, value: Some(position.as_bytes()) });
+    if let Some(log) = log {
+        headers = headers.insert(Header { key: headers::LOG_ID, value: Some(log.to_string().as_bytes()) });
+    }
     if let Some(traceparent) = &event.header_traceparent() {
         headers = headers.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_bytes()) });
     }
@@ -623,6 +668,13 @@ impl Publisher for KafkaBus {
             self.forget_heads();
         }
         result
+    }
+
+    async fn bind_log(&self, log: &super::BoundLog) -> Result<(), BusError> {
+        *self.inner.log.write().unwrap_or_else(|p| p.into_inner()) = Some(log.clone());
+        // The tails are judged against this log before any publish.
+        self.forget_heads();
+        Ok(())
     }
 
     async fn abandon(&self) {
@@ -657,6 +709,7 @@ impl KafkaBus {
             let held = self.inner.acked.heads.lock().unwrap_or_else(|p| p.into_inner());
             routes.iter().map(|key| (key.clone(), held.get(key).copied().unwrap_or(0))).collect()
         };
+        let log = self.bound().map(|log| log.identity);
         let mut published = Vec::with_capacity(events.len());
         let mut waits = Vec::with_capacity(events.len());
         for (event, route) in events.iter().zip(&routes) {
@@ -675,7 +728,7 @@ impl KafkaBus {
                 partition: Some(route.1),
                 key: event.stream_id.as_str().as_bytes(),
                 payload: &payload,
-                headers: Some(event_headers(event)),
+                headers: Some(event_headers(event, log.as_ref())),
             };
             if let Err(error) = self.send(record, Box::new(Sent { position: Some(event.position.0), done })).await {
                 self.inner.acked.in_flight.fetch_sub(1, Ordering::AcqRel);

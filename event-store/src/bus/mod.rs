@@ -94,7 +94,121 @@ pub enum BusError {
         /// What is wrong.
         reason: String,
     },
+    /// The bus holds records another log wrote: publishing this log's
+    /// positions there would be taken for theirs (docs/design.md §8).
+    #[error(
+        "{place} holds records of log {bus}, not of this log {log}: another database wrote it (a reset database, a restore whose epoch was not raised with `strata migrate --new-epoch`, or another deployment on the same prefix); give this deployment a prefix or stream of its own, or remove the old records"
+    )]
+    ForeignLog {
+        /// The topic partition or stream.
+        place: String,
+        /// The identity on the bus (`<id>/<epoch>`).
+        bus: String,
+        /// This log's identity.
+        log: String,
+    },
+    /// The bus's last record names this log, but the log holds another
+    /// event (or none) at its position: the database went back in time.
+    #[error(
+        "{place} holds event {bus_event} at position {position}, but this log has {log_event} there: the database was restored from a backup (or reset) without `strata migrate --new-epoch`; run it, then start the relay again"
+    )]
+    Diverged {
+        /// The topic partition or stream.
+        place: String,
+        /// The position both claim.
+        position: u64,
+        /// The event the bus holds there.
+        bus_event: uuid::Uuid,
+        /// What the log holds there.
+        log_event: String,
+    },
 }
+
+/// The log a publisher is bound to: its identity, and a reader to check a
+/// bus record against the event the log holds at the record's position.
+#[derive(Clone)]
+pub struct BoundLog {
+    /// Which log.
+    pub identity: crate::LogIdentity,
+    /// The log itself.
+    pub reader: std::sync::Arc<dyn crate::EventReader>,
+}
+
+impl std::fmt::Debug for BoundLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundLog").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+/// What a bus record says of itself, for [`BoundLog::judge`].
+#[derive(Debug, Clone)]
+pub struct RecordOrigin<'a> {
+    /// The topic partition or stream.
+    pub place: &'a str,
+    /// The log that wrote it, from its header (`None`: from before identities).
+    pub log: Option<&'a crate::LogIdentity>,
+    /// Its event id.
+    pub event_id: Option<uuid::Uuid>,
+    /// Its log position.
+    pub position: u64,
+}
+
+impl BoundLog {
+    /// Whether a bus record (the last of a partition or stream) may be
+    /// taken as this log's: written by this log's identity and epoch (or
+    /// before identities), and the event this log holds at its position is
+    /// the same event. An older epoch of this log is [`Provenance::Superseded`];
+    /// another log, a newer epoch, or another event at that position (a
+    /// database restored without a new epoch) is refused.
+    pub async fn judge(&self, record: &RecordOrigin<'_>) -> Result<Provenance, BusError> {
+        if provenance(record.place, record.log, &self.identity)? == Provenance::Superseded {
+            return Ok(Provenance::Superseded);
+        }
+        let Some(event_id) = record.event_id else { return Ok(Provenance::Ours) };
+        let page = self
+            .reader
+            .read_all_stored(crate::ReadAll::after(crate::Position(record.position.saturating_sub(1)), 1))
+            .await
+            .map_err(|err| BusError::backend("reading the log to check the bus's last record", err))?;
+        let here = page.first().filter(|event| event.position.0 == record.position).map(|event| event.event_id);
+        if here == Some(event_id) {
+            return Ok(Provenance::Ours);
+        }
+        Err(BusError::Diverged {
+            place: record.place.to_owned(),
+            position: record.position,
+            bus_event: event_id,
+            log_event: here.map_or_else(|| "nothing".to_owned(), |id| format!("event {id}")),
+        })
+    }
+}
+
+/// What a bus record's log identity says about trusting its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// Written by this log (or before logs had identities): its position is ours.
+    Ours,
+    /// Written by this log before its last restore (an older epoch): its
+    /// position may have been given again to another event since, so
+    /// nothing it says is trusted and this log publishes again from its
+    /// checkpoint (consumers skip what they had).
+    Superseded,
+}
+
+/// Compares the identity a record carries (`None`: a record from before
+/// identities) with this log's; another log, or a newer epoch of this one
+/// (this database is an older copy), is refused.
+pub fn provenance(place: &str, record: Option<&crate::LogIdentity>, log: &crate::LogIdentity) -> Result<Provenance, BusError> {
+    match record {
+        None => Ok(Provenance::Ours),
+        Some(record) if record.id == log.id && record.epoch == log.epoch => Ok(Provenance::Ours),
+        Some(record) if record.id == log.id && record.epoch < log.epoch => Ok(Provenance::Superseded),
+        Some(record) => Err(BusError::ForeignLog { place: place.to_owned(), bus: record.to_string(), log: log.to_string() }),
+    }
+}
+
+/// The header naming the log that wrote a record (`<id>/<epoch>`).
+pub const LOG_ID_HEADER: &str = "strata-log-id";
 
 impl BusError {
     #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
@@ -221,6 +335,16 @@ pub trait Publisher: Send + Sync {
 
     /// Checks that the bus answers (for `/readyz`); in-process buses always do.
     async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Binds the publisher to the log it publishes: every record it sends
+    /// carries the log's identity ([`LOG_ID_HEADER`]), and a bus that holds
+    /// another log's records is refused ([`BusError::ForeignLog`]). The
+    /// relay binds before its first publish. Buses that keep nothing across
+    /// processes (in-process) have nothing to check.
+    async fn bind_log(&self, log: &BoundLog) -> Result<(), BusError> {
+        let _ = log;
         Ok(())
     }
 

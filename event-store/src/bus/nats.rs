@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
 use super::{encode_stored, subject, BusError, Delivery, Published, Publisher, Settlement, Subscriber, Subscription, WireEvent};
-use super::{request_subject, IncomingRequest, Requester, Responder, TRACEPARENT_HEADER as TRACEPARENT};
+use super::{request_subject, IncomingRequest, Requester, Responder, LOG_ID_HEADER, TRACEPARENT_HEADER as TRACEPARENT};
 use crate::StoredEvent;
 
 /// Where the bus lives.
@@ -54,6 +54,8 @@ pub struct JetStreamBus {
     context: jetstream::Context,
     stream: stream::Stream,
     config: JetStreamConfig,
+    /// The identity of the log this bus publishes (`<id>/<epoch>`), once bound.
+    log: std::sync::Arc<std::sync::RwLock<Option<String>>>,
 }
 
 impl std::fmt::Debug for JetStreamBus {
@@ -87,7 +89,7 @@ impl JetStreamBus {
             })
             .await
             .map_err(|err| BusError::backend("creating the JetStream stream", err))?;
-        Ok(Self { client, context, stream, config })
+        Ok(Self { client, context, stream, config, log: std::sync::Arc::default() })
     }
 
     /// Deletes the stream and everything in it (tests, teardown).
@@ -110,7 +112,40 @@ impl Publisher for JetStreamBus {
         }
     }
 
+    async fn bind_log(&self, log: &super::BoundLog) -> Result<(), BusError> {
+        // The stream's last message says which log wrote it (none: empty,
+        // or written before logs had identities).
+        let stream = self
+            .context
+            .get_stream(&self.config.stream_name)
+            .await
+            .map_err(|err| BusError::backend("reading the JetStream stream", err))?;
+        let last = stream.cached_info().state.last_sequence;
+        if last > 0 {
+            match stream.get_raw_message(last).await {
+                Ok(message) => {
+                    let written_by = message.headers.get(LOG_ID_HEADER).and_then(|value| crate::LogIdentity::parse(value.as_str()));
+                    let place = format!("JetStream stream {}", self.config.stream_name);
+                    // Only the relay's events are judged (requests share no subject with them).
+                    if let Ok(event) = WireEvent::decode(message.subject.as_str(), &message.payload) {
+                        let origin = super::RecordOrigin {
+                            place: &place,
+                            log: written_by.as_ref(),
+                            event_id: Some(event.event_id),
+                            position: event.position.0,
+                        };
+                        log.judge(&origin).await?;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "could not read the stream's last message to check which log wrote it"),
+            }
+        }
+        *self.log.write().unwrap_or_else(|p| p.into_inner()) = Some(log.identity.to_string());
+        Ok(())
+    }
+
     async fn publish(&self, events: &[StoredEvent]) -> Result<Vec<Published>, BusError> {
+        let log = self.log.read().unwrap_or_else(|p| p.into_inner()).clone();
         // Send every message first, then collect the acks: many in flight.
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
@@ -118,6 +153,9 @@ impl Publisher for JetStreamBus {
                 jetstream::message::PublishMessage::build().payload(encode_stored(event).into()).message_id(event.event_id.to_string());
             if let Some(traceparent) = event.header_traceparent() {
                 message = message.header(TRACEPARENT, traceparent.as_str());
+            }
+            if let Some(log) = &log {
+                message = message.header(LOG_ID_HEADER, log.as_str());
             }
             let ack = self
                 .context

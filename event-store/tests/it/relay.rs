@@ -200,6 +200,9 @@ mod gapped {
         async fn categories(&self) -> Result<Vec<String>, ReadError> {
             self.inner.categories().await
         }
+        async fn log_identity(&self) -> Result<strata_store::LogIdentity, ReadError> {
+            self.inner.log_identity().await
+        }
         async fn ping(&self) -> Result<(), ReadError> {
             Ok(())
         }
@@ -318,6 +321,42 @@ mod postgres_jetstream {
     }
 }
 
+/// A fresh database on a JetStream stream another log wrote: refused.
+#[cfg(all(feature = "postgres", feature = "nats"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_database_on_a_used_jetstream_stream_is_refused_naming_both_logs() {
+    use strata_store::bus::{JetStreamBus, JetStreamConfig};
+    use strata_store::testkit::postgres::TestDatabase;
+    use strata_store::{PostgresConfig, PostgresEventStore};
+    let open_store = |database: &TestDatabase| {
+        let url = database.url.clone();
+        async move {
+            let store = PostgresEventStore::connect(PostgresConfig::new(&url), crate::support::registry()).await.unwrap();
+            store.migrate().await.unwrap();
+            Arc::new(store) as Arc<dyn Backend>
+        }
+    };
+    let Some(first_db) = TestDatabase::create().await else { return };
+    let Some(second_db) = TestDatabase::create().await else { return };
+    let id = Uuid::new_v4().simple().to_string();
+    let url = strata_store::testkit::service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let config = JetStreamConfig { stream_name: format!("TEST_{id}"), subject_prefix: format!("test_{id}"), ..JetStreamConfig::new(url) };
+    let bus = JetStreamBus::connect(config.clone()).await.unwrap();
+    let (first, second) = (open_store(&first_db).await, open_store(&second_db).await);
+    append_many(&first, 2, 5).await;
+    let shared: Arc<dyn Bus> = Arc::new(bus.clone());
+    relay(&first, &shared).catch_up().await.unwrap();
+    append_many(&second, 2, 5).await;
+    let other: Arc<dyn Bus> = Arc::new(JetStreamBus::connect(config).await.unwrap());
+    let refused = relay(&second, &other).catch_up().await.unwrap_err().to_string();
+    let (old, new) = (first.log_identity().await.unwrap(), second.log_identity().await.unwrap());
+    assert!(refused.contains(&format!("JetStream stream TEST_{id} holds records of log {old}, not of this log {new}")), "{refused}");
+    assert_eq!(second.load_checkpoint("relay").await.unwrap(), Position::START, "nothing relayed");
+    bus.delete().await.unwrap();
+    first_db.drop_database().await;
+    second_db.drop_database().await;
+}
+
 #[cfg(all(feature = "postgres", feature = "kafka"))]
 mod postgres_kafka {
     use strata_store::testkit::postgres::TestDatabase;
@@ -392,7 +431,7 @@ mod kafka_faults {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     use strata_store::bus::{KafkaBus, KafkaConfig};
     use strata_store::testkit::postgres::TestDatabase;
-    use strata_store::{PostgresConfig, PostgresEventStore};
+    use strata_store::{EventReader, PostgresConfig, PostgresEventStore};
 
     use super::*;
     use crate::support::registry;
@@ -472,6 +511,124 @@ mod kafka_faults {
         assert!(relayed.is_ok(), "{relayed:?}");
         assert!(relay_until_caught_up(&setup).await.is_empty());
         drain(&setup.bus, &log_ids(&setup.store).await).await;
+        setup.database.drop_database().await;
+    }
+
+    /// A new database (a reset, or another deployment on the same prefix)
+    /// finds the topics written by another log: its relay refuses to
+    /// publish, naming both logs. (Before identities, its events at
+    /// positions the old log had reached were dropped as duplicates.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_database_on_a_used_topic_is_refused_naming_both_logs() {
+        let Some(setup) = setup().await else { return };
+        append_many(&setup.store, 4, 5).await;
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        let Some(fresh) = TestDatabase::create().await else { return };
+        let store = PostgresEventStore::connect(PostgresConfig::new(&fresh.url), registry()).await.unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn Backend> = Arc::new(store);
+        append_many(&store, 4, 5).await;
+        let bus: Arc<dyn Bus> = Arc::new(KafkaBus::connect(setup.kafka.config().clone()).await.unwrap());
+        let refused = relay(&store, &bus).catch_up().await.unwrap_err().to_string();
+        let (old, new) = (setup.store.log_identity().await.unwrap(), store.log_identity().await.unwrap());
+        assert_ne!(old.id, new.id);
+        assert!(refused.contains(&format!("holds records of log {old}, not of this log {new}")), "{refused}");
+        assert_eq!(store.load_checkpoint("relay").await.unwrap(), Position::START, "nothing relayed");
+        fresh.drop_database().await;
+        setup.database.drop_database().await;
+    }
+
+    /// The log's tables, copied out as PostgreSQL's COPY text (a backup).
+    async fn backup(url: &str) -> Vec<(String, Vec<u8>)> {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        let mut copied = Vec::new();
+        for table in tables {
+            let mut out = connection.copy_out_raw(&format!("COPY {table} TO STDOUT")).await.unwrap();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = out.next().await {
+                bytes.extend_from_slice(&chunk.unwrap());
+            }
+            drop(out);
+            copied.push((table, bytes));
+        }
+        copied
+    }
+
+    /// Loads a [`backup`] into a migrated, empty database (a restore).
+    async fn restore(url: &str, backup: &[(String, Vec<u8>)]) {
+        use sqlx::{Connection, Executor};
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        let tables: Vec<&str> = backup.iter().map(|(table, _)| table.as_str()).collect();
+        connection.execute(format!("TRUNCATE {}", tables.join(", ")).as_str()).await.unwrap();
+        for (table, bytes) in backup {
+            let mut copy = connection.copy_in_raw(&format!("COPY {table} FROM STDIN")).await.unwrap();
+            copy.send(bytes.as_slice()).await.unwrap();
+            copy.finish().await.unwrap();
+        }
+    }
+
+    /// A database restored from a backup taken before its relay published
+    /// more: the bus's last records name this log but another event at
+    /// their positions. The relay refuses until the epoch is raised (`strata
+    /// migrate --new-epoch`); then everything written since the restore
+    /// reaches the bus, none dropped as a duplicate of a lost event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_database_is_refused_until_its_epoch_is_raised_then_nothing_it_writes_is_lost() {
+        let Some(setup) = setup().await else { return };
+        append_many(&setup.store, 4, 5).await;
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        let saved = backup(&setup.database.url).await;
+        append_many(&setup.store, 4, 5).await;
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        let lost_head = setup.store.head_position().await.unwrap();
+
+        let Some(restored_db) = TestDatabase::create().await else { return };
+        let restored = PostgresEventStore::connect(PostgresConfig::new(&restored_db.url), registry()).await.unwrap();
+        restored.migrate().await.unwrap();
+        restore(&restored_db.url, &saved).await;
+        assert_eq!(restored.log_identity().await.unwrap(), setup.store.log_identity().await.unwrap(), "the same log, restored");
+        let store: Arc<dyn Backend> = Arc::new(restored.clone());
+        // Written after the restore: at positions the bus already holds for lost events.
+        append_many(&store, 4, 5).await;
+        assert_eq!(store.head_position().await.unwrap(), lost_head);
+        let bus: Arc<dyn Bus> = Arc::new(KafkaBus::connect(setup.kafka.config().clone()).await.unwrap());
+        let refused = relay(&store, &bus).catch_up().await.unwrap_err().to_string();
+        assert!(refused.contains("strata migrate --new-epoch"), "{refused}");
+
+        let raised = restored.raise_epoch().await.unwrap();
+        assert_eq!(raised.epoch, 1);
+        relay(&store, &bus).catch_up().await.unwrap();
+        assert_eq!(store.load_checkpoint("relay").await.unwrap(), lost_head);
+        // A fresh group sees every event of the restored log (and the lost
+        // ones, which readers of the restored log must rebuild without).
+        let written_since: HashSet<Uuid> = store
+            .read_all(ReadAll::after(Position(lost_head.0 / 2), 1_000))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|event| event.event_id)
+            .collect();
+        assert_eq!(written_since.len(), 20);
+        let subscriber: Arc<dyn Subscriber> = bus.clone();
+        let mut deliveries = subscriber.subscribe(Subscription::group("after-restore")).await.unwrap();
+        let mut seen = HashSet::new();
+        while !written_since.is_subset(&seen) {
+            let delivery = tokio::time::timeout(Duration::from_secs(15), deliveries.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{} of the 20 events written since the restore reached the bus", written_since.intersection(&seen).count())
+                })
+                .unwrap()
+                .unwrap();
+            seen.insert(delivery.event.event_id);
+            delivery.ack().await.unwrap();
+        }
+        restored_db.drop_database().await;
         setup.database.drop_database().await;
     }
 

@@ -333,6 +333,9 @@ impl strata_store::EventReader for CountingLog {
     async fn categories(&self) -> Result<Vec<String>, ReadError> {
         self.log.categories().await
     }
+    async fn log_identity(&self) -> Result<strata_store::LogIdentity, ReadError> {
+        self.log.log_identity().await
+    }
     async fn ping(&self) -> Result<(), ReadError> {
         self.log.ping().await
     }

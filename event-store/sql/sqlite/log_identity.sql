@@ -1,0 +1,1 @@
+SELECT id, epoch FROM strata_log_identity
