@@ -640,6 +640,9 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     // `/readyz` shows each one.
     let served = serving.await;
     workers.stop().await;
+    if let Some(requester) = bus.as_ref().and_then(|bus| bus.requester.as_ref()) {
+        requester.close().await;
+    }
     served?;
     tracing::info!("stopped");
     Ok(())

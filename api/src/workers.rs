@@ -71,7 +71,9 @@ fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !known.contains(&key) {
+        // A known name, or a name under a known prefix (ending in '.').
+        let known_key = known.iter().any(|known| *known == key || (known.ends_with('.') && key.starts_with(known)));
+        if !known_key {
             bail!("{variable}: unknown option {key:?} in {url:?}; known: {}", known.join(", "));
         }
         pairs.push((key, value));
@@ -128,25 +130,67 @@ pub async fn open_bus(url: &str, max_record_bytes: usize) -> anyhow::Result<Bus>
 }
 
 /// The Kafka settings of `kafka://HOST:9092[,HOST2:9092][?topic_prefix=P&
-/// partitions=N&replication=R&create_topics=false&fetch_wait_ms=100]`.
+/// partitions=N&replication=R&min_insync_replicas=M&create_topics=false&
+/// fetch_wait_ms=100&session_timeout_ms=15000&metadata_refresh_ms=30000&
+/// rdkafka.<property>=<value>…]`, with any `STRATA_KAFKA_<PROPERTY>`
+/// variable of the environment as one more librdkafka property (`_` for
+/// `.`, for secrets: `STRATA_KAFKA_SASL_PASSWORD` sets `sasl.password`).
 #[cfg(feature = "kafka")]
 pub fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig> {
+    kafka_config_with(url, std::env::vars())
+}
+
+/// [`kafka_config`] with the environment given.
+#[cfg(feature = "kafka")]
+pub fn kafka_config_with(
+    url: &str,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<strata_store::bus::KafkaConfig> {
+    const KNOWN: [&str; 9] = [
+        "topic_prefix",
+        "partitions",
+        "replication",
+        "min_insync_replicas",
+        "create_topics",
+        "fetch_wait_ms",
+        "session_timeout_ms",
+        "metadata_refresh_ms",
+        "rdkafka.",
+    ];
     let Some(rest) = url.strip_prefix("kafka://") else { bail!("STRATA_BUS: {url:?} is not a kafka:// URL") };
-    let (brokers, pairs) = options("STRATA_BUS", rest, &["topic_prefix", "partitions", "replication", "create_topics", "fetch_wait_ms"])?;
+    let (brokers, pairs) = options("STRATA_BUS", rest, &KNOWN)?;
     let mut config = strata_store::bus::KafkaConfig::new(brokers);
+    let millis = |key: &str, value: &str, least: u64| -> anyhow::Result<std::time::Duration> {
+        let ms = value.parse::<u64>().with_context(|| format!("STRATA_BUS: {key} must be a number of milliseconds, not {value:?}"))?;
+        Ok(std::time::Duration::from_millis(ms.max(least)))
+    };
     for (key, value) in pairs {
         let number = || value.parse::<i32>().with_context(|| format!("STRATA_BUS: {key} must be a number, not {value:?}"));
         match key {
             "topic_prefix" => config.topic_prefix = value.to_owned(),
             "partitions" => config.partitions = number()?,
             "replication" => config.replication = number()?,
-            "fetch_wait_ms" => config.fetch_wait = std::time::Duration::from_millis(u64::try_from(number()?.max(1)).unwrap_or(1)),
-            _ => {
+            "min_insync_replicas" => config.min_insync_replicas = Some(number()?),
+            "fetch_wait_ms" => config.fetch_wait = millis(key, value, 1)?,
+            "session_timeout_ms" => config.session_timeout = millis(key, value, 1_000)?,
+            "metadata_refresh_ms" => config.metadata_refresh = millis(key, value, 100)?,
+            "create_topics" => {
                 config.create_topics =
                     value.parse().with_context(|| format!("STRATA_BUS: create_topics must be true or false, not {value:?}"))?
             }
+            property => match property.strip_prefix("rdkafka.") {
+                Some(name) if !name.is_empty() => config.properties.push((name.to_owned(), value.to_owned())),
+                _ => bail!("STRATA_BUS: {property:?} names no librdkafka property (rdkafka.<property>=<value>)"),
+            },
         }
     }
+    let mut from_environment: Vec<(String, String)> = environment
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.strip_prefix("STRATA_KAFKA_")?.to_ascii_lowercase().replace('_', "."), value)))
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    from_environment.sort();
+    config.properties.extend(from_environment);
     Ok(config)
 }
 
@@ -321,5 +365,52 @@ impl Workers {
     /// Asks every worker to stop and waits for them.
     pub async fn stop(self) {
         self.supervisor.stop().await;
+    }
+}
+
+#[cfg(all(test, feature = "kafka"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::kafka_config_with;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn kafka_urls_take_strata_options_librdkafka_properties_and_secrets_from_the_environment() {
+        let defaults = kafka_config_with("kafka://h1:9092,h2:9092", env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(defaults.brokers, "h1:9092,h2:9092");
+        assert_eq!((defaults.partitions, defaults.replication, defaults.min_insync_replicas), (12, 1, None));
+        assert_eq!((defaults.session_timeout, defaults.metadata_refresh), (Duration::from_secs(15), Duration::from_secs(30)));
+        assert!(defaults.properties.is_empty());
+
+        let url = "kafka://b:9093?topic_prefix=shop&partitions=24&replication=3&min_insync_replicas=2&session_timeout_ms=20000&metadata_refresh_ms=60000&rdkafka.security.protocol=SASL_SSL&rdkafka.sasl.mechanism=SCRAM-SHA-512&rdkafka.sasl.username=strata";
+        let config = kafka_config_with(url, env(&[("STRATA_KAFKA_SASL_PASSWORD", "s3cret"), ("STRATA_BUS", "ignored")])).unwrap();
+        assert_eq!(
+            (config.topic_prefix.as_str(), config.partitions, config.replication, config.min_insync_replicas),
+            ("shop", 24, 3, Some(2))
+        );
+        assert_eq!((config.session_timeout, config.metadata_refresh), (Duration::from_secs(20), Duration::from_secs(60)));
+        let properties: Vec<(&str, &str)> = config.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            properties,
+            [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "strata"),
+                ("sasl.password", "s3cret")
+            ]
+        );
+
+        for (bad, says) in [
+            ("kafka://b:9092?partition=3", "unknown option \"partition\""),
+            ("kafka://b:9092?rdkafka.=x", "names no librdkafka property"),
+            ("kafka://b:9092?session_timeout_ms=soon", "session_timeout_ms must be a number"),
+        ] {
+            let err = kafka_config_with(bad, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -207,7 +207,7 @@ impl Raw {
                     .map(|event| KafkaRecord {
                         key: event.stream_id.as_str().as_bytes().to_vec(),
                         payload: strata_store::bus::encode_stored(event),
-                        headers: strata_store::bus::kafka::event_headers(event, None),
+                        headers: strata_store::bus::kafka::event_headers(event, None, None),
                         partition: None,
                     })
                     .collect(),

@@ -57,8 +57,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -81,6 +80,8 @@ pub mod headers {
     pub const POSITION: &str = "strata-position";
     /// The log that wrote the record (`<id>/<epoch>`).
     pub const LOG_ID: &str = super::super::LOG_ID_HEADER;
+    /// The topic's partition count when the record was written (decimal).
+    pub const PARTITIONS: &str = "strata-partitions";
     /// W3C trace context of the relay's publish span (else of the command
     /// that wrote the event).
     pub const TRACEPARENT: &str = super::super::TRACEPARENT_HEADER;
@@ -117,20 +118,49 @@ pub struct KafkaConfig {
     /// producer's `message.max.bytes` and the `max.message.bytes` of the
     /// topics the bus creates are set from it.
     pub max_record_bytes: usize,
+    /// How long a group member may stay silent before its partitions go to
+    /// another (`session.timeout.ms`; heartbeats every third of it, at
+    /// most 3 s). Short sessions move partitions on a passing stall.
+    pub session_timeout: Duration,
+    /// How often the members following every category look for new topics
+    /// (`topic.metadata.refresh.interval.ms`).
+    pub metadata_refresh: Duration,
+    /// `min.insync.replicas` of the topics the bus creates (`None`: the broker's default).
+    pub min_insync_replicas: Option<i32>,
+    /// librdkafka properties set on every client of the bus, after
+    /// Strata's own (TLS, SASL, client id…): `rdkafka.<property>=…` in the
+    /// URL, or `STRATA_KAFKA_<PROPERTY>` in the environment for secrets.
+    pub properties: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
-    /// Prefix `strata`, 4 partitions, replication 1.
+    /// Prefix `strata`, 12 partitions, replication 1, 15 s sessions, new
+    /// topics looked for every 30 s.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             topic_prefix: "strata".into(),
-            partitions: 4,
+            partitions: 12,
             replication: 1,
             fetch_wait: Duration::from_millis(100),
             create_topics: true,
             max_record_bytes: crate::AppendLimits::default().max_record_bytes(),
+            session_timeout: Duration::from_secs(15),
+            metadata_refresh: Duration::from_secs(30),
+            min_insync_replicas: None,
+            properties: Vec::new(),
         }
+    }
+
+    /// The group members' session settings.
+    fn session(&self, config: &mut ClientConfig) {
+        let session = self.session_timeout.as_millis().max(1_000);
+        config
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 3).min(3_000).to_string())
+            // A rebalance moves only the partitions that change owner: the
+            // others keep being handled meanwhile.
+            .set("partition.assignment.strategy", "cooperative-sticky");
     }
 
     /// The size limit of produce requests and topics: the largest record
@@ -160,6 +190,9 @@ impl KafkaConfig {
     fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers).set("socket.nagle.disable", "true");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
         config
     }
 
@@ -252,7 +285,71 @@ struct Sent {
 
 struct ProducerEvents(Arc<Acked>);
 
-impl ClientContext for ProducerEvents {}
+impl ClientContext for ProducerEvents {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        librdkafka_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        librdkafka_error(&error, reason);
+    }
+}
+
+/// librdkafka's own log lines, as `tracing` events of target `librdkafka`
+/// (instead of the `log` crate, which this process does not collect).
+fn librdkafka_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// librdkafka's error callback: a lost broker is a warning (it reconnects by
+/// itself), an authorization or authentication failure an error.
+fn librdkafka_error(error: &KafkaError, reason: &str) {
+    if refused(error) {
+        tracing::error!(target: "librdkafka", %error, "refused by Kafka: {reason}");
+    } else {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+/// Whether Kafka refused the client for what it is, not for a passing fault:
+/// authentication and authorization failures, which no retry mends.
+fn refused(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::DelegationTokenAuthorizationFailed
+        )
+    )
+}
+
+/// The context of the bus's other clients (tail reader, reply and request
+/// readers): librdkafka's logs and errors bridged to `tracing`.
+struct Bridged;
+
+impl ClientContext for Bridged {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        librdkafka_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        librdkafka_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Bridged {}
 
 impl ProducerContext for ProducerEvents {
     type DeliveryOpaque = Box<Sent>;
@@ -286,7 +383,7 @@ struct Inner {
     config: KafkaConfig,
     /// Replaced by a new one after a fatal error ([`KafkaBus::renew_if_fatal`]).
     producer: std::sync::RwLock<Arc<ThreadedProducer<ProducerEvents>>>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<Bridged>,
     acked: Arc<Acked>,
     /// Topics known to exist, with their partition counts.
     topics: tokio::sync::Mutex<HashMap<String, i32>>,
@@ -309,6 +406,9 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> BusError {
     move |error| BusError::backend(context, error)
 }
 
+/// How long a reply topic keeps answers (one hour).
+const REPLY_RETENTION_MS: &str = "3600000";
+
 /// Room for Kafka's record batch and request framing around one record.
 const KAFKA_FRAMING_BYTES: usize = 64 << 10;
 
@@ -321,7 +421,7 @@ impl KafkaBus {
         config.check()?;
         let acked = Arc::new(Acked::default());
         let producer = new_producer(&config, &acked)?;
-        let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(kafka("creating the Kafka admin client"))?;
+        let admin: AdminClient<Bridged> = config.client().create_with_context(Bridged).map_err(kafka("creating the Kafka admin client"))?;
         let bus = Self {
             inner: Arc::new(Inner {
                 config,
@@ -418,14 +518,26 @@ impl KafkaBus {
 
     /// Makes sure `topic` exists and returns its partition count.
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<i32, BusError> {
+        self.ensure_topic_with(topic, partitions, &[]).await
+    }
+
+    /// [`KafkaBus::ensure_topic`] with more topic settings for a new topic.
+    async fn ensure_topic_with(&self, topic: &str, partitions: i32, settings: &[(&str, &str)]) -> Result<i32, BusError> {
         let mut topics = self.inner.topics.lock().await;
         if let Some(&count) = topics.get(topic) {
             return Ok(count);
         }
         if self.inner.config.create_topics {
             let max_message_bytes = self.inner.config.max_message_bytes();
-            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.inner.config.replication))
+            let min_insync = self.inner.config.min_insync_replicas.map(|n| n.to_string());
+            let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.inner.config.replication))
                 .set("max.message.bytes", &max_message_bytes);
+            if let Some(min_insync) = &min_insync {
+                new = new.set("min.insync.replicas", min_insync);
+            }
+            for (key, value) in settings {
+                new = new.set(key, value);
+            }
             let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
             let results = self.inner.admin.create_topics([&new], &options).await.map_err(kafka("creating a Kafka topic"))?;
             for result in results {
@@ -485,8 +597,23 @@ impl KafkaBus {
         // A tail's position is ours to trust only if this log wrote it, and
         // holds the same event there.
         let log = self.bound();
+        let counts = self.inner.topics.lock().await.clone();
         let mut heads = Vec::with_capacity(tails.len());
         for tail in tails {
+            // Streams are placed by hashing over the partition count: with
+            // another count they would land in other partitions, behind or
+            // ahead of their earlier events.
+            if let (Some(was), Some(&now)) = (tail.partitions, counts.get(&tail.key.0)) {
+                if was != now {
+                    return Err(BusError::backend(
+                        "checking the topic's partitions",
+                        format!(
+                            "topic {} had {was} partitions when its records were written and has {now} now: streams would move to other partitions and lose their order; a topic's partition count must not change (recreate it with {was}, or move to a new topic_prefix)",
+                            tail.key.0
+                        ),
+                    ));
+                }
+            }
             let provenance = match &log {
                 Some(log) => {
                     let place = format!("Kafka partition {}/{}", tail.key.0, tail.key.1);
@@ -569,16 +696,18 @@ struct Tail {
     log: Option<crate::LogIdentity>,
     /// Its event id.
     event_id: Option<Uuid>,
+    /// The topic's partition count when it was written.
+    partitions: Option<i32>,
 }
 
 /// Reads the last record of each partition (blocking) and returns the
 /// position header of those that have one.
 fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<Tail>, BusError> {
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<Bridged> = config
         .client()
         .set("group.id", format!("{}.tail-reader", config.topic_prefix))
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(Bridged)
         .map_err(kafka("creating the tail reader"))?;
     let mut assignment = TopicPartitionList::new();
     let mut waiting = HashSet::new();
@@ -606,7 +735,8 @@ fn read_tails(config: &KafkaConfig, partitions: &[PartitionKey]) -> Result<Vec<T
                     if let Some(position) = header(&message, headers::POSITION).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()) {
                         let log = header(&message, headers::LOG_ID).and_then(|v| crate::LogIdentity::parse(std::str::from_utf8(v).ok()?));
                         let event_id = header(&message, headers::EVENT_ID).and_then(|v| Uuid::try_parse_ascii(v).ok());
-                        heads.push(Tail { key, position, log, event_id });
+                        let partitions = header(&message, headers::PARTITIONS).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                        heads.push(Tail { key, position, log, event_id, partitions });
                     }
                 }
             }
@@ -628,16 +758,20 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
     message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
 
-/// The headers of an event's record, naming the log that wrote it when known.
-pub fn event_headers(event: &StoredEvent, log: Option<&crate::LogIdentity>) -> OwnedHeaders {
+/// The headers of an event's record, naming the log that wrote it and the
+/// topic's partition count when known.
+pub fn event_headers(event: &StoredEvent, log: Option<&crate::LogIdentity>, partitions: Option<i32>) -> OwnedHeaders {
     let id = event.event_id.to_string();
     let position = event.position.0.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(5)
+    let mut headers = OwnedHeaders::new_with_capacity(6)
         .insert(Header { key: headers::EVENT_ID, value: Some(id.as_bytes()) })
         .insert(Header { key: headers::EVENT_TYPE, value: Some(event.event_type.as_bytes()) })
         .insert(Header { key: headers::POSITION, value: Some(position.as_bytes()) });
     if let Some(log) = log {
         headers = headers.insert(Header { key: headers::LOG_ID, value: Some(log.to_string().as_bytes()) });
+    }
+    if let Some(partitions) = partitions {
+        headers = headers.insert(Header { key: headers::PARTITIONS, value: Some(partitions.to_string().as_bytes()) });
     }
     if let Some(traceparent) = &event.header_traceparent() {
         headers = headers.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_bytes()) });
@@ -694,11 +828,13 @@ impl KafkaBus {
         self.settle_in_flight().await?;
         // Where each event goes.
         let mut routes = Vec::with_capacity(events.len());
+        let mut counts = Vec::with_capacity(events.len());
         for event in events {
             let topic = self.inner.config.topic(event.stream_id.category());
             let partitions = self.ensure_topic(&topic, self.inner.config.partitions).await?;
             let partition = partition_of(event.stream_id.as_str().as_bytes(), partitions);
             routes.push((topic, partition));
+            counts.push(partitions);
         }
         let mut touched: Vec<PartitionKey> = routes.clone();
         touched.sort();
@@ -712,7 +848,7 @@ impl KafkaBus {
         let log = self.bound().map(|log| log.identity);
         let mut published = Vec::with_capacity(events.len());
         let mut waits = Vec::with_capacity(events.len());
-        for (event, route) in events.iter().zip(&routes) {
+        for ((event, route), partitions) in events.iter().zip(&routes).zip(counts) {
             let head = heads.entry(route.clone()).or_default();
             if event.position.0 <= *head {
                 published.push(Published { duplicate: true });
@@ -728,7 +864,7 @@ impl KafkaBus {
                 partition: Some(route.1),
                 key: event.stream_id.as_str().as_bytes(),
                 payload: &payload,
-                headers: Some(event_headers(event, log.as_ref())),
+                headers: Some(event_headers(event, log.as_ref(), Some(partitions))),
             };
             if let Err(error) = self.send(record, Box::new(Sent { position: Some(event.position.0), done })).await {
                 self.inner.acked.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -869,7 +1005,15 @@ struct GroupEvents {
     tracker: Arc<Mutex<Tracker>>,
 }
 
-impl ClientContext for GroupEvents {}
+impl ClientContext for GroupEvents {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        librdkafka_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        librdkafka_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for GroupEvents {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -904,9 +1048,7 @@ enum Signal {
 /// Is this consumer error one librdkafka recovers from by itself?
 fn transient(error: &KafkaError) -> bool {
     match error.rdkafka_error_code() {
-        Some(code) => {
-            !matches!(code, RDKafkaErrorCode::Fatal | RDKafkaErrorCode::InvalidGroupId | RDKafkaErrorCode::GroupAuthorizationFailed)
-        }
+        Some(code) => !matches!(code, RDKafkaErrorCode::Fatal | RDKafkaErrorCode::InvalidGroupId) && !refused(error),
         None => true,
     }
 }
@@ -1063,18 +1205,17 @@ impl Subscriber for KafkaBus {
             None => format!("^{}\\..+", regex_escape(&config.topic_prefix)),
         };
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let consumer: StreamConsumer<GroupEvents> = config
-            .client()
+        let mut settings = config.client();
+        settings
             .set("group.id", format!("{}.{}", config.topic_prefix, subscription.group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("topic.metadata.refresh.interval.ms", "1000")
-            .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500")
-            .create_with_context(GroupEvents { tracker: tracker.clone() })
-            .map_err(kafka("creating a Kafka consumer"))?;
+            .set("topic.metadata.refresh.interval.ms", config.metadata_refresh.as_millis().max(100).to_string())
+            .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string());
+        config.session(&mut settings);
+        let consumer: StreamConsumer<GroupEvents> =
+            settings.create_with_context(GroupEvents { tracker: tracker.clone() }).map_err(kafka("creating a Kafka consumer"))?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to Kafka topics"))?;
         let (deliveries, receiver) = mpsc::channel(64);
         let (signal, signals) = mpsc::unbounded_channel();
@@ -1102,15 +1243,17 @@ impl KafkaBus {
             .replies
             .get_or_try_init(|| async {
                 let topic = format!("{}_reply.{}", self.inner.config.topic_prefix, Uuid::new_v4().simple());
-                self.ensure_topic(&topic, 1).await?;
-                let consumer: StreamConsumer = self
+                // Answers matter for seconds: a topic left by a process that
+                // died (its exit deletes it, see `close`) keeps nothing for long.
+                self.ensure_topic_with(&topic, 1, &[("retention.ms", REPLY_RETENTION_MS)]).await?;
+                let consumer: StreamConsumer<Bridged> = self
                     .inner
                     .config
                     .client()
                     .set("group.id", topic.clone())
                     .set("enable.auto.commit", "false")
                     .set("fetch.wait.max.ms", self.inner.config.fetch_wait.min(Duration::from_millis(20)).as_millis().to_string())
-                    .create()
+                    .create_with_context(Bridged)
                     .map_err(kafka("creating the reply reader"))?;
                 let mut assignment = TopicPartitionList::new();
                 assignment.add_partition_offset(&topic, 0, Offset::Beginning).map_err(kafka("assigning the reply topic"))?;
@@ -1160,6 +1303,15 @@ fn check_service(service: &str) -> Result<(), BusError> {
 
 #[async_trait]
 impl Requester for KafkaBus {
+    async fn close(&self) {
+        let Some(replies) = self.inner.replies.get() else { return };
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        match self.inner.admin.delete_topics(&[replies.topic.as_str()], &options).await {
+            Ok(_) => tracing::debug!(topic = %replies.topic, "reply topic deleted"),
+            Err(error) => tracing::warn!(topic = %replies.topic, %error, "the reply topic was not deleted"),
+        }
+    }
+
     async fn request(&self, service: &str, payload: Vec<u8>, timeout: Duration) -> Result<Option<Vec<u8>>, BusError> {
         check_service(service)?;
         let replies = self.replies().await?;
@@ -1206,18 +1358,14 @@ impl Responder for KafkaBus {
         check_service(service)?;
         let topic = self.request_topic(service);
         self.ensure_topic(&topic, self.inner.config.partitions).await?;
-        let consumer: StreamConsumer = self
-            .inner
-            .config
-            .client()
+        let mut settings = self.inner.config.client();
+        settings
             .set("group.id", format!("{topic}.responders"))
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", self.inner.config.fetch_wait.min(Duration::from_millis(20)).as_millis().to_string())
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500")
-            .create()
-            .map_err(kafka("creating a request reader"))?;
+            .set("fetch.wait.max.ms", self.inner.config.fetch_wait.min(Duration::from_millis(20)).as_millis().to_string());
+        self.inner.config.session(&mut settings);
+        let consumer: StreamConsumer<Bridged> = settings.create_with_context(Bridged).map_err(kafka("creating a request reader"))?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to requests"))?;
         let (requests, receiver) = mpsc::channel(256);
         let bus = self.clone();

@@ -371,6 +371,11 @@ pub trait Requester: Send + Sync {
     /// did not answer, or the answer was lost). An error means the bus
     /// failed; the request may not have been sent.
     async fn request(&self, service: &str, payload: Vec<u8>, timeout: Duration) -> Result<Option<Vec<u8>>, BusError>;
+
+    /// Removes what this requester made on the bus for its answers (Kafka:
+    /// its reply topic), when its process stops. Buses that make nothing do
+    /// nothing.
+    async fn close(&self) {}
 }
 
 /// Serves the requests of a service; every responder of one service shares

@@ -632,6 +632,36 @@ mod kafka_faults {
         setup.database.drop_database().await;
     }
 
+    /// A topic whose partition count changed since its records were written
+    /// (each record names the count it was placed with) is refused: its
+    /// streams would hash to other partitions and lose their order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_whose_partition_count_changed_is_refused() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let Some(setup) = setup().await else { return };
+        append_many(&setup.store, 4, 5).await;
+        assert!(relay_until_caught_up(&setup).await.is_empty());
+        let (topic, partitions) = setup.kafka.category_topic("order").await.unwrap();
+        // Records written when the topic had twice as many partitions.
+        let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &setup.kafka.config().brokers).create().unwrap();
+        let more = (partitions * 2).to_string();
+        for partition in 0..partitions {
+            let headers = rdkafka::message::OwnedHeaders::new()
+                .insert(rdkafka::message::Header { key: "strata-position", value: Some("1") })
+                .insert(rdkafka::message::Header { key: "strata-partitions", value: Some(more.as_str()) });
+            producer.send(BaseRecord::<str, str>::to(&topic).partition(partition).key("order-x").payload("{}").headers(headers)).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        append_many(&setup.store, 4, 5).await;
+        let bus: Arc<dyn Bus> = Arc::new(KafkaBus::connect(setup.kafka.config().clone()).await.unwrap());
+        let refused = relay(&setup.store, &bus).catch_up().await.unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("topic {topic} had {more} partitions when its records were written and has {partitions} now")),
+            "{refused}"
+        );
+        setup.database.drop_database().await;
+    }
+
     /// A produce answered with an error the idempotent producer cannot go
     /// on from: the bus replaces its producer, reads the partitions' tails
     /// again, and the relay's next attempt puts the rest on the bus, each
