@@ -192,16 +192,19 @@ pub mod kafka {
     use super::Cleanup;
     use crate::bus::{KafkaBus, KafkaConfig};
 
+    /// librdkafka's mock cluster, kept for the whole test process.
+    pub type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
     /// A Kafka endpoint for a test.
     pub struct TestKafka {
         /// `host:port` of the broker(s).
         pub brokers: String,
-        mock: bool,
+        mock: Option<&'static Mock>,
     }
 
     impl std::fmt::Debug for TestKafka {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("TestKafka").field("brokers", &self.brokers).field("mock", &self.mock).finish()
+            f.debug_struct("TestKafka").field("brokers", &self.brokers).field("mock", &self.mock.is_some()).finish()
         }
     }
 
@@ -209,14 +212,19 @@ pub mod kafka {
         /// `STRATA_TEST_KAFKA`, or a new mock cluster of one broker.
         pub fn start() -> Self {
             if let Ok(brokers) = std::env::var("STRATA_TEST_KAFKA") {
-                return Self { brokers, mock: false };
+                return Self { brokers, mock: None };
             }
             // The cluster lives until the test process exits: clients still
             // connected to a destroyed mock block when they close.
-            let cluster = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster starts");
-            let brokers = cluster.bootstrap_servers();
-            std::mem::forget(cluster);
-            Self { brokers, mock: true }
+            let cluster: &'static Mock =
+                Box::leak(Box::new(rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster starts")));
+            Self { brokers: cluster.bootstrap_servers(), mock: Some(cluster) }
+        }
+
+        /// The mock cluster, to cause its faults (`broker_down`, injected
+        /// errors); `None` on a real broker (`STRATA_TEST_KAFKA`).
+        pub fn mock(&self) -> Option<&'static Mock> {
+            self.mock
         }
 
         /// Settings with a fresh topic prefix (`test_<uuid>`); on the mock
@@ -224,9 +232,13 @@ pub mod kafka {
         pub fn config(&self) -> KafkaConfig {
             KafkaConfig {
                 topic_prefix: format!("test_{}", uuid::Uuid::new_v4().simple()),
-                create_topics: !self.mock,
+                create_topics: self.mock.is_none(),
                 // The mock holds every fetch for its full wait, even when records arrive.
-                fetch_wait: std::time::Duration::from_millis(if self.mock { 5 } else { 100 }),
+                fetch_wait: std::time::Duration::from_millis(if self.mock.is_some() { 5 } else { 100 }),
+                // Members killed by the tests hand their partitions over
+                // quickly, and topics made during a test are found at once.
+                session_timeout: std::time::Duration::from_secs(6),
+                metadata_refresh: std::time::Duration::from_secs(1),
                 ..KafkaConfig::new(self.brokers.clone())
             }
         }
@@ -234,26 +246,30 @@ pub mod kafka {
         /// `kafka://brokers?topic_prefix=…` for a child process.
         pub fn url(&self, config: &KafkaConfig) -> String {
             format!(
-                "kafka://{}?topic_prefix={}&create_topics={}&fetch_wait_ms={}",
+                "kafka://{}?topic_prefix={}&create_topics={}&fetch_wait_ms={}&session_timeout_ms={}&metadata_refresh_ms={}",
                 self.brokers,
                 config.topic_prefix,
                 config.create_topics,
-                config.fetch_wait.as_millis()
+                config.fetch_wait.as_millis(),
+                config.session_timeout.as_millis(),
+                config.metadata_refresh.as_millis()
             )
         }
     }
 
     /// A Kafka bus with a topic prefix of its own on a [`TestKafka`]; the
-    /// cleanup deletes its topics (a real broker) and stops the mock.
+    /// cleanup deletes its topics (a real broker; the mock stays until the
+    /// test process exits).
     pub async fn bus() -> Option<(KafkaBus, Cleanup)> {
         let kafka = TestKafka::start();
         let config = kafka.config();
         match KafkaBus::connect(config).await {
             Ok(bus) => {
                 let teardown = bus.clone();
+                let real = kafka.mock.is_none();
                 let cleanup = Cleanup::new(move || async move {
                     // The mock has no DeleteTopics (and stays until the process exits).
-                    if !kafka.mock {
+                    if real {
                         teardown.delete_topics().await;
                     }
                 });

@@ -1,8 +1,10 @@
 //! Fault injection with the real binary: one `strata serve` with every role
-//! on PostgreSQL + JetStream + Redis, one of the three reached through a
-//! [`FaultProxy`]. Orders are placed around a cut of that backend that lasts
-//! longer than its client timeouts (JetStream's 5 s publish ack, the
-//! PostgreSQL pool's 10 s acquire); then the backend comes back and, with
+//! on PostgreSQL + JetStream + Redis, or PostgreSQL + Kafka (librdkafka's
+//! mock cluster) + MongoDB (nx-27017), one backend reached through a
+//! [`FaultProxy`] (Kafka: its mock broker taken down). Orders are placed
+//! around a cut of that backend that lasts longer than its client timeouts
+//! (JetStream's 5 s publish ack, the PostgreSQL pool's 10 s acquire, the
+//! MongoDB driver's 5 s server selection); then the backend comes back and, with
 //! no restart of Strata by hand, every order settles as its rules say (each
 //! view equal to its replay), `/readyz` was unavailable during the cut and
 //! is ready after, the failed workers' restarts were counted, and `strata
@@ -24,25 +26,52 @@ const AUDITOR: &str = "auditor-token-for-faults-001";
 const CUT: Duration = Duration::from_secs(12);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bus {
+    Nats,
+    /// librdkafka's mock cluster in this process.
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadModel {
+    Redis,
+    /// nx-27017, or `STRATA_TEST_MONGO`.
+    Mongo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
     Postgres,
-    Nats,
-    Redis,
+    Bus,
+    ReadModel,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_cut_while_orders_are_placed_every_order_settles_once_it_is_back() {
-    orders_settle_around_a_cut(Cut::Nats).await;
+    orders_settle_around_a_cut(Bus::Nats, ReadModel::Redis, Cut::Bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cut_while_sagas_run_every_order_settles_once_it_is_back() {
-    orders_settle_around_a_cut(Cut::Postgres).await;
+    orders_settle_around_a_cut(Bus::Nats, ReadModel::Redis, Cut::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cut_while_orders_are_placed_every_view_catches_up_once_it_is_back() {
-    orders_settle_around_a_cut(Cut::Redis).await;
+    orders_settle_around_a_cut(Bus::Nats, ReadModel::Redis, Cut::ReadModel).await;
+}
+
+/// Every Kafka broker down (the mock cluster's broker) while orders are placed.
+#[cfg(all(feature = "kafka", feature = "mongo"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kafka_broker_down_while_orders_are_placed_every_order_settles_once_it_is_back() {
+    orders_settle_around_a_cut(Bus::Kafka, ReadModel::Mongo, Cut::Bus).await;
+}
+
+#[cfg(all(feature = "kafka", feature = "mongo"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_cut_while_orders_are_placed_every_view_catches_up_once_it_is_back() {
+    orders_settle_around_a_cut(Bus::Kafka, ReadModel::Mongo, Cut::ReadModel).await;
 }
 
 /// `host:port` of a URL like `scheme://[user@]host:port[/path][?query]`.
@@ -85,28 +114,64 @@ async fn counter(server: &Server, series: &str) -> f64 {
     body.lines().find_map(|line| line.strip_prefix(series)).and_then(|value| value.trim().parse().ok()).unwrap_or(0.0)
 }
 
-async fn orders_settle_around_a_cut(cut: Cut) {
+async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
-    let Some(database) = TestDatabase::create().await else { return };
-    if let Err(err) = tokio::net::TcpStream::connect(authority(&nats)).await {
-        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
-    }
-    if let Err(err) = tokio::net::TcpStream::connect(authority(&redis)).await {
-        return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
-    }
     let id = Uuid::new_v4().simple().to_string();
-    let mut urls =
-        [database.url.clone(), format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"), format!("{redis}?key_prefix=test_{id}")];
-    let cut_url = &mut urls[match cut {
-        Cut::Postgres => 0,
-        Cut::Nats => 1,
-        Cut::Redis => 2,
-    }];
-    let upstream = authority(cut_url);
-    let proxy = FaultProxy::start(upstream.clone()).await.unwrap();
-    *cut_url = cut_url.replacen(&upstream, &proxy.address().to_string(), 1);
+    let mongo = strata_store::testkit::mongo::url(&format!("test_{id}"));
+    let Some(database) = TestDatabase::create().await else { return };
+    let kafka = (bus == Bus::Kafka).then(strata_store::testkit::kafka::TestKafka::start);
+    let bus_url = match &kafka {
+        Some(kafka) => kafka.url(&kafka.config()),
+        None => {
+            if let Err(err) = tokio::net::TcpStream::connect(authority(&nats)).await {
+                return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            }
+            format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")
+        }
+    };
+    let read_model_url = match read_model {
+        ReadModel::Redis => format!("{redis}?key_prefix=test_{id}"),
+        ReadModel::Mongo => mongo.clone(),
+    };
+    if let Err(err) = tokio::net::TcpStream::connect(authority(&read_model_url)).await {
+        return report_unreachable("the read models", &read_model_url, "see README \"Tests\"", &err);
+    }
+    // The cut: a fault proxy in front of the backend, except for Kafka,
+    // whose mock broker goes down (a broker advertises its own address, so
+    // a proxy in front of it would be bypassed).
+    let mock = match (cut, &kafka) {
+        (Cut::Bus, Some(kafka)) => match kafka.mock() {
+            Some(mock) => Some(mock),
+            None => return eprintln!("*** SKIPPED: a real Kafka broker (STRATA_TEST_KAFKA) cannot be taken down by the test ***"),
+        },
+        _ => None,
+    };
+    let mut urls = [database.url.clone(), bus_url, read_model_url];
+    let mut proxy = None;
+    if mock.is_none() {
+        let cut_url = &mut urls[match cut {
+            Cut::Postgres => 0,
+            Cut::Bus => 1,
+            Cut::ReadModel => 2,
+        }];
+        let upstream = authority(cut_url);
+        let started = FaultProxy::start(upstream.clone()).await.unwrap();
+        *cut_url = cut_url.replacen(&upstream, &started.address().to_string(), 1);
+        proxy = Some(started);
+    }
+    let set = |fault: Fault| match (&proxy, mock) {
+        (Some(proxy), _) => proxy.set(fault),
+        (None, Some(mock)) => {
+            if fault == Fault::None {
+                mock.broker_up(1).unwrap();
+            } else {
+                mock.broker_down(1).unwrap();
+            }
+        }
+        (None, None) => unreachable!("a cut needs a proxy or the mock cluster"),
+    };
     let [store_url, bus_url, read_model_url] = urls;
 
     let logs = tempfile::tempdir().unwrap();
@@ -127,7 +192,7 @@ async fn orders_settle_around_a_cut(cut: Cut) {
     let mut server = Server::start(command);
     server.tokens.insert("operator".into(), OPERATOR.into());
     server.tokens.insert("auditor".into(), AUDITOR.into());
-    let context = |what: &str| format!("{cut:?} cut: {what}\n--- serve log\n{}", crate::support::tail(&log));
+    let context = |what: &str| format!("{bus:?} + {read_model:?}, {cut:?} cut: {what}\n--- serve log\n{}", crate::support::tail(&log));
 
     server.ok("operator", RESTOCK, json!({ "sku": "SKU-F1", "quantity": 10_000 })).await;
     let mut orders: Vec<String> = Vec::new();
@@ -147,17 +212,17 @@ async fn orders_settle_around_a_cut(cut: Cut) {
         for n in 5..15 {
             orders.push(place(&server, n).await);
         }
-        proxy.set(Fault::Refuse);
+        set(Fault::Refuse);
     } else {
-        proxy.set(Fault::Refuse);
+        set(Fault::Refuse);
         for n in 5..15 {
             orders.push(place(&server, n).await);
         }
     }
     let dependency = match cut {
         Cut::Postgres => "event_store",
-        Cut::Nats => "bus",
-        Cut::Redis => "read_model",
+        Cut::Bus => "bus",
+        Cut::ReadModel => "read_model",
     };
     let unready = wait_until(CUT, || async {
         let (status, body) = get(server.address, "/readyz").await;
@@ -173,7 +238,7 @@ async fn orders_settle_around_a_cut(cut: Cut) {
     while cut_at.elapsed() < CUT {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    proxy.set(Fault::None);
+    set(Fault::None);
 
     // Back: everything settles with no restart of Strata by hand.
     let deadline = Duration::from_secs(90);
@@ -200,7 +265,7 @@ async fn orders_settle_around_a_cut(cut: Cut) {
     for worker in ["relay", "projection-orders", "projection-stock", "saga-fulfilment"] {
         assert_eq!(ready["checks"]["workers"][worker]["status"], "up", "{}", context(&ready.to_string()));
     }
-    if cut == Cut::Nats {
+    if (bus, cut) == (Bus::Nats, Cut::Bus) {
         // JetStream's publish acks timed out: the relay failed and was restarted.
         let restarts = counter(&server, "strata_worker_restarts_total{worker=\"relay\"}").await;
         assert!(restarts >= 1.0, "{}", context(&format!("relay restarts: {restarts}")));
@@ -218,7 +283,14 @@ async fn orders_settle_around_a_cut(cut: Cut) {
 
     drop(server);
     drop(proxy);
-    crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
+    match (bus, read_model) {
+        (Bus::Nats, _) => crate::support::drop_scratch_backends(&nats, None, &id).await,
+        (Bus::Kafka, _) => {}
+    }
+    match read_model {
+        ReadModel::Redis => crate::support::drop_scratch_redis(&redis, &id).await,
+        ReadModel::Mongo => crate::support::drop_scratch_mongo(&mongo).await,
+    }
     database.drop_database().await;
 }
 
