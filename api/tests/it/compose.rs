@@ -66,6 +66,24 @@ fn published(service: &Value) -> Vec<u16> {
     service["ports"].as_sequence().into_iter().flatten().map(|port| text(port).rsplit(':').next().unwrap().parse().unwrap()).collect()
 }
 
+/// `(host address, host port, container port)` of each published port.
+fn mappings(service: &Value) -> Vec<(String, u16, u16)> {
+    service["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|port| {
+            let mapping = text(port);
+            let parts: Vec<&str> = mapping.split(':').collect();
+            let [address, host, container] = parts.as_slice() else { panic!("publish as ADDRESS:HOST:CONTAINER, not {mapping:?}") };
+            ((*address).to_owned(), host.parse().unwrap(), container.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Ports a developer's own services and `cargo run` listen on, beside compose.
+const DEVELOPER_PORTS: [u16; 7] = [5432, 4222, 6379, 8080, 9092, 27017, 27018];
+
 /// Every variable the binary reads.
 fn known_variables() -> BTreeSet<String> {
     let command = Overrides::augment_args(clap::Command::new("strata"));
@@ -84,8 +102,13 @@ fn the_compose_file_runs_every_role_on_services_it_defines_with_variables_the_bi
     assert!(known.contains("STRATA_EVENT_STORE") && known.contains("STRATA_ROLES"), "{known:?}");
 
     // Every service says when it is healthy; every dependency waits for it.
+    // Published ports are on loopback and clash with no developer service.
     for (name, definition) in services {
         let name = text(name);
+        for (address, host, _) in mappings(definition) {
+            assert_eq!(address, "127.0.0.1", "{name} publishes {host} beyond loopback");
+            assert!(!DEVELOPER_PORTS.contains(&host), "{name} publishes {host}, which a developer's own service or `cargo run` takes");
+        }
         assert!(definition["healthcheck"]["test"].is_sequence(), "{name} has no health check");
         for (dependency, condition) in definition["depends_on"].as_mapping().into_iter().flatten() {
             assert!(services.contains_key(dependency), "{name} depends on {dependency:?}, not a service");
@@ -138,6 +161,21 @@ fn the_compose_file_runs_every_role_on_services_it_defines_with_variables_the_bi
     }
     assert_eq!(roles_seen.len(), 5);
 
+    // Stateful backends keep their data in named volumes the file declares.
+    let volumes = compose["volumes"].as_mapping().expect("named volumes");
+    for (backend, path) in [
+        ("postgres", "/var/lib/postgresql/data"),
+        ("nats", "/data"),
+        ("redis", "/data"),
+        ("kafka", "/var/lib/kafka/data"),
+        ("mongo", "/data/db"),
+    ] {
+        let mounted = service(backend)["volumes"].as_sequence().into_iter().flatten().map(text).find(|v| v.ends_with(&format!(":{path}")));
+        let volume = mounted.unwrap_or_else(|| panic!("{backend} keeps {path} in no volume"));
+        let name = volume.split(':').next().unwrap();
+        assert!(volumes.contains_key(name), "{backend}'s volume {name} is not declared");
+    }
+
     // The collector receives OTLP/HTTP on that port and hands traces to Jaeger.
     let collector = yaml("deploy/otel-collector.yaml");
     assert_eq!(text(&collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]), "0.0.0.0:4318");
@@ -173,18 +211,37 @@ fn the_kafka_mongo_override_switches_every_role_to_services_of_its_profile() {
             assert_eq!(host, service);
             let backend = &compose["services"][service];
             assert_eq!(backend["profiles"][0], "kafka-mongo", "{service} is in the kafka-mongo profile");
-            assert!(published(backend).contains(&port), "{service} serves {port}");
+            // Containers reach Kafka on its PLAINTEXT listener (the host has its own).
+            let serves = match service {
+                "kafka" => env_value(backend, "KAFKA_LISTENERS").split(',').any(|l| l == format!("PLAINTEXT://:{port}")),
+                _ => published(backend).contains(&port),
+            };
+            assert!(serves, "{service} serves {port}");
             assert_eq!(strata["depends_on"][service]["condition"], "service_healthy");
         }
     }
     let kafka = &compose["services"]["kafka"];
     assert!(env_value(kafka, "KAFKA_PROCESS_ROLES").contains("controller"), "KRaft: no ZooKeeper");
-    assert_eq!(env_value(kafka, "KAFKA_ADVERTISED_LISTENERS"), "PLAINTEXT://kafka:9092");
+    // Containers reach it as kafka:9092; the host through a listener it
+    // advertises as 127.0.0.1 on the port it publishes.
+    let advertised = env_value(kafka, "KAFKA_ADVERTISED_LISTENERS");
+    assert!(advertised.split(',').any(|listener| listener == "PLAINTEXT://kafka:9092"), "{advertised}");
+    let host_listener = advertised.split(',').find_map(|listener| listener.strip_prefix("HOST://")).expect("a host listener");
+    let (host, port) = host_listener.rsplit_once(':').unwrap();
+    assert_eq!(host, "127.0.0.1");
+    assert!(
+        mappings(kafka).iter().any(|(_, published, container)| (*published, *container) == (port.parse().unwrap(), port.parse().unwrap())),
+        "{advertised}"
+    );
+    // It carries Strata's largest event.
+    let largest: usize = env_value(kafka, "KAFKA_MESSAGE_MAX_BYTES").parse().unwrap();
+    assert!(largest >= strata_store::AppendLimits::default().max_record_bytes(), "{largest}");
     let mongo = &compose["services"]["mongo"];
     let command = mongo["command"].as_sequence().unwrap().iter().map(text).collect::<Vec<_>>();
     assert!(command.windows(2).any(|pair| pair == ["--replSet", "rs0"]), "{command:?}");
     let health = mongo["healthcheck"]["test"].as_sequence().unwrap().iter().map(text).collect::<Vec<_>>().join(" ");
     assert!(health.contains("rs.initiate") && health.contains("'rs0'"), "the health check initiates the replica set: {health}");
+    assert!(health.contains("isWritablePrimary"), "healthy only with a writable primary: {health}");
 }
 
 #[test]
@@ -203,6 +260,8 @@ fn the_dockerfile_builds_in_one_stage_and_runs_as_a_user_with_a_readyz_health_ch
     assert!(health.contains(&format!("127.0.0.1:{}/readyz", listen.port())), "{health}");
     assert!(instructions.iter().any(|line| line.starts_with("ENTRYPOINT [\"strata\"]")));
     assert!(dockerfile.contains("--locked"), "the image builds what Cargo.lock pins");
+    // Dependencies are not rebuilt for every change of Strata's sources.
+    assert!(dockerfile.contains("--mount=type=cache,target=/src/target"), "the target directory is a build cache");
 }
 
 #[test]
