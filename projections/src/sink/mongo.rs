@@ -15,7 +15,8 @@
 //! | | `c:<seq mod 1024>` | what commit `seq` changed (for waiting readers) |
 //!
 //! Field names are stored with `%`, `.`, `$` and NUL escaped as `%25`, `%2E`,
-//! `%24`, `%00`, at every depth, so any JSON object is a valid document.
+//! `%24`, `%00`, and an empty name as `%`, at every depth, so any JSON object
+//! is a valid document.
 //! Integers are stored as 64-bit integers, other numbers as doubles (an
 //! unsigned integer above `i64::MAX` becomes a double).
 //!
@@ -40,13 +41,25 @@
 //! refused commit (guard, retired, lost) ends its transaction with a commit
 //! of nothing, never an abort. Every transaction begins with a write to the
 //! document it is about (the marker, or the projection's pointer), so
-//! concurrent ones conflict at once rather than at their end. Commits from
-//! one process take turns (one transaction at a time per sink), which
-//! MongoDB would impose per projection anyway.
+//! concurrent ones conflict at once rather than at their end. Transactions
+//! of one process take turns per generation (a commit) or per projection (a
+//! switch), which MongoDB would impose anyway; different projections commit
+//! side by side.
+//!
+//! Every transaction reads a snapshot and commits with majority write
+//! concern (`wtimeout` and `maxCommitTimeMS` 10 s): a commit acknowledged by
+//! one member alone could be rolled back at a failover while its events are
+//! acked on the bus. Failures are retried by the drivers' rules within 30 s
+//! ([`retry`]): a transient error (write conflict, failover) runs the
+//! transaction again, an unknown commit result commits again, and
+//! `MaxTimeMSExpired` or anything else is given up, so the runner sees the
+//! error (and retries the batch) instead of a loop that never ends.
 //!
 //! # Servers without isolation
 //! A server that is not a replica set member (no `setName` in its `hello`,
-//! and not a `mongos`) cannot run MongoDB transactions at all; a
+//! and not a `mongos`) cannot run MongoDB transactions at all: a real
+//! standalone `mongod` refuses the probe transaction made at connect, and
+//! the sink refuses it ("replica set required"); a
 //! MongoDB-compatible server that accepts them there may not isolate them
 //! (nx-27017, the test server here, runs every session on one SQLite
 //! connection: one session's commit or abort ends the others'). On such a
@@ -72,7 +85,8 @@
 //! generation writes what it moved into slot `c:<seq mod 1024>` of the
 //! generation; [`ReadModelSink::changes`] polls every projection's live
 //! generation every 25 ms for new commit numbers and reads their slots (one
-//! poller per process, shared by every waiting reader). A generation switch,
+//! poller per process, shared by every waiting reader), with majority read
+//! concern: a waiter is woken only by a commit its snapshot query can see. A generation switch,
 //! or a gap longer than the ring, is reported as "everything".
 //!
 //! # What it does not use
@@ -545,6 +559,12 @@ fn signed(value: u64) -> i64 {
 
 /// Escapes a field name so that MongoDB takes it as one plain name.
 fn escape(name: &str) -> String {
+    // An empty name is no valid update path ("f." refuses every commit of
+    // the document, redelivered forever); a lone `%` cannot come from any
+    // other name, since `%` itself is escaped.
+    if name.is_empty() {
+        return "%".to_owned();
+    }
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         match c {
@@ -559,6 +579,9 @@ fn escape(name: &str) -> String {
 }
 
 fn unescape(name: &str) -> String {
+    if name == "%" {
+        return String::new();
+    }
     if !name.contains('%') {
         return name.to_owned();
     }
@@ -1342,8 +1365,13 @@ mod tests {
 
     #[test]
     fn field_names_and_values_round_trip() {
-        let value = json!({"a.b": 1, "$x": [1, 2.5, null, "s", {"%": true, "n\u{0}ul": -3}], "plain": {"deep.er": "v"}});
+        let value =
+            json!({"a.b": 1, "$x": [1, 2.5, null, "s", {"%": true, "n\u{0}ul": -3, "": "empty"}], "plain": {"deep.er": "v", "": {"": 0}}});
         assert_eq!(to_json(&to_bson(&value)), value);
+        assert_eq!(
+            (escape(""), unescape("%"), escape("%"), unescape(&escape("%"))),
+            ("%".to_owned(), String::new(), "%25".to_owned(), "%".to_owned())
+        );
         assert_eq!(escape("a.b$c%d\0"), "a%2Eb%24c%25d%00");
         assert_eq!(unescape(&escape("%2E.")), "%2E.");
     }
