@@ -161,6 +161,8 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
         "Times the read model was found lost (backend restarted empty, keys evicted) and rebuilt from the log.",
     ),
     ("strata_sagas", "Fulfilment sagas in flight, by state (stuck: parked until an operator resumes them)."),
+    ("strata_worker_restarts_total", "Times a worker of this process failed and its supervisor started it again, by worker."),
+    ("strata_kafka_producer_renewals_total", "Kafka producers replaced after a fatal error."),
     ("process_resident_memory_bytes", "Resident memory of this process."),
     ("process_cpu_seconds_total", "CPU time (user and system) this process used."),
     ("process_open_fds", "File descriptors this process holds open."),
