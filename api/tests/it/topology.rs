@@ -1,5 +1,6 @@
 //! The distributed topology as local processes (`strata topology`: one api,
-//! two replicas of each worker role) on PostgreSQL + JetStream + Redis, with
+//! two replicas of each worker role) on PostgreSQL + JetStream + Redis, and
+//! on PostgreSQL + Kafka (librdkafka's mock cluster) + MongoDB (nx-27017), with
 //! orders flowing through GraphQL while the test SIGKILLs a process of each
 //! role (api, relay, projector, saga, services) at seeded random moments, at
 //! least 35 times; the supervisor starts each again. Then every order is
@@ -85,14 +86,41 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
     let _turn = crate::support::MANY_PROCESSES.lock().await;
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
-    let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
     }
-    let seed: u64 = std::env::var("STRATA_KILL_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| rand::rng().random());
-    println!("seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
     let id = Uuid::new_v4().simple().to_string();
+    let bus = format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}");
+    let read_model = format!("{redis}?key_prefix=test_{id}");
+    if kill_every_role(&bus, &read_model).await {
+        crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
+    }
+}
+
+/// The same on Kafka (librdkafka's mock cluster, or `STRATA_TEST_KAFKA`)
+/// and MongoDB (nx-27017, or `STRATA_TEST_MONGO`).
+#[cfg(all(feature = "kafka", feature = "mongo"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_killed_at_random_moments_on_kafka_and_mongo_leaves_every_view_equal_to_its_replay() {
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
+    let kafka = strata_store::testkit::kafka::TestKafka::start();
+    let bus = kafka.url(&kafka.config());
+    let mongo = strata_store::testkit::mongo::url(&format!("test_{}", Uuid::new_v4().simple()));
+    if let Err(err) = strata_projections::MongoSink::connect(strata_projections::MongoSinkConfig::new(mongo.clone())).await {
+        return report_unreachable("MongoDB", &mongo, strata_store::testkit::mongo::HOW_TO_START, &err);
+    }
+    if kill_every_role(&bus, &mongo).await {
+        crate::support::drop_scratch_mongo(&mongo).await;
+    }
+}
+
+/// Runs `strata topology` on `bus` and `read_model` while orders flow and
+/// every role is killed in turn; true when it ran (PostgreSQL was there).
+async fn kill_every_role(bus: &str, read_model: &str) -> bool {
+    let Some(database) = TestDatabase::create().await else { return false };
+    let seed: u64 = std::env::var("STRATA_KILL_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| rand::rng().random());
+    println!("seed {seed} ({bus}, {read_model})");
+    let mut rng = StdRng::seed_from_u64(seed);
     let logs = tempfile::tempdir().unwrap();
     let base = free_ports(9);
     let url = format!("http://127.0.0.1:{base}");
@@ -102,8 +130,8 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
         .args(["topology", "--api", "1", "--replicas", "2", "--base-port", &base.to_string(), "--logs"])
         .arg(logs.path())
         .env("STRATA_EVENT_STORE", &database.url)
-        .env("STRATA_BUS", format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}"))
-        .env("STRATA_READ_MODEL", format!("{redis}?key_prefix=test_{id}"))
+        .env("STRATA_BUS", bus)
+        .env("STRATA_READ_MODEL", read_model)
         .env("STRATA_TOKENS", format!("operator:{OPERATOR},auditor:{AUDITOR}"))
         // Long enough that a step outlives the kills of the services
         // answering it (they are back within a second).
@@ -254,6 +282,6 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
     assert!(ok && report.contains("chain intact"), "seed {seed}: {report}");
 
     drop(supervisor);
-    crate::support::drop_scratch_backends(&nats, Some(&redis), &id).await;
     database.drop_database().await;
+    true
 }
