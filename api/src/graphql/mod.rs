@@ -208,6 +208,9 @@ pub enum Code {
     /// Too many requests or connections for this token, address or process;
     /// try again after the `Retry-After` header's seconds.
     RateLimited,
+    /// A backend (the event store) cannot be reached now; the same request
+    /// can be sent again.
+    Unavailable,
     /// Something failed on our side; the message carries a log reference only.
     Internal,
 }
@@ -223,6 +226,7 @@ impl Code {
             Code::NotFound => "NOT_FOUND",
             Code::Timeout => "TIMEOUT",
             Code::RateLimited => "RATE_LIMITED",
+            Code::Unavailable => "UNAVAILABLE",
             Code::Internal => "INTERNAL",
         }
     }

@@ -46,6 +46,15 @@ fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: 
         CommandError::InvalidTarget(invalid) => error(Code::Validation, invalid.to_string()),
         CommandError::Append(AppendError::InvalidEvent { source, .. }) => error(Code::Validation, format!("invalid event: {source}")),
         CommandError::Append(AppendError::Conflict { .. }) => error(Code::Conflict, err.to_string()),
+        // Too large (STRATA_MAX_EVENT_BYTES), too many events: the request's fault.
+        CommandError::Append(AppendError::InvalidRequest { reason }) => error(Code::Validation, reason),
+        // The log is unreachable: nothing the caller did; the same request
+        // (the same idempotency key) can be sent again once it is back.
+        CommandError::Append(AppendError::Backend(_) | AppendError::Closed)
+        | CommandError::Read(strata_store::ReadError::Backend(_) | strata_store::ReadError::Closed) => {
+            tracing::warn!(error = %err, "a command could not reach the event store");
+            error(Code::Unavailable, "the event store is unavailable; send the same request again (with the same idempotency key) in a moment")
+        }
         other => internal(other),
     }
 }
@@ -238,4 +247,29 @@ async fn set_paused(api: &Api, name: &str, paused: bool) -> async_graphql::Resul
     find(name)?;
     crate::projections::set_paused(&*api.read_model, name, paused).await.map_err(internal)?;
     status(api, name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_commands::orders::OrderError;
+    use strata_store::{AppendError, BackendError, ReadError};
+
+    use super::{command_error, order_refusal, CommandError};
+
+    fn code(err: CommandError<OrderError>) -> String {
+        let error = command_error(err, order_refusal);
+        error.extensions.as_ref().and_then(|e| e.get("code")).map(|code| code.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_oversized_append_is_validation_and_an_unreachable_store_is_unavailable() {
+        let too_big = AppendError::InvalidRequest { reason: "event … over the limit of 16384 (STRATA_MAX_EVENT_BYTES)".into() };
+        assert_eq!(code(CommandError::Append(too_big)), "\"VALIDATION\"");
+        let refused = || BackendError::new("connecting", "Connection refused (os error 111)");
+        assert_eq!(code(CommandError::Append(AppendError::Backend(refused()))), "\"UNAVAILABLE\"");
+        assert_eq!(code(CommandError::Append(AppendError::Closed)), "\"UNAVAILABLE\"");
+        assert_eq!(code(CommandError::Read(ReadError::Backend(refused()))), "\"UNAVAILABLE\"");
+        let corrupt = ReadError::Corrupt { position: strata_store::Position(7), reason: "bad row".into() };
+        assert_eq!(code(CommandError::Read(corrupt)), "\"INTERNAL\"", "a corrupt row is ours, not the caller's");
+    }
 }

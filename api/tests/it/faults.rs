@@ -235,11 +235,26 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
     })
     .await;
     assert_eq!(unready["status"], "unavailable", "{unready}");
+    if cut == Cut::Postgres {
+        // A mutation that cannot reach the log says so, and the same request
+        // goes through once it is back (below).
+        let input = order_input("customer-0", "SKU-F1", "card", Some("faults-during-the-cut"));
+        assert_eq!(server.code("operator", PLACE, input).await, "UNAVAILABLE", "{}", context("placeOrder while PostgreSQL is cut"));
+    }
     while cut_at.elapsed() < CUT {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     set(Fault::None);
 
+    if cut == Cut::Postgres {
+        let input = order_input("customer-0", "SKU-F1", "card", Some("faults-during-the-cut"));
+        let placed = wait_until(Duration::from_secs(30), || async {
+            let (_, body) = server.graphql(Some(OPERATOR), PLACE, input.clone()).await;
+            body["data"]["placeOrder"]["orderId"].as_str().map(str::to_owned).ok_or(body)
+        })
+        .await;
+        orders.push(placed);
+    }
     // Back: everything settles with no restart of Strata by hand.
     let deadline = Duration::from_secs(90);
     for order in &orders {

@@ -75,7 +75,7 @@ async fn graphql(client: &reqwest::Client, url: &str, token: &str, query: &str, 
         let Some(errors) = body.get("errors") else { return Ok(body["data"].clone()) };
         // Only what a restart explains is retried; anything else is a failure.
         let code = errors[0]["extensions"]["code"].as_str().unwrap_or_default();
-        assert!(matches!(code, "INTERNAL" | "TIMEOUT" | "RATE_LIMITED" | "CONFLICT"), "{query}: {errors}");
+        assert!(matches!(code, "INTERNAL" | "UNAVAILABLE" | "TIMEOUT" | "RATE_LIMITED" | "CONFLICT"), "{query}: {errors}");
         Err(errors.to_string())
     })
     .await
