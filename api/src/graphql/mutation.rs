@@ -53,7 +53,10 @@ fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: 
         CommandError::Append(AppendError::Backend(_) | AppendError::Closed)
         | CommandError::Read(strata_store::ReadError::Backend(_) | strata_store::ReadError::Closed) => {
             tracing::warn!(error = %err, "a command could not reach the event store");
-            error(Code::Unavailable, "the event store is unavailable; send the same request again (with the same idempotency key) in a moment")
+            error(
+                Code::Unavailable,
+                "the event store is unavailable; send the same request again (with the same idempotency key) in a moment",
+            )
         }
         other => internal(other),
     }

@@ -322,6 +322,91 @@ impl MongoSink {
         })
     }
 
+    /// Whether the live pointer of `projection` names another generation
+    /// than `read` now (read outside any snapshot).
+    async fn moved(&self, projection: &str, read: u64) -> Result<bool, SinkError> {
+        let now = self.projection_doc(projection, None).await?.and_then(|pointer| number(pointer.get("live")));
+        Ok(now.is_some_and(|now| now != read))
+    }
+
+    /// One snapshot read of a document; `Moved` when the generation the
+    /// pointer named was dropped under the read (a rebuild switched).
+    async fn document_once(&self, projection: &str, key: &str) -> Result<Read<Option<Document>>, SinkError> {
+        let mut session = self.session(true).await?;
+        let Some(pointer) = self.projection_doc(projection, Some(&mut session)).await? else { return Ok(Read::Found(None)) };
+        let Some(live) = number(pointer.get("live")) else { return Ok(Read::Found(None)) };
+        let id = document_id(key);
+        let mut cursor = self
+            .generation(projection, live)
+            .find(doc! { "_id": { "$in": ["#gen", &id] } })
+            .session(&mut session)
+            .await
+            .map_err(backend("reading a document"))?;
+        let (mut marker, mut document) = (false, None);
+        while let Some(stored) = cursor.next(&mut session).await {
+            let stored = stored.map_err(backend("reading a document"))?;
+            match stored.get_str("_id") {
+                Ok("#gen") => marker = true,
+                Ok(_) => document = parse_document(&stored),
+                Err(_) => {}
+            }
+        }
+        if !marker && self.moved(projection, live).await? {
+            return Ok(Read::Moved);
+        }
+        Ok(Read::Found(if marker { document } else { None }))
+    }
+
+    /// One snapshot read of an index page; `Moved` as for a document.
+    async fn page_once(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Read<Vec<IndexEntry>>, SinkError> {
+        let mut session = self.session(true).await?;
+        let Some(pointer) = self.projection_doc(projection, Some(&mut session)).await? else { return Ok(Read::Found(Vec::new())) };
+        let Some(live) = number(pointer.get("live")) else { return Ok(Read::Found(Vec::new())) };
+        let collection = self.generation(projection, live);
+        let marker = collection.find_one(doc! { "_id": "#gen" }).session(&mut session).await.map_err(backend("reading an index page"))?;
+        if marker.is_none() {
+            return Ok(if self.moved(projection, live).await? { Read::Moved } else { Read::Found(Vec::new()) });
+        }
+        let filter = match after {
+            Some(after) => doc! { "ix": index, "s": { "$gt": after } },
+            None => doc! { "ix": index },
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut cursor = collection
+            .find(filter)
+            .sort(doc! { "s": 1, "m": 1 })
+            .limit(limit)
+            .session(&mut session)
+            .await
+            .map_err(backend("reading an index page"))?;
+        let mut entries: Vec<(i64, String)> = Vec::new();
+        while let Some(stored) = cursor.next(&mut session).await {
+            let stored = stored.map_err(backend("reading an index page"))?;
+            let member = stored.get_str("m").map_err(|e| malformed(format!("index {index}"), e.to_string()))?.to_owned();
+            let score = match stored.get("s") {
+                Some(Bson::Int64(s)) => *s,
+                Some(Bson::Int32(s)) => i64::from(*s),
+                Some(Bson::Double(s)) => *s as i64,
+                _ => return Err(malformed(format!("index {index} member {member}"), "score is not a number")),
+            };
+            entries.push((score, member));
+        }
+        if entries.is_empty() {
+            return Ok(Read::Found(Vec::new()));
+        }
+        let ids: Vec<String> = entries.iter().map(|(_, member)| document_id(member)).collect();
+        let mut documents: HashMap<String, Document> = HashMap::new();
+        let mut cursor =
+            collection.find(doc! { "_id": { "$in": ids } }).session(&mut session).await.map_err(backend("reading an index page"))?;
+        while let Some(stored) = cursor.next(&mut session).await {
+            let stored = stored.map_err(backend("reading an index page"))?;
+            if let (Ok(id), Some(document)) = (stored.get_str("_id"), parse_document(&stored)) {
+                documents.insert(id[2..].to_owned(), document);
+            }
+        }
+        Ok(Read::Found(entries.into_iter().map(|(score, key)| IndexEntry { score, document: documents.remove(&key), key }).collect()))
+    }
+
     /// Takes the database lease when transactions must take turns.
     async fn lease(&self) -> Result<Option<String>, SinkError> {
         if !self.serialized {
@@ -367,9 +452,16 @@ impl MongoSink {
         }
     }
 
+    /// Creates the index pages walk, before the generation's marker exists
+    /// (so no commit waits on a build). On a replica set the build needs a
+    /// majority of members, not every voting one (the default): one member
+    /// down must not hold a new generation back.
     async fn ensure_query_index(&self, projection: &str, generation: u64) -> Result<(), SinkError> {
         let model = IndexModel::builder().keys(doc! { "ix": 1, "s": 1, "m": 1 }).build();
-        self.generation(projection, generation).create_index(model).await.map_err(backend("creating the index of index entries"))?;
+        let collection = self.generation(projection, generation);
+        let create = collection.create_index(model);
+        let create = if self.serialized { create } else { create.commit_quorum(mongodb::options::CommitQuorum::Majority) };
+        create.await.map_err(backend("creating the index of index entries"))?;
         Ok(())
     }
 
@@ -795,6 +887,16 @@ fn check_write_reply(reply: BsonDocument) -> Result<(), MongoError> {
     }
 }
 
+/// A query's read: what it found, or that the generation it read was
+/// dropped under it by a rebuild's switch (read again, on the new one).
+enum Read<T> {
+    Found(T),
+    Moved,
+}
+
+/// How often a query reads again after a switch dropped its generation.
+const READ_TRIES: usize = 3;
+
 /// One lock per thing transactions are about, made on first use.
 #[derive(Default)]
 struct Turns(std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
@@ -859,9 +961,9 @@ impl ReadModelSink for MongoSink {
             if !reserved {
                 continue;
             }
+            self.ensure_query_index(projection, generation).await?;
             let marker = doc! { "_id": "#gen", "state": RESERVED, "seq": 0_i64, "position": 0_i64, "events": 0_i64, "dead": 0_i64 };
             self.generation(projection, generation).insert_one(marker).await.map_err(backend("writing a generation marker"))?;
-            self.ensure_query_index(projection, generation).await?;
             return Ok(generation);
         }
     }
@@ -899,6 +1001,9 @@ impl ReadModelSink for MongoSink {
     }
 
     async fn init_live(&self, projection: &str, generation: u64) -> Result<u64, SinkError> {
+        // The index first (idempotent; a generation another process made
+        // live already has it).
+        self.ensure_query_index(projection, generation).await?;
         let (projections, database, name) = (self.projections.clone(), self.database.clone(), projection.to_owned());
         let live = self
             .transaction("initialising the live generation", projection, move |session| {
@@ -926,9 +1031,6 @@ impl ReadModelSink for MongoSink {
                 })
             })
             .await?;
-        if live == generation {
-            self.ensure_query_index(projection, generation).await?;
-        }
         Ok(live)
     }
 
@@ -1101,75 +1203,23 @@ impl ReadModelSink for MongoSink {
     }
 
     async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError> {
-        let mut session = self.session(true).await?;
-        let Some(pointer) = self.projection_doc(projection, Some(&mut session)).await? else { return Ok(None) };
-        let Some(live) = number(pointer.get("live")) else { return Ok(None) };
-        let id = document_id(key);
-        let mut cursor = self
-            .generation(projection, live)
-            .find(doc! { "_id": { "$in": ["#gen", &id] } })
-            .session(&mut session)
-            .await
-            .map_err(backend("reading a document"))?;
-        let (mut marker, mut document) = (false, None);
-        while let Some(stored) = cursor.next(&mut session).await {
-            let stored = stored.map_err(backend("reading a document"))?;
-            match stored.get_str("_id") {
-                Ok("#gen") => marker = true,
-                Ok(_) => document = parse_document(&stored),
-                Err(_) => {}
+        for _ in 0..READ_TRIES {
+            match self.document_once(projection, key).await? {
+                Read::Moved => continue,
+                Read::Found(document) => return Ok(document),
             }
         }
-        Ok(if marker { document } else { None })
+        Ok(None)
     }
 
     async fn page(&self, projection: &str, index: &str, after: Option<i64>, limit: usize) -> Result<Vec<IndexEntry>, SinkError> {
-        let mut session = self.session(true).await?;
-        let Some(pointer) = self.projection_doc(projection, Some(&mut session)).await? else { return Ok(Vec::new()) };
-        let Some(live) = number(pointer.get("live")) else { return Ok(Vec::new()) };
-        let collection = self.generation(projection, live);
-        let marker = collection.find_one(doc! { "_id": "#gen" }).session(&mut session).await.map_err(backend("reading an index page"))?;
-        if marker.is_none() {
-            return Ok(Vec::new());
-        }
-        let filter = match after {
-            Some(after) => doc! { "ix": index, "s": { "$gt": after } },
-            None => doc! { "ix": index },
-        };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut cursor = collection
-            .find(filter)
-            .sort(doc! { "s": 1, "m": 1 })
-            .limit(limit)
-            .session(&mut session)
-            .await
-            .map_err(backend("reading an index page"))?;
-        let mut entries: Vec<(i64, String)> = Vec::new();
-        while let Some(stored) = cursor.next(&mut session).await {
-            let stored = stored.map_err(backend("reading an index page"))?;
-            let member = stored.get_str("m").map_err(|e| malformed(format!("index {index}"), e.to_string()))?.to_owned();
-            let score = match stored.get("s") {
-                Some(Bson::Int64(s)) => *s,
-                Some(Bson::Int32(s)) => i64::from(*s),
-                Some(Bson::Double(s)) => *s as i64,
-                _ => return Err(malformed(format!("index {index} member {member}"), "score is not a number")),
-            };
-            entries.push((score, member));
-        }
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = entries.iter().map(|(_, member)| document_id(member)).collect();
-        let mut documents: HashMap<String, Document> = HashMap::new();
-        let mut cursor =
-            collection.find(doc! { "_id": { "$in": ids } }).session(&mut session).await.map_err(backend("reading an index page"))?;
-        while let Some(stored) = cursor.next(&mut session).await {
-            let stored = stored.map_err(backend("reading an index page"))?;
-            if let (Ok(id), Some(document)) = (stored.get_str("_id"), parse_document(&stored)) {
-                documents.insert(id[2..].to_owned(), document);
+        for _ in 0..READ_TRIES {
+            match self.page_once(projection, index, after, limit).await? {
+                Read::Moved => continue,
+                Read::Found(entries) => return Ok(entries),
             }
         }
-        Ok(entries.into_iter().map(|(score, key)| IndexEntry { score, document: documents.remove(&key), key }).collect())
+        Ok(Vec::new())
     }
 
     async fn stats(&self, target: &Target) -> Result<GenerationStats, SinkError> {
