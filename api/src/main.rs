@@ -591,7 +591,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
         None
     };
     let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
-    let workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone(), settings.worker_backoff())?;
+    let workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone(), settings.worker_backoff()).await?;
     let store = backend.store();
     strata_api::metrics::install_global(&roles.to_string());
     let serving = async {

@@ -279,7 +279,7 @@ impl Workers {
     /// Starts the relay, projector, saga and services roles that `settings`
     /// asks for, each under supervision, pausing between attempts as
     /// `backoff` says.
-    pub fn start(
+    pub async fn start(
         settings: &Settings,
         backend: &EventStoreBackend,
         bus: Option<&Bus>,
@@ -293,6 +293,12 @@ impl Workers {
             };
             for projection in orders::projections() {
                 let name = projection.name().to_owned();
+                // Built before the process serves, as a first start expects
+                // (queries then see the whole log); if the read model is
+                // down now, the attempt below builds it once it is back.
+                if let Err(error) = build_if_missing(projection.clone(), sink.clone(), backend).await {
+                    tracing::warn!(projection = %name, "building the read model at start failed; its worker tries again: {error:#}");
+                }
                 let (sink, subscriber, backend) = (sink.clone(), bus.subscriber.clone(), backend.clone());
                 supervisor.spawn(format!("projection-{name}"), move |stop| {
                     let (projection, sink, subscriber, backend) = (projection.clone(), sink.clone(), subscriber.clone(), backend.clone());
