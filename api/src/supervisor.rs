@@ -229,11 +229,8 @@ mod tests {
     }
 
     async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        strata_store::testkit::wait_until(Duration::from_secs(10), || std::future::ready(if condition() { Ok(()) } else { Err(what) }))
+            .await;
     }
 
     #[test]

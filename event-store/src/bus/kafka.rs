@@ -1067,14 +1067,6 @@ async fn consume(
 ) {
     let mut check = tokio::time::interval((ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Flow control: when the subscriber is behind (its channel is full), the
-    // member pauses its partitions and keeps polling, so rebalances,
-    // heartbeats and commits go on; what was fetched before the pause waits
-    // here, and the partitions resume once it has been handed over. (Waiting
-    // on the full channel instead stopped polling: a rebalance stalled, and
-    // a subscriber slower than `max.poll.interval.ms` got the member evicted.)
-    let mut waiting: std::collections::VecDeque<Handed> = std::collections::VecDeque::new();
-    let mut paused = false;
     loop {
         tokio::select! {
             // Settlements first: acks sent just before the stream was dropped still commit.
@@ -1109,14 +1101,6 @@ async fn consume(
                 seek(&consumer, &tracker, rewind);
             }
             () = deliveries.closed() => return,
-            permit = deliveries.reserve(), if !waiting.is_empty() => {
-                let (Ok(permit), Some(handed)) = (permit, waiting.pop_front()) else { return };
-                permit.send(handed);
-                if waiting.is_empty() && paused {
-                    paused = false;
-                    flow(&consumer, false);
-                }
-            }
             message = consumer.recv() => {
                 let message = match message {
                     Ok(message) => message,
@@ -1161,21 +1145,8 @@ async fn consume(
                         signal.send(message).map_err(|_| BusError::backend("acknowledging a Kafka record", "the subscription has ended"))
                     })
                 })).traced(header);
-                let handed = (Some(handed), Ok(delivery));
-                if !waiting.is_empty() {
-                    waiting.push_back(handed);
-                    continue;
-                }
-                match deliveries.try_send(handed) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(handed)) => {
-                        waiting.push_back(handed);
-                        if !paused {
-                            paused = true;
-                            flow(&consumer, true);
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                if deliveries.send((Some(handed), Ok(delivery))).await.is_err() {
+                    return;
                 }
             }
             _ = check.tick() => {
@@ -1191,19 +1162,6 @@ async fn consume(
                 }
             }
         }
-    }
-}
-
-/// Pauses (or resumes) fetching from every partition the member holds.
-fn flow(consumer: &StreamConsumer<GroupEvents>, pause: bool) {
-    let assignment = match consumer.assignment() {
-        Ok(assignment) => assignment,
-        Err(error) => return tracing::debug!(%error, "reading the assignment to pause or resume it"),
-    };
-    let done = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
-    match done {
-        Ok(()) => tracing::debug!(pause, partitions = assignment.count(), "subscriber flow control"),
-        Err(error) => tracing::debug!(%error, pause, "pausing or resuming partitions failed"),
     }
 }
 

@@ -352,33 +352,6 @@ mod kafka {
         a_delivery_carries_the_trace_context_it_was_published_under,
     );
 
-    /// A member whose subscriber stopped reading (its delivery channel is
-    /// full) pauses its partitions and keeps polling, so a member joining
-    /// the group gets its share at once: before, the slow member stopped
-    /// polling and the rebalance waited for it (up to librdkafka's
-    /// `max.poll.interval.ms`, 5 minutes).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_member_whose_subscriber_is_behind_lets_a_rebalance_through() {
-        let Some((bus, cleanup)) = strata_store::testkit::kafka::bus().await else { return };
-        // Many streams: every partition holds records, far more than a channel takes.
-        let published: Vec<RecordedEvent> = (0..600)
-            .map(|i| event(&StreamId::new("order", format!("s{}.x", i % 60)).unwrap(), (i / 60) as u64 + 1, i as u64 + 1))
-            .collect();
-        bus.publish(&stored(&published)).await.unwrap();
-        let mut slow = bus.subscribe(subscription("behind")).await.unwrap();
-        // It is assigned and fetching; then its subscriber stops reading.
-        let first = next(&mut slow).await;
-        let mut joining = bus.subscribe(subscription("behind")).await.unwrap();
-        let second = tokio::time::timeout(Duration::from_secs(30), joining.next())
-            .await
-            .expect("the joining member got partitions within 30 s although the other one is not reading")
-            .expect("open")
-            .expect("a delivery");
-        assert_ne!(first.event.event_id, second.event.event_id);
-        drop((slow, joining));
-        cleanup.run().await;
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_request_is_answered_once_by_one_of_the_services_responders() {
         let Some((bus, cleanup)) = strata_store::testkit::kafka::bus().await else { return };
