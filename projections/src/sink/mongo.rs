@@ -201,8 +201,16 @@ impl MongoSink {
         if sink.serialized {
             // A real standalone mongod refuses transactions; a server that
             // takes them without a replica set (a MongoDB-compatible one)
-            // goes on with the lease below.
-            sink.probe_transaction().await.map_err(|e| {
+            // goes on with the lease. The probe itself runs under the lease:
+            // such a server may not isolate transactions, and another
+            // process's commit would end this probe's (nx-27017: "no such
+            // transaction").
+            let lease = sink.lease().await?;
+            let probed = sink.probe_transaction().await;
+            if let Some(owner) = lease {
+                sink.release(&owner).await;
+            }
+            probed.map_err(|e| {
                 SinkError::backend(
                     "checking that the server runs transactions",
                     format!("replica set required: {e} (a standalone mongod cannot run multi-document transactions; start it as a one-member replica set, `mongod --replSet rs0` then `rs.initiate()`, and name it in the URL: `?replicaSet=rs0`)"),
