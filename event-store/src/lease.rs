@@ -9,6 +9,17 @@
 //!   releases the lock at once; waiters retry every `retry` interval. The
 //!   holder checks its connection every second and reports [`LeaseGuard::lost`]
 //!   when it breaks, so it stops working before someone else starts.
+//!
+//!   A holder that stops without dying (SIGSTOP, a paused VM or container, a
+//!   network that drops packets but no connection) keeps its socket open, so
+//!   the connection alone would keep the lock for hours. The lease's session
+//!   therefore runs with PostgreSQL's `idle_session_timeout` set to the
+//!   lease's expiry (10 s unless [`PostgresLease::with_expiry`]): the holder's
+//!   checks keep it busy every second, and a holder silent for longer than
+//!   the expiry has its session ended by the server, which releases the lock
+//!   for the next holder. When the stopped one runs again, its first check
+//!   fails and it reports the lease lost. (PostgreSQL 13 and older lack the
+//!   setting: a warning says so, and there only a dead holder passes on.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,18 +95,45 @@ mod postgres {
     /// Strata's locks apart from anyone else's in the same database.
     const TRY_LOCK: &str = include_str!("../sql/postgres/try_lease.sql");
 
+    /// How often a holder checks its connection (and so stays not idle).
+    const CHECK_EVERY: Duration = Duration::from_secs(1);
+
     /// Leases held as PostgreSQL advisory locks (see the module docs).
     #[derive(Debug, Clone)]
     pub struct PostgresLease {
         options: PgConnectOptions,
         retry: Duration,
+        expiry: Duration,
     }
 
     impl PostgresLease {
+        /// How long a holder may be silent before the server ends its session.
+        pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(10);
+
         /// Leases on the database at `url`; waiters retry every `retry`.
         pub fn new(url: &str, retry: Duration) -> Result<Self, BackendError> {
             let options: PgConnectOptions = url.parse().map_err(|err| BackendError::new("parsing the PostgreSQL URL", err))?;
-            Ok(Self { options: options.application_name("strata-lease"), retry })
+            Ok(Self { options: options.application_name("strata-lease"), retry, expiry: Self::DEFAULT_EXPIRY })
+        }
+
+        /// A holder silent for longer than `expiry` loses the lease (at
+        /// least three of its checks, so a busy holder keeps it).
+        pub fn with_expiry(mut self, expiry: Duration) -> Self {
+            self.expiry = expiry.max(CHECK_EVERY * 3);
+            self
+        }
+
+        async fn connect(&self, name: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+            let mut connection = self.options.connect().await?;
+            let expiry = format!("SET idle_session_timeout = {}", self.expiry.as_millis());
+            if let Err(err) = sqlx::query(&expiry).execute(&mut connection).await {
+                tracing::warn!(
+                    error = %err,
+                    lease = name,
+                    "idle_session_timeout is not available (PostgreSQL 13 or older): a stopped holder keeps this lease until its connection closes"
+                );
+            }
+            Ok(connection)
         }
     }
 
@@ -114,7 +152,7 @@ mod postgres {
             // Waiting survives PostgreSQL restarts: any failure reconnects
             // after `retry`; only holding the lock ends the wait.
             loop {
-                let mut connection = match self.options.connect().await {
+                let mut connection = match self.connect(name).await {
                     Ok(connection) => connection,
                     Err(err) => {
                         tracing::warn!(error = %err, lease = name, "cannot connect for a lease; retrying");
@@ -134,7 +172,7 @@ mod postgres {
                         let (sender, lost) = watch::channel(false);
                         let keeper = tokio::spawn(async move {
                             loop {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                tokio::time::sleep(CHECK_EVERY).await;
                                 if connection.ping().await.is_err() {
                                     sender.send_replace(true);
                                     return;

@@ -9,7 +9,9 @@
 //! - [`serve`] runs in the services' process: it takes the requests (shared
 //!   by every replica), applies each through the in-process services and
 //!   answers — except `NoAnswer`, which is not answered, exactly as a service
-//!   that does not reply.
+//!   that does not reply. A request whose saga stopped waiting (its
+//!   deadline passed while it was queued) is skipped: under overload,
+//!   working on it would only delay the copy sent again behind it.
 //!
 //! Wire format: JSON `{"commandId", "correlationId", "command", "traceparent"?}`
 //! (the W3C trace context of the saga step, when traced); the answer is the
@@ -95,6 +97,12 @@ pub async fn serve<C: DeserializeOwned + Send + Sync + 'static>(
             request = requests.next() => match request {
                 Some(request) => {
                     let permit = permits.clone().acquire_owned().await.expect("never closed");
+                    if request.expired() {
+                        // Its saga stopped waiting and sent it again: working
+                        // on it now only delays the copy queued behind it.
+                        tracing::debug!(service, "skipping a request whose requester stopped waiting");
+                        continue;
+                    }
                     let services = services.clone();
                     tokio::spawn(async move {
                         answer(request, &*services).await;
@@ -128,5 +136,67 @@ async fn answer<C: DeserializeOwned>(request: IncomingRequest, services: &dyn Se
     let answer = serde_json::to_vec(&outcome).expect("an outcome serializes");
     if let Err(error) = request.reply(answer).await {
         tracing::warn!("answering a command failed (the saga will send it again): {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use futures_util::stream::BoxStream;
+    use strata_store::bus::BusError;
+
+    use super::*;
+
+    /// Hands out the given requests once, then nothing.
+    struct Queued(Mutex<Vec<IncomingRequest>>);
+
+    #[async_trait]
+    impl Responder for Queued {
+        async fn serve(&self, _service: &str) -> Result<BoxStream<'static, IncomingRequest>, BusError> {
+            let requests = std::mem::take(&mut *self.0.lock().unwrap());
+            Ok(futures_util::stream::iter(requests).chain(futures_util::stream::pending()).boxed())
+        }
+    }
+
+    /// Records the commands it executes.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Services<String> for Recording {
+        async fn execute(&self, _command_id: Uuid, _correlation_id: Uuid, command: &String) -> Outcome {
+            self.0.lock().unwrap().push(command.clone());
+            Outcome::Done
+        }
+    }
+
+    fn request(command: &str, deadline: SystemTime) -> IncomingRequest {
+        let wire = WireCommand { command_id: Uuid::new_v4(), correlation_id: Uuid::new_v4(), command, traceparent: None };
+        IncomingRequest::without_reply(serde_json::to_vec(&wire).unwrap(), Some(deadline))
+    }
+
+    /// Under overload the queue holds requests whose saga already sent them
+    /// again; working on those would only delay the copies behind them.
+    #[tokio::test]
+    async fn a_request_whose_saga_stopped_waiting_is_skipped() {
+        let now = SystemTime::now();
+        let queued =
+            Queued(Mutex::new(vec![request("stale", now - Duration::from_secs(1)), request("awaited", now + Duration::from_secs(600))]));
+        let services = Arc::new(Recording::default());
+        let (stop, stopped) = watch::channel(false);
+        let served = tokio::spawn({
+            let services = services.clone();
+            async move { serve::<String>(Arc::new(queued), "stock", services, 1, stopped).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while services.0.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the awaited request was not served");
+            tokio::task::yield_now().await;
+        }
+        stop.send(true).unwrap();
+        served.await.unwrap().unwrap();
+        assert_eq!(*services.0.lock().unwrap(), vec!["awaited".to_owned()], "the stale request was skipped, the awaited one served");
     }
 }

@@ -51,7 +51,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -90,7 +90,7 @@ pub mod headers {
     /// The topic a request's answer goes to.
     pub const REPLY_TO: &str = "strata-reply-to";
     /// When a request stops mattering (Unix milliseconds).
-    pub const DEADLINE: &str = "strata-deadline";
+    pub const DEADLINE: &str = super::super::DEADLINE_HEADER;
 }
 
 /// Where the bus lives and how its topics are made.
@@ -900,6 +900,18 @@ struct Track {
     deliveries: HashMap<i64, u64>,
     /// The next offset to commit, once it moved.
     commit: Option<i64>,
+    /// A seek back to this offset was asked for and its record has not come
+    /// again yet: records above it are from before the seek (dropped, they
+    /// come again after it), and the commit point cannot pass it.
+    rewound: Option<Rewound>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rewound {
+    offset: i64,
+    /// When the seek was asked for; asked again if its record has not come
+    /// back within `ack_wait` (a seek that timed out or failed).
+    at: Instant,
 }
 
 struct Slot {
@@ -916,17 +928,26 @@ struct Ticket {
 }
 
 impl Tracker {
-    /// Records a delivery; returns its ticket and how often it was delivered.
-    fn delivered(&mut self, key: PartitionKey, offset: i64) -> (Ticket, u64) {
+    /// Records a delivery; returns its ticket and how often it was delivered,
+    /// or `None` for a record fetched before a seek back that has not landed
+    /// yet (not handed out: it comes again after the seek).
+    fn delivered(&mut self, key: PartitionKey, offset: i64) -> Option<(Ticket, u64)> {
         let generations = &mut self.generations;
         let track = self.partitions.entry(key.clone()).or_insert_with(|| {
             *generations += 1;
-            Track { generation: *generations, pending: BTreeMap::new(), deliveries: HashMap::new(), commit: None }
+            Track { generation: *generations, pending: BTreeMap::new(), deliveries: HashMap::new(), commit: None, rewound: None }
         });
+        if let Some(rewound) = track.rewound {
+            match offset.cmp(&rewound.offset) {
+                std::cmp::Ordering::Greater => return None,
+                std::cmp::Ordering::Equal => track.rewound = None,
+                std::cmp::Ordering::Less => {}
+            }
+        }
         let count = track.deliveries.entry(offset).or_default();
         *count += 1;
         track.pending.insert(offset, Slot { acked: false, since: Instant::now() });
-        (Ticket { key, offset, generation: track.generation }, *count)
+        Some((Ticket { key, offset, generation: track.generation }, *count))
     }
 
     fn track(&mut self, ticket: &Ticket) -> Option<&mut Track> {
@@ -934,8 +955,21 @@ impl Tracker {
     }
 
     /// Is the ticket's partition still this member's, in the same tenure?
+    #[cfg(test)]
     fn owns(&self, ticket: &Ticket) -> bool {
         self.partitions.get(&ticket.key).is_some_and(|track| track.generation == ticket.generation)
+    }
+
+    /// The ticket's delivery leaves the member's queue for its subscriber:
+    /// false if its partition moved meanwhile (the new owner delivers it) or
+    /// it was rewound. Its `ack_wait` starts now, not when it was fetched, so
+    /// a subscriber that is busy with earlier records does not make records
+    /// still queued here expire.
+    fn hand_out(&mut self, ticket: &Ticket) -> bool {
+        let Some(track) = self.track(ticket) else { return false };
+        let Some(slot) = track.pending.get_mut(&ticket.offset) else { return false };
+        slot.since = Instant::now();
+        true
     }
 
     /// Marks a delivery handled; true if the partition's commit point moved.
@@ -960,22 +994,31 @@ impl Tracker {
     }
 
     /// Forgets the ticket's offset and everything after it in the partition
-    /// (they come again after a seek); true if the partition is still tracked.
+    /// (they come again after a seek), and holds the commit point at or below
+    /// it until it comes again; true if the partition is still tracked.
     fn rewind(&mut self, ticket: &Ticket) -> bool {
         let offset = ticket.offset;
         let Some(track) = self.track(ticket) else { return false };
         let _ = track.pending.split_off(&offset);
+        let offset = track.rewound.map_or(offset, |rewound| rewound.offset.min(offset));
+        track.rewound = Some(Rewound { offset, at: Instant::now() });
         true
     }
 
-    /// The first unacked delivery of each partition older than `ack_wait`.
+    /// Per partition, the first unacked delivery older than `ack_wait`, or a
+    /// seek back whose record has not come again within `ack_wait`.
     fn expired(&self, ack_wait: Duration) -> Vec<Ticket> {
         let now = Instant::now();
         self.partitions
             .iter()
             .filter_map(|(key, track)| {
+                let ticket = |offset| Ticket { key: key.clone(), offset, generation: track.generation };
+                if let Some(rewound) = track.rewound {
+                    let first = track.pending.iter().find(|(_, slot)| !slot.acked).map_or(rewound.offset, |(&offset, _)| offset);
+                    return (now.duration_since(rewound.at) >= ack_wait).then(|| ticket(first));
+                }
                 let (&offset, slot) = track.pending.iter().find(|(_, slot)| !slot.acked)?;
-                (now.duration_since(slot.since) >= ack_wait).then(|| Ticket { key: key.clone(), offset, generation: track.generation })
+                (now.duration_since(slot.since) >= ack_wait).then(|| ticket(offset))
             })
             .collect()
     }
@@ -1098,7 +1141,7 @@ async fn consume(
                         tracing::debug!(%error, "committing offsets failed; records will come again");
                     }
                 }
-                seek(&consumer, &tracker, rewind);
+                seek(&consumer, rewind);
             }
             () = deliveries.closed() => return,
             message = consumer.recv() => {
@@ -1128,7 +1171,10 @@ async fn consume(
                         return;
                     }
                 };
-                let (ticket, count) = tracker.lock().unwrap_or_else(|p| p.into_inner()).delivered(key, offset);
+                let Some((ticket, count)) = tracker.lock().unwrap_or_else(|p| p.into_inner()).delivered(key, offset) else {
+                    tracing::debug!(record = %name, "dropping a record fetched before a seek back");
+                    continue;
+                };
                 let (signal, tracker, handed) = (signal.clone(), tracker.clone(), ticket.clone());
                 let delivery = Delivery::new(event, count, Box::new(move |settlement| {
                     Box::pin(async move {
@@ -1158,7 +1204,7 @@ async fn consume(
                             tracker.rewind(ticket);
                         }
                     }
-                    seek(&consumer, &tracker, expired);
+                    seek(&consumer, expired);
                 }
             }
         }
@@ -1166,7 +1212,7 @@ async fn consume(
 }
 
 /// Seeks each partition back to the lowest offset asked for.
-fn seek(consumer: &StreamConsumer<GroupEvents>, tracker: &Arc<Mutex<Tracker>>, rewind: Vec<Ticket>) {
+fn seek(consumer: &StreamConsumer<GroupEvents>, rewind: Vec<Ticket>) {
     let mut lowest: HashMap<PartitionKey, i64> = HashMap::new();
     for ticket in rewind {
         let entry = lowest.entry(ticket.key).or_insert(ticket.offset);
@@ -1174,9 +1220,11 @@ fn seek(consumer: &StreamConsumer<GroupEvents>, tracker: &Arc<Mutex<Tracker>>, r
     }
     for ((topic, partition), offset) in lowest {
         if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
-            // The partition moved away meanwhile: its new owner starts at the commit.
+            // The partition moved away meanwhile (its revocation forgets it
+            // and the new owner starts at the commit), or the seek timed out:
+            // the partition stays held at `offset` and is sought again once
+            // `ack_wait` passed without its record.
             tracing::debug!(%topic, partition, offset, %error, "seeking back failed");
-            tracker.lock().unwrap_or_else(|p| p.into_inner()).partitions.remove(&(topic, partition));
         }
     }
 }
@@ -1221,10 +1269,11 @@ impl Subscriber for KafkaBus {
         let (signal, signals) = mpsc::unbounded_channel();
         tokio::spawn(consume(consumer, tracker.clone(), deliveries, signal, signals, subscription.ack_wait));
         // A delivery whose partition moved to another member while it waited
-        // here is not handed out: the new owner delivers it.
+        // here is not handed out (the new owner delivers it), nor one rewound
+        // meanwhile (it comes again after the seek).
         Ok(receiver_stream(receiver)
             .filter_map(move |(ticket, delivery)| {
-                let current = ticket.is_none_or(|ticket| tracker.lock().unwrap_or_else(|p| p.into_inner()).owns(&ticket));
+                let current = ticket.is_none_or(|ticket| tracker.lock().unwrap_or_else(|p| p.into_inner()).hand_out(&ticket));
                 std::future::ready(current.then_some(delivery))
             })
             .boxed())
@@ -1290,10 +1339,6 @@ impl KafkaBus {
     }
 }
 
-fn unix_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn check_service(service: &str) -> Result<(), BusError> {
     if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(BusError::InvalidSubscription { reason: format!("service {service:?} must be letters, digits, '-' or '_'") });
@@ -1322,7 +1367,7 @@ impl Requester for KafkaBus {
         replies.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, answer);
         let forget = || replies.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let correlation = id.to_string();
-        let deadline = unix_millis(SystemTime::now() + timeout).to_string();
+        let deadline = super::deadline_text(timeout);
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header { key: headers::CORRELATION_ID, value: Some(correlation.as_bytes()) })
             .insert(Header { key: headers::REPLY_TO, value: Some(replies.topic.as_bytes()) })
@@ -1387,8 +1432,8 @@ impl Responder for KafkaBus {
                     }
                 };
                 let text = |name| header(&message, name).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned);
-                let deadline = text(headers::DEADLINE).and_then(|v| v.parse::<u64>().ok());
-                if deadline.is_some_and(|deadline| deadline < unix_millis(SystemTime::now())) {
+                let deadline = header(&message, headers::DEADLINE).and_then(super::parse_deadline);
+                if deadline.is_some_and(|deadline| deadline <= SystemTime::now()) {
                     tracing::debug!("skipping a request whose requester stopped waiting");
                     continue;
                 }
@@ -1421,7 +1466,7 @@ impl Responder for KafkaBus {
                     }
                     _ => None,
                 };
-                if requests.send(IncomingRequest::new(payload, reply)).await.is_err() {
+                if requests.send(IncomingRequest::new(payload, deadline, reply)).await.is_err() {
                     return;
                 }
             }
@@ -1460,7 +1505,7 @@ mod tests {
         let key = ("t".to_owned(), 0);
         let tickets: Vec<Ticket> = (0..4)
             .map(|offset| {
-                let (ticket, count) = tracker.delivered(key.clone(), offset);
+                let (ticket, count) = tracker.delivered(key.clone(), offset).expect("no seek pending");
                 assert_eq!(count, 1);
                 ticket
             })
@@ -1470,18 +1515,47 @@ mod tests {
         assert_eq!(tracker.partitions[&key].commit, Some(2));
         assert!(tracker.rewind(&tickets[2]));
         assert!(!tracker.ack(&tickets[3]), "a rewound offset's late ack changes nothing");
-        let (again, count) = tracker.delivered(key.clone(), 2);
+        assert!(!tracker.hand_out(&tickets[3]), "a rewound delivery still queued is not handed out");
+        let (again, count) = tracker.delivered(key.clone(), 2).expect("the offset sought");
         assert_eq!(count, 2, "the second delivery of offset 2");
         assert!(tracker.ack(&again));
         assert_eq!(tracker.partitions[&key].commit, Some(3));
         assert!(tracker.expired(Duration::ZERO).is_empty());
-        let (late, _) = tracker.delivered(key.clone(), 3);
+        let (late, _) = tracker.delivered(key.clone(), 3).expect("after the seek");
         assert_eq!(tracker.expired(Duration::ZERO), vec![late.clone()]);
         assert!(tracker.busy(&HashSet::from([key.clone()])));
         // The partition moves away and comes back: old tickets are stale.
         tracker.partitions.clear();
-        let (fresh, _) = tracker.delivered(key.clone(), 3);
+        let (fresh, _) = tracker.delivered(key.clone(), 3).expect("a new tenure");
         assert!(!tracker.owns(&late) && tracker.owns(&fresh));
         assert!(!tracker.ack(&late), "an ack from an earlier tenure changes nothing");
+    }
+
+    /// A record fetched before a seek back must not move the commit past the
+    /// offset sought: committing 6 while 5 was never handled loses 5 to a
+    /// crash (found under kills at full rate on Kafka).
+    #[test]
+    fn records_from_before_a_seek_back_never_move_the_commit_past_it() {
+        let mut tracker = Tracker::default();
+        let key = ("t".to_owned(), 0);
+        let five = tracker.delivered(key.clone(), 5).expect("first").0;
+        assert!(tracker.rewind(&five), "the subscriber nacked offset 5");
+        assert!(tracker.delivered(key.clone(), 6).is_none(), "6 was fetched before the seek landed: dropped, it comes again");
+        assert_eq!(tracker.partitions[&key].commit, None);
+        // The seek did not land (timed out): it is asked again after ack_wait.
+        assert_eq!(tracker.expired(Duration::ZERO), vec![Ticket { offset: 5, ..five.clone() }]);
+        assert!(tracker.expired(Duration::from_secs(60)).is_empty());
+        let again = tracker.delivered(key.clone(), 5).expect("the record sought").0;
+        let six = tracker.delivered(key.clone(), 6).expect("after the seek").0;
+        assert!(tracker.hand_out(&again) && tracker.hand_out(&six));
+        assert!(!tracker.ack(&six), "5 is not done");
+        assert!(tracker.ack(&again));
+        assert_eq!(tracker.partitions[&key].commit, Some(7));
+        // A lower rewind wins over a higher one asked for in the same round.
+        let seven = tracker.delivered(key.clone(), 7).expect("next").0;
+        let eight = tracker.delivered(key.clone(), 8).expect("next").0;
+        assert!(tracker.rewind(&eight) && tracker.rewind(&seven));
+        assert!(tracker.delivered(key.clone(), 8).is_none());
+        assert!(tracker.delivered(key.clone(), 7).is_some());
     }
 }

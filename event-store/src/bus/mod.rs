@@ -390,10 +390,16 @@ pub trait Responder: Send + Sync {
 /// Sends an answer back to a requester.
 pub(crate) type Reply = Box<dyn FnOnce(Vec<u8>) -> BoxFuture<'static, Result<(), BusError>> + Send>;
 
+/// The header of a request that says when its requester stops waiting
+/// (Unix milliseconds, decimal text).
+pub const DEADLINE_HEADER: &str = "strata-deadline";
+
 /// One request taken off the bus.
 pub struct IncomingRequest {
     /// What was asked.
     pub payload: Vec<u8>,
+    /// When the requester stops waiting for the answer, if it said.
+    pub deadline: Option<std::time::SystemTime>,
     reply: Option<Reply>,
 }
 
@@ -405,8 +411,21 @@ impl fmt::Debug for IncomingRequest {
 
 impl IncomingRequest {
     #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
-    pub(crate) fn new(payload: Vec<u8>, reply: Option<Reply>) -> Self {
-        Self { payload, reply }
+    pub(crate) fn new(payload: Vec<u8>, deadline: Option<std::time::SystemTime>, reply: Option<Reply>) -> Self {
+        Self { payload, deadline, reply }
+    }
+
+    /// A request that wants no answer (what a bus hands out for a request
+    /// sent without a reply address; also for driving a responder in tests).
+    pub fn without_reply(payload: Vec<u8>, deadline: Option<std::time::SystemTime>) -> Self {
+        Self { payload, deadline, reply: None }
+    }
+
+    /// Has the requester stopped waiting? A responder that is behind skips
+    /// such requests instead of working for nobody (the requester has sent
+    /// the request again, and that copy waits behind this one).
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|deadline| deadline <= std::time::SystemTime::now())
     }
 
     /// Answers the request (nothing happens if the requester asked for no answer).
@@ -416,6 +435,20 @@ impl IncomingRequest {
             None => Ok(()),
         }
     }
+}
+
+/// A request deadline as the header carries it.
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
+pub(crate) fn deadline_text(timeout: Duration) -> String {
+    let at = std::time::SystemTime::now() + timeout;
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64).to_string()
+}
+
+/// A request deadline read from its header.
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
+pub(crate) fn parse_deadline(text: &[u8]) -> Option<std::time::SystemTime> {
+    let millis: u64 = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
 }
 
 /// The subject of a service's requests: `<prefix>_rpc.<service>`, outside

@@ -240,7 +240,9 @@ impl Subscriber for JetStreamBus {
 impl Requester for JetStreamBus {
     async fn request(&self, service: &str, payload: Vec<u8>, timeout: Duration) -> Result<Option<Vec<u8>>, BusError> {
         let subject = request_subject(&self.config.subject_prefix, service);
-        match tokio::time::timeout(timeout, self.client.request(subject, payload.into())).await {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(super::DEADLINE_HEADER, super::deadline_text(timeout).as_str());
+        match tokio::time::timeout(timeout, self.client.request_with_headers(subject, headers, payload.into())).await {
             Ok(Ok(answer)) => Ok(Some(answer.payload.to_vec())),
             // No responder is "no answer" too: the service may come back.
             Ok(Err(err)) if matches!(err.kind(), async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders) => {
@@ -272,7 +274,12 @@ impl Responder for JetStreamBus {
                         })
                     })
                 });
-                IncomingRequest::new(message.payload.to_vec(), reply)
+                let deadline = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(super::DEADLINE_HEADER))
+                    .and_then(|value| super::parse_deadline(value.as_str().as_bytes()));
+                IncomingRequest::new(message.payload.to_vec(), deadline, reply)
             })
             .boxed())
     }

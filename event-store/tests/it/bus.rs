@@ -302,6 +302,31 @@ pub async fn a_request_nobody_answers_or_nobody_serves_is_none<B: Requester + Re
     assert_eq!(answer, None);
 }
 
+/// A request carries when its requester stops waiting, so that a responder
+/// that is behind can skip what nobody waits for any more.
+pub async fn a_request_carries_when_its_requester_stops_waiting<B: Requester + Responder>(bus: &B) {
+    let mut requests = bus.serve("clock").await.unwrap();
+    // A first request waits for the responder to join (a Kafka group takes seconds).
+    let warm_up = async {
+        let request = requests.next().await.expect("a request");
+        request.reply(b"ready".to_vec()).await.unwrap();
+    };
+    let (answer, ()) = tokio::join!(bus.request("clock", b"warm-up".to_vec(), Duration::from_secs(60)), warm_up);
+    assert_eq!(answer.unwrap().as_deref(), Some(&b"ready"[..]));
+    let before = std::time::SystemTime::now();
+    let timeout = Duration::from_millis(800);
+    let (answer, request) = tokio::join!(bus.request("clock", b"late".to_vec(), timeout), async {
+        let request = tokio::time::timeout(Duration::from_secs(30), requests.next()).await.expect("the request came").expect("a request");
+        let deadline = request.deadline.expect("the request says when its requester stops waiting");
+        assert!(deadline + Duration::from_millis(1) >= before + timeout, "{deadline:?} is the request's time plus its timeout");
+        assert!(deadline <= std::time::SystemTime::now() + timeout, "{deadline:?}");
+        assert!(!request.expired(), "taken before its deadline");
+        request
+    });
+    assert_eq!(answer.unwrap(), None, "not answered in time");
+    assert!(request.expired(), "the requester stopped waiting");
+}
+
 #[cfg(feature = "nats")]
 mod jetstream {
     use super::*;
@@ -317,6 +342,13 @@ mod jetstream {
     async fn each_request_is_answered_once_by_one_of_the_services_responders() {
         let Some((bus, cleanup)) = crate::support::test_jetstream().await else { return };
         super::each_request_is_answered_once_by_one_of_the_services_responders(&bus).await;
+        cleanup.run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_carries_when_its_requester_stops_waiting() {
+        let Some((bus, cleanup)) = crate::support::test_jetstream().await else { return };
+        super::a_request_carries_when_its_requester_stops_waiting(&bus).await;
         cleanup.run().await;
     }
 
@@ -356,6 +388,13 @@ mod kafka {
     async fn each_request_is_answered_once_by_one_of_the_services_responders() {
         let Some((bus, cleanup)) = strata_store::testkit::kafka::bus().await else { return };
         super::each_request_is_answered_once_by_one_of_the_services_responders(&bus).await;
+        cleanup.run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_carries_when_its_requester_stops_waiting() {
+        let Some((bus, cleanup)) = strata_store::testkit::kafka::bus().await else { return };
+        super::a_request_carries_when_its_requester_stops_waiting(&bus).await;
         cleanup.run().await;
     }
 

@@ -706,6 +706,78 @@ mod lease {
         database.drop_database().await;
     }
 
+    /// The holder in a process of its own, for the test below to stop
+    /// (SIGSTOP) and continue; it says when it holds and when it lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "the process that a_stopped_holder_loses_its_lease_and_knows_it_when_it_runs_again starts"]
+    async fn lease_holder_process() {
+        let url = std::env::var("STRATA_TEST_LEASE_URL").expect("started by the stop test, with the database");
+        let lease = PostgresLease::new(&url, Duration::from_millis(100)).unwrap().with_expiry(Duration::from_secs(3));
+        let mut held = lease.acquire("relay").await.unwrap();
+        println!("HELD");
+        held.lost().await;
+        println!("LOST");
+    }
+
+    /// A holder that stops without dying keeps its socket open: without an
+    /// expiry its lock stayed until TCP gave up (hours), and no relay ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_holder_loses_its_lease_and_knows_it_when_it_runs_again() {
+        use std::io::BufRead;
+        let Some(database) = TestDatabase::create().await else { return };
+        let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "relay::lease::lease_holder_process", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("STRATA_TEST_LEASE_URL", &database.url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = holder.id().to_string();
+        // However the test ends, the holder does not stay stopped behind it.
+        struct Reap(String);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("kill").args(["-KILL", &self.0]).stderr(std::process::Stdio::null()).status();
+            }
+        }
+        let _reap = Reap(pid.clone());
+        let (said, hears) = std::sync::mpsc::channel();
+        let stdout = holder.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = said.send(line);
+            }
+        });
+        let wait_for = |word: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match hears.recv_timeout(left) {
+                    // libtest's "test … ... " precedes the first word on its line.
+                    Ok(line) if line.split_whitespace().last() == Some(word) => return,
+                    Ok(_) => {}
+                    Err(error) => panic!("the holder process did not say {word}: {error}"),
+                }
+            }
+        };
+        wait_for("HELD");
+        let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+        let second = PostgresLease::new(&database.url, Duration::from_millis(100)).unwrap().with_expiry(Duration::from_secs(3));
+        let mut waiting = tokio::spawn(async move { second.acquire("relay").await });
+        // A running holder keeps its lease past the expiry: its checks keep its session busy.
+        assert!(tokio::time::timeout(Duration::from_secs(5), &mut waiting).await.is_err(), "a running holder lost its lease");
+        signal("-STOP");
+        let taken = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the stopped holder's lease passed on after its expiry")
+            .unwrap()
+            .unwrap();
+        signal("-CONT");
+        wait_for("LOST");
+        assert!(holder.wait().unwrap().success());
+        drop(taken);
+        database.drop_database().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_standby_relay_takes_over_when_the_active_one_is_killed() {
         let Some((store, bus, cleanup, lease_url)) = super::postgres_jetstream::open().await else { return };
