@@ -70,13 +70,13 @@ impl GraphQlClient {
     /// `restock` of an inventory command of the scenario, once per key; its
     /// consistency token (for `waitFor`).
     pub async fn restock(&self, command: &InventoryCommand, idempotency_key: Option<&str>) -> anyhow::Result<String> {
-        let InventoryCommand::Restock { sku, quantity, .. } = command else {
+        let InventoryCommand::Restock { sku, quantity, unit_price_cents, .. } = command else {
             bail!("only restocks go through restock");
         };
         let data = self
             .execute(
-                "mutation($sku: String!, $quantity: Int!, $key: String) { restock(sku: $sku, quantity: $quantity, idempotencyKey: $key) { consistencyToken } }",
-                json!({ "sku": sku.as_str(), "quantity": quantity, "key": idempotency_key }),
+                "mutation($sku: String!, $quantity: Int!, $price: Int, $key: String) { restock(sku: $sku, quantity: $quantity, unitPriceCents: $price, idempotencyKey: $key) { consistencyToken } }",
+                json!({ "sku": sku.as_str(), "quantity": quantity, "price": unit_price_cents, "key": idempotency_key }),
             )
             .await?;
         data["restock"]["consistencyToken"].as_str().map(str::to_owned).context("the restock answered no consistencyToken")

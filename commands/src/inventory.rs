@@ -24,6 +24,14 @@
 //!   [`FENCE_HORIZON`] after the stream's latest event; a reservation decided
 //!   longer ago than that is refused as [`InventoryError::Expired`], so a
 //!   forgotten fence can never be needed.
+//! - **Prices.** A SKU's catalog price is set by an operator (`SetPrice`, or
+//!   a restock that names one) and kept in its stream ([`PriceSet`], every
+//!   price it had). A reservation names the unit price its order line
+//!   carries, and is refused unless the catalog has exactly that price: a SKU
+//!   with no price is not for sale ([`InventoryError::NoPrice`]), and a price
+//!   that differs is [`InventoryError::PriceChanged`]. So an order whose
+//!   stock was reserved is charged the catalog's total at that moment, never
+//!   what a client made up. A price is 0 to [`MAX_UNIT_PRICE_CENTS`].
 //! - **Returns.** Returning an order's line (its cancellation after
 //!   confirmation) releases the reservation if the units were not committed
 //!   yet, else puts the committed units back on hand ([`StockReturned`]).
@@ -35,9 +43,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use strata_schemas::events::{
-    InventoryEvent, ReservationCommitted, ReservationFenced, ReservationReleased, StockReserved, StockRestocked, StockReturned,
+    InventoryEvent, PriceSet, ReservationCommitted, ReservationFenced, ReservationReleased, StockReserved, StockRestocked, StockReturned,
 };
-use strata_schemas::values::{InvalidValue, Quantity, Sku};
+use strata_schemas::values::{Cents, InvalidValue, Quantity, Sku};
 use uuid::Uuid;
 
 use crate::Aggregate;
@@ -45,6 +53,10 @@ use crate::Aggregate;
 /// How long a fence is remembered after the stream's latest event, and how
 /// old a reservation request may be.
 pub const FENCE_HORIZON: Duration = Duration::days(1);
+
+/// The highest unit price (one billion units of currency), as an order line
+/// may carry it.
+pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000_000;
 
 /// The inventory aggregate of one SKU.
 #[derive(Debug)]
@@ -66,6 +78,9 @@ pub struct InventoryState {
     /// The latest time carried by an event of the stream.
     #[serde(default)]
     pub latest_at: Option<DateTime<Utc>>,
+    /// The catalog price of one unit; none: not for sale.
+    #[serde(default)]
+    pub unit_price_cents: Option<Cents>,
 }
 
 impl InventoryState {
@@ -85,12 +100,24 @@ impl InventoryState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum InventoryCommand {
-    /// Units arrived.
+    /// Units arrived, and the price from now on if it is named.
     Restock {
         /// The SKU.
         sku: Sku,
         /// How many (1 to 10,000).
         quantity: i64,
+        /// The new catalog price of one unit, if it changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit_price_cents: Option<i64>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An operator sets the catalog price of one unit.
+    SetPrice {
+        /// The SKU.
+        sku: Sku,
+        /// The price (0 to [`MAX_UNIT_PRICE_CENTS`]).
+        unit_price_cents: i64,
         /// When.
         at: DateTime<Utc>,
     },
@@ -102,6 +129,10 @@ pub enum InventoryCommand {
         order_id: Uuid,
         /// How many (1 to 10,000).
         quantity: i64,
+        /// The unit price the order line carries (what its customer is
+        /// charged); refused unless it is the catalog's.
+        #[serde(default)]
+        unit_price_cents: Option<i64>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -145,6 +176,23 @@ pub enum InventoryError {
     /// The quantity is zero, negative or over the limit.
     #[error(transparent)]
     InvalidQuantity(InvalidValue),
+    /// The price is negative or over [`MAX_UNIT_PRICE_CENTS`].
+    #[error(transparent)]
+    InvalidPrice(InvalidValue),
+    /// The SKU has no catalog price: it is not for sale.
+    #[error("no price for {sku}")]
+    NoPrice {
+        /// The SKU.
+        sku: Sku,
+    },
+    /// The order line's price is not the catalog's.
+    #[error("price changed: {sku} is {}", unit_price_cents.get())]
+    PriceChanged {
+        /// The SKU.
+        sku: Sku,
+        /// The catalog price of one unit.
+        unit_price_cents: Cents,
+    },
     /// The SKU was never restocked.
     #[error("unknown sku {sku}")]
     UnknownSku {
@@ -200,6 +248,7 @@ impl Aggregate for Inventory {
     fn aggregate_id(command: &InventoryCommand) -> String {
         match command {
             InventoryCommand::Restock { sku, .. }
+            | InventoryCommand::SetPrice { sku, .. }
             | InventoryCommand::Reserve { sku, .. }
             | InventoryCommand::Release { sku, .. }
             | InventoryCommand::Return { sku, .. }
@@ -209,11 +258,20 @@ impl Aggregate for Inventory {
 
     fn decide(state: &InventoryState, command: InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
         match command {
-            InventoryCommand::Restock { sku, quantity, at } => {
+            InventoryCommand::Restock { sku, quantity, unit_price_cents, at } => {
                 let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
-                Ok(vec![StockRestocked { sku, quantity, restocked_at: at }.into()])
+                let price = unit_price_cents.map(price).transpose()?;
+                let mut events: Vec<InventoryEvent> = vec![StockRestocked { sku: sku.clone(), quantity, restocked_at: at }.into()];
+                if let Some(unit_price_cents) = price.filter(|&price| state.unit_price_cents != Some(price)) {
+                    events.push(PriceSet { sku, unit_price_cents, set_at: at }.into());
+                }
+                Ok(events)
             }
-            InventoryCommand::Reserve { sku, order_id, quantity, at } => {
+            InventoryCommand::SetPrice { sku, unit_price_cents, at } => {
+                let unit_price_cents = price(unit_price_cents)?;
+                Ok(vec![PriceSet { sku, unit_price_cents, set_at: at }.into()])
+            }
+            InventoryCommand::Reserve { sku, order_id, quantity, unit_price_cents, at } => {
                 let quantity = Quantity::new(quantity).map_err(InventoryError::InvalidQuantity)?;
                 if state.fences.contains_key(&order_id) {
                     return Err(InventoryError::Fenced { order_id });
@@ -226,6 +284,12 @@ impl Aggregate for Inventory {
                 }
                 if state.reservations.contains_key(&order_id) {
                     return Err(InventoryError::AlreadyReserved { order_id });
+                }
+                let Some(catalog) = state.unit_price_cents else {
+                    return Err(InventoryError::NoPrice { sku });
+                };
+                if unit_price_cents != Some(catalog.get() as i64) {
+                    return Err(InventoryError::PriceChanged { sku, unit_price_cents: catalog });
                 }
                 let available = state.available();
                 if u64::from(quantity.get()) > available {
@@ -288,10 +352,27 @@ impl Aggregate for Inventory {
                 state.on_hand += u64::from(event.quantity.get());
                 event.returned_at
             }
+            InventoryEvent::PriceSet(event) => {
+                state.unit_price_cents = Some(event.unit_price_cents);
+                event.set_at
+            }
         };
         state.latest_at = Some(state.latest_at.map_or(at, |latest| latest.max(at)));
         state
     }
+}
+
+fn price(cents: i64) -> Result<Cents, InventoryError> {
+    if cents > MAX_UNIT_PRICE_CENTS {
+        return Err(InventoryError::InvalidPrice(InvalidValue {
+            field: "unitPriceCents",
+            reason: format!("{cents} cents is over the limit of {MAX_UNIT_PRICE_CENTS}"),
+        }));
+    }
+    Cents::new(cents).map_err(|mut invalid| {
+        invalid.field = "unitPriceCents";
+        InventoryError::InvalidPrice(invalid)
+    })
 }
 
 fn reservation(state: &InventoryState, sku: &Sku, order_id: Uuid) -> Result<Quantity, InventoryError> {
@@ -325,13 +406,18 @@ mod tests {
         StockReserved { sku: sku(), order_id, quantity: units(n), reserved_at: at() }.into()
     }
     fn reserve(order_id: Uuid, quantity: i64) -> InventoryCommand {
-        InventoryCommand::Reserve { sku: sku(), order_id, quantity, at: at() }
+        InventoryCommand::Reserve { sku: sku(), order_id, quantity, unit_price_cents: Some(PRICE), at: at() }
+    }
+    const PRICE: i64 = 1250;
+    fn priced(cents: i64) -> InventoryEvent {
+        PriceSet { sku: sku(), unit_price_cents: Cents::new(cents).unwrap(), set_at: at() }.into()
     }
 
     #[test]
     fn restocking_adds_units_on_hand() {
-        let state =
-            given::<Inventory>([restocked(3)]).when(InventoryCommand::Restock { sku: sku(), quantity: 7, at: at() }).then([restocked(7)]);
+        let state = given::<Inventory>([restocked(3)])
+            .when(InventoryCommand::Restock { sku: sku(), quantity: 7, unit_price_cents: None, at: at() })
+            .then([restocked(7)]);
         assert_eq!((state.on_hand, state.available()), (10, 10));
     }
 
@@ -339,24 +425,24 @@ mod tests {
     fn restocking_zero_negative_or_too_many_units_is_refused() {
         for quantity in [0, -4, 10_001] {
             given::<Inventory>([])
-                .when(InventoryCommand::Restock { sku: sku(), quantity, at: at() })
+                .when(InventoryCommand::Restock { sku: sku(), quantity, unit_price_cents: None, at: at() })
                 .then_error_matches(|err| matches!(err, InventoryError::InvalidQuantity(v) if v.field == "quantity"));
         }
     }
 
     #[test]
     fn reserving_what_is_available_holds_it() {
-        let state = given::<Inventory>([restocked(5), reserved(order(1), 2)]).when(reserve(order(2), 3)).then([reserved(order(2), 3)]);
+        let state = given::<Inventory>([restocked(5), priced(PRICE), reserved(order(1), 2)])
+            .when(reserve(order(2), 3))
+            .then([reserved(order(2), 3)]);
         assert_eq!((state.on_hand, state.reserved(), state.available()), (5, 5, 0));
     }
 
     #[test]
     fn reserving_more_than_available_is_refused() {
-        given::<Inventory>([restocked(5), reserved(order(1), 4)]).when(reserve(order(2), 2)).then_error(InventoryError::OutOfStock {
-            sku: sku(),
-            requested: 2,
-            available: 1,
-        });
+        given::<Inventory>([restocked(5), priced(PRICE), reserved(order(1), 4)])
+            .when(reserve(order(2), 2))
+            .then_error(InventoryError::OutOfStock { sku: sku(), requested: 2, available: 1 });
     }
 
     #[test]
@@ -413,7 +499,7 @@ mod tests {
             .when(InventoryCommand::Release { sku: sku(), order_id: order(9), at: at() })
             .then_error(InventoryError::NoReservation { order_id: order(9) });
         // Other orders are not fenced.
-        given::<Inventory>([restocked(5), fenced(order(9), at())]).when(reserve(order(8), 1)).then([reserved(order(8), 1)]);
+        given::<Inventory>([restocked(5), priced(PRICE), fenced(order(9), at())]).when(reserve(order(8), 1)).then([reserved(order(8), 1)]);
     }
 
     #[test]
@@ -473,10 +559,46 @@ mod tests {
     fn a_released_reservation_can_be_reserved_again() {
         given::<Inventory>([
             restocked(1),
+            priced(PRICE),
             reserved(order(1), 1),
             ReservationReleased { sku: sku(), order_id: order(1), quantity: units(1), released_at: at() }.into(),
         ])
         .when(reserve(order(2), 1))
         .then([reserved(order(2), 1)]);
+    }
+
+    #[test]
+    fn a_sku_without_a_price_is_not_for_sale_and_a_line_at_another_price_is_refused() {
+        given::<Inventory>([restocked(5)]).when(reserve(order(1), 1)).then_error(InventoryError::NoPrice { sku: sku() });
+        let catalog = Cents::new(1999).unwrap();
+        given::<Inventory>([restocked(5), priced(1999)])
+            .when(reserve(order(1), 1))
+            .then_error(InventoryError::PriceChanged { sku: sku(), unit_price_cents: catalog });
+        let unpriced = InventoryCommand::Reserve { sku: sku(), order_id: order(1), quantity: 1, unit_price_cents: None, at: at() };
+        given::<Inventory>([restocked(5), priced(1999)])
+            .when(unpriced)
+            .then_error(InventoryError::PriceChanged { sku: sku(), unit_price_cents: catalog });
+        // The refusal names the catalog's price in cents.
+        assert_eq!(InventoryError::PriceChanged { sku: sku(), unit_price_cents: catalog }.to_string(), "price changed: SKU-1 is 1999");
+        assert_eq!(InventoryError::NoPrice { sku: sku() }.to_string(), "no price for SKU-1");
+        // The price in force is the latest one.
+        given::<Inventory>([restocked(5), priced(1999), priced(PRICE)]).when(reserve(order(1), 1)).then([reserved(order(1), 1)]);
+    }
+
+    #[test]
+    fn an_operator_sets_prices_and_a_restock_may_name_one() {
+        let state = given::<Inventory>([]).when(InventoryCommand::SetPrice { sku: sku(), unit_price_cents: 0, at: at() }).then([priced(0)]);
+        assert_eq!(state.unit_price_cents, Some(Cents::ZERO));
+        let restock = |cents| InventoryCommand::Restock { sku: sku(), quantity: 2, unit_price_cents: Some(cents), at: at() };
+        let state = given::<Inventory>([]).when(restock(PRICE)).then([restocked(2), priced(PRICE)]);
+        assert_eq!((state.on_hand, state.unit_price_cents), (2, Some(Cents::new(PRICE).unwrap())));
+        // The same price again is no new event.
+        given::<Inventory>([priced(PRICE)]).when(restock(PRICE)).then([restocked(2)]);
+        for cents in [-1, MAX_UNIT_PRICE_CENTS + 1] {
+            given::<Inventory>([])
+                .when(InventoryCommand::SetPrice { sku: sku(), unit_price_cents: cents, at: at() })
+                .then_error_matches(|err| matches!(err, InventoryError::InvalidPrice(v) if v.field == "unitPriceCents"));
+            given::<Inventory>([]).when(restock(cents)).then_error_matches(|err| matches!(err, InventoryError::InvalidPrice(_)));
+        }
     }
 }

@@ -25,6 +25,7 @@ pub const SCHEMA_FILES: &[(&str, u32, &str)] = &[
     ("ReservationCommitted", 1, include_str!("../events/ReservationCommitted.v1.json")),
     ("ReservationFenced", 1, include_str!("../events/ReservationFenced.v1.json")),
     ("StockReturned", 1, include_str!("../events/StockReturned.v1.json")),
+    ("PriceSet", 1, include_str!("../events/PriceSet.v1.json")),
     ("PaymentAuthorized", 1, include_str!("../events/PaymentAuthorized.v1.json")),
     ("PaymentCaptured", 1, include_str!("../events/PaymentCaptured.v1.json")),
     ("PaymentVoided", 1, include_str!("../events/PaymentVoided.v1.json")),

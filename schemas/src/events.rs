@@ -85,6 +85,18 @@ pub struct StockRestocked {
     pub restocked_at: DateTime<Utc>,
 }
 
+/// An operator set a SKU's catalog price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PriceSet {
+    /// The SKU.
+    pub sku: Sku,
+    /// What one unit costs from now on.
+    pub unit_price_cents: Cents,
+    /// When.
+    pub set_at: DateTime<Utc>,
+}
+
 /// Units were set aside for an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -427,6 +439,8 @@ domain_events! {
         ReservationFenced(ReservationFenced) = 1,
         /// See [`StockReturned`].
         StockReturned(StockReturned) = 1,
+        /// See [`PriceSet`].
+        PriceSet(PriceSet) = 1,
     }
 }
 

@@ -85,7 +85,7 @@ async fn measure_commands(bench: &CommandsBench, handler: &CommandHandler<Invent
             let (handler, skus) = (handler.clone(), skus.clone());
             async move {
                 let sku = skus[rand::rng().random_range(0..skus.len())].clone();
-                let command = InventoryCommand::Restock { sku, quantity: 1, at: Utc::now() };
+                let command = InventoryCommand::Restock { sku, quantity: 1, unit_price_cents: None, at: Utc::now() };
                 // A command that gives up after every retry fails the benchmark
                 // rather than being counted as done.
                 let outcome = handler.handle(Envelope::new(Uuid::new_v4(), command).by("bench")).await?;
@@ -109,7 +109,7 @@ async fn measure_appends(bench: &CommandsBench, store: Arc<dyn ScratchStore>, sk
             async move {
                 let sku = skus[rand::rng().random_range(0..skus.len())].clone();
                 let command_id = Uuid::new_v4();
-                let command = InventoryCommand::Restock { sku: sku.clone(), quantity: 1, at: Utc::now() };
+                let command = InventoryCommand::Restock { sku: sku.clone(), quantity: 1, unit_price_cents: None, at: Utc::now() };
                 let events = <Inventory as strata_commands::Aggregate>::decide(&Default::default(), command)?;
                 let events = events
                     .iter()

@@ -65,7 +65,10 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
     let client = GraphQlClient::new(&bench.url, &bench.token)?;
     let sku = format!("SKU-FLOOD-{}", rand::random::<u32>());
     let restocked = client
-        .restock(&InventoryCommand::Restock { sku: Sku::parse(&sku)?, quantity: 1_000, at: chrono::Utc::now() }, None)
+        .restock(
+            &InventoryCommand::Restock { sku: Sku::parse(&sku)?, quantity: 1_000, unit_price_cents: Some(100), at: chrono::Utc::now() },
+            None,
+        )
         .await
         .context("restocking the probe's SKU (--token must be an operator's)")?;
     // The restock reaches the read model through the relay and the bus.

@@ -62,6 +62,34 @@ fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: 
     }
 }
 
+/// The order's lines, each at the price its client saw, or the catalog's
+/// price now when it sent none. A SKU without a catalog price cannot be
+/// priced: not for sale. (The price is checked again when the stock is
+/// reserved: one that changed meanwhile cancels the order there.)
+async fn priced_lines(api: &Api, lines: Vec<super::types::OrderLineInput>) -> async_graphql::Result<Vec<LineInput>> {
+    let mut priced = Vec::with_capacity(lines.len());
+    for line in lines {
+        let unit_price_cents = match line.unit_price_cents {
+            Some(shown) => i64::from(shown),
+            None => {
+                let sku = Sku::parse(&line.sku).map_err(|e| error(Code::Validation, e.to_string()))?;
+                let loaded = api.inventory.load(sku.as_str()).await.map_err(|err| command_error(err, inventory_refusal))?;
+                match loaded.state.unit_price_cents {
+                    Some(cents) => cents.get() as i64,
+                    None => {
+                        return Err(error(
+                            Code::Validation,
+                            format!("no price for {sku}: it is not for sale (unitPriceCents was not sent)"),
+                        ))
+                    }
+                }
+            }
+        };
+        priced.push(LineInput { sku: line.sku, quantity: line.quantity.into(), unit_price_cents });
+    }
+    Ok(priced)
+}
+
 fn order_refusal(err: &OrderError) -> Code {
     match err {
         OrderError::NotPlaced { .. } => Code::NotFound,
@@ -72,7 +100,7 @@ fn order_refusal(err: &OrderError) -> Code {
 
 fn inventory_refusal(err: &InventoryError) -> Code {
     match err {
-        InventoryError::InvalidQuantity(_) => Code::Validation,
+        InventoryError::InvalidQuantity(_) | InventoryError::InvalidPrice(_) => Code::Validation,
         InventoryError::UnknownSku { .. } => Code::NotFound,
         _ => Code::Conflict,
     }
@@ -109,15 +137,12 @@ impl Mutation {
             }
             None => (Uuid::now_v7(), Uuid::now_v7()),
         };
+        let lines = priced_lines(api, input.lines).await?;
         let address = input.shipping_address;
         let command = OrderCommand::Place(PlaceOrder {
             order_id,
             customer_id,
-            lines: input
-                .lines
-                .into_iter()
-                .map(|line| LineInput { sku: line.sku, quantity: line.quantity.into(), unit_price_cents: line.unit_price_cents.into() })
-                .collect(),
+            lines,
             payment_method: input.payment_method,
             shipping_address: DomainAddress {
                 name: address.name,
@@ -173,6 +198,7 @@ impl Mutation {
         ctx: &Context<'_>,
         sku: String,
         quantity: i32,
+        #[graphql(desc = "The SKU's catalog price from now on, if it changes (see setPrice).")] unit_price_cents: Option<i32>,
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Written> {
         let api = api(ctx);
@@ -181,7 +207,35 @@ impl Mutation {
             Some(key) => Uuid::new_v5(&IDEMPOTENCY, format!("restock\u{0}{sku}\u{0}{key}").as_bytes()),
             None => Uuid::now_v7(),
         };
-        let command = InventoryCommand::Restock { sku, quantity: quantity.into(), at: Utc::now() };
+        let command =
+            InventoryCommand::Restock { sku, quantity: quantity.into(), unit_price_cents: unit_price_cents.map(i64::from), at: Utc::now() };
+        let outcome = api
+            .inventory
+            .handle(Envelope::new(command_id, command).by(actor(ctx)))
+            .await
+            .map_err(|err| command_error(err, inventory_refusal))?;
+        Ok(Written::from(&outcome))
+    }
+
+    /// Sets a SKU's catalog price, what one unit is charged from now on (an
+    /// event in the SKU's stream: its history is kept). An order is priced
+    /// when its stock is reserved: a line shown at another price is
+    /// cancelled then, never charged differently.
+    #[graphql(guard = "Needs(Permission::Operate)")]
+    async fn set_price(
+        &self,
+        ctx: &Context<'_>,
+        sku: String,
+        unit_price_cents: i32,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<Written> {
+        let api = api(ctx);
+        let sku = Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
+        let command_id = match idempotency_key.as_deref().map(check_key).transpose()? {
+            Some(key) => Uuid::new_v5(&IDEMPOTENCY, format!("price\u{0}{sku}\u{0}{key}").as_bytes()),
+            None => Uuid::now_v7(),
+        };
+        let command = InventoryCommand::SetPrice { sku, unit_price_cents: unit_price_cents.into(), at: Utc::now() };
         let outcome = api
             .inventory
             .handle(Envelope::new(command_id, command).by(actor(ctx)))

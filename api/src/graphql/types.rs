@@ -185,12 +185,14 @@ pub struct Stock {
     pub reserved: u64,
     /// Units that can be reserved.
     pub available: u64,
+    /// The catalog price of one unit in cents; none: not for sale.
+    pub unit_price_cents: Option<u64>,
 }
 
 impl Stock {
     /// From the read model.
     pub fn new(sku: String, view: StockView) -> Self {
-        Self { sku, on_hand: view.on_hand, reserved: view.reserved, available: view.available }
+        Self { sku, on_hand: view.on_hand, reserved: view.reserved, available: view.available, unit_price_cents: view.unit_price_cents }
     }
 }
 
@@ -302,8 +304,11 @@ pub struct OrderLineInput {
     pub sku: String,
     /// Units (1 to 10,000).
     pub quantity: i32,
-    /// Price of one unit in cents (0 or more).
-    pub unit_price_cents: i32,
+    /// The price of one unit in cents as the client showed it; the catalog's
+    /// price when absent. The order is charged the catalog's price: a line
+    /// whose price is not the catalog's when its stock is reserved cancels
+    /// the order (reason `price changed: <SKU> is <cents>`).
+    pub unit_price_cents: Option<i32>,
 }
 
 /// Where to ship.

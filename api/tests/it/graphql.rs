@@ -40,8 +40,8 @@ pub(crate) fn with_tokens(mut server: Server) -> Server {
 }
 
 pub(crate) const PLACE: &str = "mutation($input: PlaceOrderInput!) { placeOrder(input: $input) { orderId consistencyToken written { streamId version position replayed } } }";
-pub(crate) const RESTOCK: &str =
-    "mutation($sku: String!, $quantity: Int!) { restock(sku: $sku, quantity: $quantity) { streamId version consistencyToken } }";
+/// Restocks at the catalog price [`order_input`]'s lines carry (unless `$price` is given).
+pub(crate) const RESTOCK: &str = "mutation($sku: String!, $quantity: Int!, $price: Int = 1250) { restock(sku: $sku, quantity: $quantity, unitPriceCents: $price) { streamId version consistencyToken } }";
 pub(crate) const ORDER: &str = "query($id: ID!, $token: String) { order(id: $id, waitFor: $token) { id customerId status totalCents failedStep cancelReason sagaStatus sagaReason cursor lines { sku quantity unitPriceCents stock { available } } steps { step status retries lastError } } }";
 
 pub(crate) fn order_input(customer: &str, sku: &str, payment: &str, key: Option<&str>) -> Value {
@@ -381,6 +381,78 @@ fn embedded_with(deadline: &str, env: &[(&str, &str)]) -> (crate::support::Scrat
     (scratch, server)
 }
 
+/// The client does not set the price (86e7a2f authorized and captured
+/// whatever `unitPriceCents` a client sent: 9,999 units at 0 cents shipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pays_the_catalog_price_or_its_order_is_cancelled_never_charged_less() {
+    let (scratch, server) = embedded("5s");
+    let line = |sku: &str, quantity: i64, price: Option<i64>| {
+        let mut input = order_input(CUSTOMER, sku, "card", None);
+        input["input"]["lines"] = json!([{ "sku": sku, "quantity": quantity, "unitPriceCents": price }]);
+        input
+    };
+    let placed = |data: Value| {
+        (data["placeOrder"]["orderId"].as_str().unwrap().to_owned(), data["placeOrder"]["consistencyToken"].as_str().unwrap().to_owned())
+    };
+    let settled = |order: &Value| matches!(order["status"].as_str(), Some("CONFIRMED" | "CANCELLED"));
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-PRICED", "quantity": 10_000, "price": 1250 })).await;
+
+    // 9,999 units at 0 cents: cancelled at RESERVE_STOCK, nothing authorized.
+    let (cheap, token) = placed(server.ok("client", PLACE, line("SKU-PRICED", 9_999, Some(0))).await);
+    let order = order_until(&server, &cheap, Some(&token), "settled", settled).await;
+    assert_eq!(
+        (order["status"].as_str(), order["failedStep"].as_str(), order["cancelReason"].as_str()),
+        (Some("CANCELLED"), Some("RESERVE_STOCK"), Some("price changed: SKU-PRICED is 1250")),
+        "{order}"
+    );
+    let payment = "query($s: String!) { streamEvents(streamId: $s, limit: 10) { eventType } }";
+    let payment = server.ok("auditor", payment, json!({ "s": format!("payment-{cheap}") })).await;
+    assert_eq!(payment["streamEvents"], json!([{ "eventType": "PaymentFenced" }]), "nothing authorized, only fenced by the undo");
+
+    // No price sent: the catalog's, and that is what the order totals.
+    let (fair, token) = placed(server.ok("client", PLACE, line("SKU-PRICED", 3, None)).await);
+    let order = order_until(&server, &fair, Some(&token), "settled", settled).await;
+    assert_eq!((order["status"].as_str(), order["totalCents"].as_i64()), (Some("CONFIRMED"), Some(3 * 1250)), "{order}");
+    assert_eq!(order["lines"][0]["unitPriceCents"], 1250);
+
+    // The operator changes the price: a client still showing the old one is
+    // cancelled, one showing the new one pays it.
+    let set = "mutation($sku: String!, $p: Int!) { setPrice(sku: $sku, unitPriceCents: $p) { consistencyToken } }";
+    let changed = server.ok("operator", set, json!({ "sku": "SKU-PRICED", "p": 1500 })).await;
+    let stock = server
+        .ok(
+            "client",
+            "query($t: String) { stock(sku: \"SKU-PRICED\", waitFor: $t) { unitPriceCents } }",
+            json!({ "t": changed["setPrice"]["consistencyToken"] }),
+        )
+        .await;
+    assert_eq!(stock["stock"]["unitPriceCents"], 1500, "{stock}");
+    let (stale, token) = placed(server.ok("client", PLACE, line("SKU-PRICED", 1, Some(1250))).await);
+    let order = order_until(&server, &stale, Some(&token), "settled", settled).await;
+    assert_eq!(order["cancelReason"].as_str(), Some("price changed: SKU-PRICED is 1500"), "{order}");
+    let (current, token) = placed(server.ok("client", PLACE, line("SKU-PRICED", 1, Some(1500))).await);
+    let order = order_until(&server, &current, Some(&token), "settled", settled).await;
+    assert_eq!((order["status"].as_str(), order["totalCents"].as_i64()), (Some("CONFIRMED"), Some(1500)), "{order}");
+
+    // A SKU in stock without a price is not for sale: refused when the
+    // client sends no price, cancelled when it makes one up.
+    server.ok("operator", RESTOCK, json!({ "sku": "SKU-UNPRICED", "quantity": 5, "price": null })).await;
+    assert_eq!(server.code("client", PLACE, line("SKU-UNPRICED", 1, None)).await, "VALIDATION");
+    let (made_up, token) = placed(server.ok("client", PLACE, line("SKU-UNPRICED", 1, Some(1))).await);
+    let order = order_until(&server, &made_up, Some(&token), "settled", settled).await;
+    assert_eq!(order["cancelReason"].as_str(), Some("no price for SKU-UNPRICED"), "{order}");
+
+    // Prices are the operator's, and bounded.
+    assert_eq!(server.code("client", set, json!({ "sku": "SKU-PRICED", "p": 1 })).await, "FORBIDDEN");
+    assert_eq!(server.code("operator", set, json!({ "sku": "SKU-PRICED", "p": -1 })).await, "VALIDATION");
+    assert_eq!(server.code("operator", set, json!({ "sku": "bad sku", "p": 1 })).await, "VALIDATION");
+
+    // The oracle agrees: every authorization is the catalog's total.
+    let output = strata().current_dir(scratch.dir.path()).args(["audit", "invariants", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(report["violations"], json!([]), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_on_the_embedded_stack() {
     let (_scratch, server) = embedded("1s");
@@ -666,7 +738,8 @@ async fn hostile_text_is_refused_and_costs_other_writers_nothing(server: &Server
     for i in 0..120 {
         let url = server.url();
         tasks.push(tokio::spawn(async move {
-            let body = json!({ "query": RESTOCK, "variables": { "sku": format!("SKU-BUSY-{}", i % 7), "quantity": 1 } });
+            // No price: each restock writes one event.
+            let body = json!({ "query": RESTOCK, "variables": { "sku": format!("SKU-BUSY-{}", i % 7), "quantity": 1, "price": null } });
             let response = reqwest::Client::new().post(format!("{url}/graphql")).bearer_auth(OPERATOR).json(&body).send().await.unwrap();
             let body: Value = response.json().await.unwrap();
             ("restock", body["errors"][0]["extensions"]["code"].as_str().unwrap_or("none").to_owned(), body.to_string())
@@ -843,9 +916,10 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stdout)));
     assert_eq!(summary["orders"], 40, "{summary}");
     assert_eq!(summary["unexpected"], 0, "{summary}");
-    // Seed 7 walks every residue of the scenario's mix twice in 40 orders.
-    assert_eq!(summary["confirmed"], 26, "{summary}");
-    assert_eq!(summary["cancelled"], json!({ "AUTHORIZE_PAYMENT": 8, "CREATE_SHIPMENT": 2, "RESERVE_STOCK": 4 }), "{summary}");
+    // Seed 7 walks every residue of the scenario's mix twice in 40 orders
+    // (RESERVE_STOCK: twice a scarce SKU, once a price the catalog does not have).
+    assert_eq!(summary["confirmed"], 24, "{summary}");
+    assert_eq!(summary["cancelled"], json!({ "AUTHORIZE_PAYMENT": 8, "CREATE_SHIPMENT": 2, "RESERVE_STOCK": 6 }), "{summary}");
     assert!(summary["settle"]["p99_ms"].as_f64().unwrap() >= summary["settle"]["p50_ms"].as_f64().unwrap());
     // The same seed again places the same orders: nothing new is written.
     let again = crate::support::run_ok(strata().args([
@@ -863,7 +937,7 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
         OPERATOR,
     ]));
     let again: Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(again["confirmed"], 26, "{again}");
+    assert_eq!(again["confirmed"], 24, "{again}");
 }
 
 mod batching {
@@ -897,7 +971,7 @@ mod batching {
             }
         };
         for n in 0..5 {
-            run(format!("mutation {{ restock(sku: \"SKU-B{n}\", quantity: {}) {{ version }} }}", 10 + n)).await;
+            run(format!("mutation {{ restock(sku: \"SKU-B{n}\", quantity: {}, unitPriceCents: 100) {{ version }} }}", 10 + n)).await;
             run(format!(
                 "mutation {{ placeOrder(input: {{ customerId: \"batch\", paymentMethod: \"card\", lines: [{{ sku: \"SKU-B{n}\", quantity: 1, unitPriceCents: 100 }}], shippingAddress: {{ name: \"A\", street: \"S\", city: \"C\", postalCode: \"1\", country: \"BE\" }} }}) {{ orderId }} }}"
             ))

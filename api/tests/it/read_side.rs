@@ -107,10 +107,10 @@ async fn commands_reach_redis_read_models_through_jetstream() {
     let sku = Sku::parse(&format!("SKU-{}", &id[..8]).to_uppercase()).unwrap();
     let (kept, cancelled) = (Uuid::new_v4(), Uuid::new_v4());
     let customer = format!("customer-{id}");
-    let restock = InventoryCommand::Restock { sku: sku.clone(), quantity: 10, at: Utc::now() };
+    let restock = InventoryCommand::Restock { sku: sku.clone(), quantity: 10, unit_price_cents: Some(1250), at: Utc::now() };
     stock_handler.handle(Envelope::new(Uuid::new_v4(), restock)).await.unwrap();
     orders_handler.handle(place(kept, &customer, &sku, 2)).await.unwrap();
-    let reserve = InventoryCommand::Reserve { sku: sku.clone(), order_id: kept, quantity: 2, at: Utc::now() };
+    let reserve = InventoryCommand::Reserve { sku: sku.clone(), order_id: kept, quantity: 2, unit_price_cents: Some(1250), at: Utc::now() };
     stock_handler.handle(Envelope::new(Uuid::new_v4(), reserve)).await.unwrap();
     let confirm = OrderCommand::Confirm { order_id: kept, at: Utc::now() };
     orders_handler.handle(Envelope::new(Uuid::new_v4(), confirm)).await.unwrap();
@@ -157,7 +157,7 @@ async fn commands_reach_redis_read_models_through_jetstream() {
         }
     })
     .await;
-    assert_eq!(stock, StockView { on_hand: 10, reserved: 2, available: 8 });
+    assert_eq!(stock, StockView { on_hand: 10, reserved: 2, available: 8, unit_price_cents: Some(1250) });
     let by_status =
         orders::orders(&*sink, &OrdersQuery { customer_id: Some(customer), status: Some(OrderStatus::Cancelled), first: 10, after: None })
             .await
@@ -190,7 +190,7 @@ async fn the_saga_drives_placed_orders_and_its_steps_appear_in_the_order_view() 
     let orders_handler: CommandHandler<Order> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
     let stock_handler: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
     let sku = Sku::parse(&format!("SKU-{}", &id[..8]).to_uppercase()).unwrap();
-    let restock = InventoryCommand::Restock { sku: sku.clone(), quantity: 10, at: Utc::now() };
+    let restock = InventoryCommand::Restock { sku: sku.clone(), quantity: 10, unit_price_cents: Some(1250), at: Utc::now() };
     stock_handler.handle(Envelope::new(Uuid::new_v4(), restock)).await.unwrap();
     let (confirmed, declined, silent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     orders_handler.handle(place(confirmed, "c-1", &sku, 2)).await.unwrap();
@@ -229,7 +229,11 @@ async fn the_saga_drives_placed_orders_and_its_steps_appear_in_the_order_view() 
     assert_eq!(view.steps[1].status, StepStatus::Failed);
     assert!(view.cancel_reason.as_deref().unwrap().starts_with("deadline passed"), "{view:?}");
     let stock = orders::stock(&*sink, sku.as_str()).await.unwrap().unwrap();
-    assert_eq!(stock, StockView { on_hand: 8, reserved: 0, available: 8 }, "two units shipped, the rest released");
+    assert_eq!(
+        stock,
+        StockView { on_hand: 8, reserved: 0, available: 8, unit_price_cents: Some(1250) },
+        "two units shipped, the rest released"
+    );
 
     stack.stop().await;
 }

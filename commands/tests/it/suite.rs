@@ -14,7 +14,7 @@ use strata_schemas::DomainEvent;
 use strata_store::{EventMetadata, ExpectedVersion, Form, NewEvent, ReadStream, StreamAppend, StreamId};
 use uuid::Uuid;
 
-use crate::support::{at, fresh_sku, handler, inventory_stream, reserve, restock, stream_len, Fault, Faulty, Store};
+use crate::support::{at, fresh_sku, handler, inventory_stream, price, reserve, restock, stream_len, Fault, Faulty, Store};
 
 macro_rules! handler_suite {
     ($open:path) => {
@@ -104,11 +104,14 @@ pub async fn a_refused_command_writes_nothing(store: Store) {
     let err = inventory.handle(reserve(&sku, Uuid::new_v4(), 1)).await.unwrap_err();
     assert!(matches!(err, CommandError::Rejected(InventoryError::UnknownSku { .. })), "{err:?}");
     inventory.handle(restock(&sku, 1)).await.unwrap();
+    let err = inventory.handle(reserve(&sku, Uuid::new_v4(), 1)).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(InventoryError::NoPrice { .. })), "{err:?}");
+    inventory.handle(price(&sku)).await.unwrap();
     let err = inventory.handle(reserve(&sku, Uuid::new_v4(), 0)).await.unwrap_err();
     assert!(matches!(err, CommandError::Rejected(InventoryError::InvalidQuantity(_))), "{err:?}");
     let err = inventory.handle(reserve(&sku, Uuid::new_v4(), 2)).await.unwrap_err();
     assert!(matches!(err, CommandError::Rejected(InventoryError::OutOfStock { .. })), "{err:?}");
-    assert_eq!(stream_len(&store, &inventory_stream(&sku)).await, 1);
+    assert_eq!(stream_len(&store, &inventory_stream(&sku)).await, 2, "the restock and the price");
 }
 
 pub async fn repeating_a_command_id_returns_the_first_outcome_and_writes_nothing(store: Store) {
@@ -116,6 +119,7 @@ pub async fn repeating_a_command_id_returns_the_first_outcome_and_writes_nothing
     let sku = fresh_sku();
     let restocked = restock(&sku, 5);
     let first_restock = inventory.handle(restocked.clone()).await.unwrap();
+    inventory.handle(price(&sku)).await.unwrap();
     let reservation = reserve(&sku, Uuid::new_v4(), 2);
     let first_reservation = inventory.handle(reservation.clone()).await.unwrap();
     inventory.handle(reserve(&sku, Uuid::new_v4(), 3)).await.unwrap();
@@ -129,7 +133,7 @@ pub async fn repeating_a_command_id_returns_the_first_outcome_and_writes_nothing
         assert_eq!(again.events, first.events);
         assert_eq!(again.version, first.version);
     }
-    assert_eq!(stream_len(&store, &inventory_stream(&sku)).await, 3);
+    assert_eq!(stream_len(&store, &inventory_stream(&sku)).await, 4);
     let state = restarted.load(sku.as_str()).await.unwrap().state;
     assert_eq!((state.on_hand, state.reserved()), (5, 5));
 }
@@ -138,6 +142,7 @@ pub async fn concurrent_copies_of_a_command_have_exactly_one_effect(store: Store
     let inventory = handler::<Inventory>(&store, HandlerConfig::default());
     let sku = fresh_sku();
     inventory.handle(restock(&sku, 10)).await.unwrap();
+    inventory.handle(price(&sku)).await.unwrap();
     let reservation = reserve(&sku, Uuid::new_v4(), 4);
     let copies: Vec<_> = (0..8)
         .map(|_| {
@@ -153,7 +158,7 @@ pub async fn concurrent_copies_of_a_command_have_exactly_one_effect(store: Store
     let fresh = outcomes.iter().filter(|outcome| !outcome.replayed).count();
     assert!(fresh <= 1, "{fresh} copies claim to have written");
     assert!(outcomes.windows(2).all(|pair| pair[0].events == pair[1].events), "{outcomes:?}");
-    assert_eq!(stream_len(&store, &inventory_stream(&sku)).await, 2);
+    assert_eq!(stream_len(&store, &inventory_stream(&sku)).await, 3);
     assert_eq!(inventory.load(sku.as_str()).await.unwrap().state.reserved(), 4);
 }
 
@@ -182,7 +187,7 @@ pub async fn a_command_id_used_on_another_stream_is_refused(store: Store) {
     let inventory = handler::<Inventory>(&store, HandlerConfig::default());
     let (first_sku, second_sku) = (fresh_sku(), fresh_sku());
     let command_id = Uuid::new_v4();
-    let command = |sku| Envelope::new(command_id, InventoryCommand::Restock { sku, quantity: 1, at: at() });
+    let command = |sku| Envelope::new(command_id, InventoryCommand::Restock { sku, quantity: 1, unit_price_cents: None, at: at() });
     inventory.handle(command(first_sku.clone())).await.unwrap();
     let err = inventory.handle(command(second_sku.clone())).await.unwrap_err();
     match err {
@@ -198,6 +203,7 @@ pub async fn fifty_concurrent_orders_for_ten_units_reserve_exactly_ten(store: St
     let inventory = handler::<Inventory>(&store, HandlerConfig::default());
     let sku = fresh_sku();
     inventory.handle(restock(&sku, 10)).await.unwrap();
+    inventory.handle(price(&sku)).await.unwrap();
     // One handler per order, as if each came from its own process: a shared
     // handler would queue them per stream and never conflict.
     let orders: Vec<_> = (0..50)
@@ -221,7 +227,7 @@ pub async fn fifty_concurrent_orders_for_ten_units_reserve_exactly_ten(store: St
     assert_eq!((reserved, refused), (10, 40));
     let loaded = inventory.load(sku.as_str()).await.unwrap();
     assert_eq!((loaded.state.on_hand, loaded.state.reserved(), loaded.state.available()), (10, 10, 0));
-    assert_eq!(loaded.version, 11);
+    assert_eq!(loaded.version, 12);
     eprintln!("{}: 10 reservations took {attempts} attempts", store.backend_name());
 }
 
@@ -244,7 +250,9 @@ pub async fn commands_on_one_stream_through_one_handler_queue_instead_of_conflic
 
 pub async fn exhausted_retries_return_a_typed_conflict(store: Store) {
     let sku = fresh_sku();
-    handler::<Inventory>(&store, HandlerConfig::default()).handle(restock(&sku, 1)).await.unwrap();
+    let inventory = handler::<Inventory>(&store, HandlerConfig::default());
+    inventory.handle(restock(&sku, 1)).await.unwrap();
+    inventory.handle(price(&sku)).await.unwrap();
     let contended = CommandHandler::<Inventory>::new(
         Arc::new(Faulty { inner: store.clone(), fault: Fault::RaceEveryAppend }),
         None,
@@ -254,12 +262,12 @@ pub async fn exhausted_retries_return_a_typed_conflict(store: Store) {
     match err {
         CommandError::Conflict { stream_id, attempts, actual } => {
             assert_eq!((stream_id, attempts), (inventory_stream(&sku), 3));
-            assert_eq!(actual, 4, "the rival had appended three times");
+            assert_eq!(actual, 5, "the rival had appended three times");
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
     let events = store.read_stream(&inventory_stream(&sku), ReadStream::forward(10)).await.unwrap();
-    assert!(events.iter().all(|event| event.event_type == "StockRestocked"), "the reservation was written");
+    assert!(events.iter().all(|event| event.event_type != "StockReserved"), "the reservation was written");
 }
 
 /// Appends `count` restocks of one unit straight to the store, 1,000 per append.
@@ -401,10 +409,11 @@ pub async fn a_remembered_state_moved_by_another_writer_is_reloaded_on_conflict(
     let elsewhere = handler::<Inventory>(&store, HandlerConfig::default());
     let sku = fresh_sku();
     here.handle(restock(&sku, 2)).await.unwrap();
+    here.handle(price(&sku)).await.unwrap();
     elsewhere.handle(reserve(&sku, Uuid::new_v4(), 2)).await.unwrap();
-    // `here` remembers 2 available at version 1; the log is at version 2 with 0.
+    // `here` remembers 2 available at version 2; the log is at version 3 with 0.
     let outcome = here.handle(restock(&sku, 1)).await.unwrap();
-    assert_eq!((outcome.attempts, outcome.version), (2, 3), "the stale state must conflict once, then reload");
+    assert_eq!((outcome.attempts, outcome.version), (2, 4), "the stale state must conflict once, then reload");
     let err = here.handle(reserve(&sku, Uuid::new_v4(), 2)).await.unwrap_err();
     assert!(matches!(err, CommandError::Rejected(InventoryError::OutOfStock { requested: 2, available: 1, .. })), "{err:?}");
 }
@@ -415,11 +424,12 @@ pub async fn a_refusal_on_remembered_state_is_checked_against_the_log(store: Sto
     let sku = fresh_sku();
     let order_id = Uuid::new_v4();
     here.handle(restock(&sku, 1)).await.unwrap();
+    here.handle(price(&sku)).await.unwrap();
     here.handle(reserve(&sku, order_id, 1)).await.unwrap();
     // `here` remembers nothing available; another process releases the unit.
     elsewhere.handle(Envelope::new(Uuid::new_v4(), InventoryCommand::Release { sku: sku.clone(), order_id, at: at() })).await.unwrap();
     let outcome = here.handle(reserve(&sku, Uuid::new_v4(), 1)).await.expect("the unit is available in the log");
-    assert_eq!(outcome.version, 4);
+    assert_eq!(outcome.version, 5);
 }
 
 pub async fn a_creating_command_for_a_stream_that_exists_is_decided_on_the_log(store: Store) {

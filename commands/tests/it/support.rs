@@ -39,12 +39,23 @@ pub fn fresh_sku() -> Sku {
     Sku::parse(&format!("SKU-{}", Uuid::new_v4().simple()).to_uppercase()).unwrap()
 }
 
+/// The catalog price test SKUs are given ([`price`]) and reserved at.
+pub const PRICE: i64 = 1250;
+
+/// Sets the SKU's catalog price to [`PRICE`]: reservations need one.
+pub fn price(sku: &Sku) -> Envelope<InventoryCommand> {
+    Envelope::new(Uuid::new_v4(), InventoryCommand::SetPrice { sku: sku.clone(), unit_price_cents: PRICE, at: at() })
+}
+
 pub fn restock(sku: &Sku, quantity: i64) -> Envelope<InventoryCommand> {
-    Envelope::new(Uuid::new_v4(), InventoryCommand::Restock { sku: sku.clone(), quantity, at: at() })
+    Envelope::new(Uuid::new_v4(), InventoryCommand::Restock { sku: sku.clone(), quantity, unit_price_cents: None, at: at() })
 }
 
 pub fn reserve(sku: &Sku, order_id: Uuid, quantity: i64) -> Envelope<InventoryCommand> {
-    Envelope::new(Uuid::new_v4(), InventoryCommand::Reserve { sku: sku.clone(), order_id, quantity, at: at() })
+    Envelope::new(
+        Uuid::new_v4(),
+        InventoryCommand::Reserve { sku: sku.clone(), order_id, quantity, unit_price_cents: Some(PRICE), at: at() },
+    )
 }
 
 pub fn inventory_stream(sku: &Sku) -> StreamId {

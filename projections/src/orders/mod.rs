@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use strata_schemas::events::{
-    OrderCancelled, OrderPlaced, ReservationCommitted, ReservationReleased, SagaAborted, SagaCancelRequested, SagaStepFailed,
+    OrderCancelled, OrderPlaced, PriceSet, ReservationCommitted, ReservationReleased, SagaAborted, SagaCancelRequested, SagaStepFailed,
     SagaStepRetryScheduled, SagaStepSucceeded, SagaStuck, StockReserved, StockRestocked, StockReturned,
 };
 use strata_store::{RecordedEvent, StreamId};
@@ -340,7 +340,8 @@ impl Projection for StockProjection {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the catalog price (`PriceSet`).
+        2
     }
 
     fn categories(&self) -> &[&'static str] {
@@ -348,7 +349,7 @@ impl Projection for StockProjection {
     }
 
     fn event_types(&self) -> &[&'static str] {
-        &["StockRestocked", "StockReserved", "ReservationReleased", "ReservationCommitted", "StockReturned"]
+        &["StockRestocked", "StockReserved", "ReservationReleased", "ReservationCommitted", "StockReturned", "PriceSet"]
     }
 
     fn document_key(&self, event: &RecordedEvent) -> Option<String> {
@@ -359,6 +360,7 @@ impl Projection for StockProjection {
         let current = document.and_then(|d| d.get("stock"));
         let field = |name: &str| current.and_then(|s| s.get(name)).and_then(Value::as_u64).unwrap_or(0);
         let (mut on_hand, mut reserved) = (field("onHand"), field("reserved"));
+        let mut price = current.and_then(|s| s.get("unitPriceCents")).and_then(Value::as_u64);
         let sku = match event.event_type.as_str() {
             "StockRestocked" => {
                 let e: StockRestocked = decode(event)?;
@@ -386,6 +388,11 @@ impl Projection for StockProjection {
                 on_hand += u64::from(e.quantity.get());
                 e.sku
             }
+            "PriceSet" => {
+                let e: PriceSet = decode(event)?;
+                price = Some(e.unit_price_cents.get());
+                e.sku
+            }
             other => return Err(ApplyError::new(format!("stock does not handle {other}"))),
         };
         let key = format!("sku:{}", event.stream_id.id());
@@ -394,6 +401,7 @@ impl Projection for StockProjection {
             "onHand": on_hand,
             "reserved": reserved,
             "available": on_hand.saturating_sub(reserved),
+            "unitPriceCents": price,
         });
         Ok(vec![set(&key, "stock", stock), Write::SetMax { key, field: "updatedAt".into(), value: event.recorded_at.timestamp_micros() }])
     }
@@ -512,6 +520,9 @@ pub struct StockView {
     pub reserved: u64,
     /// Units that can be reserved.
     pub available: u64,
+    /// The catalog price of one unit; none: not for sale.
+    #[serde(default)]
+    pub unit_price_cents: Option<u64>,
 }
 
 /// Filter and page of [`orders`].
@@ -610,6 +621,11 @@ impl StockView {
     pub fn from_document(document: &Document) -> Option<Self> {
         let stock = document.get("stock")?;
         let field = |name: &str| stock.get(name).and_then(Value::as_u64).unwrap_or(0);
-        Some(Self { on_hand: field("onHand"), reserved: field("reserved"), available: field("available") })
+        Some(Self {
+            on_hand: field("onHand"),
+            reserved: field("reserved"),
+            available: field("available"),
+            unit_price_cents: stock.get("unitPriceCents").and_then(Value::as_u64),
+        })
     }
 }

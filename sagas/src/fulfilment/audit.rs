@@ -20,6 +20,11 @@
 //!   held, no order got back more units than it committed, and restocked =
 //!   available + reserved + shipped (committed minus returned) at the end.
 //! - `no-double-capture`: no payment captured more than once.
+//! - `charged-catalog-price`: an authorized payment is for exactly the
+//!   catalog's total of its order's reservations (each line's units times
+//!   its SKU's price when it was reserved): a client's price is never
+//!   charged. (An order with a reservation made while its SKU had no price,
+//!   which only a log written before catalog prices holds, is not judged.)
 //! - `cancelled-order-released`: a cancelled order whose saga is over holds no
 //!   reservation, no authorized or captured (unrefunded) payment, no booked
 //!   shipment, and no committed stock that was not returned.
@@ -121,6 +126,9 @@ struct OrderFacts {
     cancelled_at: Option<DateTime<Utc>>,
     /// Per SKU: units committed, units returned.
     committed: BTreeMap<String, (u64, u64)>,
+    /// Per SKU: what its reservation is worth at the catalog price when it
+    /// was made (`None`: the SKU had no price then).
+    priced: BTreeMap<String, Option<u64>>,
 }
 
 /// Reads the whole log and checks every rule.
@@ -152,6 +160,25 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
                 "payment" => {
                     let (Ok(id), Ok(event)) = (id, PaymentEvent::from_payload(&recorded.event_type, recorded.payload)) else { continue };
                     let facts = orders.entry(id).or_default();
+                    if let PaymentEvent::PaymentAuthorized(authorized) = &event {
+                        let worth: Option<Vec<u64>> = facts.priced.values().copied().collect();
+                        match worth {
+                            Some(worth) if worth.is_empty() => violation(
+                                "charged-catalog-price",
+                                format!("authorized {} with no stock reserved", authorized.amount_cents.get()),
+                            ),
+                            Some(worth) if worth.iter().sum::<u64>() != authorized.amount_cents.get() => violation(
+                                "charged-catalog-price",
+                                format!(
+                                    "authorized {} for reservations worth {} at the catalog's prices",
+                                    authorized.amount_cents.get(),
+                                    worth.iter().sum::<u64>()
+                                ),
+                            ),
+                            // Judged and right, or reserved before catalog prices.
+                            _ => {}
+                        }
+                    }
                     if matches!(event, PaymentEvent::PaymentCaptured(_)) {
                         facts.captures += 1;
                         if facts.captures > 1 {
@@ -172,6 +199,8 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
                     match &event {
                         InventoryEvent::StockRestocked(restocked) => figures.restocked += u64::from(restocked.quantity.get()),
                         InventoryEvent::StockReserved(reserved) => {
+                            let worth = state.unit_price_cents.map(|price| price.get().saturating_mul(u64::from(reserved.quantity.get())));
+                            orders.entry(reserved.order_id).or_default().priced.insert(recorded.stream_id.id().to_owned(), worth);
                             if u64::from(reserved.quantity.get()) > state.available() {
                                 violation(
                                     "stock-conserved",
@@ -236,7 +265,7 @@ pub async fn audit(reader: Arc<dyn EventReader>, config: &AuditConfig) -> Result
                             figures.shipped = figures.shipped.saturating_sub(units);
                             figures.returned += units;
                         }
-                        InventoryEvent::ReservationFenced(_) => {}
+                        InventoryEvent::ReservationFenced(_) | InventoryEvent::PriceSet(_) => {}
                     }
                     *state = Inventory::evolve(std::mem::take(state), &event);
                 }

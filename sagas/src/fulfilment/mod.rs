@@ -23,7 +23,8 @@
 //! which ignores it.
 //!
 //! Which branch an order takes follows from the domain's deterministic rules:
-//! a SKU without enough stock fails `RESERVE_STOCK`; payment method
+//! a SKU without enough stock, without a catalog price, or whose catalog
+//! price is not the line's fails `RESERVE_STOCK`; payment method
 //! `card-declined` or a total over 5,000.00 fails `AUTHORIZE_PAYMENT`;
 //! `card-no-answer` makes the payment service never answer, so the step's
 //! deadline fails it; a shipping country in
@@ -133,10 +134,14 @@ impl Saga for Fulfilment {
             data.lines.iter().map(|line| FulfilmentCommand::Inventory(command(line))).collect()
         };
         match (step, phase) {
+            // Each line is reserved at the price it carries, which the
+            // inventory refuses unless it is the catalog's: what is then
+            // authorized (the order's total) is the catalog's total.
             (steps::RESERVE_STOCK, Phase::Action) => each_line(&|line| InventoryCommand::Reserve {
                 sku: line.sku.clone(),
                 order_id,
                 quantity: i64::from(line.quantity.get()),
+                unit_price_cents: Some(line.unit_price_cents.get() as i64),
                 at,
             }),
             (steps::RESERVE_STOCK, Phase::Compensation) => {

@@ -2,11 +2,15 @@
 //! e2e`: the stock to restock first and a mix of orders, each with the
 //! outcome the domain's rules dictate.
 //!
-//! Of every 20 orders: 13 confirm; 2 pay with `card-declined` and 1 is over
-//! the gateway's limit (fail `AUTHORIZE_PAYMENT`); 1 pays with
+//! Every SKU is restocked with its catalog price ([`unit_price`]) and every
+//! line carries that price, as a client that read the catalog sends it.
+//!
+//! Of every 20 orders: 12 confirm; 2 pay with `card-declined` and 1 buys a
+//! SKU over the gateway's limit (fail `AUTHORIZE_PAYMENT`); 1 pays with
 //! `card-no-answer` (the step's deadline fails it); 1 ships to `AQ` (fails
 //! `CREATE_SHIPMENT`); 2 ask for a SKU that never has enough stock after a
-//! line that does (fail `RESERVE_STOCK` after reserving the first line, which
+//! line that does, and 1 shows its second line at a price the catalog does
+//! not have (fail `RESERVE_STOCK` after reserving the first line, which
 //! compensation must release). [`ScenarioConfig::failures`] turns failures off.
 
 use chrono::{DateTime, Utc};
@@ -26,6 +30,24 @@ fn plain_sku(n: usize) -> String {
 }
 /// A SKU restocked with one unit; orders ask for two.
 pub const SCARCE_SKU: &str = "SKU-SCARCE";
+/// A SKU whose one unit costs more than the payment gateway authorizes.
+pub const LUXURY_SKU: &str = "SKU-LUXURY";
+
+/// The catalog price of a scenario SKU, in cents.
+pub fn unit_price(sku: &str) -> i64 {
+    match sku {
+        SCARCE_SKU => 100,
+        LUXURY_SKU => 600_000,
+        plain => {
+            let n: usize = plain.trim_start_matches("SKU-").parse().unwrap_or(0);
+            [1_250, 999, 2_000][n % 3]
+        }
+    }
+}
+
+fn restock(sku: &str, quantity: i64, at: DateTime<Utc>) -> InventoryCommand {
+    InventoryCommand::Restock { sku: Sku::parse(sku).expect("valid sku"), quantity, unit_price_cents: Some(unit_price(sku)), at }
+}
 
 /// What an order must end as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,20 +67,24 @@ pub struct ScenarioConfig {
     pub failures: bool,
 }
 
-/// The restocks that give every plain SKU enough for `orders` orders (and
-/// the scarce SKU its single unit), at `at`.
+/// The restocks, each naming its SKU's price, that give every plain SKU
+/// enough for `orders` orders (the luxury SKU one per 20 orders, and the
+/// scarce SKU its single unit), at `at`.
 pub fn restocks(orders: usize, at: DateTime<Utc>) -> Vec<InventoryCommand> {
     let per_sku = (orders * 6 / PLAIN_SKUS + 100) as i64;
     let mut commands = Vec::new();
-    for n in 0..PLAIN_SKUS {
-        let mut left = per_sku;
+    let mut stock = |sku: &str, mut left: i64| {
         while left > 0 {
             let quantity = left.min(10_000);
-            commands.push(InventoryCommand::Restock { sku: Sku::parse(&plain_sku(n)).expect("valid sku"), quantity, at });
+            commands.push(restock(sku, quantity, at));
             left -= quantity;
         }
+    };
+    for n in 0..PLAIN_SKUS {
+        stock(&plain_sku(n), per_sku);
     }
-    commands.push(InventoryCommand::Restock { sku: Sku::parse(SCARCE_SKU).expect("valid sku"), quantity: 1, at });
+    stock(LUXURY_SKU, (orders / 20 + 10) as i64);
+    stock(SCARCE_SKU, 1);
     commands
 }
 
@@ -68,9 +94,10 @@ pub fn order(config: &ScenarioConfig, index: usize, at: DateTime<Utc>) -> (Place
     let mix = ((index as u64).wrapping_mul(7).wrapping_add(config.seed)) % 20;
     let sku = |n: usize| plain_sku(index + n);
     let quantity = 1 + ((index as u64 + config.seed) % 3) as i64;
-    let mut lines = vec![LineInput { sku: sku(0), quantity, unit_price_cents: 1_250 }];
+    let line = |sku: String, quantity: i64| LineInput { unit_price_cents: unit_price(&sku), sku, quantity };
+    let mut lines = vec![line(sku(0), quantity)];
     if index.is_multiple_of(2) {
-        lines.push(LineInput { sku: sku(1), quantity: 1, unit_price_cents: 999 });
+        lines.push(line(sku(1), 1));
     }
     let mut payment_method = "card".to_owned();
     let mut country = "BE".to_owned();
@@ -80,7 +107,7 @@ pub fn order(config: &ScenarioConfig, index: usize, at: DateTime<Utc>) -> (Place
             Expected::Cancelled(FulfilmentStep::AuthorizePayment)
         }
         15 if config.failures => {
-            lines[0].unit_price_cents = 600_000;
+            lines[0] = line(LUXURY_SKU.into(), 1);
             Expected::Cancelled(FulfilmentStep::AuthorizePayment)
         }
         16 if config.failures => {
@@ -91,9 +118,17 @@ pub fn order(config: &ScenarioConfig, index: usize, at: DateTime<Utc>) -> (Place
             country = strata_commands::shipping::UNDELIVERABLE_COUNTRIES[0].into();
             Expected::Cancelled(FulfilmentStep::CreateShipment)
         }
+        12 if config.failures => {
+            // Shown at a price the catalog does not have: never charged.
+            lines.truncate(1);
+            let mut shown = line(sku(1), 1);
+            shown.unit_price_cents -= 1;
+            lines.push(shown);
+            Expected::Cancelled(FulfilmentStep::ReserveStock)
+        }
         18 | 19 if config.failures => {
             lines.truncate(1);
-            lines.push(LineInput { sku: SCARCE_SKU.into(), quantity: 2, unit_price_cents: 100 });
+            lines.push(line(SCARCE_SKU.into(), 2));
             Expected::Cancelled(FulfilmentStep::ReserveStock)
         }
         _ => Expected::Confirmed,

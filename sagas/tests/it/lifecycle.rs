@@ -25,7 +25,14 @@ fn place_order(lines: &[(&str, i64)], payment_method: &str) -> PlaceOrder {
     PlaceOrder {
         order_id: Uuid::new_v4(),
         customer_id: "c-odd".into(),
-        lines: lines.iter().map(|(sku, quantity)| LineInput { sku: (*sku).into(), quantity: *quantity, unit_price_cents: 100 }).collect(),
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| LineInput {
+                sku: (*sku).into(),
+                quantity: *quantity,
+                unit_price_cents: strata_sagas::fulfilment::scenario::unit_price(sku),
+            })
+            .collect(),
         payment_method: payment_method.into(),
         shipping_address: AddressInput {
             name: "Ada".into(),
@@ -80,11 +87,11 @@ async fn an_order_for_a_sku_never_stocked_is_cancelled_at_reserve_stock_at_once_
     inventory
         .handle(Envelope::new(
             Uuid::new_v4(),
-            strata_commands::inventory::InventoryCommand::Restock { sku: sku.clone(), quantity: 5, at: t0() },
+            strata_commands::inventory::InventoryCommand::Restock { sku: sku.clone(), quantity: 5, unit_price_cents: Some(100), at: t0() },
         ))
         .await
         .unwrap();
-    let late = strata_commands::inventory::InventoryCommand::Reserve { sku, order_id, quantity: 2, at: t0() };
+    let late = strata_commands::inventory::InventoryCommand::Reserve { sku, order_id, quantity: 2, unit_price_cents: Some(100), at: t0() };
     assert!(inventory.handle(Envelope::new(Uuid::new_v4(), late)).await.is_err(), "the order's reservation is fenced");
     assert_clean(&world.audit().await);
 }

@@ -162,7 +162,7 @@ impl Model {
         // SKU-A starts with some stock; SKU-B only gets what the actions
         // restock; SKU-NEVER never any.
         let inventory: CommandHandler<Inventory> = CommandHandler::new(store.clone(), None, HandlerConfig::default());
-        let restock = InventoryCommand::Restock { sku: Sku::parse(SKUS[0]).unwrap(), quantity: 12, at: t0() };
+        let restock = InventoryCommand::Restock { sku: Sku::parse(SKUS[0]).unwrap(), quantity: 12, unit_price_cents: Some(250), at: t0() };
         futures_util::FutureExt::now_or_never(inventory.handle(Envelope::new(Uuid::new_v4(), restock)))
             .expect("the memory log answers at once")
             .unwrap();
@@ -278,7 +278,12 @@ impl Model {
                 }
             }
             Action::Restock(sku, quantity) => {
-                let command = InventoryCommand::Restock { sku: Sku::parse(SKUS[*sku]).unwrap(), quantity: *quantity, at: self.clock.now() };
+                let command = InventoryCommand::Restock {
+                    sku: Sku::parse(SKUS[*sku]).unwrap(),
+                    quantity: *quantity,
+                    unit_price_cents: Some(250),
+                    at: self.clock.now(),
+                };
                 self.inventory.handle(Envelope::new(Uuid::new_v4(), command)).await.unwrap();
             }
             Action::Redeliver(n) => {
