@@ -10,7 +10,8 @@
 //!   [`Limits::max_ws_connections_per_token`] per token (more are refused
 //!   at `connection_init`);
 //! - at most [`Limits::max_subscriptions_per_connection`] subscriptions open
-//!   at once (one more closes the connection);
+//!   at once, asked for in text or binary frames (one more closes the
+//!   connection);
 //! - a connection is closed when its token expires.
 
 use std::collections::{HashMap, HashSet};
@@ -129,11 +130,17 @@ async fn serve(
         futures_util::future::ready(Ok::<_, axum::Error>(message))
     });
     // Incoming: count open subscriptions; one too many ends the connection.
+    // Binary frames count too: async-graphql reads a message from either
+    // kind (200 `subscribe`s in binary frames were all served before).
     let watched = connection.clone();
     let max_subscriptions = limits.max_subscriptions_per_connection;
     let stream = stream.map(move |message| {
-        let Ok(Message::Text(text)) = &message else { return message };
-        let Ok(parsed) = serde_json::from_str::<Value>(text) else { return message };
+        let parsed = match &message {
+            Ok(Message::Text(text)) => serde_json::from_str::<Value>(text),
+            Ok(Message::Binary(bytes)) => serde_json::from_slice::<Value>(bytes),
+            _ => return message,
+        };
+        let Ok(parsed) = parsed else { return message };
         let id = parsed["id"].as_str().unwrap_or_default().to_owned();
         let mut open = watched.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         match parsed["type"].as_str() {

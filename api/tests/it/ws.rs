@@ -203,6 +203,31 @@ async fn subscriptions_per_connection_are_capped() {
     closed(&mut socket).await;
 }
 
+/// async-graphql reads messages from binary frames too: they count the same
+/// (before, 200 binary `subscribe`s on one socket were all served).
+#[tokio::test]
+async fn subscriptions_sent_in_binary_frames_are_capped_the_same() {
+    let address = serve(limits(), None).await;
+    let mut socket = connect(address).await.unwrap();
+    assert!(init(&mut socket, CLIENT).await);
+    let binary = |id: &str| {
+        let Message::Text(text) = subscribe(id) else { unreachable!() };
+        Message::binary(text.as_bytes().to_vec())
+    };
+    // Two are served (the socket still answers a ping)...
+    socket.send(binary("1")).await.unwrap();
+    socket.send(binary("2")).await.unwrap();
+    socket.send(Message::text(json!({ "type": "ping" }).to_string())).await.unwrap();
+    assert_eq!(next_text(&mut socket).await.expect("open with two subscriptions")["type"], "pong");
+    // ...and a flood past the cap ends the connection at the third.
+    for id in 3..10_000 {
+        if socket.send(binary(&id.to_string())).await.is_err() {
+            break;
+        }
+    }
+    closed(&mut socket).await;
+}
+
 #[tokio::test]
 async fn a_connection_is_closed_when_its_token_expires() {
     const EXPIRING: &str = "ws-client-token-expiring";
