@@ -5,7 +5,9 @@
 //!   last error, last update), fed by the order's stream and its saga's
 //!   (`fulfilment-<orderId>`), and indexes for `orders(customerId, status,
 //!   first, after)`: `all`, `customer:<id>`, `status:<STATUS>`,
-//!   `customer:<id>:status:<STATUS>`, scored by the position of the
+//!   `customer:<id>:status:<STATUS>` (the id escaped, `%` as `%25` and `:`
+//!   as `%3A`, so that no customer id names another's index: a customer
+//!   `c-1:status:PENDING` is not c-1's pending orders), scored by the position of the
 //!   `OrderPlaced` event (so pages come in placing order and a cursor is a
 //!   position). The two streams are related
 //!   ([`Projection::related_streams`]): the runner applies them in global
@@ -138,9 +140,19 @@ fn set(key: &str, field: &str, value: Value) -> Write {
     Write::SetField { key: key.to_owned(), field: field.to_owned(), value }
 }
 
+/// The index of a customer's orders (in one status): the id escaped so
+/// that it cannot reach into another index's name.
+fn customer_index(customer: &str, status: Option<&str>) -> String {
+    let escaped = customer.replace('%', "%25").replace(':', "%3A");
+    match status {
+        Some(status) => format!("customer:{escaped}:status:{status}"),
+        None => format!("customer:{escaped}"),
+    }
+}
+
 fn index_writes(add: bool, customer: &str, status: &str, score: i64, key: &str) -> Vec<Write> {
     let mut writes = Vec::new();
-    for index in [format!("status:{status}"), format!("customer:{customer}:status:{status}")] {
+    for index in [format!("status:{status}"), customer_index(customer, Some(status))] {
         writes.push(if add {
             Write::IndexAdd { index, score, member: key.to_owned() }
         } else {
@@ -197,7 +209,8 @@ impl Projection for OrdersProjection {
     }
 
     fn version(&self) -> u32 {
-        3
+        // 4: customer ids escaped in index names.
+        4
     }
 
     fn categories(&self) -> &[&'static str] {
@@ -260,7 +273,7 @@ impl Projection for OrdersProjection {
                     "placedPosition": score,
                 });
                 let mut writes = vec![set(&key, "order", order)];
-                for index in ["all".to_owned(), format!("customer:{}", placed.customer_id)] {
+                for index in ["all".to_owned(), customer_index(&placed.customer_id, None)] {
                     writes.push(Write::IndexAdd { index, score, member: key.clone() });
                 }
                 writes.extend(index_writes(true, &placed.customer_id, OrderStatus::Pending.as_str(), score, &key));
@@ -559,16 +572,23 @@ pub async fn order(sink: &dyn ReadModelSink, order_id: Uuid) -> Result<Option<Or
 /// A page of orders by customer and status (both optional).
 pub async fn orders(sink: &dyn ReadModelSink, query: &OrdersQuery) -> Result<OrdersPage, SinkError> {
     let index = match (&query.customer_id, &query.status) {
-        (Some(customer), Some(status)) => format!("customer:{customer}:status:{}", status.as_str()),
-        (Some(customer), None) => format!("customer:{customer}"),
+        (Some(customer), Some(status)) => customer_index(customer, Some(status.as_str())),
+        (Some(customer), None) => customer_index(customer, None),
         (None, Some(status)) => format!("status:{}", status.as_str()),
         (None, None) => "all".to_owned(),
     };
     let first = query.first.clamp(1, MAX_PAGE);
     let entries = sink.page("orders", &index, query.after, first + 1).await?;
     let more = entries.len() > first;
-    let orders: Vec<OrderView> =
-        entries.iter().take(first).filter_map(|entry| entry.document.as_ref().and_then(OrderView::from_document)).collect();
+    // Every node is checked against the filter too, not only the index
+    // named for it: an index that ever held another's order shows nothing.
+    let orders: Vec<OrderView> = entries
+        .iter()
+        .take(first)
+        .filter_map(|entry| entry.document.as_ref().and_then(OrderView::from_document))
+        .filter(|view| query.customer_id.as_ref().is_none_or(|customer| &view.customer_id == customer))
+        .filter(|view| query.status.is_none_or(|status| view.status == status))
+        .collect();
     let next = if more { entries.get(first - 1).map(|e| e.score) } else { None };
     Ok(OrdersPage { orders, next })
 }

@@ -43,6 +43,7 @@ on_every_sink!(
     a_commit_whose_guard_does_not_hold_writes_nothing,
     queries_follow_the_live_pointer_and_retired_generations_refuse_commits,
     pages_walk_an_index_in_placing_order_with_cursors,
+    a_customer_id_cannot_name_another_customers_index,
     meta_fields_are_set_one_at_a_time,
     commits_to_the_live_generation_and_switches_are_announced,
 );
@@ -210,6 +211,55 @@ async fn pages_walk_an_index_in_placing_order_with_cursors(backend: Backend) {
             .collect();
         assert!(!expected.is_empty());
         assert_eq!(seen, expected, "customer {customer:?} status {status:?}");
+    }
+    cleanup.run().await;
+}
+
+/// Index names were built by concatenation: a customer (a JWT subject) named
+/// `c-1:status:PENDING` read c-1's pending orders.
+async fn a_customer_id_cannot_name_another_customers_index(backend: Backend) {
+    let customers = ["c-1", "c-1:status:PENDING", "c-1%3Astatus%3APENDING", "c-1:status"];
+    let mut appends = strata_projections::orders::sample::sample(strata_projections::orders::sample::SampleConfig {
+        seed: 11,
+        orders: 24,
+        customers: 4,
+        ..Default::default()
+    });
+    let mut n = 0;
+    for append in &mut appends {
+        for event in &mut append.events {
+            if event.event_type == "OrderPlaced" {
+                event.payload["customerId"] = json!(customers[n % customers.len()]);
+                n += 1;
+            }
+        }
+    }
+    let log = crate::support::memory_store();
+    crate::support::append_all(&*log, appends).await;
+    let events = crate::support::read_log(&*log).await;
+    let Some((sink, cleanup)) = fresh_sink(backend).await else { return };
+    feed(&runner(Arc::new(OrdersProjection), &sink, log.clone()).await, &events, 100).await;
+    let placed_by = |customer: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.event_type == "OrderPlaced" && e.payload["customerId"] == json!(customer))
+            .map(|e| e.stream_id.id().to_owned())
+            .collect()
+    };
+    for customer in customers {
+        for status in [None, Some(orders::OrderStatus::Pending), Some(orders::OrderStatus::Shipped), Some(orders::OrderStatus::Cancelled)] {
+            let query = OrdersQuery { customer_id: Some(customer.to_owned()), status, first: 100, after: None };
+            let page = orders::orders(&*sink, &query).await.unwrap();
+            for order in &page.orders {
+                assert_eq!(order.customer_id, customer, "{customer:?} {status:?} listed another customer's order");
+            }
+            if let Some(status) = status {
+                assert!(page.orders.iter().all(|order| order.status == status), "{customer:?} {status:?}");
+            } else {
+                let seen: Vec<String> = page.orders.iter().map(|o| o.order_id.to_string()).collect();
+                assert_eq!(seen, placed_by(customer), "every order of {customer:?}, in placing order");
+            }
+        }
     }
     cleanup.run().await;
 }
