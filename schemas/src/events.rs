@@ -534,6 +534,7 @@ mod tests {
             ReservationCommitted { sku: sku.clone(), order_id, quantity, committed_at: at() }.into(),
             ReservationFenced { sku: sku.clone(), order_id, fenced_at: at() }.into(),
             StockReturned { sku: sku.clone(), order_id, quantity, returned_at: at() }.into(),
+            PriceSet { sku: sku.clone(), unit_price_cents: Cents::new(1250).unwrap(), set_at: at() }.into(),
         ] {
             push(event.event_type(), event.schema_version(), round_trip(event));
         }
