@@ -57,9 +57,14 @@ pub struct Overrides {
     pub max_event_bytes: Option<String>,
     /// Accepted bearer tokens: `role:token[@RFC3339 expiry],…` (roles
     /// client, auditor, operator). Unset: `serve` prints a development token
-    /// per role.
+    /// per role, on the embedded default listening on loopback or with
+    /// `--dev`; anywhere else it refuses to start. Set but empty: an error.
     #[arg(long, env = "STRATA_TOKENS", global = true, hide_env_values = true)]
     pub tokens: Option<String>,
+    /// Development tokens (one per role, printed, new at every start) even
+    /// outside the embedded default on loopback. Never in production.
+    #[arg(long, env = "STRATA_DEV", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    pub dev: bool,
     /// Verify HS256 JWT bearer tokens with this secret (32+ bytes).
     #[arg(long, env = "STRATA_JWT_SECRET", global = true, hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -182,15 +187,41 @@ pub struct Settings {
     pub worker_backoff_max: Duration,
     /// What one append may hold (the event size bound every bus carries).
     pub append_limits: strata_store::AppendLimits,
-    /// The accepted opaque tokens (`None`: development tokens, unless JWTs
-    /// are configured).
+    /// The accepted opaque tokens (`None`: development tokens where they
+    /// are allowed, see [`Settings::development_tokens`], unless JWTs are
+    /// configured).
     pub tokens: Option<String>,
+    /// `--dev` / `STRATA_DEV`: development tokens anywhere.
+    pub dev: bool,
     /// How JWT bearer tokens are verified.
     pub jwt: crate::auth::JwtSettings,
     /// Requests per token (`None`: unlimited).
     pub rate_per_token: Option<governor::Quota>,
     /// Requests per client address (`None`: unlimited).
     pub rate_per_ip: Option<governor::Quota>,
+}
+
+/// An authentication setting that is set must say something: an empty one
+/// (compose's `${STRATA_TOKENS:-}`, a typo in a secret manager) used to
+/// count as unset and turn development tokens on.
+fn not_empty(name: &str, value: Option<String>) -> anyhow::Result<Option<String>> {
+    match value {
+        Some(text) if text.trim().is_empty() => {
+            bail!("{name} is set but empty: set it, or unset it (development tokens need --dev / STRATA_DEV=1)")
+        }
+        other => Ok(other),
+    }
+}
+
+impl Settings {
+    /// Whether `serve` may make development tokens when no authentication
+    /// is configured: with `--dev`, or on the embedded default (SQLite or
+    /// in-memory log) listening on loopback only, where nobody else can
+    /// reach them.
+    pub fn development_tokens(&self) -> bool {
+        let embedded = ["sqlite:", "memory:"].iter().any(|scheme| self.event_store.starts_with(*scheme));
+        self.dev || (embedded && self.listen.ip().is_loopback())
+    }
 }
 
 /// `STRATA_SAGA_STEP_DEADLINE` when nothing is set.
@@ -319,12 +350,13 @@ impl Settings {
                 },
                 ..strata_store::AppendLimits::default()
             },
-            tokens: overrides.tokens.clone().or(file.tokens).filter(|t| !t.trim().is_empty()),
+            tokens: not_empty("STRATA_TOKENS", overrides.tokens.clone().or(file.tokens))?,
+            dev: overrides.dev,
             jwt: crate::auth::JwtSettings {
-                secret: overrides.jwt_secret.clone().or(file.jwt_secret).filter(|t| !t.is_empty()),
-                jwks: overrides.jwt_jwks.clone().or(file.jwt_jwks),
-                issuer: overrides.jwt_issuer.clone().or(file.jwt_issuer).filter(|t| !t.is_empty()),
-                audience: overrides.jwt_audience.clone().or(file.jwt_audience).filter(|t| !t.is_empty()),
+                secret: not_empty("STRATA_JWT_SECRET", overrides.jwt_secret.clone().or(file.jwt_secret))?,
+                jwks: overrides.jwt_jwks.clone().or(file.jwt_jwks).filter(|path| !path.as_os_str().is_empty()),
+                issuer: not_empty("STRATA_JWT_ISSUER", overrides.jwt_issuer.clone().or(file.jwt_issuer))?,
+                audience: not_empty("STRATA_JWT_AUDIENCE", overrides.jwt_audience.clone().or(file.jwt_audience))?,
             },
             rate_per_token: match overrides.rate_limit.clone().or(file.rate_limit) {
                 Some(text) => crate::rate::parse_rate("STRATA_RATE_LIMIT", &text)?,

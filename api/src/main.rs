@@ -559,11 +559,16 @@ fn print_demo(summary: &serde_json::Value) {
 }
 
 /// The tokens `serve` accepts: the configured ones, else a fresh
-/// development token per role, printed.
+/// development token per role, printed, where that is allowed
+/// ([`Settings::development_tokens`]).
 fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
     let tokens = match &settings.tokens {
         Some(spec) => Tokens::parse(spec)?,
         None if settings.jwt.enabled() => Tokens::default(),
+        None if !settings.development_tokens() => anyhow::bail!(
+            "no authentication is configured: set STRATA_TOKENS or STRATA_JWT_SECRET / STRATA_JWT_JWKS (README \"Authentication\"); \
+             development tokens are made only for the embedded default listening on loopback, or with --dev (STRATA_DEV=1)"
+        ),
         None => {
             let (tokens, printed) = Tokens::development();
             for (role, token) in printed {
@@ -582,6 +587,8 @@ fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
 /// `strata serve`: migrates, starts the roles of this process, serves HTTP
 /// when it has the api role, and stops everything on Ctrl-C or SIGTERM.
 async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    // Who may call is settled before anything is opened or migrated.
+    let tokens = if settings.roles.api { Some(tokens(settings)?) } else { None };
     let backend = open(settings).await?;
     backend.migrate().await.context("migrating the event store")?;
     let roles = settings.roles;
@@ -605,7 +612,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                 let limits = Limits { rate_per_token: settings.rate_per_token, rate_per_ip: settings.rate_per_ip, ..Limits::default() };
                 let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model, limits);
                 // The development tokens are printed before the listening line.
-                let graphql = GraphQl::new(api, tokens(settings)?);
+                let graphql = GraphQl::new(api, tokens.clone().expect("made for the api role"));
                 println!(
                     "strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)",
                     store.backend_name()

@@ -406,3 +406,41 @@ fn logs_have_no_colour_codes_off_a_terminal_and_are_one_json_object_per_line_in_
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("STRATA_LOG_FORMAT"), "{refused:?}");
 }
+
+/// Development tokens only where nobody else can reach them: 86e7a2f, on
+/// PostgreSQL listening on 0.0.0.0 with an empty `STRATA_TOKENS` (compose's
+/// `${STRATA_TOKENS:-}`), minted an operator token and printed it.
+#[test]
+fn without_authentication_serve_starts_only_on_the_embedded_default_on_loopback_or_with_dev() {
+    let scratch = scratch_sqlite();
+    // Refused before anything is opened: this PostgreSQL is never reached.
+    let postgres = "postgres://postgres@127.0.0.1:1/unreachable";
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("STRATA_EVENT_STORE", postgres)], "no authentication is configured"),
+        (&[("STRATA_EVENT_STORE", postgres), ("STRATA_TOKENS", "")], "STRATA_TOKENS is set but empty"),
+        (&[("STRATA_EVENT_STORE", postgres), ("STRATA_TOKENS", " ")], "STRATA_TOKENS is set but empty"),
+        (&[("STRATA_EVENT_STORE", postgres), ("STRATA_JWT_SECRET", "")], "STRATA_JWT_SECRET is set but empty"),
+        (&[("STRATA_EVENT_STORE", &scratch.url), ("STRATA_LISTEN", "0.0.0.0:0")], "no authentication is configured"),
+    ];
+    for (env, expected) in cases {
+        let output = strata().arg("serve").envs(env.iter().copied()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success(), "{env:?} started: {stdout}");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+        assert!(!stdout.contains("token operator:"), "{env:?} printed a development token: {stdout}");
+    }
+    // --dev (STRATA_DEV=1) asks for them anywhere.
+    let mut serving = strata()
+        .arg("serve")
+        .env("STRATA_EVENT_STORE", &scratch.url)
+        .env("STRATA_LISTEN", "0.0.0.0:0")
+        .env("STRATA_DEV", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(serving.stdout.take().unwrap());
+    let printed = std::io::BufRead::lines(stdout).map_while(Result::ok).any(|line| line.starts_with("token operator:"));
+    let _ = serving.kill();
+    let _ = serving.wait();
+    assert!(printed, "--dev printed no development token");
+}

@@ -304,7 +304,12 @@ fn a_compose_cli_accepts_both_files_when_one_is_installed() {
         for file in &files {
             command.args(["-f", file]);
         }
-        let output = command.args(["--profile", "kafka-mongo", "config", "-q"]).output().unwrap();
+        command.args(["--profile", "kafka-mongo", "config", "-q"]);
+        // No default secret: without tokens the files do not even resolve.
+        let output = command.env_remove("STRATA_TOKENS").output().unwrap();
+        assert!(!output.status.success(), "{cli:?} config {files:?} resolved without STRATA_TOKENS");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("STRATA_TOKENS"), "{}", String::from_utf8_lossy(&output.stderr));
+        let output = command.env("STRATA_TOKENS", "operator:compose-config-check-token").output().unwrap();
         assert!(output.status.success(), "{cli:?} config {files:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
 }

@@ -33,6 +33,11 @@ pub fn strata() -> Command {
         .env_remove("STRATA_ROLES")
         .env_remove("STRATA_SAGA_STEP_DEADLINE")
         .env_remove("STRATA_TOKENS")
+        .env_remove("STRATA_DEV")
+        .env_remove("STRATA_JWT_SECRET")
+        .env_remove("STRATA_JWT_JWKS")
+        .env_remove("STRATA_JWT_ISSUER")
+        .env_remove("STRATA_JWT_AUDIENCE")
         .env("RUST_LOG", "warn");
     command
 }
