@@ -289,6 +289,39 @@ pub(crate) fn api<'a>(ctx: &Context<'a>) -> &'a Arc<Api> {
 
 #[cfg(test)]
 mod tests {
+    /// The README's limits are the code's (they had drifted: depth 15 and
+    /// complexity 2,000 written, 20 and 5,000 enforced).
+    #[test]
+    fn the_readme_states_the_limits_the_code_enforces() {
+        let readme = include_str!("../../../README.md").split_whitespace().collect::<Vec<_>>().join(" ");
+        let limits = super::Limits::default();
+        let thousands = |n: usize| {
+            let digits = n.to_string();
+            let mut out = String::new();
+            for (i, c) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            out
+        };
+        for stated in [
+            format!("depth {}, complexity {}", limits.max_depth, thousands(limits.max_complexity)),
+            format!("{} root fields", limits.max_root_fields),
+            format!("{} KiB body, {} s", limits.max_body_bytes / 1024, limits.request_timeout.as_secs()),
+            format!("within {} s, frames and messages up to {} KiB", limits.ws_init_timeout.as_secs(), limits.max_ws_message_bytes / 1024),
+            format!(
+                "{} connections per process and {} per token",
+                thousands(limits.max_ws_connections),
+                limits.max_ws_connections_per_token
+            ),
+            format!("{} subscriptions per connection", limits.max_subscriptions_per_connection),
+        ] {
+            assert!(readme.contains(&stated), "README.md does not say {stated:?}");
+        }
+    }
+
     /// `schemas/graphql/schema.graphql` is the contract clients generate
     /// code from: it must be what the server serves. Regenerate with
     /// `STRATA_UPDATE_SDL=1 cargo test -p strata-api sdl`.
