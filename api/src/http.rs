@@ -15,7 +15,8 @@
 //! body over the limit 413, not JSON 415, malformed JSON or unknown keys
 //! 400 (`VALIDATION`), over a rate ([`crate::rate`]) 429 `RATE_LIMITED`
 //! with `Retry-After`; errors inside a well-formed request come with 200.
-//! Every answer carries an `x-request-id` (the caller's, or a new UUID) that
+//! Every answer carries an `x-request-id` (the caller's when it is at most
+//! 128 characters of letters, digits and `-_.:/+=`, else a new UUID) that
 //! also names the request's tracing span.
 //! Built by [`router`] so tests call it in-process; [`run`] serves it on a
 //! listener it is handed until `shutdown` resolves.
@@ -102,6 +103,27 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(bound_request_id))
+}
+
+/// The longest `x-request-id` kept from a caller.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A caller's `x-request-id` goes into every log line and trace of its
+/// request: one longer than [`MAX_REQUEST_ID_LEN`] or with other than
+/// letters, digits and `-_.:/+=` is dropped, and the request gets a new one.
+async fn bound_request_id(mut request: Request) -> Request {
+    let acceptable = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
+    };
+    let values = request.headers().get_all("x-request-id");
+    let mut values = values.iter();
+    let keep = matches!((values.next(), values.next()), (Some(value), None) if acceptable(value));
+    if !keep {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// The span a request is served in: method, path and request id.

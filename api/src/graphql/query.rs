@@ -134,6 +134,8 @@ impl Query {
     #[graphql(guard = "Needs(Permission::Read)")]
     async fn stock(&self, ctx: &Context<'_>, sku: String, wait_for: Option<String>) -> async_graphql::Result<Option<Stock>> {
         let api = api(ctx);
+        // A SKU is checked like everywhere else before it builds a key.
+        strata_schemas::values::Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
         await_write(ctx, "stock", wait_for.as_deref()).await?;
         match orders::stock(&*api.read_model, &sku).await.map_err(internal)? {
             Some(view) => Ok(Some(Stock::new(sku, view))),

@@ -546,6 +546,9 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
         (RESTOCK.to_owned(), json!({ "sku": "sku lower", "quantity": 1 })),
         (RESTOCK.to_owned(), json!({ "sku": "SKU-BAD", "quantity": 0 })),
         (RESTOCK.to_owned(), json!({ "sku": "SKU-BAD", "quantity": "many" })),
+        (RESTOCK.to_owned(), json!({ "sku": "SKU-BAD", "quantity": 1, "price": -1 })),
+        ("mutation { setPrice(sku: \"SKU-BAD\", unitPriceCents: -1) { version } }".to_owned(), json!({})),
+        ("mutation { setPrice(sku: \"sku lower\", unitPriceCents: 1) { version } }".to_owned(), json!({})),
     ];
     let mut invalid_orders = Vec::new();
     for (pointer, value) in [
@@ -579,6 +582,11 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
         assert!(!body.to_string().contains("sqlx") && !body.to_string().contains("panicked"), "{body}");
     }
     assert_eq!(server.head().await, head, "bad input wrote to the log");
+    // A SKU that no SKU can be is VALIDATION before it builds a key, not a lookup.
+    for sku in ["sku lower", "SKU:status:X", "SKU-\u{0}"] {
+        let code = server.code("client", "query($s: String!) { stock(sku: $s) { sku } }", json!({ "s": sku })).await;
+        assert_eq!(code, "VALIDATION", "stock({sku:?})");
+    }
 }
 
 /// Thousands of generated malformed requests: every answer is a coded

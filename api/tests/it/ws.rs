@@ -340,4 +340,11 @@ async fn every_answer_carries_a_request_id_its_own_or_the_callers() {
         .await
         .unwrap();
     assert_eq!(given.headers().get("x-request-id").unwrap(), "trace-me-42");
+    // An id that would flood every log line of its request, or carry odd
+    // characters into them, is replaced.
+    for hostile in ["x".repeat(10_000), "a b\tc".to_owned(), "<script>".to_owned()] {
+        let answer = client.get(format!("http://{address}/healthz")).header("x-request-id", &hostile).send().await.unwrap();
+        let id = answer.headers().get("x-request-id").expect("a request id").to_str().unwrap().to_owned();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{hostile:?} was kept: {id}");
+    }
 }
