@@ -9,7 +9,7 @@
 //! # let at = chrono::Utc::now();
 //! let sku = Sku::parse("SKU-1").unwrap();
 //! given::<Inventory>([])
-//!     .when(InventoryCommand::Reserve { sku: sku.clone(), order_id: uuid::Uuid::nil(), quantity: 1, at })
+//!     .when(InventoryCommand::Reserve { sku: sku.clone(), order_id: uuid::Uuid::nil(), quantity: 1, unit_price_cents: Some(1250), at })
 //!     .then_error(InventoryError::UnknownSku { sku });
 //! ```
 
