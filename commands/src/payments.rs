@@ -218,7 +218,7 @@ impl Aggregate for Payment {
                 let amount = Cents::new(amount_cents).map_err(PaymentError::InvalidAmount)?;
                 if payment_method.trim().is_empty()
                     || payment_method.chars().count() > 64
-                    || payment_method.chars().any(strata_schemas::values::is_forbidden_control)
+                    || payment_method.chars().any(strata_schemas::values::is_forbidden_in_text)
                 {
                     return Err(PaymentError::InvalidPaymentMethod);
                 }

@@ -150,7 +150,7 @@ impl Aggregate for Shipment {
                 Some(ShipmentStatus::Created) => {
                     if reason.trim().is_empty()
                         || reason.chars().count() > 500
-                        || reason.chars().any(strata_schemas::values::is_forbidden_control)
+                        || reason.chars().any(strata_schemas::values::is_forbidden_in_text)
                     {
                         return Err(ShippingError::InvalidReason);
                     }

@@ -21,16 +21,35 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidValue {
     InvalidValue { field, reason: reason.into() }
 }
 
-/// Whether `c` is a control character text fields refuse (U+0000–U+001F,
-/// U+007F): invisible in logs and views, and NUL is refused by PostgreSQL.
+/// Whether `c` is a control character text fields refuse: C0 and C1
+/// (U+0000–U+001F, U+007F–U+009F), invisible in logs and views (and NUL is
+/// refused by PostgreSQL); see also [`is_forbidden_format`].
 pub fn is_forbidden_control(c: char) -> bool {
-    c <= '\u{1f}' || c == '\u{7f}'
+    c <= '\u{1f}' || ('\u{7f}'..='\u{9f}').contains(&c)
 }
 
-/// Checks free text: no control characters; `field` names it in the error.
+/// Whether `c` is an invisible formatting character text fields refuse:
+/// the direction overrides, embeddings and isolates (U+202A–U+202E,
+/// U+2066–U+2069) and marks (U+200E, U+200F, U+061C) that make a text read
+/// otherwise than it is stored, and the zero-width space, word joiner,
+/// invisible operators and byte-order mark (U+200B, U+2060–U+2064, U+FEFF)
+/// that make two texts look alike. The zero-width joiner and non-joiner
+/// (U+200C, U+200D) stay: scripts and emoji need them.
+pub fn is_forbidden_format(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{200b}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+}
+
+/// Whether text fields refuse `c` ([`is_forbidden_control`] or [`is_forbidden_format`]).
+pub fn is_forbidden_in_text(c: char) -> bool {
+    is_forbidden_control(c) || is_forbidden_format(c)
+}
+
+/// Checks free text: no control or invisible formatting characters; `field`
+/// names it in the error.
 pub fn check_no_control(field: &'static str, value: &str) -> Result<(), InvalidValue> {
-    match value.chars().find(|c| is_forbidden_control(*c)) {
-        Some(c) => Err(invalid(field, format!("contains the control character U+{:04X}", u32::from(c)))),
+    match value.chars().find(|c| is_forbidden_in_text(*c)) {
+        Some(c) if is_forbidden_control(c) => Err(invalid(field, format!("contains the control character U+{:04X}", u32::from(c)))),
+        Some(c) => Err(invalid(field, format!("contains the invisible formatting character U+{:04X}", u32::from(c)))),
         None => Ok(()),
     }
 }
@@ -295,6 +314,26 @@ impl fmt::Display for FulfilmentStep {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_refuses_controls_and_invisible_formatting_but_keeps_joiners() {
+        use super::check_no_control;
+        for (text, says) in [
+            ("a\u{0}b", "control character U+0000"),
+            ("a\u{85}b", "control character U+0085"),
+            ("a\u{9b}b", "control character U+009B"),
+            ("evil\u{202e}gnp.exe", "invisible formatting character U+202E"),
+            ("a\u{2067}b", "invisible formatting character U+2067"),
+            ("pay\u{200b}pal", "invisible formatting character U+200B"),
+            ("\u{feff}Ada", "invisible formatting character U+FEFF"),
+        ] {
+            let err = check_no_control("name", text).unwrap_err();
+            assert!(err.reason.contains(says), "{text:?}: {}", err.reason);
+        }
+        for fine in ["Ada Lovelace", "Rue de la Loi 16", "می\u{200c}خواهم", "👩\u{200d}💻", "漢字", "Zoë"] {
+            check_no_control("name", fine).unwrap();
+        }
+    }
+
     use super::*;
 
     #[test]

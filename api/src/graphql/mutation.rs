@@ -31,7 +31,7 @@ const MAX_KEY_LEN: usize = 128;
 
 /// An idempotency key, checked.
 fn check_key(key: &str) -> async_graphql::Result<&str> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(strata_schemas::values::is_forbidden_control) {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(strata_schemas::values::is_forbidden_in_text) {
         return Err(error(Code::Validation, format!("idempotencyKey must have 1 to {MAX_KEY_LEN} characters and no control character")));
     }
     Ok(key)

@@ -560,6 +560,8 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
         ("/input/shippingAddress/country", json!("XX1")),
         ("/input/shippingAddress/country", json!("be")),
         ("/input/customerId", json!("")),
+        ("/input/customerId", json!("c-1\u{202e}")),
+        ("/input/paymentMethod", json!("card\u{85}")),
         ("/input/paymentMethod", json!("")),
         ("/input/idempotencyKey", json!("")),
         ("/input/lines/0/color", json!("red")),
