@@ -323,6 +323,11 @@ impl Tokens {
             if token.len() < MIN_TOKEN_LEN || !token.chars().all(|c| c.is_ascii_graphic()) {
                 bail!("STRATA_TOKENS: a {role} token must have at least {MIN_TOKEN_LEN} printable ASCII characters");
             }
+            // The same token twice would leave only its last grant: an
+            // operator line pasted over a client's silently changes who it is.
+            if tokens.grants.contains_key(&digest(token)) {
+                bail!("STRATA_TOKENS lists the same token twice (a {role} entry repeats an earlier token); each token must be unique");
+            }
             tokens.insert(token, role, subject, expires);
         }
         if tokens.grants.is_empty() {
@@ -426,6 +431,7 @@ mod tests {
             ("aaaaaaaaaaaaaaaaaaaa", "without a role"),
             ("operator:aaaaaaaaaaaaaaaaaaaa@tomorrow", "RFC 3339"),
             (" , ", "lists no token"),
+            ("client/c-1:aaaaaaaaaaaaaaaaaaaa,operator:aaaaaaaaaaaaaaaaaaaa", "same token twice"),
         ] {
             let err = Tokens::parse(spec).unwrap_err().to_string();
             assert!(err.contains(says), "{spec}: {err}");
