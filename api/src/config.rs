@@ -83,6 +83,16 @@ pub struct Overrides {
     /// Requests per second per client address, before the token is checked.
     #[arg(long, env = "STRATA_RATE_LIMIT_IP", global = true)]
     pub rate_limit_ip: Option<String>,
+    /// Longest a client may take to send a request's headers (`10s`); a
+    /// connection that sends nothing is closed then too.
+    #[arg(long, env = "STRATA_HTTP_HEADER_TIMEOUT", global = true)]
+    pub http_header_timeout: Option<String>,
+    /// Longest a client may take to send a request's body (`30s`).
+    #[arg(long, env = "STRATA_HTTP_BODY_TIMEOUT", global = true)]
+    pub http_body_timeout: Option<String>,
+    /// Most HTTP connections open at once (`10000`).
+    #[arg(long, env = "STRATA_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -108,6 +118,9 @@ struct FileSettings {
     jwt_audience: Option<String>,
     rate_limit: Option<String>,
     rate_limit_ip: Option<String>,
+    http_header_timeout: Option<String>,
+    http_body_timeout: Option<String>,
+    max_connections: Option<String>,
 }
 
 /// What a process does (docs/design.md §3, §9).
@@ -199,6 +212,8 @@ pub struct Settings {
     pub rate_per_token: Option<governor::Quota>,
     /// Requests per client address (`None`: unlimited).
     pub rate_per_ip: Option<governor::Quota>,
+    /// Slow clients and open connections.
+    pub http_bounds: crate::http::ServerBounds,
 }
 
 /// An authentication setting that is set must say something: an empty one
@@ -365,6 +380,28 @@ impl Settings {
             rate_per_ip: match overrides.rate_limit_ip.clone().or(file.rate_limit_ip) {
                 Some(text) => crate::rate::parse_rate("STRATA_RATE_LIMIT_IP", &text)?,
                 None => crate::rate::per_second(crate::rate::DEFAULT_PER_IP),
+            },
+            http_bounds: {
+                let defaults = crate::http::ServerBounds::default();
+                crate::http::ServerBounds {
+                    header_timeout: match overrides.http_header_timeout.clone().or(file.http_header_timeout) {
+                        Some(text) => parse_duration("STRATA_HTTP_HEADER_TIMEOUT", &text)?,
+                        None => defaults.header_timeout,
+                    },
+                    body_timeout: match overrides.http_body_timeout.clone().or(file.http_body_timeout) {
+                        Some(text) => parse_duration("STRATA_HTTP_BODY_TIMEOUT", &text)?,
+                        None => defaults.body_timeout,
+                    },
+                    max_connections: match overrides.max_connections.clone().or(file.max_connections) {
+                        Some(text) => text
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=1_000_000).contains(n))
+                            .with_context(|| format!("STRATA_MAX_CONNECTIONS: {text:?} is not a number from 1 to 1000000"))?,
+                        None => defaults.max_connections,
+                    },
+                }
             },
         })
     }

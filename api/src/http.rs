@@ -400,5 +400,92 @@ fn check(
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then
 /// finishes in-flight requests.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+    serve(listener, state, ServerBounds::default(), shutdown).await
+}
+
+/// What a connection may hold before any token is checked (slow clients:
+/// a connection that sends nothing, or a header or body a byte at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerBounds {
+    /// Longest a client may take to send a request's headers, the first
+    /// request's included: a connection that sends nothing is closed then
+    /// too (`STRATA_HTTP_HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body
+    /// (`STRATA_HTTP_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
+    /// Most connections open at once; one more is closed as soon as it is
+    /// accepted (`STRATA_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+}
+
+impl Default for ServerBounds {
+    fn default() -> Self {
+        Self { header_timeout: Duration::from_secs(10), body_timeout: Duration::from_secs(30), max_connections: 10_000 }
+    }
+}
+
+/// [`run`] within `bounds`: each connection is served by hyper's HTTP/1
+/// with a header-read timeout (axum's own `serve` sets none, so 2,000
+/// half-sent requests stayed open for good), under a cap on open
+/// connections, and stopped gracefully with the others on `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    bounds: ServerBounds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(bounds.body_timeout));
+    let max_connections = bounds.max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    // Told to every connection on shutdown: each finishes its request in
+    // flight and closes; the server returns once all of them have.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: they pass.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("strata_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = tower_http::add_extension::AddExtension::new(app.clone(), axum::extract::ConnectInfo(remote));
+        let connection = http
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service))
+            .with_upgrades();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%error, "an HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    stopping.send_replace(true);
+    // Every place back: every connection has closed (an upgraded one, a
+    // WebSocket, gave its place back when it was handed over).
+    let _all = permits.acquire_many(max_connections as u32).await;
+    Ok(())
 }

@@ -623,7 +623,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                 None
             };
             tracing::info!(%address, backend = store.backend_name(), %roles, "serving");
-            http::run(
+            http::serve(
                 listener,
                 AppState {
                     event_store: store.clone(),
@@ -634,6 +634,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                     bus: bus.as_ref().map(|bus| (strata_api::workers::bus_backend(&settings.bus), bus.publisher.clone())),
                     workers: Some(workers.health()),
                 },
+                settings.http_bounds,
                 shutdown_signal(),
             )
             .await?;

@@ -317,6 +317,9 @@ mod tests {
                 limits.max_ws_connections_per_token
             ),
             format!("{} subscriptions per connection", limits.max_subscriptions_per_connection),
+            format!("headers within {} s", crate::http::ServerBounds::default().header_timeout.as_secs()),
+            format!("body within {} s", crate::http::ServerBounds::default().body_timeout.as_secs()),
+            format!("at most {} connections open", thousands(crate::http::ServerBounds::default().max_connections)),
         ] {
             assert!(readme.contains(&stated), "README.md does not say {stated:?}");
         }

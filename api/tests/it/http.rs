@@ -189,3 +189,90 @@ fn the_binary_serves_on_the_embedded_default_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A bare state over an in-memory store, served within `bounds`.
+async fn serve_bounded(bounds: strata_api::http::ServerBounds) -> std::net::SocketAddr {
+    let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
+    let state = AppState {
+        event_store: store.clone(),
+        read_model: Some(Arc::new(strata_projections::MemorySink::new())),
+        checkpoints: store,
+        metrics: Default::default(),
+        graphql: None,
+        bus: None,
+        workers: None,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(strata_api::http::serve(listener, state, bounds, std::future::pending()));
+    address
+}
+
+/// Waits until the server ends `stream` (EOF, a reset, or an answer such as
+/// 408 before it closes); panics if it stays open past `deadline`.
+async fn ended_by_the_server(stream: &mut tokio::net::TcpStream, deadline: tokio::time::Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => panic!("the server kept a slow connection open"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Slow-loris: 86e7a2f kept 2,000 half-sent requests open for good (axum's
+/// `serve` has no header timeout). Now each is closed once the header
+/// timeout passed, while normal requests answer beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_at_the_header_timeout_while_others_answer() {
+    use tokio::io::AsyncWriteExt;
+    let bounds = strata_api::http::ServerBounds { header_timeout: Duration::from_secs(1), ..Default::default() };
+    let address = serve_bounded(bounds).await;
+    let mut slow = Vec::new();
+    for i in 0..2_000 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        // Half the headers, or nothing at all.
+        if i % 2 == 0 {
+            stream.write_all(b"POST /graphql HTTP/1.1\r\nHost: strata\r\nContent-Ty").await.unwrap();
+        }
+        slow.push(stream);
+    }
+    for _ in 0..20 {
+        assert_eq!(get(address, "/healthz").await.0, 200, "a normal request beside 2,000 slow ones");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for stream in &mut slow {
+        ended_by_the_server(stream, deadline).await;
+    }
+    assert_eq!(get(address, "/healthz").await.0, 200);
+}
+
+/// Past `max_connections` a connection is closed as soon as it is accepted;
+/// a place that frees up is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_cap_is_closed_at_once() {
+    let bounds = strata_api::http::ServerBounds { max_connections: 5, header_timeout: Duration::from_secs(60), ..Default::default() };
+    let address = serve_bounded(bounds).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(address).await.unwrap();
+    ended_by_the_server(&mut extra, tokio::time::Instant::now() + Duration::from_secs(10)).await;
+    drop(held.pop());
+    strata_store::testkit::wait_until(Duration::from_secs(10), || async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!("answered {answer:?}"))
+        }
+    })
+    .await;
+}
