@@ -587,7 +587,8 @@ fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
 /// `strata serve`: migrates, starts the roles of this process, serves HTTP
 /// when it has the api role, and stops everything on Ctrl-C or SIGTERM.
 async fn serve(settings: &Settings) -> anyhow::Result<()> {
-    // Who may call is settled before anything is opened or migrated.
+    // Who may call is settled before anything is opened or migrated; `Some`
+    // exactly when this process has the api role.
     let tokens = if settings.roles.api { Some(tokens(settings)?) } else { None };
     let backend = open(settings).await?;
     backend.migrate().await.context("migrating the event store")?;
@@ -607,12 +608,12 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
         if roles.api || settings.listen_configured {
             let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
             let address = listener.local_addr()?;
-            let graphql = if roles.api {
+            let graphql = if let Some(tokens) = tokens.clone() {
                 let Some(read_model) = read_model.clone() else { anyhow::bail!("the api role needs the read models") };
                 let limits = Limits { rate_per_token: settings.rate_per_token, rate_per_ip: settings.rate_per_ip, ..Limits::default() };
                 let api = Api::new(store.clone(), Some(backend.snapshots()), backend.checkpoints(), read_model, limits);
-                // The development tokens are printed before the listening line.
-                let graphql = GraphQl::new(api, tokens.clone().expect("made for the api role"));
+                // The development tokens were printed before the listening line.
+                let graphql = GraphQl::new(api, tokens);
                 println!(
                     "strata listening on http://{address} (event store: {}; GraphiQL at http://{address}/graphql)",
                     store.backend_name()
