@@ -566,7 +566,7 @@ fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
         Some(spec) => Tokens::parse(spec)?,
         None if settings.jwt.enabled() => Tokens::default(),
         None if !settings.development_tokens() => anyhow::bail!(
-            "no authentication is configured: set STRATA_TOKENS or STRATA_JWT_SECRET / STRATA_JWT_JWKS (README \"Authentication\"); \
+            "no authentication is configured: set STRATA_TOKENS or STRATA_JWT_SECRET / STRATA_JWT_JWKS (README.md, \"Opaque tokens\" and \"JWTs\"); \
              development tokens are made only for the embedded default listening on loopback, or with --dev (STRATA_DEV=1)"
         ),
         None => {
