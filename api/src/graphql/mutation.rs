@@ -62,6 +62,29 @@ fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: 
     }
 }
 
+/// Runs an operator's command on one SKU's inventory. With an idempotency
+/// key, a retry (same `kind`, SKU and key) has one effect and answers the
+/// first outcome.
+async fn inventory_command(
+    ctx: &Context<'_>,
+    kind: &str,
+    sku: &str,
+    idempotency_key: Option<&str>,
+    command: impl FnOnce(Sku) -> InventoryCommand,
+) -> async_graphql::Result<Written> {
+    let sku = Sku::parse(sku).map_err(|e| error(Code::Validation, e.to_string()))?;
+    let command_id = match idempotency_key.map(check_key).transpose()? {
+        Some(key) => Uuid::new_v5(&IDEMPOTENCY, format!("{kind}\u{0}{sku}\u{0}{key}").as_bytes()),
+        None => Uuid::now_v7(),
+    };
+    let outcome = api(ctx)
+        .inventory
+        .handle(Envelope::new(command_id, command(sku)).by(actor(ctx)))
+        .await
+        .map_err(|err| command_error(err, inventory_refusal))?;
+    Ok(Written::from(&outcome))
+}
+
 /// The order's lines, each at the price its client saw, or the catalog's
 /// price now when it sent none. A SKU without a catalog price cannot be
 /// priced: not for sale. (The price is checked again when the stock is
@@ -201,20 +224,14 @@ impl Mutation {
         #[graphql(desc = "The SKU's catalog price from now on, if it changes (see setPrice).")] unit_price_cents: Option<i32>,
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Written> {
-        let api = api(ctx);
-        let sku = Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
-        let command_id = match idempotency_key.as_deref().map(check_key).transpose()? {
-            Some(key) => Uuid::new_v5(&IDEMPOTENCY, format!("restock\u{0}{sku}\u{0}{key}").as_bytes()),
-            None => Uuid::now_v7(),
-        };
-        let command =
-            InventoryCommand::Restock { sku, quantity: quantity.into(), unit_price_cents: unit_price_cents.map(i64::from), at: Utc::now() };
-        let outcome = api
-            .inventory
-            .handle(Envelope::new(command_id, command).by(actor(ctx)))
-            .await
-            .map_err(|err| command_error(err, inventory_refusal))?;
-        Ok(Written::from(&outcome))
+        let unit_price_cents = unit_price_cents.map(i64::from);
+        inventory_command(ctx, "restock", &sku, idempotency_key.as_deref(), |sku| InventoryCommand::Restock {
+            sku,
+            quantity: quantity.into(),
+            unit_price_cents,
+            at: Utc::now(),
+        })
+        .await
     }
 
     /// Sets a SKU's catalog price, what one unit is charged from now on (an
@@ -229,19 +246,12 @@ impl Mutation {
         unit_price_cents: i32,
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Written> {
-        let api = api(ctx);
-        let sku = Sku::parse(&sku).map_err(|e| error(Code::Validation, e.to_string()))?;
-        let command_id = match idempotency_key.as_deref().map(check_key).transpose()? {
-            Some(key) => Uuid::new_v5(&IDEMPOTENCY, format!("price\u{0}{sku}\u{0}{key}").as_bytes()),
-            None => Uuid::now_v7(),
-        };
-        let command = InventoryCommand::SetPrice { sku, unit_price_cents: unit_price_cents.into(), at: Utc::now() };
-        let outcome = api
-            .inventory
-            .handle(Envelope::new(command_id, command).by(actor(ctx)))
-            .await
-            .map_err(|err| command_error(err, inventory_refusal))?;
-        Ok(Written::from(&outcome))
+        inventory_command(ctx, "price", &sku, idempotency_key.as_deref(), |sku| InventoryCommand::SetPrice {
+            sku,
+            unit_price_cents: unit_price_cents.into(),
+            at: Utc::now(),
+        })
+        .await
     }
 
     /// Starts rebuilding a projection from the log beside the live one;
