@@ -489,7 +489,12 @@ impl Planner<'_> {
                 self.ensure_loaded(work, key).await?;
             }
             let document = key.as_ref().and_then(|key| work.documents.get(key)).and_then(Option::as_ref);
-            match self.apply_with_retries(event, document).await {
+            let applied = self.apply_with_retries(event, document).await.and_then(|writes| match self.oversized(work, &writes) {
+                // The backend would refuse its commit on every retry: a poison event.
+                Some(reason) => Err((ApplyError::new(reason), 1)),
+                None => Ok(writes),
+            });
+            match applied {
                 Ok(writes) => self.record(work, writes).await?,
                 Err((error, attempts)) => match self.projection.poison_policy() {
                     PoisonPolicy::Park => {
@@ -537,6 +542,28 @@ impl Planner<'_> {
                 }
             }
         }
+    }
+
+    /// Why `writes` would make a loaded document too large for the sink.
+    fn oversized(&self, work: &Work<'_>, writes: &[Write]) -> Option<String> {
+        if !self.sink.bounds_documents() {
+            return None;
+        }
+        let mut touched: Vec<&str> = Vec::new();
+        for write in writes {
+            if let Write::SetField { key, .. } | Write::SetMax { key, .. } = write {
+                if !touched.contains(&key.as_str()) {
+                    touched.push(key);
+                }
+            }
+        }
+        touched.into_iter().find_map(|key| {
+            let mut document = work.documents.get(key)?.clone();
+            for write in writes {
+                apply_to_document(&mut document, key, write);
+            }
+            self.sink.oversized(key, document.as_ref()?)
+        })
     }
 
     async fn ensure_loaded(&self, work: &mut Work<'_>, key: &str) -> Result<(), PlanError> {

@@ -147,6 +147,7 @@ pub async fn rebuild(
         }
     };
     if let Some(previous) = previous.filter(|p| *p != generation) {
+        tokio::time::sleep(sink.retire_grace()).await;
         sink.drop_generation(&Target { projection: name.clone(), generation: previous }).await?;
     }
     let dead_letters = sink.stats(&target).await?.dead_letters;

@@ -310,6 +310,27 @@ pub trait ReadModelSink: Send + Sync {
     /// Commits a batch atomically (see the module guarantees).
     async fn commit(&self, target: &Target, batch: &Batch) -> Result<Committed, SinkError>;
 
+    /// How long a rebuild waits after its switch before it drops the
+    /// generation it replaced, so that queries already reading that one
+    /// finish on it (zero where a query reads in one atomic step).
+    fn retire_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// Whether this backend bounds the size of one stored document (then
+    /// the runner asks [`ReadModelSink::oversized`] before committing a
+    /// write to a document, and parks the event that would pass the bound,
+    /// since its commit could never succeed).
+    fn bounds_documents(&self) -> bool {
+        false
+    }
+
+    /// Why `document`, stored under `key`, would not fit this backend; `None`
+    /// when it fits.
+    fn oversized(&self, _key: &str, _document: &Document) -> Option<String> {
+        None
+    }
+
     /// A document of the live generation.
     async fn document(&self, projection: &str, key: &str) -> Result<Option<Document>, SinkError>;
 

@@ -27,10 +27,17 @@
 //! then sends every write of the batch (documents, index entries, stream
 //! versions, dead letters, the marker's counters, the change entry) as one
 //! unordered `update` command (several only past 8 MiB of statements), and
-//! commits. Removals are updates too: a deleted document keeps its `_id`
-//! without fields, an entry removed from an index keeps its `_id` without
-//! `ix` (readers and dumps see neither; a rebuild's generation starts
-//! without them). A batch's writes are first folded per document (the last
+//! commits. Removals are updates too (`$unset` of a document's fields or of
+//! an entry's index fields: readers and dumps see neither), then, in the
+//! same transaction, one `delete` command removes those records if they are
+//! still without fields. On a server without isolation (below) a process
+//! killed between the two commands leaves such tombstones, which are a
+//! whole, readable state; a later removal of the same record deletes them,
+//! and a rebuild's generation starts without them.
+//! A document that would grow past 16 MiB − 64 KiB (MongoDB refuses
+//! one over 16 MiB on every retry) is not written: the runner parks the
+//! event that would grow it, with the reason, as a poison event
+//! ([`ReadModelSink::oversized`]). A batch's writes are first folded per document (the last
 //! value of each field, the greatest of each `SetMax`, a delete followed by
 //! sets as a replacement), so their order within the command does not
 //! matter; a rebuild's batches go through the same path.
@@ -149,6 +156,8 @@ pub struct MongoSink {
     /// Whether transactions take turns through the database lease (a server
     /// that is not a replica set member; see "Servers without isolation").
     serialized: bool,
+    /// Largest stored document this sink writes ([`MAX_DOCUMENT_BYTES`]).
+    document_bytes: usize,
 }
 
 impl std::fmt::Debug for MongoSink {
@@ -169,6 +178,15 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const LEASE_MILLIS: i64 = 5_000;
 /// Largest `update` command sent at once (MongoDB's limit is 16 MiB).
 const COMMAND_BYTES: usize = 8 << 20;
+/// How long a generation replaced by a rebuild is kept before it is
+/// dropped: a query that read the old pointer just before the switch reads
+/// its snapshot of the old generation undisturbed (one caught by the drop
+/// anyway reads again, on the new one).
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// Largest document written: MongoDB refuses a document, or an update whose
+/// result, over 16 MiB (`BSONObjectTooLarge`, code 17419), on every retry;
+/// 64 KiB are kept for the `update` statement around a replacement.
+pub(crate) const MAX_DOCUMENT_BYTES: usize = (16 << 20) - (64 << 10);
 
 const LIVE: &str = "live";
 const REBUILDING: &str = "rebuilding";
@@ -194,7 +212,15 @@ impl MongoSink {
         let client = Client::with_options(options).map_err(backend("configuring the mongodb client"))?;
         let database = client.database(&name);
         let projections = database.collection("strata_projections");
-        let mut sink = Self { client, database, projections, turns: Turns::default(), snapshots: false, serialized: false };
+        let mut sink = Self {
+            client,
+            database,
+            projections,
+            turns: Turns::default(),
+            snapshots: false,
+            serialized: false,
+            document_bytes: MAX_DOCUMENT_BYTES,
+        };
         sink.ping().await?;
         let hello = sink.database.run_command(doc! { "hello": 1 }).await.map_err(backend("asking the server what it is"))?;
         sink.serialized = hello.get_str("setName").is_err() && hello.get_str("msg") != Ok("isdbgrid");
@@ -258,6 +284,19 @@ impl MongoSink {
         let mut statements = Statements::default();
         statements.fold(writes, &HashSet::new());
         statements.updates
+    }
+
+    /// Writes no document over `bytes` as stored (default and most:
+    /// 16 MiB − 64 KiB); a smaller bound lets a test reach it.
+    pub fn with_document_limit(mut self, bytes: usize) -> Self {
+        self.document_bytes = bytes.min(MAX_DOCUMENT_BYTES);
+        self
+    }
+
+    /// A document as stored: `{_id, f: {escaped fields}}`.
+    fn stored_document(key: &str, document: &crate::projection::Document) -> BsonDocument {
+        let fields: BsonDocument = document.iter().map(|(field, value)| (escape(field), to_bson(value))).collect();
+        doc! { "_id": document_id(key), "f": fields }
     }
 
     /// The database this sink uses.
@@ -771,6 +810,9 @@ impl Folded {
 #[derive(Default)]
 struct Statements {
     updates: Vec<BsonDocument>,
+    /// Documents and entries removed: deleted after the updates, in the
+    /// same transaction, if still without fields (see [`delete_tombstones`]).
+    gone: Vec<String>,
 }
 
 impl Statements {
@@ -816,7 +858,8 @@ impl Statements {
             if folded.replace {
                 if folded.set.is_empty() && folded.max.is_empty() {
                     // Gone: a document without fields is no document.
-                    self.updates.push(doc! { "q": { "_id": id }, "u": { "$unset": { "f": "" } } });
+                    self.updates.push(doc! { "q": { "_id": &id }, "u": { "$unset": { "f": "" } } });
+                    self.gone.push(id);
                 } else {
                     let fields: BsonDocument = folded
                         .set
@@ -848,7 +891,10 @@ impl Statements {
             match score {
                 Some(score) => self.upsert(id, doc! { "$set": { "ix": index, "m": member, "s": score } }),
                 // Out of the index: an entry without `ix` is in none.
-                None => self.updates.push(doc! { "q": { "_id": id }, "u": { "$unset": { "ix": "", "m": "", "s": "" } } }),
+                None => {
+                    self.updates.push(doc! { "q": { "_id": &id }, "u": { "$unset": { "ix": "", "m": "", "s": "" } } });
+                    self.gone.push(id);
+                }
             }
         }
     }
@@ -874,6 +920,22 @@ async fn run_updates(
             check_write_reply(database.run_command(command).session(&mut *session).await?)?;
             bytes = 0;
         }
+    }
+    Ok(())
+}
+
+/// Deletes the records in `ids` that the updates just before left without
+/// fields (a removed document or index entry). The updates alone are a
+/// whole, readable state, since a record without `f` is no document and one
+/// without `ix` is in no index: on a server whose transactions are not
+/// atomic (see "Servers without isolation") a process killed between the
+/// two leaves tombstones, never a half batch, and the next commit that
+/// removes them again deletes them.
+async fn delete_tombstones(database: &Database, collection: &str, ids: Vec<String>, session: &mut ClientSession) -> Result<(), MongoError> {
+    for chunk in ids.chunks(10_000) {
+        let filter = doc! { "_id": { "$in": chunk }, "f": { "$exists": false }, "ix": { "$exists": false } };
+        let command = doc! { "delete": collection, "deletes": [ { "q": filter, "limit": 0 } ], "ordered": true };
+        check_write_reply(database.run_command(command).session(&mut *session).await?)?;
     }
     Ok(())
 }
@@ -1154,7 +1216,7 @@ impl ReadModelSink for MongoSink {
                     let existing: HashSet<String> = max_documents.iter().filter(|id| found.contains_key(*id)).cloned().collect();
                     let mut statements = Statements::default();
                     statements.fold(&writes, &existing);
-                    let Statements { mut updates } = statements;
+                    let Statements { mut updates, gone } = statements;
                     let mut parked: HashMap<&str, u64> = HashMap::new();
                     for letter in &batch.dead_letters {
                         let from = parked.entry(&letter.stream_id).or_insert(letter.stream_version);
@@ -1200,6 +1262,9 @@ impl ReadModelSink for MongoSink {
                         updates.push(doc! { "q": { "_id": &id }, "u": { "_id": &id, "seq": signed(seq), "keys": keys }, "upsert": true });
                     }
                     run_updates(&database, &collection, updates, session).await?;
+                    if !gone.is_empty() {
+                        delete_tombstones(&database, &collection, gone, session).await?;
+                    }
                     Ok(Outcome::Done)
                 })
             })
@@ -1207,6 +1272,28 @@ impl ReadModelSink for MongoSink {
         Ok(match outcome {
             Outcome::Refused(refused) => refused,
             Outcome::Done => Committed::Done,
+        })
+    }
+
+    fn bounds_documents(&self) -> bool {
+        true
+    }
+
+    fn retire_grace(&self) -> Duration {
+        RETIRE_GRACE
+    }
+
+    fn oversized(&self, key: &str, document: &Document) -> Option<String> {
+        let mut raw = Vec::new();
+        let bytes = match Self::stored_document(key, document).to_writer(&mut raw) {
+            Ok(()) => raw.len(),
+            Err(error) => return Some(format!("document {key} cannot be stored in MongoDB: {error}")),
+        };
+        (bytes > self.document_bytes).then(|| {
+            format!(
+                "document {key} would be {bytes} bytes in MongoDB, over the {} the sink writes (MongoDB's limit is 16 MiB)",
+                self.document_bytes
+            )
         })
     }
 
@@ -1343,6 +1430,7 @@ impl ReadModelSink for MongoSink {
             turns: Turns::default(),
             snapshots: self.snapshots,
             serialized: self.serialized,
+            document_bytes: self.document_bytes,
         };
         let state = Poll { sink, known: HashMap::new(), pending: Default::default(), started: false, failing: false };
         let feed = futures_util::stream::unfold(state, |mut state| async move {
@@ -1461,5 +1549,7 @@ mod tests {
                 doc! { "q": { "_id": "i:1:i:b" }, "u": { "$set": { "ix": "i", "m": "b", "s": 3_i64 } }, "upsert": true },
             ]
         );
+        // What the removals leave is deleted in the same transaction.
+        assert_eq!(statements.gone, vec!["d:c".to_owned(), "i:1:i:a".to_owned()]);
     }
 }

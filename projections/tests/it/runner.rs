@@ -271,6 +271,107 @@ async fn a_poison_event_is_parked_with_the_rest_of_its_stream_in_mongo() {
     poison(Backend::Mongo).await;
 }
 
+/// Every event of an order stream, kept in the stream's document under its
+/// version: a document that only grows.
+struct Journal;
+
+impl Projection for Journal {
+    fn name(&self) -> &str {
+        "journal"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn categories(&self) -> &[&'static str] {
+        OrdersProjection.categories()
+    }
+    fn event_types(&self) -> &[&'static str] {
+        OrdersProjection.event_types()
+    }
+    fn document_key(&self, event: &RecordedEvent) -> Option<String> {
+        Some(event.stream_id.as_str().to_owned())
+    }
+    fn apply(&self, event: &RecordedEvent, _: Option<&Document>) -> Result<Vec<Write>, ApplyError> {
+        let key = event.stream_id.as_str().to_owned();
+        Ok(vec![Write::SetField { key, field: format!("v{}", event.stream_version), value: event.payload.clone() }])
+    }
+}
+
+#[tokio::test]
+async fn an_event_that_would_grow_a_mongo_document_past_its_limit_is_parked_not_redelivered() {
+    // MongoDB refuses a document over 16 MiB on every retry; the bound is
+    // lowered here so that a few events reach it.
+    const LIMIT: usize = 1_000;
+    let Some((mongo, cleanup)) = crate::support::fresh_mongo_with(|sink| sink.with_document_limit(LIMIT)).await else { return };
+    let sink: Arc<dyn ReadModelSink> = mongo;
+    let store = memory_store();
+    let bus = Arc::new(MemoryBus::new());
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), bus.clone(), &sink, vec![Arc::new(Journal)], 1);
+    let (big, small) = (Uuid::new_v4(), [Uuid::new_v4(), Uuid::new_v4()]);
+    let mut traffic = Vec::new();
+    for round in 0..30 {
+        traffic.push(shipped(big));
+        if round < 2 {
+            traffic.extend(small.iter().map(|id| shipped(*id)));
+        }
+    }
+    append_all(&*store, traffic).await;
+
+    // Where the document passes the bound, computed from the sink's own
+    // measure of the document the stream's first versions make.
+    let events = crate::support::read_log(&*store).await;
+    let key = format!("order-{big}");
+    let mut document = Document::new();
+    let mut first_over = None;
+    for event in events.iter().filter(|e| e.stream_id.as_str() == key) {
+        document.insert(format!("v{}", event.stream_version), event.payload.clone());
+        if sink.oversized(&key, &document).is_some() {
+            first_over = Some(event.stream_version);
+            break;
+        }
+    }
+    let first_over = first_over.expect("30 events pass 1,000 bytes");
+    assert!(first_over > 2, "the bound is passed after some events fit: {first_over}");
+
+    let target = |generation| Target { projection: "journal".into(), generation };
+    let head = events.last().unwrap().position;
+    let letters = wait_until(Duration::from_secs(30), || {
+        let sink = sink.clone();
+        async move {
+            let live = sink.live_generation("journal").await.unwrap().ok_or("no live generation")?;
+            let stats = sink.stats(&target(live)).await.unwrap();
+            if stats.position != head {
+                return Err(format!("at {:?} of {head:?}", stats.position));
+            }
+            Ok(sink.dead_letters(&target(live), 100).await.unwrap())
+        }
+    })
+    .await;
+    // The event that would pass the bound and every later one of its
+    // stream are parked; the first says why.
+    assert_eq!(letters.len() as u64, 30 - first_over + 1, "{letters:?}");
+    assert!(letters.iter().all(|l| l.stream_id == key));
+    assert_eq!(letters[0].stream_version, first_over);
+    assert!(letters[0].reason.contains("over the 1000 the sink writes"), "{}", letters[0].reason);
+    assert!(letters[1].reason.contains(&format!("parked since version {first_over}")), "{}", letters[1].reason);
+    // The stream's document holds what fitted; the other streams are whole.
+    let stored = sink.document("journal", &key).await.unwrap().expect("the big stream's document");
+    assert_eq!(stored.len() as u64, first_over - 1);
+    for id in small {
+        let stored = sink.document("journal", &format!("order-{id}")).await.unwrap().expect("a small stream's document");
+        assert_eq!(stored.len(), 2);
+    }
+    // A rebuild parks the same events.
+    let before = crate::support::live_dump(&*sink, "journal").await;
+    let report = strata_projections::rebuild(Arc::new(Journal), sink.clone(), store.clone(), Default::default(), &mut |_| {})
+        .await
+        .expect("rebuild");
+    assert_eq!(report.dead_letters, 30 - first_over + 1);
+    assert_eq!(crate::support::live_dump(&*sink, "journal").await.documents, before.documents);
+    pipeline.stop().await;
+    cleanup.run().await;
+}
+
 /// Orders, but stopping on a poison event.
 struct Strict(OrdersProjection);
 

@@ -348,3 +348,49 @@ async fn two_processes_racing_on_mongo_commit_each_version_once() {
     assert_eq!(first.stats(&target(1)).await.unwrap().events, landed);
     cleanup.run().await;
 }
+
+/// A removed document and a removed index entry leave nothing in the
+/// generation's collection: they are deleted in the commit's transaction,
+/// not kept as empty records. A document removed and written again in
+/// later batches comes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_leave_no_records_behind_in_mongo() {
+    use mongodb::bson::doc;
+    use strata_projections::ReadModelSink;
+    let Some((sink, cleanup)) = crate::support::fresh_mongo().await else { return };
+    assert_eq!(sink.init_live("conformance", 1).await.unwrap(), 1);
+    let add = |member: &str| Write::IndexAdd { index: "all".into(), score: 1, member: member.into() };
+    let remove = |member: &str| Write::IndexRemove { index: "all".into(), member: member.into() };
+    let delete = |key: &str| Write::DeleteDocument { key: key.into() };
+    let batches = [
+        vec![set("a", 1), set("b", 1), add("a"), add("b")],
+        vec![delete("a"), remove("a")],
+        vec![delete("b"), remove("b"), set("a", 2), add("a")],
+    ];
+    for (version, writes) in batches.into_iter().enumerate() {
+        let version = version as u64;
+        assert_eq!(sink.commit(&target(1), &guarded("s-1", version, version + 1, writes)).await.unwrap(), Committed::Done);
+    }
+    let collection = sink.generation_collection(&target(1));
+    let ids = |filter| {
+        let collection = collection.clone();
+        async move {
+            use futures_util::TryStreamExt;
+            let found: Vec<mongodb::bson::Document> = collection.find(filter).await.unwrap().try_collect().await.unwrap();
+            let mut ids: Vec<String> = found.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(ids(doc! { "_id": { "$regex": "^d:" } }).await, vec!["d:a".to_owned()], "the deleted document's record is gone");
+    assert_eq!(ids(doc! { "_id": { "$regex": "^i:" } }).await.len(), 1, "the removed entry's record is gone");
+    assert_eq!(
+        ids(doc! { "f": { "$exists": false }, "ix": { "$exists": false }, "_id": { "$regex": "^[di]:" } }).await,
+        Vec::<String>::new()
+    );
+    let dump = sink.dump(&target(1)).await.unwrap();
+    assert_eq!(dump.documents.len(), 1);
+    assert_eq!(dump.documents["a"]["n"], json!(2));
+    assert_eq!(dump.indexes["all"], vec![(1, "a".to_owned())]);
+    cleanup.run().await;
+}

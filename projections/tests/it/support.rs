@@ -48,11 +48,16 @@ pub enum Backend {
 /// A Mongo sink on a database of its own (dropped by the cleanup); `None`
 /// (loudly) when the server is down outside CI.
 pub async fn fresh_mongo() -> Option<(Arc<MongoSink>, Cleanup)> {
+    fresh_mongo_with(|sink| sink).await
+}
+
+/// [`fresh_mongo`], the sink configured by `configure`.
+pub async fn fresh_mongo_with(configure: impl FnOnce(MongoSink) -> MongoSink) -> Option<(Arc<MongoSink>, Cleanup)> {
     use strata_store::testkit::mongo;
     let url = mongo::url(&mongo::fresh_database());
     match MongoSink::connect(MongoSinkConfig::new(url.clone())).await {
         Ok(sink) => {
-            let sink = Arc::new(sink);
+            let sink = Arc::new(configure(sink));
             let teardown = sink.clone();
             Some((sink, Cleanup::new(move || async move { teardown.drop_database().await.expect("drop the test database") })))
         }
