@@ -48,7 +48,7 @@
 //! request carries its deadline (`strata-deadline`, Unix milliseconds): a
 //! responder skips one that expired while no responder was running.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -1110,6 +1110,13 @@ async fn consume(
 ) {
     let mut check = tokio::time::interval((ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Flow control: records the subscriber has no room for wait here while
+    // the member's partitions are paused, and the loop keeps polling, so
+    // that rebalances, commits and seeks go on however slowly the
+    // subscriber reads (a loop stuck on a full channel would stop polling:
+    // its partitions would move only after `max.poll.interval.ms`).
+    let mut waiting: VecDeque<Handed> = VecDeque::new();
+    let mut paused = false;
     loop {
         tokio::select! {
             // Settlements first: acks sent just before the stream was dropped still commit.
@@ -1144,6 +1151,15 @@ async fn consume(
                 seek(&consumer, rewind);
             }
             () = deliveries.closed() => return,
+            permit = deliveries.reserve(), if !waiting.is_empty() => {
+                let Ok(permit) = permit else { return };
+                if let Some(handed) = waiting.pop_front() {
+                    permit.send(handed);
+                }
+                if waiting.is_empty() && paused {
+                    paused = flow(&consumer, false);
+                }
+            }
             message = consumer.recv() => {
                 let message = match message {
                     Ok(message) => message,
@@ -1191,8 +1207,21 @@ async fn consume(
                         signal.send(message).map_err(|_| BusError::backend("acknowledging a Kafka record", "the subscription has ended"))
                     })
                 })).traced(header);
-                if deliveries.send((Some(handed), Ok(delivery))).await.is_err() {
-                    return;
+                let handed = (Some(handed), Ok(delivery));
+                if !waiting.is_empty() {
+                    waiting.push_back(handed);
+                    // A record while paused: one fetched before the pause,
+                    // or of a partition assigned since (paused now too).
+                    paused = flow(&consumer, true);
+                    continue;
+                }
+                match deliveries.try_send(handed) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(handed)) => {
+                        waiting.push_back(handed);
+                        paused = flow(&consumer, true);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
             _ = check.tick() => {
@@ -1207,6 +1236,28 @@ async fn consume(
                     seek(&consumer, expired);
                 }
             }
+        }
+    }
+}
+
+/// Pauses (or resumes) fetching for every partition the member holds;
+/// true if they are paused afterwards. librdkafka drops what it fetched
+/// ahead for a paused partition and fetches again, on resume, from the
+/// record after the last one it returned, so nothing is skipped.
+fn flow(consumer: &StreamConsumer<GroupEvents>, pause: bool) -> bool {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            tracing::debug!(%error, "reading the member's assignment failed");
+            return !pause;
+        }
+    };
+    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    match result {
+        Ok(()) => pause,
+        Err(error) => {
+            tracing::debug!(%error, pause, "pausing or resuming partitions failed");
+            !pause
         }
     }
 }

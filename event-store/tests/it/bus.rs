@@ -405,6 +405,48 @@ mod kafka {
         cleanup.run().await;
     }
 
+    /// A member whose subscriber stops reading keeps polling (its partitions
+    /// paused, what it fetched held back): a member that joins gets its
+    /// share of the partitions at the rebalance, not after librdkafka's
+    /// `max.poll.interval.ms` (5 min), and once the first reads again the
+    /// two together deliver every record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_whose_subscriber_stops_reading_still_hands_partitions_over() {
+        let Some((bus, cleanup)) = strata_store::testkit::kafka::bus().await else { return };
+        // 48 streams over the 12 partitions, 10 events each: far more than
+        // a member's channel holds.
+        let streams: Vec<StreamId> = (0..48).map(|i| StreamId::new("order", format!("flow{i}")).unwrap()).collect();
+        let e: Vec<RecordedEvent> = (0..480).map(|i| event(&streams[i % 48], (i / 48) as u64 + 1, i as u64 + 1)).collect();
+        bus.publish(&stored(&e)).await.unwrap();
+        let patient = |group| Subscription { ack_wait: Duration::from_secs(120), ..Subscription::group(group) };
+        let mut stalled = bus.subscribe(patient("flow")).await.unwrap();
+        // The first member takes one record, then reads nothing for a while.
+        let first = next(&mut stalled).await;
+        let mut joined = bus.subscribe(patient("flow")).await.unwrap();
+        let mut seen: HashSet<Uuid> = HashSet::from([first.event.event_id]);
+        first.ack().await.unwrap();
+        let taken = tokio::time::timeout(Duration::from_secs(60), joined.next())
+            .await
+            .expect("the joining member got partitions while the first one's subscriber did not read")
+            .expect("the subscription is open")
+            .expect("a delivery");
+        seen.insert(taken.event.event_id);
+        taken.ack().await.unwrap();
+        // Both read: every record arrives (an unacked one may come twice
+        // while partitions move; none is missing).
+        let all: HashSet<Uuid> = e.iter().map(|e| e.event_id).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while seen.len() < all.len() {
+            assert!(tokio::time::Instant::now() < deadline, "the members delivered {} of {}", seen.len(), all.len());
+            let mut members = [&mut stalled, &mut joined];
+            let (delivery, _, _) = futures_util::future::select_all(members.iter_mut().map(|m| Box::pin(next(m)))).await;
+            seen.insert(delivery.event.event_id);
+            delivery.ack().await.unwrap();
+        }
+        assert_eq!(seen, all);
+        cleanup.run().await;
+    }
+
     /// A request sent while no responder ran, answered by one that started
     /// before its deadline; a request whose deadline passed is skipped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
