@@ -308,6 +308,184 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
     database.drop_database().await;
 }
 
+/// A role's process, and the links it has to each backend.
+struct RoleProcess {
+    role: &'static str,
+    server: Server,
+    log: std::path::PathBuf,
+    /// Its own proxies: PostgreSQL, the bus, the read models (`None`: the
+    /// role does not use that backend).
+    links: [Option<FaultProxy>; 3],
+}
+
+/// Each role in a process of its own (api, relay, projector, saga,
+/// services), each process reaching every backend it uses through fault
+/// proxies of its own, on PostgreSQL + JetStream + Redis. In three phases,
+/// one link of every process is cut at once (refused, then blackholed: the
+/// client sees silence until its own timeouts), longer than every client
+/// timeout, while orders are in flight; the other links of that process and
+/// the other processes keep theirs. Every one of the 11 role-backend links
+/// is cut alone once. Each process says it is unavailable while its link is
+/// cut and ready after, and every order settles with no restart by hand.
+/// (Kafka cannot be cut per process here: a broker advertises its own
+/// address, so a proxy is bypassed, and the mock cluster's broker_down cuts
+/// every process at once, which the Kafka test above does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_is_back() {
+    let _turn = crate::support::MANY_PROCESSES.lock().await;
+    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let id = Uuid::new_v4().simple().to_string();
+    let Some(database) = TestDatabase::create().await else { return };
+    for url in [&nats, &redis] {
+        if let Err(err) = tokio::net::TcpStream::connect(authority(url)).await {
+            return report_unreachable("a backend", url, "see README \"Tests\"", &err);
+        }
+    }
+    let bus_url = format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}");
+    let read_model_url = format!("{redis}?key_prefix=test_{id}");
+    let logs = tempfile::tempdir().unwrap();
+    // PostgreSQL, bus, read models: which each role opens.
+    let uses = |role: &str| match role {
+        "api" => [true, false, true],
+        "projector" => [true, true, true],
+        _ => [true, true, false],
+    };
+    let mut processes: Vec<RoleProcess> = Vec::new();
+    for role in ["api", "relay", "projector", "saga", "services"] {
+        let mut urls = [database.url.clone(), bus_url.clone(), read_model_url.clone()];
+        let mut links: [Option<FaultProxy>; 3] = [None, None, None];
+        for (at, used) in uses(role).into_iter().enumerate() {
+            if used {
+                let upstream = authority(&urls[at]);
+                let proxy = FaultProxy::start(upstream.clone()).await.unwrap();
+                urls[at] = urls[at].replacen(&upstream, &proxy.address().to_string(), 1);
+                links[at] = Some(proxy);
+            }
+        }
+        let log = logs.path().join(format!("{role}.log"));
+        let mut command = strata();
+        command
+            .env("STRATA_ROLES", role)
+            .env("STRATA_EVENT_STORE", &urls[0])
+            .env("STRATA_BUS", &urls[1])
+            .env("STRATA_READ_MODEL", &urls[2])
+            .env("STRATA_TOKENS", format!("operator:{OPERATOR},auditor:{AUDITOR}"))
+            .env("STRATA_SAGA_STEP_DEADLINE", "120s")
+            .env("STRATA_SAGA_PARK_AFTER", "600s")
+            .env("STRATA_WORKER_BACKOFF_MAX", "2s")
+            .env("RUST_LOG", "warn,sqlx=error")
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut server = Server::start(command);
+        if role == "api" {
+            server.tokens.insert("operator".into(), OPERATOR.into());
+            server.tokens.insert("auditor".into(), AUDITOR.into());
+        }
+        processes.push(RoleProcess { role, server, log, links });
+    }
+    let context = |processes: &[RoleProcess], what: &str| {
+        let logs: String = processes.iter().map(|p| format!("--- {} log\n{}\n", p.role, crate::support::tail(&p.log))).collect();
+        format!("role cuts: {what}\n{logs}")
+    };
+    let ready = |server: &Server| {
+        let address = server.address;
+        async move {
+            let (status, body) = get(address, "/readyz").await;
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        }
+    };
+    for process in &processes {
+        wait_until(Duration::from_secs(60), || ready(&process.server)).await;
+    }
+    let api = &processes[0].server;
+    api.ok("operator", RESTOCK, json!({ "sku": "SKU-F1", "quantity": 10_000 })).await;
+
+    // (process, link) cut in each phase: every link once, one per process at a time.
+    const DEPENDENCY: [&str; 3] = ["event_store", "bus", "read_model"];
+    let phases: [(&[(usize, usize)], Fault); 3] = [
+        (&[(0, 0), (1, 1), (2, 2), (3, 0), (4, 1)], Fault::Refuse),
+        (&[(0, 2), (1, 0), (2, 1), (3, 1), (4, 0)], Fault::Blackhole),
+        (&[(2, 0)], Fault::Refuse),
+    ];
+    let mut orders: Vec<String> = Vec::new();
+    let mut n = 0;
+    for (phase, (cuts, fault)) in phases.iter().enumerate() {
+        for _ in 0..4 {
+            orders.push(place(&processes[0].server, n).await);
+            n += 1;
+        }
+        let cut_at = Instant::now();
+        for &(process, link) in *cuts {
+            processes[process].links[link].as_ref().expect("a link the role uses").set(*fault);
+        }
+        // Orders placed during the cut too, unless the api's log is cut.
+        if !cuts.contains(&(0, 0)) {
+            for _ in 0..3 {
+                orders.push(place(&processes[0].server, n).await);
+                n += 1;
+            }
+        }
+        for &(process, link) in *cuts {
+            let address = processes[process].server.address;
+            let unready = wait_until(CUT, || async move {
+                let (status, body) = get(address, "/readyz").await;
+                let body: Value = serde_json::from_str(&body).unwrap_or_default();
+                if status == 503 && body["checks"][DEPENDENCY[link]]["status"] == "down" {
+                    Ok(body)
+                } else {
+                    Err((status, body))
+                }
+            })
+            .await;
+            assert_eq!(unready["status"], "unavailable", "phase {phase}, {}: {unready}", processes[process].role);
+        }
+        tokio::time::sleep_until((cut_at + CUT).into()).await;
+        for &(process, link) in *cuts {
+            processes[process].links[link].as_ref().unwrap().set(Fault::None);
+        }
+        // Back: every process ready and every order settled, by themselves.
+        for process in &processes {
+            let started = Instant::now();
+            while let Err(body) = ready(&process.server).await {
+                if started.elapsed() > Duration::from_secs(60) {
+                    panic!("{}", context(&processes, &format!("phase {phase}: {} not ready again: {body}", process.role)));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        for order in &orders {
+            let started = Instant::now();
+            while let Err(view) = confirmed(&processes[0].server, order).await {
+                if started.elapsed() > Duration::from_secs(90) {
+                    panic!("{}", context(&processes, &format!("phase {phase}: order {order} did not settle: {view}")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(orders.len(), 4 + 4 + 3 + 4 + 3);
+    // The relay's publish acks timed out while its bus was refused: it was restarted.
+    let restarts = counter(&processes[1].server, "strata_worker_restarts_total{worker=\"relay\"}").await;
+    assert!(restarts >= 1.0, "{}", context(&processes, &format!("relay restarts: {restarts}")));
+
+    let audit = strata()
+        .args(["audit", "invariants"])
+        .env("STRATA_EVENT_STORE", &database.url)
+        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&audit.stdout), String::from_utf8_lossy(&audit.stderr));
+    assert!(audit.status.success() && report.contains("every invariant holds"), "{}", context(&processes, &report));
+    drop(processes);
+    crate::support::drop_scratch_backends(&nats, None, &id).await;
+    crate::support::drop_scratch_redis(&redis, &id).await;
+    database.drop_database().await;
+}
+
 /// A NATS server whose `max_payload` cannot carry the largest event the
 /// store accepts is refused when the bus is opened (as `serve` opens it),
 /// naming both sizes; with a bound that fits, the same server is taken.

@@ -150,8 +150,13 @@ impl Server {
             if let Some((role, token)) = line.strip_prefix("token ").and_then(|rest| rest.split_once(": ")) {
                 tokens.insert(role.to_owned(), token.to_owned());
             }
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+            // The api: "listening on http://…"; a worker role: "health and metrics on http://…)".
+            if let Some(rest) = line.split("listening on http://").nth(1).or_else(|| line.split("metrics on http://").nth(1)) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.trim_end_matches(')').parse().ok())
+                    .unwrap_or_else(|| panic!("no address in {line:?}"));
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
