@@ -112,7 +112,9 @@ async fn every_role_killed_at_random_moments_on_kafka_and_mongo_leaves_every_vie
     // nx-27017 (a wire server in Python over SQLite, every transaction
     // taking turns) applies a few hundred events a second: a slower flow,
     // so that the views can catch up within the settle deadline.
-    if kill_every_role(&bus, &mongo, Duration::from_millis(200)).await {
+    // `STRATA_TOPOLOGY_PAUSE_MS=20` runs it at the JetStream test's rate.
+    let pause = std::env::var("STRATA_TOPOLOGY_PAUSE_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(200);
+    if kill_every_role(&bus, &mongo, Duration::from_millis(pause)).await {
         crate::support::drop_scratch_mongo(&mongo).await;
     }
 }

@@ -1060,9 +1060,9 @@ impl ClientContext for GroupEvents {
 
 impl ConsumerContext for GroupEvents {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let Rebalance::Revoke(list) = rebalance else { return };
         let revoked: HashSet<PartitionKey> =
-            revoked.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect();
+            list.elements().iter().map(|element| (element.topic().to_owned(), element.partition())).collect();
         // Deliveries still in hand are not waited for (this callback runs on
         // the runtime's thread: blocking it would stall the very work it
         // waits for); their acks arrive too late and the next owner does
@@ -1077,6 +1077,15 @@ impl ConsumerContext for GroupEvents {
         // Deliveries of these partitions not yet handed out are dropped
         // (`owns`), and late acks change nothing: the new owner has them.
         tracker.partitions.retain(|key, _| !revoked.contains(key));
+        drop(tracker);
+        // A pause outlives the assignment in librdkafka: a partition revoked
+        // while paused would come back paused, and its resume would fetch
+        // from where this member stopped reading in its earlier tenure, not
+        // from the group's commit. Resumed here, while still assigned, it
+        // comes back as new.
+        if let Err(error) = consumer.resume(list) {
+            tracing::debug!(%error, "resuming revoked partitions failed");
+        }
     }
 }
 
@@ -1098,6 +1107,12 @@ fn transient(error: &KafkaError) -> bool {
 
 type Handed = (Option<Ticket>, Result<Delivery, BusError>);
 
+/// Records held for a subscriber with no room, beyond its channel, at which
+/// the member pauses its partitions.
+const PAUSE_AT: usize = 1_024;
+/// Held records below which it resumes them.
+const RESUME_BELOW: usize = 256;
+
 /// A group member's loop: takes records off Kafka, hands them out, and
 /// turns acks and nacks into commits and seeks.
 async fn consume(
@@ -1110,8 +1125,9 @@ async fn consume(
 ) {
     let mut check = tokio::time::interval((ack_wait / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Flow control: records the subscriber has no room for wait here while
-    // the member's partitions are paused, and the loop keeps polling, so
+    // Flow control: records the subscriber has no room for wait here; past
+    // `PAUSE_AT` of them the member's partitions are paused (resumed below
+    // `RESUME_BELOW`), and the loop keeps polling all along, so
     // that rebalances, commits and seeks go on however slowly the
     // subscriber reads (a loop stuck on a full channel would stop polling:
     // its partitions would move only after `max.poll.interval.ms`).
@@ -1156,7 +1172,7 @@ async fn consume(
                 if let Some(handed) = waiting.pop_front() {
                     permit.send(handed);
                 }
-                if waiting.is_empty() && paused {
+                if waiting.len() <= RESUME_BELOW && paused {
                     paused = flow(&consumer, false);
                 }
             }
@@ -1208,20 +1224,22 @@ async fn consume(
                     })
                 })).traced(header);
                 let handed = (Some(handed), Ok(delivery));
-                if !waiting.is_empty() {
-                    waiting.push_back(handed);
-                    // A record while paused: one fetched before the pause,
-                    // or of a partition assigned since (paused now too).
-                    paused = flow(&consumer, true);
-                    continue;
-                }
-                match deliveries.try_send(handed) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(handed)) => {
-                        waiting.push_back(handed);
-                        paused = flow(&consumer, true);
+                let handed = if waiting.is_empty() {
+                    match deliveries.try_send(handed) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Full(handed)) => handed,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                } else {
+                    handed
+                };
+                waiting.push_back(handed);
+                // Paused only well ahead of the subscriber, so that it
+                // always finds a full queue (its batches stay large).
+                // A record while paused (fetched before the pause, or of a
+                // partition assigned since) pauses again.
+                if waiting.len() >= PAUSE_AT {
+                    paused = flow(&consumer, true);
                 }
             }
             _ = check.tick() => {

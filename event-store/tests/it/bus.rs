@@ -413,10 +413,10 @@ mod kafka {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_whose_subscriber_stops_reading_still_hands_partitions_over() {
         let Some((bus, cleanup)) = strata_store::testkit::kafka::bus().await else { return };
-        // 48 streams over the 12 partitions, 10 events each: far more than
-        // a member's channel holds.
+        // 48 streams over the 12 partitions, 40 events each: more than a
+        // member holds for its subscriber before it pauses its partitions.
         let streams: Vec<StreamId> = (0..48).map(|i| StreamId::new("order", format!("flow{i}")).unwrap()).collect();
-        let e: Vec<RecordedEvent> = (0..480).map(|i| event(&streams[i % 48], (i / 48) as u64 + 1, i as u64 + 1)).collect();
+        let e: Vec<RecordedEvent> = (0..1_920).map(|i| event(&streams[i % 48], (i / 48) as u64 + 1, i as u64 + 1)).collect();
         bus.publish(&stored(&e)).await.unwrap();
         let patient = |group| Subscription { ack_wait: Duration::from_secs(120), ..Subscription::group(group) };
         let mut stalled = bus.subscribe(patient("flow")).await.unwrap();
