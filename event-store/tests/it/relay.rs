@@ -866,6 +866,8 @@ mod kafka_faults {
         println!("copies skipped by the consumer: {skipped}");
         assert!(!second.is_finished(), "the second relay stopped: {:?}", second.await);
         second.abort();
+        signal("-KILL");
+        let _ = first.wait();
         setup.database.drop_database().await;
     }
 }

@@ -6,5 +6,6 @@
 mod rebuild;
 mod runner;
 mod sink;
+mod standalone;
 mod support;
 mod truth;
