@@ -291,8 +291,6 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         request = request.operation_name(name);
     }
     request.data = request_data(&graphql.api, caller);
-    // Every waitFor of this request shares one deadline.
-    request.data.insert(crate::graphql::query::WaitBudget::default());
     let mut response = match tokio::time::timeout(limits.request_timeout, graphql.schema.execute(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -333,7 +331,8 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     if !upgrading {
         return ([(header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP)], Html(GRAPHIQL)).into_response();
     }
-    if let Err(refusal) = admit_address(&graphql, client_ip(&request)) {
+    let ip = client_ip(&request);
+    if let Err(refusal) = admit_address(&graphql, ip) {
         return *refusal;
     }
     // A token at the upgrade is checked now; else at `connection_init`.
@@ -353,7 +352,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    crate::ws::upgrade(graphql, header, protocol, upgrade)
+    crate::ws::upgrade(graphql, header, ip, protocol, upgrade)
 }
 
 /// The GraphiQL page. Its scripts and styles are served here from

@@ -5,16 +5,22 @@
 //!   there or at the upgrade) within [`Limits::ws_init_timeout`], else it is
 //!   closed;
 //! - frames and messages are at most [`Limits::max_ws_message_bytes`];
-//! - at most [`Limits::max_ws_connections`] connections per process (more
-//!   are refused before the upgrade) and
-//!   [`Limits::max_ws_connections_per_token`] per token (more are refused
-//!   at `connection_init`);
+//! - at most [`Limits::max_ws_connections`] connections per process and
+//!   [`Limits::max_ws_unauthenticated_per_address`] not yet authenticated
+//!   per client address (more are refused before the upgrade), and
+//!   [`Limits::max_ws_connections_per_token`] per principal (the role and
+//!   subject the token speaks for; more are refused at `connection_init`);
+//! - every operation sent over the socket takes from its token's rate, a
+//!   query or mutation runs within [`Limits::request_timeout`] and its
+//!   `waitFor`s share one deadline, and a subscription lasts at most
+//!   [`Limits::max_subscription_lifetime`] (see `graphql::bounds`);
 //! - at most [`Limits::max_subscriptions_per_connection`] subscriptions open
 //!   at once, asked for in text or binary frames (one more closes the
 //!   connection);
 //! - a connection is closed when its token expires.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -29,19 +35,21 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Caller;
-use crate::graphql::{error, request_data, Code, Limits};
+use crate::graphql::{error, request_data, Code, Limits, OverSocket};
 use crate::http::GraphQl;
 
-/// Open connections: in all, and per token.
+/// Open connections: in all, per principal, and not yet authenticated per
+/// client address.
 pub struct Connections {
     all: Arc<Semaphore>,
     per_token: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    unauthenticated: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Connections {
     /// Room for `limits.max_ws_connections`.
     pub fn new(limits: &Limits) -> Self {
-        Self { all: Arc::new(Semaphore::new(limits.max_ws_connections)), per_token: Arc::default() }
+        Self { all: Arc::new(Semaphore::new(limits.max_ws_connections)), per_token: Arc::default(), unauthenticated: Arc::default() }
     }
 
     /// Open connections now.
@@ -68,9 +76,59 @@ impl Drop for TokenSlot {
     }
 }
 
+/// A connection's place among its address's unauthenticated ones; released
+/// on drop (when it authenticates, or closes).
+struct AddressSlot {
+    unauthenticated: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    /// A place for `ip`, unless it holds `max` already.
+    fn take(unauthenticated: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut counts = unauthenticated.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self { unauthenticated: unauthenticated.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.unauthenticated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Who a token speaks for, as the per-principal cap counts it: its role and
+/// subject, whatever the header's spelling or the token (two tokens of one
+/// customer share the cap); a token without a subject counts alone.
+fn principal_key(token: &str, caller: &Caller) -> [u8; 32] {
+    match &caller.subject {
+        Some(subject) => Sha256::digest(format!("{:?}\0{subject}", caller.role).as_bytes()).into(),
+        None => Sha256::digest(format!("token\0{}", bare_token(token)).as_bytes()).into(),
+    }
+}
+
+/// The token of an `Authorization` value (`Bearer <token>`).
+fn bare_token(header: &str) -> &str {
+    header.trim().split_once(' ').map_or(header.trim(), |(_, token)| token.trim())
+}
+
 /// What the connection's watchers share.
 #[derive(Default)]
 struct Connection {
+    /// Its place among its address's unauthenticated connections, until
+    /// it authenticates.
+    address_slot: Mutex<Option<AddressSlot>>,
     authenticated: AtomicBool,
     expires: Mutex<Option<DateTime<Utc>>>,
     slot: Mutex<Option<TokenSlot>>,
@@ -79,9 +137,33 @@ struct Connection {
 }
 
 /// Upgrades to a GraphQL WebSocket within the bounds above; `header` is the
-/// token presented at the upgrade (with who it speaks for), if any.
-pub fn upgrade(graphql: GraphQl, header: Option<(String, Caller)>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+/// token presented at the upgrade (with who it speaks for), if any; `ip`
+/// the client's address, when known.
+pub fn upgrade(
+    graphql: GraphQl,
+    header: Option<(String, Caller)>,
+    ip: Option<IpAddr>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let limits = graphql.api.limits.clone();
+    // Not yet authenticated: a place among its address's such connections.
+    let address_slot = match (&header, ip) {
+        (None, Some(ip)) => match AddressSlot::take(&graphql.connections.unauthenticated, ip, limits.max_ws_unauthenticated_per_address) {
+            Some(slot) => Some(slot),
+            None => {
+                return crate::http::refuse(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    Code::RateLimited,
+                    format!(
+                        "too many unauthenticated WebSocket connections from this address (at most {}); send the token with the upgrade or in connection_init",
+                        limits.max_ws_unauthenticated_per_address
+                    ),
+                );
+            }
+        },
+        _ => None,
+    };
     let Ok(permit) = graphql.connections.all.clone().try_acquire_owned() else {
         return crate::http::refuse(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -93,7 +175,7 @@ pub fn upgrade(graphql: GraphQl, header: Option<(String, Caller)>, protocol: Gra
         .max_frame_size(limits.max_ws_message_bytes)
         .max_message_size(limits.max_ws_message_bytes)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| serve(socket, graphql, header, protocol, permit))
+        .on_upgrade(move |socket| serve(socket, graphql, header, address_slot, protocol, permit))
         .into_response()
 }
 
@@ -101,11 +183,12 @@ async fn serve(
     socket: WebSocket,
     graphql: GraphQl,
     header: Option<(String, Caller)>,
+    address_slot: Option<AddressSlot>,
     protocol: GraphQLProtocol,
     _permit: OwnedSemaphorePermit,
 ) {
     let limits = graphql.api.limits.clone();
-    let connection = Arc::new(Connection::default());
+    let connection = Arc::new(Connection { address_slot: Mutex::new(address_slot), ..Connection::default() });
     let (sink, stream) = socket.split();
     // Outgoing: the ack authenticates the connection; a completed
     // subscription frees its place.
@@ -116,6 +199,8 @@ async fn serve(
                 match message["type"].as_str() {
                     Some("connection_ack") => {
                         watched.authenticated.store(true, Ordering::SeqCst);
+                        // Authenticated: no longer counted against its address.
+                        drop(watched.address_slot.lock().unwrap_or_else(|p| p.into_inner()).take());
                         watched.changed.notify_one();
                     }
                     Some("complete") => {
@@ -160,6 +245,7 @@ async fn serve(
 
     let (api, tokens, rates, per_token) =
         (graphql.api.clone(), graphql.tokens.clone(), graphql.rates.clone(), graphql.connections.per_token.clone());
+    let socket_rates = graphql.rates.clone();
     let max_per_token = limits.max_ws_connections_per_token;
     let watched = connection.clone();
     let serving = GraphQLWebSocket::new_with_pair(sink, stream, graphql.schema.clone(), protocol)
@@ -178,14 +264,14 @@ async fn serve(
                     (header.unwrap_or_default().to_owned(), caller)
                 }
             };
-            let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let key = principal_key(&token, &caller);
             {
                 let mut counts = per_token.lock().unwrap_or_else(|p| p.into_inner());
                 let count = counts.entry(key).or_default();
                 if *count >= max_per_token {
                     return Err(error(
                         Code::RateLimited,
-                        format!("too many WebSocket connections for this token (at most {max_per_token})"),
+                        format!("too many WebSocket connections for this token's principal (at most {max_per_token})"),
                     ));
                 }
                 *count += 1;
@@ -193,7 +279,9 @@ async fn serve(
             *watched.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(TokenSlot { per_token, key });
             *watched.expires.lock().unwrap_or_else(|p| p.into_inner()) = caller.expires;
             watched.changed.notify_one();
-            Ok(request_data(&api, caller))
+            let mut data = request_data(&api, caller);
+            data.insert(OverSocket { token: bare_token(&token).to_owned(), rates: socket_rates });
+            Ok(data)
         })
         .serve();
     tokio::pin!(serving);

@@ -40,6 +40,7 @@ pub mod query;
 pub mod subscription;
 pub mod types;
 
+pub(crate) use bounds::OverSocket;
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::Subscription;
@@ -80,6 +81,17 @@ pub struct Limits {
     pub max_ws_connections_per_token: usize,
     /// WebSocket: subscriptions open at once on one connection.
     pub max_subscriptions_per_connection: usize,
+    /// WebSocket: connections from one client address not yet
+    /// authenticated (more are refused at the upgrade).
+    pub max_ws_unauthenticated_per_address: usize,
+    /// `orderUpdated` on an order the caller cannot see (none, or another
+    /// customer's) ends with `NOT_FOUND` after this long: a client may
+    /// subscribe right after `placeOrder`, before the view exists, and both
+    /// cases take the same time, so neither says whether the order exists.
+    pub subscription_not_found_after: Duration,
+    /// The longest one subscription stays open (it completes then; the
+    /// client subscribes again).
+    pub max_subscription_lifetime: Duration,
     /// Requests (POST or upgrade) per token (`None`: unlimited).
     pub rate_per_token: Option<governor::Quota>,
     /// Requests per client address, checked before the token (`None`: unlimited).
@@ -103,6 +115,9 @@ impl Default for Limits {
             max_ws_connections: 1_024,
             max_ws_connections_per_token: 16,
             max_subscriptions_per_connection: 16,
+            max_ws_unauthenticated_per_address: 16,
+            subscription_not_found_after: Duration::from_secs(10),
+            max_subscription_lifetime: Duration::from_secs(3_600),
             rate_per_token: crate::rate::per_second(crate::rate::DEFAULT_PER_TOKEN),
             rate_per_ip: crate::rate::per_second(crate::rate::DEFAULT_PER_IP),
         }
@@ -171,6 +186,7 @@ pub fn schema(api: Arc<Api>) -> StrataSchema {
         .limit_recursive_depth(32)
         .limit_directives(8)
         .extension(bounds::RootFields(limits.max_root_fields))
+        .extension(bounds::Budgets { request_timeout: limits.request_timeout, lifetime: limits.max_subscription_lifetime })
         .finish()
 }
 
@@ -317,6 +333,9 @@ mod tests {
                 limits.max_ws_connections_per_token
             ),
             format!("{} subscriptions per connection", limits.max_subscriptions_per_connection),
+            format!("{} not yet authenticated per client address", limits.max_ws_unauthenticated_per_address),
+            format!("at most {} s", thousands(limits.max_subscription_lifetime.as_secs() as usize)),
+            format!("ends with `NOT_FOUND` after {} s", limits.subscription_not_found_after.as_secs()),
             format!("headers within {} s", crate::http::ServerBounds::default().header_timeout.as_secs()),
             format!("body within {} s", crate::http::ServerBounds::default().body_timeout.as_secs()),
             format!("at most {} connections open", thousands(crate::http::ServerBounds::default().max_connections)),

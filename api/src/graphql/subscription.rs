@@ -9,7 +9,12 @@
 //! stream ends after the view that settles the order ([`OrderView::is_settled`]:
 //! shipped, undone, or completed and still confirmed — a confirmed order's
 //! cancellation keeps the stream open until its undo ends), or when the
-//! client goes away.
+//! client goes away. An order the caller cannot see (none yet, or another
+//! customer's) is waited for `Limits::subscription_not_found_after`, then
+//! the stream ends with `NOT_FOUND`: the same answer, after the same time,
+//! whether or not the order exists.
+
+use std::time::Instant;
 
 use async_graphql::{Context, Subscription as SubscriptionRoot, ID};
 use futures_util::Stream;
@@ -18,7 +23,7 @@ use strata_projections::sink::document_key;
 
 use super::query::order_id;
 use super::types::Order;
-use super::{api, caller, error, internal, visible_to, Code, Needs};
+use super::{api, caller, error, visible_to, Code, Needs};
 use crate::auth::Permission;
 
 /// The root of subscriptions.
@@ -29,17 +34,14 @@ pub struct Subscription;
 impl Subscription {
     /// The order each time its view changes, until it settles.
     #[graphql(guard = "Needs(Permission::Read)")]
-    async fn order_updated(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<impl Stream<Item = Order>> {
+    async fn order_updated(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Order>>> {
         let order_id = order_id(&id)?;
         let api = api(ctx).clone();
         let caller = std::sync::Arc::new(caller(ctx)?.clone());
-        // Another customer's order does not exist for a client.
-        if let Some(view) = orders::order(&*api.read_model, order_id).await.map_err(internal)? {
-            if !visible_to(&caller, &view.customer_id) {
-                return Err(error(Code::NotFound, format!("order {order_id} not found")));
-            }
-        }
         let poll = api.limits.subscription_poll;
+        // Until then an order the caller cannot see may still appear (its
+        // view is being built); after it, it is not found.
+        let give_up = Instant::now() + api.limits.subscription_not_found_after;
         let watch = std::sync::Arc::new(api.changes.watch("orders", document_key(&orders::order_key(order_id))));
         let state = (api, None::<OrderView>, false, 0);
         Ok(futures_util::stream::unfold(state, move |(api, last, done, mut seen)| {
@@ -51,7 +53,11 @@ impl Subscription {
                 let mut first = last.is_none();
                 loop {
                     if !first {
-                        let _ = tokio::time::timeout(api.changes.pause(poll), watch.changed_since(seen)).await;
+                        let mut pause = api.changes.pause(poll);
+                        if last.is_none() {
+                            pause = pause.min(give_up.saturating_duration_since(Instant::now()));
+                        }
+                        let _ = tokio::time::timeout(pause, watch.changed_since(seen)).await;
                     }
                     first = false;
                     // Noted before the look: a change after it ends the next wait.
@@ -63,12 +69,15 @@ impl Subscription {
                             return None;
                         }
                     };
-                    if view.as_ref().is_some_and(|view| !visible_to(&caller, &view.customer_id)) {
-                        return None;
+                    // Another customer's order does not exist for a client.
+                    let view = view.filter(|view| visible_to(&caller, &view.customer_id));
+                    if view.is_none() && last.is_none() && Instant::now() >= give_up {
+                        let not_found = Err(error(Code::NotFound, format!("order {order_id} not found")));
+                        return Some((not_found, (api, None, true, seen)));
                     }
                     if let Some(view) = view.filter(|view| last.as_ref() != Some(view)) {
                         let done = view.is_settled();
-                        return Some((Order(view.clone()), (api, Some(view), done, seen)));
+                        return Some((Ok(Order(view.clone())), (api, Some(view), done, seen)));
                     }
                 }
             }

@@ -225,6 +225,22 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     assert_eq!(theirs["orders"]["nodes"], json!([]), "the other customer has no order");
     let mut spying = Subscription::open(server, OTHER, &order_id).await.expect("the connection itself is accepted");
     assert_eq!(spying.next().await, None, "another customer's order cannot be followed");
+    // Waiting for another customer's write answers as for a write that was
+    // never made: the whole budget, then TIMEOUT (before, it answered at
+    // once when the order existed).
+    let nobody = uuid::Uuid::new_v4();
+    let (theirs, missing) = tokio::join!(
+        async {
+            let started = Instant::now();
+            (server.code("other", ORDER, json!({ "id": order_id, "token": format!("order-{order_id}@1") })).await, started.elapsed())
+        },
+        async {
+            let started = Instant::now();
+            (server.code("other", ORDER, json!({ "id": nobody, "token": format!("order-{nobody}@1") })).await, started.elapsed())
+        },
+    );
+    assert_eq!((theirs.0.as_str(), missing.0.as_str()), ("TIMEOUT", "TIMEOUT"));
+    assert!(theirs.1 >= Duration::from_secs(4), "another customer's existing order answered after {:?}", theirs.1);
     let everyone = server.ok("auditor", listed, json!({ "c": CUSTOMER })).await;
     assert!(!everyone["orders"]["nodes"].as_array().unwrap().is_empty(), "auditors read every customer's orders");
     assert_eq!(server.head().await, head, "a refused cross-customer operation wrote to the log");

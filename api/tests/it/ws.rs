@@ -20,6 +20,8 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 const CLIENT: &str = "ws-client-token-0001";
 const OTHER: &str = "ws-client-token-0002";
+/// A second token of CLIENT's customer.
+const SAME: &str = "ws-client-token-0003";
 
 fn limits() -> Limits {
     Limits {
@@ -38,7 +40,7 @@ async fn serve(limits: Limits, expiring: Option<(&str, chrono::DateTime<chrono::
     let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
     let sink = Arc::new(strata_projections::MemorySink::new());
     let api = Api::new(store.clone(), None, store.clone(), sink.clone(), limits);
-    let mut tokens = Tokens::parse(&format!("client/c-1:{CLIENT},client/c-2:{OTHER}")).unwrap();
+    let mut tokens = Tokens::parse(&format!("client/c-1:{CLIENT},client/c-2:{OTHER},client/c-1:{SAME}")).unwrap();
     if let Some((token, at)) = expiring {
         tokens.insert(token, strata_api::auth::Role::Client, Some("c-3".into()), Some(at));
     }
@@ -347,4 +349,158 @@ async fn every_answer_carries_a_request_id_its_own_or_the_callers() {
         let id = answer.headers().get("x-request-id").expect("a request id").to_str().unwrap().to_owned();
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{hostile:?} was kept: {id}");
     }
+}
+
+/// Sends `operation` (a query or mutation) as subscription `id`; returns the
+/// messages about `id` up to its `complete` (or the socket's end).
+async fn operation(socket: &mut Socket, id: &str, query: &str, variables: Value) -> Vec<Value> {
+    let message = json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } });
+    socket.send(Message::text(message.to_string())).await.unwrap();
+    let mut answers = Vec::new();
+    while let Some(answer) = next_text(socket).await {
+        if answer["id"] != id {
+            continue;
+        }
+        let done = matches!(answer["type"].as_str(), Some("complete" | "error"));
+        answers.push(answer);
+        if done {
+            break;
+        }
+    }
+    answers
+}
+
+/// The first error code among `answers` (in a `next` payload or an `error` message).
+fn error_code(answers: &[Value]) -> Option<String> {
+    answers.iter().find_map(|answer| {
+        let errors = if answer["type"] == "error" { &answer["payload"] } else { &answer["payload"]["errors"] };
+        errors[0]["extensions"]["code"].as_str().map(str::to_owned)
+    })
+}
+
+/// Sockets that have not authenticated hold a place of their address's:
+/// past the cap the upgrade is refused (429), and a socket that
+/// authenticates gives its place back.
+#[tokio::test]
+async fn unauthenticated_sockets_are_capped_per_address() {
+    let address = serve(Limits { max_ws_unauthenticated_per_address: 2, ..limits() }, None).await;
+    let mut first = connect(address).await.unwrap();
+    let _second = connect(address).await.unwrap();
+    assert_eq!(connect(address).await.err(), Some(429), "a third unauthenticated socket from one address");
+    assert!(init(&mut first, CLIENT).await);
+    let mut third = connect(address).await.expect("the authenticated socket gave its place back");
+    assert!(init(&mut third, OTHER).await);
+    // A token at the upgrade is checked there: such a socket takes no place.
+    let mut request = format!("ws://{address}/graphql").into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    request.headers_mut().insert("authorization", format!("Bearer {OTHER}").parse().unwrap());
+    let _ = connect(address).await.expect("one place is free again");
+    tokio_tungstenite::connect_async(request).await.expect("a socket with its token at the upgrade is not capped per address");
+}
+
+/// Two tokens of one customer share the per-token cap: it counts who a
+/// token speaks for, not the token's text.
+#[tokio::test]
+async fn the_per_token_cap_counts_the_principal() {
+    let address = serve(limits(), None).await;
+    let mut first = connect(address).await.unwrap();
+    let mut second = connect(address).await.unwrap();
+    assert!(init(&mut first, CLIENT).await);
+    assert!(init(&mut second, SAME).await);
+    let mut third = connect(address).await.unwrap();
+    assert!(!init(&mut third, SAME).await, "a third connection for customer c-1, through its second token");
+    let mut other = connect(address).await.unwrap();
+    assert!(init(&mut other, OTHER).await, "another customer has its own");
+}
+
+/// Queries sent over a socket take from the token's rate like POSTs (before,
+/// 40 in a burst at a 5/s limit were all answered).
+#[tokio::test]
+async fn operations_over_a_socket_take_from_the_tokens_rate() {
+    let quota = strata_api::rate::parse_rate("test", "5/min").unwrap();
+    let address = serve(Limits { rate_per_token: quota, rate_per_ip: None, ..limits() }, None).await;
+    let mut socket = connect(address).await.unwrap();
+    assert!(init(&mut socket, CLIENT).await, "connection_init takes one");
+    let mut answered = 0;
+    let mut limited = 0;
+    for n in 0..40 {
+        let answers = operation(&mut socket, &format!("q{n}"), "{ __typename }", json!({})).await;
+        match error_code(&answers).as_deref() {
+            None => answered += 1,
+            Some("RATE_LIMITED") => limited += 1,
+            Some(other) => panic!("unexpected {other}: {answers:?}"),
+        }
+    }
+    assert_eq!((answered, limited), (4, 36), "the bucket holds 5, connection_init took one");
+    // The same bucket as POSTs.
+    assert_eq!(post(address, CLIENT).await.0, 429);
+}
+
+/// A query over a socket runs within the request timeout, like a POST; its
+/// waitFor does not wait past it.
+#[tokio::test]
+async fn a_query_over_a_socket_times_out_like_a_post() {
+    let limits = Limits { request_timeout: Duration::from_millis(300), read_your_writes_wait: Duration::from_secs(20), ..limits() };
+    let address = serve(limits, None).await;
+    let mut socket = connect(address).await.unwrap();
+    assert!(init(&mut socket, CLIENT).await);
+    let order = uuid::Uuid::new_v4();
+    let query = "query($id: ID!, $t: String) { order(id: $id, waitFor: $t) { status } }";
+    let started = Instant::now();
+    let answers = operation(&mut socket, "1", query, json!({ "id": order, "t": format!("order-{order}@1") })).await;
+    assert_eq!(error_code(&answers).as_deref(), Some("TIMEOUT"), "{answers:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+}
+
+/// A client waits for stock and for streams keyed by an order id; a token
+/// of another stream is refused at once (that says nothing about what
+/// exists).
+#[tokio::test]
+async fn a_client_waits_only_for_stock_and_order_tokens() {
+    let address = serve(limits(), None).await;
+    let query = "query($t: String) { order(id: \"00000000-0000-0000-0000-000000000001\", waitFor: $t) { status } }";
+    let body: Value = reqwest::Client::new()
+        .post(format!("http://{address}/graphql"))
+        .bearer_auth(CLIENT)
+        .json(&json!({ "query": query, "variables": { "t": "order-not-an-order-id@1" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "VALIDATION", "{body}");
+}
+
+/// `orderUpdated` on an order nobody placed ends with NOT_FOUND after the
+/// grace, not left open.
+#[tokio::test]
+async fn following_an_order_that_does_not_appear_ends_with_not_found() {
+    let address = serve(Limits { subscription_not_found_after: Duration::from_millis(300), ..limits() }, None).await;
+    let mut socket = connect(address).await.unwrap();
+    assert!(init(&mut socket, CLIENT).await);
+    let started = Instant::now();
+    let query = "subscription($id: ID!) { orderUpdated(id: $id) { status } }";
+    let answers = operation(&mut socket, "1", query, json!({ "id": uuid::Uuid::new_v4() })).await;
+    assert_eq!(error_code(&answers).as_deref(), Some("NOT_FOUND"), "{answers:?}");
+    assert_eq!(answers.last().unwrap()["type"], "complete", "{answers:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "answered before the grace: {:?}", started.elapsed());
+}
+
+/// A subscription lasts at most its lifetime, then completes.
+#[tokio::test]
+async fn a_subscription_completes_at_its_lifetime() {
+    let limits = Limits { max_subscription_lifetime: Duration::from_millis(500), ..limits() };
+    let address = serve(limits, None).await;
+    let mut socket = connect(address).await.unwrap();
+    assert!(init(&mut socket, CLIENT).await);
+    let started = Instant::now();
+    let query = "subscription($id: ID!) { orderUpdated(id: $id) { status } }";
+    let answers = operation(&mut socket, "1", query, json!({ "id": uuid::Uuid::new_v4() })).await;
+    assert_eq!(answers.last().map(|a| a["type"].clone()), Some(json!("complete")), "{answers:?}");
+    assert_eq!(error_code(&answers), None, "ended by its lifetime (the 10 s grace is longer): {answers:?}");
+    assert!(started.elapsed() >= Duration::from_millis(450), "completed after {:?}", started.elapsed());
+    // The connection stays open.
+    socket.send(Message::text(json!({ "type": "ping" }).to_string())).await.unwrap();
+    assert_eq!(next_text(&mut socket).await.unwrap()["type"], "pong");
 }
