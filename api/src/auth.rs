@@ -13,11 +13,16 @@
 //!   client acts for customer `c-1`, as the quick start does.
 //! - **JWTs** when `STRATA_JWT_SECRET` (HS256, 32+ bytes) or
 //!   `STRATA_JWT_JWKS` (a JWKS file of RS256/ES256 public keys) is set,
-//!   verified with `jsonwebtoken`: the signature, `exp` (required), `sub`
-//!   (required: the customer of a client), `role` (required: `client`,
-//!   `auditor` or `operator`), and `iss`/`aud` when `STRATA_JWT_ISSUER` /
-//!   `STRATA_JWT_AUDIENCE` are set. Unsigned (`alg: none`), wrongly signed,
-//!   expired or incomplete tokens are refused like any unknown token.
+//!   verified with `jsonwebtoken`: the signature, `exp` (required, and a
+//!   date: one past year 262143 would never close a connection), `nbf` when
+//!   present, `sub` (required: the customer of a client), the role (required:
+//!   `client`, `auditor` or `operator`, in the claim `STRATA_JWT_ROLE_CLAIM`
+//!   names, default `role`, so that a shared identity provider's own `role`
+//!   claim grants nothing here), and `iss`/`aud` when `STRATA_JWT_ISSUER` /
+//!   `STRATA_JWT_AUDIENCE` are set; with a JWKS both are required (the
+//!   provider's keys sign tokens for other services too). Unsigned (`alg:
+//!   none`), wrongly signed, expired, not yet valid or incomplete tokens are
+//!   refused like any unknown token.
 //!
 //! What each role may do is [`Role::may`]: clients place, cancel and read
 //! for their own customer only; auditors read the read models and the log
@@ -153,6 +158,8 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     /// The `aud` to require (`STRATA_JWT_AUDIENCE`).
     pub audience: Option<String>,
+    /// The claim holding the role (`STRATA_JWT_ROLE_CLAIM`; `None`: `role`).
+    pub role_claim: Option<String>,
 }
 
 impl JwtSettings {
@@ -175,6 +182,7 @@ struct Jwt {
     keys: Vec<JwtKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    role_claim: String,
 }
 
 impl fmt::Debug for Jwt {
@@ -183,12 +191,14 @@ impl fmt::Debug for Jwt {
     }
 }
 
-/// The claims a Strata JWT carries.
+/// The claims a Strata JWT carries: `sub`, `exp`, and the role in the
+/// configured claim (any other claim is kept for it).
 #[derive(Debug, serde::Deserialize)]
 struct Claims {
     sub: String,
-    role: String,
     exp: i64,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Shortest HS256 secret.
@@ -204,9 +214,17 @@ impl Jwt {
             keys.push(JwtKey { id: None, algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret.as_bytes()) });
         }
         if let Some(path) = &settings.jwks {
+            // Public keys come from an identity provider that signs tokens
+            // for other services too: a token must name this one.
+            if settings.issuer.is_none() || settings.audience.is_none() {
+                bail!(
+                    "STRATA_JWT_JWKS needs STRATA_JWT_ISSUER and STRATA_JWT_AUDIENCE: an identity provider's keys also sign tokens meant for other services"
+                );
+            }
             keys.extend(jwks(path)?);
         }
-        Ok(Self { keys, issuer: settings.issuer.clone(), audience: settings.audience.clone() })
+        let role_claim = settings.role_claim.clone().unwrap_or_else(|| "role".to_owned());
+        Ok(Self { keys, issuer: settings.issuer.clone(), audience: settings.audience.clone(), role_claim })
     }
 
     fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Caller, AuthError> {
@@ -220,6 +238,8 @@ impl Jwt {
             let mut validation = Validation::new(key.algorithm);
             validation.set_required_spec_claims(&["exp", "sub"]);
             validation.leeway = 30;
+            // A token not valid yet is refused (checked when present).
+            validation.validate_nbf = true;
             match &self.audience {
                 Some(audience) => {
                     validation.set_audience(&[audience]);
@@ -234,14 +254,18 @@ impl Jwt {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
-                    let role = Role::parse(&claims.role).ok_or(AuthError::Invalid)?;
+                    let role = claims.other.get(&self.role_claim).and_then(serde_json::Value::as_str).and_then(Role::parse);
+                    let role = role.ok_or(AuthError::Invalid)?;
                     if claims.sub.trim().is_empty() || claims.sub.chars().count() > 128 || claims.sub.chars().any(char::is_control) {
                         return Err(AuthError::Invalid);
                     }
-                    let expires = DateTime::from_timestamp(claims.exp, 0);
-                    if expires.is_some_and(|expires| expires <= now - chrono::Duration::seconds(validation.leeway as i64)) {
+                    // An `exp` past what a date can hold would never close
+                    // the token's connections: refused.
+                    let expires = DateTime::from_timestamp(claims.exp, 0).ok_or(AuthError::Invalid)?;
+                    if expires <= now - chrono::Duration::seconds(validation.leeway as i64) {
                         return Err(AuthError::Expired);
                     }
+                    let expires = Some(expires);
                     return Ok(Caller { role, subject: Some(claims.sub), expires });
                 }
                 Err(error) if matches!(error.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => expired = true,
@@ -544,17 +568,59 @@ mod tests {
         let path = dir.path().join("jwks.json");
         let jwks = json!({ "keys": [{ "kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "kid": "key-1", "alg": "ES256", "use": "sig" }] });
         std::fs::write(&path, jwks.to_string()).unwrap();
-        let settings = JwtSettings { jwks: Some(path), audience: Some("strata".into()), ..JwtSettings::default() };
+        let settings = JwtSettings {
+            jwks: Some(path.clone()),
+            audience: Some("strata".into()),
+            issuer: Some("https://idp.example".into()),
+            ..JwtSettings::default()
+        };
         let tokens = Tokens::default().with_jwt(&settings).unwrap();
+        // A JWKS without an issuer or an audience to require is refused.
+        for partial in [JwtSettings { issuer: None, ..settings.clone() }, JwtSettings { audience: None, ..settings.clone() }] {
+            let error = Tokens::default().with_jwt(&partial).unwrap_err().to_string();
+            assert!(error.contains("STRATA_JWT_ISSUER and STRATA_JWT_AUDIENCE"), "{error}");
+        }
         let now = Utc::now();
-        let claims = json!({ "sub": "ops", "role": "operator", "exp": in_an_hour(), "aud": "strata" });
+        let claims = json!({ "sub": "ops", "role": "operator", "exp": in_an_hour(), "aud": "strata", "iss": "https://idp.example" });
         assert_eq!(role(tokens.check(&es256(claims.clone(), "key-1"), now)), Ok(Role::Operator));
         assert_eq!(role(tokens.check(&es256(claims.clone(), "key-2"), now)), Err(AuthError::Invalid), "unknown key id");
         let mut other_audience = claims;
         other_audience["aud"] = json!("someone-else");
         assert_eq!(role(tokens.check(&es256(other_audience, "key-1"), now)), Err(AuthError::Invalid));
         // HS256 tokens are not accepted when only a JWKS is configured.
-        let hs = hs256(json!({ "sub": "ops", "role": "operator", "exp": in_an_hour(), "aud": "strata" }), SECRET);
+        let hs =
+            hs256(json!({ "sub": "ops", "role": "operator", "exp": in_an_hour(), "aud": "strata", "iss": "https://idp.example" }), SECRET);
         assert_eq!(role(tokens.check(&hs, now)), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn the_role_comes_from_the_configured_claim_only() {
+        let claim = "https://strata.example/role";
+        let settings = JwtSettings { secret: Some(SECRET.into()), role_claim: Some(claim.into()), ..JwtSettings::default() };
+        let tokens = Tokens::default().with_jwt(&settings).unwrap();
+        let now = Utc::now();
+        let ours = json!({ "sub": "ann", claim: "auditor", "role": "operator", "exp": in_an_hour() });
+        assert_eq!(role(tokens.check(&hs256(ours, SECRET), now)), Ok(Role::Auditor), "the generic role claim is not read");
+        let generic = json!({ "sub": "ann", "role": "operator", "exp": in_an_hour() });
+        assert_eq!(role(tokens.check(&hs256(generic, SECRET), now)), Err(AuthError::Invalid), "only the generic claim");
+        let not_a_string = json!({ "sub": "ann", claim: ["operator"], "exp": in_an_hour() });
+        assert_eq!(role(tokens.check(&hs256(not_a_string, SECRET), now)), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_or_with_an_exp_no_date_holds_is_refused() {
+        let settings = JwtSettings { secret: Some(SECRET.into()), ..JwtSettings::default() };
+        let tokens = Tokens::default().with_jwt(&settings).unwrap();
+        let now = Utc::now();
+        let good = json!({ "sub": "c-1", "role": "client", "exp": in_an_hour() });
+        let mut later = good.clone();
+        later["nbf"] = json!((now + chrono::Duration::minutes(10)).timestamp());
+        assert_eq!(role(tokens.check(&hs256(later, SECRET), now)), Err(AuthError::Invalid), "nbf ten minutes ahead");
+        let mut started = good.clone();
+        started["nbf"] = json!((now - chrono::Duration::minutes(1)).timestamp());
+        assert_eq!(role(tokens.check(&hs256(started, SECRET), now)), Ok(Role::Client));
+        let mut forever = good;
+        forever["exp"] = json!(10_000_000_000_000_i64);
+        assert_eq!(role(tokens.check(&hs256(forever, SECRET), now)), Err(AuthError::Invalid), "an exp past any date");
     }
 }

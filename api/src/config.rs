@@ -77,6 +77,9 @@ pub struct Overrides {
     /// The `aud` a JWT must carry.
     #[arg(long, env = "STRATA_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
+    /// The claim a JWT names its role in (default `role`).
+    #[arg(long, env = "STRATA_JWT_ROLE_CLAIM", global = true)]
+    pub jwt_role_claim: Option<String>,
     /// Requests per second per token on `/graphql` (`1000/s`, `600/min`, `off`).
     #[arg(long, env = "STRATA_RATE_LIMIT", global = true)]
     pub rate_limit: Option<String>,
@@ -116,6 +119,7 @@ struct FileSettings {
     jwt_jwks: Option<PathBuf>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    jwt_role_claim: Option<String>,
     rate_limit: Option<String>,
     rate_limit_ip: Option<String>,
     http_header_timeout: Option<String>,
@@ -372,6 +376,7 @@ impl Settings {
                 jwks: overrides.jwt_jwks.clone().or(file.jwt_jwks).filter(|path| !path.as_os_str().is_empty()),
                 issuer: not_empty("STRATA_JWT_ISSUER", overrides.jwt_issuer.clone().or(file.jwt_issuer))?,
                 audience: not_empty("STRATA_JWT_AUDIENCE", overrides.jwt_audience.clone().or(file.jwt_audience))?,
+                role_claim: not_empty("STRATA_JWT_ROLE_CLAIM", overrides.jwt_role_claim.clone().or(file.jwt_role_claim))?,
             },
             rate_per_token: match overrides.rate_limit.clone().or(file.rate_limit) {
                 Some(text) => crate::rate::parse_rate("STRATA_RATE_LIMIT", &text)?,

@@ -54,20 +54,21 @@ pub(crate) async fn await_write(ctx: &Context<'_>, projection: &str, token: Opti
     // never written (the budget, then TIMEOUT), so the answer's timing does
     // not say whether it exists.
     let caller = caller(ctx)?;
-    let own_order =
-        match caller.customer() {
-            None => None,
-            Some(_) if stream_id.category() == "inventory" => None,
-            Some(_) => match stream_id.id().parse::<Uuid>() {
-                Ok(order_id) => Some(order_id),
-                Err(_) => return Err(error(
+    let own_order = match caller.customer() {
+        None => None,
+        Some(_) if stream_id.category() == "inventory" => None,
+        Some(_) => match stream_id.id().parse::<Uuid>() {
+            Ok(order_id) => Some(order_id),
+            Err(_) => {
+                return Err(error(
                     Code::Validation,
                     format!(
                         "waitFor: a client waits for stock and for its orders' streams (<category>-<order id>@<version>), not {stream_id}"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     let wait = api.limits.read_your_writes_wait;
     let deadline = match ctx.data_opt::<WaitBudget>() {
         Some(budget) => *budget.0.get_or_init(|| Instant::now() + wait),

@@ -38,6 +38,7 @@ pub fn strata() -> Command {
         .env_remove("STRATA_JWT_JWKS")
         .env_remove("STRATA_JWT_ISSUER")
         .env_remove("STRATA_JWT_AUDIENCE")
+        .env_remove("STRATA_JWT_ROLE_CLAIM")
         .env("RUST_LOG", "warn");
     command
 }
