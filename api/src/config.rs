@@ -30,6 +30,9 @@ pub struct Overrides {
     /// HTTP listen address.
     #[arg(long, env = "STRATA_LISTEN", global = true)]
     pub listen: Option<String>,
+    /// Serve `/metrics` on this address instead of the HTTP one.
+    #[arg(long, env = "STRATA_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
     /// The bus: `memory`, `nats://HOST:4222` or `kafka://HOST:9092`.
     #[arg(long, env = "STRATA_BUS", global = true)]
     pub bus: Option<String>,
@@ -120,6 +123,7 @@ struct FileSettings {
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     jwt_role_claim: Option<String>,
+    metrics_listen: Option<String>,
     rate_limit: Option<String>,
     rate_limit_ip: Option<String>,
     http_header_timeout: Option<String>,
@@ -190,6 +194,9 @@ pub struct Settings {
     /// file): then a process without the api role serves `/healthz`,
     /// `/readyz` and `/metrics` there too.
     pub listen_configured: bool,
+    /// Where `/metrics` is served instead of the HTTP address, if set
+    /// (with `/healthz`); the HTTP address then answers it 404.
+    pub metrics_listen: Option<SocketAddr>,
     /// The bus URL (`memory`, `nats://…` or `kafka://…`).
     pub bus: String,
     /// The read-model URL (`memory`, `redis://…` or `mongodb://…`).
@@ -310,6 +317,14 @@ impl Settings {
         let listen = configured_listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr =
             listen.parse().with_context(|| format!("STRATA_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"))?;
+        let metrics_listen = match not_empty("STRATA_METRICS_LISTEN", overrides.metrics_listen.clone().or(file.metrics_listen))? {
+            Some(address) => Some(
+                address
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("STRATA_METRICS_LISTEN: {address:?} is not an address like 127.0.0.1:9100"))?,
+            ),
+            None => None,
+        };
         let bus = overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned());
         if bus != "memory" && !bus.starts_with("nats://") && !bus.starts_with("kafka://") {
             bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092");
@@ -350,6 +365,7 @@ impl Settings {
             event_store,
             listen,
             listen_configured,
+            metrics_listen,
             bus,
             read_model,
             roles,

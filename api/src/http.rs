@@ -91,13 +91,30 @@ impl GraphQl {
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
+    layered(Router::new().route("/metrics", get(metrics)).merge(service_routes()).with_state(state))
+}
+
+/// [`router`] without `/metrics`, for when `STRATA_METRICS_LISTEN` serves
+/// it on an address of its own ([`metrics_router`]).
+pub fn router_without_metrics(state: AppState) -> Router {
+    layered(service_routes().with_state(state))
+}
+
+/// `/metrics` and `/healthz` alone: what `STRATA_METRICS_LISTEN` serves.
+pub fn metrics_router(state: AppState) -> Router {
+    layered(Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state))
+}
+
+fn service_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphiql/{file}", get(graphiql_asset))
-        .with_state(state)
+}
+
+fn layered(router: Router) -> Router {
+    router
         // Outermost last: a request gets an `x-request-id` (its own, or a new
         // UUID), is traced in a span naming it, and the answer echoes it.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -434,7 +451,17 @@ pub async fn serve(
     bounds: ServerBounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(bounds.body_timeout));
+    serve_router(listener, router(state), bounds, shutdown).await
+}
+
+/// [`serve`] with another router ([`router_without_metrics`], [`metrics_router`]).
+pub async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    bounds: ServerBounds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(bounds.body_timeout));
     let max_connections = bounds.max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     // Told to every connection on shutdown: each finishes its request in

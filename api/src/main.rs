@@ -602,7 +602,26 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     let workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone(), settings.worker_backoff()).await?;
     let store = backend.store();
     strata_api::metrics::install_global(&roles.to_string());
+    let state = |graphql: Option<GraphQl>| AppState {
+        event_store: store.clone(),
+        read_model: read_model.clone(),
+        checkpoints: backend.checkpoints(),
+        metrics: strata_api::metrics::process_metrics(),
+        graphql,
+        bus: bus.as_ref().map(|bus| (strata_api::workers::bus_backend(&settings.bus), bus.publisher.clone())),
+        workers: Some(workers.health()),
+    };
     let serving = async {
+        // `/metrics` on an address of its own, when configured.
+        let metrics_listener = match settings.metrics_listen {
+            Some(address) => {
+                let listener =
+                    tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address} (STRATA_METRICS_LISTEN)"))?;
+                println!("strata metrics on http://{}/metrics", listener.local_addr()?);
+                Some(listener)
+            }
+            None => None,
+        };
         // The api role serves GraphQL; any process serves its health and
         // metrics when given an address (compose scrapes every role).
         if roles.api || settings.listen_configured {
@@ -624,24 +643,26 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
                 None
             };
             tracing::info!(%address, backend = store.backend_name(), %roles, "serving");
-            http::serve(
-                listener,
-                AppState {
-                    event_store: store.clone(),
-                    read_model: read_model.clone(),
-                    checkpoints: backend.checkpoints(),
-                    metrics: strata_api::metrics::process_metrics(),
-                    graphql,
-                    bus: bus.as_ref().map(|bus| (strata_api::workers::bus_backend(&settings.bus), bus.publisher.clone())),
-                    workers: Some(workers.health()),
-                },
-                settings.http_bounds,
-                shutdown_signal(),
-            )
-            .await?;
+            let state = state(graphql);
+            match metrics_listener {
+                Some(metrics_listener) => {
+                    let (served, metrics_served) = tokio::join!(
+                        http::serve_router(listener, http::router_without_metrics(state.clone()), settings.http_bounds, shutdown_signal()),
+                        http::serve_router(metrics_listener, http::metrics_router(state), settings.http_bounds, shutdown_signal()),
+                    );
+                    served?;
+                    metrics_served?;
+                }
+                None => http::serve(listener, state, settings.http_bounds, shutdown_signal()).await?,
+            }
         } else {
             println!("strata running {roles} (event store: {})", store.backend_name());
-            shutdown_signal().await;
+            match metrics_listener {
+                Some(metrics_listener) => {
+                    http::serve_router(metrics_listener, http::metrics_router(state(None)), settings.http_bounds, shutdown_signal()).await?
+                }
+                None => shutdown_signal().await,
+            }
         }
         Ok::<_, anyhow::Error>(())
     };

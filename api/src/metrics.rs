@@ -100,6 +100,8 @@ impl Recorder for Shared {
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// When the sagas in flight were last counted (see [`render`]).
+    sagas_counted: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
     events_appended: Counter,
     append_failures: Counter,
     append: Histogram,
@@ -135,6 +137,7 @@ impl Default for Metrics {
             graphql: histogram("strata_graphql_request_seconds"),
             recorder: Arc::new(recorder),
             handle,
+            sagas_counted: Arc::default(),
         }
     }
 }
@@ -283,11 +286,33 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
 }
 
-/// The exposition text: the scrape-time figures are set, then everything
-/// is rendered. A figure whose source fails is left out (and logged).
+/// How long a count of the sagas in flight serves scrapes before the sagas
+/// are counted again.
+pub const SAGA_COUNT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exposition text: the scrape-time figures are set, then everything is
+/// rendered. The log head, the relay's checkpoint and the projections' lag
+/// are read at each scrape (a few keyed reads); the sagas in flight, which
+/// take every saga event since the oldest one in flight (a stuck saga pins
+/// it), are counted at most once per [`SAGA_COUNT_FOR`] however many
+/// scrapes come (one counts, the others wait for it and render its count).
+/// A figure whose source fails is left out (and logged).
 pub async fn render(sources: &Sources) -> String {
     let m = &sources.metrics;
     process::record(m);
+    read_backend_figures(sources).await;
+    {
+        let mut counted = m.sagas_counted.lock().await;
+        if counted.is_none_or(|at| at.elapsed() >= SAGA_COUNT_FOR) {
+            count_sagas(sources).await;
+            *counted = Some(std::time::Instant::now());
+        }
+    }
+    m.handle.render()
+}
+
+async fn read_backend_figures(sources: &Sources) {
+    let m = &sources.metrics;
     let head = match sources.log.head_position().await {
         Ok(head) => {
             m.gauge("strata_log_head_position", vec![]).set(head.0 as f64);
@@ -314,6 +339,10 @@ pub async fn render(sources: &Sources) -> String {
             }
         }
     }
+}
+
+async fn count_sagas(sources: &Sources) {
+    let m = &sources.metrics;
     match strata_sagas::count_in_flight(&*sources.log, &*sources.checkpoints, strata_sagas::fulfilment::CATEGORY).await {
         Ok(counts) => {
             for (state, count) in [("running", counts.running), ("compensating", counts.compensating), ("stuck", counts.stuck)] {
@@ -322,7 +351,6 @@ pub async fn render(sources: &Sources) -> String {
         }
         Err(error) => tracing::warn!("metrics: counting sagas failed: {error}"),
     }
-    m.handle.render()
 }
 
 /// The `process_*` series, read from `/proc/self` (Linux; elsewhere absent).

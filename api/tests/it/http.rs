@@ -276,3 +276,125 @@ async fn a_connection_past_the_cap_is_closed_at_once() {
     })
     .await;
 }
+
+/// The log, counting the reads of the sagas' category (what counting the
+/// sagas in flight costs).
+struct CountingLog {
+    inner: Arc<MemoryEventStore>,
+    saga_reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl strata_store::EventReader for CountingLog {
+    async fn read_stream(
+        &self,
+        stream_id: &strata_store::StreamId,
+        request: strata_store::ReadStream,
+    ) -> Result<Vec<strata_store::RecordedEvent>, strata_store::ReadError> {
+        self.inner.read_stream(stream_id, request).await
+    }
+    async fn read_all(&self, request: strata_store::ReadAll) -> Result<Vec<strata_store::RecordedEvent>, strata_store::ReadError> {
+        if request.category.as_deref() == Some(strata_sagas::fulfilment::CATEGORY) {
+            self.saga_reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.read_all(request).await
+    }
+    fn subscribe(
+        &self,
+        request: strata_store::Subscribe,
+    ) -> futures_util::stream::BoxStream<'static, Result<strata_store::RecordedEvent, strata_store::ReadError>> {
+        self.inner.subscribe(request)
+    }
+    async fn read_event(
+        &self,
+        event_id: uuid::Uuid,
+        form: strata_store::Form,
+    ) -> Result<Option<strata_store::RecordedEvent>, strata_store::ReadError> {
+        self.inner.read_event(event_id, form).await
+    }
+    async fn stream_head(&self, stream_id: &strata_store::StreamId) -> Result<Option<strata_store::StreamHead>, strata_store::ReadError> {
+        self.inner.stream_head(stream_id).await
+    }
+    async fn stream_heads(
+        &self,
+        after: Option<&strata_store::StreamId>,
+        limit: usize,
+    ) -> Result<Vec<strata_store::StreamHead>, strata_store::ReadError> {
+        self.inner.stream_heads(after, limit).await
+    }
+    async fn head_position(&self) -> Result<strata_store::Position, strata_store::ReadError> {
+        self.inner.head_position().await
+    }
+    async fn categories(&self) -> Result<Vec<String>, strata_store::ReadError> {
+        self.inner.categories().await
+    }
+    async fn log_identity(&self) -> Result<strata_store::LogIdentity, strata_store::ReadError> {
+        self.inner.log_identity().await
+    }
+    async fn ping(&self) -> Result<(), strata_store::ReadError> {
+        self.inner.ping().await
+    }
+    fn backend_name(&self) -> &'static str {
+        "counting"
+    }
+}
+
+/// Counting the sagas in flight reads every saga event since the oldest in
+/// flight: a flood of scrapes counts them once per `SAGA_COUNT_FOR`, not
+/// once per scrape (before, each scrape did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_scrapes_counts_the_sagas_in_flight_once() {
+    use strata_api::metrics::{render, Metrics, Sources};
+    use strata_schemas::DomainEvent;
+    let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
+    for n in 0..3_u128 {
+        let started = strata_schemas::events::SagaEvent::from(strata_schemas::events::SagaStarted {
+            saga_id: uuid::Uuid::from_u128(n),
+            data: serde_json::json!({}),
+            started_at: chrono::Utc::now(),
+        });
+        let event = strata_store::NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: started.event_type().into(),
+            schema_version: started.schema_version(),
+            payload: started.to_payload(),
+            metadata: Default::default(),
+        };
+        let stream = strata_store::StreamId::new("fulfilment", uuid::Uuid::from_u128(n)).unwrap();
+        let append =
+            strata_store::StreamAppend { stream_id: stream, expected: strata_store::ExpectedVersion::NoStream, events: vec![event] };
+        strata_store::EventStore::append(&*store, vec![append]).await.unwrap();
+    }
+    let sources =
+        |log: Arc<CountingLog>| Sources { log, checkpoints: store.clone(), read_model: None, metrics: Arc::new(Metrics::default()) };
+    // What one count reads.
+    let once = Arc::new(CountingLog { inner: store.clone(), saga_reads: Default::default() });
+    let text = render(&sources(once.clone())).await;
+    assert!(text.contains("strata_sagas{state=\"running\"} 3"), "{text}");
+    let per_count = once.saga_reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(per_count >= 1);
+    // A hundred scrapes at once.
+    let flooded = Arc::new(CountingLog { inner: store.clone(), saga_reads: Default::default() });
+    let sources = sources(flooded.clone());
+    let texts = futures_util::future::join_all((0..100).map(|_| render(&sources))).await;
+    assert!(texts.iter().all(|text| text.contains("strata_sagas{state=\"running\"} 3")));
+    assert_eq!(flooded.saga_reads.load(std::sync::atomic::Ordering::SeqCst), per_count, "the sagas were counted more than once");
+}
+
+/// `STRATA_METRICS_LISTEN` moves `/metrics` to an address of its own (to
+/// be firewalled apart from the API): the API's address answers it 404.
+#[tokio::test]
+async fn metrics_listen_serves_metrics_on_their_own_address_only() {
+    let scratch = scratch_sqlite();
+    let mut command = strata();
+    command.env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_METRICS_LISTEN", "127.0.0.1:0");
+    let server = crate::support::Server::start(command);
+    let metrics = server.metrics_address.expect("the metrics address is printed");
+    let (status, body) = get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("strata_build_info"), "{body}");
+    assert_eq!(get(metrics, "/healthz").await.0, 200);
+    assert_eq!(get(metrics, "/graphql").await.0, 404, "the metrics address serves no API");
+    assert_eq!(get(server.address, "/metrics").await.0, 404, "the API address no longer serves metrics");
+    assert_eq!(get(server.address, "/healthz").await.0, 200);
+}

@@ -131,6 +131,8 @@ pub fn tail(path: &Path) -> String {
 pub struct Server {
     pub child: Child,
     pub address: SocketAddr,
+    /// Where `/metrics` is served, when `STRATA_METRICS_LISTEN` moved it.
+    pub metrics_address: Option<SocketAddr>,
     pub tokens: std::collections::HashMap<String, String>,
     http: reqwest::Client,
 }
@@ -143,6 +145,7 @@ impl Server {
         let mut child = command.arg("serve").env("STRATA_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().expect("start strata");
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut tokens = std::collections::HashMap::new();
+        let mut metrics_address = None;
         let address = loop {
             let Some(Ok(line)) = lines.next() else {
                 let status = child.wait().unwrap();
@@ -150,6 +153,10 @@ impl Server {
             };
             if let Some((role, token)) = line.strip_prefix("token ").and_then(|rest| rest.split_once(": ")) {
                 tokens.insert(role.to_owned(), token.to_owned());
+            }
+            if let Some(rest) = line.strip_prefix("strata metrics on http://") {
+                metrics_address = rest.split('/').next().and_then(|a| a.parse().ok());
+                continue;
             }
             // The api: "listening on http://…"; a worker role: "health and metrics on http://…)".
             if let Some(rest) = line.split("listening on http://").nth(1).or_else(|| line.split("metrics on http://").nth(1)) {
@@ -161,7 +168,7 @@ impl Server {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        Self { child, address, tokens, http: reqwest::Client::new() }
+        Self { child, address, metrics_address, tokens, http: reqwest::Client::new() }
     }
 
     pub fn url(&self) -> String {
