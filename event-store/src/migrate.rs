@@ -18,6 +18,7 @@ pub(crate) const POSTGRES: Embedded = Embedded(&[
     (2, "snapshots", include_str!("../migrations/postgres/0002_snapshots.sql")),
     (3, "checkpoints", include_str!("../migrations/postgres/0003_checkpoints.sql")),
     (4, "log identity", include_str!("../migrations/postgres/0004_log_identity.sql")),
+    (5, "append-only events", include_str!("../migrations/postgres/0005_append_only.sql")),
 ]);
 
 #[cfg(feature = "sqlite")]

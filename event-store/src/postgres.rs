@@ -222,12 +222,33 @@ impl PostgresEventStore {
 
     /// Applies the embedded migrations (idempotent; concurrent callers are
     /// serialized by sqlx's advisory lock).
+    ///
+    /// A role that may not create tables (the INSERT/SELECT role README
+    /// "Tamper evidence" shows) cannot run the migrator at all, which
+    /// creates its own table if missing: when the schema is current already
+    /// (migrated by its owner), that is not an error.
     pub async fn migrate(&self) -> Result<(), BackendError> {
-        crate::migrate::migrator(crate::migrate::POSTGRES)
-            .await?
-            .run(&self.inner.shared.pool)
-            .await
-            .map_err(|err| BackendError::new("migrating the PostgreSQL schema", err))
+        let ran = crate::migrate::migrator(crate::migrate::POSTGRES).await?.run(&self.inner.shared.pool).await;
+        let Err(error) = ran else { return Ok(()) };
+        let denied =
+            matches!(&error, sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501"));
+        if denied && self.schema_is_current().await.unwrap_or(false) {
+            tracing::debug!("this role may not migrate, and the schema is current: going on");
+            return Ok(());
+        }
+        Err(BackendError::new("migrating the PostgreSQL schema", error))
+    }
+
+    /// Whether every migration this build knows has been applied.
+    async fn schema_is_current(&self) -> Result<bool, sqlx::Error> {
+        let pool = &self.inner.shared.pool;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+        if !exists {
+            return Ok(false);
+        }
+        let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
+        let latest = crate::migrate::POSTGRES.0.iter().map(|(version, _, _)| *version).max().unwrap_or(0);
+        Ok(applied == Some(latest))
     }
 
     fn start_listener(&self) {

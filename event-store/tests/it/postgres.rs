@@ -240,7 +240,7 @@ async fn two_processes_creating_the_same_stream_get_one_winner_and_one_conflict(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
+async fn the_log_refuses_update_and_delete_and_verify_reports_what_a_superuser_alters() {
     let Some(database) = fresh_database().await else { return };
     let store = store_on(&database, |_| {}).await;
     let (victim, other) = (stream("order"), stream("order"));
@@ -248,16 +248,19 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     store.append(to(&other, ExpectedVersion::NoStream, vec![noted("x")])).await.unwrap();
     assert!(verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap().is_intact());
     let mut connection = PgConnection::connect(&database.url).await.unwrap();
-    connection
-        .execute(
-            format!(
-                "UPDATE strata_events SET payload = jsonb_set(payload, '{{text}}', '\"forged\"') \
-                 WHERE stream_id = '{victim}' AND stream_version = 2"
-            )
-            .as_str(),
-        )
-        .await
-        .unwrap();
+    let forge = format!(
+        "UPDATE strata_events SET payload = jsonb_set(payload, '{{text}}', '\"forged\"') \
+         WHERE stream_id = '{victim}' AND stream_version = 2"
+    );
+    // The log refuses it…
+    let refused = connection.execute(forge.as_str()).await.unwrap_err().to_string();
+    assert!(refused.contains("append-only"), "{refused}");
+    let refused = connection.execute(format!("DELETE FROM strata_events WHERE stream_id = '{other}'").as_str()).await.unwrap_err();
+    assert!(refused.to_string().contains("append-only: DELETE refused"), "{refused}");
+    assert!(verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap().is_intact());
+    // …unless a superuser switches its triggers off: the chain shows it.
+    connection.execute("SET session_replication_role = replica").await.unwrap();
+    connection.execute(forge.as_str()).await.unwrap();
     let report = verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap();
     assert_eq!(report.broken.len(), 1, "{report:?}");
     assert_eq!((&report.broken[0].stream_id, report.broken[0].stream_version), (&victim, 2));

@@ -20,9 +20,12 @@ impl Sql for sqlx::SqliteConnection {
     }
 }
 
+/// On PostgreSQL the log refuses UPDATE and DELETE by trigger: the insider
+/// tampering here is a superuser, who switches triggers off first.
 #[cfg(feature = "postgres")]
 impl Sql for sqlx::PgConnection {
     async fn run(&mut self, statement: String) {
+        sqlx::Executor::execute(&mut *self, "SET session_replication_role = replica").await.unwrap();
         sqlx::Executor::execute(self, statement.as_str()).await.unwrap_or_else(|err| panic!("{statement}: {err}"));
     }
 }
