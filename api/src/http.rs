@@ -91,26 +91,44 @@ impl GraphQl {
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
-    layered(Router::new().route("/metrics", get(metrics)).merge(service_routes()).with_state(state))
+    let metrics = by_address(Router::new().route("/metrics", get(metrics)), &state);
+    layered(metrics.merge(service_routes(&state)).with_state(state))
 }
 
 /// [`router`] without `/metrics`, for when `STRATA_METRICS_LISTEN` serves
 /// it on an address of its own ([`metrics_router`]).
 pub fn router_without_metrics(state: AppState) -> Router {
-    layered(service_routes().with_state(state))
+    layered(service_routes(&state).with_state(state))
 }
 
 /// `/metrics` and `/healthz` alone: what `STRATA_METRICS_LISTEN` serves.
 pub fn metrics_router(state: AppState) -> Router {
-    layered(Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state))
+    let routes = by_address(Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)), &state);
+    layered(routes.with_state(state))
 }
 
-fn service_routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/graphql", get(graphql_get).post(graphql_post))
-        .route("/graphiql/{file}", get(graphiql_asset))
+fn service_routes(state: &AppState) -> Router<AppState> {
+    // `/graphql` takes from the address's rate itself (before the token's).
+    let others = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/graphiql/{file}", get(graphiql_asset));
+    by_address(others, state).route("/graphql", get(graphql_get).post(graphql_post))
+}
+
+/// `routes` within the per-address rate (`STRATA_RATE_LIMIT_IP`), where the
+/// process has one (it serves GraphQL): `/readyz` asks every backend and
+/// `/metrics` reads the log, so a flood of them from one address is refused
+/// like a flood of queries.
+fn by_address(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    match &state.graphql {
+        Some(graphql) => routes.route_layer(axum::middleware::from_fn_with_state(graphql.clone(), admit_address_layer)),
+        None => routes,
+    }
+}
+
+async fn admit_address_layer(State(graphql): State<GraphQl>, request: Request, next: axum::middleware::Next) -> Response {
+    match admit_address(&graphql, client_ip(&request)) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => *refusal,
+    }
 }
 
 fn layered(router: Router) -> Router {

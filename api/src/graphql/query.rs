@@ -79,12 +79,15 @@ pub(crate) async fn await_write(ctx: &Context<'_>, projection: &str, token: Opti
         let seen = watch.seen();
         let look = orders::has_applied(&*api.read_model, projection, stream_id.as_str(), version);
         if api.changes.look(look).await.map_err(internal)? {
+            // (A write applied with no order view, a parked first event,
+            // ends the wait: the field then answers NOT_FOUND, as for any
+            // order the caller cannot see.)
             let visible = match own_order {
                 None => true,
                 Some(order_id) => orders::order(&*api.read_model, order_id)
                     .await
                     .map_err(internal)?
-                    .is_some_and(|view| visible_to(caller, &view.customer_id)),
+                    .is_none_or(|view| visible_to(caller, &view.customer_id)),
             };
             if visible {
                 return Ok(());
@@ -200,7 +203,7 @@ impl Query {
     }
 
     /// A stream's events from a version (auditors, operators).
-    #[graphql(guard = "Needs(Permission::Audit)")]
+    #[graphql(guard = "Needs(Permission::Audit)", complexity = "limit.max(1) as usize * child_complexity")]
     async fn stream_events(
         &self,
         ctx: &Context<'_>,
@@ -220,7 +223,7 @@ impl Query {
     }
 
     /// The log in position order from a position (auditors, operators).
-    #[graphql(guard = "Needs(Permission::Audit)")]
+    #[graphql(guard = "Needs(Permission::Audit)", complexity = "limit.max(1) as usize * child_complexity")]
     async fn global_events(
         &self,
         ctx: &Context<'_>,

@@ -22,6 +22,7 @@ const CLIENT: &str = "ws-client-token-0001";
 const OTHER: &str = "ws-client-token-0002";
 /// A second token of CLIENT's customer.
 const SAME: &str = "ws-client-token-0003";
+const AUDITOR: &str = "ws-auditor-token-0001";
 
 fn limits() -> Limits {
     Limits {
@@ -40,7 +41,7 @@ async fn serve(limits: Limits, expiring: Option<(&str, chrono::DateTime<chrono::
     let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
     let sink = Arc::new(strata_projections::MemorySink::new());
     let api = Api::new(store.clone(), None, store.clone(), sink.clone(), limits);
-    let mut tokens = Tokens::parse(&format!("client/c-1:{CLIENT},client/c-2:{OTHER},client/c-1:{SAME}")).unwrap();
+    let mut tokens = Tokens::parse(&format!("client/c-1:{CLIENT},client/c-2:{OTHER},client/c-1:{SAME},auditor:{AUDITOR}")).unwrap();
     if let Some((token, at)) = expiring {
         tokens.insert(token, strata_api::auth::Role::Client, Some("c-3".into()), Some(at));
     }
@@ -313,6 +314,12 @@ async fn each_address_has_its_rate_before_any_token_is_checked() {
     assert_eq!((status, code.as_deref()), (429, Some("RATE_LIMITED")));
     assert!(retry_after.is_some_and(|seconds| seconds >= 1));
     assert_eq!(connect(address).await.err(), Some(429));
+    // Every route shares the address's rate: `/readyz` asks every backend,
+    // `/metrics` reads the log.
+    for path in ["/readyz", "/metrics", "/healthz", "/graphiql/graphiql.min.js"] {
+        let status = reqwest::get(format!("http://{address}{path}")).await.unwrap().status().as_u16();
+        assert_eq!(status, 429, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -503,4 +510,33 @@ async fn a_subscription_completes_at_its_lifetime() {
     // The connection stays open.
     socket.send(Message::text(json!({ "type": "ping" }).to_string())).await.unwrap();
     assert_eq!(next_text(&mut socket).await.unwrap()["type"], "pong");
+}
+
+/// A list's size counts toward the complexity bound: a thousand events of
+/// ten fields each is over it, a hundred is not.
+#[tokio::test]
+async fn the_events_asked_for_count_toward_complexity() {
+    let address = serve(limits(), None).await;
+    let fields = "eventId eventType schemaVersion streamId streamVersion position recordedAt metadata payload hash";
+    let ask = |limit: u32| {
+        let query = format!("{{ globalEvents(limit: {limit}) {{ {fields} }} }}");
+        async move {
+            let body: Value = reqwest::Client::new()
+                .post(format!("http://{address}/graphql"))
+                .bearer_auth(AUDITOR)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body
+        }
+    };
+    let refused = ask(1_000).await;
+    let message = refused["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("too complex"), "{refused}");
+    let answered = ask(100).await;
+    assert_eq!(answered["data"]["globalEvents"], json!([]), "{answered}");
 }
