@@ -220,7 +220,11 @@ async fn kill_every_role(bus: &str, read_model: &str, pause: Duration) -> bool {
         let name = format!("{role}-{replica}");
         let pid = supervisor.pids.lock().unwrap()[&name];
         let status = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
-        assert!(status.success(), "{name} (pid {pid}) was not running: the supervisor had not started it again");
+        assert!(
+            status.success(),
+            "seed {seed}: {name} (pid {pid}) was not running: it ended by itself, or the supervisor had not started it again\n--- its log\n{}",
+            crate::support::tail(&logs.path().join(format!("{name}.log")))
+        );
         *killed.entry(role).or_default() += 1;
         // Wait for the supervisor to report the exit and start it again
         // before the next kill.

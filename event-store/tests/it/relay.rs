@@ -785,45 +785,17 @@ mod kafka_faults {
     /// knows it lost the lease and stops publishing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_relay_stopped_past_its_lease_then_resumed_loses_and_reorders_nothing() {
-        use std::io::BufRead;
         use strata_store::lease::PostgresLease;
         let Some(setup) = setup().await else { return };
-        let mut first = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "relay::kafka_faults::kafka_relay_process", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("STRATA_TEST_RELAY_DATABASE", &setup.database.url)
-            .env("STRATA_TEST_RELAY_BROKERS", &setup.kafka.config().brokers)
-            .env("STRATA_TEST_RELAY_PREFIX", &setup.kafka.config().topic_prefix)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = first.id().to_string();
-        // However the test ends, the first relay does not stay stopped behind it.
-        struct Reap(String);
-        impl Drop for Reap {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("kill").args(["-KILL", &self.0]).stderr(std::process::Stdio::null()).status();
-            }
-        }
-        let _reap = Reap(pid.clone());
-        let (said, hears) = std::sync::mpsc::channel();
-        let stdout = first.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = said.send(line);
-            }
-        });
-        let wait_for = |word: &str| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match hears.recv_timeout(left) {
-                    // libtest's "test … ... " precedes the first word on its line.
-                    Ok(line) if line.split_whitespace().last() == Some(word) => return,
-                    Ok(_) => {}
-                    Err(error) => panic!("the first relay did not say {word}: {error}"),
-                }
-            }
-        };
+        let (url, config) = (setup.database.url.clone(), setup.kafka.config().clone());
+        let first = crate::support::TestProcess::start(
+            "relay::kafka_faults::kafka_relay_process",
+            &[
+                ("STRATA_TEST_RELAY_DATABASE", url.as_str()),
+                ("STRATA_TEST_RELAY_BROKERS", config.brokers.as_str()),
+                ("STRATA_TEST_RELAY_PREFIX", config.topic_prefix.as_str()),
+            ],
+        );
         let caught_up = || async {
             strata_store::testkit::wait_until(Duration::from_secs(60), || async {
                 let (checkpoint, head) = (setup.store.load_checkpoint("relay").await.unwrap(), setup.store.head_position().await.unwrap());
@@ -835,9 +807,7 @@ mod kafka_faults {
             })
             .await
         };
-        let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
-
-        wait_for("HELD");
+        first.wait_for("HELD");
         append_many(&setup.store, 8, 10).await;
         caught_up().await;
         // Stopped while it has events to publish.
@@ -845,7 +815,7 @@ mod kafka_faults {
             let store = setup.store.clone();
             async move { append_many(&store, 8, 10).await }
         });
-        signal("-STOP");
+        first.signal("-STOP");
         writing.await.unwrap();
         let second = tokio::spawn({
             let (store, bus) = (setup.store.clone(), setup.bus.clone());
@@ -856,8 +826,8 @@ mod kafka_faults {
         caught_up().await;
         append_many(&setup.store, 8, 10).await;
         caught_up().await;
-        signal("-CONT");
-        wait_for("LOST");
+        first.signal("-CONT");
+        first.wait_for("LOST");
         append_many(&setup.store, 8, 10).await;
         caught_up().await;
         let log = log_streams(&setup.store).await;
@@ -866,8 +836,7 @@ mod kafka_faults {
         println!("copies skipped by the consumer: {skipped}");
         assert!(!second.is_finished(), "the second relay stopped: {:?}", second.await);
         second.abort();
-        signal("-KILL");
-        let _ = first.wait();
+        drop(first);
         setup.database.drop_database().await;
     }
 }
@@ -913,57 +882,23 @@ mod lease {
     /// expiry its lock stayed until TCP gave up (hours), and no relay ran.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_holder_loses_its_lease_and_knows_it_when_it_runs_again() {
-        use std::io::BufRead;
         let Some(database) = TestDatabase::create().await else { return };
-        let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "relay::lease::lease_holder_process", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("STRATA_TEST_LEASE_URL", &database.url)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = holder.id().to_string();
-        // However the test ends, the holder does not stay stopped behind it.
-        struct Reap(String);
-        impl Drop for Reap {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("kill").args(["-KILL", &self.0]).stderr(std::process::Stdio::null()).status();
-            }
-        }
-        let _reap = Reap(pid.clone());
-        let (said, hears) = std::sync::mpsc::channel();
-        let stdout = holder.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = said.send(line);
-            }
-        });
-        let wait_for = |word: &str| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match hears.recv_timeout(left) {
-                    // libtest's "test … ... " precedes the first word on its line.
-                    Ok(line) if line.split_whitespace().last() == Some(word) => return,
-                    Ok(_) => {}
-                    Err(error) => panic!("the holder process did not say {word}: {error}"),
-                }
-            }
-        };
-        wait_for("HELD");
-        let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+        let holder =
+            crate::support::TestProcess::start("relay::lease::lease_holder_process", &[("STRATA_TEST_LEASE_URL", database.url.as_str())]);
+        holder.wait_for("HELD");
         let second = PostgresLease::new(&database.url, Duration::from_millis(100)).unwrap().with_expiry(Duration::from_secs(3));
         let mut waiting = tokio::spawn(async move { second.acquire("relay").await });
         // A running holder keeps its lease past the expiry: its checks keep its session busy.
         assert!(tokio::time::timeout(Duration::from_secs(5), &mut waiting).await.is_err(), "a running holder lost its lease");
-        signal("-STOP");
+        holder.signal("-STOP");
         let taken = tokio::time::timeout(Duration::from_secs(30), waiting)
             .await
             .expect("the stopped holder's lease passed on after its expiry")
             .unwrap()
             .unwrap();
-        signal("-CONT");
-        wait_for("LOST");
-        assert!(holder.wait().unwrap().success());
+        holder.signal("-CONT");
+        holder.wait_for("LOST");
+        assert!(holder.wait(), "the holder process failed");
         drop(taken);
         database.drop_database().await;
     }

@@ -128,3 +128,66 @@ pub use strata_store::testkit::Cleanup;
 
 #[cfg(feature = "nats")]
 pub use strata_store::testkit::jetstream as test_jetstream;
+
+/// One test of this binary run in a process of its own (an `#[ignore]`d
+/// test that another starts), for the starting test to stop (SIGSTOP),
+/// continue and kill; killed when dropped, however the test ends.
+pub struct TestProcess {
+    child: std::process::Child,
+    said: std::sync::mpsc::Receiver<String>,
+}
+
+impl TestProcess {
+    /// Runs the ignored test `name` (its full path) with `env`.
+    pub fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.args(["--exact", name, "--ignored", "--nocapture", "--test-threads", "1"]).stdout(std::process::Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let (tell, said) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tell.send(line);
+            }
+        });
+        Self { child, said }
+    }
+
+    /// Waits (30 s at most) for a line of its output that ends with `word`.
+    pub fn wait_for(&self, word: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.said.recv_timeout(left) {
+                // libtest's "test … ... " precedes the first word on its line.
+                Ok(line) if line.split_whitespace().last() == Some(word) => return,
+                Ok(_) => {}
+                Err(error) => panic!("the test process did not say {word}: {error}"),
+            }
+        }
+    }
+
+    /// Sends it a signal (`-STOP`, `-CONT`, …).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success(), "kill {name} {pid}");
+    }
+
+    /// Waits for it to exit by itself: whether it succeeded.
+    pub fn wait(mut self) -> bool {
+        let status = self.child.wait().unwrap();
+        status.success()
+    }
+}
+
+impl Drop for TestProcess {
+    fn drop(&mut self) {
+        // A stopped process does not stay behind the test.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
