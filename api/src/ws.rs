@@ -42,8 +42,8 @@ use crate::http::GraphQl;
 /// client address.
 pub struct Connections {
     all: Arc<Semaphore>,
-    per_token: Arc<Mutex<HashMap<[u8; 32], usize>>>,
-    unauthenticated: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_token: Counts<[u8; 32]>,
+    unauthenticated: Counts<IpAddr>,
 }
 
 impl Connections {
@@ -58,51 +58,36 @@ impl Connections {
     }
 }
 
-/// A token's hold on one of its connections; released on drop.
-struct TokenSlot {
-    per_token: Arc<Mutex<HashMap<[u8; 32], usize>>>,
-    key: [u8; 32],
+/// Counts of open connections by some key (a principal, an address).
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
+
+/// One connection's place among those of its key (its principal's, or its
+/// address's unauthenticated ones); given back on drop.
+struct Place<K: Eq + std::hash::Hash + Clone> {
+    counts: Counts<K>,
+    key: K,
 }
 
-impl Drop for TokenSlot {
-    fn drop(&mut self) {
-        let mut counts = self.per_token.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// A connection's place among its address's unauthenticated ones; released
-/// on drop (when it authenticates, or closes).
-struct AddressSlot {
-    unauthenticated: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl AddressSlot {
-    /// A place for `ip`, unless it holds `max` already.
-    fn take(unauthenticated: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
-        let mut counts = unauthenticated.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(ip).or_default();
+impl<K: Eq + std::hash::Hash + Clone> Place<K> {
+    /// A place for `key`, unless it holds `max` already.
+    fn take(counts: &Counts<K>, key: K, max: usize) -> Option<Self> {
+        let mut held = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(key.clone()).or_default();
         if *count >= max {
             return None;
         }
         *count += 1;
-        Some(Self { unauthenticated: unauthenticated.clone(), ip })
+        Some(Self { counts: counts.clone(), key })
     }
 }
 
-impl Drop for AddressSlot {
+impl<K: Eq + std::hash::Hash + Clone> Drop for Place<K> {
     fn drop(&mut self) {
-        let mut counts = self.unauthenticated.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        let mut held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                held.remove(&self.key);
             }
         }
     }
@@ -128,10 +113,10 @@ fn bare_token(header: &str) -> &str {
 struct Connection {
     /// Its place among its address's unauthenticated connections, until
     /// it authenticates.
-    address_slot: Mutex<Option<AddressSlot>>,
+    address_slot: Mutex<Option<Place<IpAddr>>>,
     authenticated: AtomicBool,
     expires: Mutex<Option<DateTime<Utc>>>,
-    slot: Mutex<Option<TokenSlot>>,
+    slot: Mutex<Option<Place<[u8; 32]>>>,
     subscriptions: Mutex<HashSet<String>>,
     changed: Notify,
 }
@@ -149,7 +134,7 @@ pub fn upgrade(
     let limits = graphql.api.limits.clone();
     // Not yet authenticated: a place among its address's such connections.
     let address_slot = match (&header, ip) {
-        (None, Some(ip)) => match AddressSlot::take(&graphql.connections.unauthenticated, ip, limits.max_ws_unauthenticated_per_address) {
+        (None, Some(ip)) => match Place::take(&graphql.connections.unauthenticated, ip, limits.max_ws_unauthenticated_per_address) {
             Some(slot) => Some(slot),
             None => {
                 return crate::http::refuse(
@@ -183,7 +168,7 @@ async fn serve(
     socket: WebSocket,
     graphql: GraphQl,
     header: Option<(String, Caller)>,
-    address_slot: Option<AddressSlot>,
+    address_slot: Option<Place<IpAddr>>,
     protocol: GraphQLProtocol,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -264,19 +249,13 @@ async fn serve(
                     (header.unwrap_or_default().to_owned(), caller)
                 }
             };
-            let key = principal_key(&token, &caller);
-            {
-                let mut counts = per_token.lock().unwrap_or_else(|p| p.into_inner());
-                let count = counts.entry(key).or_default();
-                if *count >= max_per_token {
-                    return Err(error(
-                        Code::RateLimited,
-                        format!("too many WebSocket connections for this token's principal (at most {max_per_token})"),
-                    ));
-                }
-                *count += 1;
-            }
-            *watched.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(TokenSlot { per_token, key });
+            let Some(place) = Place::take(&per_token, principal_key(&token, &caller), max_per_token) else {
+                return Err(error(
+                    Code::RateLimited,
+                    format!("too many WebSocket connections for this token's principal (at most {max_per_token})"),
+                ));
+            };
+            *watched.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(place);
             *watched.expires.lock().unwrap_or_else(|p| p.into_inner()) = caller.expires;
             watched.changed.notify_one();
             let mut data = request_data(&api, caller);
