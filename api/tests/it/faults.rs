@@ -74,6 +74,31 @@ async fn mongo_cut_while_orders_are_placed_every_view_catches_up_once_it_is_back
     orders_settle_around_a_cut(Bus::Kafka, ReadModel::Mongo, Cut::ReadModel).await;
 }
 
+/// `strata serve` on these event store, bus and read-model URLs (`roles`:
+/// all when `None`), its stderr in `log`, with the tests' tokens.
+fn serve(urls: [&str; 3], roles: Option<&str>, log: &std::path::Path) -> Server {
+    let mut command = strata();
+    command
+        .env("STRATA_EVENT_STORE", urls[0])
+        .env("STRATA_BUS", urls[1])
+        .env("STRATA_READ_MODEL", urls[2])
+        .env("STRATA_TOKENS", format!("operator:{OPERATOR},auditor:{AUDITOR}"))
+        // The orders confirm whatever a cut delays (no step deadline is
+        // reached), and restarts come quickly.
+        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
+        .env("STRATA_SAGA_PARK_AFTER", "600s")
+        .env("STRATA_WORKER_BACKOFF_MAX", "2s")
+        .env("RUST_LOG", "warn,sqlx=error")
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Some(roles) = roles {
+        command.env("STRATA_ROLES", roles);
+    }
+    let mut server = Server::start(command);
+    server.tokens.insert("operator".into(), OPERATOR.into());
+    server.tokens.insert("auditor".into(), AUDITOR.into());
+    server
+}
+
 /// `host:port` of a URL like `scheme://[user@]host:port[/path][?query]`.
 fn authority(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -176,22 +201,7 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
 
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("serve.log");
-    let mut command = strata();
-    command
-        .env("STRATA_EVENT_STORE", &store_url)
-        .env("STRATA_BUS", &bus_url)
-        .env("STRATA_READ_MODEL", &read_model_url)
-        .env("STRATA_TOKENS", format!("operator:{OPERATOR},auditor:{AUDITOR}"))
-        // The orders confirm whatever the cut delays (no step deadline is
-        // reached), and restarts come quickly.
-        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
-        .env("STRATA_SAGA_PARK_AFTER", "600s")
-        .env("STRATA_WORKER_BACKOFF_MAX", "2s")
-        .env("RUST_LOG", "warn,sqlx=error")
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut server = Server::start(command);
-    server.tokens.insert("operator".into(), OPERATOR.into());
-    server.tokens.insert("auditor".into(), AUDITOR.into());
+    let server = serve([&store_url, &bus_url, &read_model_url], None, &log);
     let context = |what: &str| format!("{bus:?} + {read_model:?}, {cut:?} cut: {what}\n--- serve log\n{}", crate::support::tail(&log));
 
     server.ok("operator", RESTOCK, json!({ "sku": "SKU-F1", "quantity": 10_000 })).await;
@@ -364,23 +374,7 @@ async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_i
             }
         }
         let log = logs.path().join(format!("{role}.log"));
-        let mut command = strata();
-        command
-            .env("STRATA_ROLES", role)
-            .env("STRATA_EVENT_STORE", &urls[0])
-            .env("STRATA_BUS", &urls[1])
-            .env("STRATA_READ_MODEL", &urls[2])
-            .env("STRATA_TOKENS", format!("operator:{OPERATOR},auditor:{AUDITOR}"))
-            .env("STRATA_SAGA_STEP_DEADLINE", "120s")
-            .env("STRATA_SAGA_PARK_AFTER", "600s")
-            .env("STRATA_WORKER_BACKOFF_MAX", "2s")
-            .env("RUST_LOG", "warn,sqlx=error")
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut server = Server::start(command);
-        if role == "api" {
-            server.tokens.insert("operator".into(), OPERATOR.into());
-            server.tokens.insert("auditor".into(), AUDITOR.into());
-        }
+        let server = serve([&urls[0], &urls[1], &urls[2]], Some(role), &log);
         processes.push(RoleProcess { role, server, log, links });
     }
     let context = |processes: &[RoleProcess], what: &str| {

@@ -14,6 +14,25 @@ use tokio::sync::oneshot;
 
 use crate::support::{get, scratch_sqlite, strata, TestDatabase};
 
+/// A fulfilment saga `n` that started and did nothing more (in flight).
+fn saga_started(n: u128) -> strata_store::StreamAppend {
+    use strata_schemas::DomainEvent;
+    let started = strata_schemas::events::SagaEvent::from(strata_schemas::events::SagaStarted {
+        saga_id: uuid::Uuid::from_u128(n),
+        data: serde_json::json!({}),
+        started_at: chrono::Utc::now(),
+    });
+    let event = strata_store::NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: started.event_type().into(),
+        schema_version: started.schema_version(),
+        payload: started.to_payload(),
+        metadata: Default::default(),
+    };
+    let stream_id = strata_store::StreamId::new("fulfilment", uuid::Uuid::from_u128(n)).unwrap();
+    strata_store::StreamAppend { stream_id, expected: strata_store::ExpectedVersion::NoStream, events: vec![event] }
+}
+
 async fn serve(state: AppState) -> (std::net::SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -68,22 +87,7 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     for request in strata_projections::orders::sample::requests(appends, 8) {
         metered.append(request).await.unwrap();
     }
-    let saga = strata_store::StreamId::new("fulfilment", uuid::Uuid::from_u128(9)).unwrap();
-    let started = strata_schemas::events::SagaEvent::from(strata_schemas::events::SagaStarted {
-        saga_id: uuid::Uuid::from_u128(9),
-        data: serde_json::json!({}),
-        started_at: chrono::Utc::now(),
-    });
-    use strata_schemas::DomainEvent;
-    let new_event = strata_store::NewEvent {
-        event_id: uuid::Uuid::new_v4(),
-        event_type: started.event_type().into(),
-        schema_version: started.schema_version(),
-        payload: started.to_payload(),
-        metadata: Default::default(),
-    };
-    let append = strata_store::StreamAppend { stream_id: saga, expected: strata_store::ExpectedVersion::NoStream, events: vec![new_event] };
-    metered.append(vec![append]).await.unwrap();
+    metered.append(vec![saga_started(9)]).await.unwrap();
     store.save_checkpoint("relay", strata_store::Position(2)).await.unwrap();
     let read_model = Arc::new(strata_projections::MemorySink::new());
     for projection in strata_projections::orders::projections() {
@@ -345,25 +349,9 @@ impl strata_store::EventReader for CountingLog {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_scrapes_counts_the_sagas_in_flight_once() {
     use strata_api::metrics::{render, Metrics, Sources};
-    use strata_schemas::DomainEvent;
     let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
-    for n in 0..3_u128 {
-        let started = strata_schemas::events::SagaEvent::from(strata_schemas::events::SagaStarted {
-            saga_id: uuid::Uuid::from_u128(n),
-            data: serde_json::json!({}),
-            started_at: chrono::Utc::now(),
-        });
-        let event = strata_store::NewEvent {
-            event_id: uuid::Uuid::new_v4(),
-            event_type: started.event_type().into(),
-            schema_version: started.schema_version(),
-            payload: started.to_payload(),
-            metadata: Default::default(),
-        };
-        let stream = strata_store::StreamId::new("fulfilment", uuid::Uuid::from_u128(n)).unwrap();
-        let append =
-            strata_store::StreamAppend { stream_id: stream, expected: strata_store::ExpectedVersion::NoStream, events: vec![event] };
-        strata_store::EventStore::append(&*store, vec![append]).await.unwrap();
+    for n in 0..3 {
+        strata_store::EventStore::append(&*store, vec![saga_started(n)]).await.unwrap();
     }
     let sources =
         |log: Arc<CountingLog>| Sources { log, checkpoints: store.clone(), read_model: None, metrics: Arc::new(Metrics::default()) };
