@@ -318,6 +318,22 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
     database.drop_database().await;
 }
 
+/// Prints each process's state and log when the test panics.
+struct LogsOnPanic(Vec<(&'static str, u32, std::path::PathBuf)>);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (role, pid, log) in &self.0 {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let state = status.lines().find(|line| line.starts_with("State:")).unwrap_or("State: gone");
+            eprintln!("--- {role} (pid {pid}, {state})\n{}", crate::support::tail(log));
+        }
+    }
+}
+
 /// A role's process, and the links it has to each backend.
 struct RoleProcess {
     role: &'static str,
@@ -377,6 +393,9 @@ async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_i
         let server = serve([&urls[0], &urls[1], &urls[2]], Some(role), &log);
         processes.push(RoleProcess { role, server, log, links });
     }
+    // A process that ended by itself shows as a refused connection: then
+    // every process's state and log are printed (CI saw it once).
+    let _report = LogsOnPanic(processes.iter().map(|p| (p.role, p.server.child.id(), p.log.clone())).collect());
     let context = |processes: &[RoleProcess], what: &str| {
         let logs: String = processes.iter().map(|p| format!("--- {} log\n{}\n", p.role, crate::support::tail(&p.log))).collect();
         format!("role cuts: {what}\n{logs}")
