@@ -14,10 +14,19 @@
 //! position); [`legacy_chain_hash`] verifies those, and a v1 hash after the
 //! first v2 one in log order is refused (`crate::verify`).
 //!
+//! v3 is the same content keyed: `HMAC-SHA-256(key, "strata-event-chain-v3" ‖
+//! previous hash ‖ position ‖ …)` with a [`ChainKey`] the database does not
+//! hold (`STRATA_CHAIN_KEY`), so a database user who rewrites events cannot
+//! recompute their hashes. A writer with a key seals v3; events written
+//! before keep their v1/v2 hashes. A [`ChainKeyring`] lists the keys a
+//! verifier accepts, oldest first: in log order, hashes may only move forward
+//! through v1, v2, then each key of the ring (`crate::verify`).
+//!
 //! Canonical JSON sorts object keys and prints numbers the way `serde_json`
 //! does, so a payload that went through PostgreSQL `jsonb` (which reorders keys
 //! and drops whitespace) hashes the same as it did on append.
 
+use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -48,13 +57,14 @@ pub struct HashInput<'a> {
     pub payload_json: &'a str,
 }
 
-/// Computes the chain hash of one event (v2: the position included).
+/// Computes the unkeyed chain hash of one event (v2: the position included).
 pub fn chain_hash(input: HashInput<'_>) -> ChainHash {
     let mut hasher = Sha256::new();
     hasher.update(b"strata-event-chain-v2");
     hasher.update(input.previous.0);
     hasher.update(input.position.to_be_bytes());
-    content(hasher, &input)
+    content(&mut hasher, &input);
+    ChainHash(hasher.finalize().into())
 }
 
 /// The v1 hash of logs written before positions were covered.
@@ -62,7 +72,93 @@ pub fn legacy_chain_hash(input: HashInput<'_>) -> ChainHash {
     let mut hasher = Sha256::new();
     hasher.update(b"strata-event-chain-v1");
     hasher.update(input.previous.0);
-    content(hasher, &input)
+    content(&mut hasher, &input);
+    ChainHash(hasher.finalize().into())
+}
+
+/// The hash a writer seals an event with: v3 under `key`, else v2.
+pub fn seal(key: Option<&ChainKey>, input: HashInput<'_>) -> ChainHash {
+    match key {
+        Some(key) => key.chain_hash(input),
+        None => chain_hash(input),
+    }
+}
+
+/// A secret that keys the chain (v3): at least [`ChainKey::MIN_CHARS`]
+/// printable characters without spaces (`openssl rand -base64 48` makes one).
+/// Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct ChainKey {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+impl ChainKey {
+    /// The shortest secret accepted.
+    pub const MIN_CHARS: usize = 32;
+
+    /// Keys the chain with `secret`; refuses a short one or one holding
+    /// spaces or control characters (the reason says which, never the secret).
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let chars = secret.chars().count();
+        if chars < Self::MIN_CHARS {
+            return Err(format!("a chain key needs at least {} characters, this one has {chars}", Self::MIN_CHARS));
+        }
+        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("a chain key may not hold spaces or control characters".into());
+        }
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).map_err(|err| err.to_string())?;
+        Ok(Self { mac })
+    }
+
+    /// The keyed (v3) hash of one event.
+    pub fn chain_hash(&self, input: HashInput<'_>) -> ChainHash {
+        let mut mac = self.mac.clone();
+        mac.update(b"strata-event-chain-v3");
+        mac.update(&input.previous.0);
+        mac.update(&input.position.to_be_bytes());
+        content(&mut mac, &input);
+        ChainHash(mac.finalize().into_bytes().into())
+    }
+}
+
+/// The keys a verifier accepts, oldest first: the retired ones
+/// (`STRATA_CHAIN_KEY_RETIRED`) then the current one (`STRATA_CHAIN_KEY`).
+#[derive(Debug, Clone, Default)]
+pub struct ChainKeyring {
+    keys: Vec<ChainKey>,
+}
+
+impl ChainKeyring {
+    /// A ring of `retired` keys (oldest first) and the `current` one.
+    pub fn new(retired: Vec<ChainKey>, current: Option<ChainKey>) -> Self {
+        Self { keys: retired.into_iter().chain(current).collect() }
+    }
+
+    /// No key: only unkeyed hashes can be checked.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The generations a hash can have, oldest first: 1 (v1), 2 (v2), then
+    /// 3 + i for the ring's key i.
+    pub(crate) fn newest_generation(&self) -> usize {
+        2 + self.keys.len()
+    }
+
+    /// The hash of `input` in `generation` (see [`Self::newest_generation`]).
+    pub(crate) fn hash_in(&self, generation: usize, input: HashInput<'_>) -> ChainHash {
+        match generation {
+            0 | 1 => legacy_chain_hash(input),
+            2 => chain_hash(input),
+            keyed => self.keys[(keyed - 3).min(self.keys.len() - 1)].chain_hash(input),
+        }
+    }
 }
 
 /// The running digest of the log up to an event: `SHA-256("strata-log-v1" ‖
@@ -77,20 +173,19 @@ pub fn log_digest(before: &ChainHash, position: u64, hash: &ChainHash) -> ChainH
     ChainHash(hasher.finalize().into())
 }
 
-fn content(mut hasher: Sha256, input: &HashInput<'_>) -> ChainHash {
+fn content(hasher: &mut impl sha2::digest::Update, input: &HashInput<'_>) {
     hasher.update(input.event_id.as_bytes());
-    field(&mut hasher, input.stream_id.as_bytes());
-    hasher.update(input.stream_version.to_be_bytes());
-    field(&mut hasher, input.event_type.as_bytes());
-    hasher.update(input.schema_version.to_be_bytes());
-    hasher.update(input.recorded_at_micros.to_be_bytes());
-    field(&mut hasher, input.metadata_json.as_bytes());
-    field(&mut hasher, input.payload_json.as_bytes());
-    ChainHash(hasher.finalize().into())
+    field(hasher, input.stream_id.as_bytes());
+    hasher.update(&input.stream_version.to_be_bytes());
+    field(hasher, input.event_type.as_bytes());
+    hasher.update(&input.schema_version.to_be_bytes());
+    hasher.update(&input.recorded_at_micros.to_be_bytes());
+    field(hasher, input.metadata_json.as_bytes());
+    field(hasher, input.payload_json.as_bytes());
 }
 
-fn field(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
+fn field(hasher: &mut impl sha2::digest::Update, bytes: &[u8]) {
+    hasher.update(&(bytes.len() as u64).to_be_bytes());
     hasher.update(bytes);
 }
 
@@ -190,6 +285,28 @@ mod tests {
         // v1 ignores the position and differs from v2.
         assert_eq!(legacy_chain_hash(base), legacy_chain_hash(HashInput { position: 8, ..base }));
         assert_ne!(legacy_chain_hash(base), reference);
+        // v3 covers the same fields, and depends on the key.
+        let key = ChainKey::new(&"k".repeat(32)).unwrap();
+        let keyed = key.chain_hash(base);
+        assert_ne!(keyed, reference);
+        assert_ne!(keyed, ChainKey::new(&"j".repeat(32)).unwrap().chain_hash(base));
+        assert_eq!(keyed, seal(Some(&key), base));
+        assert_eq!(reference, seal(None, base));
+        for variant in variants {
+            assert_ne!(key.chain_hash(variant), keyed, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn chain_keys_are_long_printable_secrets_never_shown() {
+        assert!(ChainKey::new(&"x".repeat(31)).unwrap_err().contains("at least 32"));
+        assert!(ChainKey::new(&format!("{} {}", "x".repeat(20), "y".repeat(20))).unwrap_err().contains("spaces"));
+        assert!(ChainKey::new(&format!("{}\u{0}", "x".repeat(40))).is_err());
+        let secret = "s3cr3t-".repeat(6);
+        let key = ChainKey::new(&secret).unwrap();
+        assert!(!format!("{key:?}").contains("s3cr3t"));
+        let ring = ChainKeyring::new(vec![], Some(key));
+        assert!(!format!("{ring:?}").contains("s3cr3t"));
     }
 
     #[test]

@@ -31,6 +31,7 @@ struct State {
 struct Inner {
     registry: Arc<SchemaRegistry>,
     limits: AppendLimits,
+    chain_key: Option<crate::hash::ChainKey>,
     /// New for every log: it keeps nothing.
     identity: crate::LogIdentity,
     state: Mutex<State>,
@@ -51,10 +52,16 @@ impl MemoryEventStore {
 
     /// An empty log validating against `registry`, taking appends within `limits`.
     pub fn with_limits(registry: Arc<SchemaRegistry>, limits: AppendLimits) -> Self {
+        Self::keyed(registry, limits, None)
+    }
+
+    /// An empty log whose hashes `chain_key` seals (v3) when given.
+    pub fn keyed(registry: Arc<SchemaRegistry>, limits: AppendLimits, chain_key: Option<crate::hash::ChainKey>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 registry,
                 limits,
+                chain_key,
                 identity: crate::LogIdentity::new_random(),
                 state: Mutex::new(State::default()),
                 wake: watch::channel(0).0,
@@ -189,7 +196,7 @@ impl EventStore for MemoryEventStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| AppendError::InvalidRequest { reason: err.to_string() })?;
         let first_position = Position(state.rows.len() as u64 + 1);
-        let mut planner = BatchPlanner::new(heads, stored, chrono::Utc::now(), first_position);
+        let mut planner = BatchPlanner::new(heads, stored, chrono::Utc::now(), first_position, self.inner.chain_key.as_ref());
         let planned = planner.plan(&prepared);
         let (rows, heads) = planner.finish();
         for row in rows {

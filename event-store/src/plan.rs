@@ -16,7 +16,7 @@ use serde_json::Value;
 use strata_schemas::SchemaRegistry;
 use uuid::Uuid;
 
-use crate::hash::{canonical_json, chain_hash, HashInput};
+use crate::hash::{canonical_json, seal, ChainKey, HashInput};
 use crate::{
     AppendError, AppendOutcome, ChainHash, EventMetadata, ExpectedVersion, Form, Position, ReadError, RecordedEvent, StreamAppend,
     StreamAppended, StreamId,
@@ -319,18 +319,22 @@ pub(crate) struct BatchPlanner {
     recorded_at: DateTime<Utc>,
     first_position: Position,
     rows: Vec<PlannedRow>,
+    /// Seals v3 hashes when set, v2 otherwise.
+    chain_key: Option<ChainKey>,
 }
 
 impl BatchPlanner {
     /// `heads`: the stored heads of (at least) every stream the batch touches;
     /// `stored`: every stored event whose id the batch uses; `first_position`:
     /// the position the batch's first row will have (the log head is held, so
-    /// the hashes can cover positions).
+    /// the hashes can cover positions); `chain_key`: the key that seals the
+    /// batch's hashes (v3), if the chain is keyed.
     pub(crate) fn new(
         heads: HashMap<StreamId, Head>,
         stored: Vec<StoredIdentity>,
         recorded_at: DateTime<Utc>,
         first_position: Position,
+        chain_key: Option<&ChainKey>,
     ) -> Self {
         // Microsecond precision: what PostgreSQL keeps, so the hash survives a round trip.
         let recorded_at = DateTime::from_timestamp_micros(recorded_at.timestamp_micros()).unwrap_or(recorded_at);
@@ -342,6 +346,7 @@ impl BatchPlanner {
             recorded_at,
             first_position,
             rows: Vec::new(),
+            chain_key: chain_key.cloned(),
         }
     }
 
@@ -365,18 +370,21 @@ impl BatchPlanner {
             let mut rows = Vec::with_capacity(stream.events.len());
             for event in &stream.events {
                 let stream_version = head.version + 1;
-                let hash = chain_hash(HashInput {
-                    previous: &head.hash,
-                    position: self.first_position.0 + self.rows.len() as u64,
-                    event_id: &event.event_id,
-                    stream_id: stream.stream_id.as_str(),
-                    stream_version,
-                    event_type: &event.event_type,
-                    schema_version: event.schema_version,
-                    recorded_at_micros: self.recorded_at.timestamp_micros(),
-                    metadata_json: &event.metadata_json,
-                    payload_json: &event.payload_json,
-                });
+                let hash = seal(
+                    self.chain_key.as_ref(),
+                    HashInput {
+                        previous: &head.hash,
+                        position: self.first_position.0 + self.rows.len() as u64,
+                        event_id: &event.event_id,
+                        stream_id: stream.stream_id.as_str(),
+                        stream_version,
+                        event_type: &event.event_type,
+                        schema_version: event.schema_version,
+                        recorded_at_micros: self.recorded_at.timestamp_micros(),
+                        metadata_json: &event.metadata_json,
+                        payload_json: &event.payload_json,
+                    },
+                );
                 self.in_batch.insert(event.event_id, self.rows.len());
                 rows.push((stream_version, Location::Row(self.rows.len())));
                 self.rows.push(PlannedRow {

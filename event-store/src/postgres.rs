@@ -94,6 +94,8 @@ pub struct PostgresConfig {
     pub hook: Option<AppendHook>,
     /// What one append may hold.
     pub limits: AppendLimits,
+    /// Seals hashes with this key (v3) when set.
+    pub chain_key: Option<crate::hash::ChainKey>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -120,6 +122,7 @@ impl PostgresConfig {
             max_batch_events: 2_000,
             hook: None,
             limits: AppendLimits::default(),
+            chain_key: None,
         }
     }
 }
@@ -128,6 +131,7 @@ struct Shared {
     pool: PgPool,
     registry: Arc<SchemaRegistry>,
     hook: Option<AppendHook>,
+    chain_key: Option<crate::hash::ChainKey>,
     wake: watch::Sender<u64>,
     /// When the listener last heard from the database (a notification, its
     /// own heartbeat, a reconnect); `None` before it started.
@@ -208,6 +212,7 @@ impl PostgresEventStore {
             pool,
             registry,
             hook: config.hook.clone(),
+            chain_key: config.chain_key.clone(),
             wake: watch::channel(0).0,
             last_heard: std::sync::Mutex::new(None),
         });
@@ -420,12 +425,12 @@ async fn commit_batch(shared: &Shared, appends: &[&PreparedAppend], look_up_ids:
     // own events) or when the unique key on event_id caught one (`look_up_ids`).
     let recorded_at = Utc::now();
     let mut stored = if look_up_ids { find_events(&mut tx, appends).await? } else { Vec::new() };
-    let mut planner = BatchPlanner::new(heads.clone(), stored.clone(), recorded_at, first_position);
+    let mut planner = BatchPlanner::new(heads.clone(), stored.clone(), recorded_at, first_position, shared.chain_key.as_ref());
     let mut planned: Vec<Planned> = appends.iter().map(|append| planner.plan(append)).collect();
     let conflicted = planned.iter().any(|planned| matches!(planned, Planned::Failed(AppendError::Conflict { .. })));
     if !look_up_ids && conflicted {
         stored = find_events(&mut tx, appends).await?;
-        planner = BatchPlanner::new(heads, stored, recorded_at, first_position);
+        planner = BatchPlanner::new(heads, stored, recorded_at, first_position, shared.chain_key.as_ref());
         planned = appends.iter().map(|append| planner.plan(append)).collect();
     }
     let (rows, head_changes) = planner.finish();

@@ -63,12 +63,14 @@ pub struct SqliteConfig {
     pub max_batch_events: usize,
     /// What one append may hold.
     pub limits: AppendLimits,
+    /// Seals hashes with this key (v3) when set.
+    pub chain_key: Option<crate::hash::ChainKey>,
 }
 
 impl SqliteConfig {
-    /// Defaults for `url`: 4 readers, group commit of up to 2,000 events.
+    /// Defaults for `url`: 4 readers, group commit of up to 2,000 events, an unkeyed chain.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), readers: 4, group_commit: true, max_batch_events: 2_000, limits: AppendLimits::default() }
+        Self { url: url.into(), readers: 4, group_commit: true, max_batch_events: 2_000, limits: AppendLimits::default(), chain_key: None }
     }
 }
 
@@ -117,7 +119,7 @@ impl SqliteEventStore {
             .connect_with(options.read_only(false))
             .await
             .map_err(|err| BackendError::new("opening the SQLite file", err))?;
-        let writer = Arc::new(Writer { pool: writer, wake: watch::channel(0).0 });
+        let writer = Arc::new(Writer { pool: writer, wake: watch::channel(0).0, chain_key: config.chain_key });
         let (group_commit, committers) = if config.group_commit {
             // One committer: SQLite has one writer at a time anyway.
             let (group_commit, committers) = GroupCommit::start(writer.clone(), 1, config.max_batch_events);
@@ -156,6 +158,7 @@ fn insert_statement(rows: usize) -> String {
 struct Writer {
     pool: SqlitePool,
     wake: watch::Sender<u64>,
+    chain_key: Option<crate::hash::ChainKey>,
 }
 
 impl BatchWriter for Writer {
@@ -219,12 +222,12 @@ impl Writer {
         // its own events) or the unique key on event_id caught one.
         let recorded_at = Utc::now();
         let stored = if look_up_ids { find_events(&mut tx, appends).await? } else { Vec::new() };
-        let mut planner = BatchPlanner::new(heads.clone(), stored, recorded_at, first_position);
+        let mut planner = BatchPlanner::new(heads.clone(), stored, recorded_at, first_position, self.chain_key.as_ref());
         let mut planned: Vec<Planned> = appends.iter().map(|append| planner.plan(append)).collect();
         let conflicted = planned.iter().any(|planned| matches!(planned, Planned::Failed(AppendError::Conflict { .. })));
         if !look_up_ids && conflicted {
             let stored = find_events(&mut tx, appends).await?;
-            planner = BatchPlanner::new(heads, stored, recorded_at, first_position);
+            planner = BatchPlanner::new(heads, stored, recorded_at, first_position, self.chain_key.as_ref());
             planned = appends.iter().map(|append| planner.plan(append)).collect();
         }
         let (rows, head_changes) = planner.finish();

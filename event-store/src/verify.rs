@@ -13,12 +13,20 @@
 //! is a rewrite that recomputes every later hash and moves every head, or a
 //! cut of the log's last events with the heads rewritten to match: the anchor
 //! shows both, because its digest covers every event of the prefix in order.
+//!
+//! A keyed chain ([`ChainKeyring`]) takes the recomputing away from a database
+//! user: keyed hashes cannot be made without the key, and in log order a hash
+//! may only move forward (v1, v2, then each key of the ring), so an unkeyed
+//! hash after a keyed one is a broken link. The events before the first keyed
+//! one can still be rewritten with unkeyed hashes; given keys, the whole-log
+//! walk reports them ([`LogProblem::UnkeyedNotAnchored`]) unless an anchor
+//! covers them, which is how a log keyed late becomes fully covered.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::hash::{canonical_json, chain_hash, legacy_chain_hash, log_digest, HashInput};
+use crate::hash::{canonical_json, chain_hash, log_digest, ChainKeyring, HashInput};
 use crate::plan::metadata_json;
 use crate::{ChainHash, EventReader, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent, StreamId};
 
@@ -73,6 +81,15 @@ pub enum LogProblem {
         anchored: u64,
         /// The last position found.
         last_position: u64,
+    },
+    /// The chain is keyed, but positions up to `through` carry unkeyed hashes
+    /// (written before the key, or rewritten by someone without it) and no
+    /// anchor covers them.
+    UnkeyedNotAnchored {
+        /// The last position with an unkeyed hash.
+        through: u64,
+        /// The anchored position, if an anchor was checked.
+        anchored: Option<u64>,
     },
     /// The prefix up to the anchored position is not the one anchored.
     AnchorMismatch {
@@ -187,33 +204,46 @@ fn hash_input<'a>(previous: &'a ChainHash, event: &'a RecordedEvent, metadata_js
     }
 }
 
-/// Recomputes the (v2) hash of `event` given the previous hash of its stream.
+/// Recomputes the unkeyed (v2) hash of `event` given the previous hash of its
+/// stream: what anyone with access to the database can do.
 pub fn recompute(previous: &ChainHash, event: &RecordedEvent) -> ChainHash {
     chain_hash(hash_input(previous, event, &metadata_json(&event.metadata), &canonical_json(&event.payload)))
 }
 
-/// Whether hashes have been v2 so far: a v1 hash is accepted only before
-/// the first v2 one (a log written before positions were covered).
-#[derive(Default)]
-struct Versions {
-    seen_v2: bool,
+/// The newest hash generation seen so far (1: v1, 2: v2, 3 + i: the ring's
+/// key i): a hash is accepted only in that generation or a newer one, so a
+/// v1 hash after a v2 one, or an unkeyed hash after a keyed one, is refused.
+struct Versions<'a> {
+    keys: &'a ChainKeyring,
+    newest_seen: usize,
 }
 
-impl Versions {
+impl<'a> Versions<'a> {
+    fn new(keys: &'a ChainKeyring) -> Self {
+        Self { keys, newest_seen: 1 }
+    }
+
     /// The hash `event` should have, and whether it has it.
     fn check(&mut self, previous: &ChainHash, event: &RecordedEvent) -> (ChainHash, bool) {
         let (metadata, payload) = (metadata_json(&event.metadata), canonical_json(&event.payload));
         let input = hash_input(previous, event, &metadata, &payload);
-        let computed = chain_hash(input);
-        if computed == event.hash {
-            self.seen_v2 = true;
-            return (computed, true);
+        for generation in self.newest_seen..=self.keys.newest_generation() {
+            let hash = self.keys.hash_in(generation, input);
+            if hash == event.hash {
+                self.newest_seen = generation;
+                return (hash, true);
+            }
         }
-        (computed, !self.seen_v2 && legacy_chain_hash(input) == event.hash)
+        (self.keys.hash_in(self.newest_seen.max(2), input), false)
+    }
+
+    /// Whether the hashes seen so far are all unkeyed.
+    fn unkeyed(&self) -> bool {
+        self.newest_seen < 3
     }
 }
 
-fn check(tails: &mut HashMap<StreamId, Tail>, versions: &mut Versions, event: &RecordedEvent, report: &mut VerifyReport) {
+fn check(tails: &mut HashMap<StreamId, Tail>, versions: &mut Versions<'_>, event: &RecordedEvent, report: &mut VerifyReport) {
     let tail = tails.get(&event.stream_id).copied().unwrap_or(Tail { version: 0, hash: ChainHash::GENESIS });
     if event.stream_version != tail.version + 1 {
         report.broken.push(BrokenLink {
@@ -251,18 +281,22 @@ fn check_head(tail: Option<Tail>, head_version: u64, head_hash: ChainHash, strea
 }
 
 /// Verifies the whole log in one pass in position order, and the anchored
-/// prefix when given an anchor. `progress` is called after each page with
-/// (last position checked, head position).
+/// prefix when given an anchor, accepting keyed hashes under `keys`.
+/// `progress` is called after each page with (last position checked, head
+/// position).
 pub async fn verify_log(
     reader: &dyn EventReader,
     page_size: usize,
     anchor: Option<&Anchor>,
+    keys: &ChainKeyring,
     progress: &mut (dyn FnMut(Position, Position) + Send),
 ) -> Result<VerifyReport, ReadError> {
     let head = reader.head_position().await?;
     let mut report = VerifyReport { anchor_checked: anchor.map(|anchor| anchor.position.0), ..VerifyReport::default() };
     let mut tails: HashMap<StreamId, Tail> = HashMap::new();
-    let mut versions = Versions::default();
+    let mut versions = Versions::new(keys);
+    // The last position whose hash was accepted as unkeyed.
+    let mut unkeyed_through = 0;
     let mut digest = ChainHash::GENESIS;
     let mut after = Position::START;
     loop {
@@ -280,6 +314,9 @@ pub async fn verify_log(
                 });
             }
             check(&mut tails, &mut versions, event, &mut report);
+            if versions.unkeyed() {
+                unkeyed_through = event.position.0;
+            }
             digest = log_digest(&digest, event.position.0, &event.hash);
             report.last_position = event.position.0;
             if let Some(anchor) = anchor.filter(|anchor| anchor.position == event.position) {
@@ -305,6 +342,10 @@ pub async fn verify_log(
     if let Some(anchor) = anchor.filter(|anchor| anchor.position.0 > report.last_position) {
         report.log.push(LogProblem::ShorterThanAnchor { anchored: anchor.position.0, last_position: report.last_position });
     }
+    let anchored = anchor.map_or(0, |anchor| anchor.position.0);
+    if !keys.is_empty() && unkeyed_through > anchored {
+        report.log.push(LogProblem::UnkeyedNotAnchored { through: unkeyed_through, anchored: anchor.map(|anchor| anchor.position.0) });
+    }
     let mut after_stream: Option<StreamId> = None;
     loop {
         let heads = reader.stream_heads(after_stream.as_ref(), 1_000).await?;
@@ -324,11 +365,18 @@ pub async fn verify_log(
     Ok(report)
 }
 
-/// Verifies one stream.
-pub async fn verify_stream(reader: &dyn EventReader, stream_id: &StreamId, page_size: usize) -> Result<VerifyReport, ReadError> {
+/// Verifies one stream, accepting keyed hashes under `keys` (an unkeyed hash
+/// after a keyed one of the stream is broken; the stream's unkeyed events
+/// before its first keyed one are only as safe as the unkeyed chain).
+pub async fn verify_stream(
+    reader: &dyn EventReader,
+    stream_id: &StreamId,
+    page_size: usize,
+    keys: &ChainKeyring,
+) -> Result<VerifyReport, ReadError> {
     let mut report = VerifyReport::default();
     let mut tails: HashMap<StreamId, Tail> = HashMap::new();
-    let mut versions = Versions::default();
+    let mut versions = Versions::new(keys);
     let mut from_version = 1;
     loop {
         let page =
@@ -364,26 +412,50 @@ mod tests {
         }
     }
 
-    fn sealed(previous: &ChainHash, mut event: RecordedEvent, legacy: bool) -> RecordedEvent {
+    /// `event` sealed in `generation` of `keys` after `previous`.
+    fn sealed(keys: &ChainKeyring, generation: usize, previous: &ChainHash, mut event: RecordedEvent) -> RecordedEvent {
         let (metadata, payload) = (metadata_json(&event.metadata), canonical_json(&event.payload));
-        let input = hash_input(previous, &event, &metadata, &payload);
-        event.hash = if legacy { legacy_chain_hash(input) } else { chain_hash(input) };
+        event.hash = keys.hash_in(generation, hash_input(previous, &event, &metadata, &payload));
         event
     }
 
-    #[test]
-    fn v1_hashes_hold_only_before_the_first_v2_one() {
-        let first = sealed(&ChainHash::GENESIS, event(1, 1), true);
-        let second = sealed(&first.hash, event(2, 2), false);
-        let third = sealed(&second.hash, event(3, 3), true);
+    /// The stream_versions of the broken links when `generations` seal a
+    /// stream's events in turn, verified with `keys`.
+    fn broken_when_sealed_in(keys: &ChainKeyring, generations: &[usize]) -> Vec<u64> {
+        let mut previous = ChainHash::GENESIS;
         let mut report = VerifyReport::default();
-        let (mut tails, mut versions) = (HashMap::new(), Versions::default());
-        for event in [&first, &second, &third] {
-            check(&mut tails, &mut versions, event, &mut report);
+        let (mut tails, mut versions) = (HashMap::new(), Versions::new(keys));
+        for (index, &generation) in generations.iter().enumerate() {
+            let version = index as u64 + 1;
+            let event = sealed(keys, generation, &previous, event(version, version));
+            previous = event.hash;
+            check(&mut tails, &mut versions, &event, &mut report);
         }
-        assert_eq!(report.events_checked, 3);
-        assert_eq!(report.broken.len(), 1, "{report:?}");
-        assert_eq!(report.broken[0].stream_version, 3);
-        assert!(matches!(report.broken[0].problem, LinkProblem::HashMismatch { .. }));
+        assert_eq!(report.events_checked, generations.len() as u64);
+        assert!(report.broken.iter().all(|link| matches!(link.problem, LinkProblem::HashMismatch { .. })), "{report:?}");
+        report.broken.iter().map(|link| link.stream_version).collect()
+    }
+
+    #[test]
+    fn hashes_only_move_forward_through_v1_v2_and_each_key() {
+        let unkeyed = ChainKeyring::default();
+        assert_eq!(broken_when_sealed_in(&unkeyed, &[1, 1, 2, 2]), Vec::<u64>::new());
+        assert_eq!(broken_when_sealed_in(&unkeyed, &[1, 2, 1]), vec![3], "v1 after v2");
+        let key = |c: char| crate::hash::ChainKey::new(&c.to_string().repeat(32)).unwrap();
+        let ring = ChainKeyring::new(vec![key('a')], Some(key('b')));
+        assert_eq!(broken_when_sealed_in(&ring, &[1, 2, 3, 3, 4, 4]), Vec::<u64>::new(), "v1, v2, a retired key, the current one");
+        assert_eq!(broken_when_sealed_in(&ring, &[2, 4, 2]), vec![3], "unkeyed after keyed");
+        assert_eq!(broken_when_sealed_in(&ring, &[3, 4, 3]), vec![3], "a retired key after the current one");
+        // Without the keys, keyed hashes cannot be told from forged ones.
+        assert_eq!(broken_when_sealed_in(&ring, &[2, 3]).len(), 0);
+        let mut previous = ChainHash::GENESIS;
+        let mut report = VerifyReport::default();
+        let (mut tails, mut versions) = (HashMap::new(), Versions::new(&unkeyed));
+        for version in 1..=2 {
+            let event = sealed(&ring, 3, &previous, event(version, version));
+            previous = event.hash;
+            check(&mut tails, &mut versions, &event, &mut report);
+        }
+        assert_eq!(report.broken.len(), 2, "{report:?}");
     }
 }

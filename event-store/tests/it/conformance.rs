@@ -507,7 +507,7 @@ pub async fn a_clean_log_verifies_intact(store: Store) {
         }
     }
     let mut calls = 0;
-    let report = verify_log(store.as_ref(), 5, None, &mut |_, _| calls += 1).await.unwrap();
+    let report = verify_log(store.as_ref(), 5, None, &Default::default(), &mut |_, _| calls += 1).await.unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.events_checked, 24);
     assert_eq!(report.streams_checked, 3);

@@ -246,7 +246,7 @@ async fn the_log_refuses_update_and_delete_and_verify_reports_what_a_superuser_a
     let (victim, other) = (stream("order"), stream("order"));
     store.append(to(&victim, ExpectedVersion::NoStream, vec![noted("a"), noted("b"), noted("c")])).await.unwrap();
     store.append(to(&other, ExpectedVersion::NoStream, vec![noted("x")])).await.unwrap();
-    assert!(verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap().is_intact());
+    assert!(verify_log(&store, 2, None, &Default::default(), &mut |_, _| {}).await.unwrap().is_intact());
     let mut connection = PgConnection::connect(&database.url).await.unwrap();
     let forge = format!(
         "UPDATE strata_events SET payload = jsonb_set(payload, '{{text}}', '\"forged\"') \
@@ -257,11 +257,11 @@ async fn the_log_refuses_update_and_delete_and_verify_reports_what_a_superuser_a
     assert!(refused.contains("append-only"), "{refused}");
     let refused = connection.execute(format!("DELETE FROM strata_events WHERE stream_id = '{other}'").as_str()).await.unwrap_err();
     assert!(refused.to_string().contains("append-only: DELETE refused"), "{refused}");
-    assert!(verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap().is_intact());
+    assert!(verify_log(&store, 2, None, &Default::default(), &mut |_, _| {}).await.unwrap().is_intact());
     // …unless a superuser switches its triggers off: the chain shows it.
     connection.execute("SET session_replication_role = replica").await.unwrap();
     connection.execute(forge.as_str()).await.unwrap();
-    let report = verify_log(&store, 2, None, &mut |_, _| {}).await.unwrap();
+    let report = verify_log(&store, 2, None, &Default::default(), &mut |_, _| {}).await.unwrap();
     assert_eq!(report.broken.len(), 1, "{report:?}");
     assert_eq!((&report.broken[0].stream_id, report.broken[0].stream_version), (&victim, 2));
     assert!(matches!(report.broken[0].problem, LinkProblem::HashMismatch { .. }));
@@ -311,6 +311,27 @@ async fn an_append_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
         .unwrap();
     crate::support::poison_appends_fail_alone(store).await;
     database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_chain_cannot_be_recomputed_by_an_insider() {
+    let mut databases = Vec::new();
+    for _ in 0..4 {
+        let Some(database) = fresh_database().await else { return };
+        databases.push(database);
+    }
+    let mut fresh = databases.iter();
+    crate::tamper::a_keyed_chain_cannot_be_recomputed_by_an_insider(|chain_key| {
+        let database = fresh.next().expect("one database per scenario");
+        async move {
+            let store = store_on(database, |config| config.chain_key = chain_key).await;
+            (store, PgConnection::connect(&database.url).await.unwrap())
+        }
+    })
+    .await;
+    for database in databases {
+        database.drop_database().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,7 +89,7 @@ async fn concurrent_appends_in_shared_batches_keep_their_own_checks_and_a_gap_fr
         let event = &log[position.0 as usize - 1];
         assert_eq!((&event.stream_id, event.payload["text"].as_str()), (target, Some(text.as_str())));
     }
-    assert!(verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap().is_intact());
+    assert!(verify_log(&store, 100, None, &Default::default(), &mut |_, _| {}).await.unwrap().is_intact());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -124,7 +124,7 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     let (victim, other) = (stream("order"), stream("order"));
     store.append(to(&victim, ExpectedVersion::NoStream, vec![noted("a"), noted("b"), noted("c")])).await.unwrap();
     store.append(to(&other, ExpectedVersion::NoStream, vec![noted("x")])).await.unwrap();
-    assert!(verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap().is_intact());
+    assert!(verify_log(&store, 100, None, &Default::default(), &mut |_, _| {}).await.unwrap().is_intact());
 
     let mut connection = SqliteConnection::connect(&url).await.unwrap();
     connection
@@ -134,17 +134,17 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
         )
         .await
         .unwrap();
-    let report = verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap();
+    let report = verify_log(&store, 100, None, &Default::default(), &mut |_, _| {}).await.unwrap();
     assert_eq!(report.broken.len(), 1, "{report:?}");
     assert_eq!(report.broken[0].stream_id, victim);
     assert_eq!(report.broken[0].stream_version, 2);
     assert!(matches!(report.broken[0].problem, LinkProblem::HashMismatch { .. }));
-    assert!(verify_stream(&store, &other, 100).await.unwrap().is_intact());
-    assert!(!verify_stream(&store, &victim, 100).await.unwrap().is_intact());
+    assert!(verify_stream(&store, &other, 100, &Default::default()).await.unwrap().is_intact());
+    assert!(!verify_stream(&store, &victim, 100, &Default::default()).await.unwrap().is_intact());
 
     // Deleting the tail is caught by the stream head.
     connection.execute(format!("DELETE FROM strata_events WHERE stream_id = '{other}'").as_str()).await.unwrap();
-    let report = verify_log(&store, 100, None, &mut |_, _| {}).await.unwrap();
+    let report = verify_log(&store, 100, None, &Default::default(), &mut |_, _| {}).await.unwrap();
     assert!(
         report
             .broken
@@ -154,6 +154,24 @@ async fn audit_verify_reports_a_payload_altered_with_plain_sql() {
     );
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_keyed_chain_cannot_be_recomputed_by_an_insider() {
+    let mut dirs = Vec::new();
+    crate::tamper::a_keyed_chain_cannot_be_recomputed_by_an_insider(|chain_key| {
+        let (url, dir) = temp_url();
+        dirs.push(dir);
+        async move {
+            let store = SqliteEventStore::connect(SqliteConfig { chain_key, ..SqliteConfig::new(&url) }, registry()).await.unwrap();
+            store.migrate().await.unwrap();
+            (store, SqliteConnection::connect(&url).await.unwrap())
+        }
+    })
+    .await;
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 #[tokio::test]
