@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use strata_schemas::SchemaRegistry;
 use strata_store::lease::{Lease, MemoryLease};
 use strata_store::{
-    AppendLimits, CheckpointStore, EventReader, EventStore, MemoryEventStore, SnapshotStore, SqliteConfig, SqliteEventStore,
+    AppendLimits, ChainKey, CheckpointStore, EventReader, EventStore, MemoryEventStore, SnapshotStore, SqliteConfig, SqliteEventStore,
 };
 
 /// An opened event store, by backend.
@@ -53,19 +53,19 @@ pub fn scheme(url: &str) -> anyhow::Result<Scheme> {
 
 impl EventStoreBackend {
     /// Connects to the store the URL names (does not migrate), taking
-    /// appends within `limits`.
-    pub async fn open(url: &str, registry: Arc<SchemaRegistry>, limits: AppendLimits) -> anyhow::Result<Self> {
+    /// appends within `limits` and sealing them with `chain_key` if given.
+    pub async fn open(url: &str, registry: Arc<SchemaRegistry>, limits: AppendLimits, chain_key: Option<ChainKey>) -> anyhow::Result<Self> {
         match scheme(url)? {
-            Scheme::Memory => Ok(Self::Memory(MemoryEventStore::with_limits(registry, limits))),
+            Scheme::Memory => Ok(Self::Memory(MemoryEventStore::keyed(registry, limits, chain_key))),
             Scheme::Sqlite => Ok(Self::Sqlite(
-                SqliteEventStore::connect(SqliteConfig { limits, ..SqliteConfig::new(url) }, registry)
+                SqliteEventStore::connect(SqliteConfig { limits, chain_key, ..SqliteConfig::new(url) }, registry)
                     .await
                     .with_context(|| format!("opening the SQLite event store {url}"))?,
             )),
             #[cfg(feature = "postgres")]
             Scheme::Postgres => Ok(Self::Postgres(
                 strata_store::PostgresEventStore::connect(
-                    strata_store::PostgresConfig { limits, ..strata_store::PostgresConfig::new(url) },
+                    strata_store::PostgresConfig { limits, chain_key, ..strata_store::PostgresConfig::new(url) },
                     registry,
                 )
                 .await

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+use strata_store::{ChainKey, ChainKeyring};
 
 /// The default event store: a SQLite file in the working directory.
 pub const DEFAULT_EVENT_STORE: &str = "sqlite://strata.db";
@@ -64,6 +65,15 @@ pub struct Overrides {
     /// `--dev`; anywhere else it refuses to start. Set but empty: an error.
     #[arg(long, env = "STRATA_TOKENS", global = true, hide_env_values = true)]
     pub tokens: Option<String>,
+    /// Key the hash chain with this secret (32+ characters, no spaces): a
+    /// database user can no longer recompute the hashes of events they
+    /// rewrite. Every process that appends or verifies needs it.
+    #[arg(long, env = "STRATA_CHAIN_KEY", global = true, hide_env_values = true)]
+    pub chain_key: Option<String>,
+    /// Earlier chain keys, oldest first, separated by spaces: verifying
+    /// accepts events sealed under them before the current key took over.
+    #[arg(long, env = "STRATA_CHAIN_KEY_RETIRED", global = true, hide_env_values = true)]
+    pub chain_key_retired: Option<String>,
     /// Development tokens (one per role, printed, new at every start) even
     /// outside the embedded default on loopback. Never in production.
     #[arg(long, env = "STRATA_DEV", global = true, value_parser = clap::builder::FalseyValueParser::new())]
@@ -129,6 +139,8 @@ struct FileSettings {
     http_header_timeout: Option<String>,
     http_body_timeout: Option<String>,
     max_connections: Option<String>,
+    chain_key: Option<String>,
+    chain_key_retired: Option<String>,
 }
 
 /// What a process does (docs/design.md §3, §9).
@@ -225,6 +237,51 @@ pub struct Settings {
     pub rate_per_ip: Option<governor::Quota>,
     /// Slow clients and open connections.
     pub http_bounds: crate::http::ServerBounds,
+    /// The keys of the hash chain.
+    pub chain: ChainSecrets,
+}
+
+/// `STRATA_CHAIN_KEY` and `STRATA_CHAIN_KEY_RETIRED`, checked at start; their
+/// `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ChainSecrets {
+    current: Option<String>,
+    retired: Vec<String>,
+}
+
+impl std::fmt::Debug for ChainSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSecrets").field("keyed", &self.current.is_some()).field("retired", &self.retired.len()).finish()
+    }
+}
+
+impl ChainSecrets {
+    /// Checks both settings: a set key must be a valid [`ChainKey`]; retired
+    /// keys need a current one (an unkeyed writer after keyed events would
+    /// break the chain).
+    pub fn parse(current: Option<String>, retired: Option<String>) -> anyhow::Result<Self> {
+        if let Some(text) = &current {
+            ChainKey::new(text).map_err(|reason| anyhow::anyhow!("STRATA_CHAIN_KEY: {reason}"))?;
+        }
+        let retired: Vec<String> = retired.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+        for (index, text) in retired.iter().enumerate() {
+            ChainKey::new(text).map_err(|reason| anyhow::anyhow!("STRATA_CHAIN_KEY_RETIRED: key {}: {reason}", index + 1))?;
+        }
+        if current.is_none() && !retired.is_empty() {
+            bail!("STRATA_CHAIN_KEY_RETIRED is set without STRATA_CHAIN_KEY: unkeyed hashes after keyed ones would read as tampering; set the current key too");
+        }
+        Ok(Self { current, retired })
+    }
+
+    /// The key new events are sealed with, if the chain is keyed.
+    pub fn key(&self) -> Option<ChainKey> {
+        self.current.as_deref().and_then(|text| ChainKey::new(text).ok())
+    }
+
+    /// Every key a verifier accepts, oldest first.
+    pub fn keyring(&self) -> ChainKeyring {
+        ChainKeyring::new(self.retired.iter().filter_map(|text| ChainKey::new(text).ok()).collect(), self.key())
+    }
 }
 
 /// An authentication setting that is set must say something: an empty one
@@ -424,6 +481,10 @@ impl Settings {
                     },
                 }
             },
+            chain: ChainSecrets::parse(
+                overrides.chain_key.clone().or(file.chain_key),
+                overrides.chain_key_retired.clone().or(file.chain_key_retired),
+            )?,
         })
     }
 }

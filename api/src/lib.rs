@@ -11,6 +11,7 @@
 //! - [`client`]: a small GraphQL client for `strata demo` and `bench e2e --url`;
 //! - [`metrics`]: `/metrics` (Prometheus text) and the store decorator that counts appends;
 //! - [`audit`], [`bench`]: the CLI commands that do real work;
+//! - [`anchor`]: anchor files, chained and signed (Ed25519) for auditors;
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise;
 //! - [`workers`]: the relay, projector, saga and services roles and their backends;
 //! - [`projections`]: `strata projections …` (list, status, rebuild, pause, resume);
@@ -21,6 +22,7 @@
 //! - [`telemetry`]: logs (text or JSON) and OpenTelemetry traces (`OTEL_*`);
 //! - [`ws`]: the subscriptions' WebSocket and its bounds.
 
+pub mod anchor;
 pub mod audit;
 pub mod auth;
 pub mod backend;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use strata_api::anchor::AnchorFile;
 use strata_api::audit::{self, StreamQuery};
 use strata_api::auth::Tokens;
 use strata_api::backend::{registry, EventStoreBackend};
@@ -129,6 +130,9 @@ enum AuditCommand {
         /// (from `audit anchor`) was taken over, unchanged.
         #[arg(long)]
         anchor: Option<std::path::PathBuf>,
+        /// The anchor must be signed by this Ed25519 public key (PEM).
+        #[arg(long, requires = "anchor")]
+        verify_key: Option<std::path::PathBuf>,
         /// JSON report.
         #[arg(long)]
         json: bool,
@@ -139,6 +143,28 @@ enum AuditCommand {
         /// Write the anchor to this file instead of stdout.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Sign the anchor with this Ed25519 private key (PKCS#8 PEM, from
+        /// `audit keygen` or `openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        sign_key: Option<std::path::PathBuf>,
+        /// The last anchor taken: refuse a log that does not extend it, and
+        /// name it in the new anchor.
+        #[arg(long)]
+        previous: Option<std::path::PathBuf>,
+        /// Check the previous anchor's signature with this public key (PEM;
+        /// default: the public half of --sign-key).
+        #[arg(long, requires = "previous")]
+        verify_key: Option<std::path::PathBuf>,
+    },
+    /// Make an Ed25519 key pair for signing anchors (PEM files; the private
+    /// one readable by its owner only; existing files are never overwritten).
+    Keygen {
+        /// The private key file to create (for `audit anchor --sign-key`).
+        #[arg(long)]
+        sign_key: std::path::PathBuf,
+        /// The public key file to create (for `--verify-key`).
+        #[arg(long)]
+        verify_key: std::path::PathBuf,
     },
     /// Check the order-fulfilment invariants over the whole log: sagas
     /// terminal or within their deadline, stock conserved, no double capture,
@@ -316,6 +342,12 @@ enum BenchCommand {
         /// Idle/attack pairs.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// What the attackers send: waiting GraphQL requests, or `/metrics` scrapes.
+        #[arg(long, value_enum, default_value = "waiting")]
+        attack: bench::FloodAttack,
+        /// Where to scrape with `--attack metrics` (default: --url + /metrics).
+        #[arg(long)]
+        metrics_url: Option<String>,
     },
     /// The command path (load, decide, append) vs raw appends of the same events.
     Commands {
@@ -361,7 +393,7 @@ fn main() -> ExitCode {
 }
 
 async fn open(settings: &Settings) -> anyhow::Result<EventStoreBackend> {
-    EventStoreBackend::open(&settings.event_store, registry()?, settings.append_limits).await
+    EventStoreBackend::open(&settings.event_store, registry()?, settings.append_limits, settings.chain.key()).await
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -382,19 +414,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let query = StreamQuery { at_version, as_of, as_stored };
             audit::print_stream(backend.store().as_ref(), &stream_id, &query, json).await?;
         }
-        Command::Audit(AuditCommand::Verify { stream, anchor, json }) => {
+        Command::Audit(AuditCommand::Verify { stream, anchor, verify_key, json }) => {
             let stream_id = stream.as_deref().map(StreamId::parse).transpose()?;
-            let anchor = anchor.as_deref().map(audit::read_anchor).transpose()?;
+            let anchor = anchor.as_deref().map(AnchorFile::read).transpose()?;
+            let verify_key = verify_key.as_deref().map(strata_api::anchor::read_verifying_key).transpose()?;
+            let given = anchor.as_ref().map(|file| audit::GivenAnchor { file, verify_key: verify_key.as_ref() });
             let backend = open(&settings).await?;
-            if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), anchor.as_ref(), json).await? {
+            if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), given, &settings.chain.keyring(), json).await? {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Audit(AuditCommand::Anchor { out }) => {
+        Command::Audit(AuditCommand::Anchor { out, sign_key, previous, verify_key }) => {
+            let sign_key = sign_key.as_deref().map(strata_api::anchor::read_signing_key).transpose()?;
+            let previous = previous.as_deref().map(AnchorFile::read).transpose()?;
+            let verify_key = verify_key.as_deref().map(strata_api::anchor::read_verifying_key).transpose()?;
+            let options = audit::AnchorOptions {
+                out: out.as_deref(),
+                sign_key: sign_key.as_ref(),
+                previous: previous.as_ref().map(|file| audit::GivenAnchor { file, verify_key: verify_key.as_ref() }),
+            };
             let backend = open(&settings).await?;
-            if !audit::anchor(backend.store().as_ref(), out.as_deref()).await? {
+            if !audit::anchor(backend.store().as_ref(), &settings.chain.keyring(), options).await? {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Audit(AuditCommand::Keygen { sign_key, verify_key }) => {
+            strata_api::anchor::write_key_pair(&sign_key, &verify_key)?;
+            eprintln!("wrote {} (private: keep it with the auditor) and {}", sign_key.display(), verify_key.display());
         }
         Command::Audit(AuditCommand::Invariants { json }) => {
             let backend = open(&settings).await?;
@@ -467,6 +513,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runs,
                 group_commit: !no_group_commit,
                 committers,
+                chain_key: settings.chain.key(),
             })
             .await?;
             println!("{}", serde_json::to_string(&result)?);
@@ -488,8 +535,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
             println!("{}", serde_json::to_string(&result)?);
         }
-        Command::Bench(BenchCommand::Flood { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs }) => {
-            let bench = bench::FloodBench { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs };
+        Command::Bench(BenchCommand::Flood {
+            url,
+            token,
+            attacker_token,
+            attackers,
+            aliases,
+            probe_rate,
+            duration,
+            runs,
+            attack,
+            metrics_url,
+        }) => {
+            let bench =
+                bench::FloodBench { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs, attack, metrics_url };
             println!("{}", serde_json::to_string(&bench::flood(&bench).await?)?);
         }
         Command::Topology { api, replicas, base_port, logs } => {

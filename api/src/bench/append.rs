@@ -34,6 +34,8 @@ pub struct AppendBench {
     pub group_commit: bool,
     /// PostgreSQL committer tasks (group commit; SQLite always has one).
     pub committers: usize,
+    /// Strata's appends sealed under this key (`STRATA_CHAIN_KEY`), if set.
+    pub chain_key: Option<strata_store::ChainKey>,
 }
 
 /// Runs `bench append` and returns its JSON result.
@@ -53,6 +55,7 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
             config.max_connections = bench.writers as u32 + 4;
             config.group_commit = bench.group_commit;
             config.committers = bench.committers;
+            config.chain_key = bench.chain_key.clone();
             let store = strata_store::PostgresEventStore::connect(config, registry).await?;
             store.migrate().await?;
             let pool = sqlx::postgres::PgPoolOptions::new().max_connections(bench.writers as u32).connect(url).await?;
@@ -68,6 +71,7 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
         Scratch::Sqlite { url, .. } => {
             let mut config = strata_store::SqliteConfig::new(url.clone());
             config.group_commit = bench.group_commit;
+            config.chain_key = bench.chain_key.clone();
             let store = strata_store::SqliteEventStore::connect(config, registry).await?;
             store.migrate().await?;
             let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
@@ -106,7 +110,8 @@ async fn run_all(bench: &AppendBench, scratch: &Scratch) -> anyhow::Result<Value
         .with("events_per_append", bench.events_per_append)
         .with("duration_s", bench.duration.as_secs_f64())
         .with("runs", bench.runs)
-        .with("group_commit", bench.group_commit);
+        .with("group_commit", bench.group_commit)
+        .with("keyed_chain", bench.chain_key.is_some());
     if backend == "postgres" && bench.group_commit {
         report = report.with("committers", bench.committers);
     }

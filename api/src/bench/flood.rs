@@ -4,8 +4,10 @@
 //! their latency, first with the server idle, then while attackers
 //! keep requests open, each with `--aliases` `order(id, waitFor: …)` fields
 //! for writes that never come (each waits out the server's `waitFor`
-//! bound, then sends again). Reports the probe's p50/p99 idle and under
-//! attack per run, and the median ratio of the p99s.
+//! bound, then sends again). With `--attack metrics` the attackers scrape
+//! `/metrics` back to back instead (no token needed there). Reports the
+//! probe's p50/p99 idle and under attack per run, and the median ratios of
+//! the p50s and the p99s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +40,19 @@ pub struct FloodBench {
     pub duration: f64,
     /// Idle/attack pairs (medians are reported).
     pub runs: usize,
+    /// What the attackers send.
+    pub attack: FloodAttack,
+    /// Where `/metrics` is scraped (default: `url` + `/metrics`).
+    pub metrics_url: Option<String>,
+}
+
+/// What `bench flood`'s attackers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloodAttack {
+    /// Requests of aliased `order(waitFor:)` fields for writes that never come.
+    Waiting,
+    /// `GET /metrics`, back to back.
+    Metrics,
 }
 
 const PROBE: &str = "query($sku: String!) { stock(sku: $sku) { available } }";
@@ -80,9 +95,12 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
         .await
         .context("the probe's SKU never became readable")?;
     let attacker = GraphQlClient::new(&bench.url, bench.attacker_token.as_deref().unwrap_or(&bench.token))?;
+    let scraper = reqwest::Client::new();
+    let metrics_url = bench.metrics_url.clone().unwrap_or_else(|| format!("{}/metrics", bench.url.trim_end_matches('/')));
     let duration = Duration::from_secs_f64(bench.duration);
     let mut runs = Vec::with_capacity(bench.runs);
     let (mut ratios, mut idle_p99s, mut attack_p99s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut p50_ratios = Vec::new();
     for run in 0..bench.runs {
         if run > 0 {
             // Let the previous run's aborted requests end on the server (they
@@ -95,9 +113,21 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
         let attackers: Vec<_> = (0..bench.attackers)
             .map(|_| {
                 let (attacker, stop, sent, timed_out) = (attacker.clone(), stop.clone(), sent.clone(), timed_out.clone());
+                let (scraper, metrics_url, attack) = (scraper.clone(), metrics_url.clone(), bench.attack);
                 let aliases = bench.aliases;
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
+                        if attack == FloodAttack::Metrics {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            match scraper.get(&metrics_url).send().await {
+                                Ok(response) if response.status().is_success() => {
+                                    let _ = response.bytes().await;
+                                }
+                                Ok(response) => tracing::warn!(status = %response.status(), "a scrape was refused"),
+                                Err(err) => tracing::warn!(%err, "a scrape failed"),
+                            }
+                            continue;
+                        }
                         let order = uuid::Uuid::new_v4();
                         let fields: String = (0..aliases)
                             .map(|i| format!("a{i}: order(id: \"{order}\", waitFor: \"order-{order}@{}\") {{ status }} ", 1_000_000 + i))
@@ -127,6 +157,7 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
         let (idle, attacked) = (Latency::of(idle).context("no idle probe")?, Latency::of(attacked).context("no probe under attack")?);
         let (idle_p99, attack_p99) = (idle.p99_ms, attacked.p99_ms);
         ratios.push(attack_p99 / idle_p99);
+        p50_ratios.push(attacked.p50_ms / idle.p50_ms);
         idle_p99s.push(idle_p99);
         attack_p99s.push(attack_p99);
         runs.push(json!({
@@ -134,11 +165,13 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
             "attack": { "queries": attack_queries, "p50_ms": round(attacked.p50_ms, 2), "p99_ms": round(attack_p99, 2) },
             "attack_requests": sent.load(Ordering::Relaxed),
             "attack_requests_timed_out": timed_out.load(Ordering::Relaxed),
+            "p50_ratio": round(attacked.p50_ms / idle.p50_ms, 2),
             "p99_ratio": round(attack_p99 / idle_p99, 2),
         }));
     }
     Ok(json!({
         "bench": "flood",
+        "attack": match bench.attack { FloodAttack::Waiting => "waiting", FloodAttack::Metrics => "metrics" },
         "url": bench.url,
         "attackers": bench.attackers,
         "aliases": bench.aliases,
@@ -147,6 +180,7 @@ pub async fn flood(bench: &FloodBench) -> anyhow::Result<Value> {
         "duration_s": bench.duration,
         "idle_p99_ms": round(median(idle_p99s), 2),
         "attack_p99_ms": round(median(attack_p99s), 2),
+        "p50_ratio": round(median(p50_ratios), 2),
         "p99_ratio": round(median(ratios), 2),
         "runs": runs,
         "machine": machine(),

@@ -37,7 +37,7 @@ mod relay;
 pub use append::{append, AppendBench};
 pub use commands::{commands, CommandsBench};
 pub use e2e::{e2e, e2e_http, E2eBench, E2eHttpBench};
-pub use flood::{flood, FloodBench};
+pub use flood::{flood, FloodAttack, FloodBench};
 pub use kit::{Comparison, Latency, Report, Summary};
 #[cfg(feature = "redis")]
 pub use project::{project, ProjectBench};

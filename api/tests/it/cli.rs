@@ -27,7 +27,7 @@ fn order_placed_v1(order_id: Uuid) -> NewEvent {
 /// Seeds two orders through the library, then audits them through the binary.
 async fn audit_round_trip(url: &str, tamper: &str) {
     run_ok(strata().args(["migrate", "--event-store", url]));
-    let backend = EventStoreBackend::open(url, registry().unwrap(), Default::default()).await.unwrap();
+    let backend = EventStoreBackend::open(url, registry().unwrap(), Default::default(), None).await.unwrap();
     let order_id = Uuid::new_v4();
     let stream_id = StreamId::new("order", order_id).unwrap();
     let other = StreamId::new("order", Uuid::new_v4()).unwrap();
@@ -119,6 +119,135 @@ async fn audit_on_postgres_shows_metadata_and_catches_an_edited_payload() {
     )
     .await;
     database.drop_database().await;
+}
+
+/// A keyed chain, rotated once, with anchors signed by the auditor and
+/// chained: what the auditor runs, and what an insider cannot get past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_chain_rotation_and_signed_chained_anchors_through_the_cli() {
+    const FIRST: &str = "first-chain-key-0123456789abcdefghijkl";
+    const SECOND: &str = "second-chain-key-0123456789abcdefghijk";
+    let scratch = scratch_sqlite();
+    let url = scratch.url.as_str();
+    let dir = scratch.dir.path();
+    let audit = |keys: &[(&str, &str)]| {
+        let mut command = strata();
+        command.env("STRATA_EVENT_STORE", url).arg("audit");
+        for (name, value) in keys {
+            command.env(name, value);
+        }
+        command
+    };
+    let keyed = [("STRATA_CHAIN_KEY", FIRST)];
+    let rotated = [("STRATA_CHAIN_KEY", SECOND), ("STRATA_CHAIN_KEY_RETIRED", FIRST)];
+    run_ok(strata().args(["migrate", "--event-store", url]));
+    let append = |key: &str, n: usize| {
+        let key = strata_store::ChainKey::new(key).unwrap();
+        async move {
+            let backend = EventStoreBackend::open(url, registry().unwrap(), Default::default(), Some(key)).await.unwrap();
+            for _ in 0..n {
+                let order_id = Uuid::new_v4();
+                let stream_id = StreamId::new("order", order_id).unwrap();
+                let events = vec![order_placed_v1(order_id)];
+                backend.store().append(vec![StreamAppend { stream_id, expected: ExpectedVersion::NoStream, events }]).await.unwrap();
+            }
+        }
+    };
+    append(FIRST, 2).await;
+
+    // Keyed hashes hold under their key only; without it, a hint.
+    let unkeyed = audit(&[]).arg("verify").output().unwrap();
+    assert_eq!(unkeyed.status.code(), Some(1), "{unkeyed:?}");
+    assert!(String::from_utf8_lossy(&unkeyed.stdout).contains("hint: if this log was written with STRATA_CHAIN_KEY"), "{unkeyed:?}");
+    let held = run_ok(audit(&keyed).arg("verify"));
+    assert!(String::from_utf8_lossy(&held.stdout).contains("2 events in 2 streams checked with the chain key: chain intact"), "{held:?}");
+    for (name, value, says) in [
+        ("STRATA_CHAIN_KEY", "short", "STRATA_CHAIN_KEY: a chain key needs at least 32 characters"),
+        ("STRATA_CHAIN_KEY_RETIRED", FIRST, "STRATA_CHAIN_KEY_RETIRED is set without STRATA_CHAIN_KEY"),
+    ] {
+        let refused = audit(&[(name, value)]).arg("verify").output().unwrap();
+        assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains(says), "{refused:?}");
+        assert!(!String::from_utf8_lossy(&refused.stderr).contains(FIRST), "a key is never printed: {refused:?}");
+    }
+
+    // The auditor's key pair; a signed anchor holds under its public half only.
+    let (sign, public) = (dir.join("auditor.key"), dir.join("auditor.pub"));
+    run_ok(audit(&[]).args(["keygen", "--sign-key"]).arg(&sign).arg("--verify-key").arg(&public));
+    let again = audit(&[]).args(["keygen", "--sign-key"]).arg(&sign).arg("--verify-key").arg(&public).output().unwrap();
+    assert!(!again.status.success(), "keygen never overwrites a key: {again:?}");
+    let (other_sign, other_public) = (dir.join("other.key"), dir.join("other.pub"));
+    run_ok(audit(&[]).args(["keygen", "--sign-key"]).arg(&other_sign).arg("--verify-key").arg(&other_public));
+    let first = dir.join("first.json");
+    run_ok(audit(&keyed).args(["anchor", "--sign-key"]).arg(&sign).arg("--out").arg(&first));
+    let verify_against = |anchor: &std::path::Path, public: &std::path::Path, keys: &[(&str, &str)]| {
+        audit(keys).args(["verify", "--anchor"]).arg(anchor).arg("--verify-key").arg(public).output().unwrap()
+    };
+    let held = verify_against(&first, &public, &keyed);
+    assert!(held.status.success() && String::from_utf8_lossy(&held.stdout).contains("anchored prefix 1..=2 unchanged"), "{held:?}");
+    let foreign = verify_against(&first, &other_public, &keyed);
+    assert!(!foreign.status.success() && String::from_utf8_lossy(&foreign.stderr).contains("signed by another key"), "{foreign:?}");
+    // An anchor edited after signing (moved back to cover less) is refused.
+    let mut edited: Value = serde_json::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
+    edited["position"] = json!(1);
+    let forged = dir.join("forged.json");
+    std::fs::write(&forged, edited.to_string()).unwrap();
+    let refused = verify_against(&forged, &public, &keyed);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("altered after signing"), "{refused:?}");
+
+    // Rotation: new events under the second key, the first one retired.
+    append(SECOND, 1).await;
+    let only_new = audit(&[("STRATA_CHAIN_KEY", SECOND)]).arg("verify").output().unwrap();
+    assert_eq!(only_new.status.code(), Some(1), "events under the retired key need it: {only_new:?}");
+    let only_old = audit(&keyed).arg("verify").output().unwrap();
+    assert_eq!(only_old.status.code(), Some(1), "events under the new key need it: {only_old:?}");
+    let both = run_ok(audit(&rotated).arg("verify"));
+    assert!(String::from_utf8_lossy(&both.stdout).contains("3 events in 3 streams checked with the chain key: chain intact"), "{both:?}");
+
+    // The next anchor extends the first and names it.
+    let second = dir.join("second.json");
+    run_ok(audit(&rotated).args(["anchor", "--sign-key"]).arg(&sign).arg("--previous").arg(&first).arg("--out").arg(&second));
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&second).unwrap()).unwrap();
+    assert_eq!((kept["position"].as_u64(), kept["previous"]["position"].as_u64()), (Some(3), Some(2)), "{kept}");
+    assert!(kept["previous"]["anchorDigest"].as_str().is_some_and(|digest| digest.len() == 64), "{kept}");
+    assert!(verify_against(&second, &public, &rotated).status.success());
+    // A previous anchor that is not the auditor's is refused before anything is written.
+    let third = dir.join("third.json");
+    let unsigned = dir.join("unsigned.json");
+    run_ok(audit(&rotated).args(["anchor", "--out"]).arg(&unsigned));
+    let refused = audit(&rotated)
+        .args(["anchor", "--sign-key"])
+        .arg(&sign)
+        .arg("--previous")
+        .arg(&unsigned)
+        .arg("--out")
+        .arg(&third)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("not signed"), "{refused:?}");
+    assert!(!third.exists());
+
+    // An insider cuts the last event and rewrites the heads to match: the
+    // chain alone is consistent, but the log no longer extends the last
+    // anchor, so it is not anchored again.
+    let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+    for statement in [
+        "DELETE FROM strata_streams WHERE stream_id = (SELECT stream_id FROM strata_events WHERE position = 3)",
+        "DELETE FROM strata_events WHERE position = 3",
+        "UPDATE strata_log_head SET position = 2",
+    ] {
+        connection.execute(statement).await.unwrap();
+    }
+    assert!(audit(&rotated).arg("verify").output().unwrap().status.success(), "a consistent cut shows no trace without the anchor");
+    let refused =
+        audit(&rotated).args(["anchor", "--sign-key"]).arg(&sign).arg("--previous").arg(&second).arg("--out").arg(&third).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not extend the previous anchor"), "{refused:?}");
+    assert!(!third.exists());
+    let shown = verify_against(&second, &public, &rotated);
+    assert!(
+        !shown.status.success() && String::from_utf8_lossy(&shown.stdout).contains("TRUNCATED the anchor covers positions 1..=3"),
+        "{shown:?}"
+    );
 }
 
 #[test]
@@ -243,7 +372,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     };
     let scratch = scratch_sqlite();
     run_ok(strata().args(["migrate", "--event-store", &scratch.url]));
-    let backend = EventStoreBackend::open(&scratch.url, registry().unwrap(), Default::default()).await.unwrap();
+    let backend = EventStoreBackend::open(&scratch.url, registry().unwrap(), Default::default(), None).await.unwrap();
     for request in requests(sample(SampleConfig { orders: 30, ..SampleConfig::default() }), 50) {
         backend.store().append(request).await.unwrap();
     }

@@ -135,7 +135,7 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
 async fn readyz_reports_unavailable_when_postgres_goes_away() {
     let Some(database) = TestDatabase::create().await else { return };
     let (url, name) = (database.url.clone(), database.name.clone());
-    let backend = EventStoreBackend::open(&url, registry().unwrap(), Default::default()).await.unwrap();
+    let backend = EventStoreBackend::open(&url, registry().unwrap(), Default::default(), None).await.unwrap();
     backend.migrate().await.unwrap();
     let state = AppState {
         event_store: backend.store(),

@@ -39,6 +39,8 @@ pub fn strata() -> Command {
         .env_remove("STRATA_JWT_ISSUER")
         .env_remove("STRATA_JWT_AUDIENCE")
         .env_remove("STRATA_JWT_ROLE_CLAIM")
+        .env_remove("STRATA_CHAIN_KEY")
+        .env_remove("STRATA_CHAIN_KEY_RETIRED")
         .env("RUST_LOG", "warn");
     command
 }
