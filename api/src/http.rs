@@ -215,7 +215,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     (code, Json(json!({ "status": status, "checks": checks })))
 }
 
-async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::HeaderName, &'static str); 1], axum::body::Bytes) {
     let sources = Sources {
         log: state.event_store.clone(),
         checkpoints: state.checkpoints.clone(),
@@ -223,7 +223,7 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
         metrics: state.metrics.clone(),
     };
     let text = render(&sources).await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], axum::body::Bytes::copy_from_slice(text.as_bytes()))
 }
 
 /// A request-level refusal, shaped like a GraphQL response.

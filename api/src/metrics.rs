@@ -102,6 +102,10 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// When the sagas in flight were last counted (see [`render`]).
     sagas_counted: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+    /// The last render, by the number of renders started before it (see [`render`]).
+    rendered: Arc<tokio::sync::Mutex<(u64, Arc<str>)>>,
+    /// Renders started so far.
+    renders_started: Arc<std::sync::atomic::AtomicU64>,
     events_appended: Counter,
     append_failures: Counter,
     append: Histogram,
@@ -138,6 +142,8 @@ impl Default for Metrics {
             recorder: Arc::new(recorder),
             handle,
             sagas_counted: Arc::default(),
+            rendered: Arc::new(tokio::sync::Mutex::new((0, Arc::from("")))),
+            renders_started: Arc::default(),
         }
     }
 }
@@ -297,7 +303,26 @@ pub const SAGA_COUNT_FOR: std::time::Duration = std::time::Duration::from_secs(5
 /// it), are counted at most once per [`SAGA_COUNT_FOR`] however many
 /// scrapes come (one counts, the others wait for it and render its count).
 /// A figure whose source fails is left out (and logged).
-pub async fn render(sources: &Sources) -> String {
+///
+/// One render runs at a time, and scrapes that arrive while one runs share
+/// the next one (never one that started before they arrived, so a scrape
+/// sees everything that happened before it): a flood of concurrent scrapes
+/// costs about one render after another, not one per scrape.
+pub async fn render(sources: &Sources) -> Arc<str> {
+    use std::sync::atomic::Ordering;
+    let m = &sources.metrics;
+    let arrived_after = m.renders_started.load(Ordering::SeqCst);
+    let mut rendered = m.rendered.lock().await;
+    if rendered.0 > arrived_after {
+        return rendered.1.clone();
+    }
+    let number = m.renders_started.fetch_add(1, Ordering::SeqCst) + 1;
+    let text: Arc<str> = Arc::from(render_now(sources).await);
+    *rendered = (number, text.clone());
+    text
+}
+
+async fn render_now(sources: &Sources) -> String {
     let m = &sources.metrics;
     process::record(m);
     read_backend_figures(sources).await;

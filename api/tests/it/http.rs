@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use strata_api::backend::{registry, EventStoreBackend};
 use strata_api::http::{run, AppState};
+use strata_store::testkit::wait_until;
 use strata_store::MemoryEventStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -286,6 +287,15 @@ async fn a_connection_past_the_cap_is_closed_at_once() {
 struct CountingLog {
     inner: Arc<MemoryEventStore>,
     saga_reads: std::sync::atomic::AtomicUsize,
+    head_reads: std::sync::atomic::AtomicUsize,
+    /// When set, reading the head waits for a permit.
+    head_gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl CountingLog {
+    fn over(inner: Arc<MemoryEventStore>, head_gate: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        Self { inner, saga_reads: Default::default(), head_reads: Default::default(), head_gate }
+    }
 }
 
 #[async_trait::async_trait]
@@ -327,6 +337,10 @@ impl strata_store::EventReader for CountingLog {
         self.inner.stream_heads(after, limit).await
     }
     async fn head_position(&self) -> Result<strata_store::Position, strata_store::ReadError> {
+        self.head_reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(gate) = &self.head_gate {
+            gate.acquire().await.expect("the gate stays open").forget();
+        }
         self.inner.head_position().await
     }
     async fn categories(&self) -> Result<Vec<String>, strata_store::ReadError> {
@@ -356,17 +370,58 @@ async fn a_flood_of_scrapes_counts_the_sagas_in_flight_once() {
     let sources =
         |log: Arc<CountingLog>| Sources { log, checkpoints: store.clone(), read_model: None, metrics: Arc::new(Metrics::default()) };
     // What one count reads.
-    let once = Arc::new(CountingLog { inner: store.clone(), saga_reads: Default::default() });
+    let once = Arc::new(CountingLog::over(store.clone(), None));
     let text = render(&sources(once.clone())).await;
     assert!(text.contains("strata_sagas{state=\"running\"} 3"), "{text}");
     let per_count = once.saga_reads.load(std::sync::atomic::Ordering::SeqCst);
     assert!(per_count >= 1);
     // A hundred scrapes at once.
-    let flooded = Arc::new(CountingLog { inner: store.clone(), saga_reads: Default::default() });
+    let flooded = Arc::new(CountingLog::over(store.clone(), None));
     let sources = sources(flooded.clone());
     let texts = futures_util::future::join_all((0..100).map(|_| render(&sources))).await;
     assert!(texts.iter().all(|text| text.contains("strata_sagas{state=\"running\"} 3")));
     assert_eq!(flooded.saga_reads.load(std::sync::atomic::Ordering::SeqCst), per_count, "the sagas were counted more than once");
+}
+
+/// Scrapes that arrive while a render runs share the next one, never one
+/// that started before they arrived: a hundred at once read the log head
+/// twice, and a scrape after an append sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scrapes_share_one_render_that_started_after_they_arrived() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use strata_api::metrics::{render, Metrics, Sources};
+    let store = Arc::new(MemoryEventStore::new(registry().unwrap()));
+    strata_store::EventStore::append(&*store, vec![saga_started(1)]).await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let log = Arc::new(CountingLog::over(store.clone(), Some(gate.clone())));
+    let sources = Sources { log: log.clone(), checkpoints: store.clone(), read_model: None, metrics: Arc::new(Metrics::default()) };
+    // The first scrape's render waits in its head read; the other 99 arrive
+    // meanwhile (one poll each), then the gate opens.
+    let opener = tokio::spawn({
+        let (log, gate) = (log.clone(), gate.clone());
+        async move {
+            wait_until(Duration::from_secs(10), || {
+                let reads = log.head_reads.load(SeqCst);
+                async move {
+                    if reads >= 1 {
+                        Ok(())
+                    } else {
+                        Err(reads)
+                    }
+                }
+            })
+            .await;
+            gate.add_permits(1_000);
+        }
+    });
+    let texts = futures_util::future::join_all((0..100).map(|_| render(&sources))).await;
+    opener.await.unwrap();
+    assert!(texts.iter().all(|text| text.contains("strata_log_head_position 1")), "{}", texts[0]);
+    assert_eq!(log.head_reads.load(SeqCst), 2, "the one that was running, then one for everyone who arrived during it");
+    strata_store::EventStore::append(&*store, vec![saga_started(2)]).await.unwrap();
+    let after = render(&sources).await;
+    assert!(after.contains("strata_log_head_position 2"), "a scrape after an append sees it: {after}");
+    assert_eq!(log.head_reads.load(SeqCst), 3);
 }
 
 /// `STRATA_METRICS_LISTEN` moves `/metrics` to an address of its own (to
