@@ -11,7 +11,11 @@
 //!   answers — except `NoAnswer`, which is not answered, exactly as a service
 //!   that does not reply. A request whose saga stopped waiting (its
 //!   deadline passed while it was queued) is skipped: under overload,
-//!   working on it would only delay the copy sent again behind it.
+//!   working on it would only delay the copy sent again behind it. For the
+//!   same reason a command still unfinished at its deadline (typically
+//!   queued behind others on the same stream) is abandoned, exactly as if
+//!   the service had crashed there: the saga has sent it again under the
+//!   same id, and that copy decides.
 //!
 //! Wire format: JSON `{"commandId", "correlationId", "command", "traceparent"?}`
 //! (the W3C trace context of the saga step, when traced); the answer is the
@@ -76,6 +80,17 @@ impl<C: Serialize + Send + Sync + 'static> Services<C> for RemoteServices<C> {
     }
 }
 
+/// How long after its requester's deadline a command is still worked on:
+/// none. Past it, the requester has sent the command again, and finishing
+/// a copy nobody waits for only holds the stream's turn (commands on one
+/// stream take turns in a process) from the copies behind it. Seen on a
+/// hot stock item after services were killed while sagas retried: the
+/// turn's queue held stale copies, every answer came after its deadline,
+/// each "no answer" added a copy, and sagas parked. The cost: a command
+/// whose own work takes longer than the requester's timeout never lands
+/// through requests (the saga's deadline then compensates or parks it).
+const WORK_PAST_DEADLINE: Duration = Duration::ZERO;
+
 /// Serves the requests of `service` with `services`, `concurrency` at a
 /// time, until `stop`; requests in flight are finished before it returns.
 pub async fn serve<C: DeserializeOwned + Send + Sync + 'static>(
@@ -105,7 +120,7 @@ pub async fn serve<C: DeserializeOwned + Send + Sync + 'static>(
                     }
                     let services = services.clone();
                     tokio::spawn(async move {
-                        answer(request, &*services).await;
+                        answer(request, &*services, WORK_PAST_DEADLINE).await;
                         drop(permit);
                     });
                 }
@@ -121,15 +136,32 @@ pub async fn serve<C: DeserializeOwned + Send + Sync + 'static>(
     Ok(())
 }
 
-async fn answer<C: DeserializeOwned>(request: IncomingRequest, services: &dyn Services<C>) {
+/// Applies one request and answers it, unless it is still unfinished
+/// `past_deadline` after its requester's deadline (then it is dropped where
+/// it stands, as a crash there would: the command is safe to apply again,
+/// under the same id).
+async fn answer<C: DeserializeOwned>(request: IncomingRequest, services: &dyn Services<C>, past_deadline: Duration) {
     let outcome = match serde_json::from_slice::<WireCommand<C>>(&request.payload) {
         Ok(wire) => {
             let span = tracing::info_span!("service.command", command_id = %wire.command_id, correlation_id = %wire.correlation_id);
             strata_store::trace::follow(&span, wire.traceparent.as_deref());
-            services.execute(wire.command_id, wire.correlation_id, &wire.command).instrument(span).await
+            let work = services.execute(wire.command_id, wire.correlation_id, &wire.command).instrument(span);
+            let Some(deadline) = request.deadline else { return respond(request, work.await).await };
+            let left = deadline.duration_since(std::time::SystemTime::now()).unwrap_or_default() + past_deadline;
+            match tokio::time::timeout(left, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::debug!(command_id = %wire.command_id, "abandoning a command whose requester stopped waiting long ago");
+                    return;
+                }
+            }
         }
         Err(error) => Outcome::Refused(format!("malformed command request: {error}")),
     };
+    respond(request, outcome).await;
+}
+
+async fn respond(request: IncomingRequest, outcome: Outcome) {
     if outcome == Outcome::NoAnswer {
         return;
     }
@@ -198,5 +230,31 @@ mod tests {
         stop.send(true).unwrap();
         served.await.unwrap().unwrap();
         assert_eq!(*services.0.lock().unwrap(), vec!["awaited".to_owned()], "the stale request was skipped, the awaited one served");
+    }
+
+    /// Waits on a gate for every command (a stream whose turn never comes).
+    struct Blocked(tokio::sync::Semaphore);
+
+    #[async_trait]
+    impl Services<String> for Blocked {
+        async fn execute(&self, _command_id: Uuid, _correlation_id: Uuid, _command: &String) -> Outcome {
+            let _turn = self.0.acquire().await.expect("never closed");
+            Outcome::Done
+        }
+    }
+
+    /// A command stuck behind others is abandoned once its requester
+    /// stopped waiting, instead of holding its place for ever; one whose
+    /// turn comes in time is applied.
+    #[tokio::test]
+    async fn a_command_unfinished_at_its_deadline_is_abandoned() {
+        let blocked = Blocked(tokio::sync::Semaphore::new(0));
+        let soon = request("late", SystemTime::now() + Duration::from_millis(50));
+        let abandoned = tokio::time::timeout(Duration::from_secs(30), answer::<String>(soon, &blocked, WORK_PAST_DEADLINE)).await;
+        assert!(abandoned.is_ok(), "the answer still waited 30 s after its deadline");
+        let awaited = request("awaited", SystemTime::now() + Duration::from_secs(600));
+        let services = Recording::default();
+        tokio::time::timeout(Duration::from_secs(30), answer::<String>(awaited, &services, WORK_PAST_DEADLINE)).await.unwrap();
+        assert_eq!(*services.0.lock().unwrap(), vec!["awaited".to_owned()]);
     }
 }
