@@ -2,6 +2,8 @@
 //! picks backends from URLs, binds sockets and talks to the terminal.
 //! Libraries below it take typed config and ready-made trait objects.
 //!
+//! - [`app`]: the composition root: `Application::build(settings)` and `run_until_stopped` (what `strata serve` is);
+//! - [`cli`]: the command line (the clap tree and what each command runs; `main.rs` only starts it);
 //! - [`config`]: settings from flags, environment and `strata.toml` (flags win);
 //! - [`backend`]: the event store picked by the URL scheme;
 //! - [`http`]: the axum app (`router()`) and `run(listener, shutdown)`;
@@ -23,11 +25,13 @@
 //! - [`ws`]: the subscriptions' WebSocket and its bounds.
 
 pub mod anchor;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod bench;
 pub mod changes;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -424,6 +424,52 @@ async fn concurrent_scrapes_share_one_render_that_started_after_they_arrived() {
     assert_eq!(log.head_reads.load(SeqCst), 3);
 }
 
+/// The composition root in process: `Application::build` on a scratch
+/// SQLite log and port 0, a write and a read through its GraphQL, and a
+/// clean stop when the shutdown future resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_builds_in_process_serves_graphql_and_stops() {
+    use strata_api::app::Application;
+    use strata_api::config::{Overrides, Settings};
+    let scratch = scratch_sqlite();
+    let overrides = Overrides {
+        event_store: Some(scratch.url.clone()),
+        listen: Some("127.0.0.1:0".into()),
+        tokens: Some("operator:app-test-operator-token-01".into()),
+        ..Overrides::default()
+    };
+    let settings = Settings::resolve(&overrides).unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let address = app.address().expect("the api role listens");
+    assert_eq!(app.metrics_address(), None);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let graphql = |query: &'static str, variables: serde_json::Value| async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{address}/graphql"))
+            .bearer_auth("app-test-operator-token-01")
+            .json(&serde_json::json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body.get("errors").is_none(), "{body}");
+        body["data"].clone()
+    };
+    let written = graphql(crate::graphql::RESTOCK, serde_json::json!({ "sku": "SKU-APP-1", "quantity": 7 })).await;
+    let token = written["restock"]["consistencyToken"].clone();
+    let read = graphql(
+        "query($sku: String!, $t: String) { stock(sku: $sku, waitFor: $t) { available } }",
+        serde_json::json!({ "sku": "SKU-APP-1", "t": token }),
+    )
+    .await;
+    assert_eq!(read["stock"]["available"], 7, "{read}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("stops once asked").unwrap().unwrap();
+}
+
 /// `STRATA_METRICS_LISTEN` moves `/metrics` to an address of its own (to
 /// be firewalled apart from the API): the API's address answers it 404.
 #[tokio::test]

@@ -1,0 +1,592 @@
+//! The `strata` command line: the clap tree and what each command runs.
+//! `strata serve` is [`crate::app::Application`]; the rest are the audit,
+//! operator and bench commands (README "CLI").
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use strata_store::StreamId;
+
+use crate::anchor::AnchorFile;
+use crate::app::{open_event_store as open, shutdown_signal, Application};
+use crate::audit::{self, StreamQuery};
+use crate::bench::{self, AppendBench, CommandsBench};
+use crate::config::{Overrides, Settings};
+use crate::workers::open_read_model;
+use crate::{projections, sagas};
+
+/// The command line (flags and the command).
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about = "Event-sourced CQRS backend", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the event store and serve HTTP (the default).
+    Serve,
+    /// Apply the event store's schema migrations and exit.
+    Migrate {
+        /// After restoring the database from a backup: raise the log's
+        /// epoch, so that the bus's records of the old epoch are no longer
+        /// taken as this log's (the relay publishes again from its
+        /// checkpoint; readers skip what they had).
+        #[arg(long)]
+        new_epoch: bool,
+    },
+    /// Read and check the log as an auditor.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Operate the read models: list, status, rebuild, pause, resume.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Operate the fulfilment sagas: list the stuck ones, resume one.
+    #[command(subcommand)]
+    Sagas(SagasCommand),
+    /// Measure throughput and latency; prints one JSON object per result.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run every role as separate local processes (with replicas), starting
+    /// again any that exits or is killed; Ctrl-C stops them all.
+    Topology {
+        /// Processes with the api role.
+        #[arg(long, default_value_t = 1)]
+        api: usize,
+        /// Processes of each worker role (relay, projector, saga, services).
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// The first process's HTTP port (api first, then the workers' health
+        /// and metrics ports, one each).
+        #[arg(long, default_value_t = 8080)]
+        base_port: u16,
+        /// Where each process's log goes.
+        #[arg(long, default_value = "strata-topology-logs")]
+        logs: std::path::PathBuf,
+    },
+    /// Drive a running server through GraphQL with orders that confirm and
+    /// orders that compensate; print a summary.
+    Demo {
+        /// Orders placed.
+        #[arg(long, default_value_t = 100)]
+        orders: usize,
+        /// The server.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An operator token (places orders for the scenario's customers and
+        /// restocks), or a client token (its customer places every order;
+        /// restocking then needs --operator-token).
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: String,
+        /// An operator token to restock the scenario's SKUs with, beside a client --token.
+        #[arg(long, env = "STRATA_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
+        /// Orders in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Varies the orders (the same seed places the same orders again, idempotently).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// JSON summary instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `strata audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print a stream's events with their metadata.
+    Stream {
+        /// Stream id (category-id).
+        id: String,
+        /// Only events up to this version.
+        #[arg(long, conflicts_with = "as_of")]
+        at_version: Option<u64>,
+        /// Only events recorded at or before this RFC 3339 time.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Payloads as written, without upcasting.
+        #[arg(long)]
+        as_stored: bool,
+        /// JSON instead of one line per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Walk the hash chain, the positions and the stream heads, and report
+    /// every problem (exit 1 if any).
+    Verify {
+        /// Only this stream.
+        #[arg(long, conflicts_with = "anchor")]
+        stream: Option<String>,
+        /// Also prove the log still holds the prefix this anchor file
+        /// (from `audit anchor`) was taken over, unchanged.
+        #[arg(long)]
+        anchor: Option<std::path::PathBuf>,
+        /// The anchor must be signed by this Ed25519 public key (PEM).
+        #[arg(long, requires = "anchor")]
+        verify_key: Option<std::path::PathBuf>,
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the whole log and print its anchor (head position and digest,
+    /// JSON) to keep outside the database; refuses a log that is not intact.
+    Anchor {
+        /// Write the anchor to this file instead of stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Sign the anchor with this Ed25519 private key (PKCS#8 PEM, from
+        /// `audit keygen` or `openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        sign_key: Option<std::path::PathBuf>,
+        /// The last anchor taken: refuse a log that does not extend it, and
+        /// name it in the new anchor.
+        #[arg(long)]
+        previous: Option<std::path::PathBuf>,
+        /// Check the previous anchor's signature with this public key (PEM;
+        /// default: the public half of --sign-key).
+        #[arg(long, requires = "previous")]
+        verify_key: Option<std::path::PathBuf>,
+    },
+    /// Make an Ed25519 key pair for signing anchors (PEM files; the private
+    /// one readable by its owner only; existing files are never overwritten).
+    Keygen {
+        /// The private key file to create (for `audit anchor --sign-key`).
+        #[arg(long)]
+        sign_key: std::path::PathBuf,
+        /// The public key file to create (for `--verify-key`).
+        #[arg(long)]
+        verify_key: std::path::PathBuf,
+    },
+    /// Check the order-fulfilment invariants over the whole log: sagas
+    /// terminal or within their deadline, stock conserved, no double capture,
+    /// nothing left held for a cancelled order (exit 1 on any violation).
+    Invariants {
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `strata sagas …`.
+#[derive(Debug, Subcommand)]
+pub enum SagasCommand {
+    /// List the sagas parked because an undo (or a step after the
+    /// confirmation) kept failing.
+    Stuck {
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try a parked saga's part again (the saga role picks it up within
+    /// seconds).
+    Resume {
+        /// The order (the saga's id).
+        order_id: uuid::Uuid,
+    },
+}
+
+/// `strata projections …`.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// One line per projection: version, state, position, lag, dead letters.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// State, position, lag, rate, last error and parked events.
+    Status {
+        /// Projection name.
+        name: String,
+        /// JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the next generation from the log beside the live one, then
+    /// switch readers to it and drop the old one.
+    Rebuild {
+        /// Projection name.
+        name: String,
+        /// Events read from the log per batch.
+        #[arg(long, default_value_t = 2000)]
+        batch_size: usize,
+    },
+    /// Hold the projection's workers (they keep their deliveries).
+    Pause {
+        /// Projection name.
+        name: String,
+    },
+    /// Let the projection's workers go on.
+    Resume {
+        /// Projection name.
+        name: String,
+    },
+}
+
+/// `strata bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Appends through Strata vs plain INSERTs on the same database.
+    Append {
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Events per append.
+        #[arg(long, default_value_t = 1)]
+        events_per_append: usize,
+        /// Seconds per measured variant per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Runs (medians are reported; Strata and baseline alternate first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// One transaction per append (no group commit).
+        #[arg(long)]
+        no_group_commit: bool,
+        /// Committer tasks of PostgreSQL group commit.
+        #[arg(long, default_value_t = strata_store::PostgresConfig::new("").committers)]
+        committers: usize,
+    },
+    /// The relay (log → JetStream) vs raw pipelined JetStream publishing.
+    #[cfg(feature = "nats")]
+    Relay {
+        /// Events in the scratch log.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Events per publish batch.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Runs (medians are reported; relay and raw alternate first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The orders projection into Redis or MongoDB vs raw writes of the same keys (STRATA_READ_MODEL).
+    #[cfg(feature = "redis")]
+    Project {
+        /// Sample events projected per run.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Events per commit.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Workers, each owning a share of the streams.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Runs (medians are reported; projection and raw alternate first).
+        #[arg(long, default_value_t = 4)]
+        runs: usize,
+    },
+    /// Rebuild of the orders projection from a scratch log into Redis or MongoDB (STRATA_READ_MODEL).
+    #[cfg(feature = "redis")]
+    Rebuild {
+        /// Sample events in the scratch log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Events read from the log per batch.
+        #[arg(long, default_value_t = 5000)]
+        batch_size: usize,
+        /// Runs (medians are reported).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+    /// Order placed → order confirmed through relay, bus, saga and services,
+    /// orders sent open-loop at a fixed rate: orders/s and p50/p95/p99.
+    E2e {
+        /// Orders placed.
+        #[arg(long, default_value_t = 2_000)]
+        orders: usize,
+        /// Orders per second offered.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Saga instances driven at once (in-process run only).
+        #[arg(long, default_value_t = strata_sagas::OrchestratorConfig::default().concurrency)]
+        saga_concurrency: usize,
+        /// Drive this running server through GraphQL instead (mutation →
+        /// order readable in the read model).
+        #[arg(long)]
+        url: Option<String>,
+        /// A client token for `--url`.
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// A probe query's latency idle and while attackers hold thousands of
+    /// `waitFor` fields open, through a running server's GraphQL.
+    Flood {
+        /// The server.
+        #[arg(long)]
+        url: String,
+        /// An operator token of that server.
+        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The attackers' token (default: --token).
+        #[arg(long)]
+        attacker_token: Option<String>,
+        /// Attacking requests kept open at once.
+        #[arg(long, default_value_t = 300)]
+        attackers: usize,
+        /// Aliased waiting fields per attacking request (the server allows 20 root fields).
+        #[arg(long, default_value_t = 20)]
+        aliases: usize,
+        /// Probe queries per second.
+        #[arg(long, default_value_t = 200.0)]
+        probe_rate: f64,
+        /// Seconds of probing per phase.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Idle/attack pairs.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// What the attackers send: waiting GraphQL requests, or `/metrics` scrapes.
+        #[arg(long, value_enum, default_value = "waiting")]
+        attack: bench::FloodAttack,
+        /// Where to scrape with `--attack metrics` (default: --url + /metrics).
+        #[arg(long)]
+        metrics_url: Option<String>,
+    },
+    /// The command path (load, decide, append) vs raw appends of the same events.
+    Commands {
+        /// Aggregates the commands spread over (1 = one hot aggregate).
+        #[arg(long, default_value_t = 10_000)]
+        aggregates: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// Seconds per measured variant per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Runs (medians are reported; commands and appends alternate first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+/// Runs the command `cli` names (`serve` when none); the exit code of the
+/// checks that can fail (`audit verify`, `audit invariants`, `demo`, …).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&cli.overrides)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => Application::build(&settings).await?.run_until_stopped(shutdown_signal()).await?,
+        Command::Migrate { new_epoch } => {
+            let backend = open(&settings).await?;
+            backend.migrate().await.context("migrating the event store")?;
+            println!("event store migrated ({})", backend.store().backend_name());
+            if new_epoch {
+                println!("log identity now {}", backend.raise_epoch().await?);
+            }
+        }
+        Command::Audit(AuditCommand::Stream { id, at_version, as_of, as_stored, json }) => {
+            let stream_id = StreamId::parse(&id)?;
+            let backend = open(&settings).await?;
+            let query = StreamQuery { at_version, as_of, as_stored };
+            audit::print_stream(backend.store().as_ref(), &stream_id, &query, json).await?;
+        }
+        Command::Audit(AuditCommand::Verify { stream, anchor, verify_key, json }) => {
+            let stream_id = stream.as_deref().map(StreamId::parse).transpose()?;
+            let anchor = anchor.as_deref().map(AnchorFile::read).transpose()?;
+            let verify_key = verify_key.as_deref().map(crate::anchor::read_verifying_key).transpose()?;
+            let given = anchor.as_ref().map(|file| audit::GivenAnchor { file, verify_key: verify_key.as_ref() });
+            let backend = open(&settings).await?;
+            if !audit::verify(backend.store().as_ref(), stream_id.as_ref(), given, &settings.chain.keyring(), json).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Audit(AuditCommand::Anchor { out, sign_key, previous, verify_key }) => {
+            let sign_key = sign_key.as_deref().map(crate::anchor::read_signing_key).transpose()?;
+            let previous = previous.as_deref().map(AnchorFile::read).transpose()?;
+            let verify_key = verify_key.as_deref().map(crate::anchor::read_verifying_key).transpose()?;
+            let options = audit::AnchorOptions {
+                out: out.as_deref(),
+                sign_key: sign_key.as_ref(),
+                previous: previous.as_ref().map(|file| audit::GivenAnchor { file, verify_key: verify_key.as_ref() }),
+            };
+            let backend = open(&settings).await?;
+            if !audit::anchor(backend.store().as_ref(), &settings.chain.keyring(), options).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Audit(AuditCommand::Keygen { sign_key, verify_key }) => {
+            crate::anchor::write_key_pair(&sign_key, &verify_key)?;
+            eprintln!("wrote {} (private: keep it with the auditor) and {}", sign_key.display(), verify_key.display());
+        }
+        Command::Audit(AuditCommand::Invariants { json }) => {
+            let backend = open(&settings).await?;
+            let saga = crate::workers::orchestrator_config(&settings).saga;
+            if !audit::invariants(backend.reader(), saga, json).await? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Sagas(SagasCommand::Stuck { json }) => {
+            let backend = open(&settings).await?;
+            sagas::print_stuck(&*backend.reader(), &*backend.checkpoints(), json).await?;
+        }
+        Command::Sagas(SagasCommand::Resume { order_id }) => {
+            let backend = open(&settings).await?;
+            if !sagas::resume(&*backend.store(), order_id, "cli:operator").await? {
+                eprintln!("the saga of order {order_id} is not stuck; nothing to resume");
+                return Ok(ExitCode::from(1));
+            }
+            println!("saga of order {order_id} resumed");
+        }
+        Command::Projections(command) => {
+            let backend = open(&settings).await?;
+            let sink = open_read_model(&settings.read_model).await?;
+            if sink.backend_name() == "memory" {
+                eprintln!("note: STRATA_READ_MODEL=memory: this process sees its own empty read models; point it at redis://… or mongodb://… to operate a running server's");
+            }
+            let log = backend.reader();
+            match command {
+                ProjectionsCommand::List { json } => projections::list(&*sink, &*log, json).await?,
+                ProjectionsCommand::Status { name, json } => projections::print_status(&*sink, &*log, &name, json).await?,
+                ProjectionsCommand::Rebuild { name, batch_size } => {
+                    let report = projections::rebuild_one(sink, log, &name, batch_size).await?;
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                ProjectionsCommand::Pause { name } => {
+                    projections::set_paused(&*sink, &name, true).await?;
+                    println!("projection {name} paused");
+                }
+                ProjectionsCommand::Resume { name } => {
+                    projections::set_paused(&*sink, &name, false).await?;
+                    println!("projection {name} resumed");
+                }
+            }
+        }
+        #[cfg(feature = "redis")]
+        Command::Bench(BenchCommand::Project { events, batch_size, workers, runs }) => {
+            let result =
+                bench::project(&bench::ProjectBench { read_model_url: settings.read_model.clone(), events, batch_size, workers, runs })
+                    .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        #[cfg(feature = "redis")]
+        Command::Bench(BenchCommand::Rebuild { events, batch_size, runs }) => {
+            let result = bench::rebuild(&bench::RebuildBench {
+                event_store_url: settings.event_store.clone(),
+                read_model_url: settings.read_model.clone(),
+                events,
+                batch_size,
+                runs,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Bench(BenchCommand::Append { writers, events_per_append, duration, runs, no_group_commit, committers }) => {
+            let result = bench::append(&AppendBench {
+                event_store_url: settings.event_store.clone(),
+                writers,
+                events_per_append,
+                duration: Duration::from_secs_f64(duration),
+                runs,
+                group_commit: !no_group_commit,
+                committers,
+                chain_key: settings.chain.key(),
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        #[cfg(feature = "nats")]
+        Command::Bench(BenchCommand::Relay { events, batch_size, runs }) => {
+            let result = bench::relay(&bench::RelayBench {
+                event_store_url: settings.event_store.clone(),
+                bus_url: settings.bus.clone(),
+                events,
+                batch_size,
+                runs,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Bench(BenchCommand::E2e { orders, rate, url: Some(url), token, .. }) => {
+            let token = token.context("--url needs --token (or STRATA_TOKEN): a client token of that server")?;
+            let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Bench(BenchCommand::Flood {
+            url,
+            token,
+            attacker_token,
+            attackers,
+            aliases,
+            probe_rate,
+            duration,
+            runs,
+            attack,
+            metrics_url,
+        }) => {
+            let bench =
+                bench::FloodBench { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs, attack, metrics_url };
+            println!("{}", serde_json::to_string(&bench::flood(&bench).await?)?);
+        }
+        Command::Topology { api, replicas, base_port, logs } => {
+            let config = crate::topology::TopologyConfig { api, replicas, base_port, logs };
+            crate::topology::run(&config, shutdown_signal()).await?;
+        }
+        Command::Demo { orders, url, token, operator_token, concurrency, seed, json } => {
+            let config = crate::demo::DemoConfig {
+                url,
+                token,
+                operator_token,
+                orders,
+                concurrency,
+                seed: seed.unwrap_or_else(rand::random),
+                settle_timeout: Duration::from_secs(120),
+            };
+            let summary = crate::demo::demo(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print_demo(&summary);
+            }
+            if summary["unexpected"].as_u64() != Some(0) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Bench(BenchCommand::E2e { orders, rate, saga_concurrency, url: None, .. }) => {
+            let result = bench::e2e(&bench::E2eBench {
+                event_store_url: settings.event_store.clone(),
+                bus_url: settings.bus.clone(),
+                orders,
+                rate,
+                saga_concurrency,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Bench(BenchCommand::Commands { aggregates, writers, duration, runs }) => {
+            let result = bench::commands(&CommandsBench {
+                event_store_url: settings.event_store.clone(),
+                aggregates,
+                writers,
+                duration: Duration::from_secs_f64(duration),
+                runs,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's summary, for people.
+fn print_demo(summary: &serde_json::Value) {
+    println!("orders      {}", summary["orders"]);
+    println!("confirmed   {}", summary["confirmed"]);
+    for (step, count) in summary["cancelled"].as_object().into_iter().flatten() {
+        println!("cancelled   {count} at {step}");
+    }
+    println!("unexpected  {} (orders that ended otherwise than the scenario's rules say)", summary["unexpected"]);
+    println!("place       p50 {} ms, p99 {} ms (placeOrder mutation)", summary["place"]["p50_ms"], summary["place"]["p99_ms"]);
+    println!(
+        "settle      p50 {} ms, p99 {} ms (placed → saga completed or compensated)",
+        summary["settle"]["p50_ms"], summary["settle"]["p99_ms"]
+    );
+    println!("seconds     {}", summary["seconds"]);
+}
