@@ -1,7 +1,8 @@
 //! Helpers for integration tests against real services (feature `testkit`,
-//! for dev-dependencies only): service URLs from `STRATA_TEST_*`, loud
-//! failure in CI when a service is down, fresh PostgreSQL databases, a
-//! JetStream stream of one's own, and [`wait_until`] instead of sleeps.
+//! for dev-dependencies only): service URLs from `STRATA_TEST_*`, a failing
+//! test when a service is down (unless `STRATA_TEST_SKIP` names it outside
+//! CI), fresh PostgreSQL databases, a JetStream stream of one's own, and
+//! [`wait_until`] instead of sleeps.
 
 pub mod proxy;
 
@@ -18,12 +19,94 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1")
 }
 
-/// Fails loudly in CI, skips loudly elsewhere, when a service is down.
-pub fn report_unreachable(service: &str, url: &str, how_to_start: &str, err: &dyn std::fmt::Display) {
-    if in_ci() {
-        panic!("{service} at {url} is unreachable in CI ({err}); start it with: {how_to_start}");
+/// A service the integration tests talk to, named as `STRATA_TEST_SKIP`
+/// names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The PostgreSQL event store (`STRATA_TEST_POSTGRES`).
+    Postgres,
+    /// NATS JetStream, as a server or its binary (`STRATA_TEST_NATS`).
+    Nats,
+    /// A Redis read model (`STRATA_TEST_REDIS`).
+    Redis,
+    /// A real Kafka broker (`STRATA_TEST_KAFKA`; the mock needs none).
+    Kafka,
+    /// A MongoDB-compatible read model (`STRATA_TEST_MONGO`).
+    Mongo,
+}
+
+impl Service {
+    /// Every service, in the order `STRATA_TEST_SKIP` documents them.
+    pub const ALL: [Service; 5] = [Service::Postgres, Service::Nats, Service::Redis, Service::Kafka, Service::Mongo];
+
+    /// Its name in `STRATA_TEST_SKIP`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Service::Postgres => "postgres",
+            Service::Nats => "nats",
+            Service::Redis => "redis",
+            Service::Kafka => "kafka",
+            Service::Mongo => "mongo",
+        }
     }
-    eprintln!("\n*** SKIPPED: {service} at {url} is unreachable ({err}); start it with: {how_to_start} ***\n");
+
+    /// How to start it on this kind of machine.
+    pub fn how_to_start(self) -> &'static str {
+        match self {
+            Service::Postgres => "pg_ctlcluster --skip-systemctl-redirect 15 main start",
+            Service::Nats => "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &",
+            Service::Redis => "redis-server --daemonize yes --bind 127.0.0.1 --save ''",
+            Service::Kafka => "unset STRATA_TEST_KAFKA to use librdkafka's mock cluster",
+            Service::Mongo => mongo::HOW_TO_START,
+        }
+    }
+
+    /// The service a read-model or bus URL names, by its scheme.
+    pub fn of_url(url: &str) -> Option<Service> {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme)?;
+        Service::ALL.into_iter().find(|service| match service {
+            Service::Postgres => scheme == "postgres" || scheme == "postgresql",
+            Service::Mongo => scheme == "mongodb",
+            other => scheme == other.key(),
+        })
+    }
+}
+
+/// What a test does when its service is unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Fail, naming the URL and how to start the service.
+    Fail,
+    /// Skip, because `STRATA_TEST_SKIP` names the service (never in CI).
+    Skip,
+}
+
+/// The rule: a missing service fails the test unless the run names it in
+/// `skip` (`STRATA_TEST_SKIP=redis,kafka`, `all` for every service); under
+/// CI nothing is skipped.
+pub fn on_unreachable(service: Service, ci: bool, skip: Option<&str>) -> Unreachable {
+    let named = skip.is_some_and(|skip| skip.split(',').map(str::trim).any(|name| name == service.key() || name == "all"));
+    if named && !ci {
+        Unreachable::Skip
+    } else {
+        Unreachable::Fail
+    }
+}
+
+/// Panics naming the URL and how to start `service`, unless
+/// `STRATA_TEST_SKIP` names it outside CI: then it says SKIPPED loudly and
+/// the caller returns early.
+pub fn report_unreachable(service: Service, url: &str, err: &dyn std::fmt::Display) {
+    let skip = std::env::var("STRATA_TEST_SKIP").ok();
+    match on_unreachable(service, in_ci(), skip.as_deref()) {
+        Unreachable::Skip => eprintln!("\n*** SKIPPED (STRATA_TEST_SKIP names {}): {url} is unreachable ({err}) ***\n", service.key()),
+        Unreachable::Fail => panic!(
+            "{} at {url} is unreachable ({err}); start it with: {}  (or name it in STRATA_TEST_SKIP={} to skip, outside CI)",
+            service.key(),
+            service.how_to_start(),
+            service.key()
+        ),
+    }
 }
 
 /// Polls `condition` until it returns `Ok` or the deadline passes; then
@@ -108,9 +191,6 @@ pub mod mongo {
 pub mod postgres {
     use sqlx::{Connection, Executor, PgConnection};
 
-    /// How to start the service when it is down.
-    pub const HOW_TO_START: &str = "pg_ctlcluster --skip-systemctl-redirect 15 main start";
-
     /// `STRATA_TEST_POSTGRES`, defaulting to the loopback server.
     pub fn admin_url() -> String {
         super::service_url("STRATA_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -136,13 +216,13 @@ pub mod postgres {
 
     impl TestDatabase {
         /// Creates a database with a unique name; `None` (after a loud
-        /// SKIPPED) when PostgreSQL is down outside CI, a panic in CI.
+        /// SKIPPED) when PostgreSQL is down and `STRATA_TEST_SKIP` names it, else a panic.
         pub async fn create() -> Option<Self> {
             let admin = admin_url();
             let mut connection = match PgConnection::connect(&admin).await {
                 Ok(connection) => connection,
                 Err(err) => {
-                    super::report_unreachable("PostgreSQL", &admin, HOW_TO_START, &err);
+                    super::report_unreachable(super::Service::Postgres, &admin, &err);
                     return None;
                 }
             };
@@ -161,7 +241,7 @@ pub mod postgres {
 
 /// A JetStream bus with a stream and subject prefix of its own (`TEST_<uuid>`,
 /// `test_<uuid>`), and the cleanup that deletes them; `None` (loudly) when
-/// NATS is down outside CI.
+/// NATS is down and `STRATA_TEST_SKIP` names it.
 #[cfg(feature = "nats")]
 pub async fn jetstream() -> Option<(crate::bus::JetStreamBus, Cleanup)> {
     use crate::bus::{JetStreamBus, JetStreamConfig};
@@ -177,7 +257,7 @@ pub async fn jetstream() -> Option<(crate::bus::JetStreamBus, Cleanup)> {
             Some((bus, cleanup))
         }
         Err(err) => {
-            report_unreachable("NATS JetStream", &url, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            report_unreachable(Service::Nats, &url, &err);
             None
         }
     }
@@ -276,9 +356,43 @@ pub mod kafka {
                 Some((bus, cleanup))
             }
             Err(err) => {
-                super::report_unreachable("Kafka", &kafka.brokers, "unset STRATA_TEST_KAFKA to use the mock cluster", &err);
+                super::report_unreachable(super::Service::Kafka, &kafka.brokers, &err);
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{on_unreachable, Service, Unreachable};
+
+    #[test]
+    fn a_missing_service_fails_unless_the_run_names_it_to_skip() {
+        assert_eq!(on_unreachable(Service::Redis, false, None), Unreachable::Fail);
+        assert_eq!(on_unreachable(Service::Redis, false, Some("")), Unreachable::Fail);
+        assert_eq!(on_unreachable(Service::Redis, false, Some("kafka, mongo")), Unreachable::Fail);
+        assert_eq!(on_unreachable(Service::Redis, false, Some("kafka, redis")), Unreachable::Skip);
+        assert_eq!(on_unreachable(Service::Postgres, false, Some("all")), Unreachable::Skip);
+        // A name is matched whole: "nat" does not skip NATS.
+        assert_eq!(on_unreachable(Service::Nats, false, Some("nat")), Unreachable::Fail);
+    }
+
+    #[test]
+    fn ci_skips_nothing_even_when_the_run_names_a_service() {
+        for service in Service::ALL {
+            assert_eq!(on_unreachable(service, true, Some("all")), Unreachable::Fail);
+            assert_eq!(on_unreachable(service, true, Some(service.key())), Unreachable::Fail);
+        }
+    }
+
+    #[test]
+    fn a_service_is_known_by_its_url_scheme() {
+        assert_eq!(Service::of_url("redis://127.0.0.1:6379?key_prefix=x"), Some(Service::Redis));
+        assert_eq!(Service::of_url("mongodb://127.0.0.1:27018/db"), Some(Service::Mongo));
+        assert_eq!(Service::of_url("nats://127.0.0.1:4222"), Some(Service::Nats));
+        assert_eq!(Service::of_url("postgresql://x/y"), Some(Service::Postgres));
+        assert_eq!(Service::of_url("kafka://mock"), Some(Service::Kafka));
+        assert_eq!(Service::of_url("sqlite:strata.db"), None);
     }
 }

@@ -327,7 +327,7 @@ async fn bench_relay_puts_a_scratch_log_on_jetstream_next_to_raw_publishing() {
     let nats = strata_store::testkit::service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let address = nats.trim_start_matches("nats://").to_owned();
     if let Err(err) = tokio::net::TcpStream::connect(&address).await {
-        strata_store::testkit::report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js &", &err);
+        strata_store::testkit::report_unreachable(strata_store::testkit::Service::Nats, &nats, &err);
         return;
     }
     let scratch = scratch_sqlite();
@@ -366,9 +366,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     let prefix = format!("test_{}", Uuid::new_v4().simple());
     let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
         Ok(sink) => sink,
-        Err(err) => {
-            return strata_store::testkit::report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err)
-        }
+        Err(err) => return strata_store::testkit::report_unreachable(strata_store::testkit::Service::Redis, &redis, &err),
     };
     let scratch = scratch_sqlite();
     run_ok(strata().args(["migrate", "--event-store", &scratch.url]));
@@ -479,7 +477,7 @@ fn sagas_commands_list_no_stuck_saga_and_refuse_to_resume_one_that_is_not() {
 async fn bench_project_and_rebuild_print_rates_next_to_their_baselines() {
     let redis = strata_store::testkit::service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     if let Err(err) = tokio::net::TcpStream::connect(redis.trim_start_matches("redis://")).await {
-        return strata_store::testkit::report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
+        return strata_store::testkit::report_unreachable(strata_store::testkit::Service::Redis, &redis, &err);
     }
     let output = run_ok(strata().env("STRATA_READ_MODEL", &redis).args(["bench", "project", "--events", "3000", "--runs", "2"]));
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strata_store::testkit::proxy::{Fault, FaultProxy};
-use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
 use uuid::Uuid;
 
 use crate::graphql::{order_input, PLACE, RESTOCK};
@@ -151,7 +151,7 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
         Some(kafka) => kafka.url(&kafka.config()),
         None => {
             if let Err(err) = tokio::net::TcpStream::connect(authority(&nats)).await {
-                return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+                return report_unreachable(Service::Nats, &nats, &err);
             }
             format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}")
         }
@@ -161,7 +161,7 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
         ReadModel::Mongo => mongo.clone(),
     };
     if let Err(err) = tokio::net::TcpStream::connect(authority(&read_model_url)).await {
-        return report_unreachable("the read models", &read_model_url, "see README \"Tests\"", &err);
+        return report_unreachable(Service::of_url(&read_model_url).expect("a Redis or MongoDB URL"), &read_model_url, &err);
     }
     // The cut: a fault proxy in front of the backend, except for Kafka,
     // whose mock broker goes down (a broker advertises its own address, so
@@ -365,7 +365,7 @@ async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_i
     let Some(database) = TestDatabase::create().await else { return };
     for url in [&nats, &redis] {
         if let Err(err) = tokio::net::TcpStream::connect(authority(url)).await {
-            return report_unreachable("a backend", url, "see README \"Tests\"", &err);
+            return report_unreachable(Service::of_url(url).expect("a NATS or Redis URL"), url, &err);
         }
     }
     let bus_url = format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}");
@@ -514,7 +514,7 @@ async fn a_nats_server_too_small_for_the_event_size_bound_is_refused_at_start() 
     .unwrap();
     let mut nats = match std::process::Command::new("nats-server").arg("-c").arg(&config).stderr(std::process::Stdio::null()).spawn() {
         Ok(nats) => nats,
-        Err(err) => return report_unreachable("nats-server (the binary)", "PATH", "apt-get install nats-server", &err),
+        Err(err) => return report_unreachable(Service::Nats, "the nats-server binary on PATH (apt-get install nats-server)", &err),
     };
     wait_until(Duration::from_secs(10), || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await }).await;
     let bus = format!("nats://127.0.0.1:{port}");

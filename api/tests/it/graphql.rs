@@ -793,7 +793,7 @@ async fn hostile_text_is_refused_and_costs_other_writers_nothing(server: &Server
 mod distributed {
     use super::*;
     use strata_store::testkit::postgres::TestDatabase;
-    use strata_store::testkit::{report_unreachable, service_url};
+    use strata_store::testkit::{report_unreachable, service_url, Service};
 
     /// PostgreSQL + JetStream + Redis, with the api, relay and projector in
     /// one process and the saga with its services in another, started late:
@@ -816,7 +816,7 @@ mod distributed {
     async fn on_jetstream(read_model: ReadModel) {
         let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
         if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-            report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            report_unreachable(Service::Nats, &nats, &err);
             return;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();

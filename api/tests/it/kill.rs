@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use strata_projections::orders::sample::{requests, sample, SampleConfig};
 use strata_projections::sink::{Dump, Target};
 use strata_projections::{orders, MemorySink, ReadModelSink, RedisSink, RedisSinkConfig};
-use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
 use strata_store::{EventReader, EventStore, PostgresConfig, PostgresEventStore};
 use uuid::Uuid;
 
@@ -31,7 +31,7 @@ async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_do
     let prefix = format!("test_{id}");
     let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
         Ok(sink) => Arc::new(sink),
-        Err(err) => return report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err),
+        Err(err) => return report_unreachable(Service::Redis, &redis, &err),
     };
     kill_and_compare(sink.clone(), &format!("{redis}?key_prefix={prefix}"), &id).await;
     sink.delete_all().await.unwrap();
@@ -48,7 +48,7 @@ async fn killing_the_relay_and_projector_replicas_writing_to_mongo_loses_and_dou
     let url = mongo::url(&format!("test_{id}"));
     let sink = match MongoSink::connect(MongoSinkConfig::new(url.clone())).await {
         Ok(sink) => Arc::new(sink),
-        Err(err) => return report_unreachable("MongoDB", &url, mongo::HOW_TO_START, &err),
+        Err(err) => return report_unreachable(Service::Mongo, &url, &err),
     };
     kill_and_compare(sink.clone(), &url, &id).await;
     sink.drop_database().await.unwrap();
@@ -60,7 +60,7 @@ async fn kill_and_compare(sink: Arc<dyn ReadModelSink>, read_model_url: &str, id
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+        return report_unreachable(Service::Nats, &nats, &err);
     }
     let registry = Arc::new(strata_schemas::catalog::registry().unwrap());
     let store = PostgresEventStore::connect(PostgresConfig::new(database.url.clone()), registry).await.unwrap();

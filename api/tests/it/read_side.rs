@@ -13,7 +13,7 @@ use strata_commands::{CommandHandler, Envelope, HandlerConfig};
 use strata_projections::orders::{self, OrderStatus, OrdersQuery, SagaStatus, StepStatus, StockView};
 use strata_projections::{RedisSink, RedisSinkConfig};
 use strata_schemas::values::{FulfilmentStep, Sku};
-use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
 use strata_store::{PostgresConfig, PostgresEventStore};
 use uuid::Uuid;
 
@@ -61,12 +61,12 @@ impl Stack {
         let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
             Ok(sink) => Arc::new(sink),
             Err(err) => {
-                report_unreachable("Redis", &redis, "redis-server --daemonize yes --bind 127.0.0.1", &err);
+                report_unreachable(Service::Redis, &redis, &err);
                 return None;
             }
         };
         if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-            report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+            report_unreachable(Service::Nats, &nats, &err);
             return None;
         }
         let registry = Arc::new(strata_schemas::catalog::registry().unwrap());

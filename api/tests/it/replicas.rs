@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
 use uuid::Uuid;
 
 use crate::support::{strata, tail, Role, Server, TestDatabase};
@@ -32,7 +32,7 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+        return report_unreachable(Service::Nats, &nats, &err);
     }
     let seed: u64 = rand::rng().random();
     println!("seed {seed}");

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
 use uuid::Uuid;
 
 use crate::graphql::{order_input, PLACE, RESTOCK};
@@ -87,7 +87,7 @@ async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-        return report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+        return report_unreachable(Service::Nats, &nats, &err);
     }
     let id = Uuid::new_v4().simple().to_string();
     let bus = format!("{nats}?stream=TEST_{id}&subject_prefix=test_{id}");
@@ -107,7 +107,7 @@ async fn every_role_killed_at_random_moments_on_kafka_and_mongo_leaves_every_vie
     let bus = kafka.url(&kafka.config());
     let mongo = strata_store::testkit::mongo::url(&format!("test_{}", Uuid::new_v4().simple()));
     if let Err(err) = strata_projections::MongoSink::connect(strata_projections::MongoSinkConfig::new(mongo.clone())).await {
-        return report_unreachable("MongoDB", &mongo, strata_store::testkit::mongo::HOW_TO_START, &err);
+        return report_unreachable(Service::Mongo, &mongo, &err);
     }
     // nx-27017 (a wire server in Python over SQLite, every transaction
     // taking turns) applies a few hundred events a second: a slower flow,

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 use serde_json::{json, Value};
 use strata_store::testkit::postgres::TestDatabase;
-use strata_store::testkit::{report_unreachable, service_url, wait_until};
+use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
 
 use crate::graphql::{order_input, tokens, with_tokens, ORDER, PLACE, RESTOCK};
 use crate::support::{strata, Role, Server};
@@ -131,7 +131,7 @@ async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
     let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
-        report_unreachable("NATS", &nats, "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &", &err);
+        report_unreachable(Service::Nats, &nats, &err);
         return;
     }
     let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");

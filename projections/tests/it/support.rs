@@ -9,7 +9,7 @@ use strata_projections::{
     MemorySink, MongoSink, MongoSinkConfig, Projection, ProjectionRunner, ReadModelSink, RedisSink, RedisSinkConfig, RunnerConfig,
 };
 use strata_schemas::catalog;
-use strata_store::testkit::{report_unreachable, service_url};
+use strata_store::testkit::{report_unreachable, service_url, Service};
 use strata_store::{EventReader, EventStore, MemoryEventStore, ReadAll, RecordedEvent, StreamAppend};
 use uuid::Uuid;
 
@@ -62,7 +62,7 @@ pub async fn fresh_mongo_with(configure: impl FnOnce(MongoSink) -> MongoSink) ->
             Some((sink, Cleanup::new(move || async move { teardown.drop_database().await.expect("drop the test database") })))
         }
         Err(err) => {
-            report_unreachable("MongoDB", &url, mongo::HOW_TO_START, &err);
+            report_unreachable(Service::Mongo, &url, &err);
             None
         }
     }
@@ -85,7 +85,7 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
                     Some((sink, cleanup))
                 }
                 Err(err) => {
-                    report_unreachable("Redis", &url, "redis-server --daemonize yes --bind 127.0.0.1 --save ''", &err);
+                    report_unreachable(Service::Redis, &url, &err);
                     None
                 }
             }
@@ -185,7 +185,7 @@ pub async fn fresh_wipeable_sink(backend: Backend) -> Option<(Arc<dyn ReadModelS
                     Some((sink, wipe, cleanup))
                 }
                 Err(err) => {
-                    report_unreachable("Redis", &url, "redis-server --daemonize yes --bind 127.0.0.1 --save ''", &err);
+                    report_unreachable(Service::Redis, &url, &err);
                     None
                 }
             }
