@@ -208,7 +208,7 @@ async fn listen(changes: Weak<Changes>, sink: Arc<dyn ReadModelSink>) {
             }
             Err(error) => {
                 drop(current);
-                tracing::warn!(%error, "cannot follow the read models' changes; waiters poll meanwhile");
+                tracing::warn!(error = %strata_store::chain(&error), "cannot follow the read models' changes; waiters poll meanwhile");
             }
         }
         tokio::time::sleep(backoff).await;

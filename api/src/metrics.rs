@@ -344,13 +344,13 @@ async fn read_backend_figures(sources: &Sources) {
             Some(head.0)
         }
         Err(error) => {
-            tracing::warn!("metrics: reading the log head failed: {error}");
+            tracing::warn!(error = %strata_store::chain(&error), "metrics: reading the log head failed");
             None
         }
     };
     match sources.checkpoints.load_checkpoint("relay").await {
         Ok(position) => m.gauge("strata_relay_position", vec![]).set(position.0 as f64),
-        Err(error) => tracing::warn!("metrics: reading the relay checkpoint failed: {error}"),
+        Err(error) => tracing::warn!(error = %strata_store::chain(&error), "metrics: reading the relay checkpoint failed"),
     }
     if let (Some(sink), Some(head)) = (&sources.read_model, head) {
         for projection in orders::projections() {
@@ -360,7 +360,9 @@ async fn read_backend_figures(sources: &Sources) {
                     m.gauge("strata_projection_lag_events", label()).set(head.saturating_sub(status.position) as f64);
                     m.counter("strata_projection_losses_total", label()).absolute(status.losses);
                 }
-                Err(error) => tracing::warn!(projection = projection.name(), "metrics: reading the projection failed: {error:#}"),
+                Err(error) => {
+                    tracing::warn!(projection = projection.name(), error = %format_args!("{error:#}"), "metrics: reading the projection failed")
+                }
             }
         }
     }
@@ -374,7 +376,7 @@ async fn count_sagas(sources: &Sources) {
                 m.gauge("strata_sagas", vec![Label::new("state", state)]).set(count as f64);
             }
         }
-        Err(error) => tracing::warn!("metrics: counting sagas failed: {error}"),
+        Err(error) => tracing::warn!(error = %strata_store::chain(&error), "metrics: counting sagas failed"),
     }
 }
 

@@ -184,7 +184,7 @@ pub struct CommandOutcome {
 #[non_exhaustive]
 pub enum CommandError<E: std::error::Error + 'static> {
     /// The aggregate refused the command (a domain answer).
-    #[error("command refused: {0}")]
+    #[error("command refused")]
     Rejected(#[source] E),
     /// Other writers kept changing the stream; every attempt conflicted.
     #[error("stream {stream_id} kept changing: gave up after {attempts} attempts (last seen at version {actual})")]
@@ -208,7 +208,7 @@ pub enum CommandError<E: std::error::Error + 'static> {
     #[error(transparent)]
     InvalidTarget(#[from] InvalidStreamId),
     /// A stored event of the stream does not decode into the aggregate's events.
-    #[error("stream {stream_id} holds an event this aggregate cannot read: {source}")]
+    #[error("stream {stream_id} holds an event this aggregate cannot read")]
     Undecodable {
         /// The stream.
         stream_id: StreamId,
@@ -217,11 +217,11 @@ pub enum CommandError<E: std::error::Error + 'static> {
         source: DecodeError,
     },
     /// Reading the stream failed.
-    #[error("reading the stream failed: {0}")]
+    #[error("reading the stream failed")]
     Read(#[source] ReadError),
     /// Appending failed; with a backend cause the outcome is unknown and the
     /// same command id can be sent again safely.
-    #[error("appending failed: {0}")]
+    #[error("appending failed")]
     Append(#[source] AppendError),
 }
 
@@ -499,7 +499,7 @@ impl<A: Aggregate> CommandHandler<A> {
         match serde_json::from_value(snapshot.state) {
             Ok(state) => Ok(Some((state, snapshot.stream_version))),
             Err(err) => {
-                tracing::warn!(error = %err, "ignoring a snapshot that does not decode; folding the whole stream");
+                tracing::warn!(error = %strata_store::chain(&err), "ignoring a snapshot that does not decode; folding the whole stream");
                 Ok(None)
             }
         }
@@ -525,11 +525,11 @@ impl<A: Aggregate> CommandHandler<A> {
                         match snapshots.save_snapshot(snapshot).await {
                             Ok(()) => snapshot_version = Some(version),
                             Err(err) => {
-                                tracing::warn!(error = %err, "saving a snapshot failed; the next load folds more events")
+                                tracing::warn!(error = %strata_store::chain(&err), "saving a snapshot failed; the next load folds more events")
                             }
                         }
                     }
-                    Err(err) => tracing::warn!(error = %err, "aggregate state does not serialize; no snapshot"),
+                    Err(err) => tracing::warn!(error = %strata_store::chain(&err), "aggregate state does not serialize; no snapshot"),
                 }
             }
         }

@@ -26,8 +26,25 @@ impl BackendError {
 
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "event store backend failed while {}: {}", self.context, self.source)
+        write!(f, "event store backend failed while {}", self.context)
     }
+}
+
+/// An error and its causes on one line, `what failed: why: why deeper`.
+///
+/// The rule for every error of Strata: a message names what failed and
+/// never repeats its source; the cause is reached through
+/// [`StdError::source`]. So logs, `/readyz` and stored reasons print errors
+/// through `chain` (or anyhow's `{:#}`), which says each cause once.
+pub fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 impl StdError for BackendError {
@@ -93,7 +110,7 @@ pub enum AppendError {
 #[non_exhaustive]
 pub enum ReadError {
     /// A stored event could not be brought to the latest schema version.
-    #[error("event at position {position} cannot be read as the latest version: {source}")]
+    #[error("event at position {position} cannot be read as the latest version")]
     Upcast {
         /// Where the event is.
         position: Position,

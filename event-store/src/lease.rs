@@ -128,7 +128,7 @@ mod postgres {
             let expiry = format!("SET idle_session_timeout = {}", self.expiry.as_millis());
             if let Err(err) = sqlx::query(&expiry).execute(&mut connection).await {
                 tracing::warn!(
-                    error = %err,
+                    error = %crate::chain(&err),
                     lease = name,
                     "idle_session_timeout is not available (PostgreSQL 13 or older): a stopped holder keeps this lease until its connection closes"
                 );
@@ -155,7 +155,7 @@ mod postgres {
                 let mut connection = match self.connect(name).await {
                     Ok(connection) => connection,
                     Err(err) => {
-                        tracing::warn!(error = %err, lease = name, "cannot connect for a lease; retrying");
+                        tracing::warn!(error = %crate::chain(&err), lease = name, "cannot connect for a lease; retrying");
                         tokio::time::sleep(self.retry).await;
                         continue;
                     }
@@ -164,7 +164,7 @@ mod postgres {
                     let held: bool = match sqlx::query_scalar(TRY_LOCK).bind(name).fetch_one(&mut connection).await {
                         Ok(held) => held,
                         Err(err) => {
-                            tracing::warn!(error = %err, lease = name, "trying a lease failed; reconnecting");
+                            tracing::warn!(error = %crate::chain(&err), lease = name, "trying a lease failed; reconnecting");
                             break;
                         }
                     };

@@ -44,7 +44,7 @@ mod sql_backend;
 mod sqlite;
 
 pub use checkpoint::CheckpointStore;
-pub use error::{AppendError, BackendError, ReadError};
+pub use error::{chain, AppendError, BackendError, ReadError};
 pub use hash::{ChainKey, ChainKeyring};
 pub use memory::MemoryEventStore;
 pub use plan::{stored_bytes, AppendLimits, MAX_EVENTS_PER_APPEND, MAX_EVENT_BYTES, RECORD_OVERHEAD_BYTES};

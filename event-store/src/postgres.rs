@@ -285,7 +285,7 @@ async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
                 }
                 let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(HEARTBEAT).execute(&pool).await;
                 if let Err(error) = sent {
-                    tracing::debug!(%error, "event store listener heartbeat not sent");
+                    tracing::debug!(error = %crate::chain(&error), "event store listener heartbeat not sent");
                 }
             }
         })
@@ -302,7 +302,7 @@ async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
         let mut listener = match listener {
             Ok(listener) => listener,
             Err(err) => {
-                tracing::warn!(error = %err, "event store listener cannot connect; retrying");
+                tracing::warn!(error = %crate::chain(&err), "event store listener cannot connect; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -329,7 +329,7 @@ async fn listen(pool: PgPool, shared: std::sync::Weak<Shared>) {
                 // Connection lost; the next try_recv reconnects and listens again.
                 Ok(Ok(None)) => shared.wake.send_modify(|n| *n += 1),
                 Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "event store listener failed; reconnecting");
+                    tracing::warn!(error = %crate::chain(&err), "event store listener failed; reconnecting");
                     break;
                 }
                 Err(_) => {

@@ -65,16 +65,16 @@ pub enum Step {
 #[non_exhaustive]
 pub enum RelayError {
     /// Reading the log failed.
-    #[error("relay: reading the log failed: {0}")]
+    #[error("relay: reading the log failed")]
     Read(#[from] ReadError),
     /// Publishing failed; the checkpoint did not move.
-    #[error("relay: publishing failed: {0}")]
+    #[error("relay: publishing failed")]
     Publish(#[from] BusError),
     /// Saving the checkpoint failed; the batch will be published again.
-    #[error("relay: saving the checkpoint failed: {0}")]
+    #[error("relay: saving the checkpoint failed")]
     Checkpoint(#[from] BackendError),
     /// Taking the relay lease failed.
-    #[error("relay: taking the lease failed: {0}")]
+    #[error("relay: taking the lease failed")]
     Lease(#[source] BackendError),
 }
 

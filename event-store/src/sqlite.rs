@@ -183,7 +183,7 @@ impl Writer {
     async fn write_batch_with_retries(&self, appends: &[&PreparedAppend]) -> Result<(Vec<Planned>, Position), CommitError> {
         match self.write_batch(appends, false).await {
             Err(CommitError::Sql(sqlx::Error::Database(error))) if error.kind() == sqlx::error::ErrorKind::UniqueViolation => {
-                tracing::debug!(%error, "append batch met a stored event id; retrying with the ids looked up");
+                tracing::debug!(error = %crate::chain(&error), "append batch met a stored event id; retrying with the ids looked up");
                 self.write_batch(appends, true).await
             }
             other => other,

@@ -54,7 +54,7 @@ pub enum PlanError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// Reading the log (to fill a gap) failed.
-    #[error("reading the log to fill a gap failed: {0}")]
+    #[error("reading the log to fill a gap failed")]
     Log(#[from] ReadError),
     /// An event kept failing and the projection's policy is to stop.
     #[error("projection stopped at event {event_id} ({event_type}, stream {stream_id} version {stream_version}): {error}")]
@@ -498,7 +498,7 @@ impl Planner<'_> {
                 Ok(writes) => self.record(work, writes).await?,
                 Err((error, attempts)) => match self.projection.poison_policy() {
                     PoisonPolicy::Park => {
-                        tracing::warn!(projection = self.projection.name(), event_id = %event.event_id, stream = stream, %error, "parking a poison event and its stream");
+                        tracing::warn!(projection = self.projection.name(), event_id = %event.event_id, stream = stream, error = %strata_store::chain(&error), "parking a poison event and its stream");
                         count(work, event);
                         work.batch.dead_letters.push(dead_letter(event, error.reason.clone(), attempts));
                         state.parked_from = Some(event.stream_version);

@@ -84,7 +84,7 @@ pub enum RebuildError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// Reading the log failed.
-    #[error("reading the log failed: {0}")]
+    #[error("reading the log failed")]
     Log(#[from] ReadError),
     /// Planning failed (including a poison event under the stop policy).
     #[error(transparent)]

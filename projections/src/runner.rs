@@ -89,7 +89,7 @@ pub enum RunnerError {
     #[error(transparent)]
     Bus(#[from] strata_store::bus::BusError),
     /// Building the read model from the log (it had none, or lost it) failed.
-    #[error("rebuilding the read model from the log failed: {0}")]
+    #[error("rebuilding the read model from the log failed")]
     Rebuild(#[source] Box<RebuildError>),
     /// Replicas kept racing on the same streams.
     #[error("gave up after {attempts} conflicting commits (last on stream {stream_id})")]
@@ -298,7 +298,7 @@ impl ProjectionRunner {
             let stream = match subscriber.subscribe(subscription).await {
                 Ok(stream) => stream,
                 Err(error) => {
-                    self.report_error(&name, &error.to_string()).await;
+                    self.report_error(&name, &strata_store::chain(&error)).await;
                     if sleep_or_shutdown(backoff, &mut shutdown).await {
                         return Ok(());
                     }
@@ -315,8 +315,8 @@ impl ProjectionRunner {
                     _ = shutdown.changed() => return Ok(()),
                     _ = check.tick() => {
                         if let Err(error) = self.check_live().await {
-                            tracing::warn!(projection = %name, %error, "checking the read model failed");
-                            self.report_error(&name, &error.to_string()).await;
+                            tracing::warn!(projection = %name, error = %strata_store::chain(&error), "checking the read model failed");
+                            self.report_error(&name, &strata_store::chain(&error)).await;
                         }
                         continue;
                     }
@@ -347,8 +347,8 @@ impl ProjectionRunner {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(projection = %name, %error, "projection chunk failed; deliveries will come back");
-                        self.report_error(&name, &error.to_string()).await;
+                        tracing::warn!(projection = %name, error = %strata_store::chain(&error), "projection chunk failed; deliveries will come back");
+                        self.report_error(&name, &strata_store::chain(&error)).await;
                         if sleep_or_shutdown(backoff, &mut shutdown).await {
                             return Ok(());
                         }
@@ -357,7 +357,7 @@ impl ProjectionRunner {
                     }
                 }
                 if let Some(error) = failed {
-                    tracing::warn!(projection = %name, %error, "subscription failed; subscribing again");
+                    tracing::warn!(projection = %name, error = %strata_store::chain(&error), "subscription failed; subscribing again");
                     continue 'subscribe;
                 }
             }
@@ -393,7 +393,7 @@ impl ProjectionRunner {
             for result in futures_util::future::join_all(settled.into_iter().map(Delivery::ack)).await {
                 // A lost ack means a redelivery, which the guards make harmless.
                 if let Err(error) = result {
-                    tracing::debug!(%error, "ack failed; the event will be redelivered and skipped");
+                    tracing::debug!(error = %strata_store::chain(&error), "ack failed; the event will be redelivered and skipped");
                 }
             }
         });
@@ -416,7 +416,7 @@ impl ProjectionRunner {
                     self.report_state(name, "paused").await;
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(projection = name, %error, "reading the pause flag failed"),
+                Err(error) => tracing::warn!(projection = name, error = %strata_store::chain(&error), "reading the pause flag failed"),
             }
             if sleep_or_shutdown(Duration::from_millis(200), shutdown).await {
                 return true;
@@ -426,13 +426,13 @@ impl ProjectionRunner {
 
     async fn report_state(&self, name: &str, state: &str) {
         if let Err(error) = self.sink.set_meta(name, MetaField::State, Some(state.to_owned())).await {
-            tracing::warn!(projection = name, %error, "reporting the projection state failed");
+            tracing::warn!(projection = name, error = %strata_store::chain(&error), "reporting the projection state failed");
         }
     }
 
     async fn report_error(&self, name: &str, error: &str) {
         if let Err(e) = self.sink.set_meta(name, MetaField::LastError, Some(error.to_owned())).await {
-            tracing::warn!(projection = name, error = %e, "reporting the last error failed");
+            tracing::warn!(projection = name, error = %strata_store::chain(&e), "reporting the last error failed");
         }
     }
 }

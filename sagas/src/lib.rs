@@ -44,13 +44,13 @@ use strata_store::{AppendError, ReadError, StreamId};
 #[non_exhaustive]
 pub enum SagaError {
     /// Reading the log failed.
-    #[error("reading the saga log failed: {0}")]
+    #[error("reading the saga log failed")]
     Read(#[source] ReadError),
     /// Recording a decision failed (a conflict is handled inside).
-    #[error("recording a saga decision failed: {0}")]
+    #[error("recording a saga decision failed")]
     Append(#[source] AppendError),
     /// An instance's stream holds an event that is not a saga event.
-    #[error("saga stream {stream_id} holds an event that is not a saga event: {source}")]
+    #[error("saga stream {stream_id} holds an event that is not a saga event")]
     Undecodable {
         /// The stream.
         stream_id: StreamId,
@@ -62,7 +62,7 @@ pub enum SagaError {
     #[error("saga data does not serialize: {0}")]
     Data(String),
     /// The trigger subscription failed.
-    #[error("saga trigger subscription failed: {0}")]
+    #[error("saga trigger subscription failed")]
     Bus(#[source] BusError),
 }
 

@@ -515,7 +515,7 @@ impl<S: Saga> Orchestrator<S> {
         let low_water = oldest_in_flight.map_or(after, |first| Position(first.0.saturating_sub(1)));
         if low_water > low {
             if let Err(error) = self.checkpoints.save_checkpoint(&name, low_water).await {
-                tracing::warn!(%error, "could not save the saga low-water checkpoint");
+                tracing::warn!(error = %strata_store::chain(&error), "could not save the saga low-water checkpoint");
             }
         }
         let stalled_before = self.clock.now() - Duration::from_std(self.config.stall_after).unwrap_or(Duration::seconds(10));
@@ -607,12 +607,12 @@ impl<S: Saga> Orchestrator<S> {
         let settled = match result {
             Ok(_) => delivery.ack().await,
             Err(error) => {
-                tracing::warn!(event_id = %delivery.event.event_id, "saga trigger failed, redelivering: {error}");
+                tracing::warn!(event_id = %delivery.event.event_id, error = %strata_store::chain(&error), "saga trigger failed, redelivering");
                 delivery.nack().await
             }
         };
         if let Err(error) = settled {
-            tracing::warn!("settling a saga trigger failed: {error}");
+            tracing::warn!(error = %strata_store::chain(&error), "settling a saga trigger failed");
         }
     }
 
@@ -631,7 +631,7 @@ impl<S: Saga> Orchestrator<S> {
             let permit = permits.acquire_owned().await.expect("never closed");
             tokio::spawn(async move {
                 if let Err(error) = orchestrator.drive(saga_id).await {
-                    tracing::warn!(%saga_id, "driving a saga failed (the recovery scan will retry): {error}");
+                    tracing::warn!(%saga_id, error = %strata_store::chain(&error), "driving a saga failed (the recovery scan will retry)");
                 }
                 drop(permit);
             });
@@ -673,7 +673,7 @@ impl<S: Saga> Orchestrator<S> {
                         });
                     }
                     Some(Err(error)) => {
-                        tracing::warn!("saga trigger subscription failed, resubscribing: {error}");
+                        tracing::warn!(error = %strata_store::chain(&error), "saga trigger subscription failed, resubscribing");
                         tokio::time::sleep(StdDuration::from_millis(500)).await;
                         deliveries = subscriber.subscribe(subscription.clone()).await.map_err(SagaError::Bus)?;
                     }
@@ -691,7 +691,7 @@ impl<S: Saga> Orchestrator<S> {
                                 spawn_drive(self.clone(), permits.clone(), saga_id).await;
                             }
                         }
-                        Err(error) => tracing::warn!("saga recovery scan failed: {error}"),
+                        Err(error) => tracing::warn!(error = %strata_store::chain(&error), "saga recovery scan failed"),
                     }
                 }
             }

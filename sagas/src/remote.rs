@@ -75,7 +75,7 @@ impl<C: Serialize + Send + Sync + 'static> Services<C> for RemoteServices<C> {
             Ok(Some(answer)) => serde_json::from_slice(&answer)
                 .unwrap_or_else(|error| Outcome::Transient(format!("unreadable answer from {}: {error}", self.service))),
             Ok(None) => Outcome::NoAnswer,
-            Err(error) => Outcome::Transient(error.to_string()),
+            Err(error) => Outcome::Transient(strata_store::chain(&error)),
         }
     }
 }
@@ -167,7 +167,7 @@ async fn respond(request: IncomingRequest, outcome: Outcome) {
     }
     let answer = serde_json::to_vec(&outcome).expect("an outcome serializes");
     if let Err(error) = request.reply(answer).await {
-        tracing::warn!("answering a command failed (the saga will send it again): {error}");
+        tracing::warn!(error = %strata_store::chain(&error), "answering a command failed (the saga will send it again)");
     }
 }
 

@@ -610,7 +610,9 @@ mod tests {
             json!({ "sku": "SKU-1", "orderId": Uuid::nil(), "quantity": 0, "reservedAt": at() }),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("quantity"), "{err}");
+        // The cause is the error's source (a message never repeats it).
+        let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("quantity"), "{err}: {cause}");
         assert!(matches!(OrderEvent::from_payload("StockReserved", json!({})), Err(crate::DecodeError::UnknownType { .. })));
     }
 }

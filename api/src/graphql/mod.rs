@@ -255,9 +255,10 @@ pub fn error(code: Code, message: impl Into<String>) -> async_graphql::Error {
 
 /// An internal failure: logged in full with a reference, answered with the
 /// reference only (no internals leak).
-pub fn internal(cause: impl std::fmt::Display) -> async_graphql::Error {
+pub fn internal(cause: impl Into<anyhow::Error>) -> async_graphql::Error {
     let reference = uuid::Uuid::new_v4();
-    tracing::error!(%reference, "graphql request failed: {cause}");
+    let cause = cause.into();
+    tracing::error!(%reference, error = %format_args!("{cause:#}"), "graphql request failed");
     error(Code::Internal, format!("internal error (reference {reference})"))
 }
 

@@ -52,13 +52,13 @@ fn command_error<E: std::error::Error + 'static>(err: CommandError<E>, refusal: 
         // (the same idempotency key) can be sent again once it is back.
         CommandError::Append(AppendError::Backend(_) | AppendError::Closed)
         | CommandError::Read(strata_store::ReadError::Backend(_) | strata_store::ReadError::Closed) => {
-            tracing::warn!(error = %err, "a command could not reach the event store");
+            tracing::warn!(error = %strata_store::chain(&err), "a command could not reach the event store");
             error(
                 Code::Unavailable,
                 "the event store is unavailable; send the same request again (with the same idempotency key) in a moment",
             )
         }
-        other => internal(other),
+        other => internal(anyhow::Error::msg(strata_store::chain(&other))),
     }
 }
 
@@ -271,7 +271,7 @@ impl Mutation {
                 Ok(report) => {
                     tracing::info!(projection = %name, events = report.events, seconds = report.seconds, "rebuilt through GraphQL")
                 }
-                Err(error) => tracing::error!(projection = %name, %error, "rebuild through GraphQL failed"),
+                Err(error) => tracing::error!(projection = %name, error = %strata_store::chain(&error), "rebuild through GraphQL failed"),
             }
             worker.end_rebuild(&name);
         });

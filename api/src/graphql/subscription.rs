@@ -65,7 +65,7 @@ impl Subscription {
                     let view = match api.changes.look(orders::order(&*api.read_model, order_id)).await {
                         Ok(view) => view,
                         Err(error) => {
-                            tracing::warn!(%order_id, %error, "orderUpdated: reading the read model failed; ending the subscription");
+                            tracing::warn!(%order_id, error = %strata_store::chain(&error), "orderUpdated: reading the read model failed; ending the subscription");
                             return None;
                         }
                     };

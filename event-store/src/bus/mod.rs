@@ -72,7 +72,7 @@ pub use nats::{JetStreamBus, JetStreamConfig};
 #[non_exhaustive]
 pub enum BusError {
     /// The bus could not be reached or refused the request.
-    #[error("bus backend failed while {context}: {source}")]
+    #[error("bus backend failed while {context}")]
     Backend {
         /// What the bus was doing.
         context: &'static str,

@@ -137,7 +137,9 @@ impl Publisher for JetStreamBus {
                         log.judge(&origin).await?;
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "could not read the stream's last message to check which log wrote it"),
+                Err(err) => {
+                    tracing::warn!(error = %crate::chain(&err), "could not read the stream's last message to check which log wrote it")
+                }
             }
         }
         *self.log.write().unwrap_or_else(|p| p.into_inner()) = Some(log.identity.to_string());

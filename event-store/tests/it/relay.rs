@@ -355,7 +355,7 @@ async fn a_fresh_database_on_a_used_jetstream_stream_is_refused_naming_both_logs
     relay(&first, &shared).catch_up().await.unwrap();
     append_many(&second, 2, 5).await;
     let other: Arc<dyn Bus> = Arc::new(JetStreamBus::connect(config).await.unwrap());
-    let refused = relay(&second, &other).catch_up().await.unwrap_err().to_string();
+    let refused = relay(&second, &other).catch_up().await.map_err(|err| strata_store::chain(&err)).unwrap_err();
     let (old, new) = (first.log_identity().await.unwrap(), second.log_identity().await.unwrap());
     assert!(refused.contains(&format!("JetStream stream TEST_{id} holds records of log {old}, not of this log {new}")), "{refused}");
     assert_eq!(second.load_checkpoint("relay").await.unwrap(), Position::START, "nothing relayed");
@@ -480,7 +480,7 @@ mod kafka_faults {
                     return failures;
                 }
                 Ok(_) => {}
-                Err(error) => failures.push(error.to_string()),
+                Err(error) => failures.push(strata_store::chain(&error)),
             }
             assert!(std::time::Instant::now() < deadline, "the relay did not catch up; failures: {failures:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -536,7 +536,7 @@ mod kafka_faults {
         let store: Arc<dyn Backend> = Arc::new(store);
         append_many(&store, 4, 5).await;
         let bus: Arc<dyn Bus> = Arc::new(KafkaBus::connect(setup.kafka.config().clone()).await.unwrap());
-        let refused = relay(&store, &bus).catch_up().await.unwrap_err().to_string();
+        let refused = relay(&store, &bus).catch_up().await.map_err(|err| strata_store::chain(&err)).unwrap_err();
         let (old, new) = (setup.store.log_identity().await.unwrap(), store.log_identity().await.unwrap());
         assert_ne!(old.id, new.id);
         assert!(refused.contains(&format!("holds records of log {old}, not of this log {new}")), "{refused}");
@@ -609,7 +609,7 @@ mod kafka_faults {
         append_to(&store, &streams, 5).await;
         assert_eq!(store.head_position().await.unwrap(), lost_head);
         let bus: Arc<dyn Bus> = Arc::new(KafkaBus::connect(setup.kafka.config().clone()).await.unwrap());
-        let refused = relay(&store, &bus).catch_up().await.unwrap_err().to_string();
+        let refused = relay(&store, &bus).catch_up().await.map_err(|err| strata_store::chain(&err)).unwrap_err();
         assert!(refused.contains("strata migrate --new-epoch"), "{refused}");
 
         let raised = restored.raise_epoch().await.unwrap();
@@ -666,7 +666,7 @@ mod kafka_faults {
         producer.flush(Duration::from_secs(10)).unwrap();
         append_many(&setup.store, 4, 5).await;
         let bus: Arc<dyn Bus> = Arc::new(KafkaBus::connect(setup.kafka.config().clone()).await.unwrap());
-        let refused = relay(&setup.store, &bus).catch_up().await.unwrap_err().to_string();
+        let refused = relay(&setup.store, &bus).catch_up().await.map_err(|err| strata_store::chain(&err)).unwrap_err();
         assert!(
             refused.contains(&format!("topic {topic} had {more} partitions when its records were written and has {partitions} now")),
             "{refused}"

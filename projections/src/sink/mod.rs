@@ -59,7 +59,7 @@ pub use redis::{RedisSink, RedisSinkConfig};
 #[non_exhaustive]
 pub enum SinkError {
     /// The backend could not be reached or refused the request.
-    #[error("read-model backend failed while {context}: {source}")]
+    #[error("read-model backend failed while {context}")]
     Backend {
         /// What the sink was doing.
         context: &'static str,

@@ -112,7 +112,8 @@ async fn a_standalone_server_is_refused_at_connect_because_a_replica_set_is_requ
     let address = standalone(false).await;
     let url = format!("mongodb://{address}/strata_standalone?directConnection=true&serverSelectionTimeoutMS=5000");
     let refused = MongoSink::connect(MongoSinkConfig::new(url)).await.expect_err("a standalone server is refused");
-    let message = refused.to_string();
+    // The cause is in the error's chain (a message never repeats its source).
+    let message = strata_store::chain(&refused);
     assert!(message.contains("replica set required"), "{message}");
     assert!(message.contains("replicaSet=rs0"), "the error says what to do: {message}");
 }

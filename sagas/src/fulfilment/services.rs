@@ -94,7 +94,7 @@ fn classify<A: Aggregate>(
     match result {
         Ok(_) => Outcome::Done,
         Err(CommandError::Rejected(error)) => refusal(&error),
-        Err(error) => Outcome::Transient(error.to_string()),
+        Err(error) => Outcome::Transient(strata_store::chain(&error)),
     }
 }
 
@@ -108,7 +108,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                 let result = self.orders.handle(self.envelope(command_id, correlation_id, command.clone())).await;
                 classify::<Order>(result, |error| match error {
                     OrderError::WrongStatus { status: OrderStatus::Cancelled, .. } if cancelling => Outcome::Done,
-                    error => Outcome::Refused(error.to_string()),
+                    error => Outcome::Refused(strata_store::chain(error)),
                 })
             }
             FulfilmentCommand::Inventory(command) => {
@@ -117,7 +117,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                     (InventoryError::AlreadyReserved { .. }, _) => Outcome::Done,
                     (InventoryError::NoReservation { .. }, InventoryCommand::Release { .. }) => Outcome::Done,
                     (InventoryError::UnknownSku { .. }, InventoryCommand::Return { .. }) => Outcome::Done,
-                    (error, _) => Outcome::Refused(error.to_string()),
+                    (error, _) => Outcome::Refused(strata_store::chain(error)),
                 })
             }
             FulfilmentCommand::Payment(command) => {
@@ -137,7 +137,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                         self.payments.handle(self.envelope(refund_id, correlation_id, PaymentCommand::Refund { order_id, at })).await;
                     return classify::<Payment>(result, |error| match error {
                         PaymentError::WrongStatus { status: PaymentStatus::Refunded, .. } => Outcome::Done,
-                        error => Outcome::Refused(error.to_string()),
+                        error => Outcome::Refused(strata_store::chain(error)),
                     });
                 }
                 classify::<Payment>(result, |error| match error {
@@ -151,7 +151,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                         action: "void",
                     } => Outcome::Done,
                     PaymentError::WrongStatus { status: PaymentStatus::Captured, action: "capture" } => Outcome::Done,
-                    error => Outcome::Refused(error.to_string()),
+                    error => Outcome::Refused(strata_store::chain(error)),
                 })
             }
             FulfilmentCommand::Shipment(command) => {
@@ -160,7 +160,7 @@ impl Services<FulfilmentCommand> for FulfilmentServices {
                 classify::<Shipment>(result, |error| match error {
                     ShippingError::AlreadyCreated { .. } => Outcome::Done,
                     ShippingError::AlreadyCancelled { .. } if cancelling => Outcome::Done,
-                    error => Outcome::Refused(error.to_string()),
+                    error => Outcome::Refused(strata_store::chain(error)),
                 })
             }
         }
