@@ -30,19 +30,9 @@ pub const MAX_LINES: usize = 100;
 #[derive(Debug)]
 pub enum Order {}
 
-/// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    /// Placed; fulfilment under way.
-    Pending,
-    /// Stock reserved, payment authorized, shipment booked.
-    Confirmed,
-    /// Left the warehouse (terminal).
-    Shipped,
-    /// Cancelled on request or by compensation (terminal).
-    Cancelled,
-}
+/// Where an order is in its life (defined with the domain's other words in
+/// `strata_schemas::values`).
+pub use strata_schemas::values::OrderStatus;
 
 /// An order as folded from its stream; `placed` is `None` before it is placed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ pub enum DecodeError {
         expected: &'static str,
     },
     /// The payload does not deserialize into the variant's struct.
-    #[error("payload of {event_type} does not decode: {source}")]
+    #[error("payload of {event_type} does not decode")]
     Payload {
         /// The stored type.
         event_type: String,
@@ -48,6 +48,15 @@ pub trait DomainEvent: Sized + Clone + std::fmt::Debug + PartialEq + Send + Sync
 
     /// Rebuilds an event from its stored type and a payload of the latest version.
     fn from_payload(event_type: &str, payload: Value) -> Result<Self, DecodeError>;
+
+    /// [`DomainEvent::from_payload`] from a borrowed payload (a read side
+    /// that keeps the event).
+    fn decode(event_type: &str, payload: &Value) -> Result<Self, DecodeError>;
+
+    /// Whether `event_type` is one of this family's.
+    fn has_type(event_type: &str) -> bool {
+        Self::TYPES.iter().any(|(name, _)| *name == event_type)
+    }
 }
 
 /// Declares an enum whose variants wrap one event struct each, and implements
@@ -98,6 +107,20 @@ macro_rules! domain_events {
                 match event_type {
                     $(
                         stringify!($variant) => ::serde_json::from_value(payload)
+                            .map(Self::$variant)
+                            .map_err(|source| $crate::DecodeError::Payload { event_type: event_type.to_owned(), source }),
+                    )+
+                    other => Err($crate::DecodeError::UnknownType {
+                        event_type: other.to_owned(),
+                        expected: stringify!($name),
+                    }),
+                }
+            }
+
+            fn decode(event_type: &str, payload: &::serde_json::Value) -> Result<Self, $crate::DecodeError> {
+                match event_type {
+                    $(
+                        stringify!($variant) => <$payload as $crate::__serde::Deserialize>::deserialize(payload)
                             .map(Self::$variant)
                             .map_err(|source| $crate::DecodeError::Payload { event_type: event_type.to_owned(), source }),
                     )+

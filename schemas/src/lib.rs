@@ -25,3 +25,5 @@ pub mod values;
 
 pub use domain_event::{DecodeError, DomainEvent};
 pub use registry::{SchemaError, SchemaRegistry, SchemaRegistryBuilder, UpcastError, Upcaster, Violation};
+#[doc(hidden)]
+pub use serde as __serde;

@@ -290,7 +290,106 @@ pub struct OrderLine {
     pub unit_price_cents: Cents,
 }
 
-/// The step of order fulfilment that failed, named on a compensated order.
+/// Where an order is in its life (docs/design.md §5): what the order
+/// aggregate folds, the read model stores and indexes, and GraphQL shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Placed; fulfilment under way.
+    Pending,
+    /// Stock reserved, payment authorized, shipment booked.
+    Confirmed,
+    /// Left the warehouse (terminal).
+    Shipped,
+    /// Cancelled on request or by compensation (terminal).
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every status.
+    pub const ALL: [OrderStatus; 4] = [Self::Pending, Self::Confirmed, Self::Shipped, Self::Cancelled];
+
+    /// As stored and indexed (`PENDING`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Shipped => "SHIPPED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The steps of order fulfilment, in the order the saga runs them; the
+/// confirmation is its pivot (docs/design.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaStep {
+    /// Reserve every line's stock (inventory).
+    ReserveStock,
+    /// Authorize the payment (payments).
+    AuthorizePayment,
+    /// Book the shipment (shipping).
+    CreateShipment,
+    /// Confirm the order (the pivot: no step after it fails the order).
+    ConfirmOrder,
+    /// Capture the payment.
+    CapturePayment,
+    /// Commit the reserved stock.
+    CommitStock,
+}
+
+impl SagaStep {
+    /// Every step, in order: a step's index is its place here.
+    pub const ALL: [SagaStep; 6] =
+        [Self::ReserveStock, Self::AuthorizePayment, Self::CreateShipment, Self::ConfirmOrder, Self::CapturePayment, Self::CommitStock];
+
+    /// Its place in [`SagaStep::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The step at `index`, if there is one.
+    pub const fn at(index: usize) -> Option<SagaStep> {
+        if index < Self::ALL.len() {
+            Some(Self::ALL[index])
+        } else {
+            None
+        }
+    }
+
+    /// As stored in the saga's events and the order view (`RESERVE_STOCK`, …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ReserveStock => "RESERVE_STOCK",
+            Self::AuthorizePayment => "AUTHORIZE_PAYMENT",
+            Self::CreateShipment => "CREATE_SHIPMENT",
+            Self::ConfirmOrder => "CONFIRM_ORDER",
+            Self::CapturePayment => "CAPTURE_PAYMENT",
+            Self::CommitStock => "COMMIT_STOCK",
+        }
+    }
+
+    /// The name a compensated order gives this step when it failed: only
+    /// the steps before the pivot can fail an order.
+    pub const fn failed_step(self) -> Option<FulfilmentStep> {
+        match self {
+            Self::ReserveStock => Some(FulfilmentStep::ReserveStock),
+            Self::AuthorizePayment => Some(FulfilmentStep::AuthorizePayment),
+            Self::CreateShipment => Some(FulfilmentStep::CreateShipment),
+            Self::ConfirmOrder | Self::CapturePayment | Self::CommitStock => None,
+        }
+    }
+}
+
+/// The step of order fulfilment that failed, named on a compensated order
+/// (the [`SagaStep`]s before the pivot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FulfilmentStep {
@@ -302,13 +401,19 @@ pub enum FulfilmentStep {
     CreateShipment,
 }
 
+impl From<FulfilmentStep> for SagaStep {
+    fn from(step: FulfilmentStep) -> Self {
+        match step {
+            FulfilmentStep::ReserveStock => SagaStep::ReserveStock,
+            FulfilmentStep::AuthorizePayment => SagaStep::AuthorizePayment,
+            FulfilmentStep::CreateShipment => SagaStep::CreateShipment,
+        }
+    }
+}
+
 impl fmt::Display for FulfilmentStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FulfilmentStep::ReserveStock => "RESERVE_STOCK",
-            FulfilmentStep::AuthorizePayment => "AUTHORIZE_PAYMENT",
-            FulfilmentStep::CreateShipment => "CREATE_SHIPMENT",
-        })
+        f.write_str(SagaStep::from(*self).name())
     }
 }
 
@@ -335,6 +440,26 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn each_step_is_named_as_it_serializes_and_found_at_its_index() {
+        for (index, step) in SagaStep::ALL.into_iter().enumerate() {
+            assert_eq!(step.index(), index);
+            assert_eq!(SagaStep::at(index), Some(step));
+            assert_eq!(serde_json::to_value(step).unwrap(), step.name());
+            if let Some(failed) = step.failed_step() {
+                assert_eq!(SagaStep::from(failed), step);
+                assert_eq!(serde_json::to_value(failed).unwrap(), step.name());
+                assert_eq!(failed.to_string(), step.name());
+            }
+        }
+        assert_eq!(SagaStep::at(SagaStep::ALL.len()), None);
+        let failable: Vec<_> = SagaStep::ALL.into_iter().filter_map(SagaStep::failed_step).collect();
+        assert_eq!(failable, [FulfilmentStep::ReserveStock, FulfilmentStep::AuthorizePayment, FulfilmentStep::CreateShipment]);
+        for status in OrderStatus::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
 
     #[test]
     fn values_refuse_what_their_rules_forbid() {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use async_graphql::{Context, Object, ID};
 use chrono::{DateTime, Utc};
-use strata_commands::orders::{Order as OrderAggregate, OrderState, OrderStatus as DomainStatus};
+use strata_commands::orders::{Order as OrderAggregate, OrderState};
 use strata_commands::Aggregate;
 use strata_projections::orders::{self, OrdersQuery};
 use strata_schemas::events::OrderEvent;
@@ -275,7 +275,7 @@ impl Query {
         let (version, recorded_at) = (last.stream_version, last.recorded_at);
         let mut state = OrderState::default();
         for event in &events {
-            let decoded = OrderEvent::from_payload(&event.event_type, event.payload.clone()).map_err(internal)?;
+            let decoded = OrderEvent::decode(&event.event_type, &event.payload).map_err(internal)?;
             state = OrderAggregate::evolve(state, &decoded);
         }
         let placed = state.placed.as_ref();
@@ -283,12 +283,7 @@ impl Query {
             id,
             version,
             recorded_at,
-            status: state.status.map(|status| match status {
-                DomainStatus::Pending => OrderStatus::Pending,
-                DomainStatus::Confirmed => OrderStatus::Confirmed,
-                DomainStatus::Shipped => OrderStatus::Shipped,
-                DomainStatus::Cancelled => OrderStatus::Cancelled,
-            }),
+            status: state.status.map(OrderStatus::from),
             customer_id: placed.map(|p| ID(p.customer_id.clone())),
             lines: placed
                 .map(|p| {

@@ -18,14 +18,13 @@
 //!
 //! Queries ([`order`], [`orders`], [`stock`]) read the live generation.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use strata_schemas::events::{
-    OrderCancelled, OrderPlaced, PriceSet, ReservationCommitted, ReservationReleased, SagaAborted, SagaCancelRequested, SagaStepFailed,
-    SagaStepRetryScheduled, SagaStepSucceeded, SagaStuck, StockReserved, StockRestocked, StockReturned,
-};
+use strata_schemas::events::{InventoryEvent, OrderEvent, SagaEvent};
+use strata_schemas::values::SagaStep;
+use strata_schemas::DomainEvent;
 use strata_store::{RecordedEvent, StreamId};
 use uuid::Uuid;
 
@@ -39,41 +38,22 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
     vec![Arc::new(OrdersProjection), Arc::new(StockProjection)]
 }
 
-/// The steps of the fulfilment saga, in order (`strata_sagas::fulfilment`).
-pub const SAGA_STEPS: [&str; 6] =
-    ["RESERVE_STOCK", "AUTHORIZE_PAYMENT", "CREATE_SHIPMENT", "CONFIRM_ORDER", "CAPTURE_PAYMENT", "COMMIT_STOCK"];
+/// The names of the fulfilment saga's steps, in order ([`SagaStep::ALL`]).
+pub const SAGA_STEPS: [&str; SagaStep::ALL.len()] = {
+    let mut names = [""; SagaStep::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = SagaStep::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// The stream category of the fulfilment saga's instances.
 const SAGA_CATEGORY: &str = "fulfilment";
 
-/// Where an order is (docs/design.md §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    /// Placed; fulfilment under way.
-    Pending,
-    /// Stock reserved, payment authorized, shipment booked.
-    Confirmed,
-    /// Left the warehouse.
-    Shipped,
-    /// Cancelled on request or by compensation.
-    Cancelled,
-}
-
-impl OrderStatus {
-    /// Every status.
-    pub const ALL: [OrderStatus; 4] = [Self::Pending, Self::Confirmed, Self::Shipped, Self::Cancelled];
-
-    /// As stored and indexed (`PENDING`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Confirmed => "CONFIRMED",
-            Self::Shipped => "SHIPPED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-}
+/// Where an order is (docs/design.md §5; defined in `strata_schemas::values`).
+pub use strata_schemas::values::OrderStatus;
 
 /// Where an order's fulfilment saga is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,8 +100,15 @@ pub struct OrdersProjection;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StockProjection;
 
-fn decode<T: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<T, ApplyError> {
-    T::deserialize(&event.payload).map_err(|e| ApplyError::new(format!("{} payload does not decode: {e}", event.event_type)))
+/// The event as its family's enum: matched exhaustively, so a new event
+/// type of the family does not compile until the projection says what it does.
+fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, ApplyError> {
+    E::decode(&event.event_type, &event.payload).map_err(|err| ApplyError::new(strata_store::chain(&err)))
+}
+
+/// The event types of `families`, for [`Projection::event_types`].
+fn type_names(families: &[&'static [(&'static str, u32)]]) -> Vec<&'static str> {
+    families.iter().flat_map(|types| types.iter().map(|(name, _)| *name)).collect()
 }
 
 /// The document key of an order's view.
@@ -218,21 +205,8 @@ impl Projection for OrdersProjection {
     }
 
     fn event_types(&self) -> &[&'static str] {
-        &[
-            "OrderPlaced",
-            "OrderConfirmed",
-            "OrderShipped",
-            "OrderCancelled",
-            "SagaStarted",
-            "SagaStepSucceeded",
-            "SagaStepRetryScheduled",
-            "SagaStepFailed",
-            "SagaCompleted",
-            "SagaAborted",
-            "SagaCancelRequested",
-            "SagaStuck",
-            "SagaResumed",
-        ]
+        static TYPES: LazyLock<Vec<&'static str>> = LazyLock::new(|| type_names(&[OrderEvent::TYPES, SagaEvent::TYPES]));
+        &TYPES
     }
 
     fn related_streams(&self, event: &RecordedEvent) -> Vec<StreamId> {
@@ -257,9 +231,20 @@ impl Projection for OrdersProjection {
     fn apply(&self, event: &RecordedEvent, document: Option<&Document>) -> Result<Vec<Write>, ApplyError> {
         let at = event.recorded_at.timestamp_micros();
         let key = view_key(event)?;
-        let mut writes = match event.event_type.as_str() {
-            "OrderPlaced" => {
-                let placed: OrderPlaced = decode(event)?;
+        let mut writes = if event.stream_id.category() == SAGA_CATEGORY {
+            Self::saga_writes(&key, document, decode(event)?)
+        } else {
+            Self::order_writes(&key, document, event, decode(event)?)?
+        };
+        writes.push(Write::SetMax { key, field: "updatedAt".into(), value: at });
+        Ok(writes)
+    }
+}
+
+impl OrdersProjection {
+    fn order_writes(key: &str, document: Option<&Document>, event: &RecordedEvent, order: OrderEvent) -> Result<Vec<Write>, ApplyError> {
+        Ok(match order {
+            OrderEvent::OrderPlaced(placed) => {
                 let score = event.position.0 as i64;
                 let order = json!({
                     "orderId": placed.order_id,
@@ -272,78 +257,73 @@ impl Projection for OrdersProjection {
                     "placedAt": placed.placed_at.unwrap_or(event.recorded_at),
                     "placedPosition": score,
                 });
-                let mut writes = vec![set(&key, "order", order)];
+                let mut writes = vec![set(key, "order", order)];
                 for index in ["all".to_owned(), customer_index(&placed.customer_id, None)] {
-                    writes.push(Write::IndexAdd { index, score, member: key.clone() });
+                    writes.push(Write::IndexAdd { index, score, member: key.to_owned() });
                 }
-                writes.extend(index_writes(true, &placed.customer_id, OrderStatus::Pending.as_str(), score, &key));
+                writes.extend(index_writes(true, &placed.customer_id, OrderStatus::Pending.as_str(), score, key));
                 writes
             }
-            "OrderConfirmed" => Self::transition(&key, document, event, OrderStatus::Confirmed, &[])?,
-            "OrderShipped" => Self::transition(&key, document, event, OrderStatus::Shipped, &[])?,
-            "OrderCancelled" => {
-                let cancelled: OrderCancelled = decode(event)?;
+            OrderEvent::OrderConfirmed(_) => Self::transition(key, document, event, OrderStatus::Confirmed, &[])?,
+            OrderEvent::OrderShipped(_) => Self::transition(key, document, event, OrderStatus::Shipped, &[])?,
+            OrderEvent::OrderCancelled(cancelled) => {
                 let extra = [("cancelReason", Value::from(cancelled.reason)), ("failedStep", json!(cancelled.failed_step))];
-                Self::transition(&key, document, event, OrderStatus::Cancelled, &extra)?
+                Self::transition(key, document, event, OrderStatus::Cancelled, &extra)?
             }
-            "SagaStarted" => vec![Self::saga(&key, SagaStatus::Running, false, json!({}))],
-            "SagaCompleted" => vec![Self::saga(&key, SagaStatus::Completed, false, json!({}))],
-            "SagaStepSucceeded" => {
-                let e: SagaStepSucceeded = decode(event)?;
+        })
+    }
+
+    fn saga_writes(key: &str, document: Option<&Document>, saga: SagaEvent) -> Vec<Write> {
+        match saga {
+            SagaEvent::SagaStarted(_) => vec![Self::saga(key, SagaStatus::Running, false, json!({}))],
+            SagaEvent::SagaCompleted(_) => vec![Self::saga(key, SagaStatus::Completed, false, json!({}))],
+            SagaEvent::SagaStepSucceeded(e) => {
                 // An undo has its own field: the step keeps what it was (DONE,
                 // FAILED, or never done).
                 let field = if e.compensation { format!("undo:{}", e.step) } else { format!("step:{}", e.step) };
                 let status = if e.compensation { StepStatus::Compensated } else { StepStatus::Done };
-                vec![set(&key, &field, json!({ "status": status }))]
+                vec![set(key, &field, json!({ "status": status }))]
             }
-            "SagaStepRetryScheduled" => {
-                let e: SagaStepRetryScheduled = decode(event)?;
+            SagaEvent::SagaStepRetryScheduled(e) => {
                 let retry = json!({"attempts": e.attempt, "lastError": e.reason, "compensation": e.compensation, "retryAt": e.retry_at});
-                let mut writes = vec![set(&key, &format!("retries:{}", e.step), retry)];
+                let mut writes = vec![set(key, &format!("retries:{}", e.step), retry)];
                 if !e.compensation {
-                    writes.push(set(&key, &format!("step:{}", e.step), json!({ "status": StepStatus::Retrying })));
+                    writes.push(set(key, &format!("step:{}", e.step), json!({ "status": StepStatus::Retrying })));
                 }
                 writes
             }
-            "SagaStepFailed" => {
-                let e: SagaStepFailed = decode(event)?;
+            SagaEvent::SagaStepFailed(e) => {
                 vec![
-                    set(&key, &format!("step:{}", e.step), json!({ "status": StepStatus::Failed, "reason": e.reason })),
-                    Self::saga(&key, SagaStatus::Compensating, true, json!({})),
+                    set(key, &format!("step:{}", e.step), json!({ "status": StepStatus::Failed, "reason": e.reason })),
+                    Self::saga(key, SagaStatus::Compensating, true, json!({})),
                 ]
             }
-            "SagaCancelRequested" => {
-                let e: SagaCancelRequested = decode(event)?;
+            SagaEvent::SagaCancelRequested(e) => {
                 vec![Self::saga(
-                    &key,
+                    key,
                     SagaStatus::Compensating,
                     true,
                     json!({ "reason": format!("cancelled: {}", e.reason), "cancelled": true }),
                 )]
             }
-            "SagaAborted" => {
-                let e: SagaAborted = decode(event)?;
-                vec![Self::saga(&key, SagaStatus::Aborted, true, json!({ "failedStep": e.failed_step, "reason": e.reason }))]
+            SagaEvent::SagaAborted(e) => {
+                vec![Self::saga(key, SagaStatus::Aborted, true, json!({ "failedStep": e.failed_step, "reason": e.reason }))]
             }
-            "SagaStuck" => {
-                let e: SagaStuck = decode(event)?;
+            SagaEvent::SagaStuck(e) => {
                 let undoing = document.and_then(|d| d.get("saga")).and_then(|s| s.get("undoing")).and_then(Value::as_bool).unwrap_or(false);
                 vec![Self::saga(
-                    &key,
+                    key,
                     SagaStatus::Stuck,
                     undoing,
                     json!({ "stuckStep": e.step, "phase": e.phase, "reason": e.reason, "since": e.at }),
                 )]
             }
-            "SagaResumed" => {
+            SagaEvent::SagaResumed(_) => {
                 let undoing = document.and_then(|d| d.get("saga")).and_then(|s| s.get("undoing")).and_then(Value::as_bool).unwrap_or(false);
                 let status = if undoing { SagaStatus::Compensating } else { SagaStatus::Running };
-                vec![Self::saga(&key, status, undoing, json!({}))]
+                vec![Self::saga(key, status, undoing, json!({}))]
             }
-            other => return Err(ApplyError::new(format!("orders does not handle {other}"))),
-        };
-        writes.push(Write::SetMax { key, field: "updatedAt".into(), value: at });
-        Ok(writes)
+        }
     }
 }
 
@@ -362,7 +342,10 @@ impl Projection for StockProjection {
     }
 
     fn event_types(&self) -> &[&'static str] {
-        &["StockRestocked", "StockReserved", "ReservationReleased", "ReservationCommitted", "StockReturned", "PriceSet"]
+        // Every inventory event but the fence, which changes no stock.
+        static TYPES: LazyLock<Vec<&'static str>> =
+            LazyLock::new(|| type_names(&[InventoryEvent::TYPES]).into_iter().filter(|name| *name != "ReservationFenced").collect());
+        &TYPES
     }
 
     fn document_key(&self, event: &RecordedEvent) -> Option<String> {
@@ -374,39 +357,33 @@ impl Projection for StockProjection {
         let field = |name: &str| current.and_then(|s| s.get(name)).and_then(Value::as_u64).unwrap_or(0);
         let (mut on_hand, mut reserved) = (field("onHand"), field("reserved"));
         let mut price = current.and_then(|s| s.get("unitPriceCents")).and_then(Value::as_u64);
-        let sku = match event.event_type.as_str() {
-            "StockRestocked" => {
-                let e: StockRestocked = decode(event)?;
+        let sku = match decode(event)? {
+            InventoryEvent::StockRestocked(e) => {
                 on_hand += u64::from(e.quantity.get());
                 e.sku
             }
-            "StockReserved" => {
-                let e: StockReserved = decode(event)?;
+            InventoryEvent::StockReserved(e) => {
                 reserved += u64::from(e.quantity.get());
                 e.sku
             }
-            "ReservationReleased" => {
-                let e: ReservationReleased = decode(event)?;
+            InventoryEvent::ReservationReleased(e) => {
                 reserved = reserved.saturating_sub(u64::from(e.quantity.get()));
                 e.sku
             }
-            "ReservationCommitted" => {
-                let e: ReservationCommitted = decode(event)?;
+            InventoryEvent::ReservationCommitted(e) => {
                 reserved = reserved.saturating_sub(u64::from(e.quantity.get()));
                 on_hand = on_hand.saturating_sub(u64::from(e.quantity.get()));
                 e.sku
             }
-            "StockReturned" => {
-                let e: StockReturned = decode(event)?;
+            InventoryEvent::StockReturned(e) => {
                 on_hand += u64::from(e.quantity.get());
                 e.sku
             }
-            "PriceSet" => {
-                let e: PriceSet = decode(event)?;
+            InventoryEvent::PriceSet(e) => {
                 price = Some(e.unit_price_cents.get());
                 e.sku
             }
-            other => return Err(ApplyError::new(format!("stock does not handle {other}"))),
+            InventoryEvent::ReservationFenced(_) => return Err(ApplyError::new("stock does not handle ReservationFenced")),
         };
         let key = format!("sku:{}", event.stream_id.id());
         let stock = json!({

@@ -45,7 +45,7 @@ use strata_commands::orders::OrderCommand;
 use strata_commands::payments::PaymentCommand;
 use strata_commands::shipping::ShipmentCommand;
 use strata_schemas::events::OrderEvent;
-use strata_schemas::values::{Address, Cents, FulfilmentStep, OrderLine};
+use strata_schemas::values::{Address, Cents, FulfilmentStep, OrderLine, SagaStep};
 use strata_schemas::DomainEvent;
 use strata_store::RecordedEvent;
 use uuid::Uuid;
@@ -56,21 +56,34 @@ use crate::saga::{Phase, Saga, StepSpec};
 #[derive(Debug)]
 pub enum Fulfilment {}
 
-/// Step indexes, in order.
+/// Step indexes, in order ([`SagaStep::index`]).
 pub mod steps {
+    use strata_schemas::values::SagaStep;
+
     /// Reserve stock.
-    pub const RESERVE_STOCK: usize = 0;
+    pub const RESERVE_STOCK: usize = SagaStep::ReserveStock.index();
     /// Authorize the payment.
-    pub const AUTHORIZE_PAYMENT: usize = 1;
+    pub const AUTHORIZE_PAYMENT: usize = SagaStep::AuthorizePayment.index();
     /// Book the shipment.
-    pub const CREATE_SHIPMENT: usize = 2;
+    pub const CREATE_SHIPMENT: usize = SagaStep::CreateShipment.index();
     /// Confirm the order (the pivot).
-    pub const CONFIRM_ORDER: usize = 3;
+    pub const CONFIRM_ORDER: usize = SagaStep::ConfirmOrder.index();
     /// Capture the payment.
-    pub const CAPTURE_PAYMENT: usize = 4;
+    pub const CAPTURE_PAYMENT: usize = SagaStep::CapturePayment.index();
     /// Commit the reserved stock.
-    pub const COMMIT_STOCK: usize = 5;
+    pub const COMMIT_STOCK: usize = SagaStep::CommitStock.index();
 }
+
+/// The saga's steps as its definition lists them ([`SagaStep::ALL`]).
+const STEP_SPECS: [StepSpec; SagaStep::ALL.len()] = {
+    let mut specs = [StepSpec { name: "" }; SagaStep::ALL.len()];
+    let mut i = 0;
+    while i < specs.len() {
+        specs[i] = StepSpec { name: SagaStep::ALL[i].name() };
+        i += 1;
+    }
+    specs
+};
 
 /// The stream category of the instances.
 pub const CATEGORY: &str = "fulfilment";
@@ -98,14 +111,7 @@ pub struct FulfilmentData {
 
 impl Saga for Fulfilment {
     const CATEGORY: &'static str = CATEGORY;
-    const STEPS: &'static [StepSpec] = &[
-        StepSpec { name: "RESERVE_STOCK" },
-        StepSpec { name: "AUTHORIZE_PAYMENT" },
-        StepSpec { name: "CREATE_SHIPMENT" },
-        StepSpec { name: "CONFIRM_ORDER" },
-        StepSpec { name: "CAPTURE_PAYMENT" },
-        StepSpec { name: "COMMIT_STOCK" },
-    ];
+    const STEPS: &'static [StepSpec] = &STEP_SPECS;
     const PIVOT: usize = steps::CONFIRM_ORDER;
 
     type Data = FulfilmentData;
@@ -115,7 +121,7 @@ impl Saga for Fulfilment {
         if event.event_type != "OrderPlaced" {
             return None;
         }
-        let OrderEvent::OrderPlaced(placed) = OrderEvent::from_payload(&event.event_type, event.payload.clone()).ok()? else {
+        let OrderEvent::OrderPlaced(placed) = OrderEvent::decode(&event.event_type, &event.payload).ok()? else {
             return None;
         };
         let data = FulfilmentData {
@@ -187,7 +193,7 @@ impl Saga for Fulfilment {
         if event.event_type != "OrderCancelled" {
             return None;
         }
-        let OrderEvent::OrderCancelled(cancelled) = OrderEvent::from_payload(&event.event_type, event.payload.clone()).ok()? else {
+        let OrderEvent::OrderCancelled(cancelled) = OrderEvent::decode(&event.event_type, &event.payload).ok()? else {
             return None;
         };
         Some((cancelled.order_id, cancelled.reason))
@@ -196,12 +202,7 @@ impl Saga for Fulfilment {
 
 /// The order's name for a failed step (the three steps an order can fail at).
 pub fn fulfilment_step(step: usize) -> Option<FulfilmentStep> {
-    match step {
-        steps::RESERVE_STOCK => Some(FulfilmentStep::ReserveStock),
-        steps::AUTHORIZE_PAYMENT => Some(FulfilmentStep::AuthorizePayment),
-        steps::CREATE_SHIPMENT => Some(FulfilmentStep::CreateShipment),
-        _ => None,
-    }
+    SagaStep::at(step).and_then(SagaStep::failed_step)
 }
 
 #[cfg(test)]
