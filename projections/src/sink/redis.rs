@@ -99,128 +99,19 @@ impl std::fmt::Debug for RedisSink {
     }
 }
 
-const COMMIT: &str = r#"
-local base = ARGV[1]
-local root = ARGV[2]
-local generation = ARGV[3]
-local live = redis.call('GET', root .. 'live')
-if live ~= generation and redis.call('HGET', root .. 'meta', 'rebuilding') ~= generation then
-  if not live then return {3} end
-  return {2}
-end
-if redis.call('EXISTS', base .. 'marker') == 0 then return {3} end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-local streams = base .. 'streams'
-local first = i
--- Guards in chunks: one HMGET and one HSET per chunk, not two calls per stream.
-local chunk = 500
-for start = 0, n - 1, chunk do
-  local count = math.min(chunk, n - start)
-  local names = {}
-  for k = 1, count do names[k] = ARGV[first + (start + k - 1) * 3] end
-  local actual = redis.call('HMGET', streams, unpack(names))
-  for k = 1, count do
-    local expected = ARGV[first + (start + k - 1) * 3 + 1]
-    local a = tonumber(actual[k] or '0')
-    if expected ~= '' and a ~= tonumber(expected) then return {0, names[k], a} end
-  end
-end
-for start = 0, n - 1, chunk do
-  local count = math.min(chunk, n - start)
-  local pairs = {}
-  for k = 1, count do
-    local at = first + (start + k - 1) * 3
-    pairs[2 * k - 1] = ARGV[at]
-    pairs[2 * k] = ARGV[at + 2]
-  end
-  redis.call('HSET', streams, unpack(pairs))
-end
-i = first + n * 3
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local op = ARGV[i]
-  if op == 'F' then
-    redis.call('HSET', base .. 'd:' .. ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
-  elseif op == 'M' then
-    local key = base .. 'd:' .. ARGV[i + 1]
-    local current = tonumber(redis.call('HGET', key, ARGV[i + 2]) or '')
-    if current == nil or tonumber(ARGV[i + 3]) > current then redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3]) end
-    i = i + 4
-  elseif op == 'X' then
-    redis.call('DEL', base .. 'd:' .. ARGV[i + 1]); i = i + 2
-  elseif op == 'A' then
-    redis.call('ZADD', base .. 'i:' .. ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
-  elseif op == 'R' then
-    redis.call('ZREM', base .. 'i:' .. ARGV[i + 1], ARGV[i + 2]); i = i + 3
-  else
-    return redis.error_reply('unknown write op ' .. tostring(op))
-  end
-end
-n = tonumber(ARGV[i]); i = i + 1
-local stats = base .. 'stats'
-for _ = 1, n do
-  redis.call('HSETNX', base .. 'parked', ARGV[i], ARGV[i + 1])
-  if redis.call('HSETNX', base .. 'dead', ARGV[i + 2], ARGV[i + 3]) == 1 then redis.call('HINCRBY', stats, 'dead', 1) end
-  i = i + 4
-end
-local position = tonumber(ARGV[i])
-if position > tonumber(redis.call('HGET', stats, 'position') or '0') then redis.call('HSET', stats, 'position', ARGV[i]) end
-redis.call('HINCRBY', stats, 'events', ARGV[i + 1])
--- Readers waiting for these streams or documents are told (live generation only).
-if live == generation then redis.call('PUBLISH', ARGV[i + 2], ARGV[i + 3]) end
-return {1}
-"#;
+const COMMIT: &str = include_str!("../../lua/commit.lua");
 
-const DOCUMENT: &str = r#"
-local g = redis.call('GET', ARGV[1] .. 'live')
-if not g or redis.call('EXISTS', ARGV[1] .. 'g' .. g .. ':marker') == 0 then return {} end
-return redis.call('HGETALL', ARGV[1] .. 'g' .. g .. ':d:' .. ARGV[2])
-"#;
+const DOCUMENT: &str = include_str!("../../lua/document.lua");
 
-const PAGE: &str = r#"
-local g = redis.call('GET', ARGV[1] .. 'live')
-if not g or redis.call('EXISTS', ARGV[1] .. 'g' .. g .. ':marker') == 0 then return {} end
-local base = ARGV[1] .. 'g' .. g .. ':'
-local entries = redis.call('ZRANGEBYSCORE', base .. 'i:' .. ARGV[2], ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
-local out = {}
-for i = 1, #entries, 2 do
-  out[#out + 1] = {entries[i], entries[i + 1], redis.call('HGETALL', base .. 'd:' .. entries[i])}
-end
-return out
-"#;
+const PAGE: &str = include_str!("../../lua/page.lua");
 
-const INIT_LIVE: &str = r#"
-local live = redis.call('GET', ARGV[1] .. 'live')
-if live then return tonumber(live) end
-redis.call('SET', ARGV[1] .. 'live', ARGV[2])
-redis.call('SET', ARGV[1] .. 'g' .. ARGV[2] .. ':marker', ARGV[2])
-if tonumber(redis.call('GET', ARGV[1] .. 'next') or '0') < tonumber(ARGV[2]) then redis.call('SET', ARGV[1] .. 'next', ARGV[2]) end
-return tonumber(ARGV[2])
-"#;
+const INIT_LIVE: &str = include_str!("../../lua/init_live.lua");
 
-const NEW_GENERATION: &str = r#"
-local n = redis.call('INCR', ARGV[1] .. 'next')
-local live = tonumber(redis.call('GET', ARGV[1] .. 'live') or '0')
-if n <= live then n = live + 1; redis.call('SET', ARGV[1] .. 'next', n) end
-redis.call('SET', ARGV[1] .. 'g' .. n .. ':marker', n)
-return n
-"#;
+const NEW_GENERATION: &str = include_str!("../../lua/new_generation.lua");
 
-const LIVE: &str = r#"
-local g = redis.call('GET', ARGV[1] .. 'live')
-if not g or redis.call('EXISTS', ARGV[1] .. 'g' .. g .. ':marker') == 0 then return false end
-return tonumber(g)
-"#;
+const LIVE: &str = include_str!("../../lua/live.lua");
 
-const SWITCH_LIVE: &str = r#"
-if redis.call('HGET', ARGV[1] .. 'meta', 'rebuilding') ~= ARGV[2] then return 0 end
-if redis.call('EXISTS', ARGV[1] .. 'g' .. ARGV[2] .. ':marker') == 0 then return 0 end
-redis.call('SET', ARGV[1] .. 'live', ARGV[2])
-redis.call('HDEL', ARGV[1] .. 'meta', 'rebuilding')
-redis.call('PUBLISH', ARGV[3], '')
-return 1
-"#;
+const SWITCH_LIVE: &str = include_str!("../../lua/switch_live.lua");
 
 impl RedisSink {
     /// Connects (and checks the connection with a PING).

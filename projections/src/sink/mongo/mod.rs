@@ -107,7 +107,10 @@
 //! is a lost generation, as on Redis: [`ReadModelSink::live_generation`]
 //! answers `None` and commits answer [`Committed::Lost`].
 
+mod codec;
 mod retry;
+mod statements;
+mod transaction;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -116,9 +119,8 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document as BsonDocument};
 use mongodb::error::{Error as MongoError, ErrorKind};
-use mongodb::options::{Acknowledgment, ClientOptions, DatabaseOptions, ReadConcern, TransactionOptions, WriteConcern};
+use mongodb::options::{ClientOptions, DatabaseOptions, ReadConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
-use serde_json::{Map, Number, Value};
 use strata_store::Position;
 
 use super::{
@@ -126,6 +128,13 @@ use super::{
     Target,
 };
 use crate::projection::{Document, Write};
+
+use codec::{
+    change_id, collection_name, dead_id, document_id, escape, now_millis, number, parse_document, signed, stored_id, stream_id, to_bson,
+    to_json,
+};
+use statements::{dead_letter_document, delete_tombstones, run_updates, Statements};
+use transaction::{claim, transaction_options, MongoTransaction};
 
 /// Where the Mongo sink connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,7 +373,7 @@ impl MongoSink {
         let mut transaction = MongoTransaction { client: &self.client, session: None, work };
         retry::run(&mut transaction, retry::RetryPolicy::default()).await.map_err(|gave_up| {
             let retry::GaveUp { error, transactions, commits } = gave_up;
-            tracing::warn!(%error, transactions, commits, "a read-model transaction was given up");
+            tracing::warn!(error = %strata_store::chain(&error), transactions, commits, "a read-model transaction was given up");
             SinkError::backend(context, error)
         })
     }
@@ -495,7 +504,7 @@ impl MongoSink {
     async fn release(&self, owner: &str) {
         let released = self.projections.update_one(doc! { "_id": "#lease", "owner": owner }, doc! { "$set": { "until": 0_i64 } }).await;
         if let Err(e) = released {
-            tracing::warn!(error = %e, "releasing the database lease failed; it expires by itself");
+            tracing::warn!(error = %strata_store::chain(&e), "releasing the database lease failed; it expires by itself");
         }
     }
 
@@ -566,394 +575,6 @@ impl MongoSink {
             out.push(Change::Everything);
         }
         Ok(())
-    }
-}
-
-/// A transaction's first operation: a write to the document it is about
-/// (`tries` counts them), so that concurrent transactions on it conflict at
-/// once rather than at their end, and so that servers that begin a
-/// transaction only with its first write (nx-27017 ignores `startTransaction`
-/// on a find) really begin it before the reads.
-async fn claim(collection: &Collection<BsonDocument>, id: &str, create: bool, session: &mut ClientSession) -> Result<(), MongoError> {
-    collection.update_one(doc! { "_id": id }, doc! { "$inc": { "tries": 1_i64 } }).upsert(create).session(session).await?;
-    Ok(())
-}
-
-/// Every transaction reads a snapshot and commits to a majority of the
-/// replica set: a commit acknowledged by one member alone could be rolled
-/// back at a failover while the batch's events are acked on the bus (lost
-/// for good). The commit waits at most [`COMMIT_TIMEOUT`] for the majority
-/// (an unknown result, committed again) and runs at most as long.
-fn transaction_options() -> TransactionOptions {
-    TransactionOptions::builder()
-        .read_concern(ReadConcern::snapshot())
-        .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).w_timeout(COMMIT_TIMEOUT).build())
-        .max_commit_time(COMMIT_TIMEOUT)
-        .build()
-}
-
-/// A transaction on a session of its own, for [`retry::run`].
-struct MongoTransaction<'a, F> {
-    client: &'a Client,
-    session: Option<ClientSession>,
-    work: &'a mut F,
-}
-
-#[async_trait]
-impl<T, F> retry::Transaction for MongoTransaction<'_, F>
-where
-    T: Send,
-    F: for<'s> FnMut(&'s mut ClientSession) -> futures_util::future::BoxFuture<'s, Result<T, MongoError>> + Send,
-{
-    type Value = T;
-    type Error = MongoError;
-
-    async fn begin(&mut self) -> Result<(), MongoError> {
-        let session = self.session.insert(self.client.start_session().await?);
-        session.start_transaction().with_options(transaction_options()).await
-    }
-
-    async fn work(&mut self) -> Result<T, MongoError> {
-        match self.session.as_mut() {
-            Some(session) => (self.work)(session).await,
-            None => Err(MongoError::custom("no session")),
-        }
-    }
-
-    async fn commit(&mut self) -> Result<(), MongoError> {
-        match self.session.as_mut() {
-            Some(session) => session.commit_transaction().await,
-            None => Err(MongoError::custom("no session")),
-        }
-    }
-
-    async fn abort(&mut self) {
-        if let Some(mut session) = self.session.take() {
-            let _ = session.abort_transaction().await;
-        }
-    }
-}
-
-impl retry::Classify for MongoError {
-    fn has_label(&self, label: &str) -> bool {
-        self.contains_label(label)
-    }
-
-    fn code(&self) -> Option<i32> {
-        match &*self.kind {
-            ErrorKind::Command(command) => Some(command.code),
-            ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(concern)) => Some(concern.code),
-            _ => None,
-        }
-    }
-}
-
-/// `strata_<projection>_g<N>`
-fn collection_name(projection: &str, generation: u64) -> String {
-    format!("strata_{projection}_g{generation}")
-}
-
-fn change_id(seq: u64) -> String {
-    format!("c:{}", seq % CHANGE_SLOTS)
-}
-
-/// A stored document's string `_id`.
-fn stored_id(stored: &BsonDocument) -> Option<String> {
-    stored.get_str("_id").ok().map(str::to_owned)
-}
-
-fn document_id(key: &str) -> String {
-    format!("d:{key}")
-}
-
-fn stream_id(stream: &str) -> String {
-    format!("s:{stream}")
-}
-
-fn entry_id(index: &str, member: &str) -> String {
-    format!("i:{}:{index}:{member}", index.len())
-}
-
-fn dead_id(letter: &DeadLetter) -> String {
-    format!("x:{:020}:{}", letter.position, letter.event_id)
-}
-
-/// A stored number as `u64` (integers of any width, or whole doubles).
-fn number(value: Option<&Bson>) -> Option<u64> {
-    match value? {
-        Bson::Int32(n) => u64::try_from(*n).ok(),
-        Bson::Int64(n) => u64::try_from(*n).ok(),
-        Bson::Double(n) if n.fract() == 0.0 && *n >= 0.0 => Some(*n as u64),
-        _ => None,
-    }
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn signed(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Escapes a field name so that MongoDB takes it as one plain name.
-fn escape(name: &str) -> String {
-    // An empty name is no valid update path ("f." refuses every commit of
-    // the document, redelivered forever); a lone `%` cannot come from any
-    // other name, since `%` itself is escaped.
-    if name.is_empty() {
-        return "%".to_owned();
-    }
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '.' => out.push_str("%2E"),
-            '$' => out.push_str("%24"),
-            '\0' => out.push_str("%00"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn unescape(name: &str) -> String {
-    if name == "%" {
-        return String::new();
-    }
-    if !name.contains('%') {
-        return name.to_owned();
-    }
-    name.replace("%2E", ".").replace("%24", "$").replace("%00", "\0").replace("%25", "%")
-}
-
-/// JSON to BSON (see "Layout" for numbers and names).
-fn to_bson(value: &Value) -> Bson {
-    match value {
-        Value::Null => Bson::Null,
-        Value::Bool(b) => Bson::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Bson::Int64(i),
-            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => Bson::String(s.clone()),
-        Value::Array(items) => Bson::Array(items.iter().map(to_bson).collect()),
-        Value::Object(fields) => Bson::Document(fields.iter().map(|(k, v)| (escape(k), to_bson(v))).collect()),
-    }
-}
-
-fn to_json(value: &Bson) -> Value {
-    match value {
-        Bson::Null | Bson::Undefined => Value::Null,
-        Bson::Boolean(b) => Value::Bool(*b),
-        Bson::Int32(i) => Value::from(*i),
-        Bson::Int64(i) => Value::from(*i),
-        Bson::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        Bson::String(s) => Value::String(s.clone()),
-        Bson::Array(items) => Value::Array(items.iter().map(to_json).collect()),
-        Bson::Document(fields) => Value::Object(fields.iter().map(|(k, v)| (unescape(k), to_json(v))).collect::<Map<_, _>>()),
-        other => other.clone().into_relaxed_extjson(),
-    }
-}
-
-/// A stored read-model document (`None` without fields, as on Redis).
-fn parse_document(stored: &BsonDocument) -> Option<Document> {
-    let fields = stored.get_document("f").ok()?;
-    if fields.is_empty() {
-        return None;
-    }
-    Some(fields.iter().map(|(k, v)| (unescape(k), to_json(v))).collect())
-}
-
-/// What a batch does to one document, its writes folded.
-#[derive(Default)]
-struct Folded {
-    /// A delete came first: the stored fields go.
-    replace: bool,
-    set: BTreeMap<String, Value>,
-    max: BTreeMap<String, i64>,
-}
-
-impl Folded {
-    fn apply(&mut self, write: &Write) {
-        match write {
-            Write::SetField { field, value, .. } => {
-                self.max.remove(field);
-                self.set.insert(field.clone(), value.clone());
-            }
-            Write::SetMax { field, value, .. } => match self.set.get(field) {
-                // Set earlier in this batch: decide here, as the memory sink does.
-                Some(current) => {
-                    if current.as_i64().is_none_or(|current| *value > current) {
-                        self.set.insert(field.clone(), Value::from(*value));
-                    }
-                }
-                None if self.replace => {
-                    self.set.insert(field.clone(), Value::from(*value));
-                }
-                None => {
-                    let max = self.max.entry(field.clone()).or_insert(*value);
-                    *max = (*max).max(*value);
-                }
-            },
-            Write::DeleteDocument { .. } => {
-                *self = Folded { replace: true, ..Folded::default() };
-            }
-            Write::IndexAdd { .. } | Write::IndexRemove { .. } => {}
-        }
-    }
-}
-
-/// The writes of one commit as `update` statements. A removal is an update
-/// too (`$unset` of the document's fields, or of the entry's index fields),
-/// so a whole batch is one command.
-#[derive(Default)]
-struct Statements {
-    updates: Vec<BsonDocument>,
-    /// Documents and entries removed: deleted after the updates, in the
-    /// same transaction, if still without fields (see [`delete_tombstones`]).
-    gone: Vec<String>,
-}
-
-impl Statements {
-    fn upsert(&mut self, id: String, update: impl Into<Bson>) {
-        self.updates.push(doc! { "q": { "_id": id }, "u": update.into(), "upsert": true });
-    }
-
-    /// Folds `writes`; `existing` holds the documents with a `SetMax` that
-    /// exist already (a `$max` is sent only to those: nx-27017 mis-applies
-    /// `$max` on a dotted path when an upsert inserts).
-    fn fold(&mut self, writes: &[Write], existing: &HashSet<String>) {
-        let mut documents: Vec<(&str, Folded)> = Vec::new();
-        let mut positions: HashMap<&str, usize> = HashMap::new();
-        let mut entries: Vec<((&str, &str), Option<i64>)> = Vec::new();
-        let mut entry_positions: HashMap<(&str, &str), usize> = HashMap::new();
-        for write in writes {
-            match write {
-                Write::SetField { key, .. } | Write::SetMax { key, .. } | Write::DeleteDocument { key } => {
-                    let at = *positions.entry(key).or_insert_with(|| {
-                        documents.push((key, Folded::default()));
-                        documents.len() - 1
-                    });
-                    documents[at].1.apply(write);
-                }
-                Write::IndexAdd { index, score, member } => {
-                    let at = *entry_positions.entry((index, member)).or_insert_with(|| {
-                        entries.push(((index, member), None));
-                        entries.len() - 1
-                    });
-                    entries[at].1 = Some(*score);
-                }
-                Write::IndexRemove { index, member } => {
-                    let at = *entry_positions.entry((index, member)).or_insert_with(|| {
-                        entries.push(((index, member), None));
-                        entries.len() - 1
-                    });
-                    entries[at].1 = None;
-                }
-            }
-        }
-        for (key, folded) in documents {
-            let id = document_id(key);
-            if folded.replace {
-                if folded.set.is_empty() && folded.max.is_empty() {
-                    // Gone: a document without fields is no document.
-                    self.updates.push(doc! { "q": { "_id": &id }, "u": { "$unset": { "f": "" } } });
-                    self.gone.push(id);
-                } else {
-                    let fields: BsonDocument = folded
-                        .set
-                        .iter()
-                        .map(|(field, value)| (escape(field), to_bson(value)))
-                        .chain(folded.max.iter().map(|(field, value)| (escape(field), Bson::Int64(*value))))
-                        .collect();
-                    self.upsert(id.clone(), doc! { "_id": id, "f": fields });
-                }
-                continue;
-            }
-            let mut set: BsonDocument = folded.set.iter().map(|(field, value)| (format!("f.{}", escape(field)), to_bson(value))).collect();
-            let mut update = BsonDocument::new();
-            if !folded.max.is_empty() && existing.contains(&id) {
-                let max: BsonDocument =
-                    folded.max.iter().map(|(field, value)| (format!("f.{}", escape(field)), Bson::Int64(*value))).collect();
-                update.insert("$max", max);
-            } else {
-                // A new document: its greatest value is the value.
-                set.extend(folded.max.iter().map(|(field, value)| (format!("f.{}", escape(field)), Bson::Int64(*value))));
-            }
-            if !set.is_empty() {
-                update.insert("$set", set);
-            }
-            self.upsert(id, update);
-        }
-        for ((index, member), score) in entries {
-            let id = entry_id(index, member);
-            match score {
-                Some(score) => self.upsert(id, doc! { "$set": { "ix": index, "m": member, "s": score } }),
-                // Out of the index: an entry without `ix` is in none.
-                None => {
-                    self.updates.push(doc! { "q": { "_id": &id }, "u": { "$unset": { "ix": "", "m": "", "s": "" } } });
-                    self.gone.push(id);
-                }
-            }
-        }
-    }
-}
-
-/// Sends `updates` as unordered `update` commands of at most
-/// [`COMMAND_BYTES`] each; any write error fails the whole.
-async fn run_updates(
-    database: &Database,
-    collection: &str,
-    updates: Vec<BsonDocument>,
-    session: &mut ClientSession,
-) -> Result<(), MongoError> {
-    let mut chunk: Vec<Bson> = Vec::new();
-    let mut bytes = 0;
-    let mut pending = updates.into_iter().peekable();
-    while let Some(update) = pending.next() {
-        let mut raw = Vec::new();
-        bytes += update.to_writer(&mut raw).map_or(0, |()| raw.len());
-        chunk.push(Bson::Document(update));
-        if bytes >= COMMAND_BYTES || chunk.len() >= 50_000 || pending.peek().is_none() {
-            let command = doc! { "update": collection, "updates": std::mem::take(&mut chunk), "ordered": false };
-            check_write_reply(database.run_command(command).session(&mut *session).await?)?;
-            bytes = 0;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the records in `ids` that the updates just before left without
-/// fields (a removed document or index entry). The updates alone are a
-/// whole, readable state, since a record without `f` is no document and one
-/// without `ix` is in no index: on a server whose transactions are not
-/// atomic (see "Servers without isolation") a process killed between the
-/// two leaves tombstones, never a half batch, and the next commit that
-/// removes them again deletes them.
-async fn delete_tombstones(database: &Database, collection: &str, ids: Vec<String>, session: &mut ClientSession) -> Result<(), MongoError> {
-    for chunk in ids.chunks(10_000) {
-        let filter = doc! { "_id": { "$in": chunk }, "f": { "$exists": false }, "ix": { "$exists": false } };
-        let command = doc! { "delete": collection, "deletes": [ { "q": filter, "limit": 0 } ], "ordered": true };
-        check_write_reply(database.run_command(command).session(&mut *session).await?)?;
-    }
-    Ok(())
-}
-
-/// A dead letter as stored: its JSON fields.
-fn dead_letter_document(letter: &DeadLetter) -> Bson {
-    to_bson(&serde_json::to_value(letter).unwrap_or_default())
-}
-
-/// `update` answers `ok: 1` with `writeErrors` when statements fail.
-fn check_write_reply(reply: BsonDocument) -> Result<(), MongoError> {
-    match reply.get_array("writeErrors") {
-        Ok(errors) if !errors.is_empty() => {
-            let first = errors[0].as_document().cloned().unwrap_or_default();
-            let message = format!("{} write error(s), first: {}", errors.len(), first);
-            Err(MongoError::custom(message))
-        }
-        _ => Ok(()),
     }
 }
 
@@ -1454,7 +1075,7 @@ impl ReadModelSink for MongoSink {
                     }
                     Err(e) => {
                         if !state.failing {
-                            tracing::warn!(error = %e, "mongodb change polling failed; readers fall back to their safety net until it answers");
+                            tracing::warn!(error = %strata_store::chain(&e), "mongodb change polling failed; readers fall back to their safety net until it answers");
                         }
                         state.started = true;
                         state.failing = true;
@@ -1500,56 +1121,5 @@ fn is_duplicate_key(error: &MongoError) -> bool {
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == 11000,
         ErrorKind::Command(e) => e.code == 11000,
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn field_names_and_values_round_trip() {
-        let value =
-            json!({"a.b": 1, "$x": [1, 2.5, null, "s", {"%": true, "n\u{0}ul": -3, "": "empty"}], "plain": {"deep.er": "v", "": {"": 0}}});
-        assert_eq!(to_json(&to_bson(&value)), value);
-        assert_eq!(
-            (escape(""), unescape("%"), escape("%"), unescape(&escape("%"))),
-            ("%".to_owned(), String::new(), "%25".to_owned(), "%".to_owned())
-        );
-        assert_eq!(escape("a.b$c%d\0"), "a%2Eb%24c%25d%00");
-        assert_eq!(unescape(&escape("%2E.")), "%2E.");
-    }
-
-    #[test]
-    fn a_batch_folds_to_one_statement_per_document_and_entry() {
-        let writes = vec![
-            Write::SetField { key: "a".into(), field: "n".into(), value: json!(1) },
-            Write::SetMax { key: "a".into(), field: "at".into(), value: 5 },
-            Write::SetMax { key: "a".into(), field: "at".into(), value: 3 },
-            Write::SetField { key: "a".into(), field: "n".into(), value: json!(2) },
-            Write::DeleteDocument { key: "b".into() },
-            Write::SetMax { key: "b".into(), field: "at".into(), value: 1 },
-            Write::DeleteDocument { key: "c".into() },
-            Write::IndexAdd { index: "i".into(), score: 1, member: "a".into() },
-            Write::IndexRemove { index: "i".into(), member: "a".into() },
-            Write::IndexAdd { index: "i".into(), score: 2, member: "b".into() },
-            Write::IndexAdd { index: "i".into(), score: 3, member: "b".into() },
-        ];
-        let mut statements = Statements::default();
-        statements.fold(&writes, &HashSet::from(["d:a".to_owned()]));
-        assert_eq!(
-            statements.updates,
-            vec![
-                doc! { "q": { "_id": "d:a" }, "u": { "$max": { "f.at": 5_i64 }, "$set": { "f.n": 2_i64 } }, "upsert": true },
-                doc! { "q": { "_id": "d:b" }, "u": { "_id": "d:b", "f": { "at": 1_i64 } }, "upsert": true },
-                doc! { "q": { "_id": "d:c" }, "u": { "$unset": { "f": "" } } },
-                doc! { "q": { "_id": "i:1:i:a" }, "u": { "$unset": { "ix": "", "m": "", "s": "" } } },
-                doc! { "q": { "_id": "i:1:i:b" }, "u": { "$set": { "ix": "i", "m": "b", "s": 3_i64 } }, "upsert": true },
-            ]
-        );
-        // What the removals leave is deleted in the same transaction.
-        assert_eq!(statements.gone, vec!["d:c".to_owned(), "i:1:i:a".to_owned()]);
     }
 }
