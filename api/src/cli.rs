@@ -12,9 +12,8 @@ use strata_store::StreamId;
 use crate::anchor::AnchorFile;
 use crate::app::{open_event_store as open, shutdown_signal, Application};
 use crate::audit::{self, StreamQuery};
-use crate::bench::{self, AppendBench, CommandsBench};
 use crate::config::{Overrides, Settings};
-use crate::workers::open_read_model;
+use crate::workers::connect_read_model;
 use crate::{projections, sagas};
 
 /// The command line (flags and the command).
@@ -50,9 +49,15 @@ pub enum Command {
     /// Operate the fulfilment sagas: list the stuck ones, resume one.
     #[command(subcommand)]
     Sagas(SagasCommand),
-    /// Measure throughput and latency; prints one JSON object per result.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Measure throughput and latency; prints one JSON object per result
+    /// (`strata bench --help` lists the benches). Runs `strata-bench`, which
+    /// `cargo build` puts beside `strata`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The bench, its flags and any global flags, as `strata-bench` takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run every role as separate local processes (with replicas), starting
     /// again any that exits or is killed; Ctrl-C stops them all.
     Topology {
@@ -231,141 +236,34 @@ pub enum ProjectionsCommand {
     },
 }
 
-/// `strata bench …`.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Appends through Strata vs plain INSERTs on the same database.
-    Append {
-        /// Concurrent writers.
-        #[arg(long, default_value_t = 16)]
-        writers: usize,
-        /// Events per append.
-        #[arg(long, default_value_t = 1)]
-        events_per_append: usize,
-        /// Seconds per measured variant per run.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Runs (medians are reported; Strata and baseline alternate first).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// One transaction per append (no group commit).
-        #[arg(long)]
-        no_group_commit: bool,
-        /// Committer tasks of PostgreSQL group commit.
-        #[arg(long, default_value_t = strata_store::PostgresConfig::new("").committers)]
-        committers: usize,
-    },
-    /// The relay (log → JetStream) vs raw pipelined JetStream publishing.
-    #[cfg(feature = "nats")]
-    Relay {
-        /// Events in the scratch log.
-        #[arg(long, default_value_t = 100_000)]
-        events: usize,
-        /// Events per publish batch.
-        #[arg(long, default_value_t = 500)]
-        batch_size: usize,
-        /// Runs (medians are reported; relay and raw alternate first).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
-    /// The orders projection into Redis or MongoDB vs raw writes of the same keys (STRATA_READ_MODEL).
-    #[cfg(feature = "redis")]
-    Project {
-        /// Sample events projected per run.
-        #[arg(long, default_value_t = 100_000)]
-        events: usize,
-        /// Events per commit.
-        #[arg(long, default_value_t = 500)]
-        batch_size: usize,
-        /// Workers, each owning a share of the streams.
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-        /// Runs (medians are reported; projection and raw alternate first).
-        #[arg(long, default_value_t = 4)]
-        runs: usize,
-    },
-    /// Rebuild of the orders projection from a scratch log into Redis or MongoDB (STRATA_READ_MODEL).
-    #[cfg(feature = "redis")]
-    Rebuild {
-        /// Sample events in the scratch log.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: usize,
-        /// Events read from the log per batch.
-        #[arg(long, default_value_t = 5000)]
-        batch_size: usize,
-        /// Runs (medians are reported).
-        #[arg(long, default_value_t = 1)]
-        runs: usize,
-    },
-    /// Order placed → order confirmed through relay, bus, saga and services,
-    /// orders sent open-loop at a fixed rate: orders/s and p50/p95/p99.
-    E2e {
-        /// Orders placed.
-        #[arg(long, default_value_t = 2_000)]
-        orders: usize,
-        /// Orders per second offered.
-        #[arg(long, default_value_t = 200.0)]
-        rate: f64,
-        /// Saga instances driven at once (in-process run only).
-        #[arg(long, default_value_t = strata_sagas::OrchestratorConfig::default().concurrency)]
-        saga_concurrency: usize,
-        /// Drive this running server through GraphQL instead (mutation →
-        /// order readable in the read model).
-        #[arg(long)]
-        url: Option<String>,
-        /// A client token for `--url`.
-        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-    },
-    /// A probe query's latency idle and while attackers hold thousands of
-    /// `waitFor` fields open, through a running server's GraphQL.
-    Flood {
-        /// The server.
-        #[arg(long)]
-        url: String,
-        /// An operator token of that server.
-        #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-        token: String,
-        /// The attackers' token (default: --token).
-        #[arg(long)]
-        attacker_token: Option<String>,
-        /// Attacking requests kept open at once.
-        #[arg(long, default_value_t = 300)]
-        attackers: usize,
-        /// Aliased waiting fields per attacking request (the server allows 20 root fields).
-        #[arg(long, default_value_t = 20)]
-        aliases: usize,
-        /// Probe queries per second.
-        #[arg(long, default_value_t = 200.0)]
-        probe_rate: f64,
-        /// Seconds of probing per phase.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Idle/attack pairs.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// What the attackers send: waiting GraphQL requests, or `/metrics` scrapes.
-        #[arg(long, value_enum, default_value = "waiting")]
-        attack: bench::FloodAttack,
-        /// Where to scrape with `--attack metrics` (default: --url + /metrics).
-        #[arg(long)]
-        metrics_url: Option<String>,
-    },
-    /// The command path (load, decide, append) vs raw appends of the same events.
-    Commands {
-        /// Aggregates the commands spread over (1 = one hot aggregate).
-        #[arg(long, default_value_t = 10_000)]
-        aggregates: usize,
-        /// Concurrent writers.
-        #[arg(long, default_value_t = 16)]
-        writers: usize,
-        /// Seconds per measured variant per run.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Runs (medians are reported; commands and appends alternate first).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+/// What a binary's `main` does around its command: starts telemetry and a
+/// multi-threaded runtime, runs `command` to its end, prints an error with
+/// its causes, and flushes the spans still queued for export last.
+pub fn start<F>(command: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let _telemetry = match crate::telemetry::init() {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the command `cli` names (`serve` when none); the exit code of the
@@ -437,7 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Projections(command) => {
             let backend = open(&settings).await?;
-            let sink = open_read_model(&settings.read_model).await?;
+            let sink = connect_read_model(&settings.read_model).await?;
             if sink.backend_name() == "memory" {
                 eprintln!("note: STRATA_READ_MODEL=memory: this process sees its own empty read models; point it at redis://… or mongodb://… to operate a running server's");
             }
@@ -459,72 +357,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        #[cfg(feature = "redis")]
-        Command::Bench(BenchCommand::Project { events, batch_size, workers, runs }) => {
-            let result =
-                bench::project(&bench::ProjectBench { read_model_url: settings.read_model.clone(), events, batch_size, workers, runs })
-                    .await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        #[cfg(feature = "redis")]
-        Command::Bench(BenchCommand::Rebuild { events, batch_size, runs }) => {
-            let result = bench::rebuild(&bench::RebuildBench {
-                event_store_url: settings.event_store.clone(),
-                read_model_url: settings.read_model.clone(),
-                events,
-                batch_size,
-                runs,
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        Command::Bench(BenchCommand::Append { writers, events_per_append, duration, runs, no_group_commit, committers }) => {
-            let result = bench::append(&AppendBench {
-                event_store_url: settings.event_store.clone(),
-                writers,
-                events_per_append,
-                duration: Duration::from_secs_f64(duration),
-                runs,
-                group_commit: !no_group_commit,
-                committers,
-                chain_key: settings.chain.key(),
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        #[cfg(feature = "nats")]
-        Command::Bench(BenchCommand::Relay { events, batch_size, runs }) => {
-            let result = bench::relay(&bench::RelayBench {
-                event_store_url: settings.event_store.clone(),
-                bus_url: settings.bus.clone(),
-                events,
-                batch_size,
-                runs,
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        Command::Bench(BenchCommand::E2e { orders, rate, url: Some(url), token, .. }) => {
-            let token = token.context("--url needs --token (or STRATA_TOKEN): a client token of that server")?;
-            let result = bench::e2e_http(&bench::E2eHttpBench { url, token, orders, rate }).await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        Command::Bench(BenchCommand::Flood {
-            url,
-            token,
-            attacker_token,
-            attackers,
-            aliases,
-            probe_rate,
-            duration,
-            runs,
-            attack,
-            metrics_url,
-        }) => {
-            let bench =
-                bench::FloodBench { url, token, attacker_token, attackers, aliases, probe_rate, duration, runs, attack, metrics_url };
-            println!("{}", serde_json::to_string(&bench::flood(&bench).await?)?);
-        }
+        Command::Bench { args } => return run_bench(&args),
         Command::Topology { api, replicas, base_port, logs } => {
             let config = crate::topology::TopologyConfig { api, replicas, base_port, logs };
             crate::topology::run(&config, shutdown_signal()).await?;
@@ -549,30 +382,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Bench(BenchCommand::E2e { orders, rate, saga_concurrency, url: None, .. }) => {
-            let result = bench::e2e(&bench::E2eBench {
-                event_store_url: settings.event_store.clone(),
-                bus_url: settings.bus.clone(),
-                orders,
-                rate,
-                saga_concurrency,
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        Command::Bench(BenchCommand::Commands { aggregates, writers, duration, runs }) => {
-            let result = bench::commands(&CommandsBench {
-                event_store_url: settings.event_store.clone(),
-                aggregates,
-                writers,
-                duration: Duration::from_secs_f64(duration),
-                runs,
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&result)?);
-        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `strata bench ARGS` runs `strata-bench` with the same global flags
+/// before ARGS (the environment is inherited), found beside this
+/// executable or on PATH; its output and exit code are the command's.
+fn run_bench(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let command_line = bench_command_line(&argv, args);
+    let beside = std::env::current_exe().ok().map(|exe| exe.with_file_name(format!("strata-bench{}", std::env::consts::EXE_SUFFIX)));
+    let program = beside.filter(|path| path.is_file()).map_or_else(|| "strata-bench".into(), std::ffi::OsString::from);
+    let status = match std::process::Command::new(&program).args(&command_line).status() {
+        Ok(status) => status,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "strata bench runs strata-bench, found neither beside {} nor on PATH; build it with `cargo build --release -p strata-bench` (or `cargo build --release`, which builds both)",
+            std::env::current_exe().map_or_else(|_| "strata".into(), |exe| exe.display().to_string())
+        ),
+        Err(err) => return Err(anyhow::Error::new(err).context(format!("starting {}", std::path::Path::new(&program).display()))),
+    };
+    Ok(status.code().and_then(|code| u8::try_from(code).ok()).map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// The command line for `strata-bench`: this one's arguments without the
+/// `bench` that clap took as the command (the last `bench` before the
+/// bench's own arguments, so that global flags on either side of it are
+/// kept).
+fn bench_command_line(argv: &[std::ffi::OsString], bench_args: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    let before_args = argv.len().saturating_sub(bench_args.len());
+    match argv[..before_args].iter().rposition(|arg| arg == "bench") {
+        Some(at) => argv[..at].iter().chain(&argv[at + 1..]).cloned().collect(),
+        None => bench_args.to_vec(),
+    }
 }
 
 /// The demo's summary, for people.
@@ -589,4 +431,32 @@ fn print_demo(summary: &serde_json::Value) {
         summary["settle"]["p50_ms"], summary["settle"]["p99_ms"]
     );
     println!("seconds     {}", summary["seconds"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<std::ffi::OsString> {
+        line.split_whitespace().map(Into::into).collect()
+    }
+
+    #[test]
+    fn strata_bench_gets_the_global_flags_on_either_side_and_the_bench_without_the_word_bench() {
+        let cases = [
+            ("bench append --runs 1", "append --runs 1"),
+            ("--event-store sqlite://x.db bench append --runs 1", "--event-store sqlite://x.db append --runs 1"),
+            ("bench --bus memory e2e --orders 5", "--bus memory e2e --orders 5"),
+            // A flag's value that is the word bench stays.
+            ("--event-store bench bench --help", "--event-store bench --help"),
+        ];
+        for (strata, expected) in cases {
+            let argv = words(strata);
+            let Some(Command::Bench { args }) = Cli::try_parse_from(std::iter::once("strata".into()).chain(argv.clone())).unwrap().command
+            else {
+                panic!("{strata}: not the bench command")
+            };
+            assert_eq!(bench_command_line(&argv, &args), words(expected), "{strata}");
+        }
+    }
 }

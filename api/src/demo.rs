@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use strata_sagas::fulfilment::scenario::{self, Expected, ScenarioConfig};
 use tokio::sync::Mutex;
 
-use crate::bench::Latency;
 use crate::client::GraphQlClient;
+use crate::latency::Latency;
 use crate::progress::Progress;
 
 /// Parameters of `strata demo`.
@@ -148,7 +148,7 @@ fn summary(config: &DemoConfig, settled: &[Settled], seconds: f64) -> Value {
         "confirmed": confirmed,
         "cancelled": cancelled,
         "unexpected": unexpected,
-        "seconds": crate::bench::kit::round(seconds, 2),
+        "seconds": crate::latency::round(seconds, 2),
         "place": percentiles(settled.iter().map(|o| o.place_ms).collect()),
         "settle": percentiles(settled.iter().map(|o| o.settle_ms).collect()),
     })

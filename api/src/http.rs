@@ -37,8 +37,10 @@ use serde_json::{json, Value};
 use strata_projections::ReadModelSink;
 use strata_store::{CheckpointStore, EventStore};
 
-use crate::auth::{Caller, Tokens};
-use crate::graphql::{request_data, Api, Code, StrataSchema};
+use crate::auth::Caller;
+use crate::endpoint::refuse;
+pub use crate::endpoint::GraphQl;
+use crate::graphql::{request_data, Code};
 use crate::metrics::{render, Metrics, Sources};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -62,31 +64,6 @@ pub struct AppState {
     /// The states of this process's supervised workers (relay, projections,
     /// saga, services), when it runs any.
     pub workers: Option<Arc<crate::supervisor::WorkerHealth>>,
-}
-
-/// The GraphQL endpoint's parts.
-#[derive(Clone)]
-pub struct GraphQl {
-    /// The executable schema.
-    pub schema: StrataSchema,
-    /// Its resolvers' state (limits, read models).
-    pub api: Arc<Api>,
-    /// The accepted tokens.
-    pub tokens: Arc<Tokens>,
-    /// The open subscription WebSockets.
-    pub connections: Arc<crate::ws::Connections>,
-    /// Requests per token and per client address.
-    pub rates: Arc<crate::rate::RateLimits>,
-}
-
-impl GraphQl {
-    /// The endpoint over `api`, accepting `tokens`.
-    pub fn new(api: Api, tokens: Tokens) -> Self {
-        let api = Arc::new(api);
-        let connections = Arc::new(crate::ws::Connections::new(&api.limits));
-        let rates = Arc::new(crate::rate::RateLimits::new(api.limits.rate_per_token, api.limits.rate_per_ip));
-        Self { schema: crate::graphql::schema(api.clone()), api, tokens: Arc::new(tokens), connections, rates }
-    }
 }
 
 /// The application's routes.
@@ -182,7 +159,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut ready = true;
     let backend = state.event_store.backend_name();
     let ping = tokio::time::timeout(Duration::from_secs(2), state.event_store.ping()).await;
-    ready &= check(&mut checks, "event_store", backend, ping.map(|r| r.map_err(|e| e.to_string())));
+    ready &= check(&mut checks, "event_store", backend, ping.map(|r| r.map_err(|e| strata_store::chain(&e))));
     if let Some(silence) = state.event_store.listener_silence() {
         // The listener hears its own heartbeat every 5 s and replaces a
         // connection silent for 15 s; silent for longer, it cannot reconnect.
@@ -195,11 +172,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
     if let Some(read_model) = &state.read_model {
         let ping = tokio::time::timeout(Duration::from_secs(2), read_model.ping()).await;
-        ready &= check(&mut checks, "read_model", read_model.backend_name(), ping.map(|r| r.map_err(|e| e.to_string())));
+        ready &= check(&mut checks, "read_model", read_model.backend_name(), ping.map(|r| r.map_err(|e| strata_store::chain(&e))));
     }
     if let Some((name, bus)) = &state.bus {
         let ping = tokio::time::timeout(Duration::from_secs(2), bus.ping()).await;
-        ready &= check(&mut checks, "bus", name, ping.map(|r| r.map_err(|e| e.to_string())));
+        ready &= check(&mut checks, "bus", name, ping.map(|r| r.map_err(|e| strata_store::chain(&e))));
     }
     if let Some(workers) = &state.workers {
         // A worker restarting after a failure makes the process unavailable:
@@ -224,13 +201,6 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
     };
     let text = render(&sources).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], axum::body::Bytes::copy_from_slice(text.as_bytes()))
-}
-
-/// A request-level refusal, shaped like a GraphQL response.
-pub(crate) fn refuse(status: StatusCode, code: Code, message: impl Into<String>) -> Response {
-    metrics::counter!("strata_graphql_errors_total", "code" => code.as_str()).increment(1);
-    let body = json!({ "data": null, "errors": [{ "message": message.into(), "extensions": { "code": code.as_str() } }] });
-    (status, Json(body)).into_response()
 }
 
 /// The body of `POST /graphql`: exactly these keys.
@@ -495,7 +465,7 @@ pub async fn serve_router(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: they pass.
-                    tracing::warn!(%error, "accepting a connection failed");
+                    tracing::warn!(error = %strata_store::chain(&error), "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -522,7 +492,7 @@ pub async fn serve_router(
                 }
             };
             if let Err(error) = ended {
-                tracing::debug!(%error, "an HTTP connection ended with an error");
+                tracing::debug!(error = %strata_store::chain(&error), "an HTTP connection ended with an error");
             }
             drop(permit);
         });

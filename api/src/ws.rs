@@ -19,7 +19,7 @@
 //!   connection);
 //! - a connection is closed when its token expires.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,66 +32,12 @@ use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::auth::Caller;
-use crate::graphql::{error, request_data, Code, Limits, OverSocket};
-use crate::http::GraphQl;
-
-/// Open connections: in all, per principal, and not yet authenticated per
-/// client address.
-pub struct Connections {
-    all: Arc<Semaphore>,
-    per_token: Counts<[u8; 32]>,
-    unauthenticated: Counts<IpAddr>,
-}
-
-impl Connections {
-    /// Room for `limits.max_ws_connections`.
-    pub fn new(limits: &Limits) -> Self {
-        Self { all: Arc::new(Semaphore::new(limits.max_ws_connections)), per_token: Arc::default(), unauthenticated: Arc::default() }
-    }
-
-    /// Open connections now.
-    pub fn open(&self, limits: &Limits) -> usize {
-        limits.max_ws_connections.saturating_sub(self.all.available_permits())
-    }
-}
-
-/// Counts of open connections by some key (a principal, an address).
-type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
-
-/// One connection's place among those of its key (its principal's, or its
-/// address's unauthenticated ones); given back on drop.
-struct Place<K: Eq + std::hash::Hash + Clone> {
-    counts: Counts<K>,
-    key: K,
-}
-
-impl<K: Eq + std::hash::Hash + Clone> Place<K> {
-    /// A place for `key`, unless it holds `max` already.
-    fn take(counts: &Counts<K>, key: K, max: usize) -> Option<Self> {
-        let mut held = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = held.entry(key.clone()).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Self { counts: counts.clone(), key })
-    }
-}
-
-impl<K: Eq + std::hash::Hash + Clone> Drop for Place<K> {
-    fn drop(&mut self) {
-        let mut held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = held.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
-}
+pub use crate::endpoint::Connections;
+use crate::endpoint::{refuse, GraphQl, Place};
+use crate::graphql::{error, request_data, Code, OverSocket};
 
 /// Who a token speaks for, as the per-principal cap counts it: its role and
 /// subject, whatever the header's spelling or the token (two tokens of one
@@ -137,7 +83,7 @@ pub fn upgrade(
         (None, Some(ip)) => match Place::take(&graphql.connections.unauthenticated, ip, limits.max_ws_unauthenticated_per_address) {
             Some(slot) => Some(slot),
             None => {
-                return crate::http::refuse(
+                return refuse(
                     axum::http::StatusCode::TOO_MANY_REQUESTS,
                     Code::RateLimited,
                     format!(
@@ -150,7 +96,7 @@ pub fn upgrade(
         _ => None,
     };
     let Ok(permit) = graphql.connections.all.clone().try_acquire_owned() else {
-        return crate::http::refuse(
+        return refuse(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Code::RateLimited,
             format!("too many WebSocket connections (at most {})", limits.max_ws_connections),

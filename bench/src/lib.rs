@@ -1,7 +1,10 @@
-//! `strata bench …`: each benchmark prints one JSON object with its figures,
-//! a baseline measured in the same process on the same service, and the
-//! ratio; what they share (scratch places, alternating runs, typed results,
-//! the output's shape) is [`kit`].
+//! Strata's benchmarks, `strata bench …` (the `strata-bench` binary, which
+//! `strata bench` runs; kept out of the server so that it carries no bench
+//! code and none of the drivers only a baseline needs). Each benchmark
+//! prints one JSON object with its figures, a baseline measured in the same
+//! process on the same service, and the ratio; what they share (scratch
+//! places, alternating runs, typed results, the output's shape) is [`kit`];
+//! the command line is [`cli`].
 //!
 //! - `bench append` ([`append`]): appends through Strata vs the same rows by
 //!   plain INSERTs;
@@ -22,6 +25,7 @@ use strata_store::{EventMetadata, NewEvent};
 use uuid::Uuid;
 
 mod append;
+pub mod cli;
 mod commands;
 mod e2e;
 mod flood;
@@ -36,7 +40,7 @@ mod rebuild;
 mod relay;
 pub use append::{append, AppendBench};
 pub use commands::{commands, CommandsBench};
-pub use e2e::{e2e, e2e_http, E2eBench, E2eHttpBench};
+pub use e2e::{e2e, E2eBench};
 pub use flood::{flood, FloodAttack, FloodBench};
 pub use kit::{Comparison, Latency, Report, Summary};
 #[cfg(feature = "redis")]
@@ -91,5 +95,5 @@ pub(crate) fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::Kafka
         std::mem::forget(cluster);
         return Ok(config);
     }
-    crate::workers::kafka_config(url)
+    strata_api::workers::kafka_config(url)
 }

@@ -19,30 +19,40 @@ use strata_commands::inventory::InventoryCommand;
 use strata_schemas::values::Sku;
 
 use super::kit::{machine, median, round, Latency};
-use crate::client::{GraphQlClient, Refused};
+use strata_api::client::{GraphQlClient, Refused};
 
-/// What `bench flood` measures.
-#[derive(Debug, Clone)]
+/// `bench flood`: a running server and how to attack it.
+#[derive(Debug, Clone, clap::Args)]
 pub struct FloodBench {
-    /// The server (`http://127.0.0.1:8080`).
+    /// The server.
+    #[arg(long)]
     pub url: String,
-    /// An operator token (it restocks the probe's SKU and sends the probe).
+    /// An operator token of that server (it restocks the probe's SKU and sends the probe).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// The attackers' token (default: `token`).
+    /// The attackers' token (default: --token).
+    #[arg(long)]
     pub attacker_token: Option<String>,
-    /// Requests the attackers keep open at once.
+    /// Attacking requests kept open at once.
+    #[arg(long, default_value_t = 300)]
     pub attackers: usize,
-    /// Aliased waiting fields per attacking request.
+    /// Aliased waiting fields per attacking request (the server allows 20 root fields).
+    #[arg(long, default_value_t = 20)]
     pub aliases: usize,
     /// Probe queries per second.
+    #[arg(long, default_value_t = 200.0)]
     pub probe_rate: f64,
     /// Seconds of probing per phase.
+    #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// Idle/attack pairs (medians are reported).
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// What the attackers send.
+    /// What the attackers send: waiting GraphQL requests, or `/metrics` scrapes.
+    #[arg(long, value_enum, default_value = "waiting")]
     pub attack: FloodAttack,
-    /// Where `/metrics` is scraped (default: `url` + `/metrics`).
+    /// Where to scrape with `--attack metrics` (default: --url + /metrics).
+    #[arg(long)]
     pub metrics_url: Option<String>,
 }
 

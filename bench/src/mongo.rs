@@ -13,7 +13,7 @@ use strata_projections::sink::Dump;
 use strata_projections::{MongoSink, MongoSinkConfig, Write};
 use uuid::Uuid;
 
-use super::project::Share;
+use super::kit::Share;
 
 /// A Mongo sink on a scratch database `bench_<uuid>` of the server `url` names.
 pub(crate) async fn scratch_sink(url: &str) -> anyhow::Result<Arc<MongoSink>> {

@@ -24,18 +24,23 @@ use uuid::Uuid;
 use super::kit::{alternate, open_scratch, Report, Scratch, ScratchStore, Summary};
 use super::{new_event, order_placed_payload};
 
-/// Parameters of `bench relay`.
-#[derive(Debug, Clone)]
+/// `bench relay`: its flags, and the event store and bus from the settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RelayBench {
-    /// Where the scratch log goes (only the server or directory is used).
+    /// Where the scratch log goes (`STRATA_EVENT_STORE`; only the server or directory is used).
+    #[arg(skip)]
     pub event_store_url: String,
-    /// `nats://HOST:4222`, `kafka://HOST:9092` or `kafka://mock`.
+    /// `nats://HOST:4222`, `kafka://HOST:9092` or `kafka://mock` (`STRATA_BUS`).
+    #[arg(skip)]
     pub bus_url: String,
-    /// Events in the log.
+    /// Events in the scratch log.
+    #[arg(long, default_value_t = 100_000)]
     pub events: usize,
     /// Events per publish batch (relay and raw).
+    #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
-    /// Runs.
+    /// Runs (medians are reported; relay and raw alternate first).
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
 }
 

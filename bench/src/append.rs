@@ -15,26 +15,34 @@ use uuid::Uuid;
 
 use super::kit::{alternate, drive, Report, Scratch, Summary};
 use super::{new_event, order_placed_payload};
-use crate::backend::registry;
+use strata_api::backend::registry;
 
-/// Parameters of `bench append`.
-#[derive(Debug, Clone)]
+/// `bench append`: its flags, and the event store from the settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct AppendBench {
-    /// Where to run (only the server or directory is used; see module docs).
+    /// Where to run (`STRATA_EVENT_STORE`; only the server or directory is used; see module docs).
+    #[arg(skip)]
     pub event_store_url: String,
     /// Concurrent writers.
+    #[arg(long, default_value_t = 16)]
     pub writers: usize,
-    /// Events per append call.
+    /// Events per append.
+    #[arg(long, default_value_t = 1)]
     pub events_per_append: usize,
-    /// Measured time of each variant in each run.
+    /// Seconds per measured variant per run.
+    #[arg(long, default_value = "10", value_parser = crate::kit::seconds)]
     pub duration: Duration,
-    /// Runs; Strata and the baseline alternate which goes first.
+    /// Runs (medians are reported; Strata and baseline alternate first).
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Group commit on or off.
+    /// One transaction per append (no group commit).
+    #[arg(long = "no-group-commit", action = clap::ArgAction::SetFalse)]
     pub group_commit: bool,
-    /// PostgreSQL committer tasks (group commit; SQLite always has one).
+    /// Committer tasks of PostgreSQL group commit.
+    #[arg(long, default_value_t = strata_store::PostgresConfig::new("").committers)]
     pub committers: usize,
     /// Strata's appends sealed under this key (`STRATA_CHAIN_KEY`), if set.
+    #[arg(skip)]
     pub chain_key: Option<strata_store::ChainKey>,
 }
 

@@ -27,18 +27,23 @@ use uuid::Uuid;
 
 use super::kit::{alternate, drive, open_scratch, Report, Scratch, ScratchStore, Summary};
 
-/// Parameters of `bench commands`.
-#[derive(Debug, Clone)]
+/// `bench commands`: its flags, and the event store from the settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct CommandsBench {
-    /// Where to run (only the server or directory is used: a scratch database).
+    /// Where to run (`STRATA_EVENT_STORE`; only the server or directory is used: a scratch database).
+    #[arg(skip)]
     pub event_store_url: String,
     /// Aggregates the commands spread over (1 = one hot aggregate).
+    #[arg(long, default_value_t = 10_000)]
     pub aggregates: usize,
     /// Concurrent writers.
+    #[arg(long, default_value_t = 16)]
     pub writers: usize,
-    /// Measured time of each variant in each run.
+    /// Seconds per measured variant per run.
+    #[arg(long, default_value = "10", value_parser = crate::kit::seconds)]
     pub duration: Duration,
-    /// Runs; commands and appends alternate which goes first.
+    /// Runs (medians are reported; commands and appends alternate first).
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
 }
 

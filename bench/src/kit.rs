@@ -22,56 +22,18 @@ use serde_json::{json, Map, Value};
 use strata_store::EventStore;
 use uuid::Uuid;
 
-use crate::backend::{registry, scheme, Scheme};
+use strata_api::backend::{registry, scheme, Scheme};
+pub use strata_api::latency::{round, Latency};
 
-/// Latency percentiles in milliseconds (nearest rank).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Latency {
-    /// Median.
-    pub p50_ms: f64,
-    /// 95th percentile.
-    pub p95_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// Slowest.
-    pub max_ms: f64,
-}
-
-impl Latency {
-    /// The percentiles of `ms`, in any order; `None` when there is none.
-    pub fn of(mut ms: Vec<f64>) -> Option<Self> {
-        if ms.is_empty() {
-            return None;
-        }
-        ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-        Some(Self { p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: ms[ms.len() - 1] })
-    }
-
-    /// The percentiles of timed calls.
-    pub fn of_durations(durations: &[Duration]) -> Option<Self> {
-        Self::of(durations.iter().map(|d| d.as_secs_f64() * 1e3).collect())
-    }
-
-    /// Each percentile's median over runs.
-    fn median(all: &[Self]) -> Option<Self> {
-        let of = |pick: fn(&Self) -> f64| median(all.iter().map(pick).collect());
-        (!all.is_empty()).then(|| Self {
-            p50_ms: of(|l| l.p50_ms),
-            p95_ms: of(|l| l.p95_ms),
-            p99_ms: of(|l| l.p99_ms),
-            max_ms: of(|l| l.max_ms),
-        })
-    }
-
-    /// `p50_ms`, `p95_ms`, `p99_ms`, `max_ms`.
-    pub fn json(&self) -> Map<String, Value> {
-        let mut object = Map::new();
-        for (key, value) in [("p50_ms", self.p50_ms), ("p95_ms", self.p95_ms), ("p99_ms", self.p99_ms), ("max_ms", self.max_ms)] {
-            object.insert(key.into(), json!(round(value, 2)));
-        }
-        object
-    }
+/// Each percentile's median over runs.
+fn median_latency(all: &[Latency]) -> Option<Latency> {
+    let of = |pick: fn(&Latency) -> f64| median(all.iter().map(pick).collect());
+    (!all.is_empty()).then(|| Latency {
+        p50_ms: of(|l| l.p50_ms),
+        p95_ms: of(|l| l.p95_ms),
+        p99_ms: of(|l| l.p99_ms),
+        max_ms: of(|l| l.max_ms),
+    })
 }
 
 /// What one variant did in one run.
@@ -138,7 +100,7 @@ impl Summary {
             let rates = all.iter().filter_map(|s| s.counts.get(index).map(|(_, count)| *count as f64 / s.seconds.max(1e-9)));
             object.insert(format!("{unit}_per_s"), json!(round(median(rates.collect()), 1)));
         }
-        if let Some(latency) = Latency::median(&all.iter().filter_map(|s| s.latency).collect::<Vec<_>>()) {
+        if let Some(latency) = median_latency(&all.iter().filter_map(|s| s.latency).collect::<Vec<_>>()) {
             object.extend(latency.json());
         }
         for (key, _) in &first.figures {
@@ -262,14 +224,19 @@ impl Report {
     }
 }
 
+/// One worker's share of a projection bench's events, each with its writes.
+#[cfg(feature = "redis")]
+pub(crate) type Share = Vec<(strata_store::RecordedEvent, Vec<strata_projections::Write>)>;
+
+/// A number of seconds (`10`, `0.5`) as a duration (a bench flag).
+pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a duration in seconds"))
+}
+
 /// Where a benchmark ran.
 pub(crate) fn machine() -> Value {
     json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS })
-}
-
-pub(crate) fn round(value: f64, decimals: i32) -> f64 {
-    let factor = 10f64.powi(decimals);
-    (value * factor).round() / factor
 }
 
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {

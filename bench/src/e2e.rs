@@ -30,24 +30,42 @@ use uuid::Uuid;
 
 use super::kit::{open_scratch, round, Latency, Report, Scratch, Summary};
 
-/// Parameters of `bench e2e`.
-#[derive(Debug, Clone)]
+/// `bench e2e`: its flags, and the event store and bus from the settings
+/// (or, with `--url`, a running server instead).
+#[derive(Debug, Clone, clap::Args)]
 pub struct E2eBench {
-    /// Where the scratch log goes (only the server or directory is used).
+    /// Where the scratch log goes (`STRATA_EVENT_STORE`; only the server or directory is used).
+    #[arg(skip)]
     pub event_store_url: String,
     /// `memory`, `nats://HOST:4222` (a fresh stream is used) or
-    /// `kafka://HOST:9092` / `kafka://mock` (a fresh topic prefix).
+    /// `kafka://HOST:9092` / `kafka://mock` (a fresh topic prefix) (`STRATA_BUS`).
+    #[arg(skip)]
     pub bus_url: String,
     /// Orders placed.
+    #[arg(long, default_value_t = 2_000)]
     pub orders: usize,
     /// Orders per second offered.
+    #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
-    /// Saga instances driven at once.
+    /// Saga instances driven at once (in-process run only).
+    #[arg(long, default_value_t = strata_sagas::OrchestratorConfig::default().concurrency)]
     pub saga_concurrency: usize,
+    /// Drive this running server through GraphQL instead (mutation →
+    /// order readable in the read model).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// A client token for `--url`.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
-/// Runs `bench e2e` and returns its JSON result.
+/// Runs `bench e2e` (in this process, or through the server `--url`
+/// names) and returns its JSON result.
 pub async fn e2e(bench: &E2eBench) -> anyhow::Result<Value> {
+    if let Some(url) = &bench.url {
+        let token = bench.token.clone().context("--url needs --token (or STRATA_TOKEN): a client token of that server")?;
+        return e2e_http(&E2eHttpBench { url: url.clone(), token, orders: bench.orders, rate: bench.rate }).await;
+    }
     if bench.orders == 0 || bench.rate.is_nan() || bench.rate <= 0.0 {
         bail!("--orders and --rate must be positive");
     }
@@ -253,7 +271,7 @@ impl BenchBus {
             let bus =
                 Arc::new(strata_store::bus::KafkaBus::connect(config).await.with_context(|| format!("connecting to Kafka at {url}"))?);
             // Topics made up front: their creation is not the pipeline's steady cost.
-            for category in crate::workers::DOMAIN_CATEGORIES {
+            for category in strata_api::workers::DOMAIN_CATEGORIES {
                 bus.category_topic(category).await?;
             }
             return Ok(Self {
@@ -278,15 +296,15 @@ impl BenchBus {
 
 /// Parameters of `bench e2e --url`: through a running server's GraphQL API.
 #[derive(Debug, Clone)]
-pub struct E2eHttpBench {
+struct E2eHttpBench {
     /// The server (`http://127.0.0.1:8080`).
-    pub url: String,
+    url: String,
     /// An operator token (it restocks the bench's SKUs).
-    pub token: String,
+    token: String,
     /// Orders placed.
-    pub orders: usize,
+    orders: usize,
     /// Orders per second offered.
-    pub rate: f64,
+    rate: f64,
 }
 
 /// `bench e2e --url`: each order is a `placeOrder` mutation sent open-loop
@@ -294,11 +312,11 @@ pub struct E2eHttpBench {
 /// runs from the scheduled send until the order is readable in the read
 /// model (mutation → relay → bus → projection → query). The mutation's own
 /// latency is reported beside it.
-pub async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
+async fn e2e_http(bench: &E2eHttpBench) -> anyhow::Result<Value> {
     if bench.orders == 0 || bench.rate.is_nan() || bench.rate <= 0.0 {
         bail!("--orders and --rate must be positive");
     }
-    let client = crate::client::GraphQlClient::new(&bench.url, &bench.token)?;
+    let client = strata_api::client::GraphQlClient::new(&bench.url, &bench.token)?;
     for restock in scenario::restocks(bench.orders, chrono::Utc::now()) {
         client.restock(&restock, None).await.context("restocking the bench's SKUs (--token must be an operator's)")?;
     }

@@ -21,21 +21,26 @@ use strata_projections::{Document, Projection, ProjectionRunner, ReadModelSink, 
 use strata_store::{EventReader, EventStore, MemoryEventStore, Position, ReadAll, RecordedEvent};
 use uuid::Uuid;
 
-use super::kit::{alternate, Report, Summary};
-use crate::backend::registry;
+use super::kit::{alternate, Report, Share, Summary};
+use strata_api::backend::registry;
 
-/// Parameters of `bench project`.
-#[derive(Debug, Clone)]
+/// `bench project`: its flags, and the read models from the settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ProjectBench {
-    /// `redis://…` or `mongodb://…`
+    /// `redis://…` or `mongodb://…` (`STRATA_READ_MODEL`).
+    #[arg(skip)]
     pub read_model_url: String,
     /// Sample events projected per run.
+    #[arg(long, default_value_t = 100_000)]
     pub events: usize,
     /// Events per commit.
+    #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
     /// Workers, each owning a share of the streams.
+    #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Runs.
+    /// Runs (medians are reported; projection and raw alternate first).
+    #[arg(long, default_value_t = 4)]
     pub runs: usize,
 }
 
@@ -144,8 +149,6 @@ impl ScratchSink {
         Ok(())
     }
 }
-
-pub(crate) type Share = Vec<(RecordedEvent, Vec<Write>)>;
 
 /// Splits the events over workers by stream, keeping each stream's order.
 fn split(events: &[RecordedEvent], writes: &[Vec<Write>], workers: usize) -> Arc<Vec<Share>> {

@@ -22,20 +22,25 @@ use strata_store::{EventReader, StreamAppend};
 
 use super::kit::{alternate, median, open_scratch, round, Report, Scratch, Summary};
 use super::project::{read_model_backend, sample_config, ScratchSink};
-use crate::progress::Progress;
+use strata_api::progress::Progress;
 
-/// Parameters of `bench rebuild`.
-#[derive(Debug, Clone)]
+/// `bench rebuild`: its flags, and the event store and read models from the settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RebuildBench {
-    /// Where the scratch log is created (`postgres://…` or `sqlite://…`).
+    /// Where the scratch log is created (`STRATA_EVENT_STORE`: `postgres://…` or `sqlite://…`).
+    #[arg(skip)]
     pub event_store_url: String,
-    /// `redis://…` or `mongodb://…`
+    /// `redis://…` or `mongodb://…` (`STRATA_READ_MODEL`).
+    #[arg(skip)]
     pub read_model_url: String,
     /// Sample events in the scratch log.
+    #[arg(long, default_value_t = 1_000_000)]
     pub events: usize,
-    /// Events read per batch.
+    /// Events read from the log per batch.
+    #[arg(long, default_value_t = 5000)]
     pub batch_size: usize,
-    /// Runs.
+    /// Runs (medians are reported).
+    #[arg(long, default_value_t = 1)]
     pub runs: usize,
 }
 
