@@ -20,11 +20,11 @@ use crate::backend::{registry, EventStoreBackend};
 use crate::config::Settings;
 use crate::graphql::{Api, Limits};
 use crate::http::{self, AppState, GraphQl, ServerBounds};
-use crate::workers::{open_bus, open_read_model, Bus, Workers};
+use crate::workers::{connect_bus, connect_read_model, Bus, Workers};
 
 /// Opens the event store the settings name (does not migrate).
 pub async fn open_event_store(settings: &Settings) -> anyhow::Result<EventStoreBackend> {
-    EventStoreBackend::open(&settings.event_store, registry()?, settings.append_limits, settings.chain.key()).await
+    EventStoreBackend::connect(&settings.event_store, registry()?, settings.append_limits, settings.chain.key()).await
 }
 
 /// The tokens the api accepts: the configured ones, else a fresh
@@ -77,11 +77,11 @@ impl Application {
         backend.migrate().await.context("migrating the event store")?;
         let roles = settings.roles;
         let bus = if roles.relay || roles.projector || roles.saga || roles.services {
-            Some(open_bus(&settings.bus, settings.append_limits.max_record_bytes()).await?)
+            Some(connect_bus(&settings.bus, settings.append_limits.max_record_bytes()).await?)
         } else {
             None
         };
-        let read_model = if roles.projector || roles.api { Some(open_read_model(&settings.read_model).await?) } else { None };
+        let read_model = if roles.projector || roles.api { Some(connect_read_model(&settings.read_model).await?) } else { None };
         let workers = Workers::start(settings, &backend, bus.as_ref(), read_model.clone(), settings.worker_backoff()).await?;
         crate::metrics::install_global(&roles.to_string());
         let store = backend.store();
@@ -91,7 +91,7 @@ impl Application {
             checkpoints: backend.checkpoints(),
             metrics: crate::metrics::process_metrics(),
             graphql,
-            bus: bus.as_ref().map(|bus| (crate::workers::bus_backend(&settings.bus), bus.publisher.clone())),
+            bus: bus.as_ref().map(|bus| (settings.bus.backend_name(), bus.publisher.clone())),
             workers: Some(workers.health()),
         };
         let metrics_listener = match settings.metrics_listen {

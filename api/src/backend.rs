@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+
+use crate::urls::EventStoreUrl;
 use strata_schemas::SchemaRegistry;
 use strata_store::lease::{Lease, MemoryLease};
 use strata_store::{
@@ -35,35 +37,38 @@ pub enum Scheme {
     Postgres,
 }
 
-/// Classifies an event store URL without connecting.
+/// Classifies an event store URL without connecting ([`EventStoreUrl::parse`]).
 pub fn scheme(url: &str) -> anyhow::Result<Scheme> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        bail!("STRATA_EVENT_STORE: {url:?} is not a URL; expected sqlite://PATH, postgres://USER@HOST/DB or memory://");
-    };
-    match scheme {
-        "memory" => Ok(Scheme::Memory),
-        "sqlite" if !rest.is_empty() => Ok(Scheme::Sqlite),
-        "sqlite" => bail!("STRATA_EVENT_STORE: {url:?} names no file; expected sqlite://PATH"),
-        "postgres" | "postgresql" => Ok(Scheme::Postgres),
-        other => bail!(
-            "STRATA_EVENT_STORE: unsupported scheme {other:?} in {url:?}; expected sqlite://PATH, postgres://USER@HOST/DB or memory://"
-        ),
-    }
+    Ok(match EventStoreUrl::parse(url)? {
+        EventStoreUrl::Memory(_) => Scheme::Memory,
+        EventStoreUrl::Sqlite(_) => Scheme::Sqlite,
+        EventStoreUrl::Postgres(_) => Scheme::Postgres,
+    })
 }
 
 impl EventStoreBackend {
+    /// Connects to the store `url` names ([`EventStoreUrl::parse`]); see [`EventStoreBackend::connect`].
+    pub async fn open(url: &str, registry: Arc<SchemaRegistry>, limits: AppendLimits, chain_key: Option<ChainKey>) -> anyhow::Result<Self> {
+        Self::connect(&EventStoreUrl::parse(url)?, registry, limits, chain_key).await
+    }
+
     /// Connects to the store the URL names (does not migrate), taking
     /// appends within `limits` and sealing them with `chain_key` if given.
-    pub async fn open(url: &str, registry: Arc<SchemaRegistry>, limits: AppendLimits, chain_key: Option<ChainKey>) -> anyhow::Result<Self> {
-        match scheme(url)? {
-            Scheme::Memory => Ok(Self::Memory(MemoryEventStore::keyed(registry, limits, chain_key))),
-            Scheme::Sqlite => Ok(Self::Sqlite(
+    pub async fn connect(
+        url: &EventStoreUrl,
+        registry: Arc<SchemaRegistry>,
+        limits: AppendLimits,
+        chain_key: Option<ChainKey>,
+    ) -> anyhow::Result<Self> {
+        match url {
+            EventStoreUrl::Memory(_) => Ok(Self::Memory(MemoryEventStore::keyed(registry, limits, chain_key))),
+            EventStoreUrl::Sqlite(url) => Ok(Self::Sqlite(
                 SqliteEventStore::connect(SqliteConfig { limits, chain_key, ..SqliteConfig::new(url) }, registry)
                     .await
                     .with_context(|| format!("opening the SQLite event store {url}"))?,
             )),
             #[cfg(feature = "postgres")]
-            Scheme::Postgres => Ok(Self::Postgres(
+            EventStoreUrl::Postgres(url) => Ok(Self::Postgres(
                 strata_store::PostgresEventStore::connect(
                     strata_store::PostgresConfig { limits, chain_key, ..strata_store::PostgresConfig::new(url) },
                     registry,
@@ -72,7 +77,7 @@ impl EventStoreBackend {
                 .context("connecting to the PostgreSQL event store")?,
             )),
             #[cfg(not(feature = "postgres"))]
-            Scheme::Postgres => bail!("this strata binary was built without the `postgres` feature"),
+            EventStoreUrl::Postgres(_) => bail!("this strata binary was built without the `postgres` feature"),
         }
     }
 

@@ -1,7 +1,9 @@
-//! Settings, declared once. Sources, strongest first: command-line flags,
-//! environment variables (`STRATA_*`), the `strata.toml` file, defaults
-//! (docs/design.md §3). Flags and variables are resolved by clap; this module merges
-//! the file and the defaults underneath.
+//! Settings. Each is declared once, in [`Overrides`]: a flag, its `STRATA_*`
+//! variable and its `strata.toml` key. Sources, strongest first: flags,
+//! variables, the file, defaults (docs/design.md §3); clap resolves flags
+//! and variables, this module merges the file and the defaults underneath
+//! and parses everything into [`Settings`] (the backend URLs into
+//! [`crate::urls`]' types), so a bad value stops the process at start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use strata_store::{ChainKey, ChainKeyring};
+
+use crate::urls::{BusUrl, EventStoreUrl, ReadModelUrl};
 
 /// The default event store: a SQLite file in the working directory.
 pub const DEFAULT_EVENT_STORE: &str = "sqlite://strata.db";
@@ -22,8 +26,12 @@ pub const DEFAULT_READ_MODEL: &str = "memory";
 /// `STRATA_ROLES` when nothing is set: everything in one process.
 pub const DEFAULT_ROLES: &str = "all";
 
-/// What the command line and the environment said (unset = `None`).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Every setting, declared once: as a flag and its `STRATA_*` variable
+/// (clap), and as the same key without `STRATA_` in `strata.toml` (serde).
+/// Unset = `None`; [`Settings::resolve`] merges flags and variables over the
+/// file over the defaults and parses the result.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Overrides {
     /// Event store URL: sqlite://PATH or postgres://…
     #[arg(long, env = "STRATA_EVENT_STORE", global = true)]
@@ -77,6 +85,7 @@ pub struct Overrides {
     /// Development tokens (one per role, printed, new at every start) even
     /// outside the embedded default on loopback. Never in production.
     #[arg(long, env = "STRATA_DEV", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    #[serde(skip)]
     pub dev: bool,
     /// Verify HS256 JWT bearer tokens with this secret (32+ bytes).
     #[arg(long, env = "STRATA_JWT_SECRET", global = true, hide_env_values = true)]
@@ -111,36 +120,8 @@ pub struct Overrides {
     pub max_connections: Option<String>,
     /// Settings file (read only if it exists; default ./strata.toml).
     #[arg(long, env = "STRATA_CONFIG", global = true)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-}
-
-/// The `strata.toml` file: the same keys as the variables, without `STRATA_`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    event_store: Option<String>,
-    listen: Option<String>,
-    bus: Option<String>,
-    read_model: Option<String>,
-    roles: Option<String>,
-    saga_step_deadline: Option<String>,
-    saga_park_after: Option<String>,
-    worker_backoff_max: Option<String>,
-    max_event_bytes: Option<String>,
-    tokens: Option<String>,
-    jwt_secret: Option<String>,
-    jwt_jwks: Option<PathBuf>,
-    jwt_issuer: Option<String>,
-    jwt_audience: Option<String>,
-    jwt_role_claim: Option<String>,
-    metrics_listen: Option<String>,
-    rate_limit: Option<String>,
-    rate_limit_ip: Option<String>,
-    http_header_timeout: Option<String>,
-    http_body_timeout: Option<String>,
-    max_connections: Option<String>,
-    chain_key: Option<String>,
-    chain_key_retired: Option<String>,
 }
 
 /// What a process does (docs/design.md §3, §9).
@@ -199,7 +180,7 @@ impl Roles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Event store URL.
-    pub event_store: String,
+    pub event_store: EventStoreUrl,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// True when the listen address was configured (flag, environment or
@@ -209,10 +190,10 @@ pub struct Settings {
     /// Where `/metrics` is served instead of the HTTP address, if set
     /// (with `/healthz`); the HTTP address then answers it 404.
     pub metrics_listen: Option<SocketAddr>,
-    /// The bus URL (`memory`, `nats://…` or `kafka://…`).
-    pub bus: String,
-    /// The read-model URL (`memory`, `redis://…` or `mongodb://…`).
-    pub read_model: String,
+    /// The bus (`memory`, `nats://…` or `kafka://…`) and its settings.
+    pub bus: BusUrl,
+    /// The read models (`memory`, `redis://…` or `mongodb://…`) and their settings.
+    pub read_model: ReadModelUrl,
     /// What this process does.
     pub roles: Roles,
     /// How long a failable saga step may take (from when it began).
@@ -302,8 +283,7 @@ impl Settings {
     /// in-memory log) listening on loopback only, where nobody else can
     /// reach them.
     pub fn development_tokens(&self) -> bool {
-        let embedded = ["sqlite:", "memory:"].iter().any(|scheme| self.event_store.starts_with(*scheme));
-        self.dev || (embedded && self.listen.ip().is_loopback())
+        self.dev || (self.event_store.is_embedded() && self.listen.ip().is_loopback())
     }
 }
 
@@ -369,6 +349,7 @@ impl Settings {
         };
         let file = read_file(&path, explicit)?;
         let event_store = overrides.event_store.clone().or(file.event_store).unwrap_or_else(|| DEFAULT_EVENT_STORE.to_owned());
+        let event_store = EventStoreUrl::parse(&event_store)?;
         let configured_listen = overrides.listen.clone().or(file.listen);
         let listen_configured = configured_listen.is_some();
         let listen = configured_listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -382,38 +363,31 @@ impl Settings {
             ),
             None => None,
         };
-        let bus = overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned());
-        if bus != "memory" && !bus.starts_with("nats://") && !bus.starts_with("kafka://") {
-            bail!("STRATA_BUS: unsupported bus {bus:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092");
-        }
-        let read_model = overrides.read_model.clone().or(file.read_model).unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned());
-        if read_model != "memory" && !read_model.starts_with("redis://") && !read_model.starts_with("mongodb://") {
-            bail!(
-                "STRATA_READ_MODEL: unsupported read model {read_model:?}; expected memory, redis://HOST:6379 or mongodb://HOST:27017/DB"
-            );
-        }
+        let bus = BusUrl::parse(&overrides.bus.clone().or(file.bus).unwrap_or_else(|| DEFAULT_BUS.to_owned()))?;
+        let read_model =
+            ReadModelUrl::parse(&overrides.read_model.clone().or(file.read_model).unwrap_or_else(|| DEFAULT_READ_MODEL.to_owned()))?;
+        let memory_bus = bus == BusUrl::Memory;
         let roles = overrides.roles.clone().or(file.roles).unwrap_or_else(|| DEFAULT_ROLES.to_owned());
         let roles = Roles::parse(&roles)?;
-        if bus == "memory" && roles.relay != roles.projector {
+        if memory_bus && roles.relay != roles.projector {
             bail!("STRATA_ROLES: with STRATA_BUS=memory the relay and the projector must run in the same process (the bus is in-process); use nats://… or kafka://… to split them");
         }
-        if bus == "memory" && roles.saga && !roles.relay {
+        if memory_bus && roles.saga && !roles.relay {
             bail!("STRATA_ROLES: with STRATA_BUS=memory the saga role must run with the relay (the bus is in-process); use nats://… or kafka://… to split them");
         }
-        if bus == "memory" && roles.saga != roles.services {
+        if memory_bus && roles.saga != roles.services {
             bail!("STRATA_ROLES: with STRATA_BUS=memory the saga and services roles must run in the same process (the bus is in-process); use nats://… or kafka://… to split them");
         }
-        if read_model == "memory" && roles.api != roles.projector {
+        if read_model == ReadModelUrl::Memory && roles.api != roles.projector {
             bail!("STRATA_ROLES: with STRATA_READ_MODEL=memory the api and the projector must run in the same process (the read models are in-process); use redis://… or mongodb://… to split them");
         }
         // An embedded log wakes its subscribers (the relay) only in the
         // process that wrote: another process's commits would wait for the
         // relay's poll, and two processes would both write one file.
-        let embedded = ["sqlite:", "memory:"].iter().find(|scheme| event_store.starts_with(*scheme));
-        if let (Some(scheme), false) = (embedded, roles == Roles::ALL) {
+        if event_store.is_embedded() && roles != Roles::ALL {
+            let scheme = if matches!(event_store, EventStoreUrl::Memory(_)) { "memory" } else { "sqlite" };
             bail!(
-                "STRATA_ROLES: the {} event store is embedded in one process, so every role must run in it (STRATA_ROLES=all); use postgres://… to split roles across processes",
-                scheme.trim_end_matches(':')
+                "STRATA_ROLES: the {scheme} event store is embedded in one process, so every role must run in it (STRATA_ROLES=all); use postgres://… to split roles across processes"
             );
         }
         let deadline =
@@ -489,10 +463,10 @@ impl Settings {
     }
 }
 
-fn read_file(path: &Path, explicit: bool) -> anyhow::Result<FileSettings> {
+fn read_file(path: &Path, explicit: bool) -> anyhow::Result<Overrides> {
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).with_context(|| format!("reading settings from {}", path.display())),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileSettings::default()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Overrides::default()),
         Err(err) => bail!("cannot read settings file {}: {err}", path.display()),
     }
 }

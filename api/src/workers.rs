@@ -1,7 +1,7 @@
-//! The roles of a process (docs/design.md §3, §9) and their backends: the bus from
-//! `STRATA_BUS`, the read models from `STRATA_READ_MODEL`, then the relay
+//! The roles of a process (docs/design.md §3, §9) and their backends: the bus
+//! and the read models their URLs name ([`crate::urls`]), then the relay
 //! (under a lease, so one is active among replicas) and one projection runner
-//! per projection. The api role is served by `main`. Each worker runs under
+//! per projection. The api role is served by [`crate::app::Application`]. Each worker runs under
 //! the [`Supervisor`] (docs/design.md §8): one that fails is started again.
 //!
 //! A projection without a live generation (always the case for in-memory read
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::backend::EventStoreBackend;
 use crate::config::Settings;
 use crate::supervisor::{Backoff, Supervisor, WorkerHealth};
+use crate::urls::{BusUrl, ReadModelUrl};
 use anyhow::{bail, Context};
 use strata_commands::HandlerConfig;
 use strata_projections::{ensure_live, orders, ProjectionRunner, ReadModelSink, RebuildConfig, RunnerConfig};
@@ -50,91 +51,47 @@ pub const DOMAIN_CATEGORIES: [&str; 5] = [
     fulfilment::CATEGORY,
 ];
 
-/// The backend a `STRATA_BUS` URL names: `memory`, `nats` or `kafka`.
-pub fn bus_backend(url: &str) -> &'static str {
-    if url.starts_with("kafka://") {
-        "kafka"
-    } else if url.starts_with("nats://") {
-        "nats"
-    } else {
-        "memory"
-    }
-}
-
-/// Splits `url?a=1&b=2` into the URL and its parameters, refusing any not in
-/// `known` (Strata's own options, removed before the client sees the URL).
-#[cfg_attr(not(any(feature = "nats", feature = "kafka", feature = "redis")), allow(dead_code))]
-fn options<'a>(variable: &str, url: &'a str, known: &[&str]) -> anyhow::Result<(&'a str, Vec<(&'a str, &'a str)>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url, Vec::new()));
-    };
-    let mut pairs = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        // A known name, or a name under a known prefix (ending in '.').
-        let known_key = known.iter().any(|known| *known == key || (known.ends_with('.') && key.starts_with(known)));
-        if !known_key {
-            bail!("{variable}: unknown option {key:?} in {url:?}; known: {}", known.join(", "));
-        }
-        pairs.push((key, value));
-    }
-    Ok((base, pairs))
-}
-
-/// Connects to the bus `STRATA_BUS` names. `nats://HOST:4222` may carry
-/// `?stream=NAME&subject_prefix=PREFIX` (default `STRATA` and `strata`), so
-/// several deployments (or tests) can share one NATS;
-/// `kafka://HOST:9092[,HOST2:9092]` may carry `?topic_prefix=P&partitions=N&
-/// replication=R&create_topics=false&fetch_wait_ms=M` (default `strata`, 4,
-/// 1, true, 100).
-///
-/// Every bus carries records of up to `max_record_bytes`
-/// ([`strata_store::AppendLimits::max_record_bytes`]): Kafka's producer and
-/// new topics are configured so, a NATS server with a smaller `max_payload`
-/// is refused.
+/// Connects to the bus `url` names ([`BusUrl::parse`]).
 pub async fn open_bus(url: &str, max_record_bytes: usize) -> anyhow::Result<Bus> {
-    if url == "memory" {
-        let bus = Arc::new(MemoryBus::new());
-        return Ok(Bus { publisher: bus.clone(), subscriber: bus, requester: None, responder: None });
-    }
-    #[cfg(feature = "nats")]
-    if url.starts_with("nats://") {
-        use strata_store::bus::{JetStreamBus, JetStreamConfig};
-        let (base, pairs) = options("STRATA_BUS", url, &["stream", "subject_prefix"])?;
-        let mut config = JetStreamConfig { max_record_bytes, ..JetStreamConfig::new(base) };
-        for (key, value) in pairs {
-            match key {
-                "stream" => config.stream_name = value.to_owned(),
-                _ => config.subject_prefix = value.to_owned(),
-            }
-        }
-        let bus = Arc::new(JetStreamBus::connect(config).await.with_context(|| format!("connecting to NATS JetStream at {url}"))?);
-        return Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) });
-    }
-    #[cfg(feature = "kafka")]
-    if url.starts_with("kafka://") {
-        let bus = Arc::new(
-            strata_store::bus::KafkaBus::connect(strata_store::bus::KafkaConfig { max_record_bytes, ..kafka_config(url)? })
-                .await
-                .with_context(|| format!("connecting to Kafka at {url}"))?,
-        );
-        // The domain's topics exist before any group subscribes: a topic
-        // that appears later costs every group following all categories a
-        // rebalance.
-        for category in DOMAIN_CATEGORIES {
-            bus.category_topic(category).await.with_context(|| format!("creating the Kafka topic of {category}"))?;
-        }
-        return Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) });
-    }
-    bail!("STRATA_BUS: unsupported bus {url:?}; expected memory, nats://HOST:4222 or kafka://HOST:9092")
+    connect_bus(&BusUrl::parse(url)?, max_record_bytes).await
 }
 
-/// The Kafka settings of `kafka://HOST:9092[,HOST2:9092][?topic_prefix=P&
-/// partitions=N&replication=R&min_insync_replicas=M&create_topics=false&
-/// fetch_wait_ms=100&session_timeout_ms=15000&metadata_refresh_ms=30000&
-/// rdkafka.<property>=<value>…]`, with any `STRATA_KAFKA_<PROPERTY>`
-/// variable of the environment as one more librdkafka property (`_` for
-/// `.`, for secrets: `STRATA_KAFKA_SASL_PASSWORD` sets `sasl.password`).
+/// Connects to the bus. Every bus carries records of up to
+/// `max_record_bytes` ([`strata_store::AppendLimits::max_record_bytes`]):
+/// Kafka's producer and new topics are configured so, a NATS server with a
+/// smaller `max_payload` is refused.
+pub async fn connect_bus(url: &BusUrl, max_record_bytes: usize) -> anyhow::Result<Bus> {
+    match url {
+        BusUrl::Memory => {
+            let bus = Arc::new(MemoryBus::new());
+            Ok(Bus { publisher: bus.clone(), subscriber: bus, requester: None, responder: None })
+        }
+        #[cfg(feature = "nats")]
+        BusUrl::Nats { url, config } => {
+            let config = strata_store::bus::JetStreamConfig { max_record_bytes, ..config.clone() };
+            let bus = Arc::new(
+                strata_store::bus::JetStreamBus::connect(config).await.with_context(|| format!("connecting to NATS JetStream at {url}"))?,
+            );
+            Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) })
+        }
+        #[cfg(feature = "kafka")]
+        BusUrl::Kafka { url, config } => {
+            let config = strata_store::bus::KafkaConfig { max_record_bytes, ..config.clone() };
+            let bus =
+                Arc::new(strata_store::bus::KafkaBus::connect(config).await.with_context(|| format!("connecting to Kafka at {url}"))?);
+            // The domain's topics exist before any group subscribes: a topic
+            // that appears later costs every group following all categories a
+            // rebalance.
+            for category in DOMAIN_CATEGORIES {
+                bus.category_topic(category).await.with_context(|| format!("creating the Kafka topic of {category}"))?;
+            }
+            Ok(Bus { publisher: bus.clone(), subscriber: bus.clone(), requester: Some(bus.clone()), responder: Some(bus) })
+        }
+    }
+}
+
+/// The Kafka settings of a `kafka://` URL ([`BusUrl::Kafka`]), with the
+/// `STRATA_KAFKA_*` variables of this process's environment.
 #[cfg(feature = "kafka")]
 pub fn kafka_config(url: &str) -> anyhow::Result<strata_store::bus::KafkaConfig> {
     kafka_config_with(url, std::env::vars())
@@ -146,88 +103,27 @@ pub fn kafka_config_with(
     url: &str,
     environment: impl IntoIterator<Item = (String, String)>,
 ) -> anyhow::Result<strata_store::bus::KafkaConfig> {
-    const KNOWN: [&str; 9] = [
-        "topic_prefix",
-        "partitions",
-        "replication",
-        "min_insync_replicas",
-        "create_topics",
-        "fetch_wait_ms",
-        "session_timeout_ms",
-        "metadata_refresh_ms",
-        "rdkafka.",
-    ];
-    let Some(rest) = url.strip_prefix("kafka://") else { bail!("STRATA_BUS: {url:?} is not a kafka:// URL") };
-    let (brokers, pairs) = options("STRATA_BUS", rest, &KNOWN)?;
-    let mut config = strata_store::bus::KafkaConfig::new(brokers);
-    let millis = |key: &str, value: &str, least: u64| -> anyhow::Result<std::time::Duration> {
-        let ms = value.parse::<u64>().with_context(|| format!("STRATA_BUS: {key} must be a number of milliseconds, not {value:?}"))?;
-        Ok(std::time::Duration::from_millis(ms.max(least)))
-    };
-    for (key, value) in pairs {
-        let number = || value.parse::<i32>().with_context(|| format!("STRATA_BUS: {key} must be a number, not {value:?}"));
-        match key {
-            "topic_prefix" => config.topic_prefix = value.to_owned(),
-            "partitions" => config.partitions = number()?,
-            "replication" => config.replication = number()?,
-            "min_insync_replicas" => config.min_insync_replicas = Some(number()?),
-            "fetch_wait_ms" => config.fetch_wait = millis(key, value, 1)?,
-            "session_timeout_ms" => config.session_timeout = millis(key, value, 1_000)?,
-            "metadata_refresh_ms" => config.metadata_refresh = millis(key, value, 100)?,
-            "create_topics" => {
-                config.create_topics =
-                    value.parse().with_context(|| format!("STRATA_BUS: create_topics must be true or false, not {value:?}"))?
-            }
-            property => match property.strip_prefix("rdkafka.") {
-                Some(name) if !name.is_empty() => config.properties.push((name.to_owned(), value.to_owned())),
-                _ => bail!("STRATA_BUS: {property:?} names no librdkafka property (rdkafka.<property>=<value>)"),
-            },
-        }
-    }
-    let mut from_environment: Vec<(String, String)> = environment
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.strip_prefix("STRATA_KAFKA_")?.to_ascii_lowercase().replace('_', "."), value)))
-        .filter(|(name, _)| !name.is_empty())
-        .collect();
-    from_environment.sort();
-    config.properties.extend(from_environment);
-    Ok(config)
+    crate::urls::kafka_config(url, environment)
 }
 
-/// Connects to the read models `STRATA_READ_MODEL` names. `redis://…` may
-/// carry `?key_prefix=PREFIX` (default `strata`); `mongodb://HOST/DB?…` takes
-/// the driver's own options (`replicaSet`, `directConnection`, `tls`, …).
+/// Connects to the read models `url` names ([`ReadModelUrl::parse`]).
 pub async fn open_read_model(url: &str) -> anyhow::Result<Arc<dyn ReadModelSink>> {
-    if url == "memory" {
-        return Ok(Arc::new(strata_projections::MemorySink::new()));
-    }
-    #[cfg(feature = "redis")]
-    if url.starts_with("redis://") {
-        let (base, pairs) = options("STRATA_READ_MODEL", url, &["key_prefix"])?;
-        let mut config = strata_projections::RedisSinkConfig::new(base);
-        if let Some((_, prefix)) = pairs.first() {
-            config.key_prefix = (*prefix).to_owned();
-        }
-        let sink = strata_projections::RedisSink::connect(config).await.with_context(|| format!("connecting to Redis at {url}"))?;
-        return Ok(Arc::new(sink));
-    }
-    #[cfg(feature = "mongo")]
-    if url.starts_with("mongodb://") {
-        let config = strata_projections::MongoSinkConfig::new(url);
-        let sink = strata_projections::MongoSink::connect(config).await.with_context(|| format!("connecting to MongoDB at {url}"))?;
-        return Ok(Arc::new(sink));
-    }
-    bail!("STRATA_READ_MODEL: unsupported read model {url:?}; expected memory, redis://HOST:6379 or mongodb://HOST:27017/DB (this build has: {})", read_models_built())
+    connect_read_model(&ReadModelUrl::parse(url)?).await
 }
 
-/// The read-model backends compiled into this binary.
-fn read_models_built() -> &'static str {
-    match (cfg!(feature = "redis"), cfg!(feature = "mongo")) {
-        (true, true) => "memory, redis, mongodb",
-        (true, false) => "memory, redis",
-        (false, true) => "memory, mongodb",
-        (false, false) => "memory",
-    }
+/// Connects to the read models.
+pub async fn connect_read_model(url: &ReadModelUrl) -> anyhow::Result<Arc<dyn ReadModelSink>> {
+    Ok(match url {
+        ReadModelUrl::Memory => Arc::new(strata_projections::MemorySink::new()),
+        #[cfg(feature = "redis")]
+        ReadModelUrl::Redis { url, config } => {
+            Arc::new(strata_projections::RedisSink::connect(config.clone()).await.with_context(|| format!("connecting to Redis at {url}"))?)
+        }
+        #[cfg(feature = "mongo")]
+        ReadModelUrl::Mongo { url, config } => Arc::new(
+            strata_projections::MongoSink::connect(config.clone()).await.with_context(|| format!("connecting to MongoDB at {url}"))?,
+        ),
+    })
 }
 
 /// Builds a projection from the log if it has no live generation (waiting
@@ -315,7 +211,7 @@ impl Workers {
         if settings.roles.relay {
             let Some(bus) = bus else { bail!("the relay role needs a bus") };
             let relay = Arc::new(Relay::new(backend.reader(), backend.checkpoints(), bus.publisher.clone(), RelayConfig::default()));
-            let lease = backend.lease(&settings.event_store)?;
+            let lease = backend.lease(settings.event_store.as_str())?;
             supervisor.spawn("relay", move |mut stop| {
                 let (relay, lease) = (relay.clone(), lease.clone());
                 Box::pin(async move {
