@@ -269,6 +269,10 @@ where
 /// Runs the command `cli` names (`serve` when none); the exit code of the
 /// checks that can fail (`audit verify`, `audit invariants`, `demo`, …).
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // strata-bench resolves the settings itself, from the same flags.
+    if let Some(Command::Bench { args }) = &cli.command {
+        return run_bench(args);
+    }
     let settings = Settings::resolve(&cli.overrides)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(&settings).await?.run_until_stopped(shutdown_signal()).await?,
@@ -357,7 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Bench { args } => return run_bench(&args),
+        Command::Bench { .. } => unreachable!("run_bench ran before the settings were resolved"),
         Command::Topology { api, replicas, base_port, logs } => {
             let config = crate::topology::TopologyConfig { api, replicas, base_port, logs };
             crate::topology::run(&config, shutdown_signal()).await?;
