@@ -47,11 +47,18 @@ impl Drop for Supervisor {
     }
 }
 
-/// A free run of `count` ports.
+/// A free run of `count` ports, below the kernel's ephemeral range: a port
+/// in it can be taken as the source port of any outgoing connection while
+/// its process is dead, and the restarted process then fails to bind it
+/// ("Address already in use", seen on the Kafka + MongoDB run).
 fn free_ports(count: u16) -> u16 {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
     let mut rng = rand::rng();
     loop {
-        let base: u16 = rng.random_range(20_000..60_000);
+        let base: u16 = rng.random_range(10_000..ephemeral_from.saturating_sub(count).max(10_001));
         let listeners: Vec<_> = (base..base + count).map(|port| std::net::TcpListener::bind(("127.0.0.1", port))).collect();
         if listeners.iter().all(Result::is_ok) {
             return base;
