@@ -9,24 +9,61 @@ use uuid::Uuid;
 
 use crate::{ExpectedVersion, Position, StreamId};
 
-/// A failure of the storage backend (connection, IO, unexpected database
-/// error). The cause is kept for logs; it is never a domain answer.
+/// A failure of a backend: the event store's database, the bus or the
+/// read-model store (connection, IO, a refusal the engine gave). The cause
+/// is kept for logs; it is never a domain answer. One type for the three,
+/// so a retry policy, a `/readyz` check or a log reads them alike
+/// ([`crate::bus::BusError::Backend`] and the sinks' `SinkError::Backend`
+/// carry it).
 #[derive(Debug)]
 pub struct BackendError {
+    component: Component,
     context: &'static str,
     source: Box<dyn StdError + Send + Sync>,
 }
 
+/// Which backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Component {
+    /// The event store's database.
+    EventStore,
+    /// The bus (JetStream, Kafka).
+    Bus,
+    /// The read-model store (Redis, MongoDB).
+    ReadModel,
+}
+
 impl BackendError {
-    /// Wraps a backend cause with what the store was doing.
+    /// Wraps an event-store backend cause with what the store was doing.
     pub fn new(context: &'static str, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        Self { context, source: source.into() }
+        Self::of(Component::EventStore, context, source)
+    }
+
+    /// Wraps a cause of `component`'s backend with what it was doing.
+    pub fn of(component: Component, context: &'static str, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self { component, context, source: source.into() }
+    }
+
+    /// Which backend failed.
+    pub fn component(&self) -> Component {
+        self.component
+    }
+
+    /// What it was doing.
+    pub fn context(&self) -> &'static str {
+        self.context
     }
 }
 
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "event store backend failed while {}", self.context)
+        let backend = match self.component {
+            Component::EventStore => "event store",
+            Component::Bus => "bus",
+            Component::ReadModel => "read-model",
+        };
+        write!(f, "{backend} backend failed while {}", self.context)
     }
 }
 

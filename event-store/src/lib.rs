@@ -44,7 +44,7 @@ mod sql_backend;
 mod sqlite;
 
 pub use checkpoint::CheckpointStore;
-pub use error::{chain, AppendError, BackendError, ReadError};
+pub use error::{chain, AppendError, BackendError, Component, ReadError};
 pub use hash::{ChainKey, ChainKeyring};
 pub use memory::MemoryEventStore;
 pub use plan::{stored_bytes, AppendLimits, MAX_EVENTS_PER_APPEND, MAX_EVENT_BYTES, RECORD_OVERHEAD_BYTES};
@@ -59,3 +59,11 @@ pub use types::{
 pub use postgres::{AppendHook, AppendPhase, PostgresConfig, PostgresEventStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteEventStore};
+
+/// What [`forward_event_reader!`] names from the crate's dependencies.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub use futures_util::stream::BoxStream;
+    pub use uuid::Uuid;
+}

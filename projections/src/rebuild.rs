@@ -295,7 +295,7 @@ async fn build(
 
 async fn settle(in_flight: Option<tokio::task::JoinHandle<Result<Committed, SinkError>>>, target: &Target) -> Result<(), RebuildError> {
     let Some(handle) = in_flight else { return Ok(()) };
-    let committed = handle.await.map_err(|e| SinkError::Backend { context: "committing a rebuild batch", source: Box::new(e) })??;
+    let committed = handle.await.map_err(|e| SinkError::backend("committing a rebuild batch", e))??;
     match committed {
         Committed::Done => Ok(()),
         Committed::Retired | Committed::Lost => Err(RebuildError::Retired { generation: target.generation }),

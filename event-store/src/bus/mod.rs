@@ -72,14 +72,8 @@ pub use nats::{JetStreamBus, JetStreamConfig};
 #[non_exhaustive]
 pub enum BusError {
     /// The bus could not be reached or refused the request.
-    #[error("bus backend failed while {context}")]
-    Backend {
-        /// What the bus was doing.
-        context: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(crate::BackendError),
     /// A message on the bus is not a Strata event.
     #[error("message {message} on the bus is not a strata event: {reason}")]
     Malformed {
@@ -213,7 +207,7 @@ pub const LOG_ID_HEADER: &str = "strata-log-id";
 impl BusError {
     #[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Backend { context, source: source.into() }
+        Self::Backend(crate::BackendError::of(crate::Component::Bus, context, source))
     }
 }
 
@@ -593,6 +587,18 @@ fn decode_hash(hex: &str) -> Option<ChainHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bus's backend failure is the store's [`crate::BackendError`]:
+    /// same words as before, the cause reached once through the chain.
+    #[test]
+    fn a_bus_backend_failure_is_the_shared_backend_error() {
+        let error = BusError::backend("publishing to JetStream", std::io::Error::other("timed out"));
+        assert_eq!(crate::chain(&error), "bus backend failed while publishing to JetStream: timed out");
+        let BusError::Backend(backend) = &error else { panic!("{error:?}") };
+        assert_eq!((backend.component(), backend.context()), (crate::Component::Bus, "publishing to JetStream"));
+        let store = crate::BackendError::new("reading the global log", std::io::Error::other("refused"));
+        assert_eq!(crate::chain(&store), "event store backend failed while reading the global log: refused");
+    }
 
     #[test]
     fn stored_text_travels_as_the_same_bytes_as_an_encoded_event() {

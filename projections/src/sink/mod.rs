@@ -59,14 +59,8 @@ pub use redis::{RedisSink, RedisSinkConfig};
 #[non_exhaustive]
 pub enum SinkError {
     /// The backend could not be reached or refused the request.
-    #[error("read-model backend failed while {context}")]
-    Backend {
-        /// What the sink was doing.
-        context: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(strata_store::BackendError),
     /// Stored data is not what Strata wrote.
     #[error("read model holds malformed data at {key}: {reason}")]
     Malformed {
@@ -78,9 +72,8 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    #[cfg_attr(not(any(feature = "redis", feature = "mongo")), allow(dead_code))]
     pub(crate) fn backend(context: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Backend { context, source: source.into() }
+        Self::Backend(strata_store::BackendError::of(strata_store::Component::ReadModel, context, source))
     }
 }
 
@@ -430,5 +423,20 @@ impl Change {
             Some(projection) => Change::Applied { projection: projection.to_owned(), keys: lines.map(str::to_owned).collect() },
             None => Change::Everything,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SinkError;
+
+    /// The read model's backend failure is the store's `BackendError`,
+    /// in the words it had before.
+    #[test]
+    fn a_read_model_backend_failure_is_the_shared_backend_error() {
+        let error = SinkError::backend("writing a batch", std::io::Error::other("connection reset"));
+        assert_eq!(strata_store::chain(&error), "read-model backend failed while writing a batch: connection reset");
+        let SinkError::Backend(backend) = &error else { panic!("{error:?}") };
+        assert_eq!(backend.component(), strata_store::Component::ReadModel);
     }
 }
