@@ -27,15 +27,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use futures_util::stream::BoxStream;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use strata_projections::{orders, ReadModelSink};
-use strata_store::{
-    AppendError, AppendOutcome, CheckpointStore, EventReader, EventStore, Form, Position, ReadAll, ReadError, ReadStream, RecordedEvent,
-    StreamAppend, StreamHead, StreamId, Subscribe,
-};
-use uuid::Uuid;
+use strata_store::{AppendError, AppendOutcome, CheckpointStore, EventReader, EventStore, StreamAppend};
 
 /// Upper bounds of the latency buckets, in seconds (every histogram).
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -223,51 +218,7 @@ impl MeteredStore {
     }
 }
 
-#[async_trait]
-impl EventReader for MeteredStore {
-    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.inner.read_stream(stream_id, request).await
-    }
-    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.inner.read_all(request).await
-    }
-    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
-        self.inner.subscribe(request)
-    }
-    async fn read_all_stored(&self, request: ReadAll) -> Result<Vec<strata_store::StoredEvent>, ReadError> {
-        self.inner.read_all_stored(request).await
-    }
-    fn subscribe_stored(&self, request: Subscribe) -> BoxStream<'static, Result<strata_store::StoredEvent, ReadError>> {
-        self.inner.subscribe_stored(request)
-    }
-    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
-        self.inner.read_event(event_id, form).await
-    }
-    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
-        self.inner.stream_head(stream_id).await
-    }
-    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
-        self.inner.stream_heads(after, limit).await
-    }
-    async fn head_position(&self) -> Result<Position, ReadError> {
-        self.inner.head_position().await
-    }
-    async fn categories(&self) -> Result<Vec<String>, ReadError> {
-        self.inner.categories().await
-    }
-    async fn log_identity(&self) -> Result<strata_store::LogIdentity, ReadError> {
-        self.inner.log_identity().await
-    }
-    async fn ping(&self) -> Result<(), ReadError> {
-        self.inner.ping().await
-    }
-    fn listener_silence(&self) -> Option<std::time::Duration> {
-        self.inner.listener_silence()
-    }
-    fn backend_name(&self) -> &'static str {
-        self.inner.backend_name()
-    }
-}
+strata_store::forward_event_reader!(MeteredStore, inner);
 
 #[async_trait]
 impl EventStore for MeteredStore {

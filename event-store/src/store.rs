@@ -159,3 +159,97 @@ pub trait EventStore: EventReader {
     /// its expected version. See the module docs for every guarantee.
     async fn append(&self, request: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError>;
 }
+
+/// Implements [`EventReader`] for a decorator by handing every read to its
+/// field `$inner` (anything that implements `EventReader`, `Arc<dyn …>`
+/// included): `forward_event_reader!(MeteredStore, inner);`. A decorator of
+/// the writing side (metrics, injected append faults) then reads exactly as
+/// what it wraps, including the methods with defaults (`read_streams`,
+/// `read_all_stored`, `listener_silence`) that a hand-written forwarding
+/// forgot and so read one stream at a time. A decorator that changes reads
+/// implements the trait itself.
+#[macro_export]
+macro_rules! forward_event_reader {
+    ($decorator:ty, $inner:ident) => {
+        #[$crate::__private::async_trait]
+        impl $crate::EventReader for $decorator {
+            async fn read_stream(
+                &self,
+                stream_id: &$crate::StreamId,
+                request: $crate::ReadStream,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::RecordedEvent>, $crate::ReadError> {
+                self.$inner.read_stream(stream_id, request).await
+            }
+            async fn read_streams(
+                &self,
+                after: &[($crate::StreamId, u64)],
+                until: $crate::Position,
+                limit: usize,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::RecordedEvent>, $crate::ReadError> {
+                self.$inner.read_streams(after, until, limit).await
+            }
+            async fn read_all(
+                &self,
+                request: $crate::ReadAll,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::RecordedEvent>, $crate::ReadError> {
+                self.$inner.read_all(request).await
+            }
+            fn subscribe(
+                &self,
+                request: $crate::Subscribe,
+            ) -> $crate::__private::BoxStream<'static, ::std::result::Result<$crate::RecordedEvent, $crate::ReadError>> {
+                self.$inner.subscribe(request)
+            }
+            async fn read_all_stored(
+                &self,
+                request: $crate::ReadAll,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::StoredEvent>, $crate::ReadError> {
+                self.$inner.read_all_stored(request).await
+            }
+            fn subscribe_stored(
+                &self,
+                request: $crate::Subscribe,
+            ) -> $crate::__private::BoxStream<'static, ::std::result::Result<$crate::StoredEvent, $crate::ReadError>> {
+                self.$inner.subscribe_stored(request)
+            }
+            async fn read_event(
+                &self,
+                event_id: $crate::__private::Uuid,
+                form: $crate::Form,
+            ) -> ::std::result::Result<::std::option::Option<$crate::RecordedEvent>, $crate::ReadError> {
+                self.$inner.read_event(event_id, form).await
+            }
+            async fn stream_head(
+                &self,
+                stream_id: &$crate::StreamId,
+            ) -> ::std::result::Result<::std::option::Option<$crate::StreamHead>, $crate::ReadError> {
+                self.$inner.stream_head(stream_id).await
+            }
+            async fn stream_heads(
+                &self,
+                after: ::std::option::Option<&$crate::StreamId>,
+                limit: usize,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::StreamHead>, $crate::ReadError> {
+                self.$inner.stream_heads(after, limit).await
+            }
+            async fn head_position(&self) -> ::std::result::Result<$crate::Position, $crate::ReadError> {
+                self.$inner.head_position().await
+            }
+            async fn categories(&self) -> ::std::result::Result<::std::vec::Vec<::std::string::String>, $crate::ReadError> {
+                self.$inner.categories().await
+            }
+            async fn log_identity(&self) -> ::std::result::Result<$crate::LogIdentity, $crate::ReadError> {
+                self.$inner.log_identity().await
+            }
+            async fn ping(&self) -> ::std::result::Result<(), $crate::ReadError> {
+                self.$inner.ping().await
+            }
+            fn listener_silence(&self) -> ::std::option::Option<::std::time::Duration> {
+                self.$inner.listener_silence()
+            }
+            fn backend_name(&self) -> &'static str {
+                self.$inner.backend_name()
+            }
+        }
+    };
+}

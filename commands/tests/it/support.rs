@@ -5,14 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures_util::stream::BoxStream;
 use strata_commands::inventory::{Inventory, InventoryCommand};
 use strata_commands::{Aggregate, CommandHandler, Envelope, HandlerConfig};
 use strata_schemas::values::Sku;
 use strata_schemas::{catalog, SchemaRegistry};
 use strata_store::{
-    AppendError, AppendOutcome, BackendError, EventReader, EventStore, ExpectedVersion, Form, Position, ReadAll, ReadError, ReadStream,
-    RecordedEvent, SnapshotStore, StreamAppend, StreamHead, StreamId, Subscribe,
+    AppendError, AppendOutcome, BackendError, EventStore, ExpectedVersion, ReadStream, SnapshotStore, StreamAppend, StreamId,
 };
 use uuid::Uuid;
 
@@ -83,42 +81,7 @@ pub struct Faulty {
     pub fault: Fault,
 }
 
-#[async_trait]
-impl EventReader for Faulty {
-    async fn read_stream(&self, stream_id: &StreamId, request: ReadStream) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.inner.read_stream(stream_id, request).await
-    }
-    async fn read_all(&self, request: ReadAll) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.inner.read_all(request).await
-    }
-    fn subscribe(&self, request: Subscribe) -> BoxStream<'static, Result<RecordedEvent, ReadError>> {
-        self.inner.subscribe(request)
-    }
-    async fn read_event(&self, event_id: Uuid, form: Form) -> Result<Option<RecordedEvent>, ReadError> {
-        self.inner.read_event(event_id, form).await
-    }
-    async fn stream_head(&self, stream_id: &StreamId) -> Result<Option<StreamHead>, ReadError> {
-        self.inner.stream_head(stream_id).await
-    }
-    async fn stream_heads(&self, after: Option<&StreamId>, limit: usize) -> Result<Vec<StreamHead>, ReadError> {
-        self.inner.stream_heads(after, limit).await
-    }
-    async fn head_position(&self) -> Result<Position, ReadError> {
-        self.inner.head_position().await
-    }
-    async fn categories(&self) -> Result<Vec<String>, ReadError> {
-        self.inner.categories().await
-    }
-    async fn log_identity(&self) -> Result<strata_store::LogIdentity, ReadError> {
-        self.inner.log_identity().await
-    }
-    async fn ping(&self) -> Result<(), ReadError> {
-        self.inner.ping().await
-    }
-    fn backend_name(&self) -> &'static str {
-        self.inner.backend_name()
-    }
-}
+strata_store::forward_event_reader!(Faulty, inner);
 
 #[async_trait]
 impl EventStore for Faulty {
