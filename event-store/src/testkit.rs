@@ -1,18 +1,15 @@
 //! Helpers for integration tests against real services (feature `testkit`,
-//! for dev-dependencies only): service URLs from `STRATA_TEST_*`, a failing
-//! test when a service is down (unless `STRATA_TEST_SKIP` names it outside
-//! CI), fresh PostgreSQL databases, a JetStream stream of one's own, and
-//! [`wait_until`] instead of sleeps.
+//! for dev-dependencies only): service URLs from `STRATA_TEST_*` or else
+//! private servers the test binary starts itself ([`Service::url`]), a
+//! failing test when a service is down (unless `STRATA_TEST_SKIP` names it
+//! outside CI), fresh PostgreSQL databases, a JetStream stream of one's own,
+//! and [`wait_until`] instead of sleeps.
 
+mod private;
 pub mod proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// A service URL from `var`, or `default`.
-pub fn service_url(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.to_owned())
-}
 
 /// Is this a CI run (`CI=true` or `CI=1`)?
 pub fn in_ci() -> bool {
@@ -50,12 +47,45 @@ impl Service {
         }
     }
 
-    /// How to start it on this kind of machine.
+    /// The variable that names a running instance for the tests.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Service::Postgres => "STRATA_TEST_POSTGRES",
+            Service::Nats => "STRATA_TEST_NATS",
+            Service::Redis => "STRATA_TEST_REDIS",
+            Service::Kafka => "STRATA_TEST_KAFKA",
+            Service::Mongo => "STRATA_TEST_MONGO",
+        }
+    }
+
+    /// The service's standard address on this machine, used when neither
+    /// the variable nor the installed binary gives one.
+    fn standard_url(self) -> &'static str {
+        match self {
+            Service::Postgres => "postgres://postgres@127.0.0.1:5432/postgres",
+            Service::Nats => "nats://127.0.0.1:4222",
+            Service::Redis => "redis://127.0.0.1:6379",
+            Service::Kafka => "127.0.0.1:9092",
+            Service::Mongo => "mongodb://127.0.0.1:27018/?directConnection=true",
+        }
+    }
+
+    /// Where the tests reach the service: the URL its variable names, else
+    /// a private server this test binary starts from the installed binary
+    /// on a free loopback port (shared by the binary's tests, stopped and
+    /// removed after it exits), else the standard local address. Kafka is
+    /// the mock cluster unless `STRATA_TEST_KAFKA` names a broker
+    /// ([`kafka::TestKafka`]), so only its variable counts here.
+    pub fn url(self) -> String {
+        std::env::var(self.variable()).ok().or_else(|| private::url(self)).unwrap_or_else(|| self.standard_url().to_owned())
+    }
+
+    /// How to get it on this kind of machine when nothing answers.
     pub fn how_to_start(self) -> &'static str {
         match self {
-            Service::Postgres => "pg_ctlcluster --skip-systemctl-redirect 15 main start",
-            Service::Nats => "nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server &",
-            Service::Redis => "redis-server --daemonize yes --bind 127.0.0.1 --save ''",
+            Service::Postgres => "apt-get install postgresql (the tests start their own server from it), or set STRATA_TEST_POSTGRES",
+            Service::Nats => "apt-get install nats-server (the tests start their own server from it), or set STRATA_TEST_NATS",
+            Service::Redis => "apt-get install redis-server (the tests start their own server from it), or set STRATA_TEST_REDIS",
             Service::Kafka => "unset STRATA_TEST_KAFKA to use librdkafka's mock cluster",
             Service::Mongo => mongo::HOW_TO_START,
         }
@@ -158,16 +188,17 @@ impl Cleanup {
 }
 
 /// MongoDB for read-model tests: `STRATA_TEST_MONGO` (a real replica set,
-/// e.g. `mongodb://127.0.0.1:27017/?replicaSet=rs0`), else the
-/// `nx-27017` server `.ci/run` starts on port 27018.
+/// e.g. `mongodb://127.0.0.1:27017/?replicaSet=rs0`), else a private
+/// `nx-27017` (on `PATH`, in `.venv-mongo` or in `~/.cache/strata-venv-mongo`).
 pub mod mongo {
     /// The server's URL without a database.
     pub fn base_url() -> String {
-        super::service_url("STRATA_TEST_MONGO", "mongodb://127.0.0.1:27018/?directConnection=true")
+        super::Service::Mongo.url()
     }
 
-    /// How to start the server when it is down.
-    pub const HOW_TO_START: &str = "python3 -m venv .venv-mongo && .venv-mongo/bin/pip install nx-27017 && .venv-mongo/bin/nx-27017 --db memory --host 127.0.0.1 -p 27018 &";
+    /// How to get the server when none answers.
+    pub const HOW_TO_START: &str =
+        "python3 -m venv .venv-mongo && .venv-mongo/bin/pip install nx-27017 (the tests start their own server from it), or set STRATA_TEST_MONGO";
 
     /// The URL of `database` on the test server (one database per test).
     pub fn url(database: &str) -> String {
@@ -191,9 +222,9 @@ pub mod mongo {
 pub mod postgres {
     use sqlx::{Connection, Executor, PgConnection};
 
-    /// `STRATA_TEST_POSTGRES`, defaulting to the loopback server.
+    /// The test server's `postgres` database ([`super::Service::url`]).
     pub fn admin_url() -> String {
-        super::service_url("STRATA_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
+        super::Service::Postgres.url()
     }
 
     /// A freshly created, empty database.
@@ -246,7 +277,7 @@ pub mod postgres {
 pub async fn jetstream() -> Option<(crate::bus::JetStreamBus, Cleanup)> {
     use crate::bus::{JetStreamBus, JetStreamConfig};
 
-    let url = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let url = Service::Nats.url();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let config =
         JetStreamConfig { stream_name: format!("TEST_{id}"), subject_prefix: format!("test_{id}"), ..JetStreamConfig::new(url.clone()) };
@@ -394,5 +425,31 @@ mod tests {
         assert_eq!(Service::of_url("postgresql://x/y"), Some(Service::Postgres));
         assert_eq!(Service::of_url("kafka://mock"), Some(Service::Kafka));
         assert_eq!(Service::of_url("sqlite:strata.db"), None);
+    }
+
+    /// Where no variable names Redis, the tests of a binary share one
+    /// private server, not the machine's: it answers PING on a port of its
+    /// own, and asking again gives the same one.
+    #[test]
+    fn without_a_url_the_tests_of_a_binary_share_a_private_server() {
+        use std::io::{Read, Write};
+
+        let url = Service::Redis.url();
+        if let Ok(named) = std::env::var(Service::Redis.variable()) {
+            assert_eq!(url, named, "the variable wins");
+            return;
+        }
+        if super::private::url(Service::Redis).is_none() {
+            assert_eq!(url, Service::Redis.standard_url(), "without redis-server, the standard port");
+            return;
+        }
+        assert_eq!(Service::Redis.url(), url, "one server per test binary");
+        let address = url.strip_prefix("redis://").expect("a redis URL");
+        assert_ne!(address, "127.0.0.1:6379", "not the machine's server");
+        let mut connection = std::net::TcpStream::connect(address).expect("the private server listens");
+        connection.write_all(b"PING\r\n").unwrap();
+        let mut answer = [0; 7];
+        connection.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"+PONG\r\n");
     }
 }

@@ -324,7 +324,7 @@ fn bench_commands_on_one_hot_aggregate_queues_commands_instead_of_conflicting() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_relay_puts_a_scratch_log_on_jetstream_next_to_raw_publishing() {
-    let nats = strata_store::testkit::service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let nats = strata_store::testkit::Service::Nats.url();
     let address = nats.trim_start_matches("nats://").to_owned();
     if let Err(err) = tokio::net::TcpStream::connect(&address).await {
         strata_store::testkit::report_unreachable(strata_store::testkit::Service::Nats, &nats, &err);
@@ -362,7 +362,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     use strata_projections::orders::sample::{requests, sample, SampleConfig};
     use strata_projections::{RedisSink, RedisSinkConfig};
 
-    let redis = strata_store::testkit::service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let redis = strata_store::testkit::Service::Redis.url();
     let prefix = format!("test_{}", Uuid::new_v4().simple());
     let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
         Ok(sink) => sink,
@@ -475,7 +475,7 @@ fn sagas_commands_list_no_stuck_saga_and_refuse_to_resume_one_that_is_not() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_project_and_rebuild_print_rates_next_to_their_baselines() {
-    let redis = strata_store::testkit::service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let redis = strata_store::testkit::Service::Redis.url();
     if let Err(err) = tokio::net::TcpStream::connect(redis.trim_start_matches("redis://")).await {
         return strata_store::testkit::report_unreachable(strata_store::testkit::Service::Redis, &redis, &err);
     }

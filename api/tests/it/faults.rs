@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strata_store::testkit::proxy::{Fault, FaultProxy};
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 use uuid::Uuid;
 
 use crate::graphql::{order_input, PLACE, RESTOCK};
@@ -141,8 +141,8 @@ async fn counter(server: &Server, series: &str) -> f64 {
 
 async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let nats = Service::Nats.url();
+    let redis = Service::Redis.url();
     let id = Uuid::new_v4().simple().to_string();
     let mongo = strata_store::testkit::mongo::url(&format!("test_{id}"));
     let Some(database) = TestDatabase::create().await else { return };
@@ -364,8 +364,8 @@ struct RoleProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_is_back() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let nats = Service::Nats.url();
+    let redis = Service::Redis.url();
     let id = Uuid::new_v4().simple().to_string();
     let Some(database) = TestDatabase::create().await else { return };
     for url in [&nats, &redis] {

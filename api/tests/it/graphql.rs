@@ -793,7 +793,7 @@ async fn hostile_text_is_refused_and_costs_other_writers_nothing(server: &Server
 mod distributed {
     use super::*;
     use strata_store::testkit::postgres::TestDatabase;
-    use strata_store::testkit::{report_unreachable, service_url, Service};
+    use strata_store::testkit::{report_unreachable, Service};
 
     /// PostgreSQL + JetStream + Redis, with the api, relay and projector in
     /// one process and the saga with its services in another, started late:
@@ -814,7 +814,7 @@ mod distributed {
 
     /// [`distributed`] on a JetStream stream of its own.
     async fn on_jetstream(read_model: ReadModel) {
-        let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+        let nats = Service::Nats.url();
         if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
             report_unreachable(Service::Nats, &nats, &err);
             return;
@@ -851,7 +851,7 @@ mod distributed {
     }
 
     async fn distributed(bus: &str, backend: &str, read_model: ReadModel, id: &str) {
-        let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+        let redis = Service::Redis.url();
         let mongo = strata_store::testkit::mongo::url(&format!("test_{id}"));
         let (read_model_url, read_model_backend) = match read_model {
             ReadModel::Redis => (format!("{redis}?key_prefix=test_{id}"), "redis"),

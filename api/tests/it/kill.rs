@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use strata_projections::orders::sample::{requests, sample, SampleConfig};
 use strata_projections::sink::{Dump, Target};
 use strata_projections::{orders, MemorySink, ReadModelSink, RedisSink, RedisSinkConfig};
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 use strata_store::{EventReader, EventStore, PostgresConfig, PostgresEventStore};
 use uuid::Uuid;
 
@@ -26,7 +26,7 @@ async fn live_dump(sink: &dyn ReadModelSink, projection: &str) -> Option<Dump> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_relay_and_projector_replicas_at_random_moments_loses_and_doubles_nothing() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let redis = Service::Redis.url();
     let id = Uuid::new_v4().simple().to_string();
     let prefix = format!("test_{id}");
     let sink = match RedisSink::connect(RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(redis.clone()) }).await {
@@ -57,7 +57,7 @@ async fn killing_the_relay_and_projector_replicas_writing_to_mongo_loses_and_dou
 /// Runs the relay and two projectors into `read_model_url` (which `sink`
 /// reads) under kills, then compares with a rebuild.
 async fn kill_and_compare(sink: Arc<dyn ReadModelSink>, read_model_url: &str, id: &str) {
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let nats = Service::Nats.url();
     let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable(Service::Nats, &nats, &err);

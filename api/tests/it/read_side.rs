@@ -13,7 +13,7 @@ use strata_commands::{CommandHandler, Envelope, HandlerConfig};
 use strata_projections::orders::{self, OrderStatus, OrdersQuery, SagaStatus, StepStatus, StockView};
 use strata_projections::{RedisSink, RedisSinkConfig};
 use strata_schemas::values::{FulfilmentStep, Sku};
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 use strata_store::{PostgresConfig, PostgresEventStore};
 use uuid::Uuid;
 
@@ -53,8 +53,8 @@ struct Stack {
 impl Stack {
     /// `None` (reported) when a service is unreachable outside CI.
     async fn start(roles: &str) -> Option<Self> {
-        let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-        let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+        let nats = Service::Nats.url();
+        let redis = Service::Redis.url();
         let database = TestDatabase::create().await?;
         let id = Uuid::new_v4().simple().to_string();
         let prefix = format!("test_{id}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 use uuid::Uuid;
 
 use crate::support::{strata, tail, Role, Server, TestDatabase};
@@ -28,8 +28,8 @@ const MIN_KILLS: usize = 12;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_and_no_view_is_torn() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let nats = Service::Nats.url();
+    let redis = Service::Redis.url();
     let Some(database) = TestDatabase::create().await else { return };
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable(Service::Nats, &nats, &err);

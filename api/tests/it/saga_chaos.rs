@@ -18,7 +18,7 @@ use strata_commands::orders::{Order, OrderCommand, OrderStatus};
 use strata_commands::{CommandHandler, Envelope, HandlerConfig};
 use strata_sagas::fulfilment::scenario::{self, Expected, ScenarioConfig};
 use strata_sagas::fulfilment::{audit, AuditConfig};
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 use strata_store::{EventReader, EventStore, PostgresConfig, PostgresEventStore};
 use uuid::Uuid;
 
@@ -32,7 +32,7 @@ const STEP_DEADLINE: &str = "60s";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_saga_workers_at_random_moments_still_ends_every_order_as_its_rules_dictate() {
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let nats = Service::Nats.url();
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable(Service::Nats, &nats, &err);
     }

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 use uuid::Uuid;
 
 use crate::graphql::{order_input, PLACE, RESTOCK};
@@ -91,8 +91,8 @@ async fn graphql(client: &reqwest::Client, url: &str, token: &str, query: &str, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_killed_at_random_moments_while_orders_flow_leaves_every_view_equal_to_its_replay() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let nats = Service::Nats.url();
+    let redis = Service::Redis.url();
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         return report_unreachable(Service::Nats, &nats, &err);
     }

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 use serde_json::{json, Value};
 use strata_store::testkit::postgres::TestDatabase;
-use strata_store::testkit::{report_unreachable, service_url, wait_until, Service};
+use strata_store::testkit::{report_unreachable, wait_until, Service};
 
 use crate::graphql::{order_input, tokens, with_tokens, ORDER, PLACE, RESTOCK};
 use crate::support::{strata, Role, Server};
@@ -129,12 +129,12 @@ async fn place_traced(server: &Server, caller_span: &str, payment: &str, status:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_api_relay_projector_saga_and_services() {
     let _turn = crate::support::MANY_PROCESSES.lock().await;
-    let nats = service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let nats = Service::Nats.url();
     if let Err(err) = tokio::net::TcpStream::connect(nats.trim_start_matches("nats://")).await {
         report_unreachable(Service::Nats, &nats, &err);
         return;
     }
-    let redis = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+    let redis = Service::Redis.url();
     let Some(database) = TestDatabase::create().await else { return };
     let id = uuid::Uuid::new_v4().simple().to_string();
     let receiver = Receiver::default();

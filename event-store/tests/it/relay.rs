@@ -346,7 +346,7 @@ async fn a_fresh_database_on_a_used_jetstream_stream_is_refused_naming_both_logs
     let Some(first_db) = TestDatabase::create().await else { return };
     let Some(second_db) = TestDatabase::create().await else { return };
     let id = Uuid::new_v4().simple().to_string();
-    let url = strata_store::testkit::service_url("STRATA_TEST_NATS", "nats://127.0.0.1:4222");
+    let url = strata_store::testkit::Service::Nats.url();
     let config = JetStreamConfig { stream_name: format!("TEST_{id}"), subject_prefix: format!("test_{id}"), ..JetStreamConfig::new(url) };
     let bus = JetStreamBus::connect(config.clone()).await.unwrap();
     let (first, second) = (open_store(&first_db).await, open_store(&second_db).await);

@@ -9,7 +9,7 @@ use strata_projections::{
     MemorySink, MongoSink, MongoSinkConfig, Projection, ProjectionRunner, ReadModelSink, RedisSink, RedisSinkConfig, RunnerConfig,
 };
 use strata_schemas::catalog;
-use strata_store::testkit::{report_unreachable, service_url, Service};
+use strata_store::testkit::{report_unreachable, Service};
 use strata_store::{EventReader, EventStore, MemoryEventStore, ReadAll, RecordedEvent, StreamAppend};
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ pub async fn fresh_sink(backend: Backend) -> Option<(Arc<dyn ReadModelSink>, Cle
     match backend {
         Backend::Memory => Some((Arc::new(MemorySink::new()), Cleanup::none())),
         Backend::Redis => {
-            let url = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+            let url = Service::Redis.url();
             let prefix = format!("test_{}", Uuid::new_v4().simple());
             let config = RedisSinkConfig { key_prefix: prefix.clone(), ..RedisSinkConfig::new(url.clone()) };
             match RedisSink::connect(config).await {
@@ -170,7 +170,7 @@ pub async fn fresh_wipeable_sink(backend: Backend) -> Option<(Arc<dyn ReadModelS
             Some((sink, wipe, Cleanup::none()))
         }
         Backend::Redis => {
-            let url = service_url("STRATA_TEST_REDIS", "redis://127.0.0.1:6379");
+            let url = Service::Redis.url();
             let prefix = format!("test_{}", Uuid::new_v4().simple());
             let config = RedisSinkConfig { key_prefix: prefix, ..RedisSinkConfig::new(url.clone()) };
             match RedisSink::connect(config).await {
