@@ -55,6 +55,7 @@ pub fn tokens(settings: &Settings) -> anyhow::Result<Tokens> {
 
 /// A process built from its settings, serving once run.
 pub struct Application {
+    store: Arc<dyn strata_store::EventStore>,
     workers: Workers,
     bus: Option<Bus>,
     /// The main address (GraphQL, health, and `/metrics` unless it has its own).
@@ -129,12 +130,17 @@ impl Application {
             (None, state(None))
         };
         let metrics = metrics_listener.map(|listener| (listener, http::metrics_router(state)));
-        Ok(Self { workers, bus, http, metrics, bounds: settings.http_bounds })
+        Ok(Self { store, workers, bus, http, metrics, bounds: settings.http_bounds })
     }
 
     /// The main address, when this process listens there.
     pub fn address(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// The event store it serves (the metered one `/metrics` counts).
+    pub fn event_store(&self) -> Arc<dyn strata_store::EventStore> {
+        self.store.clone()
     }
 
     /// `STRATA_METRICS_LISTEN`'s address, when set.

@@ -301,14 +301,9 @@ async fn orders_settle_around_a_cut(bus: Bus, read_model: ReadModel, cut: Cut) {
         assert!(ready["checks"]["workers"]["relay"]["restarts"].as_u64() >= Some(1), "{ready}");
     }
 
-    let audit = strata()
-        .args(["audit", "invariants"])
-        .env("STRATA_EVENT_STORE", &database.url)
-        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
-        .output()
-        .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&audit.stdout), String::from_utf8_lossy(&audit.stderr));
-    assert!(audit.status.success() && report.contains("every invariant holds"), "{}", context(&report));
+    if let Err(report) = crate::support::invariants(&database.url, "120s") {
+        panic!("{}", context(&report));
+    }
 
     drop(server);
     drop(proxy);
@@ -400,7 +395,7 @@ async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_i
     }
     // A process that ended by itself shows as a refused connection: then
     // every process's state and log are printed (CI saw it once).
-    let _report = LogsOnPanic(processes.iter().map(|p| (p.role, p.server.child.id(), p.log.clone())).collect());
+    let _report = LogsOnPanic(processes.iter().map(|p| (p.role, p.server.pid(), p.log.clone())).collect());
     let context = |processes: &[RoleProcess], what: &str| {
         let logs: String = processes.iter().map(|p| format!("--- {} log\n{}\n", p.role, crate::support::tail(&p.log))).collect();
         format!("role cuts: {what}\n{logs}")
@@ -490,14 +485,9 @@ async fn each_roles_link_to_each_backend_cut_alone_every_order_settles_once_it_i
     let restarts = counter(&processes[1].server, "strata_worker_restarts_total{worker=\"relay\"}").await;
     assert!(restarts >= 1.0, "{}", context(&processes, &format!("relay restarts: {restarts}")));
 
-    let audit = strata()
-        .args(["audit", "invariants"])
-        .env("STRATA_EVENT_STORE", &database.url)
-        .env("STRATA_SAGA_STEP_DEADLINE", "120s")
-        .output()
-        .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&audit.stdout), String::from_utf8_lossy(&audit.stderr));
-    assert!(audit.status.success() && report.contains("every invariant holds"), "{}", context(&processes, &report));
+    if let Err(report) = crate::support::invariants(&database.url, "120s") {
+        panic!("{}", context(&processes, &report));
+    }
     drop(processes);
     crate::support::drop_scratch_backends(&nats, None, &id).await;
     crate::support::drop_scratch_redis(&redis, &id).await;

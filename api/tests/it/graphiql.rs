@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use strata_store::testkit::in_ci;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{scratch_sqlite, strata, Server};
+use crate::support::{scratch_sqlite, Server};
 
 const CLIENT: &str = "client-token-for-graphiql-01";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -73,9 +73,12 @@ async fn graphiql_loads_without_the_internet_and_runs_a_query_in_headless_chromi
         return;
     }
     let scratch = scratch_sqlite();
-    let mut command = strata();
-    command.env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_TOKENS", format!("client/customer-ui:{CLIENT}"));
-    let server = Server::start(command);
+    let server = Server::spawn_app(strata_api::config::Overrides {
+        event_store: Some(scratch.url.clone()),
+        tokens: Some(format!("client/customer-ui:{CLIENT}")),
+        ..Default::default()
+    })
+    .await;
     let origin = server.url();
 
     // A browser of its own: fresh profile, no background traffic, and every

@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use strata_store::testkit::wait_until;
 
+use strata_api::config::Overrides;
+
 use crate::support::{scratch_sqlite, strata, Server};
 
 const CLIENT: &str = "client-token-for-tests-0001";
@@ -383,16 +385,31 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
     assert!(count > 30, "{count}");
 }
 
-fn embedded(deadline: &str) -> (crate::support::ScratchSqlite, Server) {
-    embedded_with(deadline, &[])
+/// The embedded default (SQLite in a scratch directory, every role, the
+/// test tokens) built in this test process.
+async fn embedded(deadline: &str) -> (crate::support::ScratchSqlite, Server) {
+    embedded_with(deadline, Overrides::default()).await
 }
 
-/// [`embedded`] with more environment variables.
-fn embedded_with(deadline: &str, env: &[(&str, &str)]) -> (crate::support::ScratchSqlite, Server) {
+/// [`embedded`] with more settings.
+async fn embedded_with(deadline: &str, overrides: Overrides) -> (crate::support::ScratchSqlite, Server) {
+    let scratch = scratch_sqlite();
+    let overrides = Overrides {
+        event_store: Some(scratch.url.clone()),
+        tokens: Some(tokens()),
+        saga_step_deadline: Some(deadline.into()),
+        ..overrides
+    };
+    let server = with_tokens(Server::spawn_app(overrides).await);
+    (scratch, server)
+}
+
+/// The embedded default as a `strata serve` process, for the tests of the
+/// binary (its signals, the `demo` and `bench` commands driving it).
+fn embedded_process(deadline: &str) -> (crate::support::ScratchSqlite, Server) {
     let scratch = scratch_sqlite();
     let mut command = strata();
     command.current_dir(scratch.dir.path()).env("STRATA_TOKENS", tokens()).env("STRATA_SAGA_STEP_DEADLINE", deadline);
-    command.envs(env.iter().copied());
     let server = with_tokens(Server::start(command));
     (scratch, server)
 }
@@ -401,7 +418,7 @@ fn embedded_with(deadline: &str, env: &[(&str, &str)]) -> (crate::support::Scrat
 /// whatever `unitPriceCents` a client sent: 9,999 units at 0 cents shipped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_pays_the_catalog_price_or_its_order_is_cancelled_never_charged_less() {
-    let (scratch, server) = embedded("5s");
+    let (scratch, server) = embedded("5s").await;
     let line = |sku: &str, quantity: i64, price: Option<i64>| {
         let mut input = order_input(CUSTOMER, sku, "card", None);
         input["input"]["lines"] = json!([{ "sku": sku, "quantity": quantity, "unitPriceCents": price }]);
@@ -471,7 +488,7 @@ async fn a_client_pays_the_catalog_price_or_its_order_is_cancelled_never_charged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_on_the_embedded_stack() {
-    let (_scratch, server) = embedded("1s");
+    let (_scratch, server) = embedded_process("1s");
     reads_writes_roles_and_audit(&server, "SKU-EMBEDDED").await;
 
     // The subscription follows an order whose payment never answers:
@@ -494,10 +511,10 @@ async fn graphql_on_the_embedded_stack() {
     // the server still stops, cleanly and promptly.
     let _open = Subscription::open(&server, CLIENT, "00000000-0000-0000-0000-0000000000aa").await.expect("subscription accepted");
     let mut server = server;
-    let pid = server.child.id().to_string();
+    let pid = server.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = wait_until(Duration::from_secs(15), || {
-        let exited = server.child.try_wait().unwrap();
+        let exited = server.child().try_wait().unwrap();
         async move { exited.ok_or("strata did not stop after SIGTERM with a subscription open") }
     })
     .await;
@@ -506,7 +523,7 @@ async fn graphql_on_the_embedded_stack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
-    let (_scratch, server) = embedded("5s");
+    let (_scratch, server) = embedded("5s").await;
     server.ok("operator", RESTOCK, json!({ "sku": "SKU-BAD", "quantity": 5 })).await;
     let head = server.head().await;
     let valid = json!({ "query": PLACE, "variables": order_input(CUSTOMER, "SKU-BAD", "card", None) }).to_string();
@@ -613,7 +630,7 @@ async fn bad_input_gets_a_coded_error_never_a_5xx_and_writes_nothing() {
 async fn fuzzed_requests_never_panic_never_5xx_never_write() {
     // Thousands of requests a second from one token: over the default rate
     // limit (tested in ws.rs), which would hide what each answer says.
-    let (_scratch, server) = embedded_with("5s", &[("STRATA_RATE_LIMIT", "off")]);
+    let (_scratch, server) = embedded_with("5s", Overrides { rate_limit: Some("off".into()), ..Overrides::default() }).await;
     server.ok("operator", RESTOCK, json!({ "sku": "SKU-FUZZ", "quantity": 5 })).await;
     let head = server.head().await;
     let seed: u64 = rand::random();
@@ -865,10 +882,18 @@ mod distributed {
                 .env("STRATA_READ_MODEL", &read_model_url)
                 .env("STRATA_TOKENS", tokens());
         };
-        let mut command = strata();
-        env(&mut command);
-        command.env("STRATA_ROLES", "api,relay,projector");
-        let server = with_tokens(Server::start(command));
+        // The api, relay and projector in this process; the saga joins later, from a process of its own.
+        let server = with_tokens(
+            Server::spawn_app(Overrides {
+                event_store: Some(database.url.clone()),
+                bus: Some(bus.to_owned()),
+                read_model: Some(read_model_url.clone()),
+                tokens: Some(tokens()),
+                roles: Some("api,relay,projector".into()),
+                ..Overrides::default()
+            })
+            .await,
+        );
 
         let (status, ready) = crate::support::get(server.address, "/readyz").await;
         assert_eq!(status, 200, "{ready}");
@@ -913,7 +938,7 @@ mod distributed {
 
         saga.kill().unwrap();
         saga.wait().unwrap();
-        drop(server);
+        server.stop().await;
         match read_model {
             ReadModel::Redis => crate::support::drop_scratch_redis(&redis, id).await,
             ReadModel::Mongo => crate::support::drop_scratch_mongo(&mongo).await,
@@ -924,21 +949,13 @@ mod distributed {
 
 #[test]
 fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
-    let (_scratch, server) = embedded("1s");
-    let output = crate::support::run_ok(strata().args([
-        "demo",
-        "--orders",
-        "40",
-        "--seed",
-        "7",
-        "--json",
-        "--url",
-        &server.url(),
-        "--token",
-        CLIENT,
-        "--operator-token",
-        OPERATOR,
-    ]));
+    let (_scratch, server) = embedded_process("1s");
+    let demo = || {
+        let args =
+            ["demo", "--orders", "40", "--seed", "7", "--json", "--url", &server.url(), "--token", CLIENT, "--operator-token", OPERATOR];
+        crate::support::run_ok(strata().args(args))
+    };
+    let output = demo();
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stdout)));
     assert_eq!(summary["orders"], 40, "{summary}");
     assert_eq!(summary["unexpected"], 0, "{summary}");
@@ -948,20 +965,7 @@ fn demo_drives_a_running_server_and_every_order_ends_as_its_rules_say() {
     assert_eq!(summary["cancelled"], json!({ "AUTHORIZE_PAYMENT": 8, "CREATE_SHIPMENT": 2, "RESERVE_STOCK": 6 }), "{summary}");
     assert!(summary["settle"]["p99_ms"].as_f64().unwrap() >= summary["settle"]["p50_ms"].as_f64().unwrap());
     // The same seed again places the same orders: nothing new is written.
-    let again = crate::support::run_ok(strata().args([
-        "demo",
-        "--orders",
-        "40",
-        "--seed",
-        "7",
-        "--json",
-        "--url",
-        &server.url(),
-        "--token",
-        CLIENT,
-        "--operator-token",
-        OPERATOR,
-    ]));
+    let again = demo();
     let again: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["confirmed"], 24, "{again}");
 }
@@ -1027,13 +1031,14 @@ async fn jwt_clients_act_for_their_subject_and_bad_jwts_are_refused() {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     const SECRET: &str = "jwt-secret-for-the-tests-of-strata-0001";
     let scratch = scratch_sqlite();
-    let mut command = strata();
-    command
-        .current_dir(scratch.dir.path())
-        .env("STRATA_JWT_SECRET", SECRET)
-        .env("STRATA_JWT_ISSUER", "https://idp.test")
-        .env("STRATA_TOKENS", format!("operator:{OPERATOR}"));
-    let mut server = Server::start(command);
+    let mut server = Server::spawn_app(Overrides {
+        event_store: Some(scratch.url.clone()),
+        jwt_secret: Some(SECRET.into()),
+        jwt_issuer: Some("https://idp.test".into()),
+        tokens: Some(format!("operator:{OPERATOR}")),
+        ..Overrides::default()
+    })
+    .await;
     server.tokens.insert("operator".into(), OPERATOR.into());
     let jwt = |claims: Value, secret: &str| {
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
@@ -1081,7 +1086,7 @@ async fn jwt_clients_act_for_their_subject_and_bad_jwts_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_flood_probes_idle_and_under_waiting_requests() {
-    let (_scratch, server) = embedded("5s");
+    let (_scratch, server) = embedded_process("5s");
     let output = strata()
         .args(["bench", "flood", "--url", &server.url(), "--token", OPERATOR, "--attacker-token", CLIENT])
         .args(["--attackers", "4", "--aliases", "3", "--duration", "0.5", "--runs", "1"])

@@ -475,9 +475,12 @@ async fn the_application_builds_in_process_serves_graphql_and_stops() {
 #[tokio::test]
 async fn metrics_listen_serves_metrics_on_their_own_address_only() {
     let scratch = scratch_sqlite();
-    let mut command = strata();
-    command.env("STRATA_EVENT_STORE", &scratch.url).env("STRATA_METRICS_LISTEN", "127.0.0.1:0");
-    let server = crate::support::Server::start(command);
+    let server = crate::support::Server::spawn_app(strata_api::config::Overrides {
+        event_store: Some(scratch.url.clone()),
+        metrics_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    })
+    .await;
     let metrics = server.metrics_address.expect("the metrics address is printed");
     let (status, body) = get(metrics, "/metrics").await;
     assert_eq!(status, 200);

@@ -152,21 +152,7 @@ async fn the_demo_ends_every_order_as_its_rules_say_while_replicas_are_killed_an
     assert!(views_seen.load(Ordering::Relaxed) > ORDERS, "the reader looked while the demo ran");
 
     // Every saga terminal, nothing left held: the auditor agrees.
-    wait_until(Duration::from_secs(60), || async {
-        let output = strata()
-            .args(["audit", "invariants"])
-            .env("STRATA_EVENT_STORE", &database.url)
-            .env("STRATA_SAGA_STEP_DEADLINE", "20s")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() && stdout.contains("every invariant holds") {
-            Ok(())
-        } else {
-            Err(stdout)
-        }
-    })
-    .await;
+    wait_until(Duration::from_secs(60), || async { crate::support::invariants(&database.url, "20s") }).await;
     for replica in &mut replicas {
         assert!(replica.alive(), "{} died on its own:\n{}", replica.name, tail(&replica.log));
         replica.kill();

@@ -57,6 +57,25 @@ pub fn run_ok(command: &mut Command) -> Output {
     output
 }
 
+/// `strata audit invariants` on the log at `event_store`, with the saga
+/// step deadline the run used: `Ok` with the report when every invariant
+/// holds, else `Err` with what it printed (stderr too: an audit that could
+/// not run says why there).
+pub fn invariants(event_store: &str, step_deadline: &str) -> Result<String, String> {
+    let output = strata()
+        .args(["audit", "invariants"])
+        .env("STRATA_EVENT_STORE", event_store)
+        .env("STRATA_SAGA_STEP_DEADLINE", step_deadline)
+        .output()
+        .expect("run strata audit invariants");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() && report.contains("every invariant holds") {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
 pub struct ScratchSqlite {
     pub dir: tempfile::TempDir,
     pub url: String,
@@ -128,10 +147,12 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// A `strata serve` process listening on a port of its own, with the
-/// tokens it prints (development tokens) or was given.
+/// A server on a port of its own, with the tokens it prints (development
+/// tokens) or was given: a `strata serve` process ([`Server::start`], for
+/// tests of the binary and of processes killed), or the application built
+/// in this test process ([`Server::spawn_app`]).
 pub struct Server {
-    pub child: Child,
+    running: Running,
     pub address: SocketAddr,
     /// Where `/metrics` is served, when `STRATA_METRICS_LISTEN` moved it.
     pub metrics_address: Option<SocketAddr>,
@@ -170,12 +191,54 @@ impl Server {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        // One connection per request: the server closes a connection after
-        // answering a request whose body it did not read (a refused or
-        // malformed one), and a pooled client that reused it right then got
-        // `IncompleteMessage` (the fuzz test, twice in CI).
-        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client");
-        Self { child, address, metrics_address, tokens, http }
+        Self { running: Running::Process(child), address, metrics_address, tokens, http: client() }
+    }
+
+    /// Builds the application from `overrides` (listening on
+    /// `127.0.0.1:0`) in this process, as `strata serve` would, and serves
+    /// it until the server is dropped.
+    pub async fn spawn_app(overrides: strata_api::config::Overrides) -> Self {
+        let overrides = strata_api::config::Overrides { listen: Some("127.0.0.1:0".into()), ..overrides };
+        let settings = strata_api::config::Settings::resolve(&overrides).expect("valid settings");
+        let app = strata_api::app::Application::build(&settings).await.expect("the application starts");
+        let address = app.address().expect("the application listens");
+        let metrics_address = app.metrics_address();
+        let store = app.event_store();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let running = Running::InProcess { stop: Some(stop), served: Some(served), store };
+        Self { running, address, metrics_address, tokens: std::collections::HashMap::new(), http: client() }
+    }
+
+    /// Stops the server and waits until it has: the process killed, or the
+    /// application's serving and workers ended (before a test drops the
+    /// backends they write to).
+    pub async fn stop(mut self) {
+        if let Running::InProcess { stop, served, .. } = &mut self.running {
+            if let (Some(stop), Some(served)) = (stop.take(), served.take()) {
+                let _ = stop.send(());
+                let ended = tokio::time::timeout(std::time::Duration::from_secs(30), served).await;
+                ended.expect("the application stops within 30 s").expect("the application's task").expect("the application ran");
+            }
+        }
+    }
+
+    /// The pid of the `strata serve` process (panics for an application in process).
+    pub fn pid(&self) -> u32 {
+        match &self.running {
+            Running::Process(child) => child.id(),
+            Running::InProcess { .. } => panic!("this server runs in the test process"),
+        }
+    }
+
+    /// The `strata serve` process (panics for an application in process).
+    pub fn child(&mut self) -> &mut Child {
+        match &mut self.running {
+            Running::Process(child) => child,
+            Running::InProcess { .. } => panic!("this server runs in the test process"),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -219,8 +282,14 @@ impl Server {
         body["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("{query}: no error code in {body}")).to_owned()
     }
 
-    /// The log's head position, read through the API.
+    /// The log's head position: read through `/metrics` from a process;
+    /// from the store of an application in process (whose `/metrics` also
+    /// counts the other applications of the test binary: the `metrics`
+    /// facade has one recorder per process).
     pub async fn head(&self) -> u64 {
+        if let Running::InProcess { store, .. } = &self.running {
+            return store.head_position().await.expect("the log's head").0;
+        }
         let (status, body) = get(self.address, "/metrics").await;
         assert_eq!(status, 200);
         body.lines()
@@ -230,10 +299,38 @@ impl Server {
     }
 }
 
+/// How a [`Server`] runs.
+enum Running {
+    Process(Child),
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        store: std::sync::Arc<dyn strata_store::EventStore>,
+    },
+}
+
+/// One connection per request: the server closes a connection after
+/// answering a request whose body it did not read (a refused or malformed
+/// one), and a pooled client that reused it right then got
+/// `IncompleteMessage` (the fuzz test, twice in CI).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.running {
+            Running::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Stops serving, then the workers (or the test's runtime ends first).
+            Running::InProcess { stop, .. } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+        }
     }
 }
 
