@@ -115,7 +115,13 @@ pub enum Unreachable {
 /// `skip` (`STRATA_TEST_SKIP=redis,kafka`, `all` for every service); under
 /// CI nothing is skipped.
 pub fn on_unreachable(service: Service, ci: bool, skip: Option<&str>) -> Unreachable {
-    let named = skip.is_some_and(|skip| skip.split(',').map(str::trim).any(|name| name == service.key() || name == "all"));
+    on_missing(service.key(), ci, skip)
+}
+
+/// The same rule for anything a test needs by `key` in `STRATA_TEST_SKIP`
+/// (a service, or a tool: `chromium`, `compose`).
+pub fn on_missing(key: &str, ci: bool, skip: Option<&str>) -> Unreachable {
+    let named = skip.is_some_and(|skip| skip.split(',').map(str::trim).any(|name| name == key || name == "all"));
     if named && !ci {
         Unreachable::Skip
     } else {
@@ -136,6 +142,20 @@ pub fn report_unreachable(service: Service, url: &str, err: &dyn std::fmt::Displ
             service.how_to_start(),
             service.key()
         ),
+    }
+}
+
+/// For a tool a test needs (`key` as `STRATA_TEST_SKIP` names it) that
+/// is not installed: panics naming how to install it, unless
+/// `STRATA_TEST_SKIP` names it outside CI; then it says SKIPPED loudly and
+/// the caller returns early.
+pub fn report_missing(key: &str, what: &str, how_to_install: &str) {
+    let skip = std::env::var("STRATA_TEST_SKIP").ok();
+    match on_missing(key, in_ci(), skip.as_deref()) {
+        Unreachable::Skip => eprintln!("\n*** SKIPPED (STRATA_TEST_SKIP names {key}): {what} is not installed ***\n"),
+        Unreachable::Fail => {
+            panic!("{what} is not installed; install it with: {how_to_install}  (or name it in STRATA_TEST_SKIP={key} to skip, outside CI)")
+        }
     }
 }
 
@@ -396,7 +416,7 @@ pub mod kafka {
 
 #[cfg(test)]
 mod tests {
-    use super::{on_unreachable, Service, Unreachable};
+    use super::{on_missing, on_unreachable, Service, Unreachable};
 
     #[test]
     fn a_missing_service_fails_unless_the_run_names_it_to_skip() {
@@ -415,6 +435,16 @@ mod tests {
             assert_eq!(on_unreachable(service, true, Some("all")), Unreachable::Fail);
             assert_eq!(on_unreachable(service, true, Some(service.key())), Unreachable::Fail);
         }
+    }
+
+    /// A missing tool (Chromium, a compose CLI) follows the same rule.
+    #[test]
+    fn a_missing_tool_fails_unless_the_run_names_it_outside_ci() {
+        assert_eq!(on_missing("chromium", false, None), Unreachable::Fail);
+        assert_eq!(on_missing("chromium", false, Some("compose")), Unreachable::Fail);
+        assert_eq!(on_missing("chromium", false, Some("redis, chromium")), Unreachable::Skip);
+        assert_eq!(on_missing("compose", false, Some("all")), Unreachable::Skip);
+        assert_eq!(on_missing("compose", true, Some("compose")), Unreachable::Fail);
     }
 
     #[test]
