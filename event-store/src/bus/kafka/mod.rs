@@ -53,7 +53,7 @@ mod partition;
 mod publish;
 mod rpc;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -497,11 +497,24 @@ impl KafkaBus {
     }
 
     /// Learns the highest position held by each partition not seen yet,
-    /// from its last record.
+    /// from its last record: every partition of the topics `partitions`
+    /// belong to, not only those a publish targets, since another log's
+    /// records in any of them make the topic foreign, even where this log's
+    /// streams would not land.
     async fn learn_tails(&self, partitions: Vec<PartitionKey>) -> Result<(), BusError> {
+        let counts = self.inner.topics.lock().await.clone();
+        let topics: BTreeSet<String> = partitions.iter().map(|(topic, _)| topic.clone()).collect();
+        let every: BTreeSet<PartitionKey> = topics
+            .into_iter()
+            .flat_map(|topic| {
+                let count = counts.get(&topic).copied().unwrap_or(0);
+                (0..count).map(move |partition| (topic.clone(), partition))
+            })
+            .chain(partitions)
+            .collect();
         let unknown: Vec<PartitionKey> = {
             let known = self.inner.tails_known.lock().unwrap_or_else(|p| p.into_inner());
-            partitions.into_iter().filter(|key| !known.contains(key)).collect()
+            every.into_iter().filter(|key| !known.contains(key)).collect()
         };
         if unknown.is_empty() {
             return Ok(());
@@ -514,7 +527,6 @@ impl KafkaBus {
         // A tail's position is ours to trust only if this log wrote it, and
         // holds the same event there.
         let log = self.bound();
-        let counts = self.inner.topics.lock().await.clone();
         let mut heads = Vec::with_capacity(tails.len());
         for tail in tails {
             // Streams are placed by hashing over the partition count: with
