@@ -160,6 +160,11 @@ pub const DESCRIPTIONS: &[(&str, &str)] = &[
     ("strata_log_head_position", "The highest position in the log."),
     ("strata_relay_position", "The last position the relay put on the bus."),
     ("strata_projection_lag_events", "Events in the log the projection has not applied yet."),
+    ("strata_projection_lag_seconds", "Age of the oldest event the projection has not applied yet (0 when caught up)."),
+    (
+        "strata_projection_rebuild_events",
+        "A running rebuild's log positions read (kind=done) and to read (kind=total, the head when it began); 0 when none runs.",
+    ),
     (
         "strata_projection_losses_total",
         "Times the read model was found lost (backend restarted empty, keys evicted) and rebuilt from the log.",
@@ -309,6 +314,12 @@ async fn read_backend_figures(sources: &Sources) {
                 Ok(status) => {
                     let label = || vec![Label::new("projection", projection.name().to_owned())];
                     m.gauge("strata_projection_lag_events", label()).set(head.saturating_sub(status.position) as f64);
+                    m.gauge("strata_projection_lag_seconds", label()).set(status.lag_seconds);
+                    let (done, total) = status.rebuild.as_ref().map_or((0, 0), |rebuild| (rebuild.events_done, rebuild.events_total));
+                    for (kind, value) in [("done", done), ("total", total)] {
+                        let labels = vec![Label::new("projection", projection.name().to_owned()), Label::new("kind", kind)];
+                        m.gauge("strata_projection_rebuild_events", labels).set(value as f64);
+                    }
                     m.counter("strata_projection_losses_total", label()).absolute(status.losses);
                 }
                 Err(error) => {

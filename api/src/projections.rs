@@ -10,7 +10,7 @@ use anyhow::bail;
 use serde_json::{json, Value};
 use strata_projections::sink::{MetaField, Target};
 use strata_projections::{orders, rebuild, Projection, ReadModelSink, RebuildConfig};
-use strata_store::EventReader;
+use strata_store::{EventReader, Position, ReadAll};
 
 use crate::progress::Progress;
 
@@ -48,6 +48,11 @@ pub struct ProjectionStatus {
     pub head: u64,
     /// Events behind the log's head.
     pub lag: u64,
+    /// Age in seconds of the oldest event it has not applied (0 when caught up).
+    pub lag_seconds: f64,
+    /// The rebuild running beside it, as the rebuild last reported (about
+    /// every second); null when none runs.
+    pub rebuild: Option<RebuildStatus>,
     /// Events the live generation has taken (applied, skipped or parked).
     #[graphql(skip)]
     pub events: u64,
@@ -66,6 +71,40 @@ pub struct ProjectionStatus {
     pub parked: Vec<strata_projections::sink::DeadLetter>,
 }
 
+/// How far a running rebuild is.
+#[derive(Debug, Clone, serde::Serialize, async_graphql::SimpleObject)]
+#[graphql(name = "RebuildProgress")]
+pub struct RebuildStatus {
+    /// The generation being built.
+    pub generation: u64,
+    /// Log positions it has read.
+    pub events_done: u64,
+    /// The log's head when it began: what it reads before it switches readers.
+    pub events_total: u64,
+    /// Its rate since it began.
+    pub events_per_second: f64,
+    /// Seconds to go at that rate (null until it has a rate).
+    pub eta_seconds: Option<f64>,
+}
+
+impl From<&strata_projections::sink::RebuildReading> for RebuildStatus {
+    fn from(reading: &strata_projections::sink::RebuildReading) -> Self {
+        Self {
+            generation: reading.generation,
+            events_done: reading.events_done,
+            events_total: reading.events_total,
+            events_per_second: reading.events_per_second(),
+            eta_seconds: reading.eta_seconds(),
+        }
+    }
+}
+
+/// Age in seconds of the first event after `position` (0 when there is none).
+async fn lag_seconds(log: &dyn EventReader, position: u64) -> anyhow::Result<f64> {
+    let oldest = log.read_all(ReadAll::after(Position(position), 1)).await?;
+    Ok(oldest.first().map_or(0.0, |event| (chrono::Utc::now() - event.recorded_at).num_milliseconds().max(0) as f64 / 1_000.0))
+}
+
 /// State, position, lag, rate, last error and parked events of one projection.
 pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection: &dyn Projection) -> anyhow::Result<ProjectionStatus> {
     let name = projection.name();
@@ -81,6 +120,9 @@ pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection:
         }
         None => (0, 0, 0, Vec::new()),
     };
+    let lag_seconds = if position < head { lag_seconds(log, position).await? } else { 0.0 };
+    // A reading of a rebuild that was superseded (its mark is another generation's) is stale.
+    let rebuild = meta.rebuild.as_ref().filter(|reading| meta.rebuilding == Some(reading.generation)).map(RebuildStatus::from);
     let state = match (&meta.state, meta.paused, live) {
         (_, true, _) => "paused".to_owned(),
         (_, _, None) => "not built".to_owned(),
@@ -97,6 +139,8 @@ pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection:
         position,
         head,
         lag: head.saturating_sub(position),
+        lag_seconds,
+        rebuild,
         events,
         rate_per_s: meta.rate,
         last_error: meta.last_error,
@@ -147,6 +191,8 @@ pub async fn print_status(sink: &dyn ReadModelSink, log: &dyn EventReader, name:
         "position",
         "head",
         "lag",
+        "lag_seconds",
+        "rebuild",
         "events",
         "rate_per_s",
         "last_error",

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::apply::{last_position, Carry, PlanError, Planner, RetryPolicy};
 use crate::projection::Projection;
-use crate::sink::{Committed, GenerationStats, MetaField, ReadModelSink, SinkError, Target};
+use crate::sink::{Committed, GenerationStats, MetaField, ReadModelSink, RebuildReading, SinkError, Target};
 
 /// How a rebuild reads and writes.
 #[derive(Debug, Clone)]
@@ -39,11 +39,13 @@ pub struct RebuildConfig {
     pub batch_size: usize,
     /// Retries of poison events (as in the runner).
     pub retry: RetryPolicy,
+    /// How often it writes its [`RebuildReading`] into the projection's state.
+    pub report_every: Duration,
 }
 
 impl Default for RebuildConfig {
     fn default() -> Self {
-        Self { batch_size: 2000, retry: RetryPolicy::default() }
+        Self { batch_size: 2000, retry: RetryPolicy::default(), report_every: Duration::from_secs(1) }
     }
 }
 
@@ -116,6 +118,7 @@ pub async fn rebuild(
     if let Some(unfinished) = sink.meta(&name).await?.rebuilding.filter(|g| Some(*g) != previous) {
         tracing::warn!(projection = %name, generation = unfinished, "dropping the generation of an unfinished rebuild");
         sink.set_meta(&name, MetaField::Rebuilding, None).await?;
+        sink.set_meta(&name, MetaField::RebuildProgress, None).await?;
         sink.drop_generation(&Target { projection: name.clone(), generation: unfinished }).await?;
     }
     let generation = sink.new_generation(&name).await?;
@@ -134,8 +137,12 @@ pub async fn rebuild(
     .await;
     // Clear the mark only if it is still ours (a newer rebuild may have
     // superseded this one; its mark must stay).
-    if sink.meta(&name).await?.rebuilding == Some(generation) {
+    let meta = sink.meta(&name).await?;
+    if meta.rebuilding == Some(generation) {
         sink.set_meta(&name, MetaField::Rebuilding, None).await?;
+    }
+    if meta.rebuild.is_some_and(|reading| reading.generation == generation) {
+        sink.set_meta(&name, MetaField::RebuildProgress, None).await?;
     }
     let (events, covered) = match outcome {
         Ok(counts) => counts,
@@ -219,6 +226,16 @@ async fn build(
     progress: &mut (dyn FnMut(RebuildProgress) + Send),
 ) -> Result<(u64, u64, Position), RebuildError> {
     let head = log.head_position().await?;
+    let started_at = chrono::Utc::now();
+    let reading = |position: Position| RebuildReading {
+        generation: target.generation,
+        events_done: position.0.min(head.0),
+        events_total: head.0,
+        started_at,
+        at: chrono::Utc::now(),
+    };
+    report(&*sink, target, &reading(Position::START)).await;
+    let mut last_report = Instant::now();
     let planner = Planner { projection, sink: sink.as_ref(), log: log.as_ref(), retry: config.retry, log_order: true };
     // The reader runs ahead by two batches.
     let (batches, mut incoming) = mpsc::channel::<Result<Vec<RecordedEvent>, ReadError>>(2);
@@ -270,6 +287,10 @@ async fn build(
         let clock = Instant::now();
         settle(in_flight.take(), target).await?;
         waiting_commits += clock.elapsed();
+        if last_report.elapsed() >= config.report_every {
+            last_report = Instant::now();
+            report(&*sink, target, &reading(position)).await;
+        }
         let (sink, target) = (sink.clone(), target.clone());
         let batch = plan.batch;
         in_flight = Some(tokio::spawn(async move { sink.commit(&target, &batch).await }));
@@ -290,7 +311,18 @@ async fn build(
         "rebuild stages"
     );
     progress(RebuildProgress { position, head, events: events_read });
+    report(&*sink, target, &reading(position)).await;
     Ok((events_read, covered, position))
+}
+
+/// Writes how far the rebuild is where `projections` reads it. Advisory: a
+/// failed write is logged and the rebuild goes on (its commits would fail
+/// on their own if the backend were gone).
+async fn report(sink: &dyn ReadModelSink, target: &Target, reading: &RebuildReading) {
+    let Ok(text) = serde_json::to_string(reading) else { return };
+    if let Err(error) = sink.set_meta(&target.projection, MetaField::RebuildProgress, Some(text)).await {
+        tracing::warn!(projection = %target.projection, error = %strata_store::chain(&error), "writing the rebuild's progress failed");
+    }
 }
 
 async fn settle(in_flight: Option<tokio::task::JoinHandle<Result<Committed, SinkError>>>, target: &Target) -> Result<(), RebuildError> {

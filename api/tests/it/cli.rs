@@ -400,6 +400,8 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
     assert_eq!(names, ["orders", "stock"]);
     assert_eq!(listed[0]["state"], "not built");
     assert_eq!(listed[0]["lag"], head);
+    // Not built: its oldest unapplied event is the log's first, written before the command ran.
+    assert!(listed[0]["lag_seconds"].as_f64().is_some_and(|age| age > 0.0), "{listed}");
 
     let report = json(&["projections", "rebuild", "orders", "--batch-size", "40"]);
     assert_eq!(report["events"], head, "{report}");
@@ -409,6 +411,7 @@ async fn projections_commands_rebuild_pause_resume_and_report_status() {
         (report["generation"].clone(), json!(head), json!(0))
     );
     assert_eq!(status["dead_letters"], 1, "{status}");
+    assert_eq!((status["lag_seconds"].as_f64(), &status["rebuild"]), (Some(0.0), &Value::Null), "caught up, no rebuild running: {status}");
     assert_eq!(status["parked"][0]["streamId"], broken_stream.as_str());
     assert!(status["parked"][0]["reason"].as_str().unwrap().contains("without OrderPlaced"), "{status}");
 

@@ -375,6 +375,19 @@ async fn reads_writes_roles_and_audit(server: &Server, sku: &str) {
         }
     })
     .await;
+    // Once switched, no rebuild is shown and, caught up, the lag is 0 in seconds too.
+    let lags = "{ projections { name lag lagSeconds rebuild { eventsDone eventsTotal etaSeconds } } }";
+    let orders = wait_until(Duration::from_secs(60), || async {
+        let data = server.ok("client", lags, json!({})).await;
+        let orders = data["projections"].as_array().unwrap().iter().find(|p| p["name"] == "orders").unwrap().clone();
+        if orders["rebuild"].is_null() && orders["lag"] == 0 {
+            Ok(orders)
+        } else {
+            Err(orders)
+        }
+    })
+    .await;
+    assert_eq!(orders["lagSeconds"], json!(0.0), "{orders}");
     let after = server.ok("client", ORDER, json!({ "id": order_id })).await;
     assert_eq!(after["order"]["status"], "CANCELLED", "the rebuilt read model has the order");
     assert_eq!(server.code("operator", "mutation { pauseProjection(name: \"nope\") { name } }", json!({})).await, "NOT_FOUND");

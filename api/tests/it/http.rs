@@ -116,6 +116,8 @@ async fn metrics_count_this_process_appends_and_read_positions_lag_and_sagas_fro
     assert_eq!(value("strata_relay_position "), "2");
     assert_eq!(value("strata_append_seconds_count "), value("strata_append_seconds_bucket{le=\"+Inf\"} "));
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"} "), "0", "built up to the head");
+    assert_eq!(value("strata_projection_lag_seconds{projection=\"orders\"} "), "0", "nothing unapplied");
+    assert_eq!(value("strata_projection_rebuild_events{projection=\"orders\",kind=\"total\"} "), "0", "no rebuild runs");
     assert_eq!(value("strata_sagas{state=\"running\"} "), "1");
     assert_eq!(value("strata_sagas{state=\"compensating\"} "), "0");
     assert!(body.contains("# TYPE strata_append_seconds histogram"), "{body}");

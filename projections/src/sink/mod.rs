@@ -194,6 +194,43 @@ pub struct Meta {
     pub rebuilding: Option<u64>,
     /// Times a worker found the read model lost and rebuilt it.
     pub losses: u64,
+    /// How far the running rebuild is, as it last said (about every second).
+    pub rebuild: Option<RebuildReading>,
+}
+
+/// A running rebuild's last report of its progress, kept beside the
+/// projection's state so any process can show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildReading {
+    /// The generation being built.
+    pub generation: u64,
+    /// Log positions read so far.
+    pub events_done: u64,
+    /// The log's head when the rebuild began: what it reads before it switches.
+    pub events_total: u64,
+    /// When it began.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When it said this.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RebuildReading {
+    /// Events per second since it began (0 before a second's worth).
+    pub fn events_per_second(&self) -> f64 {
+        let seconds = (self.at - self.started_at).num_milliseconds() as f64 / 1_000.0;
+        if seconds > 0.0 {
+            self.events_done as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds to go at that rate; `None` before it has a rate.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let rate = self.events_per_second();
+        (rate > 0.0).then(|| self.events_total.saturating_sub(self.events_done) as f64 / rate)
+    }
 }
 
 /// One field of [`Meta`].
@@ -211,6 +248,8 @@ pub enum MetaField {
     Rebuilding,
     /// Times the read model was found lost.
     Losses,
+    /// The running rebuild's [`RebuildReading`], as JSON.
+    RebuildProgress,
 }
 
 impl MetaField {
@@ -223,6 +262,7 @@ impl MetaField {
             MetaField::Rate => "rate",
             MetaField::Rebuilding => "rebuilding",
             MetaField::Losses => "losses",
+            MetaField::RebuildProgress => "rebuildProgress",
         }
     }
 }
@@ -239,6 +279,7 @@ impl Meta {
                 "rate" => meta.rate = value.parse().ok(),
                 "rebuilding" => meta.rebuilding = value.parse().ok(),
                 "losses" => meta.losses = value.parse().unwrap_or(0),
+                "rebuildProgress" => meta.rebuild = serde_json::from_str(value).ok(),
                 _ => {}
             }
         }

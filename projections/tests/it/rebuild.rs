@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use strata_projections::orders::sample::{sample, SampleConfig};
+use strata_projections::orders::sample::{sample, Sample, SampleConfig};
 use strata_projections::orders::{self, OrdersProjection, OrdersQuery};
 use strata_projections::sink::Target;
 use strata_projections::{rebuild, RebuildConfig, RebuildProgress};
@@ -208,4 +208,71 @@ async fn a_newer_rebuild_supersedes_a_running_one_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_rebuild_supersedes_a_running_one_in_mongo() {
     superseded_rebuild(Backend::Mongo).await;
+}
+
+/// A rebuild says how far it is where any process reads it (the
+/// projection's state in the read model): readings taken while 200,000
+/// events are rebuilt never go back, count toward the head the rebuild
+/// began at, name its generation, give an ETA that shrinks as it goes, and
+/// are gone once it has switched readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_reports_monotonic_progress_and_an_eta_that_converges() {
+    use strata_projections::sink::RebuildReading;
+    use strata_projections::{MemorySink, ReadModelSink};
+
+    const EVENTS: usize = 200_000;
+    let store = memory_store();
+    let config = SampleConfig { seed: 42, orders: EVENTS / 8 + 1, skus: 1_000, customers: 1_000, concurrency: 64 };
+    append_all(&*store, Sample::new(config).take(EVENTS).collect()).await;
+    let head = store.head_position().await.unwrap().0;
+    assert!(head >= EVENTS as u64, "{head} events");
+    let sink = Arc::new(MemorySink::new());
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (sink, done) = (sink.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut readings: Vec<RebuildReading> = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let meta = sink.meta("orders").await.unwrap();
+                // What `projections` shows: the reading of the generation being rebuilt.
+                if let Some(reading) = meta.rebuild.filter(|reading| meta.rebuilding == Some(reading.generation)) {
+                    if readings.last() != Some(&reading) {
+                        readings.push(reading);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            readings
+        })
+    };
+    let config = RebuildConfig { report_every: std::time::Duration::from_millis(20), ..RebuildConfig::default() };
+    let report = rebuild(Arc::new(OrdersProjection), sink.clone(), store.clone(), config, &mut |_| {}).await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    let readings = watcher.await.unwrap();
+
+    eprintln!(
+        "rebuild of {head} events: {:.2} s, {} readings, ETA {:?} s",
+        report.seconds,
+        readings.len(),
+        readings.iter().filter_map(RebuildReading::eta_seconds).map(|eta| (eta * 100.0).round() / 100.0).collect::<Vec<_>>()
+    );
+    assert!(readings.len() >= 5, "{} readings of a rebuild of {head} events in {:.1} s", readings.len(), report.seconds);
+    for reading in &readings {
+        assert_eq!(reading.generation, report.generation, "{reading:?}");
+        assert_eq!(reading.events_total, head, "the total is the head it began at: {reading:?}");
+        assert!(reading.events_done <= reading.events_total, "{reading:?}");
+    }
+    for pair in readings.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        assert!(after.events_done >= before.events_done && after.at >= before.at, "went back: {before:?} then {after:?}");
+    }
+    let etas: Vec<f64> = readings.iter().filter_map(RebuildReading::eta_seconds).collect();
+    assert!(etas.len() >= 3, "readings with a rate: {readings:?}");
+    let (first, last) = (etas[0], etas[etas.len() - 1]);
+    assert!(last < first, "the ETA shrinks: {etas:?}");
+    let last = readings.last().unwrap();
+    assert!(last.events_done * 2 >= head, "the watcher saw the second half: {last:?}");
+    assert!(last.eta_seconds().unwrap() < report.seconds, "{last:?} after {} s", report.seconds);
+    let meta = sink.meta("orders").await.unwrap();
+    assert_eq!((meta.rebuild, meta.rebuilding), (None, None), "nothing left once it switched");
 }
