@@ -100,7 +100,11 @@ fn mongo() -> Option<String> {
     })?;
     let port = started("mongo", |dir, port| {
         let args = ["--db", "memory", "--host", "127.0.0.1", "-p", &port.to_string(), "--log-file"];
-        Ok((server(&binary, &args, &dir.join("nx-27017.log")), Signal::Terminate))
+        let mut command = server(&binary, &args, &dir.join("nx-27017.log"));
+        // Its default pid file is one per machine: with it, a second server
+        // (another test binary's, still stopping) refuses to start.
+        command.arg("--pid-file").arg(dir.join("nx-27017.pid"));
+        Ok((command, Signal::Terminate))
     })?;
     Some(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
 }
