@@ -314,7 +314,9 @@ async fn read_backend_figures(sources: &Sources) {
                 Ok(status) => {
                     let label = || vec![Label::new("projection", projection.name().to_owned())];
                     m.gauge("strata_projection_lag_events", label()).set(head.saturating_sub(status.position) as f64);
-                    m.gauge("strata_projection_lag_seconds", label()).set(status.lag_seconds);
+                    if let Some(seconds) = status.lag_seconds {
+                        m.gauge("strata_projection_lag_seconds", label()).set(seconds);
+                    }
                     let (done, total) = status.rebuild.as_ref().map_or((0, 0), |rebuild| (rebuild.events_done, rebuild.events_total));
                     for (kind, value) in [("done", done), ("total", total)] {
                         let labels = vec![Label::new("projection", projection.name().to_owned()), Label::new("kind", kind)];

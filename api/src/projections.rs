@@ -48,8 +48,9 @@ pub struct ProjectionStatus {
     pub head: u64,
     /// Events behind the log's head.
     pub lag: u64,
-    /// Age in seconds of the oldest event it has not applied (0 when caught up).
-    pub lag_seconds: f64,
+    /// Age in seconds of the oldest event it has not applied (0 when caught
+    /// up; null when that event could not be read).
+    pub lag_seconds: Option<f64>,
     /// The rebuild running beside it, as the rebuild last reported (about
     /// every second); null when none runs.
     pub rebuild: Option<RebuildStatus>,
@@ -120,7 +121,17 @@ pub async fn status(sink: &dyn ReadModelSink, log: &dyn EventReader, projection:
         }
         None => (0, 0, 0, Vec::new()),
     };
-    let lag_seconds = if position < head { lag_seconds(log, position).await? } else { 0.0 };
+    // Advisory: an event that cannot be read (its upcast fails) must not hide the rest of the status.
+    let lag_seconds = if position < head {
+        lag_seconds(log, position)
+            .await
+            .inspect_err(
+                |error| tracing::warn!(projection = name, error = %format_args!("{error:#}"), "reading the oldest unapplied event failed"),
+            )
+            .ok()
+    } else {
+        Some(0.0)
+    };
     // A reading of a rebuild that was superseded (its mark is another generation's) is stale.
     let rebuild = meta.rebuild.as_ref().filter(|reading| meta.rebuilding == Some(reading.generation)).map(RebuildStatus::from);
     let state = match (&meta.state, meta.paused, live) {
